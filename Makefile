@@ -1,0 +1,41 @@
+# make run: set everything up, then take a snapshot of this host.
+# make test: set everything up, then run the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SECONDS_ ?= 5
+
+.PHONY: setup system venv run test lint format bench clean
+
+setup: system venv
+
+system:
+	@bash scripts/setup-system.sh
+
+venv: $(STAMP)
+
+# Debian's bcc module (pure Python over libbcc.so) is linked into the venv by name only:
+# the PyPI package called "bcc" is unrelated and must never be installed.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@ln -sfn /usr/lib/python3/dist-packages/bcc \
+	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/wasmtop snapshot --seconds $(SECONDS_) --format table
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/sched_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
