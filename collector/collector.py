@@ -1,0 +1,345 @@
+"""The tick: drain the probes, turn cumulative kernel counters into figures for the window since
+the previous tick, attribute them to workloads, and build one immutable Snapshot."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TypeVar
+
+from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
+from ..probes.runtime import ProbeSet
+from ..probes.sched import SchedProbe
+from .model import (
+    DelayQuantiles,
+    Events,
+    HistogramBucket,
+    Migration,
+    PreemptionEvent,
+    SchedFigures,
+    Snapshot,
+    Unattributed,
+    Workload,
+)
+from .quantiles import bucket_bounds, histogram_quantile
+from .topology import Topology
+from .workloads import ProcReader, WorkloadId, WorkloadResolver
+
+K = TypeVar("K")
+_COUNTER_FIELDS = tuple(
+    f.name for f in fields(ThreadSched) if f.name not in ("tid", "tgid", "comm")
+)
+
+
+def counter_delta(current: Mapping[K, int], previous: Mapping[K, int]) -> dict[K, int]:
+    """Per-key increase of cumulative counters. A counter that went down was recreated (its
+    key freed and reused), so its whole current value is new."""
+    out: dict[K, int] = {}
+    for key, value in current.items():
+        before = previous.get(key, 0)
+        diff = value - before if value >= before else value
+        if diff:
+            out[key] = diff
+    return out
+
+
+def thread_delta(cur: ThreadSched, prev: ThreadSched | None) -> dict[str, int]:
+    now = {name: getattr(cur, name) for name in _COUNTER_FIELDS}
+    if prev is None or prev.tgid != cur.tgid:
+        return now
+    before = {name: getattr(prev, name) for name in _COUNTER_FIELDS}
+    if any(now[n] < before[n] for n in _COUNTER_FIELDS):  # tid reused: a new thread
+        return now
+    return {n: now[n] - before[n] for n in _COUNTER_FIELDS}
+
+
+def skew_ratio(cpu_time_ns: Mapping[int, int], allowed: frozenset[int]) -> float | None:
+    """Entropy of the CPU-time distribution over the allowed CPUs divided by the entropy of a
+    uniform spread: 1 = even, 0 = all on one CPU. None without CPU time to judge."""
+    total = sum(cpu_time_ns.values())
+    if total <= 0:
+        return None
+    n = len(set(allowed) | {c for c, t in cpu_time_ns.items() if t > 0})
+    if n <= 1:
+        return 0.0
+    entropy = -sum((t / total) * math.log(t / total) for t in cpu_time_ns.values() if t > 0)
+    return max(0.0, min(1.0, entropy / math.log(n)))
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+@dataclass
+class _Activity:
+    """Scheduler activity of one process, or of one workload, in the window."""
+
+    pids: set[int] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTER_FIELDS, 0))
+    cpu_time_ns: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    hist: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    matrix: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    max_delay_ns: int = 0
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        for name, value in counts.items():
+            self.counts[name] += value
+
+    def merge(self, other: _Activity) -> None:
+        self.pids |= other.pids
+        self.add_counts(other.counts)
+        for src, dst in ((other.cpu_time_ns, self.cpu_time_ns), (other.hist, self.hist),
+                         (other.matrix, self.matrix)):  # fmt: skip
+            for k, v in src.items():
+                dst[k] += v
+        self.max_delay_ns = max(self.max_delay_ns, other.max_delay_ns)
+
+    @property
+    def active(self) -> bool:
+        return any(self.counts.values()) or any(self.cpu_time_ns.values())
+
+
+class Collector:
+    """Owns the window arithmetic. Call ``observe()`` between ticks (cheap) so processes that
+    live shorter than a window are still named; ``tick()`` once per window."""
+
+    def __init__(
+        self,
+        probes: ProbeSet,
+        *,
+        proc_root: str | Path = "/proc",
+        topology: Topology | None = None,
+        max_events: int = 1000,
+        gc_every: int = 10,
+    ) -> None:
+        self.probes = probes
+        self.proc_root = Path(proc_root)
+        self.reader = ProcReader(proc_root)
+        self.resolver = WorkloadResolver(self.reader)
+        self.topology = topology or Topology.from_sysfs()
+        self.max_events = max_events
+        self.gc_every = gc_every
+        self.host = socket.gethostname()
+        self.kernel = platform.release()
+        self.cpus = os.cpu_count() or 1
+        self._prev: SchedReading | None = None
+        self._window_start_ns = time.monotonic_ns()
+        self._ticks = 0
+        self._untracked_prev = 0
+
+    @property
+    def sched(self) -> SchedProbe | None:
+        for probe in self.probes:
+            if isinstance(probe, SchedProbe) and probe.loaded:
+                return probe
+        return None
+
+    def observe(self) -> None:
+        """Drain ring buffers and learn the identity of processes seen since the last call."""
+        self.probes.drain()
+        sched = self.sched
+        if sched is None:
+            return
+        known = self.resolver.known()
+        for value in sched.bpf["threads"].values():
+            if value.tgid not in known:
+                self.resolver.identify(value.tgid)
+                known.add(value.tgid)
+
+    def tick(self) -> Snapshot:
+        self.probes.drain()
+        sched = self.sched
+        reading = sched.read() if sched else None
+        end_ns = reading.ts_ns if reading else time.monotonic_ns()
+        window_s = max(0.0, (end_ns - self._window_start_ns) / 1e9)
+
+        workloads: tuple[Workload, ...] = ()
+        events = Events()
+        host_matrix: tuple[Migration, ...] = ()
+        unattributed = Unattributed()
+        counters: dict[str, int] = {}
+        if reading is not None:
+            per_process = self._per_process(reading)
+            per_workload, ids, unattributed = self._per_workload(per_process)
+            workloads = tuple(
+                self._workload(ids[key], act, window_s)
+                for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
+            )
+            host = _Activity()
+            for act in per_process.values():
+                host.merge(act)
+            host_matrix = self._matrix(host.matrix)
+            events = self._events(reading.events)
+            counters["migrations_untracked"] = reading.migrations_untracked - self._untracked_prev
+            self._untracked_prev = reading.migrations_untracked
+            self._collect_garbage(reading)
+            self._prev = reading
+        counters["processes_vanished"] = self.reader.vanished
+
+        snapshot = Snapshot(
+            host=self.host,
+            kernel=self.kernel,
+            cpus=self.cpus,
+            window_s=window_s,
+            probes={p.name: p.health().as_dict() for p in self.probes},
+            workloads=workloads,
+            events=events,
+            migrations=host_matrix,
+            unattributed=unattributed,
+            counters=counters,
+        )
+        self._window_start_ns = end_ns
+        self._ticks += 1
+        return snapshot
+
+    # -- window arithmetic ----------------------------------------------------------------
+    def _per_process(self, reading: SchedReading) -> dict[int, _Activity]:
+        prev = self._prev
+        procs: dict[int, _Activity] = defaultdict(_Activity)
+        tgid_of: dict[int, int] = {}
+        for tid, cur in reading.threads.items():
+            tgid_of[tid] = cur.tgid
+            counts = thread_delta(cur, prev.threads.get(tid) if prev else None)
+            if any(counts.values()):
+                act = procs[cur.tgid]
+                act.pids.add(cur.tgid)
+                act.add_counts(counts)
+        cpu = counter_delta(reading.cpu_time_ns, prev.cpu_time_ns if prev else {})
+        for (tid, cpu_id), ns in cpu.items():
+            if tid in tgid_of:
+                act = procs[tgid_of[tid]]
+                act.pids.add(tgid_of[tid])
+                act.cpu_time_ns[cpu_id] += ns
+        hist = counter_delta(reading.delay_hist, prev.delay_hist if prev else {})
+        for (tgid, bucket), n in hist.items():
+            procs[tgid].pids.add(tgid)
+            procs[tgid].hist[bucket] += n
+        matrix = counter_delta(reading.migrations, prev.migrations if prev else {})
+        for (tgid, src, dst), n in matrix.items():
+            procs[tgid].pids.add(tgid)
+            procs[tgid].matrix[(src, dst)] += n
+        for tgid, ns in reading.window_max_delay_ns.items():
+            procs[tgid].pids.add(tgid)
+            procs[tgid].max_delay_ns = max(procs[tgid].max_delay_ns, ns)
+        return {tgid: act for tgid, act in procs.items() if act.active or act.hist}
+
+    def _per_workload(
+        self, per_process: dict[int, _Activity]
+    ) -> tuple[dict[str, _Activity], dict[str, WorkloadId], Unattributed]:
+        groups: dict[str, _Activity] = defaultdict(_Activity)
+        ids: dict[str, WorkloadId] = {}
+        lost = _Activity()
+        for tgid, act in per_process.items():
+            wid = self.resolver.identify(tgid)
+            if wid is None:
+                lost.merge(act)
+                continue
+            if wid.key not in ids or min(act.pids) < min(groups[wid.key].pids or {math.inf}):
+                ids[wid.key] = wid  # the lowest pid names a multi-process workload
+            groups[wid.key].merge(act)
+        unattributed = Unattributed(
+            processes=len(lost.pids),
+            switches=lost.counts["switches"],
+            migrations=lost.counts["migrations"],
+            preemptions=lost.counts["preemptions"],
+        )
+        return groups, ids, unattributed
+
+    def _workload(self, wid: WorkloadId, act: _Activity, window_s: float) -> Workload:
+        allowed: set[int] = set()
+        runtime = wid.runtime
+        for pid in act.pids:
+            info = self.resolver.process(pid)
+            if info:
+                allowed |= info.allowed_cpus
+                runtime = runtime or info.runtime
+        c = act.counts
+        hist = dict(act.hist)
+        max_ns = act.max_delay_ns or None
+        if max_ns is None and hist:  # no window maximum read: the top bucket bounds it
+            max_ns = bucket_bounds(max(hist))[1] - 1
+
+        def q_us(q: float) -> float | None:
+            v = histogram_quantile(hist, q, max_ns)
+            return None if math.isnan(v) else v / 1000
+
+        sched = SchedFigures(
+            switches=c["switches"],
+            involuntary=c["involuntary"],
+            migrations=c["migrations"],
+            migrations_per_s=rate(c["migrations"], window_s),
+            switches_per_s=rate(c["switches"], window_s),
+            involuntary_per_s=rate(c["involuntary"], window_s),
+            affinity_stability=c["migrations"] / max(c["switches"], 1),
+            cpu_skew_ratio=skew_ratio(act.cpu_time_ns, frozenset(allowed)),
+            allowed_cpus=tuple(sorted(allowed)),
+            cpu_time_ns_by_cpu={str(k): v for k, v in sorted(act.cpu_time_ns.items())},
+            preempt_delay_us=DelayQuantiles(
+                p50=q_us(0.50), p99=q_us(0.99), max=max_ns / 1000 if max_ns else None
+            ),
+            preemptions=c["preemptions"],
+            preempt_delay_total_us=c["preempt_delay_ns"] / 1000,
+            preemptions_over_threshold=c["over_threshold"],
+            preempt_delay_hist=tuple(
+                HistogramBucket(bucket_bounds(b)[0] / 1000, bucket_bounds(b)[1] / 1000, n)
+                for b, n in sorted(hist.items())
+            ),
+            migration_matrix=self._matrix(act.matrix),
+        )
+        kind = "wasm" if runtime else wid.kind
+        return Workload(
+            key=wid.key,
+            kind=kind,
+            runtime=runtime,
+            comm=wid.comm,
+            pids=tuple(sorted(act.pids)),
+            cgroup=wid.cgroup,
+            pod=wid.pod,
+            sched=sched,
+        )
+
+    def _matrix(self, matrix: Mapping[tuple[int, int], int]) -> tuple[Migration, ...]:
+        return tuple(
+            Migration(src, dst, n, self.topology.distance(src, dst))
+            for (src, dst), n in sorted(matrix.items())
+            if n
+        )
+
+    def _events(self, records: list[PreemptionRecord]) -> Events:
+        kept = records[-self.max_events :] if self.max_events else []
+        out = []
+        for r in kept:
+            wid = self.resolver.identify(r.pid)
+            out.append(
+                PreemptionEvent(
+                    ts_ns=r.ts_ns,
+                    pid=r.pid,
+                    tid=r.tid,
+                    cpu=r.cpu,
+                    comm=r.comm,
+                    delay_us=r.delay_ns / 1000,
+                    preemptor_pid=r.preemptor_pid,
+                    preemptor_tid=r.preemptor_tid,
+                    preemptor_comm=r.preemptor_comm,
+                    workload=wid.key if wid else None,
+                )
+            )
+        return Events(preemptions=tuple(out), preemptions_total=len(records))
+
+    def _collect_garbage(self, reading: SchedReading) -> None:
+        """Every few ticks, drop kernel map entries of threads that have exited (their final
+        counts were just read) so the maps hold live threads only."""
+        if self._ticks % self.gc_every or self.sched is None:
+            return
+        dead_tids = [t for t in reading.threads if not (self.proc_root / str(t)).exists()]
+        tgids = {t.tgid for t in reading.threads.values()} | {k[0] for k in reading.delay_hist}
+        dead_tgids = [g for g in tgids if not (self.proc_root / str(g)).exists()]
+        self.sched.forget(dead_tids, dead_tgids)
+        self.resolver.forget(set(dead_tgids))

@@ -1,0 +1,145 @@
+"""The Snapshot (contract v1, see docs/snapshot.md) and the records in it. Immutable: every
+consumer (CLI, exporters, TUI) reads the same object and none can change it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .workloads import Pod
+
+SCHEMA = "wasmtop.snapshot/v1"
+
+
+@dataclass(frozen=True)
+class DelayQuantiles:
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class Migration:
+    from_cpu: int
+    to_cpu: int
+    count: int
+    distance: str  # same_core | same_llc | cross_llc | cross_numa
+
+
+@dataclass(frozen=True)
+class HistogramBucket:
+    low_us: float
+    high_us: float
+    count: int
+
+
+@dataclass(frozen=True)
+class SchedFigures:
+    switches: int
+    involuntary: int
+    migrations: int
+    migrations_per_s: float
+    switches_per_s: float
+    involuntary_per_s: float
+    affinity_stability: float  # migrations / context switches (0 = never moved)
+    cpu_skew_ratio: float | None  # CPU-time entropy / uniform entropy over allowed CPUs
+    allowed_cpus: tuple[int, ...]
+    cpu_time_ns_by_cpu: dict[str, int]
+    preempt_delay_us: DelayQuantiles
+    preemptions: int
+    preempt_delay_total_us: float
+    preemptions_over_threshold: int
+    preempt_delay_hist: tuple[HistogramBucket, ...]
+    migration_matrix: tuple[Migration, ...]
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    kind: str  # wasm | container | process
+    runtime: str | None
+    comm: str
+    pids: tuple[int, ...]
+    cgroup: str | None
+    pod: Pod | None
+    sched: SchedFigures | None
+    # Blocks filled by the probes of later capabilities; null means "not measured".
+    net: dict[str, Any] | None = None
+    requests: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PreemptionEvent:
+    ts_ns: int
+    pid: int
+    tid: int
+    cpu: int
+    comm: str
+    delay_us: float
+    preemptor_pid: int
+    preemptor_tid: int
+    preemptor_comm: str
+    workload: str | None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Events:
+    preemptions: tuple[PreemptionEvent, ...] = ()
+    bypass: tuple[dict[str, Any], ...] = ()
+    preemptions_total: int = 0  # in the window; beyond the kept cap only counted
+
+
+@dataclass(frozen=True)
+class Unattributed:
+    """Activity of processes that exited before wasmtop could read who they were."""
+
+    processes: int = 0
+    switches: int = 0
+    migrations: int = 0
+    preemptions: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    host: str
+    kernel: str
+    cpus: int
+    window_s: float
+    probes: dict[str, dict[str, Any]]
+    workloads: tuple[Workload, ...]
+    events: Events = field(default_factory=Events)
+    traces: tuple[dict[str, Any], ...] = ()
+    alerts: tuple[dict[str, Any], ...] = ()
+    migrations: tuple[Migration, ...] = ()  # whole host, all tracked threads
+    unattributed: Unattributed = field(default_factory=Unattributed)
+    counters: dict[str, int] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def workload(self, key: str) -> Workload:
+        for w in self.workloads:
+            if w.key == key:
+                return w
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _plain(dataclasses.asdict(self))
+        # Schema first, the way the contract lists it.
+        return {"schema": out.pop("schema"), **out}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: tuples to lists, NaN/inf to null, float noise rounded."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 6)
+    return value

@@ -1,0 +1,262 @@
+"""Thread -> process -> workload.
+
+A workload is a Kubernetes container (pod UID + container id parsed from its cgroup path) or
+another container runtime's scope when the cgroup path names one; otherwise it is a single
+process (tgid), so that two processes on a plain host are two workloads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .topology import parse_cpu_list
+
+WASM, CONTAINER, PROCESS = "wasm", "container", "process"
+
+_HEX64 = r"[0-9a-f]{64}"
+_UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+# Scope prefixes that name a container runtime (systemd cgroup driver and standalone engines).
+_SCOPE_RUNTIMES = {
+    "cri-containerd": "containerd",
+    "crio": "cri-o",
+    "docker": "docker",
+    "libpod": "podman",
+    "nerdctl": "containerd",
+}
+_SCOPE = re.compile(
+    r"(?P<prefix>cri-containerd|crio|docker|libpod|nerdctl)-(?:conmon-)?(?P<id>"
+    + _HEX64
+    + r")\.scope$"
+)
+_KUBE_POD = re.compile(
+    r"kubepods(?:[./-](?P<qos>burstable|besteffort|guaranteed))?"  # cgroupfs or systemd slice
+    r"(?:\.slice)?/(?:kubepods-(?:burstable-|besteffort-|guaranteed-)?)?pod(?P<uid>" + _UID + r")"
+    r"(?:\.slice)?(?:/(?P<rest>[^/]+))?"
+)
+_QOS_SEGMENT = re.compile(r"kubepods[./-](burstable|besteffort|guaranteed)")
+_PLAIN_ID = re.compile(r"^(?:[^/]*-)?(?P<id>" + _HEX64 + r")(?:\.scope)?$")
+_DOCKER_CGROUPFS = re.compile(r"/docker/(?P<id>" + _HEX64 + r")(?:/|$)")
+_LXC = re.compile(r"/lxc(?:\.payload\.|/)(?P<name>[^/]+)")
+
+# Executable / comm names and mapped-library stems of WebAssembly runtimes.
+_RUNTIME_EXES = {"wasmtime": "wasmtime", "wasmedge": "wasmedge", "spin": "spin", "wasmer": "wasmer"}
+_RUNTIME_LIBS = (("libwasmtime", "wasmtime"), ("libwasmedge", "wasmedge"), ("libwasmer", "wasmer"))
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """What a cgroup path says about the container a process runs in."""
+
+    engine: (
+        str  # containerd, cri-o, docker, podman, lxc, or "kubernetes" when only the pod is known
+    )
+    container_id: str | None
+    pod_uid: str | None = None
+    qos: str | None = None
+
+
+def parse_cgroup_path(path: str) -> ContainerRef | None:
+    """Container identity from a cgroup path, for the systemd and cgroupfs drivers and the
+    containerd, CRI-O, Docker and podman forms; None for a plain host process."""
+    pod = _KUBE_POD.search(path)
+    if pod:
+        uid = pod.group("uid").replace("_", "-")
+        qos_match = _QOS_SEGMENT.search(path)
+        qos = qos_match.group(1) if qos_match else "guaranteed"
+        rest = pod.group("rest")
+        engine, cid = "kubernetes", None
+        if rest:
+            scope = _SCOPE.search(rest)
+            if scope:
+                engine, cid = _SCOPE_RUNTIMES[scope.group("prefix")], scope.group("id")
+            else:
+                plain = _PLAIN_ID.match(rest)
+                if plain:  # cgroupfs driver: the runtime is not named in the path
+                    cid = plain.group("id")
+        return ContainerRef(engine, cid, uid, qos)
+    scope = _SCOPE.search(path)
+    if scope:
+        return ContainerRef(_SCOPE_RUNTIMES[scope.group("prefix")], scope.group("id"))
+    docker = _DOCKER_CGROUPFS.search(path)
+    if docker:
+        return ContainerRef("docker", docker.group("id"))
+    lxc = _LXC.search(path)
+    if lxc:
+        return ContainerRef("lxc", lxc.group("name"))
+    return None
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str | None
+    name: str | None
+    uid: str
+    container: str | None
+    container_id: str | None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    start_ticks: int  # /proc/PID/stat field 22: tells a reused pid from the original
+    comm: str
+    exe: str | None
+    cgroup: str | None
+    container: ContainerRef | None
+    runtime: str | None  # WebAssembly runtime, if this process is one
+    allowed_cpus: frozenset[int]
+    read_at: float
+
+
+@dataclass(frozen=True)
+class WorkloadId:
+    key: str
+    kind: str
+    runtime: str | None
+    comm: str
+    cgroup: str | None
+    pod: Pod | None
+
+
+def wasm_runtime(exe: str | None, comm: str, maps: str | None) -> str | None:
+    """Which WebAssembly runtime a process is: by executable, comm, or a mapped library."""
+    for name in (os.path.basename(exe or ""), comm):
+        if name in _RUNTIME_EXES:
+            return _RUNTIME_EXES[name]
+    if maps:
+        for stem, runtime in _RUNTIME_LIBS:
+            if stem in maps:
+                return runtime
+    return None
+
+
+class ProcReader:
+    """Reads what wasmtop needs about a process from a /proc tree given at construction, so
+    tests can point it at a fixture. A process gone mid-read yields None, never an error."""
+
+    def __init__(self, proc_root: str | Path = "/proc") -> None:
+        self.root = Path(proc_root)
+        self.vanished = 0  # processes that disappeared while being read
+
+    def _text(self, pid: int, name: str) -> str:
+        return (self.root / str(pid) / name).read_text(errors="replace")
+
+    def start_ticks(self, pid: int) -> int | None:
+        try:
+            stat = self._text(pid, "stat")
+        except OSError:
+            return None
+        # comm may hold spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        try:
+            return int(fields[19])
+        except (IndexError, ValueError):
+            return None
+
+    def read(self, pid: int) -> ProcessInfo | None:
+        try:
+            start = self.start_ticks(pid)
+            comm = self._text(pid, "comm").strip()
+            cgroup_text = self._text(pid, "cgroup")
+            status = self._text(pid, "status")
+        except OSError:
+            self.vanished += 1
+            return None
+        if start is None:
+            self.vanished += 1
+            return None
+        try:
+            exe: str | None = os.readlink(self.root / str(pid) / "exe")
+        except OSError:
+            exe = None  # kernel threads have none; other users' processes may hide it
+        try:
+            maps: str | None = self._text(pid, "maps")
+        except OSError:
+            maps = None
+        cgroup, container = cgroup_identity(cgroup_text)
+        allowed = frozenset()
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                allowed = parse_cpu_list(line.split(":", 1)[1])
+                break
+        return ProcessInfo(
+            pid=pid,
+            start_ticks=start,
+            comm=comm,
+            exe=exe,
+            cgroup=cgroup,
+            container=container,
+            runtime=wasm_runtime(exe, comm, maps),
+            allowed_cpus=allowed,
+            read_at=time.monotonic(),
+        )
+
+
+def cgroup_identity(cgroup_file: str) -> tuple[str | None, ContainerRef | None]:
+    """(cgroup path, container) from /proc/PID/cgroup. The v2 path ("0::/...") is the cgroup;
+    on hybrid hosts a container may only show in a v1 hierarchy's path, so those are parsed too."""
+    v2: str | None = None
+    v1_paths: list[str] = []
+    for line in cgroup_file.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        _, _, path = rest.partition(":")
+        if hierarchy == "0" and rest.startswith(":"):
+            v2 = path
+        elif path:
+            v1_paths.append(path)
+    for path in ([v2] if v2 else []) + v1_paths:
+        ref = parse_cgroup_path(path)
+        if ref:
+            return path, ref
+    return v2, None
+
+
+class WorkloadResolver:
+    """pid -> workload identity, cached per process incarnation, re-read every ``refresh_s``
+    (a runtime may map its library after start). Processes that exit keep the identity they
+    had when last seen, so their final counts still land on the right workload."""
+
+    def __init__(self, reader: ProcReader, refresh_s: float = 10.0) -> None:
+        self.reader = reader
+        self.refresh_s = refresh_s
+        self._cache: dict[int, ProcessInfo] = {}
+
+    def process(self, pid: int) -> ProcessInfo | None:
+        cached = self._cache.get(pid)
+        if cached and time.monotonic() - cached.read_at < self.refresh_s:
+            return cached
+        info = self.reader.read(pid)
+        if info is None:  # gone: keep the identity it had when last seen, if any
+            return cached
+        self._cache[pid] = info
+        return info
+
+    def identify(self, pid: int) -> WorkloadId | None:
+        info = self.process(pid)
+        return workload_of(info) if info else None
+
+    def forget(self, pids: set[int]) -> None:
+        for pid in pids:
+            self._cache.pop(pid, None)
+
+    def known(self) -> set[int]:
+        return set(self._cache)
+
+
+def workload_of(info: ProcessInfo) -> WorkloadId:
+    ref = info.container
+    if ref is None:
+        kind = WASM if info.runtime else PROCESS
+        return WorkloadId(f"pid:{info.pid}", kind, info.runtime, info.comm, info.cgroup, None)
+    pod = None
+    if ref.pod_uid:
+        pod = Pod(None, None, ref.pod_uid, None, ref.container_id)
+        key = f"pod:{ref.pod_uid}/{ref.container_id or 'pod'}"
+    else:
+        key = f"{ref.engine}:{ref.container_id}"
+    kind = WASM if info.runtime else CONTAINER
+    return WorkloadId(key, kind, info.runtime, info.comm, info.cgroup, pod)

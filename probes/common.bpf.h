@@ -1,0 +1,29 @@
+/* Shared by every wasmtop probe; prepended to each probe's text by probes/runtime.py.
+ *
+ * Compiled in by the loader (cflags): WASMTOP_NR_COUNTERS, CTR_RB_ATTEMPTS, CTR_RB_LOST,
+ * CTR_MAP_FULL and the probe's own CTR_* indices, so Python is the one source of truth
+ * for which counter lives where.
+ */
+#include <uapi/linux/ptrace.h>
+
+/* Per-CPU counters: ring-buffer attempts and failed reservations, full maps. Counting in the
+ * kernel keeps `lost` true even when userspace is slow to drain. */
+BPF_PERCPU_ARRAY(counters, u64, WASMTOP_NR_COUNTERS);
+
+static __always_inline void count_event(u32 idx)
+{
+    u64 *c = counters.lookup(&idx);
+    if (c)
+        (*c)++;
+}
+
+/* Log-linear bucket: 8 sub-buckets per power of two, so a bucket is at most 1/8 of its lower
+ * bound wide (bcc's runqlat uses plain log2 buckets: up to 100 % error). Values below 8 get a
+ * bucket each. Decoded by wasmtop.collector.quantiles.bucket_bounds. */
+static __always_inline u32 loglinear_bucket(u64 v)
+{
+    if (v < 8)
+        return v;
+    u32 lg = bpf_log2l(v);
+    return (lg - 2) * 8 + ((v >> (lg - 3)) & 7);
+}

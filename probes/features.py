@@ -1,0 +1,220 @@
+"""What this kernel can do for wasmtop, checked on the machine rather than assumed."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gzip
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+OK = "ok"
+UNAVAILABLE = "unavailable"
+
+# Effective capabilities (linux/capability.h).
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+_BPF_MAP_CREATE = 0
+_BPF_ENABLE_STATS = 32
+_BPF_MAP_TYPE_RINGBUF = 27
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    status: str  # "ok" | "unavailable"
+    reason: str
+    required: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def bpf_syscall(cmd: int, attr: bytes) -> int:
+    """Raw bpf(2). Returns the result, or -errno."""
+    buf = ctypes.create_string_buffer(attr, max(len(attr), 128))
+    res = _libc().syscall(_SYS_BPF, cmd, buf, ctypes.sizeof(buf))
+    return res if res >= 0 else -ctypes.get_errno()
+
+
+def enable_bpf_stats() -> int:
+    """Turn on per-program run time and count for as long as the returned fd stays open.
+
+    BPF_ENABLE_STATS is scoped to the fd, so closing it leaves kernel.bpf_stats_enabled as it
+    was. Returns the fd, or -errno.
+    """
+    return bpf_syscall(_BPF_ENABLE_STATS, (0).to_bytes(4, "little"))
+
+
+def tracefs_root() -> Path | None:
+    for root in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def cgroup2_mount(mounts: str = "/proc/mounts") -> Path | None:
+    """The cgroup v2 mount point, wherever this host put it (hybrid layouts differ)."""
+    try:
+        with open(mounts) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == "cgroup2":
+                    return Path(fields[1])
+    except OSError:
+        return None
+    return None
+
+
+def effective_capabilities(status_path: str = "/proc/self/status") -> int:
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def missing_capabilities(caps: int | None = None) -> list[str]:
+    """Capabilities wasmtop lacks to load tracing programs; [] when it has enough."""
+    caps = effective_capabilities() if caps is None else caps
+
+    def has(bit: int) -> bool:
+        return bool(caps >> bit & 1)
+
+    if has(CAP_SYS_ADMIN):
+        return []
+    return [
+        name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not has(bit)
+    ]
+
+
+def kernel_config(option: str, path: str = "/proc/config.gz") -> str | None:
+    """Value of CONFIG_<option> ("y", "m", ...), "n" when unset, None when unknowable."""
+    try:
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                if line.startswith(f"CONFIG_{option}="):
+                    return line.strip().split("=", 1)[1]
+                if line.startswith(f"# CONFIG_{option} is not set"):
+                    return "n"
+    except OSError:
+        return None
+    return "n"
+
+
+def headers_dir(release: str | None = None) -> Path:
+    return Path("/lib/modules") / (release or platform.release()) / "build"
+
+
+def check_kernel_headers() -> Feature:
+    build = headers_dir()
+    if (build / "include").is_dir():
+        return Feature("kernel_headers", OK, f"{build} -> {build.resolve()}", True)
+    return Feature(
+        "kernel_headers",
+        UNAVAILABLE,
+        f"{build} missing: run `make setup` (installs linux-headers-$(dpkg --print-architecture)"
+        " and links it for this kernel)",
+        True,
+    )
+
+
+def check_ringbuf() -> Feature:
+    attr = b"".join(
+        v.to_bytes(4, "little") for v in (_BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    )  # map_type, key_size, value_size, max_entries
+    fd = bpf_syscall(_BPF_MAP_CREATE, attr)
+    if fd >= 0:
+        os.close(fd)
+        return Feature("ringbuf", OK, "BPF_MAP_TYPE_RINGBUF created", True)
+    return Feature(
+        "ringbuf",
+        UNAVAILABLE,
+        f"creating a ring buffer map failed: {errno.errorcode.get(-fd)} (needs Linux >= 5.8)",
+        True,
+    )
+
+
+def check_tracepoints() -> Feature:
+    root = tracefs_root()
+    if root is None:
+        return Feature(
+            "tracepoints",
+            UNAVAILABLE,
+            "tracefs not mounted: mount -t tracefs nodev /sys/kernel/tracing",
+            True,
+        )
+    needed = ["sched/sched_switch", "sched/sched_migrate_task"]
+    absent = [tp for tp in needed if not (root / "events" / tp / "format").exists()]
+    if absent:
+        return Feature("tracepoints", UNAVAILABLE, f"missing in {root}: {', '.join(absent)}", True)
+    return Feature("tracepoints", OK, f"{root}/events", True)
+
+
+def check_btf() -> Feature:
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        return Feature("btf", OK, "/sys/kernel/btf/vmlinux", False)
+    return Feature("btf", UNAVAILABLE, "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)", False)
+
+
+def check_bpffs() -> Feature:
+    try:
+        with open("/proc/mounts") as f:
+            if any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in f):
+                return Feature("bpffs", OK, "/sys/fs/bpf", False)
+    except OSError:
+        pass
+    return Feature("bpffs", UNAVAILABLE, "not mounted: mount -t bpf bpf /sys/fs/bpf", False)
+
+
+def check_capabilities() -> Feature:
+    missing = missing_capabilities()
+    if not missing:
+        return Feature("capabilities", OK, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)", True)
+    return Feature(
+        "capabilities",
+        UNAVAILABLE,
+        f"missing {' and '.join(missing)}: run as root or grant {', '.join(missing)}",
+        True,
+    )
+
+
+def check_kprobes() -> Feature:
+    root = tracefs_root()
+    if root is not None and (root / "kprobe_events").exists():
+        return Feature("kprobes", OK, f"{root}/kprobe_events", False)
+    cfg = kernel_config("KPROBES")
+    why = "kernel built without CONFIG_KPROBES" if cfg == "n" else "no kprobe_events in tracefs"
+    return Feature("kprobes", UNAVAILABLE, why, False)
+
+
+def check_bpf_stats() -> Feature:
+    fd = enable_bpf_stats()
+    if fd >= 0:
+        os.close(fd)
+        return Feature("bpf_stats", OK, "BPF_ENABLE_STATS (per-program run time and count)", False)
+    return Feature("bpf_stats", UNAVAILABLE, f"BPF_ENABLE_STATS: {errno.errorcode.get(-fd)}", False)
+
+
+def detect() -> list[Feature]:
+    """Every feature check that needs no compiler. fentry is checked by loading (see runtime)."""
+    return [
+        check_capabilities(),
+        check_tracepoints(),
+        check_ringbuf(),
+        check_kernel_headers(),
+        check_btf(),
+        check_bpffs(),
+        check_bpf_stats(),
+        check_kprobes(),
+    ]

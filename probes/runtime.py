@@ -1,0 +1,414 @@
+"""What every probe loader shares: render and compile BCC text, isolate failures, attach and
+detach, drain ring buffers, count losses in the kernel, and report each probe's own cost."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from . import features
+from .decoders import DECODERS, DecodeError
+
+OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
+
+PLACEHOLDER = re.compile(r"@@([A-Z][A-Z0-9_]*)@@")
+BASE_COUNTERS = ("RB_ATTEMPTS", "RB_LOST", "MAP_FULL")
+HERE = Path(__file__).resolve().parent
+# Events held between drains and the collector's take; beyond this they are dropped and counted.
+MAX_PENDING_EVENTS = 100_000
+
+
+class ProbeUnavailable(Exception):
+    """The kernel lacks something this probe needs; the message says what."""
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill ``@@NAME@@`` placeholders; a placeholder without a value is an error, not a hole."""
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"no value for placeholder @@{name}@@")
+        return str(values[name])
+
+    return PLACEHOLDER.sub(fill, template)
+
+
+def placeholders_in(text: str) -> set[str]:
+    return set(PLACEHOLDER.findall(text))
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture fd 2 (where libbcc and clang print) into the yielded list's single element."""
+    out: list[str] = [""]
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out[0] = tmp.read().decode("utf-8", "replace")
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def prog_stats(fd: int) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) of a loaded program, from its fdinfo (as bpftop shows them)."""
+    cnt = ns = 0
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "run_cnt":
+                    cnt = int(value)
+                elif key == "run_time_ns":
+                    ns = int(value)
+    except OSError:
+        pass
+    return cnt, ns
+
+
+def prog_id(fd: int) -> int | None:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("prog_id:"):
+                    return int(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class ProbeHealth:
+    status: str
+    reason: str
+    events: int
+    lost: int
+    malformed: int
+    map_full: int
+    run_count: int
+    run_time_ns: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "events": self.events,
+            "lost": self.lost,
+            "malformed": self.malformed,
+            "map_full": self.map_full,
+            "run_count": self.run_count,
+            "run_time_ns": self.run_time_ns,
+            "ns_per_run": round(self.run_time_ns / self.run_count, 1) if self.run_count else None,
+        }
+
+
+class Probe:
+    """One kernel program file and its userspace side, named alike (NAME.bpf.c + NAME.py).
+
+    Subclasses declare what they attach as data and say what to compile in; this class does
+    the rest. A probe that cannot load reports why and leaves the others running.
+    """
+
+    name: ClassVar[str]
+    tracepoints: ClassVar[tuple[tuple[str, str], ...]] = ()  # (category:event, function)
+    ringbuffers: ClassVar[tuple[tuple[str, str], ...]] = ()  # (map, decoder name)
+    counters: ClassVar[tuple[str, ...]] = ()  # probe-specific per-CPU counters
+
+    def __init__(self) -> None:
+        self.bpf: Any = None
+        self.status = UNAVAILABLE
+        self.reason = "not loaded"
+        self.received = 0
+        self.malformed = 0
+        self.dropped = 0
+        self._pending: list[Any] = []
+        self._attached: list[str] = []
+        self._final_counters: dict[str, int] | None = None
+
+    # -- what gets compiled ---------------------------------------------------------------
+    def placeholders(self) -> dict[str, str]:
+        return {}
+
+    def defines(self) -> dict[str, int | str]:
+        return {}
+
+    def counter_names(self) -> tuple[str, ...]:
+        return BASE_COUNTERS + self.counters
+
+    def cflags(self) -> list[str]:
+        flags = {f"CTR_{name}": i for i, name in enumerate(self.counter_names())}
+        flags["WASMTOP_NR_COUNTERS"] = len(self.counter_names())
+        for _, dec in self.ringbuffers:
+            flags[f"{dec.upper()}_SIZE"] = DECODERS[dec].size
+        flags.update(self.defines())
+        return [f"-D{k}={v}" for k, v in flags.items()]
+
+    def source(self) -> str:
+        common = (HERE / "common.bpf.h").read_text()
+        body = (HERE / f"{self.name}.bpf.c").read_text()
+        asserts = "".join(
+            f"_Static_assert(sizeof(struct {dec}) == {dec.upper()}_SIZE, "
+            f'"struct {dec} does not match its decoder in probes/decoders.py");\n'
+            for _, dec in self.ringbuffers
+        )
+        return f"{common}\n{body}\n{asserts}"
+
+    def rendered(self) -> str:
+        return render(self.source(), self.placeholders())
+
+    def printable(self) -> str:
+        """The program exactly as compiled, cflags first (wasmtop doctor --print-bpf)."""
+        header = "".join(f"// cflag {flag}\n" for flag in self.cflags())
+        return f"// probe {self.name}\n{header}{self.rendered()}"
+
+    def check_kernel(self) -> None:
+        """Raise ProbeUnavailable when the kernel lacks what this probe attaches to."""
+        root = features.tracefs_root()
+        for tp, _ in self.tracepoints:
+            category, event = tp.split(":")
+            if root is None or not (root / "events" / category / event).is_dir():
+                raise ProbeUnavailable(f"tracepoint {tp} not found (is tracefs mounted?)")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, bpf_class: Callable[..., Any] | None = None) -> None:
+        """Compile, load and attach. Never raises: the outcome is in status and reason."""
+        try:
+            self.check_kernel()
+            if bpf_class is None:
+                from bcc import BPF as bpf_class
+            with captured_stderr() as err:
+                try:
+                    self.bpf = bpf_class(text=self.rendered(), cflags=self.cflags())
+                except Exception as exc:
+                    raise RuntimeError(f"compile failed: {exc}\n{_tail(err[0])}") from None
+            self.verify_maps()
+            for map_name, dec in self.ringbuffers:
+                self.bpf[map_name].open_ring_buffer(self._ring_callback(DECODERS[dec]))
+            with captured_stderr() as err:
+                try:
+                    self.attach()
+                except Exception as exc:
+                    raise RuntimeError(f"load/attach failed: {exc}\n{_tail(err[0])}") from None
+        except ProbeUnavailable as exc:
+            self.status, self.reason = UNAVAILABLE, str(exc)
+            self._release()
+        except Exception as exc:  # compiler, verifier, attach: reported, never fatal
+            self.status, self.reason = FAILED, str(exc).strip()
+            self._release()
+        else:
+            self.status, self.reason = OK, "attached"
+
+    def attach(self) -> None:
+        for tp, fn in self.tracepoints:
+            self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            self._attached.append(tp)
+
+    def detach(self) -> None:
+        """Undo every attachment; maps stay readable for a final drain and read."""
+        while self._attached:
+            tp = self._attached.pop()
+            with contextlib.suppress(Exception):
+                self.bpf.detach_tracepoint(tp)
+
+    def verify_maps(self) -> None:
+        """Fail at load time, not at read time, when a map the reader needs is missing."""
+        for name in self.required_maps():
+            try:
+                self.bpf[name]
+            except KeyError:
+                raise RuntimeError(f"map {name!r} missing from {self.name}.bpf.c") from None
+
+    def required_maps(self) -> Sequence[str]:
+        return ["counters"] + [m for m, _ in self.ringbuffers]
+
+    def close(self) -> None:
+        self.detach()
+        self._release()
+
+    def _release(self) -> None:
+        if self.bpf is not None:
+            with contextlib.suppress(Exception):
+                self._final_counters = self._read_counters()
+            with contextlib.suppress(Exception):
+                self.bpf.cleanup()
+            self.bpf = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.bpf is not None and self.status == OK
+
+    # -- ring buffers -------------------------------------------------------------------
+    def _ring_callback(self, dec: Any) -> Callable[[Any, Any, int], int]:
+        import ctypes
+
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            try:
+                record = dec(ctypes.string_at(data, size))
+            except DecodeError:
+                self.malformed += 1
+                return 0
+            self.received += 1
+            if len(self._pending) >= MAX_PENDING_EVENTS:
+                self.dropped += 1
+            else:
+                self._pending.append(record)
+            return 0
+
+        return on_record
+
+    def drain(self) -> None:
+        """Consume whatever the ring buffers hold; called on a timer, never per event."""
+        if self.bpf is not None and self.ringbuffers:
+            self.bpf.ring_buffer_consume()
+
+    def take_events(self) -> list[Any]:
+        events, self._pending = self._pending, []
+        return events
+
+    # -- counters and cost ----------------------------------------------------------------
+    def _read_counters(self) -> dict[str, int]:
+        table = self.bpf["counters"]
+        return {name: int(table.sum(i).value) for i, name in enumerate(self.counter_names())}
+
+    def counter_values(self) -> dict[str, int]:
+        if self.bpf is not None:
+            return self._read_counters()
+        return dict(self._final_counters or dict.fromkeys(self.counter_names(), 0))
+
+    def program_fds(self) -> list[int]:
+        if self.bpf is None:
+            return []
+        return [fn.fd for fn in self.bpf.funcs.values()]
+
+    def program_ids(self) -> list[int]:
+        return [i for i in map(prog_id, self.program_fds()) if i is not None]
+
+    def health(self) -> ProbeHealth:
+        ctr = self.counter_values()
+        runs = ns = 0
+        for fd in self.program_fds():
+            c, t = prog_stats(fd)
+            runs, ns = runs + c, ns + t
+        return ProbeHealth(
+            status=self.status,
+            reason=self.reason,
+            events=self.received,
+            lost=ctr.get("RB_LOST", 0) + self.dropped,
+            malformed=self.malformed,
+            map_full=ctr.get("MAP_FULL", 0),
+            run_count=runs,
+            run_time_ns=ns,
+        )
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM/SIGINT so every ``finally`` detaches."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class ProbeSet:
+    """Start probes together; on exit (normal, exception, SIGTERM/SIGINT) undo every attach.
+
+    ``with ProbeSet([SchedProbe()]) as probes: ...``
+    """
+
+    def __init__(self, probes: Sequence[Probe], *, handle_signals: bool = True) -> None:
+        self.probes = list(probes)
+        self.handle_signals = handle_signals
+        self._saved_handlers: dict[int, Any] = {}
+        self._stats_fd = -1
+
+    def __enter__(self) -> ProbeSet:
+        if self.handle_signals:
+            self._install_signal_handlers()
+        try:
+            self._stats_fd = features.enable_bpf_stats()
+            for probe in self.probes:
+                probe.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.close()
+        finally:
+            if self._stats_fd >= 0:
+                os.close(self._stats_fd)
+                self._stats_fd = -1
+            self._restore_signal_handlers()
+
+    def __iter__(self) -> Iterator[Probe]:
+        return iter(self.probes)
+
+    def __getitem__(self, name: str) -> Probe:
+        for probe in self.probes:
+            if probe.name == name:
+                return probe
+        raise KeyError(name)
+
+    def detach(self) -> None:
+        """Detach every program, then drain what the ring buffers still hold."""
+        for probe in self.probes:
+            probe.detach()
+        self.drain()
+
+    def drain(self) -> None:
+        for probe in self.probes:
+            probe.drain()
+
+    def close(self) -> None:
+        for probe in self.probes:
+            with contextlib.suppress(Exception):
+                probe.close()
+
+    def _install_signal_handlers(self) -> None:
+        def raise_terminated(signum: int, _frame: object) -> None:
+            raise Terminated(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._saved_handlers[sig] = signal.signal(sig, raise_terminated)
+            except ValueError:  # not the main thread: the owner handles signals
+                break
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
+        self._saved_handlers.clear()
+
+
+def sleep_draining(probes: ProbeSet, seconds: float, interval_s: float = 0.1) -> None:
+    """Sleep for ``seconds`` while draining ring buffers every ``interval_s``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(interval_s, remaining))
+        probes.drain()

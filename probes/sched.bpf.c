@@ -1,0 +1,220 @@
+/* wasmtop scheduler probe: migrations, context switches, on-CPU time and preemption delay.
+ *
+ * Uses tracepoint arguments only (never kernel struct layouts: the headers BCC compiles against
+ * may be of another kernel version).
+ *
+ * Compiled in by probes/sched.py:
+ *   cflags  MAX_THREADS, CPU_TIME_ENTRIES, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
+ *           PREV_STATE_MASK, CTR_*
+ *   text    @@FILTER_TGID@@, @@FILTER_CGROUP@@: expressions that are true for a task to skip,
+ *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
+ */
+
+struct thread_stats {
+    u32 tgid;
+    u32 _pad;
+    u64 switches;              /* times switched out */
+    u64 involuntary;           /* switched out while still runnable */
+    u64 migrations;            /* sched_migrate_task of this thread */
+    u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
+    u64 preemptions;           /* completed preemption delays */
+    u64 over_threshold;        /* preemption delays >= THRESHOLD_NS */
+    char comm[16];
+};
+BPF_HASH(threads, u32, struct thread_stats, MAX_THREADS);
+
+struct oncpu_key {
+    u32 tid;
+    u32 cpu;
+};
+BPF_HASH(cpu_time_ns, struct oncpu_key, u64, CPU_TIME_ENTRIES);
+
+struct migration_key {
+    u32 tgid;
+    u16 from_cpu;
+    u16 to_cpu;
+};
+BPF_HASH(migration_matrix, struct migration_key, u64, MAX_THREADS);
+
+struct hist_key {
+    u32 tgid;
+    u32 bucket;
+};
+BPF_HASH(preempt_delay_hist, struct hist_key, u64, HIST_ENTRIES);
+
+/* Window maximum per process: written with update_elem (under the bucket lock) so that
+ * userspace's lookup-and-delete each tick never loses a value. */
+BPF_HASH(preempt_delay_max_ns, u32, u64, MAX_THREADS);
+
+struct preempted {
+    u64 ts;
+    u32 tgid;
+    u32 cpu;
+    u32 preemptor_tid;
+    u32 preemptor_tgid;
+    char preemptor_comm[16];
+};
+BPF_HASH(preempted_at, u32, struct preempted, MAX_THREADS);
+
+struct running {
+    u32 tid;
+    u32 _pad;
+    u64 since;
+};
+BPF_PERCPU_ARRAY(running_since, struct running, 1);
+
+struct preempt_event {
+    u64 ts_ns;
+    u64 delay_ns;
+    u32 pid;
+    u32 tid;
+    u32 cpu;
+    u32 preemptor_pid;
+    u32 preemptor_tid;
+    u32 _pad;
+    char comm[16];
+    char preemptor_comm[16];
+};
+BPF_RINGBUF_OUTPUT(preempt_events, RINGBUF_PAGES);
+
+static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *w, u64 delay,
+                                            struct thread_stats *st)
+{
+    count_event(CTR_RB_ATTEMPTS);
+    struct preempt_event *ev = preempt_events.ringbuf_reserve(sizeof(*ev));
+    if (!ev) {
+        count_event(CTR_RB_LOST);
+        return;
+    }
+    ev->ts_ns = now;
+    ev->delay_ns = delay;
+    ev->pid = w->tgid;
+    ev->tid = tid;
+    ev->cpu = w->cpu;
+    ev->preemptor_pid = w->preemptor_tgid;
+    ev->preemptor_tid = w->preemptor_tid;
+    ev->_pad = 0;
+    __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
+    __builtin_memcpy(ev->preemptor_comm, w->preemptor_comm, sizeof(ev->preemptor_comm));
+    /* No wakeup: userspace drains on a timer, so a busy CPU never pays for one per event. */
+    preempt_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void account_cpu_time(u32 tid, u32 cpu, u64 now)
+{
+    u32 zero = 0;
+    struct running *r = running_since.lookup(&zero);
+    if (!r || r->tid != tid || r->since == 0 || now < r->since)
+        return;
+    struct oncpu_key key = {.tid = tid, .cpu = cpu};
+    u64 init = 0;
+    u64 *ns = cpu_time_ns.lookup_or_try_init(&key, &init);
+    if (!ns) {
+        count_event(CTR_MAP_FULL);
+        return;
+    }
+    __sync_fetch_and_add(ns, now - r->since);
+}
+
+static __always_inline void finish_preemption(u32 tid, u64 now)
+{
+    struct preempted *w = preempted_at.lookup(&tid);
+    if (!w)
+        return;
+    struct preempted copy = *w;
+    preempted_at.delete(&tid);
+    if (now < copy.ts)
+        return;
+    u64 delay = now - copy.ts;
+
+    struct thread_stats *st = threads.lookup(&tid);
+    if (!st)
+        return;
+    __sync_fetch_and_add(&st->preempt_delay_ns, delay);
+    __sync_fetch_and_add(&st->preemptions, 1);
+
+    struct hist_key hk = {.tgid = copy.tgid, .bucket = loglinear_bucket(delay)};
+    u64 one = 0;
+    u64 *slot = preempt_delay_hist.lookup_or_try_init(&hk, &one);
+    if (slot)
+        __sync_fetch_and_add(slot, 1);
+    else
+        count_event(CTR_MAP_FULL);
+
+    u64 *max = preempt_delay_max_ns.lookup(&copy.tgid);
+    if (!max || *max < delay) {
+        if (preempt_delay_max_ns.update(&copy.tgid, &delay))
+            count_event(CTR_MAP_FULL);
+    }
+
+    if (delay >= THRESHOLD_NS) {
+        __sync_fetch_and_add(&st->over_threshold, 1);
+        emit_preemption(now, tid, &copy, delay, st);
+    }
+}
+
+int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 cpu = bpf_get_smp_processor_id();
+    u32 prev = args->prev_pid;
+    u32 next = args->next_pid;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
+
+    if (prev != 0 && !(@@FILTER_TGID@@) && !(@@FILTER_CGROUP@@)) {
+        struct thread_stats zero = {};
+        zero.tgid = tgid;
+        struct thread_stats *st = threads.lookup_or_try_init(&prev, &zero);
+        if (!st) {
+            count_event(CTR_MAP_FULL);
+        } else {
+            if (st->tgid != tgid) /* tid reused by another process */
+                st->tgid = tgid;
+            bpf_probe_read_kernel(&st->comm, sizeof(st->comm), args->prev_comm);
+            __sync_fetch_and_add(&st->switches, 1);
+            account_cpu_time(prev, cpu, now);
+            /* Still runnable when switched out: it did not give up the CPU, it lost it. */
+            if ((args->prev_state & PREV_STATE_MASK) == 0) {
+                __sync_fetch_and_add(&st->involuntary, 1);
+                struct preempted w = {.ts = now, .tgid = tgid, .cpu = cpu, .preemptor_tid = next};
+                struct thread_stats *nst = threads.lookup(&next);
+                w.preemptor_tgid = nst ? nst->tgid : next;
+                bpf_probe_read_kernel(&w.preemptor_comm, sizeof(w.preemptor_comm),
+                                      args->next_comm);
+                if (preempted_at.update(&prev, &w))
+                    count_event(CTR_MAP_FULL);
+            }
+        }
+    }
+
+    u32 zero_idx = 0;
+    struct running *r = running_since.lookup(&zero_idx);
+    if (r) {
+        r->tid = next;
+        r->since = now;
+    }
+    if (next != 0)
+        finish_preemption(next, now);
+    return 0;
+}
+
+int wasmtop_sched_migrate(struct tracepoint__sched__sched_migrate_task *args)
+{
+    u32 tid = args->pid; /* the migrated task, not the current one */
+    struct thread_stats *st = threads.lookup(&tid);
+    if (!st) {
+        /* Not seen running yet, or filtered out: counted, so the matrix never hides it. */
+        count_event(CTR_MIGRATIONS_UNTRACKED);
+        return 0;
+    }
+    __sync_fetch_and_add(&st->migrations, 1);
+    struct migration_key key = {
+        .tgid = st->tgid, .from_cpu = args->orig_cpu, .to_cpu = args->dest_cpu};
+    u64 init = 0;
+    u64 *n = migration_matrix.lookup_or_try_init(&key, &init);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else
+        count_event(CTR_MAP_FULL);
+    return 0;
+}

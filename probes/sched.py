@@ -1,0 +1,239 @@
+"""Scheduler probe: migrations, context switches, on-CPU time and preemption delay per thread.
+
+Kernel side: ``sched.bpf.c`` on ``sched:sched_switch`` and ``sched:sched_migrate_task``.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import operator
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import features
+from .records import SchedReading, ThreadSched
+from .runtime import Probe, ProbeUnavailable
+
+DEFAULT_THRESHOLD_NS = 50_000_000  # DESIGN.md: preemption delay > 50 ms
+DEFAULT_MAX_THREADS = 16_384
+DEFAULT_RINGBUF_PAGES = 64  # 256 KiB with 4 KiB pages: ~3,600 events between two drains
+
+THREAD_FIELDS = (
+    "tgid", "switches", "involuntary", "migrations", "preempt_delay_ns", "preemptions",
+    "over_threshold", "comm",
+)  # fmt: skip
+
+
+_BINOPS = {
+    ast.BitOr: operator.or_,
+    ast.BitAnd: operator.and_,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.LShift: operator.lshift,
+}
+
+
+def _eval_int(node: ast.AST) -> int:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](_eval_int(node.left), _eval_int(node.right))
+    raise ValueError(f"unexpected expression: {ast.dump(node)}")
+
+
+def prev_state_mask(format_text: str) -> int:
+    """The mask under which sched_switch's prev_state is 0 for a task still runnable.
+
+    Read from the tracepoint's own print fmt (``REC->prev_state & (<mask>)``), because the
+    task-state bits moved between kernel versions (TASK_REPORT_MAX: 0x100 on 6.x, ...).
+    """
+    marker = "REC->prev_state & "
+    start = format_text.find(marker)
+    if start < 0:
+        raise ValueError("print fmt has no 'REC->prev_state & (...)'")
+    i = start + len(marker)
+    if format_text[i] != "(":
+        raise ValueError("prev_state mask is not parenthesised")
+    depth = 0
+    for j in range(i, len(format_text)):
+        depth += {"(": 1, ")": -1}.get(format_text[j], 0)
+        if depth == 0:
+            return _eval_int(ast.parse(format_text[i : j + 1], mode="eval").body)
+    raise ValueError("unbalanced parentheses in prev_state mask")
+
+
+def cgroup_filter(path: str, cgroup_root: Path | None = None) -> tuple[int, int]:
+    """(cgroup id, level) of a cgroup v2 directory, for the in-kernel subtree filter.
+
+    The id is the directory's inode; the level its depth below the cgroup2 root.
+    """
+    root = cgroup_root or features.cgroup2_mount()
+    if root is None:
+        raise ValueError("no cgroup2 mount in /proc/mounts")
+    rel = Path(path)
+    full = rel if rel.is_absolute() and rel.is_relative_to(root) else root / str(rel).lstrip("/")
+    if not full.is_dir():
+        raise ValueError(f"cgroup {path} not found under {root}")
+    level = len(full.relative_to(root).parts)
+    return os.stat(full).st_ino, level
+
+
+def _int(value: object) -> int:
+    """A map scalar: ctypes objects from item iteration, plain ints from batch lookups."""
+    return int(getattr(value, "value", value))
+
+
+class SchedProbe(Probe):
+    name = "sched"
+    tracepoints = (
+        ("sched:sched_switch", "wasmtop_sched_switch"),
+        ("sched:sched_migrate_task", "wasmtop_sched_migrate"),
+    )
+    ringbuffers = (("preempt_events", "preempt_event"),)
+    counters = ("MIGRATIONS_UNTRACKED",)
+
+    def __init__(
+        self,
+        *,
+        threshold_ns: int = DEFAULT_THRESHOLD_NS,
+        pids: Sequence[int] = (),
+        cgroup: str | None = None,
+        max_threads: int = DEFAULT_MAX_THREADS,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        cpus: int | None = None,
+    ) -> None:
+        super().__init__()
+        if threshold_ns < 0:
+            raise ValueError("threshold_ns must be >= 0")
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise ValueError("ringbuf_pages must be a power of two")
+        self.threshold_ns = threshold_ns
+        self.pids = tuple(pids)
+        self.cgroup = cgroup
+        self.max_threads = max_threads
+        self.ringbuf_pages = ringbuf_pages
+        self.cpus = cpus or os.cpu_count() or 1
+        self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
+        self._state_mask: int | None = None
+
+    # -- compiled in ----------------------------------------------------------------------
+    def state_mask(self) -> int:
+        if self._state_mask is None:
+            root = features.tracefs_root()
+            fmt = root / "events/sched/sched_switch/format" if root else None
+            try:
+                self._state_mask = prev_state_mask(fmt.read_text()) if fmt else 0xFF
+            except (OSError, ValueError):
+                self._state_mask = 0xFF  # TASK_REPORT_MAX - 1 on every kernel since 4.14
+        return self._state_mask
+
+    def placeholders(self) -> dict[str, str]:
+        # True for a task to skip: not one of the asked-for processes.
+        tgid = " && ".join(f"tgid != {p}" for p in self.pids)
+        cg = "0"
+        if self._cgroup_filter:
+            cg_id, level = self._cgroup_filter
+            cg = f"bpf_get_current_ancestor_cgroup_id({level}) != {cg_id}ULL"
+        return {"FILTER_TGID": tgid or "0", "FILTER_CGROUP": cg}
+
+    def defines(self) -> dict[str, int | str]:
+        return {
+            "MAX_THREADS": self.max_threads,
+            "CPU_TIME_ENTRIES": self.max_threads * min(self.cpus, 4),
+            "HIST_ENTRIES": self.max_threads * 4,
+            "RINGBUF_PAGES": self.ringbuf_pages,
+            "THRESHOLD_NS": f"{self.threshold_ns}ULL",
+            "PREV_STATE_MASK": hex(self.state_mask()),
+        }
+
+    def check_kernel(self) -> None:
+        super().check_kernel()
+        if not features.check_ringbuf().ok:
+            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+
+    def required_maps(self) -> list[str]:
+        return [
+            *super().required_maps(), "threads", "cpu_time_ns", "migration_matrix",
+            "preempt_delay_hist", "preempt_delay_max_ns", "running_since", "preempted_at",
+        ]  # fmt: skip
+
+    def verify_maps(self) -> None:
+        super().verify_maps()
+        leaf = {name for name, *_ in self.bpf["threads"].Leaf._fields_}
+        missing = set(THREAD_FIELDS) - leaf
+        if missing:
+            raise RuntimeError(f"struct thread_stats lacks {sorted(missing)}")
+
+    # -- reading --------------------------------------------------------------------------
+    def read(self) -> SchedReading:
+        """Read the cumulative maps and take the events drained since the previous read."""
+        self.drain()
+        now = time.monotonic_ns()  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
+        threads: dict[int, ThreadSched] = {}
+        for k, v in self.bpf["threads"].items():
+            threads[k.value] = ThreadSched(
+                tid=k.value,
+                tgid=v.tgid,
+                comm=v.comm.decode("utf-8", "replace"),
+                switches=v.switches,
+                involuntary=v.involuntary,
+                migrations=v.migrations,
+                preempt_delay_ns=v.preempt_delay_ns,
+                preemptions=v.preemptions,
+                over_threshold=v.over_threshold,
+            )
+        cpu_time = {(k.tid, k.cpu): v.value for k, v in self.bpf["cpu_time_ns"].items()}
+        # The slice each CPU is running right now has not been switched out yet: add it, so a
+        # thread that hogs a CPU without switching still shows its time.
+        for cpu, running in enumerate(self.bpf["running_since"][0]):
+            if running.tid in threads and 0 < running.since <= now:
+                key = (running.tid, cpu)
+                cpu_time[key] = cpu_time.get(key, 0) + now - running.since
+        migrations = {
+            (k.tgid, k.from_cpu, k.to_cpu): v.value for k, v in self.bpf["migration_matrix"].items()
+        }
+        hist = {(k.tgid, k.bucket): v.value for k, v in self.bpf["preempt_delay_hist"].items()}
+        window_max = {_int(k): _int(v) for k, v in self._pop_all("preempt_delay_max_ns")}
+        return SchedReading(
+            ts_ns=now,
+            threads=threads,
+            cpu_time_ns=cpu_time,
+            migrations=migrations,
+            delay_hist=hist,
+            window_max_delay_ns=window_max,
+            events=self.take_events(),
+            migrations_untracked=self.counter_values()["MIGRATIONS_UNTRACKED"],
+        )
+
+    def _pop_all(self, name: str) -> list:
+        table = self.bpf[name]
+        try:
+            return list(table.items_lookup_and_delete_batch())
+        except Exception:  # kernels without batch ops: lookup, then delete key by key
+            items = list(table.items())
+            for k, _ in items:
+                with contextlib.suppress(KeyError):
+                    del table[k]
+            return items
+
+    def forget(self, tids: Sequence[int], tgids: Sequence[int]) -> None:
+        """Drop map entries of threads and processes that have exited (after a final read)."""
+        if self.bpf is None:
+            return
+        dead_tids, dead_tgids = set(tids), set(tgids)
+        threads = self.bpf["threads"]
+        for tid in dead_tids:
+            with contextlib.suppress(KeyError):
+                del threads[threads.Key(tid)]
+        for name, gone in (
+            ("cpu_time_ns", lambda k: k.tid in dead_tids),
+            ("migration_matrix", lambda k: k.tgid in dead_tgids),
+            ("preempt_delay_hist", lambda k: k.tgid in dead_tgids),
+        ):
+            table = self.bpf[name]
+            for k in [k for k in table.keys() if gone(k)]:
+                with contextlib.suppress(KeyError):
+                    del table[k]

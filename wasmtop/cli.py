@@ -1,0 +1,257 @@
+"""wasmtop command line.
+
+Exit codes: 0 done; 1 this host cannot run it (capability, kernel feature, headers: the message
+says which); 2 bad input; 128+N stopped by signal N (probes detached first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def non_negative_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
+    return value
+
+
+def pid_arg(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a process id, got {text!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"expected a process id > 0, got {text!r}")
+    return pid
+
+
+def power_of_two(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a power of two, got {text!r}") from None
+    if n < 1 or n & (n - 1):
+        raise argparse.ArgumentTypeError(f"expected a power of two, got {text!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wasmtop",
+        description="eBPF monitoring for latency-sensitive WebAssembly edge workloads: CPU "
+        "migrations and preemption per workload, measured in the kernel.",
+    )
+    parser.add_argument("--version", action="version", version=f"wasmtop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    snap = sub.add_parser(
+        "snapshot",
+        help="watch this host for a while and print one Snapshot",
+        description="Attach the probes, watch for --seconds, detach, and print one Snapshot "
+        "(schema wasmtop.snapshot/v1, see docs/snapshot.md).",
+    )
+    snap.add_argument(
+        "--seconds",
+        type=positive_seconds,
+        default=5.0,
+        metavar="N",
+        help="length of the observation window in seconds (default 5)",
+    )
+    snap.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json (the v1 contract) or a plain table (default json)",
+    )
+    snap.add_argument(
+        "--pid",
+        type=pid_arg,
+        action="append",
+        default=[],
+        metavar="P",
+        help="only these processes (repeatable); filtered in the kernel",
+    )
+    snap.add_argument(
+        "--cgroup",
+        metavar="PATH",
+        help="only tasks in this cgroup v2 subtree (path under the cgroup2 mount)",
+    )
+    snap.add_argument(
+        "--threshold-ms",
+        type=non_negative_ms,
+        default=50.0,
+        metavar="T",
+        help="preemption delays of at least T ms are reported one by one with the "
+        "preempting task (default 50)",
+    )
+    snap.add_argument(
+        "--ringbuf-pages",
+        type=power_of_two,
+        default=None,
+        metavar="N",
+        help="ring-buffer size in pages, a power of two (default 64)",
+    )
+    snap.add_argument(
+        "--max-events",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="over-threshold events kept in the Snapshot; the rest are counted",
+    )
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check what this kernel supports and whether every probe loads",
+        description="One line per kernel feature and per probe: ok, unavailable (the kernel "
+        "lacks it: says what) or failed (with the compiler or verifier message). Exit 1 if a "
+        "required feature is missing.",
+    )
+    doctor.add_argument(
+        "--print-bpf",
+        action="store_true",
+        help="print the BPF C of every probe variant exactly as compiled",
+    )
+    return parser
+
+
+def fail(message: str, code: int) -> int:
+    print(f"wasmtop: {message}", file=sys.stderr)
+    return code
+
+
+def preflight() -> int | None:
+    """Reasons this host cannot load probes, as an exit code (after printing), or None."""
+    from .probes import features
+
+    missing = features.missing_capabilities()
+    if missing:
+        return fail(
+            f"missing capability {' and '.join(missing)}: run as root, or grant "
+            f"{', '.join(missing)} (CAP_SYS_ADMIN on kernels older than 5.8)",
+            EXIT_ENV,
+        )
+    headers = features.check_kernel_headers()
+    if not headers.ok:
+        return fail(f"no kernel headers: {headers.reason}", EXIT_ENV)
+    return None
+
+
+def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .probes.sched import DEFAULT_RINGBUF_PAGES, SchedProbe, cgroup_filter
+
+    for pid in args.pid:
+        if not os.path.exists(f"/proc/{pid}"):
+            parser.error(f"argument --pid: no process {pid}")
+    if args.cgroup:
+        try:
+            cgroup_filter(args.cgroup)
+        except ValueError as exc:
+            parser.error(f"argument --cgroup: {exc}")
+    if args.max_events < 0:
+        parser.error("argument --max-events: expected a count >= 0")
+    code = preflight()
+    if code is not None:
+        return code
+
+    from .collector.collector import Collector
+    from .probes.runtime import OK, ProbeSet, Terminated, sleep_draining
+    from .rows import plain_table
+
+    probe = SchedProbe(
+        threshold_ns=round(args.threshold_ms * 1e6),
+        pids=args.pid,
+        cgroup=args.cgroup,
+        ringbuf_pages=args.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
+    )
+    try:
+        with ProbeSet([probe]) as probes:
+            if not any(p.status == OK for p in probes):
+                for p in probes:
+                    print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
+                return EXIT_ENV
+            collector = Collector(probes, max_events=args.max_events)
+            remaining = args.seconds
+            while remaining > 0:  # learn process identities every second
+                step = min(1.0, remaining)
+                sleep_draining(probes, step)
+                collector.observe()
+                remaining -= step
+            probes.detach()  # stop the kernel side first, so the books close exactly
+            snapshot = collector.tick()
+    except Terminated as stop:
+        return stop.exit_code
+    if args.format == "json":
+        print(snapshot.to_json())
+    else:
+        print(plain_table(snapshot))
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .probes import features
+    from .probes.catalog import fentry_feature, probe_variants
+    from .probes.runtime import OK, ProbeSet
+
+    if args.print_bpf:
+        for label, probe in probe_variants():
+            print(f"// ===== {label} =====")
+            print(probe.printable())
+        return EXIT_OK
+
+    found = features.detect()
+    if all(f.ok for f in found if f.name in ("capabilities", "kernel_headers")):
+        found.append(fentry_feature())
+    width = max(len(f.name) for f in found)
+    for f in found:
+        need = "required" if f.required else "optional"
+        print(f"feature {f.name:<{width}}  {f.status:<11}  {need}  {f.reason}")
+    missing = [f.name for f in found if f.required and not f.ok]
+    if not missing:
+        from .probes.catalog import default_probes
+
+        with ProbeSet(default_probes()) as probes:
+            for p in probes:
+                h = p.health()
+                first = p.reason.splitlines()[0] if p.reason else ""
+                print(f"probe   {p.name:<{width}}  {h.status:<11}  {first}")
+                for line in p.reason.splitlines()[1:]:
+                    print(f"        {line}")
+                if h.status != OK:
+                    missing.append(f"probe {p.name}")
+    if missing:
+        print(f"wasmtop doctor: not ready: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_ENV
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "snapshot":
+        return cmd_snapshot(args, parser)
+    if args.command == "doctor":
+        return cmd_doctor(args)
+    parser.print_help()
+    return EXIT_OK
