@@ -148,7 +148,7 @@ class Collector:
         if sched is None:
             return
         known = self.resolver.known()
-        for value in sched.bpf["threads"].values():
+        for value in sched.table("threads").values():
             if value.tgid not in known:
                 self.resolver.identify(value.tgid)
                 known.add(value.tgid)

@@ -20,10 +20,23 @@ static __always_inline void count_event(u32 idx)
 /* Log-linear bucket: 8 sub-buckets per power of two, so a bucket is at most 1/8 of its lower
  * bound wide (bcc's runqlat uses plain log2 buckets: up to 100 % error). Values below 8 get a
  * bucket each. Decoded by wasmtop.collector.quantiles.bucket_bounds. */
+static __always_inline u32 floor_log2(u64 v)
+{
+    /* Not bcc's bpf_log2l: that one returns floor(log2(v)) + 1. */
+    u32 r = 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    return r;
+}
+
 static __always_inline u32 loglinear_bucket(u64 v)
 {
     if (v < 8)
         return v;
-    u32 lg = bpf_log2l(v);
+    u32 lg = floor_log2(v);
     return (lg - 2) * 8 + ((v >> (lg - 3)) & 7);
 }

@@ -67,6 +67,17 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
+def _capturing(what: str, action: Callable[[], Any]) -> Any:
+    """Run a libbcc call; on failure raise with what clang or the verifier printed."""
+    failure: Exception | None = None
+    with captured_stderr() as err:
+        try:
+            return action()
+        except Exception as exc:
+            failure = exc
+    raise RuntimeError(f"{what}: {failure}\n{_tail(err[0])}".strip())
+
+
 def prog_stats(fd: int) -> tuple[int, int]:
     """(run_cnt, run_time_ns) of a loaded program, from its fdinfo (as bpftop shows them)."""
     cnt = ns = 0
@@ -98,8 +109,9 @@ def prog_id(fd: int) -> int | None:
 class ProbeHealth:
     status: str
     reason: str
-    events: int
-    lost: int
+    events: int  # records received and decoded
+    lost: int  # failed reservations in the kernel + records dropped in userspace
+    attempts: int  # records the kernel tried to send: events + malformed + kernel losses
     malformed: int
     map_full: int
     run_count: int
@@ -111,6 +123,7 @@ class ProbeHealth:
             "reason": self.reason,
             "events": self.events,
             "lost": self.lost,
+            "attempts": self.attempts,
             "malformed": self.malformed,
             "map_full": self.map_full,
             "run_count": self.run_count,
@@ -160,9 +173,12 @@ class Probe:
         flags.update(self.defines())
         return [f"-D{k}={v}" for k, v in flags.items()]
 
+    def body(self) -> str:
+        return (HERE / f"{self.name}.bpf.c").read_text()
+
     def source(self) -> str:
         common = (HERE / "common.bpf.h").read_text()
-        body = (HERE / f"{self.name}.bpf.c").read_text()
+        body = self.body()
         asserts = "".join(
             f"_Static_assert(sizeof(struct {dec}) == {dec.upper()}_SIZE, "
             f'"struct {dec} does not match its decoder in probes/decoders.py");\n'
@@ -193,19 +209,14 @@ class Probe:
             self.check_kernel()
             if bpf_class is None:
                 from bcc import BPF as bpf_class
-            with captured_stderr() as err:
-                try:
-                    self.bpf = bpf_class(text=self.rendered(), cflags=self.cflags())
-                except Exception as exc:
-                    raise RuntimeError(f"compile failed: {exc}\n{_tail(err[0])}") from None
+            self.bpf = _capturing(
+                "compile failed",
+                lambda: bpf_class(text=self.rendered().encode(), cflags=self.cflags()),
+            )
             self.verify_maps()
             for map_name, dec in self.ringbuffers:
-                self.bpf[map_name].open_ring_buffer(self._ring_callback(DECODERS[dec]))
-            with captured_stderr() as err:
-                try:
-                    self.attach()
-                except Exception as exc:
-                    raise RuntimeError(f"load/attach failed: {exc}\n{_tail(err[0])}") from None
+                self.table(map_name).open_ring_buffer(self._ring_callback(DECODERS[dec]))
+            _capturing("load/attach failed", self.attach)
         except ProbeUnavailable as exc:
             self.status, self.reason = UNAVAILABLE, str(exc)
             self._release()
@@ -217,7 +228,7 @@ class Probe:
 
     def attach(self) -> None:
         for tp, fn in self.tracepoints:
-            self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
             self._attached.append(tp)
 
     def detach(self) -> None:
@@ -225,13 +236,16 @@ class Probe:
         while self._attached:
             tp = self._attached.pop()
             with contextlib.suppress(Exception):
-                self.bpf.detach_tracepoint(tp)
+                self.bpf.detach_tracepoint(tp.encode())
+
+    def table(self, name: str) -> Any:
+        return self.bpf[name.encode()]
 
     def verify_maps(self) -> None:
         """Fail at load time, not at read time, when a map the reader needs is missing."""
         for name in self.required_maps():
             try:
-                self.bpf[name]
+                self.table(name)
             except KeyError:
                 raise RuntimeError(f"map {name!r} missing from {self.name}.bpf.c") from None
 
@@ -247,8 +261,9 @@ class Probe:
             with contextlib.suppress(Exception):
                 self._final_counters = self._read_counters()
             with contextlib.suppress(Exception):
-                self.bpf.cleanup()
+                self.bpf.cleanup()  # detaches whatever attach() got to, too
             self.bpf = None
+            self._attached.clear()
 
     @property
     def loaded(self) -> bool:
@@ -284,7 +299,7 @@ class Probe:
 
     # -- counters and cost ----------------------------------------------------------------
     def _read_counters(self) -> dict[str, int]:
-        table = self.bpf["counters"]
+        table = self.table("counters")
         return {name: int(table.sum(i).value) for i, name in enumerate(self.counter_names())}
 
     def counter_values(self) -> dict[str, int]:
@@ -311,6 +326,7 @@ class Probe:
             reason=self.reason,
             events=self.received,
             lost=ctr.get("RB_LOST", 0) + self.dropped,
+            attempts=ctr.get("RB_ATTEMPTS", 0),
             malformed=self.malformed,
             map_full=ctr.get("MAP_FULL", 0),
             run_count=runs,

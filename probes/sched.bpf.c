@@ -6,7 +6,7 @@
  * Compiled in by probes/sched.py:
  *   cflags  MAX_THREADS, CPU_TIME_ENTRIES, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
  *           PREV_STATE_MASK, CTR_*
- *   text    @@FILTER_TGID@@, @@FILTER_CGROUP@@: expressions that are true for a task to skip,
+ *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
  *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
  */
 

@@ -162,7 +162,7 @@ class SchedProbe(Probe):
 
     def verify_maps(self) -> None:
         super().verify_maps()
-        leaf = {name for name, *_ in self.bpf["threads"].Leaf._fields_}
+        leaf = {name for name, *_ in self.table("threads").Leaf._fields_}
         missing = set(THREAD_FIELDS) - leaf
         if missing:
             raise RuntimeError(f"struct thread_stats lacks {sorted(missing)}")
@@ -173,7 +173,7 @@ class SchedProbe(Probe):
         self.drain()
         now = time.monotonic_ns()  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
         threads: dict[int, ThreadSched] = {}
-        for k, v in self.bpf["threads"].items():
+        for k, v in self.table("threads").items():
             threads[k.value] = ThreadSched(
                 tid=k.value,
                 tgid=v.tgid,
@@ -185,17 +185,18 @@ class SchedProbe(Probe):
                 preemptions=v.preemptions,
                 over_threshold=v.over_threshold,
             )
-        cpu_time = {(k.tid, k.cpu): v.value for k, v in self.bpf["cpu_time_ns"].items()}
+        cpu_time = {(k.tid, k.cpu): v.value for k, v in self.table("cpu_time_ns").items()}
         # The slice each CPU is running right now has not been switched out yet: add it, so a
         # thread that hogs a CPU without switching still shows its time.
-        for cpu, running in enumerate(self.bpf["running_since"][0]):
+        for cpu, running in enumerate(self.table("running_since")[0]):
             if running.tid in threads and 0 < running.since <= now:
                 key = (running.tid, cpu)
                 cpu_time[key] = cpu_time.get(key, 0) + now - running.since
         migrations = {
-            (k.tgid, k.from_cpu, k.to_cpu): v.value for k, v in self.bpf["migration_matrix"].items()
+            (k.tgid, k.from_cpu, k.to_cpu): v.value
+            for k, v in self.table("migration_matrix").items()
         }
-        hist = {(k.tgid, k.bucket): v.value for k, v in self.bpf["preempt_delay_hist"].items()}
+        hist = {(k.tgid, k.bucket): v.value for k, v in self.table("preempt_delay_hist").items()}
         window_max = {_int(k): _int(v) for k, v in self._pop_all("preempt_delay_max_ns")}
         return SchedReading(
             ts_ns=now,
@@ -209,7 +210,7 @@ class SchedProbe(Probe):
         )
 
     def _pop_all(self, name: str) -> list:
-        table = self.bpf[name]
+        table = self.table(name)
         try:
             return list(table.items_lookup_and_delete_batch())
         except Exception:  # kernels without batch ops: lookup, then delete key by key
@@ -224,7 +225,7 @@ class SchedProbe(Probe):
         if self.bpf is None:
             return
         dead_tids, dead_tgids = set(tids), set(tgids)
-        threads = self.bpf["threads"]
+        threads = self.table("threads")
         for tid in dead_tids:
             with contextlib.suppress(KeyError):
                 del threads[threads.Key(tid)]
@@ -233,7 +234,7 @@ class SchedProbe(Probe):
             ("migration_matrix", lambda k: k.tgid in dead_tgids),
             ("preempt_delay_hist", lambda k: k.tgid in dead_tgids),
         ):
-            table = self.bpf[name]
+            table = self.table(name)
             for k in [k for k in table.keys() if gone(k)]:
                 with contextlib.suppress(KeyError):
                     del table[k]

@@ -1,0 +1,54 @@
+"""Suite-wide rules. Kernel tests (marked ``bpf``) need root, BCC and kernel headers; without
+them they skip, except under WASMTOP_REQUIRE_BPF=1 (CI), where a skipped kernel test fails."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_BPF = os.environ.get("WASMTOP_REQUIRE_BPF") == "1"
+
+
+def bpf_missing() -> str | None:
+    """Why kernel tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "kernel tests need root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return f"bcc not importable ({exc}): run `make setup`"
+    from wasmtop.probes import features
+
+    for check in (
+        features.check_kernel_headers,
+        features.check_tracepoints,
+        features.check_ringbuf,
+    ):
+        f = check()
+        if not f.ok:
+            return f"{f.name}: {f.reason}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/bpf/" in str(item.fspath) or "/tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.bpf)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("bpf"):
+        why = bpf_missing()
+        if why:
+            pytest.skip(why)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_BPF and report.skipped and item.get_closest_marker("bpf"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"kernel test skipped under WASMTOP_REQUIRE_BPF=1: {reason}"

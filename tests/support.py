@@ -1,0 +1,103 @@
+"""Real workloads for the kernel tests: processes that hog, sleep, flip CPUs or contend,
+started paused so a test can attach its probes first and then let them go."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_PRELUDE = """
+import os, sys, time
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()  # wait for "go"
+"""
+
+PROGRAMS = {
+    # A busy loop pinned to one CPU.
+    "hog": "os.sched_setaffinity(0, {CPU})\nwhile True:\n    pass\n",
+    # Sleeps in short naps: every switch is voluntary.
+    "sleeper": "os.sched_setaffinity(0, {CPU})\nwhile True:\n    time.sleep(0.01)\n",
+    # Moves itself between CPU 0 and 1 FLIPS times, busy on each, then idles.
+    "flipper": textwrap.dedent(
+        """
+        for i in range({FLIPS}):
+            os.sched_setaffinity(0, {{i % 2}})
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:
+                pass
+        sys.stdout.write("flipped\\n"); sys.stdout.flush()
+        while True:
+            time.sleep(1)
+        """
+    ),
+}
+
+
+class Workload:
+    def __init__(self, kind: str, **params: object) -> None:
+        body = PROGRAMS[kind].format(**params)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PRELUDE + body],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def wait_line(self, expected: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().strip()
+            if line == expected:
+                return
+        raise TimeoutError(f"workload {self.pid} never printed {expected!r}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@contextmanager
+def workloads(*specs: tuple[str, dict]) -> Iterator[list[Workload]]:
+    started: list[Workload] = []
+    try:
+        for kind, params in specs:
+            started.append(Workload(kind, **params))
+        yield started
+    finally:
+        for w in started:
+            w.stop()
+
+
+def our_programs() -> list[str]:
+    """Names of BPF programs of ours (every wasmtop program is named wasmtop_*) now loaded."""
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if " name wasmtop_" in line]
+
+
+def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def wasmtop_cmd() -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "wasmtop")]
