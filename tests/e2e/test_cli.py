@@ -1,0 +1,199 @@
+"""wasmtop as a user runs it: real processes, real kernel, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+
+import pytest
+from support import our_programs, wait_for, wasmtop_cmd, workloads
+
+WASMTOP = wasmtop_cmd()
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*WASMTOP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_snapshot_json_follows_the_v1_contract_and_leaves_no_program_behind():
+    with workloads(("hog", {"CPU": {1}}), ("hog", {"CPU": {1}})) as hogs:
+        for h in hogs:
+            h.go()
+        res = run("snapshot", "--seconds", "1.5", "--format", "json", "--threshold-ms", "1")
+    assert res.returncode == 0, res.stderr
+    snap = json.loads(res.stdout)
+    assert snap["schema"] == "wasmtop.snapshot/v1"
+    for field in ("host", "kernel", "cpus", "window_s", "probes", "workloads", "events",
+                  "traces", "alerts"):  # fmt: skip
+        assert field in snap
+    assert 1.4 <= snap["window_s"] <= 3.0
+    assert snap["probes"]["sched"]["status"] == "ok"
+    by_pid = {p: w for w in snap["workloads"] for p in w["pids"]}
+    for h in hogs:
+        w = by_pid[h.pid]
+        assert w["kind"] == "process" and w["key"] == f"pid:{h.pid}"
+        sched = w["sched"]
+        for field in ("switches", "involuntary", "migrations", "migrations_per_s",
+                      "affinity_stability", "cpu_skew_ratio", "allowed_cpus",
+                      "cpu_time_ns_by_cpu", "preempt_delay_us", "preemptions_over_threshold"):  # fmt: skip
+            assert field in sched
+        assert sched["involuntary"] > 0
+        assert set(sched["preempt_delay_us"]) == {"p50", "p99", "max"}
+    hog_events = [e for e in snap["events"]["preemptions"] if e["pid"] in by_pid]
+    assert hog_events and set(hog_events[0]) >= {
+        "ts_ns",
+        "pid",
+        "tid",
+        "cpu",
+        "delay_us",
+        "preemptor_pid",
+        "preemptor_comm",
+        "trace_id",
+    }
+    assert our_programs() == []
+
+
+def test_snapshot_table_format_shows_the_workloads():
+    with workloads(("hog", {"CPU": {0}})) as (hog,):
+        hog.go()
+        res = run("snapshot", "--seconds", "1", "--format", "table", "--pid", str(hog.pid))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("host ")
+    assert "sched:ok" in lines[1]
+    header = lines[2]
+    for col in ("WORKLOAD", "MIGR/s", "INVOL/s", "PREEMPT p50 us", "SKEW"):
+        assert col in header
+    rows = [ln for ln in lines[3:] if f"[{hog.pid}]" in ln]
+    assert len(rows) == 1 and len(lines) == 4  # the pid filter left only the hog
+
+
+def test_sigterm_detaches_everything():
+    proc = subprocess.Popen(
+        [*WASMTOP, "snapshot", "--seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert wait_for(lambda: len(our_programs()) == 2, timeout_s=60), "never attached"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert our_programs() == []
+
+
+def test_sigint_detaches_everything():
+    proc = subprocess.Popen([*WASMTOP, "snapshot", "--seconds", "60"], stdout=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: len(our_programs()) == 2, timeout_s=60), "never attached"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert our_programs() == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seconds", "0"], "expected seconds > 0, got '0'"),
+        (["--seconds", "-3"], "expected seconds > 0, got '-3'"),
+        (["--seconds", "abc"], "expected a number of seconds, got 'abc'"),
+        (["--seconds", "nan"], "expected seconds > 0, got 'nan'"),
+        (["--pid", "4194304"], "no process 4194304"),
+        (["--pid", "x"], "expected a process id, got 'x'"),
+        (["--threshold-ms", "-1"], "expected milliseconds >= 0"),
+        (["--format", "xml"], "invalid choice: 'xml'"),
+        (["--cgroup", "/no/such/cgroup"], "cgroup /no/such/cgroup not found"),
+        (["--ringbuf-pages", "3"], "expected a power of two, got '3'"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message_and_exit_2(args, message):
+    res = run("snapshot", *args)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not shutil.which("capsh"), reason="capsh (libcap2-bin) not installed")
+def test_missing_capabilities_are_named():
+    res = subprocess.run(
+        [
+            "capsh",
+            "--drop=cap_bpf,cap_perfmon,cap_sys_admin",
+            "--",
+            "-c",
+            " ".join([*WASMTOP, "snapshot", "--seconds", "1"]),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert "missing capability CAP_BPF and CAP_PERFMON" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_doctor_reports_this_machine():
+    res = run("doctor")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = {ln.split()[1]: ln for ln in res.stdout.splitlines() if ln.strip()}
+    assert re.search(r"^feature tracepoints\s+ok\s+required", lines["tracepoints"])
+    assert re.search(r"^feature ringbuf\s+ok\s+required", lines["ringbuf"])
+    assert re.search(r"^feature kprobes\s+unavailable\s+optional\s+\S", lines["kprobes"])
+    assert "CONFIG_KPROBES" in lines["kprobes"]
+    assert re.search(r"^feature fentry\s+unavailable\s+optional\s+\S", lines["fentry"])
+    assert "Operation not permitted" in lines["fentry"]
+    assert re.search(r"^probe\s+sched\s+ok", lines["sched"])
+    assert our_programs() == []
+
+
+def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
+    res = run("doctor", "--print-bpf")
+    assert res.returncode == 0
+    variants = re.split(r"^// ===== (.+) =====$", res.stdout, flags=re.M)[1:]
+    labels, texts = variants[0::2], variants[1::2]
+    assert "sched: no filter" in labels and "sched: pid filter" in labels
+    assert "sched: cgroup filter" in labels
+    for label, text in zip(labels, texts):
+        assert "@@" not in text, label
+        assert "// cflag -DTHRESHOLD_NS=" in text
+        assert "int wasmtop_sched_switch(" in text
+    no_filter = texts[labels.index("sched: no filter")]
+    assert "!(0) && !(0)" in no_filter  # a disabled filter becomes 0
+    assert "tgid != 1" in texts[labels.index("sched: pid filter")]
+    assert "bpf_get_current_ancestor_cgroup_id(0)" in texts[labels.index("sched: cgroup filter")]
+
+
+def test_every_printed_variant_compiles_and_loads():
+    from wasmtop.probes.catalog import probe_variants
+    from wasmtop.probes.runtime import OK, ProbeSet
+
+    variants = probe_variants()
+    with ProbeSet([p for _, p in variants], handle_signals=False) as probes:
+        for (label, _), probe in zip(variants, probes):
+            assert probe.status == OK, f"{label}: {probe.reason}"
+    assert our_programs() == []
+
+
+def test_no_kernel_headers_says_how_to_get_them(monkeypatch, capsys):
+    from wasmtop import cli
+    from wasmtop.probes import features
+
+    monkeypatch.setattr(features, "headers_dir", lambda release=None: features.Path("/nonexistent"))
+    assert cli.main(["snapshot", "--seconds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no kernel headers" in err and "make setup" in err and "linux-headers" in err
+
+
+def test_unknown_command_usage_and_help():
+    res = run("snapshot", "--help")
+    assert res.returncode == 0
+    assert "--seconds N" in res.stdout and "--threshold-ms T" in res.stdout
+    res = run("nonsense")
+    assert res.returncode == 2

@@ -1,0 +1,125 @@
+"""Probe userspace parts that need no kernel: decoders, placeholders, format parsing."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from wasmtop.probes.decoders import DECODERS, DecodeError, comm
+from wasmtop.probes.records import PreemptionRecord
+from wasmtop.probes.runtime import placeholders_in, render
+from wasmtop.probes.sched import SchedProbe, prev_state_mask
+
+FMT_6_18 = (
+    'print fmt: "prev_comm=%s prev_pid=%d prev_prio=%d prev_state=%s%s ==> next_comm=%s '
+    'next_pid=%d next_prio=%d", REC->prev_comm, REC->prev_pid, REC->prev_prio, (REC->prev_state '
+    "& ((((0x00000000 | 0x00000001 | 0x00000002 | 0x00000004 | 0x00000008 | 0x00000010 | "
+    "0x00000020 | 0x00000040) + 1) << 1) - 1)) ? __print_flags(REC->prev_state & ((((0x00000000 "
+    '| 0x00000001) + 1) << 1) - 1), "|", { 0x00000001, "S" }) : "R", REC->next_comm'
+)
+FMT_5_4 = (
+    'print fmt: "...", REC->prev_comm, REC->prev_pid, REC->prev_prio, (REC->prev_state & '
+    "((((0x0000 | 0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020 | 0x0040) + 1) << 1) - 1)) "
+    '? __print_flags(...) : "R"'
+)
+FMT_4_9 = 'print fmt: "...", REC->prev_state & (2048-1) ? __print_flags(...) : "R"'
+
+
+@pytest.mark.parametrize("text, mask", [(FMT_6_18, 0xFF), (FMT_5_4, 0xFF), (FMT_4_9, 0x7FF)])
+def test_prev_state_mask_from_print_fmt(text, mask):
+    assert prev_state_mask(text) == mask
+
+
+def test_prev_state_mask_on_this_kernel():
+    fmt = Path("/sys/kernel/tracing/events/sched/sched_switch/format")
+    if not fmt.exists():
+        pytest.skip("tracefs not mounted")
+    assert prev_state_mask(fmt.read_text()) == 0xFF
+
+
+def test_prev_state_mask_rejects_what_it_cannot_read():
+    with pytest.raises(ValueError):
+        prev_state_mask("print fmt: no state here")
+    with pytest.raises(ValueError):
+        prev_state_mask("REC->prev_state & (__import__('os'))")
+
+
+def _pack_preempt(**over):
+    f = dict(ts=1, delay=2_500_000, pid=10, tid=11, cpu=1, ppid=20, ptid=21, pad=0,
+             comm=b"victim\0\0junk", pcomm=b"hog")  # fmt: skip
+    f.update(over)
+    return struct.pack("<QQIIIIII16s16s", *f.values())
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (
+            _pack_preempt(),
+            PreemptionRecord(1, 2_500_000, 10, 11, 1, "victim", 20, 21, "hog"),
+        ),
+        (
+            _pack_preempt(comm=b"\xff\xfe bad utf8", pcomm=b"x" * 16),
+            PreemptionRecord(1, 2_500_000, 10, 11, 1, "\ufffd\ufffd bad utf8", 20, 21, "x" * 16),
+        ),
+    ],
+)
+def test_preempt_event_decoder(data, expected):
+    assert DECODERS["preempt_event"](data) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 87, 89, 200])
+def test_decoder_refuses_wrong_sizes(size):
+    with pytest.raises(DecodeError):
+        DECODERS["preempt_event"](bytes(size))
+
+
+def test_every_decoder_size_is_compiled_into_its_probe():
+    probe = SchedProbe(cpus=2)
+    assert f"-DPREEMPT_EVENT_SIZE={DECODERS['preempt_event'].size}" in probe.cflags()
+    assert "_Static_assert(sizeof(struct preempt_event) == PREEMPT_EVENT_SIZE" in probe.source()
+
+
+def test_comm_decoding():
+    assert comm(b"abc\0def") == "abc"
+    assert comm(b"") == ""
+
+
+def test_render_fills_and_refuses_holes():
+    assert render("if (@@A@@ || @@B@@)", {"A": "x", "B": "0"}) == "if (x || 0)"
+    with pytest.raises(KeyError, match="@@B@@"):
+        render("@@A@@ @@B@@", {"A": "1"})
+    assert placeholders_in("@@A@@ @@B_2@@ @@c@@") == {"A", "B_2"}
+
+
+@pytest.mark.parametrize(
+    "options, tgid, cgroup",
+    [
+        ({}, "0", "0"),
+        ({"pids": (42,)}, "tgid != 42", "0"),
+        ({"pids": (1, 2)}, "tgid != 1 && tgid != 2", "0"),
+    ],
+)
+def test_sched_filters_compile_in(options, tgid, cgroup):
+    probe = SchedProbe(cpus=2, **options)
+    text = probe.rendered()
+    assert placeholders_in(text) == set()
+    assert f"!({tgid}) && !({cgroup})" in text
+
+
+def test_sched_sizes_compile_in():
+    flags = SchedProbe(cpus=2, threshold_ns=1_000_000, ringbuf_pages=8, max_threads=100).cflags()
+    assert "-DTHRESHOLD_NS=1000000ULL" in flags
+    assert "-DRINGBUF_PAGES=8" in flags
+    assert "-DMAX_THREADS=100" in flags
+    assert "-DCTR_RB_ATTEMPTS=0" in flags and "-DCTR_MIGRATIONS_UNTRACKED=3" in flags
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"ringbuf_pages": 3}, {"ringbuf_pages": 0}, {"threshold_ns": -1}]
+)
+def test_sched_refuses_bad_options(kwargs):
+    with pytest.raises(ValueError):
+        SchedProbe(cpus=2, **kwargs)

@@ -1,0 +1,160 @@
+"""cgroup path parsing (real-world samples) and /proc reading against fixture trees."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmtop.collector.workloads import (
+    ContainerRef,
+    ProcReader,
+    WorkloadResolver,
+    cgroup_identity,
+    parse_cgroup_path,
+    wasm_runtime,
+    workload_of,
+)
+
+CID = "8f4b2c0e1d3a5b6c7d8e9f00112233445566778899aabbccddeeff0011223344"
+UID = "5e1f3c2a-9b8d-4e7f-a6b5-c4d3e2f1a0b9"
+UID_ = UID.replace("-", "_")
+
+PATHS = [
+    # kubelet cgroupfs driver (K3s default), containerd
+    (f"/kubepods/burstable/pod{UID}/{CID}", ContainerRef("kubernetes", CID, UID, "burstable")),
+    (f"/kubepods/besteffort/pod{UID}/{CID}", ContainerRef("kubernetes", CID, UID, "besteffort")),
+    (f"/kubepods/pod{UID}/{CID}", ContainerRef("kubernetes", CID, UID, "guaranteed")),
+    # systemd driver, containerd / CRI-O / cri-dockerd
+    (
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/"
+        f"cri-containerd-{CID}.scope",
+        ContainerRef("containerd", CID, UID, "burstable"),
+    ),
+    (
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/"
+        f"crio-{CID}.scope",
+        ContainerRef("cri-o", CID, UID, "besteffort"),
+    ),
+    (
+        f"/kubepods.slice/kubepods-pod{UID_}.slice/crio-conmon-{CID}.scope",
+        ContainerRef("cri-o", CID, UID, "guaranteed"),
+    ),
+    (
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/"
+        f"docker-{CID}.scope",
+        ContainerRef("docker", CID, UID, "burstable"),
+    ),
+    # pod cgroup itself (no container yet)
+    (
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice",
+        ContainerRef("kubernetes", None, UID, "burstable"),
+    ),
+    # kind / k3d: kubepods nested inside a Docker container
+    (
+        f"/docker/{CID}/kubepods/besteffort/pod{UID}/{CID}",
+        ContainerRef("kubernetes", CID, UID, "besteffort"),
+    ),  # fmt: skip
+    # container engines without Kubernetes
+    (f"/system.slice/docker-{CID}.scope", ContainerRef("docker", CID)),
+    (f"/docker/{CID}", ContainerRef("docker", CID)),
+    (f"/machine.slice/libpod-{CID}.scope", ContainerRef("podman", CID)),
+    (
+        f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope/container",
+        ContainerRef("podman", CID),  # podman's inner cgroup still belongs to the container
+    ),
+    ("/lxc.payload.web1", ContainerRef("lxc", "web1")),
+    # plain host processes
+    ("/", None),
+    ("/user.slice/user-0.slice/session-3.scope", None),
+    ("/system.slice/sshd.service", None),
+    ("/kubepods.slice", None),  # the QoS parent, no pod
+]
+
+
+@pytest.mark.parametrize("path, expected", PATHS)
+def test_parse_cgroup_path(path, expected):
+    assert parse_cgroup_path(path) == expected
+
+
+def test_hybrid_host_finds_the_container_in_a_v1_hierarchy():
+    text = (
+        "12:memory:/kubepods/burstable/pod" + UID + "/" + CID + "\n"
+        "1:name=systemd:/kubepods/burstable/pod" + UID + "/" + CID + "\n0::/\n"
+    )
+    path, ref = cgroup_identity(text)
+    assert ref == ContainerRef("kubernetes", CID, UID, "burstable")
+    assert path.endswith(CID)
+    assert cgroup_identity("0::/system.slice/foo.service\n") == ("/system.slice/foo.service", None)
+
+
+@pytest.mark.parametrize(
+    "exe, comm, maps, expected",
+    [
+        ("/usr/local/bin/wasmtime", "wasmtime", "", "wasmtime"),
+        ("/usr/bin/wasmedge", "wasmedge", None, "wasmedge"),
+        ("/opt/spin/spin", "spin", None, "spin"),
+        (
+            "/usr/bin/python3.11",
+            "python3",
+            "7f00 r-xp /venv/wasmtime/_libwasmtime.so\n",
+            "wasmtime",
+        ),
+        ("/app/server", "server", "7f00 r-xp /usr/lib/libwasmedge.so.0\n", "wasmedge"),
+        ("/usr/bin/python3.11", "python3", "7f00 r-xp /usr/lib/libc.so.6\n", None),
+        (None, "kworker/0:1", None, None),
+    ],
+)
+def test_wasm_runtime_detection(exe, comm, maps, expected):
+    assert wasm_runtime(exe, comm, maps) == expected
+
+
+def make_proc(root, pid, *, comm="app", cgroup="0::/\n", cpus="0-1", stat_start=4242):
+    d = root / str(pid)
+    d.mkdir()
+    (d / "comm").write_text(comm + "\n")
+    (d / "cgroup").write_text(cgroup)
+    (d / "status").write_text(f"Name:\t{comm}\nCpus_allowed_list:\t{cpus}\n")
+    fields = ["S"] + ["0"] * 18 + [str(stat_start)] + ["0"] * 10
+    (d / "stat").write_text(f"{pid} ({comm} (x) y) " + " ".join(fields) + "\n")
+    (d / "maps").write_text("")
+    return d
+
+
+def test_proc_reader_reads_a_fixture_tree(tmp_path):
+    make_proc(tmp_path, 10, comm="edge svc", cpus="1", cgroup=f"0::/kubepods/pod{UID}/{CID}\n")
+    info = ProcReader(tmp_path).read(10)
+    assert info.comm == "edge svc"
+    assert info.start_ticks == 4242  # comm with spaces and parentheses parsed correctly
+    assert info.allowed_cpus == {1}
+    assert info.container.pod_uid == UID
+    wid = workload_of(info)
+    assert wid.kind == "container" and wid.key == f"pod:{UID}/{CID}"
+    assert wid.pod.container_id == CID
+
+
+def test_vanished_and_unreadable_processes_are_skipped_and_counted(tmp_path):
+    make_proc(tmp_path, 1)
+    d = make_proc(tmp_path, 2)
+    (d / "cgroup").unlink()  # exited between two reads
+    d3 = make_proc(tmp_path, 3)
+    (d3 / "stat").write_text("garbage")  # truncated
+    d4 = make_proc(tmp_path, 4)
+    (d4 / "status").unlink()
+    (d4 / "status").mkdir()  # unreadable as a file
+    reader = ProcReader(tmp_path)
+    assert reader.read(1) is not None
+    assert reader.read(2) is None
+    assert reader.read(3) is None
+    assert reader.read(4) is None
+    assert reader.read(99) is None  # never existed
+    assert reader.vanished == 4
+
+
+def test_resolver_keeps_the_identity_of_a_process_that_exits(tmp_path):
+    d = make_proc(tmp_path, 7, comm="short")
+    resolver = WorkloadResolver(ProcReader(tmp_path), refresh_s=0)
+    assert resolver.identify(7).key == "pid:7"
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+    assert resolver.identify(7).comm == "short"  # still attributed after exit
+    assert resolver.identify(8) is None  # never seen: no phantom workload
