@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from conftest import by_pid, go_all, observe
 from support import workloads
-
 from wasmtop.probes import features
 from wasmtop.probes.runtime import FAILED, OK, UNAVAILABLE, Probe, ProbeSet
 from wasmtop.probes.sched import SchedProbe
