@@ -4,12 +4,15 @@
  * may be of another kernel version).
  *
  * Compiled in by probes/sched.py:
- *   cflags  MAX_THREADS, CPU_TIME_ENTRIES, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
+ *   cflags  MAX_THREADS, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
  *           PREV_STATE_MASK, CTR_*
  *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
  *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
  */
 
+/* Each field of a thread's stats has one writer at a time: switch-out, switch-in and migration
+ * of a thread are serialised by the scheduler, so plain increments lose nothing. Entries shared
+ * by the threads of a process (histogram, matrix) use atomics. */
 struct thread_stats {
     u32 tgid;
     u32 _pad;
@@ -23,11 +26,9 @@ struct thread_stats {
 };
 BPF_HASH(threads, u32, struct thread_stats, MAX_THREADS);
 
-struct oncpu_key {
-    u32 tid;
-    u32 cpu;
-};
-BPF_HASH(cpu_time_ns, struct oncpu_key, u64, CPU_TIME_ENTRIES);
+/* On-CPU time per thread; per-CPU values, so each CPU adds to its own slot without atomics
+ * and the slot index is the CPU. */
+BPF_PERCPU_HASH(cpu_time_ns, u32, u64, MAX_THREADS);
 
 struct migration_key {
     u32 tgid;
@@ -100,20 +101,14 @@ static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *
     preempt_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void account_cpu_time(u32 tid, u32 cpu, u64 now)
+static __always_inline void account_cpu_time(u32 tid, u64 ns)
 {
-    u32 zero = 0;
-    struct running *r = running_since.lookup(&zero);
-    if (!r || r->tid != tid || r->since == 0 || now < r->since)
-        return;
-    struct oncpu_key key = {.tid = tid, .cpu = cpu};
     u64 init = 0;
-    u64 *ns = cpu_time_ns.lookup_or_try_init(&key, &init);
-    if (!ns) {
+    u64 *slot = cpu_time_ns.lookup_or_try_init(&tid, &init);
+    if (slot)
+        *slot += ns;
+    else
         count_event(CTR_MAP_FULL);
-        return;
-    }
-    __sync_fetch_and_add(ns, now - r->since);
 }
 
 static __always_inline void finish_preemption(u32 tid, u64 now)
@@ -130,8 +125,8 @@ static __always_inline void finish_preemption(u32 tid, u64 now)
     struct thread_stats *st = threads.lookup(&tid);
     if (!st)
         return;
-    __sync_fetch_and_add(&st->preempt_delay_ns, delay);
-    __sync_fetch_and_add(&st->preemptions, 1);
+    st->preempt_delay_ns += delay;
+    st->preemptions += 1;
 
     struct hist_key hk = {.tgid = copy.tgid, .bucket = loglinear_bucket(delay)};
     u64 one = 0;
@@ -148,35 +143,59 @@ static __always_inline void finish_preemption(u32 tid, u64 now)
     }
 
     if (delay >= THRESHOLD_NS) {
-        __sync_fetch_and_add(&st->over_threshold, 1);
+        st->over_threshold += 1;
         emit_preemption(now, tid, &copy, delay, st);
     }
+}
+
+static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, const char *comm)
+{
+    struct thread_stats *st = threads.lookup(&tid);
+    if (st) {
+        if (st->tgid != tgid) /* tid reused by another process */
+            st->tgid = tgid;
+        return st;
+    }
+    struct thread_stats fresh = {.tgid = tgid};
+    bpf_probe_read_kernel(&fresh.comm, sizeof(fresh.comm), comm);
+    if (threads.update(&tid, &fresh)) {
+        count_event(CTR_MAP_FULL);
+        return 0;
+    }
+    return threads.lookup(&tid);
 }
 
 int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
 {
     u64 now = bpf_ktime_get_ns();
-    u32 cpu = bpf_get_smp_processor_id();
     u32 prev = args->prev_pid;
     u32 next = args->next_pid;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
 
+    /* Who ran on this CPU since when: read for prev's on-CPU time, then handed to next. */
+    u32 zero_idx = 0;
+    u64 ran_since = 0;
+    struct running *r = running_since.lookup(&zero_idx);
+    if (r) {
+        if (r->tid == prev)
+            ran_since = r->since;
+        r->tid = next;
+        r->since = now;
+    }
+
+    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
     if (prev != 0 && !(@@FILTER_TGID@@) && !(@@FILTER_CGROUP@@)) {
-        struct thread_stats zero = {};
-        zero.tgid = tgid;
-        struct thread_stats *st = threads.lookup_or_try_init(&prev, &zero);
-        if (!st) {
-            count_event(CTR_MAP_FULL);
-        } else {
-            if (st->tgid != tgid) /* tid reused by another process */
-                st->tgid = tgid;
-            bpf_probe_read_kernel(&st->comm, sizeof(st->comm), args->prev_comm);
-            __sync_fetch_and_add(&st->switches, 1);
-            account_cpu_time(prev, cpu, now);
+        struct thread_stats *st = thread_entry(prev, tgid, args->prev_comm);
+        if (st) {
+            st->switches += 1;
+            if (ran_since && now > ran_since)
+                account_cpu_time(prev, now - ran_since);
             /* Still runnable when switched out: it did not give up the CPU, it lost it. */
             if ((args->prev_state & PREV_STATE_MASK) == 0) {
-                __sync_fetch_and_add(&st->involuntary, 1);
-                struct preempted w = {.ts = now, .tgid = tgid, .cpu = cpu, .preemptor_tid = next};
+                st->involuntary += 1;
+                bpf_probe_read_kernel(&st->comm, sizeof(st->comm), args->prev_comm);
+                struct preempted w = {
+                    .ts = now, .tgid = tgid, .cpu = bpf_get_smp_processor_id(),
+                    .preemptor_tid = next};
                 struct thread_stats *nst = threads.lookup(&next);
                 w.preemptor_tgid = nst ? nst->tgid : next;
                 bpf_probe_read_kernel(&w.preemptor_comm, sizeof(w.preemptor_comm),
@@ -187,12 +206,6 @@ int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
         }
     }
 
-    u32 zero_idx = 0;
-    struct running *r = running_since.lookup(&zero_idx);
-    if (r) {
-        r->tid = next;
-        r->since = now;
-    }
     if (next != 0)
         finish_preemption(next, now);
     return 0;
@@ -207,7 +220,7 @@ int wasmtop_sched_migrate(struct tracepoint__sched__sched_migrate_task *args)
         count_event(CTR_MIGRATIONS_UNTRACKED);
         return 0;
     }
-    __sync_fetch_and_add(&st->migrations, 1);
+    st->migrations += 1;
     struct migration_key key = {
         .tgid = st->tgid, .from_cpu = args->orig_cpu, .to_cpu = args->dest_cpu};
     u64 init = 0;

@@ -103,7 +103,6 @@ class SchedProbe(Probe):
         cgroup: str | None = None,
         max_threads: int = DEFAULT_MAX_THREADS,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
-        cpus: int | None = None,
     ) -> None:
         super().__init__()
         if threshold_ns < 0:
@@ -115,7 +114,6 @@ class SchedProbe(Probe):
         self.cgroup = cgroup
         self.max_threads = max_threads
         self.ringbuf_pages = ringbuf_pages
-        self.cpus = cpus or os.cpu_count() or 1
         self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
         self._state_mask: int | None = None
 
@@ -142,7 +140,6 @@ class SchedProbe(Probe):
     def defines(self) -> dict[str, int | str]:
         return {
             "MAX_THREADS": self.max_threads,
-            "CPU_TIME_ENTRIES": self.max_threads * min(self.cpus, 4),
             "HIST_ENTRIES": self.max_threads * 4,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "THRESHOLD_NS": f"{self.threshold_ns}ULL",
@@ -185,7 +182,12 @@ class SchedProbe(Probe):
                 preemptions=v.preemptions,
                 over_threshold=v.over_threshold,
             )
-        cpu_time = {(k.tid, k.cpu): v.value for k, v in self.table("cpu_time_ns").items()}
+        cpu_time = {
+            (k.value, cpu): int(ns)
+            for k, per_cpu in self.table("cpu_time_ns").items()
+            for cpu, ns in enumerate(per_cpu)
+            if ns
+        }
         # The slice each CPU is running right now has not been switched out yet: add it, so a
         # thread that hogs a CPU without switching still shows its time.
         for cpu, running in enumerate(self.table("running_since")[0]):
@@ -230,7 +232,7 @@ class SchedProbe(Probe):
             with contextlib.suppress(KeyError):
                 del threads[threads.Key(tid)]
         for name, gone in (
-            ("cpu_time_ns", lambda k: k.tid in dead_tids),
+            ("cpu_time_ns", lambda k: k.value in dead_tids),
             ("migration_matrix", lambda k: k.tgid in dead_tgids),
             ("preempt_delay_hist", lambda k: k.tgid in dead_tgids),
         ):

@@ -77,7 +77,7 @@ def test_decoder_refuses_wrong_sizes(size):
 
 
 def test_every_decoder_size_is_compiled_into_its_probe():
-    probe = SchedProbe(cpus=2)
+    probe = SchedProbe()
     assert f"-DPREEMPT_EVENT_SIZE={DECODERS['preempt_event'].size}" in probe.cflags()
     assert "_Static_assert(sizeof(struct preempt_event) == PREEMPT_EVENT_SIZE" in probe.source()
 
@@ -103,14 +103,14 @@ def test_render_fills_and_refuses_holes():
     ],
 )
 def test_sched_filters_compile_in(options, tgid, cgroup):
-    probe = SchedProbe(cpus=2, **options)
+    probe = SchedProbe(**options)
     text = probe.rendered()
     assert placeholders_in(text) == set()
     assert f"!({tgid}) && !({cgroup})" in text
 
 
 def test_sched_sizes_compile_in():
-    flags = SchedProbe(cpus=2, threshold_ns=1_000_000, ringbuf_pages=8, max_threads=100).cflags()
+    flags = SchedProbe(threshold_ns=1_000_000, ringbuf_pages=8, max_threads=100).cflags()
     assert "-DTHRESHOLD_NS=1000000ULL" in flags
     assert "-DRINGBUF_PAGES=8" in flags
     assert "-DMAX_THREADS=100" in flags
@@ -122,4 +122,4 @@ def test_sched_sizes_compile_in():
 )
 def test_sched_refuses_bad_options(kwargs):
     with pytest.raises(ValueError):
-        SchedProbe(cpus=2, **kwargs)
+        SchedProbe(**kwargs)
