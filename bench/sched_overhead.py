@@ -82,12 +82,12 @@ def stop_tool(tool: Tool | None) -> None:
         tool.stop()
 
 
-def pipe_ops_per_s(loops: int) -> float:
-    # Both ends on one CPU: every op is two direct context switches, the probe's worst case.
+def pipe_ops_per_s(loops: int, pinned: bool) -> float:
+    # Pinned: both ends on one CPU, every op is two direct context switches (the probe's worst
+    # case). Unpinned: the plain benchmark, with cross-CPU wakeups and idle.
+    pin = ["taskset", "-c", "0"] if pinned else []
     out = subprocess.run(
-        ["taskset", "-c", "0", "perf", "bench", "sched", "pipe", "-l", str(loops)],
-        capture_output=True,
-        text=True,
+        [*pin, "perf", "bench", "sched", "pipe", "-l", str(loops)], capture_output=True, text=True
     ).stdout
     return float(re.search(r"([\d.]+) ops/sec", out).group(1))
 
