@@ -30,7 +30,7 @@ _SCOPE_RUNTIMES = {
 _SCOPE = re.compile(
     r"(?P<prefix>cri-containerd|crio|docker|libpod|nerdctl)-(?:conmon-)?(?P<id>"
     + _HEX64
-    + r")\.scope$"
+    + r")\.scope(?:/|$)"
 )
 _KUBE_POD = re.compile(
     r"kubepods(?:[./-](?P<qos>burstable|besteffort|guaranteed))?"  # cgroupfs or systemd slice
