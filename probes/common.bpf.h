@@ -17,6 +17,16 @@ static __always_inline void count_event(u32 idx)
         (*c)++;
 }
 
+/* Add n to a shared counter slot from lookup_or_try_init(); a full map (NULL slot) is counted,
+ * never silent. (BCC allows no map calls inside macros, hence a slot argument.) */
+static __always_inline void add_or_count_full(u64 *slot, u64 n)
+{
+    if (slot)
+        __sync_fetch_and_add(slot, n);
+    else
+        count_event(CTR_MAP_FULL);
+}
+
 /* Log-linear bucket: 8 sub-buckets per power of two, so a bucket is at most 1/8 of its lower
  * bound wide (bcc's runqlat uses plain log2 buckets: up to 100 % error). Values below 8 get a
  * bucket each. Decoded by wasmtop.collector.quantiles.bucket_bounds. */

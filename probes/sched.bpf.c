@@ -129,12 +129,8 @@ static __always_inline void finish_preemption(u32 tid, u64 now)
     st->preemptions += 1;
 
     struct hist_key hk = {.tgid = copy.tgid, .bucket = loglinear_bucket(delay)};
-    u64 one = 0;
-    u64 *slot = preempt_delay_hist.lookup_or_try_init(&hk, &one);
-    if (slot)
-        __sync_fetch_and_add(slot, 1);
-    else
-        count_event(CTR_MAP_FULL);
+    u64 zero = 0;
+    add_or_count_full(preempt_delay_hist.lookup_or_try_init(&hk, &zero), 1);
 
     u64 *max = preempt_delay_max_ns.lookup(&copy.tgid);
     if (!max || *max < delay) {
@@ -223,11 +219,7 @@ int wasmtop_sched_migrate(struct tracepoint__sched__sched_migrate_task *args)
     st->migrations += 1;
     struct migration_key key = {
         .tgid = st->tgid, .from_cpu = args->orig_cpu, .to_cpu = args->dest_cpu};
-    u64 init = 0;
-    u64 *n = migration_matrix.lookup_or_try_init(&key, &init);
-    if (n)
-        __sync_fetch_and_add(n, 1);
-    else
-        count_event(CTR_MAP_FULL);
+    u64 zero = 0;
+    add_or_count_full(migration_matrix.lookup_or_try_init(&key, &zero), 1);
     return 0;
 }

@@ -10,51 +10,34 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 
 EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
+def number_arg(
+    convert: Callable[[str], float], valid: Callable[[float], bool], expected: str
+) -> Callable[[str], float]:
+    """An argparse type: convert, check, and say what was expected when either fails."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
-    return value
-
-
-def pid_arg(text: str) -> int:
-    try:
-        pid = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a process id, got {text!r}") from None
-    if pid <= 0:
-        raise argparse.ArgumentTypeError(f"expected a process id > 0, got {text!r}")
-    return pid
-
-
-def power_of_two(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a power of two, got {text!r}") from None
-    if n < 1 or n & (n - 1):
-        raise argparse.ArgumentTypeError(f"expected a power of two, got {text!r}")
-    return n
+positive_seconds = number_arg(float, lambda v: v > 0, "seconds > 0")
+non_negative_ms = number_arg(float, lambda v: v >= 0, "milliseconds >= 0")
+pid_arg = number_arg(int, lambda v: v > 0, "a process id > 0")
+power_of_two = number_arg(int, lambda v: v >= 1 and not int(v) & (int(v) - 1), "a power of two")
 
 
 def build_parser() -> argparse.ArgumentParser:
