@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import features
-from .runtime import Probe, _tail, captured_stderr
+from .runtime import LibbccError, Probe, capturing
 from .sched import SchedProbe
 
 
@@ -34,19 +34,12 @@ def fentry_feature() -> features.Feature:
         return features.Feature("fentry", features.UNAVAILABLE, f"bcc not importable: {exc}", False)
     if not BPF.support_kfunc():
         return features.Feature("fentry", features.UNAVAILABLE, "no BPF trampoline", False)
-    with captured_stderr() as err:
-        try:
-            bpf = BPF(text="KFUNC_PROBE(do_nanosleep) { return 0; }")
-        except Exception as exc:
-            bpf = None
-            error = f"{exc}"
-    if bpf is None:
-        detail = _tail(err[0], 2).replace("\n", "; ")
+    try:
+        bpf = capturing("", lambda: BPF(text=b"KFUNC_PROBE(do_nanosleep) { return 0; }"))
+    except LibbccError as exc:
+        detail = "; ".join(exc.detail.splitlines()[-2:]) or str(exc)
         return features.Feature(
-            "fentry",
-            features.UNAVAILABLE,
-            f"loading an fentry program failed: {detail or error}",
-            False,
+            "fentry", features.UNAVAILABLE, f"loading an fentry program failed: {detail}", False
         )
     bpf.cleanup()
     return features.Feature("fentry", features.OK, "fentry program loaded", False)

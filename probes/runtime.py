@@ -67,15 +67,23 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
-def _capturing(what: str, action: Callable[[], Any]) -> Any:
-    """Run a libbcc call; on failure raise with what clang or the verifier printed."""
+class LibbccError(RuntimeError):
+    """A libbcc call failed; ``detail`` holds the last lines clang or the verifier printed."""
+
+    def __init__(self, what: str, failure: Exception, detail: str) -> None:
+        super().__init__(f"{what}: {failure}\n{detail}".strip())
+        self.detail = detail
+
+
+def capturing(what: str, action: Callable[[], Any]) -> Any:
+    """Run a libbcc call; on failure raise LibbccError with what clang or the verifier printed."""
     failure: Exception | None = None
     with captured_stderr() as err:
         try:
             return action()
         except Exception as exc:
             failure = exc
-    raise RuntimeError(f"{what}: {failure}\n{_tail(err[0])}".strip())
+    raise LibbccError(what, failure, _tail(err[0]))
 
 
 def prog_stats(fd: int) -> tuple[int, int]:
@@ -92,17 +100,6 @@ def prog_stats(fd: int) -> tuple[int, int]:
     except OSError:
         pass
     return cnt, ns
-
-
-def prog_id(fd: int) -> int | None:
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("prog_id:"):
-                    return int(line.split(":", 1)[1])
-    except OSError:
-        pass
-    return None
 
 
 @dataclass(frozen=True)
@@ -203,20 +200,20 @@ class Probe:
                 raise ProbeUnavailable(f"tracepoint {tp} not found (is tracefs mounted?)")
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self, bpf_class: Callable[..., Any] | None = None) -> None:
+    def start(self) -> None:
         """Compile, load and attach. Never raises: the outcome is in status and reason."""
         try:
             self.check_kernel()
-            if bpf_class is None:
-                from bcc import BPF as bpf_class
-            self.bpf = _capturing(
+            from bcc import BPF
+
+            self.bpf = capturing(
                 "compile failed",
-                lambda: bpf_class(text=self.rendered().encode(), cflags=self.cflags()),
+                lambda: BPF(text=self.rendered().encode(), cflags=self.cflags()),
             )
             self.verify_maps()
             for map_name, dec in self.ringbuffers:
                 self.table(map_name).open_ring_buffer(self._ring_callback(DECODERS[dec]))
-            _capturing("load/attach failed", self.attach)
+            capturing("load/attach failed", self.attach)
         except ProbeUnavailable as exc:
             self.status, self.reason = UNAVAILABLE, str(exc)
             self._release()
@@ -312,9 +309,6 @@ class Probe:
             return []
         return [fn.fd for fn in self.bpf.funcs.values()]
 
-    def program_ids(self) -> list[int]:
-        return [i for i in map(prog_id, self.program_fds()) if i is not None]
-
     def health(self) -> ProbeHealth:
         ctr = self.counter_values()
         runs = ns = 0
@@ -381,12 +375,6 @@ class ProbeSet:
 
     def __iter__(self) -> Iterator[Probe]:
         return iter(self.probes)
-
-    def __getitem__(self, name: str) -> Probe:
-        for probe in self.probes:
-            if probe.name == name:
-                return probe
-        raise KeyError(name)
 
     def detach(self) -> None:
         """Detach every program, then drain what the ring buffers still hold."""
