@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Scheduler-probe overhead, measured side by side in one run.
 
-1. `perf bench sched pipe` throughput alone, with `wasmtop snapshot` attached, and with bcc's
-   `runqlat-bpfcc` attached, in alternating rounds; prints ops/s and ratios.
+1. `perf bench sched pipe` throughput alone, with `wasmtop snapshot` attached, with bcc's
+   `runqlat-bpfcc` attached, and with an empty program on the `sched_switch` tracepoint (the
+   floor: what attaching anything there costs), in alternating rounds; prints ops/s and ratios.
 2. Kernel ns per program run of each tool's BPF programs (BPF_ENABLE_STATS held by this script,
    numbers from `bpftool prog show --json`).
 3. wasmtop's userspace CPU while `stress-ng --switch` runs at 20k to 200k switches/s.
@@ -31,6 +32,17 @@ from wasmtop.probes.features import enable_bpf_stats  # noqa: E402
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# The floor: a program on the same tracepoint that does nothing. Whatever it costs, no
+# sched_switch tool can cost less.
+EMPTY_PROGRAM = """
+import signal
+from bcc import BPF
+b = BPF(text=b"TRACEPOINT_PROBE(sched, sched_switch) { return 0; }")
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+signal.sigwait({signal.SIGINT, signal.SIGTERM})
+b.cleanup()
+"""
+
 
 def bpf_progs() -> list[dict]:
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
@@ -44,7 +56,11 @@ class Tool:
     def __init__(self, name: str) -> None:
         self.name = name
         before = {p["id"] for p in bpf_progs()}
-        cmd = [WASMTOP, "snapshot", "--seconds", "3600"] if name == "wasmtop" else ["runqlat-bpfcc"]
+        cmd = {
+            "wasmtop": [WASMTOP, "snapshot", "--seconds", "3600"],
+            "runqlat": ["runqlat-bpfcc"],
+            "empty": [sys.executable, "-c", EMPTY_PROGRAM],
+        }[name]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -147,11 +163,12 @@ def main() -> int:
         print("needs root", file=sys.stderr)
         return 1
 
-    configs = ["baseline", "wasmtop", "runqlat"]
+    configs = ["baseline", "wasmtop", "runqlat", "empty"]
     modes = {"unpinned": False, "pinned": True}
     ops = {(m, c): [] for m in modes for c in configs}
     for r in range(args.rounds):
-        order = configs[r % 3 :] + configs[: r % 3]  # rotate so no tool always runs first
+        k = r % len(configs)
+        order = configs[k:] + configs[:k]  # rotate so no tool always runs first
         for name in order:
             tool = start_tool(name)
             try:
@@ -195,6 +212,8 @@ def main() -> int:
             print(f"  wasmtop slowdown / runqlat slowdown = {over_w / over_r:.2f}  (target <= 1.5)")
         ratio = med["wasmtop"] / med["baseline"]
         print(f"  wasmtop throughput ratio = {ratio:.3f}  (target >= 0.95)")
+        floor = med["empty"] / med["baseline"]
+        print(f"  empty sched_switch program ratio = {floor:.3f}  (no tracepoint tool can beat it)")
 
     print("\nkernel cost per program run (BPF_ENABLE_STATS)")
     for name, samples in cost.items():

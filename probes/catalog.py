@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import features
-from .runtime import LibbccError, Probe, capturing
+from .runtime import Probe, fentry_feature  # noqa: F401  (wasmtop doctor)
 from .sched import SchedProbe
 
 
@@ -24,22 +24,3 @@ def probe_variants() -> list[tuple[str, Probe]]:
             ("sched: pid and cgroup filters", SchedProbe(pids=(1,), cgroup="/")),
         ]
     return variants
-
-
-def fentry_feature() -> features.Feature:
-    """fentry/fexit is optional: load a trivial program to see whether this kernel allows it."""
-    try:
-        from bcc import BPF
-    except ImportError as exc:
-        return features.Feature("fentry", features.UNAVAILABLE, f"bcc not importable: {exc}", False)
-    if not BPF.support_kfunc():
-        return features.Feature("fentry", features.UNAVAILABLE, "no BPF trampoline", False)
-    try:
-        bpf = capturing("", lambda: BPF(text=b"KFUNC_PROBE(do_nanosleep) { return 0; }"))
-    except LibbccError as exc:
-        detail = "; ".join(exc.detail.splitlines()[-2:]) or str(exc)
-        return features.Feature(
-            "fentry", features.UNAVAILABLE, f"loading an fentry program failed: {detail}", False
-        )
-    bpf.cleanup()
-    return features.Feature("fentry", features.OK, "fentry program loaded", False)

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .records import PreemptionRecord
+from .records import BypassRecord, PreemptionRecord
 
 
 class DecodeError(ValueError):
@@ -66,4 +66,34 @@ def preempt_event(f: tuple) -> PreemptionRecord:
         preemptor_pid=preemptor_pid,
         preemptor_tid=preemptor_tid,
         preemptor_comm=comm(preemptor),
+    )
+
+
+BYPASS_KINDS = {1: "enrol", 2: "first_redirect", 3: "fallback", 4: "close"}
+FALLBACK_REASONS = {1: "map_full", 2: "peer_missing", 3: "data_before_enrol", 4: "enrol_failed"}
+
+
+def ip_text(words: bytes) -> str:
+    """16 bytes of an IPv6 address as printed; IPv4-mapped ones as dotted IPv4."""
+    import ipaddress
+
+    addr = ipaddress.IPv6Address(words)
+    return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+
+
+# struct bypass_event in sockbypass.bpf.c
+@decoder("bypass_event", "<QQQIHH16s16sBB6x")
+def bypass_event(f: tuple) -> BypassRecord:
+    ts_ns, cookie, nbytes, pid, lport, rport, lip, rip, kind, reason = f
+    if kind not in BYPASS_KINDS or (reason and reason not in FALLBACK_REASONS):
+        raise DecodeError(f"bypass_event: kind {kind}, reason {reason}")
+    return BypassRecord(
+        ts_ns=ts_ns,
+        cookie=cookie,
+        pid=pid,
+        kind=BYPASS_KINDS[kind],
+        reason=FALLBACK_REASONS.get(reason),
+        local=(ip_text(lip), lport),
+        remote=(ip_text(rip), rport),
+        bytes=nbytes,
     )

@@ -48,3 +48,66 @@ class SchedReading:
     window_max_delay_ns: dict[int, int]  # tgid -> max delay since previous read
     events: list[PreemptionRecord] = field(default_factory=list)
     migrations_untracked: int = 0
+
+
+# -- socket bypass -----------------------------------------------------------------------------
+
+Endpoint = tuple[str, int]  # (address as printed, port)
+
+
+@dataclass(frozen=True)
+class ConnRecord:
+    """One TCP socket's view of its connection (each local connection has two: one per end).
+    Counters are cumulative since the connection was established."""
+
+    cookie: int
+    local: Endpoint
+    remote: Endpoint
+    pid: int  # 0 = not known in the kernel
+    active: bool  # this end connected
+    eligible: bool  # both ends local
+    enrolled: bool  # in the bypass map (accelerate mode)
+    fallback_reason: str | None
+    srtt_us: int
+    established_ns: int
+    closed_ns: int  # 0 = open
+    msgs_redirected: int
+    bytes_redirected: int
+    msgs_passed: int
+    bytes_passed: int
+    msgs_failed: int
+    bytes_failed: int
+    stack_bytes: int  # TCP payload this end sent through the stack (tc)
+    stack_packets: int
+    tcp_bytes_acked: int
+    tcp_bytes_received: int
+
+    @property
+    def bypass_msgs(self) -> int:
+        return self.msgs_redirected
+
+    @property
+    def all_bytes(self) -> int:
+        return self.bytes_redirected + self.stack_bytes
+
+
+@dataclass(frozen=True)
+class BypassRecord:
+    ts_ns: int
+    cookie: int
+    pid: int
+    kind: str  # enrol | first_redirect | fallback | close
+    reason: str | None
+    local: Endpoint
+    remote: Endpoint
+    bytes: int
+
+
+@dataclass(frozen=True)
+class BypassReading:
+    ts_ns: int
+    mode: str  # observe | accelerate
+    conns: dict[int, ConnRecord]  # cookie -> record; closed ones appear in one reading only
+    events: list[BypassRecord] = field(default_factory=list)
+    fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> count, cumulative
+    untracked_stack_bytes: int = 0  # through the stack on connections without a record

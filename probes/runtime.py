@@ -10,7 +10,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -113,6 +113,7 @@ class ProbeHealth:
     map_full: int
     run_count: int
     run_time_ns: int
+    details: Mapping[str, Any] = field(default_factory=dict)  # probe-specific, e.g. bypass mode
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,7 @@ class ProbeHealth:
             "run_count": self.run_count,
             "run_time_ns": self.run_time_ns,
             "ns_per_run": round(self.run_time_ns / self.run_count, 1) if self.run_count else None,
+            **dict(self.details),
         }
 
 
@@ -216,10 +218,10 @@ class Probe:
             capturing("load/attach failed", self.attach)
         except ProbeUnavailable as exc:
             self.status, self.reason = UNAVAILABLE, str(exc)
-            self._release()
+            self.close()
         except Exception as exc:  # compiler, verifier, attach: reported, never fatal
             self.status, self.reason = FAILED, str(exc).strip()
-            self._release()
+            self.close()
         else:
             self.status, self.reason = OK, "attached"
 
@@ -304,6 +306,10 @@ class Probe:
             return self._read_counters()
         return dict(self._final_counters or dict.fromkeys(self.counter_names(), 0))
 
+    def details(self) -> dict[str, Any]:
+        """Probe-specific health facts, merged into the Snapshot's probes block."""
+        return {}
+
     def program_fds(self) -> list[int]:
         if self.bpf is None:
             return []
@@ -325,7 +331,27 @@ class Probe:
             map_full=ctr.get("MAP_FULL", 0),
             run_count=runs,
             run_time_ns=ns,
+            details=self.details(),
         )
+
+
+def fentry_feature() -> features.Feature:
+    """fentry/fexit is optional: load a trivial program to see whether this kernel allows it."""
+    try:
+        from bcc import BPF
+    except ImportError as exc:
+        return features.Feature("fentry", features.UNAVAILABLE, f"bcc not importable: {exc}", False)
+    if not BPF.support_kfunc():
+        return features.Feature("fentry", features.UNAVAILABLE, "no BPF trampoline", False)
+    try:
+        bpf = capturing("", lambda: BPF(text=b"KFUNC_PROBE(do_nanosleep) { return 0; }"))
+    except LibbccError as exc:
+        detail = "; ".join(exc.detail.splitlines()[-2:]) or str(exc)
+        return features.Feature(
+            "fentry", features.UNAVAILABLE, f"loading an fentry program failed: {detail}", False
+        )
+    bpf.cleanup()
+    return features.Feature("fentry", features.OK, "fentry program loaded", False)
 
 
 class Terminated(BaseException):

@@ -1,0 +1,498 @@
+"""Socket-bypass probe: local TCP connections, and the bytes that skip or cross the stack.
+
+Kernel side: ``sockbypass.bpf.c``. A sockops program on a cgroup v2 directory (through a BPF
+link, so the attachment ends with this process even if it is killed), tc clsact filters on
+``lo`` and configured interfaces (through pyroute2), and in accelerate mode an sk_msg verdict
+program on the SOCKHASH that redirects each sendmsg to the peer socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import os
+import select
+import socket
+import struct
+import termios
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+from . import bpfobj, features
+from .decoders import FALLBACK_REASONS, ip_text
+from .records import BypassReading, ConnRecord
+from .runtime import Probe, ProbeUnavailable, capturing, fentry_feature
+
+OBSERVE, ACCELERATE = "observe", "accelerate"
+MODES = (OBSERVE, ACCELERATE)
+DEFAULT_MAX_CONNS = 65_536
+DEFAULT_MAX_BYPASS = 65_536
+DEFAULT_RINGBUF_PAGES = 16
+LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
+SOCKET_PROG_TYPES = frozenset({"sock_ops", "sk_msg", "sk_skb"})
+
+# tc: our filters sit at one priority and handle, so detach removes exactly those.
+TC_PRIO = 0x7761  # "wa"
+TC_HANDLE = 0x77
+TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
+ETH_P_ALL = 0x0003
+SO_COOKIE = 57
+
+KINDS = {"ENROL": 1, "FIRST_REDIRECT": 2, "FALLBACK": 3, "CLOSE": 4}
+
+# The kernel's redirect path, where a program counting other agents' redirects would attach.
+FOREIGN_REDIRECT_FN = "tcp_bpf_sendmsg_redir"
+
+
+def socket_cookie(sock: socket.socket) -> int:
+    return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+
+
+def host_addresses() -> list[str]:
+    """This host's own addresses (init network namespace), as /32 and /128 networks."""
+    from pyroute2 import IPRoute
+
+    out = []
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if addr:
+                ip = ipaddress.ip_address(addr.split("%")[0])
+                out.append(f"{ip}/{ip.max_prefixlen}")
+    return out
+
+
+def lpm_key(net: str) -> tuple[int, bytes]:
+    """(prefix length, 16 address bytes) of a network in the probe's IPv6 form."""
+    n = ipaddress.ip_network(net, strict=False)
+    if n.version == 4:
+        return n.prefixlen + 96, ipaddress.IPv6Address(f"::ffff:{n.network_address}").packed
+    return n.prefixlen, n.network_address.packed
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(1 << 20, n - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def accelerate_self_test(probe: SockBypassProbe) -> str | None:
+    """Check, on a loopback pair, the side effects other bypass agents had: FIONREAD missing
+    redirected bytes, epoll not waking, large transfers corrupted. None = passed, else why not."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname(), timeout=5)
+    peer, _ = srv.accept()
+    peer.settimeout(5)
+    try:
+        probe.ignore_cookies({socket_cookie(cli), socket_cookie(peer)})
+        conn = probe.conn(socket_cookie(cli))
+        if conn is None or not conn.enrolled:
+            why = conn.fallback_reason if conn else "no connection record"
+            return f"a loopback connection was not enrolled in the bypass map ({why})"
+        payload = os.urandom(1000)
+        cli.sendall(payload)
+        ep = select.epoll()
+        try:
+            ep.register(peer.fileno(), select.EPOLLIN)
+            if not ep.poll(2.0):
+                return "epoll reported no readiness for a redirected message"
+        finally:
+            ep.close()
+        pending = struct.unpack("i", fcntl.ioctl(peer, termios.FIONREAD, b"\0" * 4))[0]
+        if pending != len(payload):
+            return f"FIONREAD reported {pending} of {len(payload)} redirected bytes pending"
+        if _recv_exact(peer, len(payload)) != payload:
+            return "a redirected message arrived altered"
+        conn = probe.conn(socket_cookie(cli))
+        if conn is None or conn.msgs_redirected == 0:
+            return "sendmsg on an enrolled socket was not redirected"
+        # A large transfer both ways at once: 8 MiB each, compared by digest.
+        big = {s: os.urandom(8 << 20) for s in (cli, peer)}
+        got: dict[socket.socket, str] = {}
+
+        def receive(sock: socket.socket, n: int) -> None:
+            got[sock] = hashlib.sha256(_recv_exact(sock, n)).hexdigest()
+
+        readers = [threading.Thread(target=receive, args=(s, 8 << 20)) for s in (cli, peer)]
+        writers = [threading.Thread(target=s.sendall, args=(big[s],)) for s in (cli, peer)]
+        for t in readers + writers:
+            t.start()
+        for t in readers + writers:
+            t.join(30)
+        if any(t.is_alive() for t in readers + writers):
+            return "a large redirected transfer stalled"
+        for sender, receiver in ((cli, peer), (peer, cli)):
+            if got.get(receiver) != hashlib.sha256(big[sender]).hexdigest():
+                return "a large redirected transfer arrived altered"
+        return None
+    finally:
+        for s in (cli, peer, srv):
+            s.close()
+
+
+class SockBypassProbe(Probe):
+    name = "sockbypass"
+    ringbuffers = (("bypass_events", "bypass_event"),)
+    counters = (
+        "FALLBACK_MAP_FULL", "FALLBACK_PEER_MISSING", "FALLBACK_DATA_BEFORE_ENROL",
+        "FALLBACK_ENROL_FAILED", "MSG_UNTRACKED", "TC_UNPARSED",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        mode: str = OBSERVE,
+        cgroup: str | None = None,
+        local_cidrs: Sequence[str] = (),
+        interfaces: Sequence[str] = (),
+        include_host_addresses: bool = True,
+        max_conns: int = DEFAULT_MAX_CONNS,
+        max_bypass: int = DEFAULT_MAX_BYPASS,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        self_test: Callable[[SockBypassProbe], str | None] = accelerate_self_test,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"bypass mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise ValueError("ringbuf_pages must be a power of two")
+        for net in local_cidrs:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad one
+        self.requested_mode = mode
+        self.mode = OBSERVE
+        self.mode_reason = "observe mode (default): nothing is redirected"
+        self.cgroup = cgroup
+        self.local_cidrs = tuple(local_cidrs)
+        self.interfaces = tuple(i for i in interfaces if i != "lo")
+        self.include_host_addresses = include_host_addresses
+        self.max_conns = max_conns
+        self.max_bypass = max_bypass
+        self.ringbuf_pages = ringbuf_pages
+        self.self_test = self_test
+        self.local_nets: list[str] = []
+        self.other_programs: list[bpfobj.Program] = []
+        self.foreign_redirects = {"status": "unavailable", "reason": "not checked"}
+        self._links: list[int] = []
+        self._skmsg: tuple[Any, int] | None = None
+        self._tc: list[tuple[int, str, int, bool]] = []  # (ifindex, name, parent, added qdisc)
+        self._ignored: set[int] = set()
+        self._stack_prev: dict[tuple, int] = {}
+
+    # -- compiled in ----------------------------------------------------------------------
+    def defines(self) -> dict[str, int | str]:
+        flags: dict[str, int | str] = {
+            "MAX_CONNS": self.max_conns,
+            "MAX_BYPASS": self.max_bypass,
+            "MAX_NETS": 1024,
+            "RINGBUF_PAGES": self.ringbuf_pages,
+            "ACCELERATE": int(self.requested_mode == ACCELERATE),
+            "LOOPBACK_IFINDEX": socket.if_nametoindex("lo"),
+            "AF_INET": socket.AF_INET,
+            "AF_INET6": socket.AF_INET6,
+            "IPPROTO_TCP": socket.IPPROTO_TCP,
+            "E2BIG": errno.E2BIG,
+            "ENOMEM": errno.ENOMEM,
+        }
+        flags.update({f"REASON_{r.upper()}": i for i, r in FALLBACK_REASONS.items()})
+        flags.update({f"KIND_{k}": v for k, v in KINDS.items()})
+        return flags
+
+    def check_kernel(self) -> None:
+        if not features.check_ringbuf().ok:
+            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+        if self.cgroup_path() is None:
+            raise ProbeUnavailable("no cgroup v2 mount in /proc/mounts (sockops attaches there)")
+
+    def cgroup_path(self) -> Path | None:
+        root = features.cgroup2_mount()
+        if root is None:
+            return None
+        if not self.cgroup:
+            return root
+        path = Path(self.cgroup)
+        return path if path.is_absolute() and path.is_relative_to(root) else root / self.cgroup
+
+    def required_maps(self) -> list[str]:
+        return [*super().required_maps(), "conns", "conn_cookie", "stack_bytes", "local_nets",
+                "mode", "connect_pid"]  # fmt: skip
+
+    # -- attach / detach ------------------------------------------------------------------
+    def attach(self) -> None:
+        from bcc import BPF
+
+        # Before loading ours: everything of these types now loaded belongs to someone else.
+        self.other_programs = bpfobj.programs(SOCKET_PROG_TYPES)
+        self._fill_local_nets()
+        self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(
+            int(self.requested_mode == ACCELERATE)
+        )
+        ops = self.bpf.load_func(b"wasmtop_sockops", BPF.SOCK_OPS)
+        path = self.cgroup_path()
+        cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._links.append(bpfobj.link_create(ops.fd, cg, bpfobj.ATTACH_CGROUP_SOCK_OPS))
+        except bpfobj.BpfError as exc:
+            hint = " (another program holds this hook without multi-attach)" if (
+                exc.errno == errno.EPERM) else ""  # fmt: skip
+            raise RuntimeError(f"attaching sockops to {path}: {exc.strerror}{hint}") from None
+        finally:
+            os.close(cg)
+        if self.requested_mode == ACCELERATE:
+            from bcc import BPFAttachType
+            from bcc.libbcc import lib
+
+            msg = self.bpf.load_func(b"wasmtop_sk_msg", BPF.SK_MSG)
+            map_fd = lib.bpf_table_fd(self.bpf.module, b"sock_hash")
+            self.bpf.attach_func(msg, map_fd, BPFAttachType.SK_MSG_VERDICT)
+            self._skmsg = (msg, map_fd)
+        tc = self.bpf.load_func(b"wasmtop_tc_stack", BPF.SCHED_CLS)
+        for ifname in ("lo", *self.interfaces):
+            self._tc_attach(ifname, tc.fd, tc.name.decode())
+        self.foreign_redirects = self._foreign_redirects()
+        if self.requested_mode == ACCELERATE:
+            self._accelerate()
+
+    def _accelerate(self) -> None:
+        try:
+            failure = self.self_test(self)
+        except Exception as exc:  # the test itself broke: that is a failure too
+            failure = f"self-test error: {exc}"
+        if failure is None:
+            self.mode = ACCELERATE
+            self.mode_reason = "accelerate: self-test passed (FIONREAD, epoll, 2x8 MiB transfer)"
+            return
+        self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(0)
+        self._detach_skmsg()
+        self.mode = OBSERVE
+        self.mode_reason = f"accelerate refused: {failure}; observing only"
+
+    def _fill_local_nets(self) -> None:
+        nets = list(LOOPBACK_NETS) + list(self.local_cidrs)
+        if self.include_host_addresses:
+            nets += host_addresses()
+        table = self.table("local_nets")
+        for net in dict.fromkeys(nets):
+            prefixlen, addr = lpm_key(net)
+            key = table.Key(prefixlen, (ctypes.c_uint32 * 4).from_buffer_copy(addr))
+            table[key] = ctypes.c_uint8(1)
+        self.local_nets = list(dict.fromkeys(nets))
+
+    def _tc_attach(self, ifname: str, fd: int, prog_name: str) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise RuntimeError(f"no network interface {ifname!r}")
+            idx = found[0]
+            added = False
+            try:
+                ipr.tc("add", "clsact", idx)
+                added = True
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise RuntimeError(f"tc clsact on {ifname}: {exc}") from None
+            self._tc.append((idx, ifname, 0, added))  # the qdisc: undone after its filters
+            parents = (TC_EGRESS,) if ifname == "lo" else (TC_EGRESS, TC_INGRESS)
+            for parent in parents:
+                try:
+                    ipr.tc(
+                        "add-filter", "bpf", idx, handle=TC_HANDLE, fd=fd, name=prog_name,
+                        parent=parent, prio=TC_PRIO, protocol=ETH_P_ALL, direct_action=True,
+                    )  # fmt: skip
+                except NetlinkError as exc:
+                    hook = "egress" if parent == TC_EGRESS else "ingress"
+                    hint = ""
+                    if exc.code == errno.EEXIST:
+                        hint = (
+                            " (a filter is already at this priority: another wasmtop? "
+                            f"`tc filter del dev {ifname} {hook} prio {TC_PRIO}` removes it)"
+                        )
+                    raise RuntimeError(f"tc filter on {ifname}: {exc}{hint}") from None
+                self._tc.append((idx, ifname, parent, False))
+
+    def _tc_detach(self) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            while self._tc:
+                idx, _name, parent, added = self._tc.pop()
+                with contextlib.suppress(Exception):
+                    if parent:
+                        ipr.tc("del-filter", "bpf", idx, handle=TC_HANDLE, parent=parent,
+                               prio=TC_PRIO, protocol=ETH_P_ALL)  # fmt: skip
+                    elif added and not self._filters_left(ipr, idx):
+                        ipr.tc("del", "clsact", idx)  # ours, and nobody else uses it
+
+    @staticmethod
+    def _filters_left(ipr: Any, idx: int) -> bool:
+        return any(ipr.get_filters(index=idx, parent=p) for p in (TC_INGRESS, TC_EGRESS))
+
+    def _detach_skmsg(self) -> None:
+        if self._skmsg is not None and self.bpf is not None:
+            from bcc import BPFAttachType
+
+            msg, map_fd = self._skmsg
+            with contextlib.suppress(Exception):
+                self.bpf.detach_func(msg, map_fd, BPFAttachType.SK_MSG_VERDICT)
+        self._skmsg = None
+
+    def detach(self) -> None:
+        super().detach()
+        while self._links:
+            os.close(self._links.pop())
+        self._detach_skmsg()
+        self._tc_detach()
+
+    def _foreign_redirects(self) -> dict[str, str]:
+        """Other agents' redirects can only be counted from the kernel's redirect path
+        (fentry or kprobe on tcp_bpf_sendmsg_redir). Try both; report why not."""
+        from bcc import BPF
+
+        reasons = []
+        fentry = fentry_feature()
+        if fentry.ok:
+            try:
+                text = f"KFUNC_PROBE({FOREIGN_REDIRECT_FN}) {{ return 0; }}".encode()
+                prog = capturing("fentry", lambda: BPF(text=text))
+                prog.cleanup()
+                return {"status": "unavailable", "reason": "fentry loads, counting not built"}
+            except Exception as exc:
+                reasons.append(f"fentry on {FOREIGN_REDIRECT_FN}: {str(exc).splitlines()[0]}")
+        else:
+            reasons.append(f"fentry: {fentry.reason}")
+        kprobes = features.check_kprobes()
+        reasons.append(f"kprobes: {kprobes.reason}" if not kprobes.ok else "kprobes: not tried")
+        return {"status": "unavailable", "reason": "; ".join(reasons)}
+
+    # -- reading --------------------------------------------------------------------------
+    def ignore_cookies(self, cookies: set[int]) -> None:
+        """Connections of wasmtop's own (the self-test): never reported."""
+        self._ignored |= cookies
+
+    def conn(self, cookie: int) -> ConnRecord | None:
+        table = self.table("conns")
+        try:
+            value = table[table.Key(cookie)]
+        except KeyError:
+            return None
+        return self._record(cookie, value, {})
+
+    @staticmethod
+    def _endpoints(key: Any) -> tuple[tuple[str, int], tuple[str, int]]:
+        return (
+            (ip_text(bytes(key.local_ip)), key.local_port),
+            (ip_text(bytes(key.remote_ip)), key.remote_port),
+        )
+
+    @staticmethod
+    def _pair(key: Any) -> tuple:
+        return bytes(key.local_ip), bytes(key.remote_ip), key.local_port, key.remote_port
+
+    def _record(self, cookie: int, v: Any, stack: dict[tuple, tuple[int, int]]) -> ConnRecord:
+        local, remote = self._endpoints(v.key)
+        sbytes, spackets = stack.get(self._pair(v.key), (0, 0))
+        return ConnRecord(
+            cookie=cookie,
+            local=local,
+            remote=remote,
+            pid=v.pid,
+            active=bool(v.active),
+            eligible=bool(v.eligible),
+            enrolled=bool(v.enrolled),
+            fallback_reason=FALLBACK_REASONS.get(v.fallback_reason),
+            srtt_us=v.srtt_us,
+            established_ns=v.established_ns,
+            closed_ns=v.closed_ns,
+            msgs_redirected=v.msgs_redirected,
+            bytes_redirected=v.bytes_redirected,
+            msgs_passed=v.msgs_passed,
+            bytes_passed=v.bytes_passed,
+            msgs_failed=v.msgs_failed,
+            bytes_failed=v.bytes_failed,
+            stack_bytes=sbytes,
+            stack_packets=spackets,
+            tcp_bytes_acked=v.tcp_bytes_acked,
+            tcp_bytes_received=v.tcp_bytes_received,
+        )
+
+    def read(self) -> BypassReading:
+        """Read every connection record (cumulative counters). A closed connection is reported
+        once, then its entries are removed from the kernel maps."""
+        self.drain()
+        now = time.monotonic_ns()
+        events = [e for e in self.take_events() if e.cookie not in self._ignored]
+        stack_table = self.table("stack_bytes")
+        stack_items = list(stack_table.items())
+        stack = {self._pair(k): (v.bytes, v.packets) for k, v in stack_items}
+        conns_table = self.table("conns")
+        conns: dict[int, ConnRecord] = {}
+        closed = []
+        matched: set[tuple] = set()
+        for k, v in list(conns_table.items()):
+            cookie = k.value
+            pair = self._pair(v.key)
+            matched.add(pair)
+            if v.closed_ns:
+                closed.append((k, pair))
+            if cookie in self._ignored:
+                continue
+            conns[cookie] = self._record(cookie, v, stack)
+        for k, pair in closed:
+            with contextlib.suppress(KeyError):
+                del conns_table[k]
+            for sk, _ in stack_items:
+                if self._pair(sk) == pair:
+                    with contextlib.suppress(KeyError):
+                        del stack_table[sk]
+            self._ignored.discard(k.value)
+        # Stack bytes of connections without a record (opened before wasmtop started): counted
+        # in total; their entries go once they stop changing.
+        untracked = 0
+        seen: dict[tuple, int] = {}
+        for sk, v in stack_items:
+            pair = self._pair(sk)
+            if pair in matched:
+                continue
+            untracked += v.bytes
+            if self._stack_prev.get(pair) == v.bytes:
+                with contextlib.suppress(KeyError):
+                    del stack_table[sk]
+            else:
+                seen[pair] = v.bytes
+        self._stack_prev = seen
+        ctr = self.counter_values()
+        fallbacks = {r: ctr.get(f"FALLBACK_{r.upper()}", 0) for r in FALLBACK_REASONS.values()}
+        return BypassReading(
+            ts_ns=now,
+            mode=self.mode,
+            conns=conns,
+            events=events,
+            fallbacks=fallbacks,
+            untracked_stack_bytes=untracked,
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "mode_reason": self.mode_reason,
+            "local_nets": self.local_nets,
+            "interfaces": ["lo", *self.interfaces],
+            "other_programs": [
+                {"id": p.id, "type": p.type, "name": p.name} for p in self.other_programs
+            ],
+            "foreign_redirects": self.foreign_redirects,
+        }
