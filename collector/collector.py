@@ -3,6 +3,7 @@ the previous tick, attribute them to workloads, and build one immutable Snapshot
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -17,18 +18,22 @@ from typing import TypeVar
 from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
 from ..probes.runtime import ProbeSet
 from ..probes.sched import SchedProbe
+from ..probes.sockbypass import SockBypassProbe
 from .model import (
     DelayQuantiles,
     Events,
     HistogramBucket,
     Migration,
+    NetFigures,
     PreemptionEvent,
     SchedFigures,
     Snapshot,
     Unattributed,
     Workload,
 )
+from .net import NetAccounting, NetWindow, empty_net
 from .quantiles import bucket_bounds, histogram_quantile
+from .sockets import SocketOwners
 from .topology import Topology
 from .workloads import ProcReader, WorkloadId, WorkloadResolver
 
@@ -133,6 +138,7 @@ class Collector:
         self._window_start_ns = time.monotonic_ns()
         self._ticks = 0
         self._untracked_prev = 0
+        self.net = NetAccounting(SocketOwners(proc_root))
 
     @property
     def sched(self) -> SchedProbe | None:
@@ -141,37 +147,48 @@ class Collector:
                 return probe
         return None
 
+    @property
+    def bypass(self) -> SockBypassProbe | None:
+        for probe in self.probes:
+            if isinstance(probe, SockBypassProbe) and probe.loaded:
+                return probe
+        return None
+
     def observe(self) -> None:
         """Drain ring buffers and learn the identity of processes seen since the last call."""
         self.probes.drain()
-        sched = self.sched
-        if sched is None:
-            return
         known = self.resolver.known()
-        for value in sched.table("threads").values():
-            if value.tgid not in known:
-                self.resolver.identify(value.tgid)
-                known.add(value.tgid)
+        pids: list[int] = []
+        if self.sched is not None:
+            pids += [v.tgid for v in self.sched.table("threads").values()]
+        if self.bypass is not None:
+            pids += [v.pid for v in self.bypass.table("conns").values() if v.pid]
+        for pid in pids:
+            if pid not in known:
+                self.resolver.identify(pid)
+                known.add(pid)
+
+    def _workload_key(self, pid: int) -> str | None:
+        wid = self.resolver.identify(pid)
+        return wid.key if wid else None
 
     def tick(self) -> Snapshot:
         self.probes.drain()
-        sched = self.sched
+        sched, bypass = self.sched, self.bypass
         reading = sched.read() if sched else None
+        net_reading = bypass.read() if bypass else None
         end_ns = reading.ts_ns if reading else time.monotonic_ns()
         window_s = max(0.0, (end_ns - self._window_start_ns) / 1e9)
 
-        workloads: tuple[Workload, ...] = ()
         events = Events()
         host_matrix: tuple[Migration, ...] = ()
         unattributed = Unattributed()
         counters: dict[str, int] = {}
+        per_workload: dict[str, _Activity] = {}
+        ids: dict[str, WorkloadId] = {}
         if reading is not None:
             per_process = self._per_process(reading)
             per_workload, ids, unattributed = self._per_workload(per_process)
-            workloads = tuple(
-                self._workload(ids[key], act, window_s)
-                for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
-            )
             host = _Activity()
             for act in per_process.values():
                 host.merge(act)
@@ -181,6 +198,24 @@ class Collector:
             self._untracked_prev = reading.migrations_untracked
             self._collect_garbage(reading)
             self._prev = reading
+        net: NetWindow | None = None
+        if net_reading is not None:
+            net = self.net.window(net_reading, self._workload_key, self.max_events)
+            for key, pids in net.pids.items():
+                if key not in ids:  # a workload seen on the network only this window
+                    wid = self.resolver.identify(min(pids))
+                    if wid is None:
+                        continue
+                    ids[key] = wid
+                    per_workload[key] = _Activity(pids=set(pids))
+            events = dataclasses.replace(events, bypass=net.events, bypass_total=net.events_total)
+            counters.update(net.counters)
+        workloads = tuple(
+            self._workload(
+                ids[key], act, window_s, (net.per_workload.get(key) or empty_net()) if net else None
+            )
+            for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
+        )
         counters["processes_vanished"] = self.reader.vanished
 
         snapshot = Snapshot(
@@ -192,6 +227,7 @@ class Collector:
             workloads=workloads,
             events=events,
             migrations=host_matrix,
+            connections=net.connections if net else (),
             unattributed=unattributed,
             counters=counters,
         )
@@ -252,7 +288,9 @@ class Collector:
         )
         return groups, ids, unattributed
 
-    def _workload(self, wid: WorkloadId, act: _Activity, window_s: float) -> Workload:
+    def _workload(
+        self, wid: WorkloadId, act: _Activity, window_s: float, net: NetFigures | None
+    ) -> Workload:
         allowed: set[int] = set()
         runtime = wid.runtime
         for pid in act.pids:
@@ -303,6 +341,7 @@ class Collector:
             cgroup=wid.cgroup,
             pod=wid.pod,
             sched=sched,
+            net=net,
         )
 
     def _matrix(self, matrix: Mapping[tuple[int, int], int]) -> tuple[Migration, ...]:

@@ -57,6 +57,75 @@ class SchedFigures:
 
 
 @dataclass(frozen=True)
+class PeerTraffic:
+    """One workload pair's local traffic in the window, seen from the workload it is listed on."""
+
+    peer: str | None  # the peer workload's key; None when the peer end is not on this host
+    connections: int
+    bypass_msgs: int
+    bypass_bytes: int
+    stack_bytes: int
+    bypass_ratio: float | None  # bypass_bytes / (bypass_bytes + stack_bytes)
+
+
+@dataclass(frozen=True)
+class NetFigures:
+    """TCP connections of a workload in the window (bytes and messages are what its sockets
+    sent in the window; connections are those open at any time in it)."""
+
+    connections: int
+    eligible_connections: int  # both ends on this host: a bypass could take them
+    bypass_connections: int  # enrolled in the bypass map (accelerate mode)
+    bypass_msgs: int  # sendmsg calls redirected to the peer socket
+    bypass_bytes: int
+    stack_bytes: int  # TCP payload through the stack (tc)
+    eligible_stack_bytes: int  # of which on eligible connections: what a bypass would save
+    passed_msgs: int  # went the normal way: this end fell back earlier
+    failed_msgs: int  # redirect tried, peer not enrolled: went the normal way
+    fallbacks: dict[str, int]  # reason -> connections that fell back in the window
+    bypass_ratio: float | None  # bypass_bytes / (bypass_bytes + stack_bytes)
+    srtt_us_max: int | None  # largest smoothed RTT among its connections
+    peers: tuple[PeerTraffic, ...] = ()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One end of a TCP connection. Counters are totals since it was established."""
+
+    local: str  # address:port
+    remote: str
+    pid: int | None
+    workload: str | None
+    peer_workload: str | None
+    state: str  # open | closed
+    active: bool  # this end connected
+    eligible: bool
+    enrolled: bool
+    fallback_reason: str | None
+    srtt_us: int
+    redirected_msgs: int
+    redirected_bytes: int
+    passed_msgs: int
+    passed_bytes: int
+    failed_msgs: int
+    failed_bytes: int
+    stack_bytes: int
+    bypass_ratio: float | None
+
+
+@dataclass(frozen=True)
+class BypassEvent:
+    ts_ns: int
+    pid: int | None
+    workload: str | None
+    kind: str  # enrol | first_redirect | fallback | close
+    reason: str | None
+    local: str
+    remote: str
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Workload:
     key: str
     kind: str  # wasm | container | process
@@ -66,8 +135,8 @@ class Workload:
     cgroup: str | None
     pod: Pod | None
     sched: SchedFigures | None
+    net: NetFigures | None = None  # null: the socket-bypass probe is not running
     # Blocks filled by the probes of later capabilities; null means "not measured".
-    net: dict[str, Any] | None = None
     requests: dict[str, Any] | None = None
 
 
@@ -89,8 +158,9 @@ class PreemptionEvent:
 @dataclass(frozen=True)
 class Events:
     preemptions: tuple[PreemptionEvent, ...] = ()
-    bypass: tuple[dict[str, Any], ...] = ()
+    bypass: tuple[BypassEvent, ...] = ()
     preemptions_total: int = 0  # in the window; beyond the kept cap only counted
+    bypass_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +185,7 @@ class Snapshot:
     traces: tuple[dict[str, Any], ...] = ()
     alerts: tuple[dict[str, Any], ...] = ()
     migrations: tuple[Migration, ...] = ()  # whole host, all tracked threads
+    connections: tuple[Connection, ...] = ()  # local TCP connection ends (socket-bypass probe)
     unattributed: Unattributed = field(default_factory=Unattributed)
     counters: dict[str, int] = field(default_factory=dict)
     schema: str = SCHEMA

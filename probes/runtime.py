@@ -9,6 +9,7 @@ import re
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,7 +342,10 @@ def fentry_feature() -> features.Feature:
         from bcc import BPF
     except ImportError as exc:
         return features.Feature("fentry", features.UNAVAILABLE, f"bcc not importable: {exc}", False)
-    if not BPF.support_kfunc():
+    with warnings.catch_warnings():  # bcc 0.26 passes a str to its own byte-only helper
+        warnings.simplefilter("ignore", DeprecationWarning)
+        kfunc = BPF.support_kfunc()
+    if not kfunc:
         return features.Feature("fentry", features.UNAVAILABLE, "no BPF trampoline", False)
     try:
         bpf = capturing("", lambda: BPF(text=b"KFUNC_PROBE(do_nanosleep) { return 0; }"))

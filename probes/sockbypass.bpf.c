@@ -286,9 +286,13 @@ int wasmtop_sk_msg(struct sk_msg_md *msg)
     u64 ck = *cookie;
     if (!c->pid)
         c->pid = bpf_get_current_pid_tgid() >> 32; /* sendmsg runs in the sender */
-    if (c->fallback_reason) {
+    u32 zero = 0;
+    u32 *on = mode.lookup(&zero);
+    if (c->fallback_reason || !on || !*on) {
+        /* Fell back earlier, or wasmtop is stopping (the peer reads what was redirected
+         * before what the stack brings, so passing now reorders nothing). */
         /* Once a message of this socket went the normal way, all later ones do too: a redirect
-         * would overtake bytes still in the stack. Nothing is reordered. */
+         * would overtake bytes still in the stack. */
         c->msgs_passed += 1;
         c->bytes_passed += size;
         return SK_PASS;

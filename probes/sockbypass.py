@@ -273,7 +273,6 @@ class SockBypassProbe(Probe):
             self.mode = ACCELERATE
             self.mode_reason = "accelerate: self-test passed (FIONREAD, epoll, 2x8 MiB transfer)"
             return
-        self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(0)
         self._detach_skmsg()
         self.mode = OBSERVE
         self.mode_reason = f"accelerate refused: {failure}; observing only"
@@ -342,9 +341,19 @@ class SockBypassProbe(Probe):
         return any(ipr.get_filters(index=idx, parent=p) for p in (TC_INGRESS, TC_EGRESS))
 
     def _detach_skmsg(self) -> None:
+        """Stop redirecting, and leave enrolled sockets where they are.
+
+        The mode flag turns the verdict into "pass" and stops enrolment at once. Sockets
+        already in the map stay there until they close: taking one out would discard the
+        redirected bytes its application has not read yet (the kernel purges the socket's
+        ingress queue), and they read that queue before the stack's, so nothing is reordered.
+        The map and the verdict program are freed by the kernel when the last of them closes.
+        """
         if self._skmsg is not None and self.bpf is not None:
             from bcc import BPFAttachType
 
+            with contextlib.suppress(Exception):
+                self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(0)
             msg, map_fd = self._skmsg
             with contextlib.suppress(Exception):
                 self.bpf.detach_func(msg, map_fd, BPFAttachType.SK_MSG_VERDICT)

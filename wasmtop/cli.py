@@ -40,6 +40,17 @@ pid_arg = number_arg(int, lambda v: v > 0, "a process id > 0")
 power_of_two = number_arg(int, lambda v: v >= 1 and not int(v) & (int(v) - 1), "a power of two")
 
 
+def cidr_arg(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an address range such as 10.42.0.0/16, not {text!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmtop",
@@ -95,6 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="ring-buffer size in pages, a power of two (default 64)",
+    )
+    snap.add_argument(
+        "--bypass",
+        choices=("observe", "accelerate", "off"),
+        default="observe",
+        help="socket bypass of local TCP connections: observe counts what a bypass would "
+        "take off the stack and redirects nothing; accelerate redirects eligible connections "
+        "socket to socket (after a self-test; refused with the reason if it fails); off does "
+        "not load the probe (default observe)",
+    )
+    snap.add_argument(
+        "--local-cidr",
+        type=cidr_arg,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="addresses that are on this host besides loopback and its own addresses, e.g. "
+        "the node's pod CIDR (repeatable); only connections with both ends local are eligible",
+    )
+    snap.add_argument(
+        "--bypass-interface",
+        action="append",
+        default=[],
+        metavar="IF",
+        help="also count stack bytes on this interface (repeatable; lo is always counted)",
     )
     snap.add_argument(
         "--max-events",
@@ -154,6 +190,9 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             parser.error(f"argument --cgroup: {exc}")
     if args.max_events < 0:
         parser.error("argument --max-events: expected a count >= 0")
+    for ifname in args.bypass_interface:
+        if not os.path.exists(f"/sys/class/net/{ifname}"):
+            parser.error(f"argument --bypass-interface: no network interface {ifname!r}")
     code = preflight()
     if code is not None:
         return code
@@ -162,14 +201,24 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .probes.runtime import OK, ProbeSet, Terminated, sleep_draining
     from .rows import plain_table
 
-    probe = SchedProbe(
-        threshold_ns=round(args.threshold_ms * 1e6),
-        pids=args.pid,
-        cgroup=args.cgroup,
-        ringbuf_pages=args.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
-    )
+    selected: list = [
+        SchedProbe(
+            threshold_ns=round(args.threshold_ms * 1e6),
+            pids=args.pid,
+            cgroup=args.cgroup,
+            ringbuf_pages=args.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
+        )
+    ]
+    if args.bypass != "off":
+        from .probes.sockbypass import SockBypassProbe
+
+        selected.append(
+            SockBypassProbe(
+                mode=args.bypass, local_cidrs=args.local_cidr, interfaces=args.bypass_interface
+            )
+        )
     try:
-        with ProbeSet([probe]) as probes:
+        with ProbeSet(selected) as probes:
             if not any(p.status == OK for p in probes):
                 for p in probes:
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)

@@ -18,6 +18,8 @@ COLUMNS = (
     ("p99 us", 9),
     ("max us", 9),
     (">THR", 5),
+    ("CONNS", 5),
+    ("BYPASS %", 8),
 )
 
 
@@ -39,7 +41,9 @@ def workload_row(w: Workload) -> tuple[str, ...]:
     s = w.sched
     kind = f"{w.kind}/{w.runtime}" if w.runtime else w.kind
     if s is None:
-        return (workload_name(w), kind, str(len(w.pids))) + ("-",) * (len(COLUMNS) - 3)
+        return (
+            (workload_name(w), kind, str(len(w.pids))) + ("-",) * (len(COLUMNS) - 5) + net_cells(w)
+        )
     return (
         workload_name(w),
         kind,
@@ -53,7 +57,16 @@ def workload_row(w: Workload) -> tuple[str, ...]:
         _num(s.preempt_delay_us.p99),
         _num(s.preempt_delay_us.max),
         str(s.preemptions_over_threshold),
+        *net_cells(w),
     )
+
+
+def net_cells(w: Workload) -> tuple[str, str]:
+    """Connections, and the share of sent bytes that took the bypass ("-" without traffic)."""
+    if w.net is None:
+        return ("-", "-")
+    share = w.net.bypass_ratio
+    return (str(w.net.connections), "-" if share is None else f"{100 * share:.1f}")
 
 
 def header_lines(snap: Snapshot) -> list[str]:

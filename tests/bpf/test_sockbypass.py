@@ -1,0 +1,473 @@
+"""The socket-bypass probe on the real kernel, with real sockets (issue: socket bypass, 1-7)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import uuid
+from collections.abc import Iterator
+
+from support import our_programs, wait_for
+from wasmtop.probes.records import ConnRecord
+from wasmtop.probes.runtime import OK, ProbeSet
+from wasmtop.probes.sockbypass import (
+    ACCELERATE,
+    OBSERVE,
+    TC_PRIO,
+    SockBypassProbe,
+    accelerate_self_test,
+    socket_cookie,
+)
+
+POOL = random.Random(7).randbytes(1 << 20)
+
+
+@contextlib.contextmanager
+def bypass(**options: object) -> Iterator[SockBypassProbe]:
+    probe = SockBypassProbe(**options)
+    with ProbeSet([probe], handle_signals=False):
+        assert probe.status == OK, probe.reason
+        yield probe
+
+
+@contextlib.contextmanager
+def loopback_pair(host: str = "127.0.0.1") -> Iterator[tuple[socket.socket, socket.socket]]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.create_server((host, 0), family=family)
+    cli = socket.create_connection(srv.getsockname()[:2], timeout=30)
+    peer, _ = srv.accept()
+    peer.settimeout(30)
+    try:
+        yield cli, peer
+    finally:
+        for s in (cli, peer, srv):
+            s.close()
+
+
+def exchange(a: socket.socket, b: socket.socket, count: int, seed: int) -> dict[str, int]:
+    """``count`` messages of random sizes (1 B to 64 KiB) from a to b and as many from b to a,
+    at the same time, one sendmsg each. Returns sendmsg calls and bytes per direction; asserts
+    that what arrived is exactly what was sent (SHA-256)."""
+    result: dict[str, int] = {}
+    failures: list[str] = []
+
+    def send(sock: socket.socket, name: str, rnd: random.Random, digest: list) -> None:
+        h, calls, total = hashlib.sha256(), 0, 0
+        for _ in range(count):
+            size = rnd.randint(1, 65536)
+            off = rnd.randint(0, len(POOL) - size)
+            buf = POOL[off : off + size]
+            sent = sock.sendmsg([buf])
+            calls += 1
+            if sent != size:  # a blocking TCP sendmsg sends everything or fails
+                failures.append(f"{name}: short sendmsg {sent} of {size}")
+                return
+            h.update(buf)
+            total += size
+        result[f"{name}_calls"], result[f"{name}_bytes"] = calls, total
+        digest.append(h.hexdigest())
+
+    def receive(sock: socket.socket, name: str, expected: int, digest: list) -> None:
+        h, got = hashlib.sha256(), 0
+        while got < expected:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            got += len(chunk)
+        digest.append(h.hexdigest())
+
+    # Sizes are drawn from the same seeded generators, so the receiver knows the byte count.
+    def expected(seed_: int) -> int:
+        rnd = random.Random(seed_)
+        total = 0
+        for _ in range(count):
+            size = rnd.randint(1, 65536)
+            rnd.randint(0, len(POOL) - size)
+            total += size
+        return total
+
+    sent_ab, sent_ba, got_ab, got_ba = [], [], [], []
+    threads = [
+        threading.Thread(target=send, args=(a, "ab", random.Random(seed), sent_ab)),
+        threading.Thread(target=send, args=(b, "ba", random.Random(seed + 1), sent_ba)),
+        threading.Thread(target=receive, args=(b, "ab", expected(seed), got_ab)),
+        threading.Thread(target=receive, args=(a, "ba", expected(seed + 1), got_ba)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "the exchange stalled"
+    assert not failures, failures
+    assert sent_ab == got_ab, "a -> b: bytes received differ from bytes sent"
+    assert sent_ba == got_ba, "b -> a: bytes received differ from bytes sent"
+    return result
+
+
+def assert_stack_bytes(counted: int, payload: int) -> None:
+    assert payload <= counted <= 1.15 * payload, (counted, payload)
+
+
+def record(probe: SockBypassProbe, sock: socket.socket) -> ConnRecord:
+    rec = probe.conn(socket_cookie(sock))
+    assert rec is not None, "no connection record"
+    return rec
+
+
+def read_record(probe: SockBypassProbe, sock: socket.socket) -> ConnRecord:
+    """The record as read() reports it: stack bytes joined in."""
+    return probe.read().conns[socket_cookie(sock)]
+
+
+def test_accelerate_redirects_every_sendmsg_and_delivers_every_byte():
+    with bypass(mode=ACCELERATE) as probe, loopback_pair() as (cli, srv):
+        assert probe.mode == ACCELERATE, probe.mode_reason
+        sent = exchange(cli, srv, 5000, seed=1)
+        reading = probe.read()
+        c, s = reading.conns[socket_cookie(cli)], reading.conns[socket_cookie(srv)]
+    assert c.enrolled and s.enrolled and c.eligible and s.eligible
+    assert c.active and not s.active
+    # bypass_msgs equals the number of sendmsg calls, bytes to the byte.
+    assert c.msgs_redirected == sent["ab_calls"] == 5000
+    assert s.msgs_redirected == sent["ba_calls"] == 5000
+    assert c.bytes_redirected == sent["ab_bytes"]
+    assert s.bytes_redirected == sent["ba_bytes"]
+    assert c.msgs_failed == c.msgs_passed == s.msgs_failed == s.msgs_passed == 0
+    # After the handshake nothing went through the stack (pure ACKs carry no payload).
+    assert c.stack_bytes == 0 and s.stack_bytes == 0
+    assert c.pid == s.pid == os.getpid()
+
+
+def test_observe_redirects_nothing_and_counts_stack_bytes():
+    with bypass(mode=OBSERVE) as probe, loopback_pair() as (cli, srv):
+        sent = exchange(cli, srv, 500, seed=2)
+        reading = probe.read()
+        c, s = reading.conns[socket_cookie(cli)], reading.conns[socket_cookie(srv)]
+    assert c.eligible and s.eligible, "a loopback pair is eligible for the bypass"
+    assert not c.enrolled and not s.enrolled
+    assert c.msgs_redirected == s.msgs_redirected == 0
+    # Stack bytes ~ payload bytes: every payload byte once, plus any retransmission (a full
+    # loopback backlog drops packets under two-way load).
+    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"])
+    assert_stack_bytes(s.stack_bytes, sent["ba_bytes"])
+    # The TCP stack's own counter (as of the last RTT callback) never exceeds what tc saw.
+    assert 0 < c.tcp_bytes_received <= s.stack_bytes
+
+
+def test_ipv6_loopback_is_accelerated_too():
+    with bypass(mode=ACCELERATE) as probe, loopback_pair("::1") as (cli, srv):
+        sent = exchange(cli, srv, 200, seed=3)
+        c = read_record(probe, cli)
+    assert c.local[0] == "::1" and c.enrolled
+    assert c.msgs_redirected == sent["ab_calls"]
+
+
+@contextlib.contextmanager
+def veth_namespace() -> Iterator[tuple[str, str, str]]:
+    """A network namespace joined to this one by a veth pair, made with pyroute2:
+    host side 10.213.7.1/24, namespace side 10.213.7.2/24. Yields (netns, host ifname, peer ip)."""
+    from pyroute2 import IPRoute, NetNS, netns
+
+    tag = uuid.uuid4().hex[:6]
+    name, host_if, ns_if = f"wt-{tag}", f"wth{tag}", f"wtn{tag}"
+    netns.create(name)
+    ipr = IPRoute()
+    try:
+        ipr.link("add", ifname=host_if, kind="veth", peer=ns_if)
+        host_idx = ipr.link_lookup(ifname=host_if)[0]
+        ns_idx = ipr.link_lookup(ifname=ns_if)[0]
+        ipr.link("set", index=ns_idx, net_ns_fd=name)
+        ipr.addr("add", index=host_idx, address="10.213.7.1", prefixlen=24)
+        ipr.link("set", index=host_idx, state="up")
+        with NetNS(name) as ns:
+            idx = ns.link_lookup(ifname=ns_if)[0]
+            ns.addr("add", index=idx, address="10.213.7.2", prefixlen=24)
+            ns.link("set", index=idx, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        yield name, host_if, "10.213.7.2"
+    finally:
+        with contextlib.suppress(Exception):
+            ipr.link("del", ifname=host_if)
+        ipr.close()
+        netns.remove(name)
+
+
+ECHO_SERVER = """
+import socket, sys
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+conn, _ = srv.accept()
+while True:
+    data = conn.recv(1 << 16)
+    if not data:
+        break
+    conn.sendall(data)
+"""
+
+
+def test_a_peer_outside_the_local_set_is_not_enrolled():
+    port = random.randint(20000, 30000)
+    with veth_namespace() as (ns, host_if, peer_ip):
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", ECHO_SERVER, str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout.readline().strip() == "ready"
+            with bypass(
+                mode=ACCELERATE, local_cidrs=["10.99.0.0/16"], interfaces=[host_if]
+            ) as probe:
+                assert probe.mode == ACCELERATE, probe.mode_reason
+                assert f"{peer_ip}/32" not in probe.local_nets
+                cli = socket.create_connection((peer_ip, port), timeout=10)
+                payload = POOL[:300_000]
+                cli.sendall(payload)
+                echoed = b""
+                while len(echoed) < len(payload):
+                    echoed += cli.recv(1 << 20)
+                c = read_record(probe, cli)
+                cli.close()
+                filters = subprocess.run(
+                    ["tc", "filter", "show", "dev", host_if, "egress"],
+                    capture_output=True, text=True,
+                ).stdout  # fmt: skip
+                assert "wasmtop_tc_stack" in filters
+            after = subprocess.run(
+                ["tc", "qdisc", "show", "dev", host_if], capture_output=True, text=True
+            ).stdout
+        finally:
+            server.kill()
+            server.wait()
+    assert echoed == payload
+    assert not c.eligible and not c.enrolled
+    assert c.msgs_redirected == 0
+    assert c.remote == (peer_ip, port)
+    # Counted on the configured interface: what went through the stack.
+    assert_stack_bytes(c.stack_bytes, len(payload))
+    assert "clsact" not in after, "the clsact qdisc we added was not removed"
+
+
+def test_a_full_bypass_map_falls_back_with_the_reason_and_delivers_every_byte():
+    n = 2000
+    with bypass(mode=ACCELERATE, max_bypass=1000) as probe:
+        srv = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        pairs = []
+        try:
+            for _ in range(n):
+                c = socket.create_connection(srv.getsockname(), timeout=10)
+                s, _ = srv.accept()
+                pairs.append((c, s))
+            cookies = [socket_cookie(x) for pair in pairs for x in pair]
+            for i, (c, s) in enumerate(pairs):  # all open at once
+                msg = f"request {i} ".encode() * 20
+                c.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    got += s.recv(4096)
+                assert got == msg
+                s.sendall(got[::-1])
+                back = b""
+                while len(back) < len(msg):
+                    back += c.recv(4096)
+                assert back == msg[::-1]
+            reading = probe.read()
+        finally:
+            for c, s in pairs:
+                c.close()
+                s.close()
+            srv.close()
+    ours = [reading.conns[k] for k in cookies if k in reading.conns]
+    assert len(ours) == 2 * n
+    enrolled = [r for r in ours if r.enrolled]
+    full = [r for r in ours if r.fallback_reason == "map_full"]
+    assert len(enrolled) <= 1000
+    assert len(full) >= 2 * n - 1000
+    assert reading.fallbacks["map_full"] >= len(full)
+    # An enrolled end whose peer could not be enrolled tried, found no peer, and fell back.
+    assert any(r.fallback_reason == "peer_missing" for r in enrolled) or all(
+        r.msgs_redirected for r in enrolled
+    )
+
+
+def test_stop_leaves_nothing_attached_and_open_sockets_keep_working():
+    with contextlib.ExitStack() as sockets:
+        with bypass(mode=ACCELERATE) as probe:
+            assert probe.mode == ACCELERATE
+            cli, srv = sockets.enter_context(loopback_pair())
+            cli.sendall(b"before stop")
+            assert srv.recv(100) == b"before stop"
+            cli.sendall(b"unread at stop" * 100)
+            assert wait_for(lambda: _fionread(srv) == 1400, timeout_s=5)
+            assert record(probe, cli).msgs_redirected == 2
+        tree = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True)
+        assert "wasmtop" not in tree.stdout
+        for hook in ("ingress", "egress"):
+            tc = subprocess.run(
+                ["tc", "filter", "show", "dev", "lo", hook], capture_output=True, text=True
+            )
+            assert "wasmtop" not in tc.stdout and f"pref {TC_PRIO}" not in tc.stdout
+        qdisc = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True)
+        assert "clsact" not in qdisc.stdout
+        # Sockets open at stop keep working: the bytes redirected before the stop are still
+        # there, and what is sent after it goes through the stack, in order, both ways.
+        cli.sendall(b"after stop")
+        srv.sendall(b"reply after stop")
+        got = b""
+        while len(got) < 1410:
+            got += srv.recv(4096)
+        assert got == b"unread at stop" * 100 + b"after stop"
+        assert cli.recv(100) == b"reply after stop"
+    # The verdict program lived on only while a socket it had enrolled was open.
+    assert wait_for(lambda: not our_programs(), timeout_s=10), our_programs()
+
+
+def test_a_killed_wasmtop_leaves_no_sockops_attached():
+    """The sockops attachment is a BPF link: it ends with the process, even on SIGKILL."""
+    code = (
+        "from wasmtop.probes.sockbypass import SockBypassProbe\n"
+        "from wasmtop.probes.runtime import ProbeSet\n"
+        "import time\n"
+        "p = SockBypassProbe()\n"
+        "with ProbeSet([p]):\n"
+        "    print(p.status, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ok"
+        assert (
+            "wasmtop_sockops"
+            in subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True).stdout
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_for(
+        lambda: (
+            "wasmtop_sockops"
+            not in subprocess.run(
+                ["bpftool", "cgroup", "tree"], capture_output=True, text=True
+            ).stdout
+        ),
+        timeout_s=10,
+    )
+    # tc filters outlive a killed process; the next start names the way to remove them.
+    subprocess.run(["tc", "filter", "del", "dev", "lo", "egress", "prio", str(TC_PRIO)])
+    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "clsact"])
+
+
+def test_foreign_redirect_counting_is_unavailable_here_and_the_probe_is_ok():
+    with bypass() as probe:
+        health = probe.health().as_dict()
+    assert health["status"] == OK
+    part = health["foreign_redirects"]
+    assert part["status"] == "unavailable"
+    assert "fentry" in part["reason"] and "kprobe" in part["reason"]
+
+
+def test_other_agents_programs_are_reported_and_left_alone():
+    """Another agent's sockops program on the same cgroup: reported, still attached after."""
+    from bcc import BPF
+
+    from wasmtop.probes import bpfobj, features
+
+    other = BPF(text=b"int other_agent_ops(struct bpf_sock_ops *skops) { return 1; }")
+    fn = other.load_func(b"other_agent_ops", BPF.SOCK_OPS)
+    cg = os.open(features.cgroup2_mount(), os.O_RDONLY)
+    link = bpfobj.link_create(fn.fd, cg, bpfobj.ATTACH_CGROUP_SOCK_OPS)
+    try:
+        with bypass() as probe:
+            names = [p["name"] for p in probe.details()["other_programs"]]
+        assert "other_agent_ops" in names
+        tree = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True)
+        assert "other_agent_ops" in tree.stdout
+    finally:
+        os.close(link)
+        os.close(cg)
+        other.cleanup()
+
+
+def test_fionread_and_epoll_see_redirected_bytes():
+    import select
+
+    with bypass(mode=ACCELERATE) as probe, loopback_pair() as (cli, srv):
+        assert probe.mode == ACCELERATE
+        ep = select.epoll()
+        ep.register(srv.fileno(), select.EPOLLIN)
+        for size in (1, 1000, 70_000):
+            cli.sendall(POOL[:size])
+            assert ep.poll(5.0), "no epoll readiness for a redirected message"
+            assert wait_for(lambda s=size: _fionread(srv) == s, timeout_s=5)
+            got = b""
+            while len(got) < size:
+                got += srv.recv(1 << 20)
+            assert got == POOL[:size]
+        ep.close()
+        assert record(probe, cli).msgs_redirected == 3
+
+
+def _fionread(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_asyncio_request_response_never_stalls_when_accelerated():
+    async def run() -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while line := await reader.readline():
+                writer.write(b"echo " + line)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        done = 0
+        for i in range(1000):
+            body = json.dumps({"i": i, "pad": "x" * (i % 900)}).encode() + b"\n"
+            writer.write(body)
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readline(), timeout=5)
+            assert reply == b"echo " + body
+            done += 1
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return done
+
+    with bypass(mode=ACCELERATE) as probe:
+        assert probe.mode == ACCELERATE
+        assert asyncio.run(run()) == 1000
+        reading = probe.read()
+    redirected = sum(c.msgs_redirected for c in reading.conns.values() if c.pid == os.getpid())
+    assert redirected >= 2000  # every request and every response
+
+
+def test_a_failed_self_test_refuses_accelerate_and_traffic_still_flows():
+    """Fault injection: the kernel here passes the self-test, so a wrapper runs the real one
+    and then reports a failure, the way a kernel with the FIONREAD bug would."""
+
+    def failing(probe: SockBypassProbe) -> str | None:
+        assert accelerate_self_test(probe) is None
+        return "FIONREAD reported 0 of 1000 redirected bytes pending"
+
+    with bypass(mode=ACCELERATE, self_test=failing) as probe, loopback_pair() as (cli, srv):
+        assert probe.mode == OBSERVE
+        assert probe.mode_reason.startswith("accelerate refused: FIONREAD reported 0")
+        assert probe.health().as_dict()["mode_reason"] == probe.mode_reason
+        sent = exchange(cli, srv, 100, seed=4)
+        c = read_record(probe, cli)
+    assert not c.enrolled and c.msgs_redirected == 0
+    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"])
