@@ -388,11 +388,27 @@ class ProbeSet:
         try:
             self._stats_fd = features.enable_bpf_stats()
             for probe in self.probes:
-                probe.start()
+                # A signal during an attach would interrupt it between the kernel call and its
+                # record, leaving something attached that detach does not know of: hold
+                # SIGTERM/SIGINT until the probe is started, then let them stop everything.
+                with self._signals_held():
+                    probe.start()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    @contextlib.contextmanager
+    def _signals_held(self) -> Iterator[None]:
+        if not self.handle_signals:
+            yield
+            return
+        held = {signal.SIGTERM, signal.SIGINT}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a held signal fires here
 
     def __exit__(self, *exc: object) -> None:
         try:

@@ -224,6 +224,11 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
                 return EXIT_ENV
             collector = Collector(probes, max_events=args.max_events)
+            status = ", ".join(
+                f"{p.name} {p.status}" + (f" ({p.mode})" if hasattr(p, "mode") else "")
+                for p in probes
+            )
+            print(f"wasmtop: attached: {status}; watching for {args.seconds:g} s", file=sys.stderr)
             remaining = args.seconds
             while remaining > 0:  # learn process identities every second
                 step = min(1.0, remaining)
