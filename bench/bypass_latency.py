@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Socket-bypass latency, measured side by side in one run.
+
+Request/response over loopback: a 1 KiB JSON-like request, a 1 KiB reply, one outstanding
+request per connection, with 1 and with 32 concurrent connections. Each round runs plain TCP
+(no wasmtop), wasmtop in observe mode and wasmtop in accelerate mode, in rotating order, each
+against a fresh server process and fresh connections (established after wasmtop attached).
+Prints p50/p99 round trip and requests/s per mode (medians over rounds) and the ratios.
+
+Usage: sudo .venv/bin/python bench/bypass_latency.py [--rounds 3] [--seconds 3]
+Targets (issue 3): accelerate p50 <= 0.95x plain TCP; throughput never below plain TCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
+SIZE = 1024
+REQUEST = json.dumps({"trace": "0af7651916cd43dd8448eb211c80319c", "pad": "x" * 2000})[:SIZE]
+REQUEST = REQUEST.encode().ljust(SIZE, b" ")
+
+SERVER = f"""
+import selectors, socket
+SIZE = {SIZE}
+REPLY = b"r" * SIZE
+srv = socket.create_server(("127.0.0.1", 0), backlog=128)
+srv.setblocking(False)
+print(srv.getsockname()[1], flush=True)
+sel = selectors.EpollSelector()
+sel.register(srv, selectors.EVENT_READ, None)
+pending = {{}}
+while True:
+    for key, _ in sel.select():
+        if key.data is None:
+            conn, _ = srv.accept()
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sel.register(conn, selectors.EVENT_READ, 1)
+            pending[conn] = 0
+            continue
+        conn = key.fileobj
+        try:
+            data = conn.recv(65536)
+            if data:
+                pending[conn] += len(data)
+                while pending[conn] >= SIZE:
+                    pending[conn] -= SIZE
+                    conn.setblocking(True)
+                    conn.sendall(REPLY)
+                    conn.setblocking(False)
+                continue
+        except BlockingIOError:
+            continue
+        except OSError:
+            pass
+        sel.unregister(conn)
+        conn.close()
+"""
+
+
+def run_load(port: int, conns: int, seconds: float) -> tuple[list[int], float]:
+    """Round-trip times (ns) of every request, and requests/s."""
+    sel = selectors.EpollSelector()
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks.append(s)
+    rtts: list[int] = []
+    state = {}
+    start = time.perf_counter_ns()
+    end = start + int(seconds * 1e9)
+    for s in socks:
+        s.sendall(REQUEST)
+        state[s] = [time.perf_counter_ns(), 0]
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    done = 0
+    while True:
+        now = time.perf_counter_ns()
+        if now >= end:
+            break
+        for key, _ in sel.select(timeout=1.0):
+            s = key.fileobj
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
+            st = state[s]
+            st[1] += len(data)
+            if st[1] >= SIZE:
+                t = time.perf_counter_ns()
+                rtts.append(t - st[0])
+                done += 1
+                st[1] -= SIZE
+                st[0] = t
+                s.setblocking(True)
+                s.sendall(REQUEST)
+                s.setblocking(False)
+    elapsed = (time.perf_counter_ns() - start) / 1e9
+    for s in socks:
+        s.close()
+    return rtts, done / elapsed
+
+
+def start_wasmtop(mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [WASMTOP, "snapshot", "--seconds", "3600", "--bypass", mode],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stderr.readline()  # "wasmtop: attached: ..." once every probe is started
+    if f"sockbypass ok ({mode})" not in line:
+        proc.kill()
+        raise RuntimeError(f"wasmtop did not attach in {mode} mode: {line.strip()}")
+    return proc
+
+
+def one_round(mode: str, conns: int, seconds: float) -> tuple[float, float, float]:
+    tool = start_wasmtop(mode) if mode != "plain" else None
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        run_load(port, conns, 0.5)  # warm-up
+        rtts, rps = run_load(port, conns, seconds)
+    finally:
+        server.kill()
+        server.wait()
+        if tool is not None:
+            tool.terminate()
+            tool.wait(timeout=30)
+    q = statistics.quantiles(rtts, n=100)
+    return q[49] / 1000, q[98] / 1000, rps  # p50 us, p99 us, req/s
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0, help="load per measurement")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 1
+    modes = ["plain", "observe", "accelerate"]
+    results: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+    for conns in (1, 32):
+        for r in range(args.rounds):
+            k = r % len(modes)
+            for mode in modes[k:] + modes[:k]:
+                res = one_round(mode, conns, args.seconds)
+                results.setdefault((conns, mode), []).append(res)
+                print(
+                    f"conns {conns:2d} round {r + 1} {mode:10s} p50 {res[0]:7.1f} us  "
+                    f"p99 {res[1]:7.1f} us  {res[2]:9.0f} req/s",
+                    flush=True,
+                )
+    for conns in (1, 32):
+        print(f"\n{conns} connection(s), 1 KiB request/response, median of {args.rounds} rounds")
+        med = {
+            m: tuple(statistics.median(x[i] for x in results[conns, m]) for i in range(3))
+            for m in modes
+        }
+        for m in modes:
+            p50, p99, rps = med[m]
+            print(
+                f"  {m:10s} p50 {p50:7.1f} us ({p50 / med['plain'][0]:.3f}x)  "
+                f"p99 {p99:7.1f} us ({p99 / med['plain'][1]:.3f}x)  "
+                f"{rps:9.0f} req/s ({rps / med['plain'][2]:.3f}x)"
+            )
+        print("  targets: accelerate p50 <= 0.95x plain; accelerate req/s >= 1.00x plain")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
