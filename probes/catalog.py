@@ -5,10 +5,11 @@ from __future__ import annotations
 from . import features
 from .runtime import Probe, fentry_feature  # noqa: F401  (wasmtop doctor)
 from .sched import SchedProbe
+from .sockbypass import ACCELERATE, SockBypassProbe
 
 
 def default_probes() -> list[Probe]:
-    return [SchedProbe()]
+    return [SchedProbe(), SockBypassProbe()]
 
 
 def probe_variants() -> list[tuple[str, Probe]]:
@@ -23,4 +24,9 @@ def probe_variants() -> list[tuple[str, Probe]]:
             ("sched: cgroup filter", SchedProbe(cgroup="/")),
             ("sched: pid and cgroup filters", SchedProbe(pids=(1,), cgroup="/")),
         ]
+    variants += [
+        ("sockbypass: observe", SockBypassProbe()),
+        ("sockbypass: accelerate, pod CIDR", SockBypassProbe(mode=ACCELERATE,
+                                                             local_cidrs=("10.42.0.0/16",))),
+    ]  # fmt: skip
     return variants

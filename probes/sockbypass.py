@@ -14,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import ipaddress
+import itertools
 import os
 import select
 import socket
@@ -38,9 +39,10 @@ DEFAULT_RINGBUF_PAGES = 16
 LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
 SOCKET_PROG_TYPES = frozenset({"sock_ops", "sk_msg", "sk_skb"})
 
-# tc: our filters sit at one priority and handle, so detach removes exactly those.
+# tc: our filters sit at one priority, each probe instance under its own handle (process id
+# and a counter), so detach removes exactly its own and two instances can run side by side.
 TC_PRIO = 0x7761  # "wa"
-TC_HANDLE = 0x77
+_instances = itertools.count(1)
 TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
 ETH_P_ALL = 0x0003
 SO_COOKIE = 57
@@ -189,6 +191,7 @@ class SockBypassProbe(Probe):
         self._tc: list[tuple[int, str, int, bool]] = []  # (ifindex, name, parent, added qdisc)
         self._ignored: set[int] = set()
         self._stack_prev: dict[tuple, int] = {}
+        self.tc_handle = 0x77000000 | (os.getpid() & 0xFFFF) << 8 | next(_instances) & 0xFF
 
     # -- compiled in ----------------------------------------------------------------------
     def defines(self) -> dict[str, int | str]:
@@ -309,7 +312,7 @@ class SockBypassProbe(Probe):
             for parent in parents:
                 try:
                     ipr.tc(
-                        "add-filter", "bpf", idx, handle=TC_HANDLE, fd=fd, name=prog_name,
+                        "add-filter", "bpf", idx, handle=self.tc_handle, fd=fd, name=prog_name,
                         parent=parent, prio=TC_PRIO, protocol=ETH_P_ALL, direct_action=True,
                     )  # fmt: skip
                 except NetlinkError as exc:
@@ -317,8 +320,8 @@ class SockBypassProbe(Probe):
                     hint = ""
                     if exc.code == errno.EEXIST:
                         hint = (
-                            " (a filter is already at this priority: another wasmtop? "
-                            f"`tc filter del dev {ifname} {hook} prio {TC_PRIO}` removes it)"
+                            f" (handle {self.tc_handle:#x} is taken; a filter left by a killed "
+                            f"wasmtop goes with `tc filter del dev {ifname} {hook} prio {TC_PRIO}`)"
                         )
                     raise RuntimeError(f"tc filter on {ifname}: {exc}{hint}") from None
                 self._tc.append((idx, ifname, parent, False))
@@ -331,7 +334,7 @@ class SockBypassProbe(Probe):
                 idx, _name, parent, added = self._tc.pop()
                 with contextlib.suppress(Exception):
                     if parent:
-                        ipr.tc("del-filter", "bpf", idx, handle=TC_HANDLE, parent=parent,
+                        ipr.tc("del-filter", "bpf", idx, handle=self.tc_handle, parent=parent,
                                prio=TC_PRIO, protocol=ETH_P_ALL)  # fmt: skip
                     elif added and not self._filters_left(ipr, idx):
                         ipr.tc("del", "clsact", idx)  # ours, and nobody else uses it

@@ -147,6 +147,7 @@ def test_doctor_reports_this_machine():
     assert re.search(r"^feature fentry\s+unavailable\s+optional\s+\S", lines["fentry"])
     assert "Operation not permitted" in lines["fentry"]
     assert re.search(r"^probe\s+sched\s+ok", lines["sched"])
+    assert re.search(r"^probe\s+sockbypass\s+ok", lines["sockbypass"])
     assert our_programs() == []
 
 
@@ -159,8 +160,12 @@ def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
     assert "sched: cgroup filter" in labels
     for label, text in zip(labels, texts):
         assert "@@" not in text, label
-        assert "// cflag -DTHRESHOLD_NS=" in text
-        assert "int wasmtop_sched_switch(" in text
+        if label.startswith("sched"):
+            assert "// cflag -DTHRESHOLD_NS=" in text
+            assert "int wasmtop_sched_switch(" in text
+        else:
+            assert "int wasmtop_sk_msg(" in text and "int wasmtop_tc_stack(" in text
+    assert "// cflag -DACCELERATE=1" in texts[labels.index("sockbypass: accelerate, pod CIDR")]
     no_filter = texts[labels.index("sched: no filter")]
     assert "!(0) && !(0)" in no_filter  # a disabled filter becomes 0
     assert "tgid != 1" in texts[labels.index("sched: pid filter")]
