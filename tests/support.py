@@ -90,6 +90,13 @@ def our_programs() -> list[str]:
     return [line for line in out.stdout.splitlines() if " name wasmtop_" in line]
 
 
+def no_programs_left(timeout_s: float = 10) -> list[str]:
+    """Our programs still loaded once the kernel has had time to free detached ones (a program
+    leaves bpftool's list after an RCU grace period, not at once). [] is the expected answer."""
+    wait_for(lambda: not our_programs(), timeout_s=timeout_s)
+    return our_programs()
+
+
 def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

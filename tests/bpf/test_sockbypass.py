@@ -18,7 +18,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-from support import our_programs, wait_for
+import pytest
+
+from support import no_programs_left, wait_for
 from wasmtop.probes.records import ConnRecord
 from wasmtop.probes.runtime import OK, ProbeSet
 from wasmtop.probes.sockbypass import (
@@ -31,6 +33,14 @@ from wasmtop.probes.sockbypass import (
 )
 
 POOL = random.Random(7).randbytes(1 << 20)
+
+
+@pytest.fixture(autouse=True)
+def nothing_of_ours_left_behind():
+    """Every test here ends with no wasmtop program loaded: its sockets are closed, so not even
+    the verdict program that enrolled sockets keep alive may remain."""
+    yield
+    assert no_programs_left() == []
 
 
 @contextlib.contextmanager
@@ -331,7 +341,7 @@ def test_stop_leaves_nothing_attached_and_open_sockets_keep_working():
         assert got == b"unread at stop" * 100 + b"after stop"
         assert cli.recv(100) == b"reply after stop"
     # The verdict program lived on only while a socket it had enrolled was open.
-    assert wait_for(lambda: not our_programs(), timeout_s=10), our_programs()
+    assert no_programs_left() == []
 
 
 def test_a_killed_wasmtop_leaves_no_sockops_attached():
@@ -425,11 +435,15 @@ def _fionread(sock: socket.socket) -> int:
 
 def test_asyncio_request_response_never_stalls_when_accelerated():
     async def run() -> int:
+        handlers_done = asyncio.Event()
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while line := await reader.readline():
                 writer.write(b"echo " + line)
                 await writer.drain()
             writer.close()
+            await writer.wait_closed()
+            handlers_done.set()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -443,6 +457,8 @@ def test_asyncio_request_response_never_stalls_when_accelerated():
             assert reply == b"echo " + body
             done += 1
         writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(handlers_done.wait(), timeout=5)  # both ends closed
         server.close()
         await server.wait_closed()
         return done

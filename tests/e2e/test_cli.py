@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from support import our_programs, wait_for, wasmtop_cmd, workloads
+from support import no_programs_left, our_programs, wait_for, wasmtop_cmd, workloads
 
 WASMTOP = wasmtop_cmd()
 SCHED_FIELDS = {
@@ -57,7 +57,7 @@ def test_snapshot_json_follows_the_v1_contract_and_leaves_no_program_behind():
         "preemptor_comm",
         "trace_id",
     }
-    assert our_programs() == []
+    assert no_programs_left() == []
 
 
 def test_snapshot_table_format_shows_the_workloads():
@@ -87,7 +87,7 @@ def test_a_signal_detaches_everything(sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert our_programs() == []
+    assert no_programs_left() == []
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_doctor_reports_this_machine():
     assert "Operation not permitted" in lines["fentry"]
     assert re.search(r"^probe\s+sched\s+ok", lines["sched"])
     assert re.search(r"^probe\s+sockbypass\s+ok", lines["sockbypass"])
-    assert our_programs() == []
+    assert no_programs_left() == []
 
 
 def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
@@ -180,7 +180,7 @@ def test_every_printed_variant_compiles_and_loads():
     with ProbeSet([p for _, p in variants], handle_signals=False) as probes:
         for (label, _), probe in zip(variants, probes):
             assert probe.status == OK, f"{label}: {probe.reason}"
-    assert our_programs() == []
+    assert no_programs_left() == []
 
 
 def test_no_kernel_headers_says_how_to_get_them(monkeypatch, capsys):
@@ -239,7 +239,7 @@ def test_snapshot_accelerate_reports_bypassed_connections_per_workload():
     conns = [c for c in snap["connections"] if c["pid"] == pair.pid]
     assert len(conns) == 2 and all(c["enrolled"] and c["bypass_ratio"] == 1.0 for c in conns)
     # The verdict program outlives the snapshot only while sockets it enrolled are open.
-    assert wait_for(lambda: not our_programs(), timeout_s=10), our_programs()
+    assert no_programs_left() == []
 
 
 PINGPONG = """
