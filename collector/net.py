@@ -163,24 +163,21 @@ class NetAccounting:
         self.owners.forget((c.local, c.remote) for c in conns.values() if c.closed_ns)
 
         views.sort(key=lambda v: -(v.redirected_bytes + v.stack_bytes))
-        events = [
-            BypassEvent(
-                ts_ns=e.ts_ns,
-                pid=e.pid or pid_of.get(e.cookie) or None,
-                workload=(
-                    workload_of(e.pid or pid_of.get(e.cookie, 0))
-                    if (e.pid or pid_of.get(e.cookie))
-                    else None
-                ),
-                kind=e.kind,
-                reason=e.reason,
-                local=endpoint(e.local),
-                remote=endpoint(e.remote),
-                bytes=e.bytes,
+        events = []
+        for e in reading.events[-max_events:] if max_events else []:
+            pid = e.pid or pid_of.get(e.cookie, 0)
+            events.append(
+                BypassEvent(
+                    ts_ns=e.ts_ns,
+                    pid=pid or None,
+                    workload=workload_of(pid) if pid else None,
+                    kind=e.kind,
+                    reason=e.reason,
+                    local=endpoint(e.local),
+                    remote=endpoint(e.remote),
+                    bytes=e.bytes,
+                )
             )
-            for e in reading.events[-max_events:]
-            if max_events
-        ]
         counters = {
             f"bypass_fallback_{reason}": n - self._fallbacks_prev.get(reason, 0)
             for reason, n in reading.fallbacks.items()

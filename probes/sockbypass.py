@@ -463,13 +463,13 @@ class SockBypassProbe(Probe):
             if cookie in self._ignored:
                 continue
             conns[cookie] = self._record(cookie, v, stack)
+        stack_keys = {self._pair(sk): sk for sk, _ in stack_items}
         for k, pair in closed:
             with contextlib.suppress(KeyError):
                 del conns_table[k]
-            for sk, _ in stack_items:
-                if self._pair(sk) == pair:
-                    with contextlib.suppress(KeyError):
-                        del stack_table[sk]
+            if pair in stack_keys:
+                with contextlib.suppress(KeyError):
+                    del stack_table[stack_keys[pair]]
             self._ignored.discard(k.value)
         # Stack bytes of connections without a record (opened before wasmtop started): counted
         # in total; their entries go once they stop changing.

@@ -126,8 +126,18 @@ def exchange(a: socket.socket, b: socket.socket, count: int, seed: int) -> dict[
     return result
 
 
-def assert_stack_bytes(counted: int, payload: int) -> None:
-    assert payload <= counted <= 1.15 * payload, (counted, payload)
+def tcp_bytes_sent(sock: socket.socket) -> int:
+    """The kernel's own count of payload bytes this socket sent, retransmissions included
+    (tcp_info.tcpi_bytes_sent, RFC 4898 HCDataOctetsOut)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("<Q", info, 200)[0]
+
+
+def assert_stack_bytes(counted: int, payload: int, tcp_sent: int) -> None:
+    """tc counted every payload byte once, plus retransmissions (a full loopback backlog
+    drops packets under two-way load): exactly what TCP says it sent."""
+    assert counted >= payload
+    assert counted == tcp_sent, (counted, payload)
 
 
 def record(probe: SockBypassProbe, sock: socket.socket) -> ConnRecord:
@@ -163,6 +173,7 @@ def test_accelerate_redirects_every_sendmsg_and_delivers_every_byte():
 def test_observe_redirects_nothing_and_counts_stack_bytes():
     with bypass(mode=OBSERVE) as probe, loopback_pair() as (cli, srv):
         sent = exchange(cli, srv, 500, seed=2)
+        tcp_sent = tcp_bytes_sent(cli), tcp_bytes_sent(srv)
         reading = probe.read()
         c, s = reading.conns[socket_cookie(cli)], reading.conns[socket_cookie(srv)]
     assert c.eligible and s.eligible, "a loopback pair is eligible for the bypass"
@@ -170,8 +181,8 @@ def test_observe_redirects_nothing_and_counts_stack_bytes():
     assert c.msgs_redirected == s.msgs_redirected == 0
     # Stack bytes ~ payload bytes: every payload byte once, plus any retransmission (a full
     # loopback backlog drops packets under two-way load).
-    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"])
-    assert_stack_bytes(s.stack_bytes, sent["ba_bytes"])
+    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], tcp_sent[0])
+    assert_stack_bytes(s.stack_bytes, sent["ba_bytes"], tcp_sent[1])
     # The TCP stack's own counter (as of the last RTT callback) never exceeds what tc saw.
     assert 0 < c.tcp_bytes_received <= s.stack_bytes
 
@@ -248,6 +259,7 @@ def test_a_peer_outside_the_local_set_is_not_enrolled():
                 echoed = b""
                 while len(echoed) < len(payload):
                     echoed += cli.recv(1 << 20)
+                tcp_sent = tcp_bytes_sent(cli)
                 c = read_record(probe, cli)
                 cli.close()
                 filters = subprocess.run(
@@ -266,7 +278,7 @@ def test_a_peer_outside_the_local_set_is_not_enrolled():
     assert c.msgs_redirected == 0
     assert c.remote == (peer_ip, port)
     # Counted on the configured interface: what went through the stack.
-    assert_stack_bytes(c.stack_bytes, len(payload))
+    assert_stack_bytes(c.stack_bytes, len(payload), tcp_sent)
     assert "clsact" not in after, "the clsact qdisc we added was not removed"
 
 
@@ -484,6 +496,7 @@ def test_a_failed_self_test_refuses_accelerate_and_traffic_still_flows():
         assert probe.mode_reason.startswith("accelerate refused: FIONREAD reported 0")
         assert probe.health().as_dict()["mode_reason"] == probe.mode_reason
         sent = exchange(cli, srv, 100, seed=4)
+        tcp_sent = tcp_bytes_sent(cli)
         c = read_record(probe, cli)
     assert not c.enrolled and c.msgs_redirected == 0
-    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"])
+    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], tcp_sent)
