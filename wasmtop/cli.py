@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the node's pod CIDR (repeatable); only connections with both ends local are eligible",
     )
     snap.add_argument(
+        "--bypass-cgroup",
+        metavar="PATH",
+        help="attach the socket-bypass sockops program to this cgroup v2 directory (path "
+        "under the cgroup2 mount) instead of the root: only its sockets are seen",
+    )
+    snap.add_argument(
         "--bypass-interface",
         action="append",
         default=[],
@@ -190,6 +196,11 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             parser.error(f"argument --cgroup: {exc}")
     if args.max_events < 0:
         parser.error("argument --max-events: expected a count >= 0")
+    if args.bypass_cgroup:
+        try:
+            cgroup_filter(args.bypass_cgroup)
+        except ValueError as exc:
+            parser.error(f"argument --bypass-cgroup: {exc}")
     for ifname in args.bypass_interface:
         if not os.path.exists(f"/sys/class/net/{ifname}"):
             parser.error(f"argument --bypass-interface: no network interface {ifname!r}")
@@ -214,7 +225,10 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
         selected.append(
             SockBypassProbe(
-                mode=args.bypass, local_cidrs=args.local_cidr, interfaces=args.bypass_interface
+                mode=args.bypass,
+                cgroup=args.bypass_cgroup,
+                local_cidrs=args.local_cidr,
+                interfaces=args.bypass_interface,
             )
         )
     try:

@@ -500,3 +500,44 @@ def test_a_failed_self_test_refuses_accelerate_and_traffic_still_flows():
         c = read_record(probe, cli)
     assert not c.enrolled and c.msgs_redirected == 0
     assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], tcp_sent)
+
+
+def test_a_configured_cgroup_sees_only_its_own_sockets():
+    from wasmtop.probes import features
+
+    root = features.cgroup2_mount()
+    cg = root / f"wasmtop-test-{uuid.uuid4().hex[:6]}"
+    cg.mkdir()
+    inside = subprocess.Popen(
+        [sys.executable, "-c", ECHO_CLIENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        (cg / "cgroup.procs").write_text(str(inside.pid))
+        with bypass(cgroup=str(cg.relative_to(root))) as probe:
+            with loopback_pair() as (cli, srv):  # this process: outside the cgroup
+                cli.sendall(b"outside")
+                srv.recv(100)
+                outside = socket_cookie(cli)
+                inside.stdin.write(f"{srv.getsockname()[1]}\n")
+                inside.stdin.flush()
+                assert inside.stdout.readline().strip() == "sent"
+                reading = probe.read()
+    finally:
+        inside.kill()
+        inside.wait()
+        cg.rmdir()
+    assert outside not in reading.conns
+    # The process in the cgroup connected to our listener: only its end is seen.
+    assert [c.pid for c in reading.conns.values()] == [inside.pid]
+    assert all(c.active for c in reading.conns.values())
+
+
+ECHO_CLIENT = """
+import socket, sys
+port = int(sys.stdin.readline())
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"inside")
+print("sent", flush=True)
+sys.stdin.readline()
+"""
