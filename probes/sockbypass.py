@@ -341,7 +341,12 @@ class SockBypassProbe(Probe):
 
     @staticmethod
     def _filters_left(ipr: Any, idx: int) -> bool:
-        return any(ipr.get_filters(index=idx, parent=p) for p in (TC_INGRESS, TC_EGRESS))
+        # A priority whose last filter was just deleted can still be listed, with handle 0.
+        return any(
+            f["handle"]
+            for p in (TC_INGRESS, TC_EGRESS)
+            for f in ipr.get_filters(index=idx, parent=p)
+        )
 
     def _detach_skmsg(self) -> None:
         """Stop redirecting, and leave enrolled sockets where they are.

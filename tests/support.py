@@ -19,10 +19,10 @@ sys.stdin.readline()  # wait for "go"
 """
 
 PROGRAMS = {
-    # A busy loop pinned to one CPU.
-    "hog": "os.sched_setaffinity(0, {CPU})\nwhile True:\n    pass\n",
+    # A busy loop (pinned to CPU, before it reports ready: pinning later is a migration).
+    "hog": "while True:\n    pass\n",
     # Sleeps in short naps: every switch is voluntary.
-    "sleeper": "os.sched_setaffinity(0, {CPU})\nwhile True:\n    time.sleep(0.01)\n",
+    "sleeper": "while True:\n    time.sleep(0.01)\n",
     # Moves itself between CPU 0 and 1 FLIPS times, busy on each, then idles.
     "flipper": textwrap.dedent(
         """
@@ -42,8 +42,9 @@ PROGRAMS = {
 class Workload:
     def __init__(self, kind: str, **params: object) -> None:
         body = PROGRAMS[kind].format(**params)
+        pin = f"import os\nos.sched_setaffinity(0, {params['CPU']})\n" if "CPU" in params else ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _PRELUDE + body],
+            [sys.executable, "-c", pin + _PRELUDE + body],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
