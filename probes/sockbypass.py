@@ -43,6 +43,9 @@ SOCKET_PROG_TYPES = frozenset({"sock_ops", "sk_msg", "sk_skb"})
 # and a counter), so detach removes exactly its own and two instances can run side by side.
 TC_PRIO = 0x7761  # "wa"
 _instances = itertools.count(1)
+# clsact qdiscs this process added, and how many of its probes use each (by ifindex): the last
+# one to detach removes the qdisc, whichever probe added it.
+_OWNED_QDISCS: dict[int, int] = {}
 TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
 ETH_P_ALL = 0x0003
 SO_COOKIE = 57
@@ -300,13 +303,15 @@ class SockBypassProbe(Probe):
             if not found:
                 raise RuntimeError(f"no network interface {ifname!r}")
             idx = found[0]
-            added = False
+            added = idx in _OWNED_QDISCS
             try:
                 ipr.tc("add", "clsact", idx)
                 added = True
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise RuntimeError(f"tc clsact on {ifname}: {exc}") from None
+            if added:
+                _OWNED_QDISCS[idx] = _OWNED_QDISCS.get(idx, 0) + 1
             self._tc.append((idx, ifname, 0, added))  # the qdisc: undone after its filters
             parents = (TC_EGRESS,) if ifname == "lo" else (TC_EGRESS, TC_INGRESS)
             for parent in parents:
@@ -336,8 +341,12 @@ class SockBypassProbe(Probe):
                     if parent:
                         ipr.tc("del-filter", "bpf", idx, handle=self.tc_handle, parent=parent,
                                prio=TC_PRIO, protocol=ETH_P_ALL)  # fmt: skip
-                    elif added and not self._filters_left(ipr, idx):
-                        ipr.tc("del", "clsact", idx)  # ours, and nobody else uses it
+                    elif added:
+                        _OWNED_QDISCS[idx] -= 1
+                        if not _OWNED_QDISCS[idx]:
+                            del _OWNED_QDISCS[idx]
+                            if not self._filters_left(ipr, idx):
+                                ipr.tc("del", "clsact", idx)  # ours, and nobody else uses it
 
     @staticmethod
     def _filters_left(ipr: Any, idx: int) -> bool:

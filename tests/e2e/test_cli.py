@@ -181,6 +181,9 @@ def test_every_printed_variant_compiles_and_loads():
         for (label, _), probe in zip(variants, probes):
             assert probe.status == OK, f"{label}: {probe.reason}"
     assert no_programs_left() == []
+    # Two bypass probes shared the clsact qdisc one of them added: the last one removed it.
+    qdisc = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True)
+    assert "clsact" not in qdisc.stdout
 
 
 def test_no_kernel_headers_says_how_to_get_them(monkeypatch, capsys):
