@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
-from ..probes.runtime import ProbeSet
+from ..probes.runtime import Probe, ProbeSet
 from ..probes.sched import SchedProbe
 from ..probes.sockbypass import SockBypassProbe
 from .model import (
@@ -38,6 +38,7 @@ from .topology import Topology
 from .workloads import ProcReader, WorkloadId, WorkloadResolver
 
 K = TypeVar("K")
+P = TypeVar("P", bound=Probe)
 _COUNTER_FIELDS = tuple(
     f.name for f in fields(ThreadSched) if f.name not in ("tid", "tgid", "comm")
 )
@@ -140,19 +141,16 @@ class Collector:
         self._untracked_prev = 0
         self.net = NetAccounting(SocketOwners(proc_root))
 
+    def _loaded(self, kind: type[P]) -> P | None:
+        return next((p for p in self.probes if isinstance(p, kind) and p.loaded), None)
+
     @property
     def sched(self) -> SchedProbe | None:
-        for probe in self.probes:
-            if isinstance(probe, SchedProbe) and probe.loaded:
-                return probe
-        return None
+        return self._loaded(SchedProbe)
 
     @property
     def bypass(self) -> SockBypassProbe | None:
-        for probe in self.probes:
-            if isinstance(probe, SockBypassProbe) and probe.loaded:
-                return probe
-        return None
+        return self._loaded(SockBypassProbe)
 
     def observe(self) -> None:
         """Drain ring buffers and learn the identity of processes seen since the last call."""

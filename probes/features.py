@@ -76,6 +76,19 @@ def cgroup2_mount(mounts: str = "/proc/mounts") -> Path | None:
     return None
 
 
+def cgroup_dir(path: str, cgroup_root: Path | None = None) -> Path:
+    """A cgroup v2 directory named by a path under the cgroup2 mount (absolute paths that
+    already start with the mount are taken as they are). ValueError when it does not exist."""
+    root = cgroup_root or cgroup2_mount()
+    if root is None:
+        raise ValueError("no cgroup2 mount in /proc/mounts")
+    rel = Path(path)
+    full = rel if rel.is_absolute() and rel.is_relative_to(root) else root / str(rel).lstrip("/")
+    if not full.is_dir():
+        raise ValueError(f"cgroup {path} not found under {root}")
+    return full
+
+
 def effective_capabilities(status_path: str = "/proc/self/status") -> int:
     with open(status_path) as f:
         for line in f:

@@ -71,12 +71,7 @@ def cgroup_filter(path: str, cgroup_root: Path | None = None) -> tuple[int, int]
     The id is the directory's inode; the level its depth below the cgroup2 root.
     """
     root = cgroup_root or features.cgroup2_mount()
-    if root is None:
-        raise ValueError("no cgroup2 mount in /proc/mounts")
-    rel = Path(path)
-    full = rel if rel.is_absolute() and rel.is_relative_to(root) else root / str(rel).lstrip("/")
-    if not full.is_dir():
-        raise ValueError(f"cgroup {path} not found under {root}")
+    full = features.cgroup_dir(path, root)
     level = len(full.relative_to(root).parts)
     return os.stat(full).st_ino, level
 

@@ -82,7 +82,12 @@ def lpm_key(net: str) -> tuple[int, bytes]:
     return n.prefixlen, n.network_address.packed
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def fionread(sock: socket.socket) -> int:
+    """Bytes waiting to be read on a socket (FIONREAD), redirected ones included."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
     chunks, got = [], 0
     while got < n:
         chunk = sock.recv(min(1 << 20, n - got))
@@ -115,10 +120,10 @@ def accelerate_self_test(probe: SockBypassProbe) -> str | None:
                 return "epoll reported no readiness for a redirected message"
         finally:
             ep.close()
-        pending = struct.unpack("i", fcntl.ioctl(peer, termios.FIONREAD, b"\0" * 4))[0]
+        pending = fionread(peer)
         if pending != len(payload):
             return f"FIONREAD reported {pending} of {len(payload)} redirected bytes pending"
-        if _recv_exact(peer, len(payload)) != payload:
+        if recv_exact(peer, len(payload)) != payload:
             return "a redirected message arrived altered"
         conn = probe.conn(socket_cookie(cli))
         if conn is None or conn.msgs_redirected == 0:
@@ -128,7 +133,7 @@ def accelerate_self_test(probe: SockBypassProbe) -> str | None:
         got: dict[socket.socket, str] = {}
 
         def receive(sock: socket.socket, n: int) -> None:
-            got[sock] = hashlib.sha256(_recv_exact(sock, n)).hexdigest()
+            got[sock] = hashlib.sha256(recv_exact(sock, n)).hexdigest()
 
         readers = [threading.Thread(target=receive, args=(s, 8 << 20)) for s in (cli, peer)]
         writers = [threading.Thread(target=s.sendall, args=(big[s],)) for s in (cli, peer)]
@@ -223,12 +228,9 @@ class SockBypassProbe(Probe):
 
     def cgroup_path(self) -> Path | None:
         root = features.cgroup2_mount()
-        if root is None:
-            return None
-        if not self.cgroup:
+        if root is None or not self.cgroup:
             return root
-        path = Path(self.cgroup)
-        return path if path.is_absolute() and path.is_relative_to(root) else root / self.cgroup
+        return features.cgroup_dir(self.cgroup, root)
 
     def required_maps(self) -> list[str]:
         return [*super().required_maps(), "conns", "conn_cookie", "stack_bytes", "local_nets",

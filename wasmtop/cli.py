@@ -184,23 +184,20 @@ def preflight() -> int | None:
 
 
 def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .probes.sched import DEFAULT_RINGBUF_PAGES, SchedProbe, cgroup_filter
+    from .probes import features
+    from .probes.sched import DEFAULT_RINGBUF_PAGES, SchedProbe
 
     for pid in args.pid:
         if not os.path.exists(f"/proc/{pid}"):
             parser.error(f"argument --pid: no process {pid}")
-    if args.cgroup:
-        try:
-            cgroup_filter(args.cgroup)
-        except ValueError as exc:
-            parser.error(f"argument --cgroup: {exc}")
+    for flag, cgroup in (("--cgroup", args.cgroup), ("--bypass-cgroup", args.bypass_cgroup)):
+        if cgroup:
+            try:
+                features.cgroup_dir(cgroup)
+            except ValueError as exc:
+                parser.error(f"argument {flag}: {exc}")
     if args.max_events < 0:
         parser.error("argument --max-events: expected a count >= 0")
-    if args.bypass_cgroup:
-        try:
-            cgroup_filter(args.bypass_cgroup)
-        except ValueError as exc:
-            parser.error(f"argument --bypass-cgroup: {exc}")
     for ifname in args.bypass_interface:
         if not os.path.exists(f"/sys/class/net/{ifname}"):
             parser.error(f"argument --bypass-interface: no network interface {ifname!r}")
@@ -239,7 +236,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                 return EXIT_ENV
             collector = Collector(probes, max_events=args.max_events)
             status = ", ".join(
-                f"{p.name} {p.status}" + (f" ({p.mode})" if hasattr(p, "mode") else "")
+                f"{p.name} {p.status}" + (f" ({mode})" if (mode := p.details().get("mode")) else "")
                 for p in probes
             )
             print(f"wasmtop: attached: {status}; watching for {args.seconds:g} s", file=sys.stderr)

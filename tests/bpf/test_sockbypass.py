@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -13,7 +12,6 @@ import socket
 import struct
 import subprocess
 import sys
-import termios
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +27,8 @@ from wasmtop.probes.sockbypass import (
     TC_PRIO,
     SockBypassProbe,
     accelerate_self_test,
+    fionread,
+    recv_exact,
     socket_cookie,
 )
 
@@ -256,9 +256,7 @@ def test_a_peer_outside_the_local_set_is_not_enrolled():
                 cli = socket.create_connection((peer_ip, port), timeout=10)
                 payload = POOL[:300_000]
                 cli.sendall(payload)
-                echoed = b""
-                while len(echoed) < len(payload):
-                    echoed += cli.recv(1 << 20)
+                echoed = recv_exact(cli, len(payload))
                 tcp_sent = tcp_bytes_sent(cli)
                 c = read_record(probe, cli)
                 cli.close()
@@ -296,15 +294,10 @@ def test_a_full_bypass_map_falls_back_with_the_reason_and_delivers_every_byte():
             for i, (c, s) in enumerate(pairs):  # all open at once
                 msg = f"request {i} ".encode() * 20
                 c.sendall(msg)
-                got = b""
-                while len(got) < len(msg):
-                    got += s.recv(4096)
+                got = recv_exact(s, len(msg))
                 assert got == msg
                 s.sendall(got[::-1])
-                back = b""
-                while len(back) < len(msg):
-                    back += c.recv(4096)
-                assert back == msg[::-1]
+                assert recv_exact(c, len(msg)) == msg[::-1]
             reading = probe.read()
         finally:
             for c, s in pairs:
@@ -332,7 +325,7 @@ def test_stop_leaves_nothing_attached_and_open_sockets_keep_working():
             cli.sendall(b"before stop")
             assert srv.recv(100) == b"before stop"
             cli.sendall(b"unread at stop" * 100)
-            assert wait_for(lambda: _fionread(srv) == 1400, timeout_s=5)
+            assert wait_for(lambda: fionread(srv) == 1400, timeout_s=5)
             assert record(probe, cli).msgs_redirected == 2
         tree = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True)
         assert "wasmtop" not in tree.stdout
@@ -347,10 +340,7 @@ def test_stop_leaves_nothing_attached_and_open_sockets_keep_working():
         # there, and what is sent after it goes through the stack, in order, both ways.
         cli.sendall(b"after stop")
         srv.sendall(b"reply after stop")
-        got = b""
-        while len(got) < 1410:
-            got += srv.recv(4096)
-        assert got == b"unread at stop" * 100 + b"after stop"
+        assert recv_exact(srv, 1410) == b"unread at stop" * 100 + b"after stop"
         assert cli.recv(100) == b"reply after stop"
     # The verdict program lived on only while a socket it had enrolled was open.
     assert no_programs_left() == []
@@ -432,17 +422,10 @@ def test_fionread_and_epoll_see_redirected_bytes():
         for size in (1, 1000, 70_000):
             cli.sendall(POOL[:size])
             assert ep.poll(5.0), "no epoll readiness for a redirected message"
-            assert wait_for(lambda s=size: _fionread(srv) == s, timeout_s=5)
-            got = b""
-            while len(got) < size:
-                got += srv.recv(1 << 20)
-            assert got == POOL[:size]
+            assert wait_for(lambda s=size: fionread(srv) == s, timeout_s=5)
+            assert recv_exact(srv, size) == POOL[:size]
         ep.close()
         assert record(probe, cli).msgs_redirected == 3
-
-
-def _fionread(sock: socket.socket) -> int:
-    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
 
 
 def test_asyncio_request_response_never_stalls_when_accelerated():

@@ -174,3 +174,15 @@ def test_window_per_workload_and_per_peer(tmp_path):
     assert w.per_workload["pid:100"].bypass_bytes == 0, "nothing new on the accepted end"
     assert w.counters["bypass_fallback_map_full"] == 3
     assert [c.state for c in w.connections if c.local == "127.0.0.1:40000"] == ["closed"]
+
+
+def test_cgroup_paths_resolve_under_the_mount_for_both_probes(tmp_path):
+    from wasmtop.probes.features import cgroup_dir
+
+    (tmp_path / "kubepods" / "pod1").mkdir(parents=True)
+    want = tmp_path / "kubepods" / "pod1"
+    assert cgroup_dir("kubepods/pod1", tmp_path) == want
+    assert cgroup_dir("/kubepods/pod1", tmp_path) == want  # leading slash: still under the mount
+    assert cgroup_dir(str(want), tmp_path) == want
+    with pytest.raises(ValueError, match="not found under"):
+        cgroup_dir("/nope", tmp_path)
