@@ -10,7 +10,7 @@ import platform
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +18,9 @@ from typing import TypeVar
 from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
 from ..probes.runtime import Probe, ProbeSet
 from ..probes.sched import SchedProbe
-from ..probes.sockbypass import SockBypassProbe
+from ..probes.sockbypass import ACCELERATE, SockBypassProbe
+from ..probes.tracectx import TraceCtxProbe
+from .correlate import RequestTracker, TraceSelector, trace_of
 from .model import (
     DelayQuantiles,
     Events,
@@ -26,8 +28,10 @@ from .model import (
     Migration,
     NetFigures,
     PreemptionEvent,
+    RequestFigures,
     SchedFigures,
     Snapshot,
+    Trace,
     Unattributed,
     Workload,
 )
@@ -123,7 +127,10 @@ class Collector:
         proc_root: str | Path = "/proc",
         topology: Topology | None = None,
         max_events: int = 1000,
+        max_traces: int = 10_000,
         gc_every: int = 10,
+        trace_selector: TraceSelector | None = None,
+        requests: RequestTracker | None = None,
     ) -> None:
         self.probes = probes
         self.proc_root = Path(proc_root)
@@ -139,7 +146,16 @@ class Collector:
         self._window_start_ns = time.monotonic_ns()
         self._ticks = 0
         self._untracked_prev = 0
-        self.net = NetAccounting(SocketOwners(proc_root))
+        self.owners = SocketOwners(proc_root)
+        self.net = NetAccounting(self.owners)
+        self.max_traces = max_traces
+        self.selector = trace_selector or TraceSelector()
+        self.requests = requests or RequestTracker()
+        self._traces: list = []
+        self._traces_total = 0
+        self._considered: set[int] = set()  # pids the selector has judged
+        if self.tracectx is not None:
+            self._select_from_proc()
 
     def _loaded(self, kind: type[P]) -> P | None:
         return next((p for p in self.probes if isinstance(p, kind) and p.loaded), None)
@@ -151,6 +167,88 @@ class Collector:
     @property
     def bypass(self) -> SockBypassProbe | None:
         return self._loaded(SockBypassProbe)
+
+    @property
+    def tracectx(self) -> TraceCtxProbe | None:
+        return self._loaded(TraceCtxProbe)
+
+    # -- trace context --------------------------------------------------------------------
+    def _select_from_proc(self) -> None:
+        """At start, find the processes to trace among those already running (an idle server
+        blocked in accept() may not be seen by the scheduler probe for a long time)."""
+        try:
+            pids = [int(e) for e in os.listdir(self.proc_root) if e.isdigit()]
+        except OSError:
+            pids = []
+        sel = self.selector
+        if not sel.wasm_default and not sel.comms:
+            candidates = [p for p in pids if p in sel.pids]
+        elif sel.wasm_default:
+            candidates = pids  # the runtime is known from the executable or mapped libraries
+        else:
+            candidates = [p for p in pids if self._comm(p) in sel.comms]
+        self._select(candidates)
+
+    def _comm(self, pid: int) -> str | None:
+        try:
+            return (self.proc_root / str(pid) / "comm").read_text().strip()
+        except OSError:
+            return None
+
+    def _select(self, pids: list[int]) -> None:
+        probe = self.tracectx
+        if probe is None:
+            return
+        sel = self.selector
+        wanted = set(probe.pids)
+        for pid in pids:
+            if pid in self._considered:
+                continue
+            self._considered.add(pid)
+            if pid in sel.pids:
+                wanted.add(pid)
+            elif sel.comms and self._comm(pid) in sel.comms:
+                wanted.add(pid)
+            elif sel.wasm_default:
+                wid = self.resolver.identify(pid)
+                if wid is not None and sel.wants(pid, wid.comm, wid.kind):
+                    wanted.add(pid)
+        if wanted != probe.pids:
+            probe.set_pids(wanted)
+
+    def _bypassed_of(self) -> Callable[[int, int], bool | None]:
+        """Whether a (pid, fd) connection took the bypass: null without the bypass probe, false
+        in observe mode (nothing is redirected), else from its connection record."""
+        bypass = self.bypass
+        if bypass is None:
+            return lambda pid, fd: None
+        if bypass.details().get("mode") != ACCELERATE:
+            return lambda pid, fd: False
+        pairs: dict | None = None
+
+        def lookup(pid: int, fd: int) -> bool | None:
+            nonlocal pairs
+            pair = self.owners.pair_of_fd(pid, fd)
+            if pair is None:
+                return None
+            if pairs is None:
+                pairs = bypass.redirecting_pairs()
+            return pairs.get(pair)
+
+        return lookup
+
+    def _feed_requests(self) -> None:
+        probe = self.tracectx
+        if probe is None:
+            return
+        records = probe.read()
+        if records:
+            self.requests.feed(records, self._workload_key, self._bypassed_of())
+        for r in self.requests.take():
+            if r.trace_id is not None:
+                self._traces_total += 1
+                if len(self._traces) < self.max_traces:
+                    self._traces.append(trace_of(r))
 
     def observe(self) -> None:
         """Drain ring buffers and learn the identity of processes seen since the last call."""
@@ -165,6 +263,9 @@ class Collector:
             if pid not in known:
                 self.resolver.identify(pid)
                 known.add(pid)
+        if self.tracectx is not None:
+            self._select(pids)
+            self._feed_requests()
 
     def _workload_key(self, pid: int) -> str | None:
         wid = self.resolver.identify(pid)
@@ -208,9 +309,29 @@ class Collector:
                     per_workload[key] = _Activity(pids=set(pids))
             events = dataclasses.replace(events, bypass=net.events, bypass_total=net.events_total)
             counters.update(net.counters)
+        request_figures: dict[str, RequestFigures] = {}
+        traces: tuple[Trace, ...] = ()
+        traces_total = 0
+        if self.tracectx is not None:
+            self._feed_requests()
+            request_figures = self.requests.figures(end_ns)
+            traces, traces_total = tuple(self._traces), self._traces_total
+            self._traces, self._traces_total = [], 0
+            counters.update(self.requests.counters)
+            counters["requests_open"] = self.requests.open_requests
+            for key in request_figures.keys() - ids.keys():  # seen answering requests only
+                pids = self.requests.pids_of(key)
+                wid = self.resolver.identify(min(pids)) if pids else None
+                if wid is not None:
+                    ids[key] = wid
+                    per_workload[key] = _Activity(pids=set(pids))
         workloads = tuple(
             self._workload(
-                ids[key], act, window_s, (net.per_workload.get(key) or empty_net()) if net else None
+                ids[key],
+                act,
+                window_s,
+                (net.per_workload.get(key) or empty_net()) if net else None,
+                request_figures.get(key),
             )
             for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
         )
@@ -226,6 +347,8 @@ class Collector:
             events=events,
             migrations=host_matrix,
             connections=net.connections if net else (),
+            traces=traces,
+            traces_total=traces_total,
             unattributed=unattributed,
             counters=counters,
         )
@@ -287,7 +410,12 @@ class Collector:
         return groups, ids, unattributed
 
     def _workload(
-        self, wid: WorkloadId, act: _Activity, window_s: float, net: NetFigures | None
+        self,
+        wid: WorkloadId,
+        act: _Activity,
+        window_s: float,
+        net: NetFigures | None,
+        requests: RequestFigures | None,
     ) -> Workload:
         allowed: set[int] = set()
         runtime = wid.runtime
@@ -340,6 +468,7 @@ class Collector:
             pod=wid.pod,
             sched=sched,
             net=net,
+            requests=requests,
         )
 
     def _matrix(self, matrix: Mapping[tuple[int, int], int]) -> tuple[Migration, ...]:
@@ -366,6 +495,8 @@ class Collector:
                     preemptor_tid=r.preemptor_tid,
                     preemptor_comm=r.preemptor_comm,
                     workload=wid.key if wid else None,
+                    trace_id=r.trace_id.hex() if r.trace_id else None,
+                    span_id=r.span_id.hex() if r.span_id else None,
                 )
             )
         return Events(preemptions=tuple(out), preemptions_total=len(records))

@@ -126,6 +126,52 @@ class BypassEvent:
 
 
 @dataclass(frozen=True)
+class LatencyQuantiles:
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+
+
+@dataclass(frozen=True)
+class RequestFigures:
+    """HTTP requests the workload answered whose end lies in the sliding window (trace-context
+    probe). Quantiles are exact (nearest rank over every request in the window)."""
+
+    count: int
+    window_s: float
+    latency_ms: LatencyQuantiles
+    complete: bool  # False: the per-workload cap made older requests leave the window early
+    evicted: int  # requests that left early because of the cap, since wasmtop started
+    by_status: dict[str, int]
+    by_route: dict[str, int]  # "METHOD path" (capped per workload; the rest as "other")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One answered request that carried a trace id, with its thread's kernel interference."""
+
+    trace_id: str  # 32 lowercase hex
+    span_id: str  # 16 lowercase hex: the runtime's (trace-context map) or one wasmtop made
+    parent_span_id: str | None  # the caller's span, from traceparent
+    source: str  # traceparent | x-traceid-bytes | trace_ctx
+    trace_flags: int | None
+    tracestate: str | None
+    pid: int
+    tid: int
+    workload: str | None
+    start_ns: int
+    duration_ms: float
+    preempted_ms: float | None  # preemption delay of its thread between request and response
+    migrations: int | None
+    bypassed: bool | None  # its connection took the socket bypass; null: not known
+    method: str | None
+    route: str
+    status: int | None
+
+
+@dataclass(frozen=True)
 class Workload:
     key: str
     kind: str  # wasm | container | process
@@ -136,8 +182,7 @@ class Workload:
     pod: Pod | None
     sched: SchedFigures | None
     net: NetFigures | None = None  # null: the socket-bypass probe is not running
-    # Blocks filled by the probes of later capabilities; null means "not measured".
-    requests: dict[str, Any] | None = None
+    requests: RequestFigures | None = None  # null: no request of it traced in the window
 
 
 @dataclass(frozen=True)
@@ -152,7 +197,8 @@ class PreemptionEvent:
     preemptor_tid: int
     preemptor_comm: str
     workload: str | None
-    trace_id: str | None = None
+    trace_id: str | None = None  # 32 hex, from the trace-context map entry of the thread
+    span_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,7 +228,8 @@ class Snapshot:
     probes: dict[str, dict[str, Any]]
     workloads: tuple[Workload, ...]
     events: Events = field(default_factory=Events)
-    traces: tuple[dict[str, Any], ...] = ()
+    traces: tuple[Trace, ...] = ()  # completed in the window, at most the cap
+    traces_total: int = 0  # completed in the window
     alerts: tuple[dict[str, Any], ...] = ()
     migrations: tuple[Migration, ...] = ()  # whole host, all tracked threads
     connections: tuple[Connection, ...] = ()  # local TCP connection ends (socket-bypass probe)

@@ -47,6 +47,7 @@ class SocketOwners:
     def __init__(self, proc_root: str | Path = "/proc") -> None:
         self.proc = Path(proc_root)
         self._known: dict[tuple[Endpoint, Endpoint], int] = {}
+        self._pair_by_inode: dict[int, tuple[Endpoint, Endpoint]] = {}
         self.walks = 0
 
     def _inodes(self) -> dict[tuple[Endpoint, Endpoint], int]:
@@ -94,6 +95,20 @@ class SocketOwners:
                 # 0: looked for and not found (gone, or another namespace); not walked again.
                 self._known[pair] = holders.get(inodes.get(pair, -1), 0)
         return {p: self._known[p] for p in pairs if self._known.get(p)}
+
+    def pair_of_fd(self, pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
+        """(local, remote) of the TCP socket a process holds as ``fd``; None when the fd is
+        closed, not a TCP socket, or in another network namespace."""
+        try:
+            link = os.readlink(self.proc / str(pid) / "fd" / str(fd))
+        except OSError:
+            return None
+        if not link.startswith("socket:["):
+            return None
+        inode = int(link[8:-1])
+        if inode not in self._pair_by_inode:  # re-read the tables only for a socket not yet seen
+            self._pair_by_inode = {i: p for p, i in self._inodes().items()}
+        return self._pair_by_inode.get(inode)
 
     def forget(self, pairs: Iterable[tuple[Endpoint, Endpoint]]) -> None:
         for pair in pairs:

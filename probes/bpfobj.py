@@ -1,15 +1,19 @@
 """bpf(2) object calls BCC 0.26 does not offer: BPF links (an attachment that ends when its fd
-closes, so even a killed wasmtop leaves nothing attached) and listing the programs loaded on the
-host (to report other agents' programs without touching them)."""
+closes, so even a killed wasmtop leaves nothing attached), listing the programs loaded on the
+host (to report other agents' programs without touching them), pinning, and map facts (to check
+a pinned map another program made before trusting its layout)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .features import _SYS_BPF, _libc
 
+_BPF_OBJ_PIN = 6
+_BPF_OBJ_GET = 7
 _BPF_PROG_GET_NEXT_ID = 11
 _BPF_PROG_GET_FD_BY_ID = 13
 _BPF_OBJ_GET_INFO_BY_FD = 15
@@ -72,11 +76,75 @@ class _ProgInfo(ctypes.Structure):
     ]
 
 
+class _ObjPath(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32)]  # fmt: skip
+
+
+class _MapInfo(ctypes.Structure):
+    # The head of struct bpf_map_info.
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 @dataclass(frozen=True)
 class Program:
     id: int
     type: str
     name: str
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+
+
+MAP_TYPE_HASH = 1
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map or program at a path on a bpf filesystem. Raises BpfError."""
+    raw = path.encode()
+    _call(_BPF_OBJ_PIN, _ObjPath(ctypes.cast(ctypes.c_char_p(raw), ctypes.c_void_p).value, fd, 0))
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned object; the caller closes the fd. Raises BpfError."""
+    raw = ctypes.c_char_p(path.encode())
+    return _call(_BPF_OBJ_GET, _ObjPath(ctypes.cast(raw, ctypes.c_void_p).value, 0, 0))
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    _call(_BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                   info.name.decode("utf-8", "replace"))  # fmt: skip
+
+
+def map_ids_of_program(fd: int) -> list[int]:
+    """The ids of the maps a loaded program uses."""
+    info = _ProgInfo()
+    _call(_BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    if not info.nr_map_ids:
+        return []
+    ids = (ctypes.c_uint32 * info.nr_map_ids)()
+    again = _ProgInfo()
+    again.nr_map_ids = info.nr_map_ids
+    again.map_ids = ctypes.addressof(ids)
+    _call(_BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(again), ctypes.addressof(again)))
+    return list(ids[: min(info.nr_map_ids, again.nr_map_ids)])
 
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
@@ -92,26 +160,46 @@ def program_info(fd: int) -> Program:
     )
 
 
-def programs(types: frozenset[str] | None = None) -> list[Program]:
-    """Programs loaded on this host (of the given types), as bpftool prog show lists them."""
-    out: list[Program] = []
+def _each_program() -> Iterator[int]:
+    """An fd of every program loaded on this host, open while the caller looks at it."""
     current = 0
     while True:
         attr = _GetId(current, 0, 0)
         try:
             _call(_BPF_PROG_GET_NEXT_ID, attr)
         except BpfError:
-            return out  # ENOENT: no more
+            return  # ENOENT: no more
         current = attr.next_id
         try:
             fd = _call(_BPF_PROG_GET_FD_BY_ID, _GetId(current, 0, 0))
         except BpfError:
             continue  # unloaded meanwhile
         try:
+            yield fd
+        finally:
+            os.close(fd)
+
+
+def programs(types: frozenset[str] | None = None) -> list[Program]:
+    """Programs loaded on this host (of the given types), as bpftool prog show lists them."""
+    out: list[Program] = []
+    for fd in _each_program():
+        try:
             prog = program_info(fd)
         except BpfError:
             continue
-        finally:
-            os.close(fd)
         if types is None or prog.type in types:
             out.append(prog)
+    return out
+
+
+def programs_using_map(map_id: int) -> list[Program]:
+    """Loaded programs that reference the map with this id."""
+    out: list[Program] = []
+    for fd in _each_program():
+        try:
+            if map_id in map_ids_of_program(fd):
+                out.append(program_info(fd))
+        except BpfError:
+            continue
+    return out

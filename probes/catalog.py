@@ -6,14 +6,17 @@ from . import features
 from .runtime import Probe, fentry_feature  # noqa: F401  (wasmtop doctor)
 from .sched import SchedProbe
 from .sockbypass import ACCELERATE, SockBypassProbe
+from .tracectx import TraceCtxProbe
 
 
 def default_probes() -> list[Probe]:
-    return [SchedProbe(), SockBypassProbe()]
+    sched = SchedProbe(trace_ctx=True)
+    return [sched, SockBypassProbe(), TraceCtxProbe(sched)]  # tracectx after the one it shares
 
 
 def probe_variants() -> list[tuple[str, Probe]]:
-    """One instance per combination of compiled-in filters, for --print-bpf and its test."""
+    """One instance per combination of compiled-in filters and shared maps, for --print-bpf and
+    its test (loaded in this order: a probe that shares another's maps comes after it)."""
     variants: list[tuple[str, Probe]] = [
         ("sched: no filter", SchedProbe()),
         ("sched: pid filter", SchedProbe(pids=(1,))),
@@ -24,7 +27,11 @@ def probe_variants() -> list[tuple[str, Probe]]:
             ("sched: cgroup filter", SchedProbe(cgroup="/")),
             ("sched: pid and cgroup filters", SchedProbe(pids=(1,), cgroup="/")),
         ]
+    sched = SchedProbe(trace_ctx=True)
     variants += [
+        ("sched: trace-context map", sched),
+        ("tracectx: sharing the scheduler probe's maps", TraceCtxProbe(sched)),
+        ("tracectx: alone", TraceCtxProbe()),
         ("sockbypass: observe", SockBypassProbe()),
         ("sockbypass: accelerate, pod CIDR", SockBypassProbe(mode=ACCELERATE,
                                                              local_cidrs=("10.42.0.0/16",))),

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .records import BypassRecord, PreemptionRecord
+from .records import BypassRecord, HttpRecord, PreemptionRecord
 
 
 class DecodeError(ValueError):
@@ -52,10 +52,14 @@ def comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+PREEMPT_F_TRACE_CTX = 1
+
+
 # struct preempt_event in sched.bpf.c
-@decoder("preempt_event", "<QQIIIIII16s16s")
+@decoder("preempt_event", "<QQIIIIII16s16s16s8s")
 def preempt_event(f: tuple) -> PreemptionRecord:
-    ts_ns, delay_ns, pid, tid, cpu, preemptor_pid, preemptor_tid, _pad, name, preemptor = f
+    ts_ns, delay_ns, pid, tid, cpu, preemptor_pid, preemptor_tid, flags, name, preemptor = f[:10]
+    trace_id, span_id = f[10:] if flags & PREEMPT_F_TRACE_CTX else (None, None)
     return PreemptionRecord(
         ts_ns=ts_ns,
         delay_ns=delay_ns,
@@ -66,6 +70,8 @@ def preempt_event(f: tuple) -> PreemptionRecord:
         preemptor_pid=preemptor_pid,
         preemptor_tid=preemptor_tid,
         preemptor_comm=comm(preemptor),
+        trace_id=trace_id,
+        span_id=span_id,
     )
 
 
@@ -96,4 +102,36 @@ def bypass_event(f: tuple) -> BypassRecord:
         local=(ip_text(lip), lport),
         remote=(ip_text(rip), rport),
         bytes=nbytes,
+    )
+
+
+CAPTURE_BYTES = 512  # bytes of an HTTP message's start copied by tracectx.bpf.c
+HTTP_DIRECTIONS = {1: "read", 2: "write"}
+HTTP_SYSCALLS = {1: "read", 2: "recvfrom", 3: "recvmsg", 4: "write", 5: "sendto", 6: "sendmsg",
+                 7: "writev"}  # fmt: skip
+_HAVE_STATS, _HAVE_CTX = 1, 2
+
+
+# struct http_event in tracectx.bpf.c
+@decoder("http_event", f"<QQQIIiIHBBB3x16s8s{CAPTURE_BYTES}s")
+def http_event(f: tuple) -> HttpRecord:
+    ts_ns, delay_ns, migrations, tgid, tid, fd, nbytes, captured, direction, sys, flags = f[:11]
+    ctx_trace, ctx_span, data = f[11:]
+    if direction not in HTTP_DIRECTIONS or sys not in HTTP_SYSCALLS or captured > CAPTURE_BYTES:
+        raise DecodeError(f"http_event: direction {direction}, syscall {sys}, {captured} bytes")
+    stats = bool(flags & _HAVE_STATS)
+    ctx = bool(flags & _HAVE_CTX)
+    return HttpRecord(
+        ts_ns=ts_ns,
+        tgid=tgid,
+        tid=tid,
+        fd=fd,
+        direction=HTTP_DIRECTIONS[direction],
+        syscall=HTTP_SYSCALLS[sys],
+        bytes=nbytes,
+        data=data[:captured],
+        preempt_delay_ns=delay_ns if stats else None,
+        migrations=migrations if stats else None,
+        ctx_trace_id=ctx_trace if ctx else None,
+        ctx_span_id=ctx_span if ctx else None,
     )

@@ -33,6 +33,8 @@ class PreemptionRecord:
     preemptor_pid: int
     preemptor_tid: int
     preemptor_comm: str
+    trace_id: bytes | None = None  # 16 raw bytes from the trace-context map, when set
+    span_id: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,25 @@ class BypassReading:
     events: list[BypassRecord] = field(default_factory=list)
     fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> count, cumulative
     untracked_stack_bytes: int = 0  # through the stack on connections without a record
+
+
+# -- trace context -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpRecord:
+    """The start of an HTTP/1.x message a traced thread read from or wrote to a file descriptor,
+    with that thread's cumulative scheduler figures at that instant."""
+
+    ts_ns: int
+    tgid: int
+    tid: int
+    fd: int
+    direction: str  # read | write
+    syscall: str
+    bytes: int  # returned by the read, or asked of the write (its first buffer)
+    data: bytes  # the first bytes, at most CAPTURE_BYTES
+    preempt_delay_ns: int | None  # None: the scheduler probe had no entry for the thread
+    migrations: int | None
+    ctx_trace_id: bytes | None  # from the trace-context map, when the thread had an entry
+    ctx_span_id: bytes | None

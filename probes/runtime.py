@@ -143,6 +143,7 @@ class Probe:
     tracepoints: ClassVar[tuple[tuple[str, str], ...]] = ()  # (category:event, function)
     ringbuffers: ClassVar[tuple[tuple[str, str], ...]] = ()  # (map, decoder name)
     counters: ClassVar[tuple[str, ...]] = ()  # probe-specific per-CPU counters
+    headers: ClassVar[tuple[str, ...]] = ()  # shared .bpf.h files prepended to the body
 
     def __init__(self) -> None:
         self.bpf: Any = None
@@ -177,7 +178,7 @@ class Probe:
         return (HERE / f"{self.name}.bpf.c").read_text()
 
     def source(self) -> str:
-        common = (HERE / "common.bpf.h").read_text()
+        common = "\n".join((HERE / h).read_text() for h in ("common.bpf.h", *self.headers))
         body = self.body()
         asserts = "".join(
             f"_Static_assert(sizeof(struct {dec}) == {dec.upper()}_SIZE, "
@@ -209,10 +210,11 @@ class Probe:
             self.check_kernel()
             from bcc import BPF
 
-            self.bpf = capturing(
-                "compile failed",
-                lambda: BPF(text=self.rendered().encode(), cflags=self.cflags()),
-            )
+            with self.compiling():
+                self.bpf = capturing(
+                    "compile failed",
+                    lambda: BPF(text=self.rendered().encode(), cflags=self.cflags()),
+                )
             self.verify_maps()
             for map_name, dec in self.ringbuffers:
                 self.table(map_name).open_ring_buffer(self._ring_callback(DECODERS[dec]))
@@ -225,6 +227,10 @@ class Probe:
             self.close()
         else:
             self.status, self.reason = OK, "attached"
+
+    def compiling(self) -> contextlib.AbstractContextManager[None]:
+        """What must hold while the program is compiled and loaded (e.g. a hand-over pin)."""
+        return contextlib.nullcontext()
 
     def attach(self) -> None:
         for tp, fn in self.tracepoints:

@@ -7,29 +7,20 @@
  *   cflags  MAX_THREADS, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
  *           PREV_STATE_MASK, CTR_*
  *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
- *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
+ *           `0` when the filter is off (the bcc tools' FILTER_PID idiom); TRACE_CTX_MAP: the
+ *           pinned trace-context map, or a private one-entry map nobody writes when it is off.
+ *
+ * struct thread_stats and struct trace_ctx come from shared.bpf.h.
  */
 
-/* Each field of a thread's stats has one writer at a time: switch-out, switch-in and migration
- * of a thread are serialised by the scheduler, so plain increments lose nothing. Entries shared
- * by the threads of a process (histogram, matrix) use atomics. */
-struct thread_stats {
-    u32 tgid;
-    u32 _pad;
-    u64 switches;              /* times switched out */
-    u64 involuntary;           /* switched out while still runnable */
-    u64 migrations;            /* sched_migrate_task of this thread */
-    u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
-    u64 preemptions;           /* completed preemption delays */
-    u64 over_threshold;        /* preemption delays >= THRESHOLD_NS */
-    char comm[16];
-};
 BPF_HASH(threads, u32, struct thread_stats, MAX_THREADS);
+@@TRACE_CTX_MAP@@
 
 /* On-CPU time per thread; per-CPU values, so each CPU adds to its own slot without atomics
  * and the slot index is the CPU. */
 BPF_PERCPU_HASH(cpu_time_ns, u32, u64, MAX_THREADS);
 
+/* Entries shared by the threads of a process (histogram, matrix) are added to with atomics. */
 struct migration_key {
     u32 tgid;
     u16 from_cpu;
@@ -72,10 +63,13 @@ struct preempt_event {
     u32 cpu;
     u32 preemptor_pid;
     u32 preemptor_tid;
-    u32 _pad;
+    u32 flags;                 /* PREEMPT_F_TRACE_CTX: trace_id/span_id hold the thread's context */
     char comm[16];
     char preemptor_comm[16];
+    u8 trace_id[16];
+    u8 span_id[8];
 };
+#define PREEMPT_F_TRACE_CTX 1
 BPF_RINGBUF_OUTPUT(preempt_events, RINGBUF_PAGES);
 
 static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *w, u64 delay,
@@ -94,8 +88,19 @@ static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *
     ev->cpu = w->cpu;
     ev->preemptor_pid = w->preemptor_tgid;
     ev->preemptor_tid = w->preemptor_tid;
-    ev->_pad = 0;
     __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
+    /* The request the thread was working on when it lost the CPU: it has not run since, so the
+     * runtime cannot have changed the entry in between. */
+    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    if (ctx) {
+        ev->flags = PREEMPT_F_TRACE_CTX;
+        __builtin_memcpy(ev->trace_id, ctx->trace_id, sizeof(ev->trace_id));
+        __builtin_memcpy(ev->span_id, ctx->span_id, sizeof(ev->span_id));
+    } else {
+        ev->flags = 0;
+        __builtin_memset(ev->trace_id, 0, sizeof(ev->trace_id));
+        __builtin_memset(ev->span_id, 0, sizeof(ev->span_id));
+    }
     __builtin_memcpy(ev->preemptor_comm, w->preemptor_comm, sizeof(ev->preemptor_comm));
     /* No wakeup: userspace drains on a timer, so a busy CPU never pays for one per event. */
     preempt_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);

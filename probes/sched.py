@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import features
+from . import features, pins
 from .records import SchedReading, ThreadSched
 from .runtime import Probe, ProbeUnavailable
 
@@ -89,6 +89,7 @@ class SchedProbe(Probe):
     )
     ringbuffers = (("preempt_events", "preempt_event"),)
     counters = ("MIGRATIONS_UNTRACKED",)
+    headers = ("shared.bpf.h",)
 
     def __init__(
         self,
@@ -98,7 +99,10 @@ class SchedProbe(Probe):
         cgroup: str | None = None,
         max_threads: int = DEFAULT_MAX_THREADS,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        trace_ctx: bool = False,
     ) -> None:
+        """``trace_ctx``: pin the trace-context map (pins.TRACE_CTX_PATH) that runtimes write,
+        and stamp over-threshold preemption events with the entry of the preempted thread."""
         super().__init__()
         if threshold_ns < 0:
             raise ValueError("threshold_ns must be >= 0")
@@ -111,6 +115,8 @@ class SchedProbe(Probe):
         self.ringbuf_pages = ringbuf_pages
         self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
         self._state_mask: int | None = None
+        self.trace_ctx = trace_ctx
+        self.trace_ctx_pin = pins.Pin(pins.TRACE_CTX_PATH) if trace_ctx else None
 
     # -- compiled in ----------------------------------------------------------------------
     def state_mask(self) -> int:
@@ -130,7 +136,14 @@ class SchedProbe(Probe):
         if self._cgroup_filter:
             cg_id, level = self._cgroup_filter
             cg = f"bpf_get_current_ancestor_cgroup_id({level}) != {cg_id}ULL"
-        return {"FILTER_TGID": tgid or "0", "FILTER_CGROUP": cg}
+        if self.trace_ctx_pin:
+            ctx = (
+                f'BPF_TABLE_PINNED("hash", u32, struct trace_ctx, trace_ctx, '
+                f'{pins.TRACE_CTX_ENTRIES}, "{self.trace_ctx_pin.path}");'
+            )
+        else:
+            ctx = "BPF_HASH(trace_ctx, u32, struct trace_ctx, 1); /* off: never written */"
+        return {"FILTER_TGID": tgid or "0", "FILTER_CGROUP": cg, "TRACE_CTX_MAP": ctx}
 
     def defines(self) -> dict[str, int | str]:
         return {
@@ -145,6 +158,20 @@ class SchedProbe(Probe):
         super().check_kernel()
         if not features.check_ringbuf().ok:
             raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+        if self.trace_ctx_pin:
+            if not features.check_bpffs().ok:
+                raise ProbeUnavailable("no bpf filesystem on /sys/fs/bpf for the trace-context map")
+            self.trace_ctx_pin.prepare()
+
+    def close(self) -> None:
+        super().close()
+        if self.trace_ctx_pin:
+            self.trace_ctx_pin.release()
+
+    def details(self) -> dict[str, object]:
+        if not self.trace_ctx_pin:
+            return {"trace_ctx_map": None}
+        return {"trace_ctx_map": str(self.trace_ctx_pin.path)}
 
     def required_maps(self) -> list[str]:
         return [
@@ -158,6 +185,10 @@ class SchedProbe(Probe):
         missing = set(THREAD_FIELDS) - leaf
         if missing:
             raise RuntimeError(f"struct thread_stats lacks {sorted(missing)}")
+        if self.trace_ctx_pin:
+            self.trace_ctx_pin.check(
+                pins.TRACE_CTX_KEY_SIZE, pins.TRACE_CTX_VALUE_SIZE, pins.TRACE_CTX_ENTRIES
+            )
 
     # -- reading --------------------------------------------------------------------------
     def read(self) -> SchedReading:

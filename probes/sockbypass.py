@@ -419,6 +419,14 @@ class SockBypassProbe(Probe):
             return None
         return self._record(cookie, value, {})
 
+    def redirecting_pairs(self) -> dict[tuple[tuple[str, int], tuple[str, int]], bool]:
+        """(local, remote) of every connection end -> whether its sends go socket to socket
+        (enrolled, and at least one message redirected)."""
+        return {
+            self._endpoints(v.key): bool(v.enrolled and v.msgs_redirected)
+            for v in self.table("conns").values()
+        }
+
     @staticmethod
     def _endpoints(key: Any) -> tuple[tuple[str, int], tuple[str, int]]:
         return (

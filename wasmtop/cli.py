@@ -139,6 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="also count stack bytes on this interface (repeatable; lo is always counted)",
     )
     snap.add_argument(
+        "--trace-pid",
+        type=pid_arg,
+        action="append",
+        default=[],
+        metavar="P",
+        help="capture HTTP requests of this process (repeatable); without any --trace-* flag, "
+        "every process of a WebAssembly runtime is traced",
+    )
+    snap.add_argument(
+        "--trace-comm",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="capture HTTP requests of processes with this command name (repeatable)",
+    )
+    snap.add_argument(
+        "--trace-cgroup",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="capture HTTP requests of every process in this cgroup v2 subtree (path under the "
+        "cgroup2 mount; repeatable)",
+    )
+    snap.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="do not load the trace-context probe nor pin the trace-context map",
+    )
+    snap.add_argument(
         "--max-events",
         type=int,
         default=1000,
@@ -190,12 +219,25 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     for pid in args.pid:
         if not os.path.exists(f"/proc/{pid}"):
             parser.error(f"argument --pid: no process {pid}")
-    for flag, cgroup in (("--cgroup", args.cgroup), ("--bypass-cgroup", args.bypass_cgroup)):
+    cgroups = [("--cgroup", args.cgroup), ("--bypass-cgroup", args.bypass_cgroup)]
+    cgroups += [("--trace-cgroup", c) for c in args.trace_cgroup]
+    for flag, cgroup in cgroups:
         if cgroup:
             try:
                 features.cgroup_dir(cgroup)
             except ValueError as exc:
                 parser.error(f"argument {flag}: {exc}")
+    for pid in args.trace_pid:
+        if not os.path.exists(f"/proc/{pid}"):
+            parser.error(f"argument --trace-pid: no process {pid}")
+    for name in args.trace_comm:
+        if not name or len(name.encode()) > 15:
+            parser.error(
+                f"argument --trace-comm: expected a command name of 1 to 15 bytes (as in "
+                f"/proc/PID/comm), got {name!r}"
+            )
+    if args.no_trace and (args.trace_pid or args.trace_comm or args.trace_cgroup):
+        parser.error("argument --no-trace: not allowed with the --trace-* flags")
     if args.max_events < 0:
         parser.error("argument --max-events: expected a count >= 0")
     for ifname in args.bypass_interface:
@@ -215,6 +257,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             pids=args.pid,
             cgroup=args.cgroup,
             ringbuf_pages=args.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
+            trace_ctx=not args.no_trace,
         )
     ]
     if args.bypass != "off":
@@ -228,13 +271,23 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                 interfaces=args.bypass_interface,
             )
         )
+    selector = None
+    if not args.no_trace:
+        from .collector.correlate import TraceSelector
+        from .probes.tracectx import TraceCtxProbe
+
+        selector = TraceSelector(
+            frozenset(args.trace_pid), frozenset(args.trace_comm), tuple(args.trace_cgroup)
+        )
+        # After the scheduler probe: it shares that probe's per-thread map.
+        selected.append(TraceCtxProbe(selected[0], cgroups=args.trace_cgroup))
     try:
         with ProbeSet(selected) as probes:
             if not any(p.status == OK for p in probes):
                 for p in probes:
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
                 return EXIT_ENV
-            collector = Collector(probes, max_events=args.max_events)
+            collector = Collector(probes, max_events=args.max_events, trace_selector=selector)
             status = ", ".join(
                 f"{p.name} {p.status}" + (f" ({mode})" if (mode := p.details().get("mode")) else "")
                 for p in probes

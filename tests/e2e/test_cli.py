@@ -163,6 +163,9 @@ def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
         if label.startswith("sched"):
             assert "// cflag -DTHRESHOLD_NS=" in text
             assert "int wasmtop_sched_switch(" in text
+        elif label.startswith("tracectx"):
+            assert "// cflag -DCAPTURE_BYTES=512" in text
+            assert "int wasmtop_exit_recvmsg(" in text and "int wasmtop_enter_writev(" in text
         else:
             assert "int wasmtop_sk_msg(" in text and "int wasmtop_tc_stack(" in text
     assert "// cflag -DACCELERATE=1" in texts[labels.index("sockbypass: accelerate, pod CIDR")]
@@ -170,6 +173,16 @@ def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
     assert "!(0) && !(0)" in no_filter  # a disabled filter becomes 0
     assert "tgid != 1" in texts[labels.index("sched: pid filter")]
     assert "bpf_get_current_ancestor_cgroup_id(0)" in texts[labels.index("sched: cgroup filter")]
+    # The trace-context map is pinned at its documented path; without it nobody writes the map.
+    pinned = 'BPF_TABLE_PINNED("hash", u32, struct trace_ctx, trace_ctx, 16384, ' + (
+        '"/sys/fs/bpf/wasmtop/trace_ctx")'
+    )
+    assert pinned in texts[labels.index("sched: trace-context map")]
+    assert "trace_ctx, 1); /* off" in no_filter
+    shared = texts[labels.index("tracectx: sharing the scheduler probe's maps")]
+    assert pinned in shared and "struct thread_stats, threads, 16384" in shared
+    alone = texts[labels.index("tracectx: alone")]
+    assert "BPF_TABLE_PINNED" not in alone and "/* no scheduler probe */" in alone
 
 
 def test_every_printed_variant_compiles_and_loads():

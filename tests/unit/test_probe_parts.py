@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from wasmtop.probes.decoders import DECODERS, DecodeError, comm
-from wasmtop.probes.records import PreemptionRecord
+from wasmtop.probes.decoders import CAPTURE_BYTES, DECODERS, DecodeError, comm
+from wasmtop.probes.records import HttpRecord, PreemptionRecord
 from wasmtop.probes.runtime import placeholders_in, render
 from wasmtop.probes.sched import SchedProbe, prev_state_mask
+from wasmtop.probes.tracectx import TraceCtxProbe
 
 FMT_6_18 = (
     'print fmt: "prev_comm=%s prev_pid=%d prev_prio=%d prev_state=%s%s ==> next_comm=%s '
@@ -47,10 +48,11 @@ def test_prev_state_mask_rejects_what_it_cannot_read():
 
 
 def _pack_preempt(**over):
-    f = dict(ts=1, delay=2_500_000, pid=10, tid=11, cpu=1, ppid=20, ptid=21, pad=0,
-             comm=b"victim\0\0junk", pcomm=b"hog")  # fmt: skip
+    f = dict(ts=1, delay=2_500_000, pid=10, tid=11, cpu=1, ppid=20, ptid=21, flags=0,
+             comm=b"victim\0\0junk", pcomm=b"hog", trace=b"\x01" * 16,
+             span=b"\x02" * 8)  # fmt: skip
     f.update(over)
-    return struct.pack("<QQIIIIII16s16s", *f.values())
+    return struct.pack("<QQIIIIII16s16s16s8s", *f.values())
 
 
 @pytest.mark.parametrize(
@@ -64,22 +66,78 @@ def _pack_preempt(**over):
             _pack_preempt(comm=b"\xff\xfe bad utf8", pcomm=b"x" * 16),
             PreemptionRecord(1, 2_500_000, 10, 11, 1, "\ufffd\ufffd bad utf8", 20, 21, "x" * 16),
         ),
+        (  # the thread had a trace-context entry: its ids come along; without the flag, never
+            _pack_preempt(flags=1),
+            PreemptionRecord(
+                1, 2_500_000, 10, 11, 1, "victim", 20, 21, "hog", b"\x01" * 16, b"\x02" * 8
+            ),  # fmt: skip
+        ),
     ],
 )
 def test_preempt_event_decoder(data, expected):
     assert DECODERS["preempt_event"](data) == expected
 
 
-@pytest.mark.parametrize("size", [0, 1, 87, 89, 200])
-def test_decoder_refuses_wrong_sizes(size):
+@pytest.mark.parametrize("name", ["preempt_event", "http_event", "bypass_event"])
+def test_decoder_refuses_wrong_sizes(name):
+    size = DECODERS[name].size
+    for wrong in (0, 1, size - 1, size + 1, 2 * size):
+        with pytest.raises(DecodeError):
+            DECODERS[name](bytes(wrong))
+
+
+def _pack_http(**over):
+    f = dict(ts=5, delay=7_000, migrations=2, tgid=100, tid=101, fd=7, nbytes=40, captured=4,
+             direction=1, sys=2, flags=1, ctx_trace=b"\x03" * 16, ctx_span=b"\x04" * 8,
+             data=b"GET /" + b"\xee" * 507)  # fmt: skip
+    f.update(over)
+    return struct.pack("<QQQIIiIHBBB3x16s8s512s", *f.values())
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (  # only the captured bytes are kept; stats flagged, no trace context
+            _pack_http(),
+            HttpRecord(5, 100, 101, 7, "read", "recvfrom", 40, b"GET ", 7_000, 2, None, None),
+        ),
+        (  # no scheduler entry: interference unknown, not zero; trace context present
+            _pack_http(flags=2, direction=2, sys=7, fd=-1),
+            HttpRecord(
+                5,
+                100,
+                101,
+                -1,
+                "write",
+                "writev",
+                40,
+                b"GET ",
+                None,
+                None,
+                b"\x03" * 16,
+                b"\x04" * 8,
+            ),  # fmt: skip
+        ),
+    ],
+)
+def test_http_event_decoder(data, expected):
+    assert DECODERS["http_event"](data) == expected
+
+
+@pytest.mark.parametrize(
+    "over", [dict(direction=0), dict(direction=3), dict(sys=0), dict(sys=8), dict(captured=513)]
+)
+def test_http_event_decoder_refuses_impossible_fields(over):
     with pytest.raises(DecodeError):
-        DECODERS["preempt_event"](bytes(size))
+        DECODERS["http_event"](_pack_http(**over))
 
 
 def test_every_decoder_size_is_compiled_into_its_probe():
-    probe = SchedProbe()
-    assert f"-DPREEMPT_EVENT_SIZE={DECODERS['preempt_event'].size}" in probe.cflags()
-    assert "_Static_assert(sizeof(struct preempt_event) == PREEMPT_EVENT_SIZE" in probe.source()
+    for probe, dec in ((SchedProbe(), "preempt_event"), (TraceCtxProbe(), "http_event")):
+        flag = f"-D{dec.upper()}_SIZE={DECODERS[dec].size}"
+        assert flag in probe.cflags()
+        assert f"_Static_assert(sizeof(struct {dec}) == {dec.upper()}_SIZE" in probe.source()
+    assert f"-DCAPTURE_BYTES={CAPTURE_BYTES}" in TraceCtxProbe().cflags()
 
 
 def test_comm_decoding():

@@ -1,0 +1,317 @@
+"""Trace attribution: turn the trace-context probe's captured HTTP messages into requests (a
+request read on a connection up to the response written on it), join each with its trace id and
+the exact kernel interference its thread suffered in between, and keep a sliding window of
+request latencies per workload for exact quantiles."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..probes.records import HttpRecord
+from .httpmsg import REASONS, Head, parse_head
+from .model import LatencyQuantiles, RequestFigures, Trace
+from .quantiles import exact_quantile
+
+DEFAULT_WINDOW_S = 60.0
+DEFAULT_MAX_WINDOW_REQUESTS = 100_000  # per workload; beyond it the oldest leave early (said so)
+DEFAULT_MAX_PATHS = 100  # distinct paths per workload; the rest count as "other"
+DEFAULT_MAX_OPEN = 65_536  # requests read and not yet answered, host-wide
+OPEN_TIMEOUT_NS = 60_000_000_000  # a request unanswered this long is given up (and counted)
+OTHER_ROUTE = "other"
+
+
+@dataclass
+class _Open:
+    """A request read on a connection, waiting for its response."""
+
+    record: HttpRecord
+    head: Head
+    workload: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request answered: from the end of the read that brought its head to the start of the
+    write that began its response (server side)."""
+
+    pid: int
+    tid: int
+    fd: int
+    workload: str | None
+    start_ns: int
+    end_ns: int
+    method: str | None
+    route: str  # "METHOD path", or "other" beyond the per-workload cap
+    status: int | None
+    trace_id: bytes | None
+    parent_id: bytes | None
+    span_id: bytes | None  # the runtime's, from the trace-context map
+    trace_source: str | None  # traceparent | x-traceid-bytes | trace_ctx
+    trace_flags: int | None
+    tracestate: str | None
+    preempted_ns: int | None  # None: the thread changed, or the scheduler probe had no entry
+    migrations: int | None
+    bypassed: bool | None
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass
+class _Window:
+    """Completed requests of one workload whose end lies in the sliding window."""
+
+    entries: deque = field(default_factory=deque)  # (end_ns, duration_ns, route, status)
+    pids: set[int] = field(default_factory=set)  # processes that answered them
+    routes: Counter = field(default_factory=Counter)
+    statuses: Counter = field(default_factory=Counter)
+    paths: set[str] = field(default_factory=set)  # distinct paths seen (for the cap)
+    evicted: int = 0  # left the window early because of the cap
+    evicted_until_ns: int = 0  # end time of the newest of those
+
+    def add(self, end_ns: int, duration_ns: int, route: str, status: int | None, cap: int) -> None:
+        self.entries.append((end_ns, duration_ns, route, status))
+        self.routes[route] += 1
+        self.statuses[status] += 1
+        while len(self.entries) > cap:
+            end, *_ = self._pop()
+            self.evicted += 1
+            self.evicted_until_ns = max(self.evicted_until_ns, end)
+
+    def _pop(self) -> tuple:
+        entry = self.entries.popleft()
+        _, _, route, status = entry
+        for counter, key in ((self.routes, route), (self.statuses, status)):
+            counter[key] -= 1
+            if not counter[key]:
+                del counter[key]
+        return entry
+
+    def expire(self, since_ns: int) -> None:
+        while self.entries and self.entries[0][0] < since_ns:
+            self._pop()
+
+
+class RequestTracker:
+    """Feed it captured messages in time order; take completed requests and window figures."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        max_window_requests: int = DEFAULT_MAX_WINDOW_REQUESTS,
+        max_paths: int = DEFAULT_MAX_PATHS,
+        max_open: int = DEFAULT_MAX_OPEN,
+    ) -> None:
+        if window_s <= 0 or max_window_requests < 1 or max_paths < 0 or max_open < 1:
+            raise ValueError("window, caps must be positive")
+        self.window_ns = int(window_s * 1e9)
+        self.max_window_requests = max_window_requests
+        self.max_paths = max_paths
+        self.max_open = max_open
+        self._open: dict[tuple[int, int], _Open] = {}
+        self._done: list[Request] = []
+        self._windows: dict[str, _Window] = {}
+        # Since start: every header problem by reason, and every message not made a request.
+        self.counters: Counter = Counter({f"trace_header_{r}": 0 for r in REASONS})
+        for name in ("requests_unanswered", "responses_unmatched", "requests_expired",
+                     "requests_open_dropped", "client_messages", "requests_paths_other",
+                     "requests_cross_thread"):  # fmt: skip
+            self.counters[name] = 0
+
+    # -- feeding --------------------------------------------------------------------------
+    def feed(
+        self,
+        records: Iterable[HttpRecord],
+        workload_of: Callable[[int], str | None],
+        bypassed_of: Callable[[int, int], bool | None] = lambda pid, fd: None,
+    ) -> None:
+        for rec in records:
+            parsed = parse_head(rec.data)
+            if isinstance(parsed, str):
+                self.counters[f"trace_header_{parsed}"] += 1
+                continue
+            key = (rec.tgid, rec.fd)
+            if parsed.kind == "request" and rec.direction == "read":
+                for problem in parsed.problems:
+                    self.counters[f"trace_header_{problem}"] += 1
+                if key in self._open:  # never answered (or the fd was reused): give it up
+                    self.counters["requests_unanswered"] += 1
+                elif len(self._open) >= self.max_open:
+                    self.counters["requests_open_dropped"] += 1
+                    continue
+                self._open[key] = _Open(rec, parsed, workload_of(rec.tgid))
+            elif parsed.kind == "response" and rec.direction == "write":
+                opened = self._open.pop(key, None)
+                if opened is None:
+                    self.counters["responses_unmatched"] += 1
+                    continue
+                self._done.append(self._finish(opened, rec, parsed, bypassed_of(*key)))
+            else:  # this process is the client of the exchange
+                self.counters["client_messages"] += 1
+            self._expire_open(rec.ts_ns)
+
+    def _expire_open(self, now_ns: int) -> None:
+        if not self._open:
+            return
+        oldest = min(o.record.ts_ns for o in self._open.values())
+        if now_ns - oldest < OPEN_TIMEOUT_NS:
+            return
+        for key in [k for k, o in self._open.items() if now_ns - o.record.ts_ns >= OPEN_TIMEOUT_NS]:
+            del self._open[key]
+            self.counters["requests_expired"] += 1
+
+    def _route(self, workload: str | None, head: Head) -> str:
+        win = self._window(workload)
+        path = head.path or ""
+        if path not in win.paths:
+            if len(win.paths) >= self.max_paths:
+                self.counters["requests_paths_other"] += 1
+                return OTHER_ROUTE
+            win.paths.add(path)
+        return f"{head.method} {path}"
+
+    def _window(self, workload: str | None) -> _Window:
+        return self._windows.setdefault(workload or "", _Window())
+
+    def _finish(
+        self, opened: _Open, rec: HttpRecord, response: Head, bypassed: bool | None
+    ) -> Request:
+        start, head = opened.record, opened.head
+        preempted = migrations = None
+        if start.tid != rec.tid:
+            self.counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
+        elif start.preempt_delay_ns is not None and rec.preempt_delay_ns is not None:
+            preempted = rec.preempt_delay_ns - start.preempt_delay_ns
+            migrations = rec.migrations - start.migrations  # type: ignore[operator]
+        elif rec.preempt_delay_ns is not None:  # first switch-out happened during the request
+            preempted, migrations = rec.preempt_delay_ns, rec.migrations
+        trace_id, source, span_id = head.trace_id, head.trace_source, None
+        # The runtime sets the map after it parsed the request: look at the response first.
+        ctx = next(((r.ctx_trace_id, r.ctx_span_id) for r in (rec, start) if r.ctx_trace_id), None)
+        if ctx:
+            span_id = ctx[1]
+            if trace_id is None:
+                trace_id, source = ctx[0], "trace_ctx"
+        return Request(
+            pid=start.tgid,
+            tid=start.tid,
+            fd=start.fd,
+            workload=opened.workload,
+            start_ns=start.ts_ns,
+            end_ns=rec.ts_ns,
+            method=head.method,
+            route=self._route(opened.workload, head),
+            status=response.status,
+            trace_id=trace_id,
+            parent_id=head.parent_id,
+            span_id=span_id,
+            trace_source=source,
+            trace_flags=head.trace_flags,
+            tracestate=head.tracestate,
+            preempted_ns=preempted,
+            migrations=migrations,
+            bypassed=bypassed,
+        )
+
+    # -- taking ---------------------------------------------------------------------------
+    def take(self) -> list[Request]:
+        """Requests completed since the previous take; each enters its workload's window."""
+        done, self._done = self._done, []
+        for r in done:
+            self._window(r.workload).pids.add(r.pid)
+            self._window(r.workload).add(
+                r.end_ns, r.duration_ns, r.route, r.status, self.max_window_requests
+            )
+        return done
+
+    def figures(self, now_ns: int) -> dict[str, RequestFigures]:
+        """Per workload: exact latency quantiles over the requests that ended in the window."""
+        since = now_ns - self.window_ns
+        out: dict[str, RequestFigures] = {}
+        for key, win in list(self._windows.items()):
+            win.expire(since)
+            if not win.entries:
+                if win.evicted_until_ns < since:
+                    del self._windows[key]
+                continue
+            complete = win.evicted_until_ns < since
+            out[key] = window_figures(win, self.window_ns / 1e9, complete=complete)
+        return out
+
+    def pids_of(self, workload: str) -> set[int]:
+        win = self._windows.get(workload)
+        return set(win.pids) if win else set()
+
+    @property
+    def open_requests(self) -> int:
+        return len(self._open)
+
+
+def window_figures(win: _Window, window_s: float, *, complete: bool) -> RequestFigures:
+    durations = sorted(d for _, d, _, _ in win.entries)
+
+    def q(p: float) -> float:
+        return exact_quantile(durations, p) / 1e6
+
+    return RequestFigures(
+        count=len(durations),
+        window_s=window_s,
+        latency_ms=LatencyQuantiles(
+            p50=q(0.50), p90=q(0.90), p99=q(0.99), p999=q(0.999), max=durations[-1] / 1e6
+        ),
+        complete=complete,
+        evicted=win.evicted,
+        by_status={str(k): v for k, v in sorted(win.statuses.items(), key=lambda kv: str(kv[0]))},
+        by_route=dict(sorted(win.routes.items())),
+    )
+
+
+def trace_of(r: Request) -> Trace:
+    """The Snapshot's view of a request that carries a trace id."""
+    assert r.trace_id is not None
+    span = r.span_id or os.urandom(8)  # wasmtop's own span for this request, when none given
+    return Trace(
+        trace_id=r.trace_id.hex(),
+        span_id=span.hex(),
+        parent_span_id=r.parent_id.hex() if r.parent_id else None,
+        source=r.trace_source or "",
+        trace_flags=r.trace_flags,
+        tracestate=r.tracestate,
+        pid=r.pid,
+        tid=r.tid,
+        workload=r.workload,
+        start_ns=r.start_ns,
+        duration_ms=r.duration_ns / 1e6,
+        preempted_ms=None if r.preempted_ns is None else r.preempted_ns / 1e6,
+        migrations=r.migrations,
+        bypassed=r.bypassed,
+        method=r.method,
+        route=r.route,
+        status=r.status,
+    )
+
+
+@dataclass
+class TraceSelector:
+    """Which processes the trace-context probe traces: the pids asked for, processes whose comm
+    was asked for, and, when nothing was asked for, every process of a WebAssembly runtime."""
+
+    pids: frozenset[int] = frozenset()
+    comms: frozenset[str] = frozenset()
+    cgroups: tuple[str, ...] = ()
+
+    @property
+    def wasm_default(self) -> bool:
+        return not (self.pids or self.comms or self.cgroups)
+
+    def wants(self, pid: int, comm: str | None, kind: str | None) -> bool:
+        if pid in self.pids:
+            return True
+        if comm is not None and comm in self.comms:
+            return True
+        return self.wasm_default and kind == "wasm"

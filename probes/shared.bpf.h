@@ -1,0 +1,24 @@
+/* Structures of maps shared between probes: the scheduler probe's per-thread statistics (read by
+ * the trace-context probe at each captured request) and the pinned trace-context map (written by
+ * runtimes and sidecars, read by both). Prepended by probes/runtime.py to the probes that list
+ * it in their `headers`, so both sides compile the same layout. */
+
+/* Each field of a thread's stats has one writer at a time: switch-out, switch-in and migration
+ * of a thread are serialised by the scheduler, so plain increments lose nothing. */
+struct thread_stats {
+    u32 tgid;
+    u32 _pad;
+    u64 switches;              /* times switched out */
+    u64 involuntary;           /* switched out while still runnable */
+    u64 migrations;            /* sched_migrate_task of this thread */
+    u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
+    u64 preemptions;           /* completed preemption delays */
+    u64 over_threshold;        /* preemption delays >= THRESHOLD_NS */
+    char comm[16];
+};
+
+/* /sys/fs/bpf/wasmtop/trace_ctx: thread id -> the request it is working on (docs/tracing.md). */
+struct trace_ctx {
+    u8 trace_id[16];
+    u8 span_id[8];
+};

@@ -1,0 +1,296 @@
+/* wasmtop trace-context probe: the first bytes of HTTP/1.x requests and responses that traced
+ * processes read from and write to their sockets, each stamped with the thread's cumulative
+ * preemption delay and migrations, so userspace can charge a request exactly the interference
+ * its thread suffered between its first read and its response write.
+ *
+ * Syscall tracepoints only; reads are captured at exit (the data is there then), writes at
+ * entry. User memory is read with bpf_probe_read_user, user structures (msghdr, iovec) by their
+ * stable ABI layout, never kernel structures.
+ *
+ * Compiled in by probes/tracectx.py:
+ *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*
+ *   text    THREADS_MAP: the scheduler probe's per-thread map (shared through a hand-over pin);
+ *           TRACE_CTX_MAP: the pinned trace-context map, or a private map nobody writes.
+ *
+ * struct thread_stats and struct trace_ctx come from shared.bpf.h.
+ */
+
+@@THREADS_MAP@@
+@@TRACE_CTX_MAP@@
+
+/* Who is traced, kept current by userspace: processes by tgid, and cgroup v2 subtrees by the id
+ * of their top directory. control[0] holds the number of traced cgroups, so the ancestor walk
+ * costs nothing while none is. */
+BPF_HASH(traced_tgids, u32, u8, MAX_TRACED);
+BPF_HASH(traced_cgroups, u64, u8, MAX_TRACED);
+BPF_ARRAY(control, u32, 1);
+
+#define DIR_READ 1
+#define DIR_WRITE 2
+
+#define SYS_READ 1
+#define SYS_RECVFROM 2
+#define SYS_RECVMSG 3
+#define SYS_WRITE 4
+#define SYS_SENDTO 5
+#define SYS_SENDMSG 6
+#define SYS_WRITEV 7
+
+#define F_HAVE_STATS 1 /* the thread had an entry in the scheduler probe's map */
+#define F_HAVE_CTX 2   /* the thread had an entry in the trace-context map */
+
+/* A read in flight: where its data will land, until the syscall returns. */
+struct pending_read {
+    u64 buf;
+    u64 cap;   /* bytes the buffer holds (the first iovec for recvmsg) */
+    s32 fd;
+    u32 syscall;
+};
+BPF_HASH(pending_reads, u32, struct pending_read, MAX_PENDING);
+
+struct http_event {
+    u64 ts_ns;
+    u64 preempt_delay_ns;      /* the thread's cumulative preemption delay (scheduler probe) */
+    u64 migrations;            /* the thread's cumulative migrations */
+    u32 tgid;
+    u32 tid;
+    s32 fd;
+    u32 bytes;                 /* returned by the read, or asked of the write */
+    u16 captured;              /* bytes of data[] that hold the buffer's start */
+    u8 direction;
+    u8 syscall;
+    u8 flags;
+    u8 _pad[3];
+    u8 ctx_trace_id[16];
+    u8 ctx_span_id[8];
+    char data[CAPTURE_BYTES];
+};
+BPF_RINGBUF_OUTPUT(http_events, RINGBUF_PAGES);
+
+/* User ABI layouts (struct user_msghdr, struct iovec on 64-bit). */
+struct umsghdr {
+    u64 name;
+    u32 namelen;
+    u32 _pad;
+    u64 iov;
+    u64 iovlen;
+};
+struct uiovec {
+    u64 base;
+    u64 len;
+};
+
+static __always_inline int traced(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (traced_tgids.lookup(&tgid))
+        return 1;
+    u32 zero = 0;
+    u32 *ncg = control.lookup(&zero);
+    if (!ncg || !*ncg)
+        return 0;
+#pragma unroll
+    for (int level = 1; level <= CGROUP_LEVELS; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id)
+            break; /* deeper than the task's own cgroup */
+        if (traced_cgroups.lookup(&id))
+            return 1;
+    }
+    return 0;
+}
+
+#define WORD(a, b, c, d) ((u32)(a) | (u32)(b) << 8 | (u32)(c) << 16 | (u32)(d) << 24)
+
+/* The start of an HTTP/1.x request line (a method) or status line; userspace parses the rest. */
+static __always_inline int looks_like_http(u64 head)
+{
+    u32 w = (u32)head;
+    if (w == WORD('H', 'T', 'T', 'P'))
+        return ((head >> 32) & 0xffffff) == WORD('/', '1', '.', 0);
+    return w == WORD('G', 'E', 'T', ' ') || w == WORD('P', 'O', 'S', 'T') ||
+           w == WORD('P', 'U', 'T', ' ') || w == WORD('H', 'E', 'A', 'D') ||
+           w == WORD('D', 'E', 'L', 'E') || w == WORD('P', 'A', 'T', 'C') ||
+           w == WORD('O', 'P', 'T', 'I') || w == WORD('C', 'O', 'N', 'N') ||
+           w == WORD('T', 'R', 'A', 'C');
+}
+
+static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u8 sys)
+{
+    u64 head = 0;
+    if (n < 8 || !buf)
+        return;
+    if (bpf_probe_read_user(&head, sizeof(head), (void *)buf)) {
+        count_event(CTR_READ_FAILED);
+        return;
+    }
+    if (!looks_like_http(head)) {
+        count_event(CTR_NOT_HTTP);
+        return;
+    }
+    count_event(CTR_RB_ATTEMPTS);
+    struct http_event *ev = http_events.ringbuf_reserve(sizeof(*ev));
+    if (!ev) {
+        count_event(CTR_RB_LOST);
+        return;
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->tgid = id >> 32;
+    ev->tid = tid;
+    ev->fd = fd;
+    ev->bytes = total > 0xffffffff ? 0xffffffff : (u32)total;
+    ev->direction = dir;
+    ev->syscall = sys;
+    ev->flags = 0;
+    ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
+
+    struct thread_stats *st = threads.lookup(&tid);
+    if (st) {
+        ev->flags |= F_HAVE_STATS;
+        ev->preempt_delay_ns = st->preempt_delay_ns;
+        ev->migrations = st->migrations;
+    } else { /* not switched out since the scheduler probe started: nothing to charge yet */
+        ev->preempt_delay_ns = 0;
+        ev->migrations = 0;
+    }
+    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    if (ctx) {
+        ev->flags |= F_HAVE_CTX;
+        __builtin_memcpy(ev->ctx_trace_id, ctx->trace_id, sizeof(ev->ctx_trace_id));
+        __builtin_memcpy(ev->ctx_span_id, ctx->span_id, sizeof(ev->ctx_span_id));
+    } else {
+        __builtin_memset(ev->ctx_trace_id, 0, sizeof(ev->ctx_trace_id));
+        __builtin_memset(ev->ctx_span_id, 0, sizeof(ev->ctx_span_id));
+    }
+
+    u32 len = n < CAPTURE_BYTES ? n : CAPTURE_BYTES;
+    asm volatile("" : "+r"(len)); /* keep the bound check below next to the use */
+    if (len > CAPTURE_BYTES)
+        len = CAPTURE_BYTES;
+    if (bpf_probe_read_user(ev->data, len, (void *)buf)) {
+        count_event(CTR_READ_FAILED);
+        len = 0;
+    }
+    ev->captured = len;
+    /* No wakeup: userspace drains on a timer. */
+    http_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline int remember_read(s32 fd, u64 buf, u64 cap, u32 sys)
+{
+    if (!traced())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct pending_read r = {.buf = buf, .cap = cap, .fd = fd, .syscall = sys};
+    if (pending_reads.update(&tid, &r))
+        count_event(CTR_MAP_FULL);
+    return 0;
+}
+
+static __always_inline int finish_read(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct pending_read *p = pending_reads.lookup(&tid);
+    if (!p)
+        return 0;
+    struct pending_read r = *p;
+    pending_reads.delete(&tid);
+    if (ret <= 0)
+        return 0;
+    u64 n = (u64)ret < r.cap ? (u64)ret : r.cap;
+    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall);
+    return 0;
+}
+
+/* The first iovec of a user msghdr or iovec array: where the message starts. */
+static __always_inline int first_iovec(u64 iov_ptr, struct uiovec *out)
+{
+    if (!iov_ptr || bpf_probe_read_user(out, sizeof(*out), (void *)iov_ptr)) {
+        count_event(CTR_READ_FAILED);
+        return -1;
+    }
+    return 0;
+}
+
+static __always_inline int msghdr_iovec(u64 msg_ptr, struct uiovec *out)
+{
+    struct umsghdr m = {};
+    if (!msg_ptr || bpf_probe_read_user(&m, sizeof(m), (void *)msg_ptr)) {
+        count_event(CTR_READ_FAILED);
+        return -1;
+    }
+    if (!m.iovlen)
+        return -1;
+    return first_iovec(m.iov, out);
+}
+
+int wasmtop_enter_read(struct tracepoint__syscalls__sys_enter_read *args)
+{
+    return remember_read(args->fd, (u64)args->buf, args->count, SYS_READ);
+}
+
+int wasmtop_enter_recvfrom(struct tracepoint__syscalls__sys_enter_recvfrom *args)
+{
+    return remember_read(args->fd, (u64)args->ubuf, args->size, SYS_RECVFROM);
+}
+
+int wasmtop_enter_recvmsg(struct tracepoint__syscalls__sys_enter_recvmsg *args)
+{
+    if (!traced())
+        return 0;
+    struct uiovec iov;
+    if (msghdr_iovec((u64)args->msg, &iov))
+        return 0;
+    return remember_read(args->fd, iov.base, iov.len, SYS_RECVMSG);
+}
+
+int wasmtop_exit_read(struct tracepoint__syscalls__sys_exit_read *args)
+{
+    return finish_read(args->ret);
+}
+
+int wasmtop_exit_recvfrom(struct tracepoint__syscalls__sys_exit_recvfrom *args)
+{
+    return finish_read(args->ret);
+}
+
+int wasmtop_exit_recvmsg(struct tracepoint__syscalls__sys_exit_recvmsg *args)
+{
+    return finish_read(args->ret);
+}
+
+int wasmtop_enter_write(struct tracepoint__syscalls__sys_enter_write *args)
+{
+    if (traced())
+        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE);
+    return 0;
+}
+
+int wasmtop_enter_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
+{
+    if (traced())
+        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO);
+    return 0;
+}
+
+int wasmtop_enter_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)
+{
+    if (!traced())
+        return 0;
+    struct uiovec iov;
+    if (!msghdr_iovec((u64)args->msg, &iov))
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG);
+    return 0;
+}
+
+int wasmtop_enter_writev(struct tracepoint__syscalls__sys_enter_writev *args)
+{
+    if (!traced() || !args->vlen)
+        return 0;
+    struct uiovec iov;
+    if (!first_iovec((u64)args->vec, &iov))
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV);
+    return 0;
+}

@@ -1,0 +1,201 @@
+"""Trace-context probe: the first bytes of HTTP/1.x messages traced processes read and write,
+each with the thread's cumulative preemption delay and migrations at that instant.
+
+Kernel side: ``tracectx.bpf.c`` on the read and write syscall tracepoints. It reads the
+scheduler probe's per-thread map (shared by a hand-over pin while compiling) and the pinned
+trace-context map, so it is started after the scheduler probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from . import bpfobj, features, pins
+from .decoders import CAPTURE_BYTES
+from .records import HttpRecord
+from .runtime import Probe, ProbeUnavailable
+from .sched import SchedProbe
+
+DEFAULT_MAX_TRACED = 4096  # processes, and cgroup subtrees, traced at once
+DEFAULT_MAX_PENDING = 16_384  # reads in flight (one per blocked thread)
+DEFAULT_RINGBUF_PAGES = 512  # 2 MiB with 4 KiB pages: ~3,500 captures between two drains
+CGROUP_LEVELS = 16  # depth of the ancestor walk for cgroup subtrees
+
+_READS = ("read", "recvfrom", "recvmsg")
+_WRITES = ("write", "sendto", "sendmsg", "writev")
+
+
+class TraceCtxProbe(Probe):
+    name = "tracectx"
+    tracepoints = (
+        *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _READS),
+        *((f"syscalls:sys_exit_{s}", f"wasmtop_exit_{s}") for s in _READS),
+        *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _WRITES),
+    )
+    ringbuffers = (("http_events", "http_event"),)
+    counters = ("NOT_HTTP", "READ_FAILED")
+    headers = ("shared.bpf.h",)
+
+    def __init__(
+        self,
+        sched: SchedProbe | None = None,
+        *,
+        pids: Sequence[int] = (),
+        cgroups: Sequence[str] = (),
+        max_traced: int = DEFAULT_MAX_TRACED,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+    ) -> None:
+        """``sched``: the scheduler probe whose per-thread maps charge each request its
+        interference (without it, requests are captured but their interference is unknown).
+        ``pids`` and ``cgroups`` (cgroup v2 directories, subtrees included) are traced from the
+        start; ``set_pids()`` changes the process set while running."""
+        super().__init__()
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise ValueError("ringbuf_pages must be a power of two")
+        self.sched = sched
+        self.cgroups = tuple(cgroups)
+        self._cgroup_ids = [os.stat(features.cgroup_dir(c)).st_ino for c in self.cgroups]
+        self.max_traced = max_traced
+        self.max_pending = max_pending
+        self.ringbuf_pages = ringbuf_pages
+        self._initial_pids = tuple(pids)
+        self._pids: set[int] = set()
+        self._threads_path: str | None = None
+        self._printing = False
+        self.pids_refused = 0  # processes not traced because the map was full
+
+    # -- compiled in ----------------------------------------------------------------------
+    def _shares_sched(self) -> bool:
+        return self.sched is not None and (self.sched.loaded or self._printing)
+
+    def _shares_trace_ctx(self) -> bool:
+        return self._shares_sched() and self.sched.trace_ctx_pin is not None  # type: ignore[union-attr]
+
+    def printable(self) -> str:
+        """As compiled when sharing the scheduler probe's maps (the hand-over pin's name has
+        the pid and a counter in place of PID-N)."""
+        self._printing = True
+        if self.sched is not None and not self._threads_path:
+            self._threads_path = str(pins.PIN_DIR / "handover-threads-PID-N")
+        try:
+            return super().printable()
+        finally:
+            self._printing = False
+            self._threads_path = None
+
+    def placeholders(self) -> dict[str, str]:
+        if self._threads_path:
+            threads = (
+                f'BPF_TABLE_PINNED("hash", u32, struct thread_stats, threads, '
+                f'{self.sched.max_threads}, "{self._threads_path}");'  # type: ignore[union-attr]
+            )
+        else:
+            threads = "BPF_HASH(threads, u32, struct thread_stats, 1); /* no scheduler probe */"
+        if self._shares_trace_ctx():
+            ctx = (
+                f'BPF_TABLE_PINNED("hash", u32, struct trace_ctx, trace_ctx, '
+                f'{pins.TRACE_CTX_ENTRIES}, "{pins.TRACE_CTX_PATH}");'
+            )
+        else:
+            ctx = "BPF_HASH(trace_ctx, u32, struct trace_ctx, 1); /* off: never written */"
+        return {"THREADS_MAP": threads, "TRACE_CTX_MAP": ctx}
+
+    def defines(self) -> dict[str, int | str]:
+        return {
+            "CAPTURE_BYTES": CAPTURE_BYTES,
+            "MAX_TRACED": self.max_traced,
+            "MAX_PENDING": self.max_pending,
+            "CGROUP_LEVELS": CGROUP_LEVELS,
+            "RINGBUF_PAGES": self.ringbuf_pages,
+        }
+
+    def check_kernel(self) -> None:
+        super().check_kernel()
+        if not features.check_ringbuf().ok:
+            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+
+    @contextlib.contextmanager
+    def compiling(self) -> Iterator[None]:
+        if not self._shares_sched():
+            yield
+            return
+        if not features.check_bpffs().ok:
+            raise ProbeUnavailable("no bpf filesystem on /sys/fs/bpf to share the scheduler map")
+        fd = self.sched.table("threads").map_fd  # type: ignore[union-attr]
+        with pins.handover(fd, "threads") as path:
+            self._threads_path = path
+            try:
+                yield
+            finally:
+                self._threads_path = None
+
+    def required_maps(self) -> list[str]:
+        return [*super().required_maps(), "threads", "trace_ctx", "traced_tgids",
+                "traced_cgroups", "control", "pending_reads"]  # fmt: skip
+
+    def verify_maps(self) -> None:
+        super().verify_maps()
+        # The shared maps must be the very maps the other side uses, not look-alikes.
+        shared = []
+        if self._shares_sched():
+            shared.append(("threads", self.sched.table("threads").map_fd))  # type: ignore[union-attr]
+            if self._shares_trace_ctx():
+                shared.append(("trace_ctx", self.sched.table("trace_ctx").map_fd))  # type: ignore[union-attr]
+        for name, theirs in shared:
+            ours = bpfobj.map_info(self.table(name).map_fd).id
+            if ours != bpfobj.map_info(theirs).id:
+                raise RuntimeError(f"map {name!r} is not the scheduler probe's")
+
+    def attach(self) -> None:
+        if self._cgroup_ids:
+            table = self.table("traced_cgroups")
+            for cg in self._cgroup_ids:
+                table[table.Key(cg)] = table.Leaf(1)
+            control = self.table("control")
+            control[control.Key(0)] = control.Leaf(len(self._cgroup_ids))
+        self.set_pids(self._initial_pids)
+        super().attach()
+
+    # -- who is traced --------------------------------------------------------------------
+    def set_pids(self, pids: Iterable[int]) -> None:
+        """Trace exactly these processes (besides the cgroups), from the next syscall on."""
+        if self.bpf is None:
+            self._initial_pids = tuple(pids)
+            return
+        table = self.table("traced_tgids")
+        wanted = set(pids)
+        for pid in self._pids - wanted:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(pid)]
+        for pid in sorted(wanted - self._pids):
+            try:
+                table[table.Key(pid)] = table.Leaf(1)
+            except Exception:  # full: counted and reported, never fatal
+                self.pids_refused += 1
+                wanted.discard(pid)
+        self._pids = wanted
+
+    @property
+    def pids(self) -> frozenset[int]:
+        return frozenset(self._pids)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "traced_pids": sorted(self._pids),
+            "traced_cgroups": list(self.cgroups),
+            "pids_refused": self.pids_refused,
+            "interference": "ok" if self._shares_sched() else "unavailable: no scheduler probe",
+            "trace_ctx_map": str(pins.TRACE_CTX_PATH) if self._shares_trace_ctx() else None,
+            "not_http": self.counter_values().get("NOT_HTTP", 0),
+            "read_failed": self.counter_values().get("READ_FAILED", 0),
+        }
+
+    # -- reading --------------------------------------------------------------------------
+    def read(self) -> list[HttpRecord]:
+        """The messages captured since the previous read, in the order they happened."""
+        self.drain()
+        return sorted(self.take_events(), key=lambda r: r.ts_ns)
