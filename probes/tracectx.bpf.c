@@ -8,7 +8,9 @@
  * stable ABI layout, never kernel structures.
  *
  * Compiled in by probes/tracectx.py:
- *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*
+ *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
+ *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
+ *           thread without an entry has not been switched out since it started: zero so far
  *   text    THREADS_MAP: the scheduler probe's per-thread map (shared through a hand-over pin);
  *           TRACE_CTX_MAP: the pinned trace-context map, or a private map nobody writes.
  *
@@ -151,7 +153,9 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
         ev->flags |= F_HAVE_STATS;
         ev->preempt_delay_ns = st->preempt_delay_ns;
         ev->migrations = st->migrations;
-    } else { /* not switched out since the scheduler probe started: nothing to charge yet */
+    } else {
+        if (THREADS_COMPLETE) /* not switched out since the scheduler probe started */
+            ev->flags |= F_HAVE_STATS;
         ev->preempt_delay_ns = 0;
         ev->migrations = 0;
     }

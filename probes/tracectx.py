@@ -111,7 +111,13 @@ class TraceCtxProbe(Probe):
             "MAX_PENDING": self.max_pending,
             "CGROUP_LEVELS": CGROUP_LEVELS,
             "RINGBUF_PAGES": self.ringbuf_pages,
+            "THREADS_COMPLETE": int(self._sched_complete()),
         }
+
+    def _sched_complete(self) -> bool:
+        """The shared map has an entry for every thread that was ever switched out."""
+        s = self.sched
+        return self._shares_sched() and not s.pids and not s.cgroup  # type: ignore[union-attr]
 
     def check_kernel(self) -> None:
         super().check_kernel()

@@ -1,0 +1,364 @@
+"""The trace-context probe on the real kernel with real HTTP (issue: trace context, tests 1-5)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from support import no_programs_left, workloads
+from wasmtop.collector.collector import Collector
+from wasmtop.collector.correlate import TraceSelector
+from wasmtop.collector.httpmsg import REASONS
+from wasmtop.collector.model import Snapshot
+from wasmtop.collector.quantiles import exact_quantile
+from wasmtop.probes import features, pins
+from wasmtop.probes.runtime import OK, ProbeSet
+from wasmtop.probes.sched import SchedProbe
+from wasmtop.probes.tracectx import TraceCtxProbe
+
+SERVER = str(Path(__file__).resolve().parents[1] / "http_server.py")
+WRITER = str(Path(__file__).resolve().parents[2] / "examples/trace_ctx/trace_ctx_writer.py")
+RNG = random.Random(4)
+
+
+@pytest.fixture(autouse=True)
+def nothing_of_ours_left_behind():
+    yield
+    assert no_programs_left() == []
+    assert not pins.PIN_DIR.exists()  # the trace-context map and every hand-over pin are gone
+
+
+@contextlib.contextmanager
+def http_server(*args: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    proc = subprocess.Popen([sys.executable, SERVER, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        word, port = proc.stdout.readline().split()
+        assert word == "ready"
+        yield proc, int(port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def tracing(
+    pids: tuple[int, ...] = (), cgroups: tuple[str, ...] = (), threshold_ns: int = 50_000_000
+) -> Iterator[tuple[ProbeSet, Collector]]:
+    sched = SchedProbe(trace_ctx=True, threshold_ns=threshold_ns)
+    tracectx = TraceCtxProbe(sched, cgroups=cgroups)
+    with ProbeSet([sched, tracectx], handle_signals=False) as probes:
+        assert sched.status == OK, sched.reason
+        assert tracectx.status == OK, tracectx.reason
+        selector = TraceSelector(pids=frozenset(pids), cgroups=cgroups)
+        yield probes, Collector(probes, trace_selector=selector)
+
+
+def while_draining(probes: ProbeSet, collector: Collector, work: Callable[[], None]) -> None:
+    """Run ``work`` in a thread while this one drains the ring buffers and observes."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        collector.observe()
+    if failure:
+        raise failure[0]
+
+
+def finish(probes: ProbeSet, collector: Collector) -> Snapshot:
+    collector.observe()
+    probes.detach()
+    return collector.tick()
+
+
+def traceparent(trace_id: bytes, parent: bytes) -> str:
+    return f"00-{trace_id.hex()}-{parent.hex()}-01"
+
+
+def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles():
+    per_client, clients = 250, 4
+    sent: dict[str, tuple[str, bytes | None]] = {}  # trace id -> (source, parent span id)
+    rtt_ns: dict[str, int] = {}
+    lock = threading.Lock()
+
+    with http_server() as (server, port), tracing(pids=(server.pid,)) as (probes, collector):
+
+        def client(n: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for i in range(per_client):
+                trace_id, parent = RNG.randbytes(16), RNG.randbytes(8)
+                if n < clients // 2:  # half the connections: traceparent, half: X-TraceID-Bytes
+                    headers = {"traceparent": traceparent(trace_id, parent)}
+                    kind = ("traceparent", parent)
+                else:
+                    headers = {"X-TraceID-Bytes": base64.b64encode(trace_id).decode()}
+                    kind = ("x-traceid-bytes", None)
+                t0 = time.perf_counter_ns()
+                conn.request("GET", f"/item/{i % 5}?q={i}", headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                elapsed = time.perf_counter_ns() - t0
+                assert resp.status == 200
+                with lock:
+                    sent[trace_id.hex()] = kind
+                    rtt_ns[trace_id.hex()] = elapsed
+            conn.close()
+
+        def all_clients() -> None:
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        while_draining(probes, collector, all_clients)
+        snap = finish(probes, collector)
+
+    assert len(sent) == per_client * clients
+    traces = {t.trace_id: t for t in snap.traces}
+    assert len(snap.traces) == len(traces) == snap.traces_total  # each exactly once
+    assert traces.keys() == sent.keys()
+    for tid_hex, t in traces.items():
+        source, parent = sent[tid_hex]
+        assert t.pid == server.pid and t.workload == f"pid:{server.pid}"
+        assert t.source == source
+        assert t.parent_span_id == (parent.hex() if parent else None)
+        assert t.method == "GET" and t.status == 200 and t.route.startswith("GET /item/")
+        assert len(t.span_id) == 16 and len(t.trace_id) == 32 and t.trace_id == t.trace_id.lower()
+        # Server side: from the end of the request read to the start of the response write.
+        assert 0 < t.duration_ms * 1e6 <= rtt_ns[tid_hex]
+        assert t.preempted_ms is not None and t.migrations is not None
+    assert len({t.tid for t in snap.traces}) == clients  # one handler thread per connection
+    req = snap.workload(f"pid:{server.pid}").requests
+    assert req.count == len(sent) and req.complete
+    durations = [t.duration_ms for t in snap.traces]
+    for q, got in (
+        (0.5, req.latency_ms.p50),
+        (0.9, req.latency_ms.p90),
+        (0.99, req.latency_ms.p99),
+        (0.999, req.latency_ms.p999),
+    ):
+        assert got == exact_quantile(durations, q)
+    assert req.latency_ms.max == max(durations)
+    assert sum(req.by_route.values()) == len(sent) and len(req.by_route) == 5
+    assert req.by_status == {"200": len(sent)}
+    health = snap.probes["tracectx"]
+    assert health["lost"] == 0 and health["malformed"] == 0
+    assert health["events"] == 2 * len(sent)  # a request read and a response write each
+    assert snap.counters["responses_unmatched"] == 0 and snap.counters["requests_open"] == 0
+
+
+def test_a_request_is_charged_exactly_its_threads_preemption_delay():
+    requests = 12
+    with (
+        workloads(("hog", {"CPU": {1}})) as (hog,),
+        http_server("--cpu", "1") as (contended, port_c),
+        http_server("--cpu", "0") as (idle, port_i),
+        tracing(pids=(contended.pid, idle.pid)) as (probes, collector),
+    ):
+        sched = probes.probes[0]
+        hog.go()
+
+        def exchange() -> None:
+            for port in (port_c, port_i):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                for _ in range(requests):
+                    tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                    conn.request("GET", "/burn?ms=20", headers={"traceparent": tp})
+                    conn.getresponse().read()
+                conn.close()
+
+        while_draining(probes, collector, exchange)
+        thread_delay_ns = {
+            k.value: v.preempt_delay_ns for k, v in sched.table("threads").items()
+        }  # cumulative, read while the handler threads are still alive
+        snap = finish(probes, collector)
+
+    by_pid: dict[int, list] = {contended.pid: [], idle.pid: []}
+    for t in snap.traces:
+        by_pid[t.pid].append(t)
+    hot, calm = by_pid[contended.pid], by_pid[idle.pid]
+    assert len(hot) == len(calm) == requests
+    assert len({t.tid for t in hot}) == 1 and len({t.tid for t in calm}) == 1
+    assert all(t.preempted_ms > 0 for t in hot), [t.preempted_ms for t in hot]
+    charged_ms = sum(t.preempted_ms for t in hot)
+    # The same thread's delay as the scheduler probe counts it, over its whole life (a few
+    # lines of Python between requests run outside any request): within 5 %.
+    assert charged_ms == pytest.approx(thread_delay_ns[hot[0].tid] / 1e6, rel=0.05)
+    # Half of each request's wall time is waiting for the hog to give the CPU back.
+    assert charged_ms > 0.3 * sum(t.duration_ms for t in hot)
+    calm_ms = sum(t.preempted_ms for t in calm)
+    assert calm_ms < 0.05 * charged_ms, [t.preempted_ms for t in calm]
+
+
+MALFORMED = {
+    "traceparent_bad_format": ["traceparent: 00-abc"],
+    "traceparent_wrong_length": ["traceparent: 00-" + "a" * 31 + "-" + "b" * 16 + "-01"],
+    "traceparent_bad_hex": ["traceparent: 00-" + "A" * 32 + "-" + "b" * 16 + "-01"],
+    "traceparent_version_ff": ["traceparent: ff-" + "a" * 32 + "-" + "b" * 16 + "-01"],
+    "traceparent_zero_trace_id": ["traceparent: 00-" + "0" * 32 + "-" + "b" * 16 + "-01"],
+    "traceparent_zero_parent_id": ["traceparent: 00-" + "a" * 32 + "-" + "0" * 16 + "-01"],
+    "traceparent_conflict": [
+        "traceparent: 00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "TraceParent: 00-" + "c" * 32 + "-" + "b" * 16 + "-01",
+    ],
+    "traceid_bytes_bad_base64": ["X-TraceID-Bytes: !!not*base64!!"],
+    "traceid_bytes_wrong_length": ["x-traceid-bytes: " + base64.b64encode(b"x" * 15).decode()],
+    "head_truncated": ["X-Padding: " + "p" * 10240],  # a 10 KiB line: past the captured bytes
+}
+
+
+def test_malformed_headers_are_counted_by_reason_and_never_make_a_trace():
+    repeat = 3
+    with http_server() as (server, port), tracing(pids=(server.pid,)) as (probes, collector):
+
+        def send_all() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                f = s.makefile("rb")
+                for lines in MALFORMED.values():
+                    for _ in range(repeat):
+                        head = "\r\n".join(["GET /m HTTP/1.1", "Host: x", *lines, "", ""])
+                        s.sendall(head.encode())
+                        status = f.readline()
+                        assert status.startswith(b"HTTP/1.1 200"), status
+                        while f.readline() not in (b"\r\n", b""):
+                            pass
+                        f.read(2)  # the body "ok"
+            # Garbage: a request line of binary after a method, and bytes nothing like HTTP.
+            for junk in (b"GET \x00\xff\xfe\x80 garbage\r\n\r\n", os.urandom(64) + b"\r\n\r\n"):
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.sendall(junk)
+                    s.recv(4096)  # the server answers 400, or closes
+
+        while_draining(probes, collector, send_all)
+        snap = finish(probes, collector)
+
+    c = snap.counters
+    for reason in MALFORMED:
+        assert c[f"trace_header_{reason}"] == repeat, reason
+    assert c["trace_header_bad_start_line"] >= 1  # the binary request line
+    untouched = set(REASONS) - set(MALFORMED) - {"bad_start_line"}
+    assert all(c[f"trace_header_{r}"] == 0 for r in untouched)
+    assert snap.traces == ()  # not one of them carried a valid trace id
+    req = snap.workload(f"pid:{server.pid}").requests
+    assert req.count == repeat * len(MALFORMED)  # still requests: timed, just not traced
+    assert snap.probes["tracectx"]["not_http"] >= 1  # the random bytes never left the kernel
+    assert snap.probes["tracectx"]["malformed"] == 0
+
+
+def test_the_pinned_trace_context_map_stamps_preemptions_of_the_thread_that_set_it():
+    trace_id, span_id = RNG.randbytes(16), RNG.randbytes(8)
+    with workloads(("hog", {"CPU": {1}})) as (hog,):
+        sched = SchedProbe(trace_ctx=True, threshold_ns=1_000_000)
+        with ProbeSet([sched], handle_signals=False) as probes:
+            assert sched.status == OK, sched.reason
+            assert pins.TRACE_CTX_PATH.exists()
+            collector = Collector(probes)
+            hog.go()
+            writer = subprocess.run(
+                ["taskset", "-c", "1", sys.executable, WRITER, "--trace-id", trace_id.hex(),
+                 "--span-id", span_id.hex(), "--busy-ms", "600"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert writer.returncode == 0, writer.stderr
+            snap = finish(probes, collector)
+        assert not pins.TRACE_CTX_PATH.exists()
+    stamped = [e for e in snap.events.preemptions if e.trace_id == trace_id.hex()]
+    assert len(stamped) >= 3  # 600 ms against a hog: many time slices lost
+    assert all(e.span_id == span_id.hex() for e in stamped)
+    assert len({e.pid for e in stamped}) == 1 and stamped[0].pid != hog.pid
+    # The hog never set a context: its own preemptions carry none.
+    hogs = [e for e in snap.events.preemptions if e.pid == hog.pid]
+    assert hogs and all(e.trace_id is None for e in hogs)
+
+
+def test_a_pin_left_by_a_killed_wasmtop_is_replaced_and_removed():
+    from bcc import BPF
+
+    pins.PIN_DIR.mkdir()
+    stale = BPF(
+        text=b'BPF_TABLE_PINNED("hash", u32, u64, stale, 8, "/sys/fs/bpf/wasmtop/trace_ctx");'
+    )
+    stale.cleanup()  # no program uses it now: what a SIGKILL leaves
+    assert pins.TRACE_CTX_PATH.exists()
+    sched = SchedProbe(trace_ctx=True)
+    with ProbeSet([sched], handle_signals=False):
+        assert sched.status == OK, sched.reason  # not refused for its other value size
+        assert pins.TRACE_CTX_PATH.exists()
+    assert not pins.TRACE_CTX_PATH.exists()
+
+
+def test_untraced_processes_produce_no_events_at_all():
+    with (
+        http_server() as (traced, port_t),
+        http_server() as (other, port_o),
+        tracing(pids=(traced.pid,)) as (probes, collector),
+    ):
+        tracectx = probes.probes[1]
+
+        def hit(port: int, n: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for _ in range(n):
+                conn.request("GET", "/", headers={
+                    "traceparent": traceparent(RNG.randbytes(16), RNG.randbytes(8))})  # fmt: skip
+                conn.getresponse().read()
+            conn.close()
+
+        runs_before = tracectx.health().run_count
+        while_draining(probes, collector, lambda: hit(port_o, 50))
+        health = tracectx.health()
+        assert health.run_count > runs_before  # the programs ran on its syscalls...
+        assert health.attempts == 0 and health.details["not_http"] == 0  # ...and stopped there
+        while_draining(probes, collector, lambda: hit(port_t, 10))
+        snap = finish(probes, collector)
+    assert (
+        snap.probes["tracectx"]["attempts"] == 20
+    )  # the traced server's 10 requests, 10 responses
+    assert {t.pid for t in snap.traces} == {traced.pid} and len(snap.traces) == 10
+    assert all(w.requests is None for w in snap.workloads if other.pid in w.pids)
+
+
+def test_a_traced_cgroup_covers_every_process_in_it_and_nothing_else():
+    root = features.cgroup2_mount()
+    cg = root / f"wasmtop-test-{uuid.uuid4().hex[:6]}"
+    cg.mkdir()
+    try:
+        with http_server() as (inside, port_in), http_server() as (outside, port_out):
+            (cg / "cgroup.procs").write_text(str(inside.pid))
+            with tracing(cgroups=(str(cg.relative_to(root)),)) as (probes, collector):
+
+                def hit() -> None:
+                    for port in (port_in, port_out):
+                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                        for _ in range(5):
+                            conn.request("GET", "/", headers={"X-TraceID-Bytes": base64.b64encode(
+                                RNG.randbytes(16)).decode()})  # fmt: skip
+                            conn.getresponse().read()
+                        conn.close()
+
+                while_draining(probes, collector, hit)
+                snap = finish(probes, collector)
+    finally:
+        cg.rmdir()
+    assert {t.pid for t in snap.traces} == {inside.pid} and len(snap.traces) == 5
+    assert snap.probes["tracectx"]["traced_cgroups"] == [str(cg.relative_to(root))]
