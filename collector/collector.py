@@ -250,6 +250,13 @@ class Collector:
                 if len(self._traces) < self.max_traces:
                     self._traces.append(trace_of(r))
 
+    def poll(self) -> None:
+        """Drain ring buffers and take in captured requests while their sockets are still open
+        (call it every ~100 ms; ``observe()`` does this and more)."""
+        self.probes.drain()
+        if self.tracectx is not None:
+            self._feed_requests()
+
     def observe(self) -> None:
         """Drain ring buffers and learn the identity of processes seen since the last call."""
         self.probes.drain()

@@ -459,12 +459,18 @@ class ProbeSet:
         self._saved_handlers.clear()
 
 
-def sleep_draining(probes: ProbeSet, seconds: float, interval_s: float = 0.1) -> None:
-    """Sleep for ``seconds`` while draining ring buffers every ``interval_s``."""
+def sleep_draining(
+    probes: ProbeSet,
+    seconds: float,
+    interval_s: float = 0.1,
+    drain: Callable[[], None] | None = None,
+) -> None:
+    """Sleep for ``seconds`` while draining ring buffers every ``interval_s`` (with ``drain``
+    when given, e.g. a collector's poll that also consumes what was drained)."""
     deadline = time.monotonic() + seconds
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         time.sleep(min(interval_s, remaining))
-        probes.drain()
+        (drain or probes.drain)()

@@ -296,7 +296,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             remaining = args.seconds
             while remaining > 0:  # learn process identities every second
                 step = min(1.0, remaining)
-                sleep_draining(probes, step)
+                sleep_draining(probes, step, drain=collector.poll)
                 collector.observe()
                 remaining -= step
             probes.detach()  # stop the kernel side first, so the books close exactly

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +112,11 @@ def test_a_signal_detaches_everything(sig):
         (["--bypass", "fast"], "invalid choice: 'fast'"),
         (["--local-cidr", "10.0.0.300/8"], "expected an address range such as 10.42.0.0/16"),
         (["--bypass-interface", "nosuchif0"], "no network interface 'nosuchif0'"),
+        (["--trace-pid", "0"], "expected a process id > 0, got '0'"),
+        (["--trace-pid", "4194304"], "--trace-pid: no process 4194304"),
+        (["--trace-comm", "a-name-of-16-chr"], "expected a command name of 1 to 15 bytes"),
+        (["--trace-cgroup", "/no/such/cgroup"], "cgroup /no/such/cgroup not found"),
+        (["--no-trace", "--trace-comm", "x"], "not allowed with the --trace-* flags"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_and_exit_2(args, message):
@@ -256,6 +266,91 @@ def test_snapshot_accelerate_reports_bypassed_connections_per_workload():
     assert len(conns) == 2 and all(c["enrolled"] and c["bypass_ratio"] == 1.0 for c in conns)
     # The verdict program outlives the snapshot only while sockets it enrolled are open.
     assert no_programs_left() == []
+
+
+SERVER = str(Path(__file__).resolve().parents[1] / "http_server.py")
+
+
+def http_load(port: int, n: int, result: dict[str, float], pace_s: float = 0.01) -> None:
+    """n requests over one keep-alive connection, one every ``pace_s``, each with a fresh
+    traceparent; the client's round trip per trace id goes into ``result``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for i in range(n):
+        trace_id = os.urandom(16).hex()
+        t0 = time.perf_counter()
+        conn.request("GET", f"/r{i % 2}", headers={
+            "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})  # fmt: skip
+        conn.getresponse().read()
+        result[trace_id] = (time.perf_counter() - t0) * 1000
+        time.sleep(pace_s)
+    # Keep-alive: the connection outlives its last request a while, as clients' pools do
+    # (wasmtop tells a bypassed connection by its open socket; a closed one reads null).
+    time.sleep(0.3)
+    conn.close()
+
+
+def snapshot_during(args: list[str], work) -> tuple[dict, str]:
+    """Run `wasmtop snapshot ARGS`, do ``work`` once it has attached, return its JSON."""
+    proc = subprocess.Popen([*WASMTOP, "snapshot", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        attached = proc.stderr.readline()
+        work()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, attached + err
+    return json.loads(out), attached
+
+
+@contextlib.contextmanager
+def http_server(*args: str, exe: str = sys.executable):
+    proc = subprocess.Popen([exe, SERVER, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        word, port = proc.stdout.readline().split()
+        assert word == "ready"
+        yield proc, int(port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_so():
+    sent: dict[str, float] = {}
+    with http_server("--wasm") as (server, port):
+        snap, attached = snapshot_during(
+            ["--seconds", "4", "--bypass", "accelerate"], lambda: http_load(port, 40, sent)
+        )
+    assert "tracectx ok" in attached and "sockbypass ok (accelerate)" in attached
+    assert snap["probes"]["tracectx"]["traced_pids"] == [server.pid]
+    w = next(w for w in snap["workloads"] if server.pid in w["pids"])
+    assert w["kind"] == "wasm" and w["runtime"] == "wasmtime"
+    assert w["requests"]["count"] == 40 and w["requests"]["by_status"] == {"200": 40}
+    assert set(w["requests"]["latency_ms"]) == {"p50", "p90", "p99", "p999", "max"}
+    traces = {t["trace_id"]: t for t in snap["traces"]}
+    assert traces.keys() == sent.keys()
+    for trace_id, t in traces.items():
+        assert t["pid"] == server.pid and t["duration_ms"] <= sent[trace_id]
+        assert t["bypassed"] is True  # its connection went socket to socket
+        assert set(t) >= {"trace_id", "span_id", "pid", "tid", "start_ns", "duration_ms",
+                          "preempted_ms", "migrations", "bypassed"}  # fmt: skip
+    assert no_programs_left() == []
+
+
+def test_trace_comm_traces_processes_by_command_name(tmp_path):
+    exe = tmp_path / "edgesrv"  # the process's comm is its executable's name
+    exe.symlink_to(sys.executable)
+    sent: dict[str, float] = {}
+    with http_server(exe=str(exe)) as (named, port), http_server() as (other, port_other):
+        snap, _ = snapshot_during(
+            ["--seconds", "3", "--trace-comm", "edgesrv"],
+            lambda: (http_load(port, 10, sent), http_load(port_other, 10, {})),
+        )
+    assert snap["probes"]["tracectx"]["traced_pids"] == [named.pid]
+    assert {t["pid"] for t in snap["traces"]} == {named.pid}
+    assert {t["trace_id"] for t in snap["traces"]} == sent.keys()
+    assert all(t["bypassed"] is False for t in snap["traces"])  # observe mode: none redirected
 
 
 PINGPONG = """
