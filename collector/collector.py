@@ -325,7 +325,14 @@ class Collector:
             traces, traces_total = tuple(self._traces), self._traces_total
             self._traces, self._traces_total = [], 0
             counters.update(self.requests.counters)
-            counters["requests_open"] = self.requests.open_requests
+            tracectx = self.tracectx
+            if self._ticks % self.gc_every == 0:
+                tracectx.expire_open(end_ns)
+            d = tracectx.details()
+            for name in ("requests_unanswered", "responses_unmatched", "requests_expired",
+                         "client_messages"):  # fmt: skip
+                counters[name] = d[name]
+            counters["requests_open"] = tracectx.open_requests
             for key in request_figures.keys() - ids.keys():  # seen answering requests only
                 pids = self.requests.pids_of(key)
                 wid = self.resolver.identify(min(pids)) if pids else None

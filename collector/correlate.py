@@ -1,16 +1,18 @@
-"""Trace attribution: turn the trace-context probe's captured HTTP messages into requests (a
-request read on a connection up to the response written on it), join each with its trace id and
-the exact kernel interference its thread suffered in between, and keep a sliding window of
-request latencies per workload for exact quantiles."""
+"""Trace attribution: parse the requests the trace-context probe paired in the kernel (request
+head read -> response write on one connection), join each with its trace id and the exact kernel
+interference its thread suffered in between, and keep a sliding window of request latencies per
+workload for exact quantiles."""
 
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from ..probes.records import HttpRecord
+from ..probes.records import RequestRecord
 from .httpmsg import REASONS, Head, parse_head
 from .model import LatencyQuantiles, RequestFigures, Trace
 from .quantiles import exact_quantile
@@ -18,22 +20,11 @@ from .quantiles import exact_quantile
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_WINDOW_REQUESTS = 100_000  # per workload; beyond it the oldest leave early (said so)
 DEFAULT_MAX_PATHS = 100  # distinct paths per workload; the rest count as "other"
-DEFAULT_MAX_OPEN = 65_536  # requests read and not yet answered, host-wide
-OPEN_TIMEOUT_NS = 60_000_000_000  # a request unanswered this long is given up (and counted)
 OTHER_ROUTE = "other"
+_SPAN_IDS = random.Random(os.urandom(16))
 
 
-@dataclass
-class _Open:
-    """A request read on a connection, waiting for its response."""
-
-    record: HttpRecord
-    head: Head
-    workload: str | None
-
-
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):  # built once per request: a NamedTuple costs a fraction of a dataclass
     """A request answered: from the end of the read that brought its head to the start of the
     write that began its response (server side)."""
 
@@ -105,65 +96,41 @@ class RequestTracker:
         window_s: float = DEFAULT_WINDOW_S,
         max_window_requests: int = DEFAULT_MAX_WINDOW_REQUESTS,
         max_paths: int = DEFAULT_MAX_PATHS,
-        max_open: int = DEFAULT_MAX_OPEN,
     ) -> None:
-        if window_s <= 0 or max_window_requests < 1 or max_paths < 0 or max_open < 1:
-            raise ValueError("window, caps must be positive")
+        if window_s <= 0 or max_window_requests < 1 or max_paths < 0:
+            raise ValueError("window and caps must be positive")
         self.window_ns = int(window_s * 1e9)
         self.max_window_requests = max_window_requests
         self.max_paths = max_paths
-        self.max_open = max_open
-        self._open: dict[tuple[int, int], _Open] = {}
         self._done: list[Request] = []
         self._windows: dict[str, _Window] = {}
-        # Since start: every header problem by reason, and every message not made a request.
+        # Since start: every header problem by reason, and requests not fully attributed.
         self.counters: Counter = Counter({f"trace_header_{r}": 0 for r in REASONS})
-        for name in ("requests_unanswered", "responses_unmatched", "requests_expired",
-                     "requests_open_dropped", "client_messages", "requests_paths_other",
-                     "requests_cross_thread"):  # fmt: skip
-            self.counters[name] = 0
+        self.counters["requests_paths_other"] = 0
+        self.counters["requests_cross_thread"] = 0
 
     # -- feeding --------------------------------------------------------------------------
     def feed(
         self,
-        records: Iterable[HttpRecord],
+        records: Iterable[RequestRecord],
         workload_of: Callable[[int], str | None],
         bypassed_of: Callable[[int, int], bool | None] = lambda pid, fd: None,
     ) -> None:
+        workloads: dict[int, str | None] = {}
         for rec in records:
-            parsed = parse_head(rec.data)
-            if isinstance(parsed, str):
-                self.counters[f"trace_header_{parsed}"] += 1
+            head = parse_head(rec.data)
+            if isinstance(head, str):
+                self.counters[f"trace_header_{head}"] += 1
                 continue
-            key = (rec.tgid, rec.fd)
-            if parsed.kind == "request" and rec.direction == "read":
-                for problem in parsed.problems:
-                    self.counters[f"trace_header_{problem}"] += 1
-                if key in self._open:  # never answered (or the fd was reused): give it up
-                    self.counters["requests_unanswered"] += 1
-                elif len(self._open) >= self.max_open:
-                    self.counters["requests_open_dropped"] += 1
-                    continue
-                self._open[key] = _Open(rec, parsed, workload_of(rec.tgid))
-            elif parsed.kind == "response" and rec.direction == "write":
-                opened = self._open.pop(key, None)
-                if opened is None:
-                    self.counters["responses_unmatched"] += 1
-                    continue
-                self._done.append(self._finish(opened, rec, parsed, bypassed_of(*key)))
-            else:  # this process is the client of the exchange
-                self.counters["client_messages"] += 1
-            self._expire_open(rec.ts_ns)
-
-    def _expire_open(self, now_ns: int) -> None:
-        if not self._open:
-            return
-        oldest = min(o.record.ts_ns for o in self._open.values())
-        if now_ns - oldest < OPEN_TIMEOUT_NS:
-            return
-        for key in [k for k, o in self._open.items() if now_ns - o.record.ts_ns >= OPEN_TIMEOUT_NS]:
-            del self._open[key]
-            self.counters["requests_expired"] += 1
+            if head.kind != "request":  # the kernel paired it by its first bytes only
+                self.counters["trace_header_bad_start_line"] += 1
+                continue
+            for problem in head.problems:
+                self.counters[f"trace_header_{problem}"] += 1
+            workload = workloads.get(rec.tgid, "")
+            if workload == "":  # once per process and batch: identifying is not free
+                workload = workloads[rec.tgid] = workload_of(rec.tgid)
+            self._done.append(self._request(rec, head, workload, bypassed_of(rec.tgid, rec.fd)))
 
     def _route(self, workload: str | None, head: Head) -> str:
         win = self._window(workload)
@@ -176,37 +143,36 @@ class RequestTracker:
         return f"{head.method} {path}"
 
     def _window(self, workload: str | None) -> _Window:
-        return self._windows.setdefault(workload or "", _Window())
+        win = self._windows.get(workload or "")
+        if win is None:  # not setdefault: that would build a _Window on every call
+            win = self._windows[workload or ""] = _Window()
+        return win
 
-    def _finish(
-        self, opened: _Open, rec: HttpRecord, response: Head, bypassed: bool | None
+    def _request(
+        self, rec: RequestRecord, head: Head, workload: str | None, bypassed: bool | None
     ) -> Request:
-        start, head = opened.record, opened.head
         preempted = migrations = None
-        if start.tid != rec.tid:
+        if rec.tid != rec.end_tid:
             self.counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
-        elif start.preempt_delay_ns is not None and rec.preempt_delay_ns is not None:
-            preempted = rec.preempt_delay_ns - start.preempt_delay_ns
-            migrations = rec.migrations - start.migrations  # type: ignore[operator]
-        elif rec.preempt_delay_ns is not None:  # first switch-out happened during the request
-            preempted, migrations = rec.preempt_delay_ns, rec.migrations
+        elif rec.preempt_end_ns is not None:
+            # No entry at the read, one at the write: the first switch-out fell inside.
+            preempted = rec.preempt_end_ns - (rec.preempt_start_ns or 0)
+            migrations = rec.migrations_end - (rec.migrations_start or 0)  # type: ignore[operator]
         trace_id, source, span_id = head.trace_id, head.trace_source, None
-        # The runtime sets the map after it parsed the request: look at the response first.
-        ctx = next(((r.ctx_trace_id, r.ctx_span_id) for r in (rec, start) if r.ctx_trace_id), None)
-        if ctx:
-            span_id = ctx[1]
+        if rec.ctx_trace_id is not None:
+            span_id = rec.ctx_span_id
             if trace_id is None:
-                trace_id, source = ctx[0], "trace_ctx"
+                trace_id, source = rec.ctx_trace_id, "trace_ctx"
         return Request(
-            pid=start.tgid,
-            tid=start.tid,
-            fd=start.fd,
-            workload=opened.workload,
-            start_ns=start.ts_ns,
-            end_ns=rec.ts_ns,
+            pid=rec.tgid,
+            tid=rec.tid,
+            fd=rec.fd,
+            workload=workload,
+            start_ns=rec.start_ns,
+            end_ns=rec.end_ns,
             method=head.method,
-            route=self._route(opened.workload, head),
-            status=response.status,
+            route=self._route(workload, head),
+            status=rec.status,
             trace_id=trace_id,
             parent_id=head.parent_id,
             span_id=span_id,
@@ -223,10 +189,9 @@ class RequestTracker:
         """Requests completed since the previous take; each enters its workload's window."""
         done, self._done = self._done, []
         for r in done:
-            self._window(r.workload).pids.add(r.pid)
-            self._window(r.workload).add(
-                r.end_ns, r.duration_ns, r.route, r.status, self.max_window_requests
-            )
+            win = self._window(r.workload)
+            win.pids.add(r.pid)
+            win.add(r.end_ns, r.end_ns - r.start_ns, r.route, r.status, self.max_window_requests)
         return done
 
     def figures(self, now_ns: int) -> dict[str, RequestFigures]:
@@ -246,10 +211,6 @@ class RequestTracker:
     def pids_of(self, workload: str) -> set[int]:
         win = self._windows.get(workload)
         return set(win.pids) if win else set()
-
-    @property
-    def open_requests(self) -> int:
-        return len(self._open)
 
 
 def window_figures(win: _Window, window_s: float, *, complete: bool) -> RequestFigures:
@@ -274,7 +235,9 @@ def window_figures(win: _Window, window_s: float, *, complete: bool) -> RequestF
 def trace_of(r: Request) -> Trace:
     """The Snapshot's view of a request that carries a trace id."""
     assert r.trace_id is not None
-    span = r.span_id or os.urandom(8)  # wasmtop's own span for this request, when none given
+    # wasmtop's own span for this request when none was given (random, as W3C asks; not a
+    # secret, so not a getrandom syscall per request).
+    span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
     return Trace(
         trace_id=r.trace_id.hex(),
         span_id=span.hex(),

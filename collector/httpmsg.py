@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..probes.decoders import CAPTURE_BYTES  # noqa: F401  (the kernel's capture size)
 
@@ -43,29 +43,42 @@ TRACE_SOURCE_TRACEPARENT = "traceparent"
 TRACE_SOURCE_TRACEID_BYTES = "x-traceid-bytes"
 
 _OWS = " \t"
-# An explicit set, not int(x, 16) or str.isdigit: those accept "_", surrounding whitespace,
-# uppercase and non-ASCII digits such as latin-1's superscripts.
-_LOWER_HEX = frozenset("0123456789abcdef")
-_DIGITS = frozenset("0123456789")
-_METHOD = re.compile(r"[A-Z]{3,16}\Z")
+# Explicit character classes, not int(x, 16) or str.isdigit: those accept "_", surrounding
+# whitespace, uppercase and non-ASCII digits such as latin-1's superscripts. Regular expressions
+# rather than per-character Python loops: this runs once per captured request.
+_LOWER_HEX = re.compile(r"[0-9a-f]*\Z")
+_STATUS = re.compile(r"[0-9]{3}\Z")
+_REASON = re.compile(r"(?: [\t -~]*)?\Z")
+# method SP target SP version: visible ASCII only, single spaces, nothing else.
+_REQUEST_LINE = re.compile(r"([A-Z]{3,16}) ([!-~]+) HTTP/1\.[01]\Z")
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
-_HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 _RESPONSE_PREFIXES = ("HTTP/1.0 ", "HTTP/1.1 ")
+
+# The common case, version 00 and well formed, in one match; anything else takes the checks that
+# name the fault.
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+_ZERO_TRACE_ID, _ZERO_PARENT_ID = "0" * 32, "0" * 16
+
+# A line that is empty or only "\r", after the start line: the end of the head.
+_BLANK_LINE = re.compile(r"\n\r?\n")
+_TRACE_HEADER = re.compile(
+    r"^(traceparent|x-traceid-bytes|tracestate):(.*)$", re.IGNORECASE | re.ASCII | re.MULTILINE
+)
 
 # lengths of a traceparent's trace id, parent id and flags
 _TRACEPARENT_LENGTHS = (32, 16, 2)
 
 
-@dataclass(frozen=True)
-class TraceParent:
+# NamedTuples, not dataclasses: built once per captured request, and a frozen dataclass costs
+# several times as much to construct.
+class TraceParent(NamedTuple):
     version: int
     trace_id: bytes  # 16 raw bytes
     parent_id: bytes  # 8 raw bytes
     flags: int
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     kind: str  # "request" or "response"
     method: str | None  # requests
     path: str | None  # requests: target without query string, truncated to PATH_MAX_CHARS
@@ -80,7 +93,7 @@ class Head:
 
 
 def _is_lower_hex(text: str) -> bool:
-    return all(c in _LOWER_HEX for c in text)
+    return _LOWER_HEX.match(text) is not None
 
 
 def parse_traceparent(value: str) -> TraceParent | str:
@@ -91,7 +104,13 @@ def parse_traceparent(value: str) -> TraceParent | str:
     """
     if not isinstance(value, str):
         return "traceparent_bad_format"
-    parts = value.strip(_OWS).split("-")
+    value = value.strip(_OWS)
+    fast = _TRACEPARENT_00.match(value)
+    if fast:
+        trace_id, parent_id, flags = fast.groups()
+        if trace_id != _ZERO_TRACE_ID and parent_id != _ZERO_PARENT_ID:
+            return TraceParent(0, bytes.fromhex(trace_id), bytes.fromhex(parent_id), int(flags, 16))
+    parts = value.split("-")
     if len(parts) < 4:
         return "traceparent_bad_format"
     version, trace_id, parent_id, flags = parts[:4]
@@ -134,10 +153,6 @@ def parse_traceid_bytes(value: str) -> bytes | str:
     return raw
 
 
-def _is_visible_ascii(text: str) -> bool:
-    return all(" " <= c <= "~" for c in text)
-
-
 def _request_path(target: str) -> str:
     if target != "*":
         match = _ABSOLUTE_FORM.match(target)
@@ -159,38 +174,13 @@ def _parse_start_line(line: str) -> tuple[str, str | None, str | None, int | Non
     """(kind, method, path, status), or None when the line is not an HTTP/1.x start line."""
     if line.startswith(_RESPONSE_PREFIXES):
         status, reason = line[9:12], line[12:]
-        if len(status) != 3 or not all(c in _DIGITS for c in status):
-            return None
-        if reason and (reason[0] != " " or not all(c == "\t" or " " <= c <= "~" for c in reason)):
+        if not _STATUS.match(status) or not _REASON.match(reason):
             return None
         return "response", None, None, int(status)
-    if not _is_visible_ascii(line):
+    request = _REQUEST_LINE.match(line)
+    if request is None:
         return None
-    parts = line.split(" ")
-    if len(parts) != 3:
-        return None
-    method, target, version = parts
-    if not _METHOD.match(method) or not target or version not in _HTTP_VERSIONS:
-        return None
-    return "request", method, _request_path(target), None
-
-
-def _complete_lines(text: str) -> tuple[list[str], bool]:
-    """The terminated lines of ``text`` up to the blank line ending the head, and whether that
-    blank line was seen. The unterminated tail is dropped: it may be a header cut mid-value."""
-    lines: list[str] = []
-    start = 0
-    while True:
-        end = text.find("\n", start)
-        if end < 0:
-            return lines, False
-        line = text[start:end]
-        if line.endswith("\r"):
-            line = line[:-1]
-        if not line and lines:
-            return lines, True
-        lines.append(line)
-        start = end + 1
+    return "request", request.group(1), _request_path(request.group(2)), None
 
 
 def parse_head(data: bytes) -> Head | str:
@@ -198,13 +188,19 @@ def parse_head(data: bytes) -> Head | str:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return "bad_start_line"
     # latin-1 maps every byte to one character, so decoding cannot fail and offsets stay bytes
-    lines, complete = _complete_lines(bytes(data).decode("latin-1"))
-    if not lines:
+    text = bytes(data).decode("latin-1")
+    first_end = text.find("\n")
+    if first_end <= 0:  # no terminated start line, or an empty one
         return "bad_start_line"
-    start = _parse_start_line(lines[0])
+    start = _parse_start_line(text[: first_end - (text[first_end - 1] == "\r")])
     if start is None:
         return "bad_start_line"
     kind, method, path, status = start
+    # Only terminated lines up to the blank line ending the head are header lines; the
+    # unterminated tail may be a header cut mid-value and is never read.
+    blank = _BLANK_LINE.search(text, first_end)
+    complete = blank is not None
+    headers = text[first_end + 1 : blank.start() + 1 if blank else text.rfind("\n") + 1]
 
     problems: list[str] = []
 
@@ -219,13 +215,14 @@ def parse_head(data: bytes) -> Head | str:
     seen_traceid_bytes = False
     tracestates: list[str] = []
 
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            continue
-        # no stripping of the name: "traceparent : x" is a malformed header that a server must
-        # reject (RFC 9112 section 5.1), so it carries no trace context
-        name = name.lower()
+    # One scan in C for the three headers of interest, instead of a Python loop over every
+    # header line. No stripping of the name: "traceparent : x" is a malformed header that a
+    # server must reject (RFC 9112 section 5.1), so it carries no trace context.
+    for match in _TRACE_HEADER.finditer(headers):
+        name = match.group(1).lower()
+        value = match.group(2)
+        if value.endswith("\r"):
+            value = value[:-1]
         value = value.strip(_OWS)
         if name == "traceparent":
             if first_traceparent is None:
@@ -248,9 +245,8 @@ def parse_head(data: bytes) -> Head | str:
                     traceid_bytes = parsed_bytes
                 else:
                     problem(parsed_bytes)
-        elif name == "tracestate":
-            if value:
-                tracestates.append(value)
+        elif value:  # tracestate
+            tracestates.append(value)
 
     if conflict:
         traceparent = None

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .records import BypassRecord, HttpRecord, PreemptionRecord
+from .records import BypassRecord, PreemptionRecord, RequestRecord
 
 
 class DecodeError(ValueError):
@@ -106,32 +106,33 @@ def bypass_event(f: tuple) -> BypassRecord:
 
 
 CAPTURE_BYTES = 512  # bytes of an HTTP message's start copied by tracectx.bpf.c
-HTTP_DIRECTIONS = {1: "read", 2: "write"}
 HTTP_SYSCALLS = {1: "read", 2: "recvfrom", 3: "recvmsg", 4: "write", 5: "sendto", 6: "sendmsg",
                  7: "writev"}  # fmt: skip
 _HAVE_STATS, _HAVE_CTX = 1, 2
 
 
-# struct http_event in tracectx.bpf.c
-@decoder("http_event", f"<QQQIIiIHBBB3x16s8s{CAPTURE_BYTES}s")
-def http_event(f: tuple) -> HttpRecord:
-    ts_ns, delay_ns, migrations, tgid, tid, fd, nbytes, captured, direction, sys, flags = f[:11]
-    ctx_trace, ctx_span, data = f[11:]
-    if direction not in HTTP_DIRECTIONS or sys not in HTTP_SYSCALLS or captured > CAPTURE_BYTES:
-        raise DecodeError(f"http_event: direction {direction}, syscall {sys}, {captured} bytes")
-    stats = bool(flags & _HAVE_STATS)
-    ctx = bool(flags & _HAVE_CTX)
-    return HttpRecord(
-        ts_ns=ts_ns,
+# struct request_event in tracectx.bpf.c
+@decoder("request_event", f"<QQQQQQIIIiIHHBBBB4x16s8s{CAPTURE_BYTES}s")
+def request_event(f: tuple) -> RequestRecord:
+    (start, end, p_start, p_end, m_start, m_end, tgid, tid, end_tid, fd, _nbytes, captured, status,
+     start_flags, end_flags, read_sys, write_sys, ctx_trace, ctx_span, data) = f  # fmt: skip
+    if read_sys not in HTTP_SYSCALLS or write_sys not in HTTP_SYSCALLS or captured > CAPTURE_BYTES:
+        raise DecodeError(f"request_event: syscalls {read_sys}/{write_sys}, {captured} bytes")
+    s0, s1 = start_flags & _HAVE_STATS, end_flags & _HAVE_STATS
+    ctx = end_flags & _HAVE_CTX
+    return RequestRecord(
         tgid=tgid,
-        tid=tid,
         fd=fd,
-        direction=HTTP_DIRECTIONS[direction],
-        syscall=HTTP_SYSCALLS[sys],
-        bytes=nbytes,
+        start_ns=start,
+        end_ns=end,
+        tid=tid,
+        end_tid=end_tid,
+        preempt_start_ns=p_start if s0 else None,
+        preempt_end_ns=p_end if s1 else None,
+        migrations_start=m_start if s0 else None,
+        migrations_end=m_end if s1 else None,
+        status=status or None,
         data=data[:captured],
-        preempt_delay_ns=delay_ns if stats else None,
-        migrations=migrations if stats else None,
         ctx_trace_id=ctx_trace if ctx else None,
         ctx_span_id=ctx_span if ctx else None,
     )

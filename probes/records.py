@@ -7,6 +7,7 @@ figures. Times are nanoseconds of CLOCK_MONOTONIC (bpf_ktime_get_ns).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -118,20 +119,22 @@ class BypassReading:
 # -- trace context -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HttpRecord:
-    """The start of an HTTP/1.x message a traced thread read from or wrote to a file descriptor,
-    with that thread's cumulative scheduler figures at that instant."""
+class RequestRecord(NamedTuple):  # one per request: a NamedTuple is much cheaper to build
+    """An HTTP/1.x request a traced process answered, paired in the kernel: from the end of the
+    read that brought its head to the start of the write that began its response (same process,
+    same fd), with the threads' cumulative scheduler figures at both ends."""
 
-    ts_ns: int
     tgid: int
-    tid: int
     fd: int
-    direction: str  # read | write
-    syscall: str
-    bytes: int  # returned by the read, or asked of the write (its first buffer)
-    data: bytes  # the first bytes, at most CAPTURE_BYTES
-    preempt_delay_ns: int | None  # None: the scheduler probe had no entry for the thread
-    migrations: int | None
-    ctx_trace_id: bytes | None  # from the trace-context map, when the thread had an entry
+    start_ns: int
+    end_ns: int
+    tid: int  # thread that read the request
+    end_tid: int  # thread that wrote the response
+    preempt_start_ns: int | None  # None: the scheduler probe had no entry for the thread
+    preempt_end_ns: int | None
+    migrations_start: int | None
+    migrations_end: int | None
+    status: int | None  # of the response; None when not three digits
+    data: bytes  # the request's first bytes, at most CAPTURE_BYTES
+    ctx_trace_id: bytes | None  # from the trace-context map (at the response, else the request)
     ctx_span_id: bytes | None

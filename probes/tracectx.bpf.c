@@ -1,14 +1,15 @@
-/* wasmtop trace-context probe: the first bytes of HTTP/1.x requests and responses that traced
- * processes read from and write to their sockets, each stamped with the thread's cumulative
- * preemption delay and migrations, so userspace can charge a request exactly the interference
- * its thread suffered between its first read and its response write.
+/* wasmtop trace-context probe: HTTP/1.x requests that traced processes answer. The read that
+ * brings a request head is paired, in the kernel, with the write that starts the response on the
+ * same connection; one event carries the request's first bytes and the thread's cumulative
+ * preemption delay and migrations at both ends, so a request's kernel interference is the exact
+ * difference: no sampling, no time windows.
  *
  * Syscall tracepoints only; reads are captured at exit (the data is there then), writes at
  * entry. User memory is read with bpf_probe_read_user, user structures (msghdr, iovec) by their
  * stable ABI layout, never kernel structures.
  *
  * Compiled in by probes/tracectx.py:
- *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
+ *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
  *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
  *           thread without an entry has not been switched out since it started: zero so far
  *   text    THREADS_MAP: the scheduler probe's per-thread map (shared through a hand-over pin);
@@ -50,24 +51,50 @@ struct pending_read {
 };
 BPF_HASH(pending_reads, u32, struct pending_read, MAX_PENDING);
 
-struct http_event {
-    u64 ts_ns;
-    u64 preempt_delay_ns;      /* the thread's cumulative preemption delay (scheduler probe) */
-    u64 migrations;            /* the thread's cumulative migrations */
-    u32 tgid;
+/* A request read on a connection and not yet answered, keyed by (tgid << 32 | fd). The kernel
+ * pairs it with the response written on the same connection, so one event per request crosses
+ * to userspace. Built in a per-CPU scratch slot (too big for the BPF stack). */
+struct open_request {
+    u64 start_ns;
+    u64 preempt_ns;            /* the thread's cumulative preemption delay at the read */
+    u64 migrations;
     u32 tid;
-    s32 fd;
-    u32 bytes;                 /* returned by the read, or asked of the write */
-    u16 captured;              /* bytes of data[] that hold the buffer's start */
-    u8 direction;
-    u8 syscall;
+    u32 bytes;                 /* returned by the read */
+    u16 captured;
     u8 flags;
-    u8 _pad[3];
+    u8 syscall;
+    u32 _pad;
     u8 ctx_trace_id[16];
     u8 ctx_span_id[8];
     char data[CAPTURE_BYTES];
 };
-BPF_RINGBUF_OUTPUT(http_events, RINGBUF_PAGES);
+BPF_F_TABLE("hash", u64, struct open_request, open_requests, MAX_OPEN, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(scratch, struct open_request, 1);
+
+struct request_event {
+    u64 start_ns;              /* end of the read that brought the request head */
+    u64 end_ns;                /* start of the write that began the response */
+    u64 preempt_start_ns;      /* the thread's cumulative preemption delay at each end */
+    u64 preempt_end_ns;
+    u64 migrations_start;
+    u64 migrations_end;
+    u32 tgid;
+    u32 tid;                   /* thread that read the request */
+    u32 end_tid;               /* thread that wrote the response */
+    s32 fd;
+    u32 bytes;                 /* returned by the request read */
+    u16 captured;              /* bytes of data[] holding the request's start */
+    u16 status;                /* the response's status code; 0 when not three digits */
+    u8 start_flags;
+    u8 end_flags;              /* F_HAVE_STATS, F_HAVE_CTX (ctx ids below are from this end) */
+    u8 read_syscall;
+    u8 write_syscall;
+    u32 _pad;
+    u8 ctx_trace_id[16];
+    u8 ctx_span_id[8];
+    char data[CAPTURE_BYTES];
+};
+BPF_RINGBUF_OUTPUT(request_events, RINGBUF_PAGES);
 
 /* User ABI layouts (struct user_msghdr, struct iovec on 64-bit). */
 struct umsghdr {
@@ -104,19 +131,139 @@ static __always_inline int traced(void)
 
 #define WORD(a, b, c, d) ((u32)(a) | (u32)(b) << 8 | (u32)(c) << 16 | (u32)(d) << 24)
 
+#define KIND_REQUEST 1
+#define KIND_RESPONSE 2
+
 /* The start of an HTTP/1.x request line (a method) or status line; userspace parses the rest. */
-static __always_inline int looks_like_http(u64 head)
+static __always_inline int http_kind(u64 head)
 {
     u32 w = (u32)head;
     if (w == WORD('H', 'T', 'T', 'P'))
-        return ((head >> 32) & 0xffffff) == WORD('/', '1', '.', 0);
-    return w == WORD('G', 'E', 'T', ' ') || w == WORD('P', 'O', 'S', 'T') ||
+        return ((head >> 32) & 0xffffff) == WORD('/', '1', '.', 0) ? KIND_RESPONSE : 0;
+    return (w == WORD('G', 'E', 'T', ' ') || w == WORD('P', 'O', 'S', 'T') ||
            w == WORD('P', 'U', 'T', ' ') || w == WORD('H', 'E', 'A', 'D') ||
            w == WORD('D', 'E', 'L', 'E') || w == WORD('P', 'A', 'T', 'C') ||
            w == WORD('O', 'P', 'T', 'I') || w == WORD('C', 'O', 'N', 'N') ||
-           w == WORD('T', 'R', 'A', 'C');
+           w == WORD('T', 'R', 'A', 'C')) ? KIND_REQUEST : 0;
 }
 
+static __always_inline void thread_figures(u32 tid, u64 *preempt, u64 *migrations, u8 *flags)
+{
+    struct thread_stats *st = threads.lookup(&tid);
+    if (st) {
+        *flags |= F_HAVE_STATS;
+        *preempt = st->preempt_delay_ns;
+        *migrations = st->migrations;
+        return;
+    }
+    if (THREADS_COMPLETE) /* not switched out since the scheduler probe started: zero so far */
+        *flags |= F_HAVE_STATS;
+    *preempt = 0;
+    *migrations = 0;
+}
+
+/* A request head read (server side): remember it until its response is written. */
+static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u8 sys)
+{
+    u32 zero = 0;
+    struct open_request *r = scratch.lookup(&zero);
+    if (!r)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    r->start_ns = bpf_ktime_get_ns();
+    r->tid = tid;
+    r->bytes = total > 0xffffffff ? 0xffffffff : (u32)total;
+    r->syscall = sys;
+    r->flags = 0;
+    r->_pad = 0;
+    thread_figures(tid, &r->preempt_ns, &r->migrations, &r->flags);
+    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    if (ctx) {
+        r->flags |= F_HAVE_CTX;
+        __builtin_memcpy(r->ctx_trace_id, ctx->trace_id, sizeof(r->ctx_trace_id));
+        __builtin_memcpy(r->ctx_span_id, ctx->span_id, sizeof(r->ctx_span_id));
+    }
+    asm volatile("" : "+r"(len)); /* keep the bound check below next to the use */
+    if (len > CAPTURE_BYTES)
+        len = CAPTURE_BYTES;
+    if (bpf_probe_read_user(r->data, len, (void *)buf)) {
+        count_event(CTR_READ_FAILED);
+        len = 0;
+    }
+    r->captured = len;
+    if (open_requests.lookup(&key))
+        count_event(CTR_UNANSWERED); /* its response never came (or the fd was reused) */
+    if (open_requests.update(&key, r))
+        count_event(CTR_MAP_FULL);
+}
+
+static __always_inline u16 status_code(u64 buf)
+{
+    char s[3] = {};
+    if (bpf_probe_read_user(s, sizeof(s), (void *)(buf + 9))) /* "HTTP/1.1 200" */
+        return 0;
+    if (s[0] < '1' || s[0] > '9' || s[1] < '0' || s[1] > '9' || s[2] < '0' || s[2] > '9')
+        return 0;
+    return (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+}
+
+/* A response started (server side): one event with its request, then forget the request. */
+static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
+{
+    struct open_request *r = open_requests.lookup(&key);
+    if (!r) {
+        count_event(CTR_UNMATCHED);
+        return;
+    }
+    count_event(CTR_RB_ATTEMPTS);
+    struct request_event *ev = request_events.ringbuf_reserve(sizeof(*ev));
+    if (!ev) {
+        count_event(CTR_RB_LOST);
+        open_requests.delete(&key);
+        return;
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    ev->end_ns = bpf_ktime_get_ns();
+    ev->start_ns = r->start_ns;
+    ev->preempt_start_ns = r->preempt_ns;
+    ev->migrations_start = r->migrations;
+    ev->tgid = id >> 32;
+    ev->tid = r->tid;
+    ev->end_tid = tid;
+    ev->fd = fd;
+    ev->bytes = r->bytes;
+    ev->captured = r->captured;
+    ev->status = status_code(buf);
+    ev->start_flags = r->flags;
+    ev->end_flags = 0;
+    ev->read_syscall = r->syscall;
+    ev->write_syscall = sys;
+    ev->_pad = 0;
+    thread_figures(tid, &ev->preempt_end_ns, &ev->migrations_end, &ev->end_flags);
+    /* The runtime sets the context after it parsed the request: the response end knows it. */
+    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    if (ctx) {
+        ev->end_flags |= F_HAVE_CTX;
+        __builtin_memcpy(ev->ctx_trace_id, ctx->trace_id, sizeof(ev->ctx_trace_id));
+        __builtin_memcpy(ev->ctx_span_id, ctx->span_id, sizeof(ev->ctx_span_id));
+    } else if (r->flags & F_HAVE_CTX) {
+        ev->end_flags |= F_HAVE_CTX;
+        __builtin_memcpy(ev->ctx_trace_id, r->ctx_trace_id, sizeof(ev->ctx_trace_id));
+        __builtin_memcpy(ev->ctx_span_id, r->ctx_span_id, sizeof(ev->ctx_span_id));
+    } else {
+        __builtin_memset(ev->ctx_trace_id, 0, sizeof(ev->ctx_trace_id));
+        __builtin_memset(ev->ctx_span_id, 0, sizeof(ev->ctx_span_id));
+    }
+    bpf_probe_read_kernel(ev->data, sizeof(ev->data), r->data);
+    open_requests.delete(&key);
+    /* No wakeup: userspace drains on a timer. */
+    request_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
+/* The start of a read or written buffer: a request read opens, a response written closes;
+ * the client side of an exchange (request written, response read) is only counted. */
 static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u8 sys)
 {
     u64 head = 0;
@@ -126,60 +273,18 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
         count_event(CTR_READ_FAILED);
         return;
     }
-    if (!looks_like_http(head)) {
+    int kind = http_kind(head);
+    if (!kind) {
         count_event(CTR_NOT_HTTP);
         return;
     }
-    count_event(CTR_RB_ATTEMPTS);
-    struct http_event *ev = http_events.ringbuf_reserve(sizeof(*ev));
-    if (!ev) {
-        count_event(CTR_RB_LOST);
-        return;
-    }
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    ev->ts_ns = bpf_ktime_get_ns();
-    ev->tgid = id >> 32;
-    ev->tid = tid;
-    ev->fd = fd;
-    ev->bytes = total > 0xffffffff ? 0xffffffff : (u32)total;
-    ev->direction = dir;
-    ev->syscall = sys;
-    ev->flags = 0;
-    ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
-
-    struct thread_stats *st = threads.lookup(&tid);
-    if (st) {
-        ev->flags |= F_HAVE_STATS;
-        ev->preempt_delay_ns = st->preempt_delay_ns;
-        ev->migrations = st->migrations;
-    } else {
-        if (THREADS_COMPLETE) /* not switched out since the scheduler probe started */
-            ev->flags |= F_HAVE_STATS;
-        ev->preempt_delay_ns = 0;
-        ev->migrations = 0;
-    }
-    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
-    if (ctx) {
-        ev->flags |= F_HAVE_CTX;
-        __builtin_memcpy(ev->ctx_trace_id, ctx->trace_id, sizeof(ev->ctx_trace_id));
-        __builtin_memcpy(ev->ctx_span_id, ctx->span_id, sizeof(ev->ctx_span_id));
-    } else {
-        __builtin_memset(ev->ctx_trace_id, 0, sizeof(ev->ctx_trace_id));
-        __builtin_memset(ev->ctx_span_id, 0, sizeof(ev->ctx_span_id));
-    }
-
-    u32 len = n < CAPTURE_BYTES ? n : CAPTURE_BYTES;
-    asm volatile("" : "+r"(len)); /* keep the bound check below next to the use */
-    if (len > CAPTURE_BYTES)
-        len = CAPTURE_BYTES;
-    if (bpf_probe_read_user(ev->data, len, (void *)buf)) {
-        count_event(CTR_READ_FAILED);
-        len = 0;
-    }
-    ev->captured = len;
-    /* No wakeup: userspace drains on a timer. */
-    http_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
+    if (kind == KIND_REQUEST && dir == DIR_READ)
+        open_request(key, buf, n < CAPTURE_BYTES ? n : CAPTURE_BYTES, total, sys);
+    else if (kind == KIND_RESPONSE && dir == DIR_WRITE)
+        close_request(key, buf, sys, fd);
+    else
+        count_event(CTR_CLIENT);
 }
 
 static __always_inline int remember_read(s32 fd, u64 buf, u64 cap, u32 sys)

@@ -1,5 +1,6 @@
-"""Trace-context probe: the first bytes of HTTP/1.x messages traced processes read and write,
-each with the thread's cumulative preemption delay and migrations at that instant.
+"""Trace-context probe: HTTP/1.x requests traced processes answer, paired in the kernel (request
+head read -> response write on the same connection), each with the first bytes of the request
+and the thread's cumulative preemption delay and migrations at both ends.
 
 Kernel side: ``tracectx.bpf.c`` on the read and write syscall tracepoints. It reads the
 scheduler probe's per-thread map (shared by a hand-over pin while compiling) and the pinned
@@ -15,13 +16,15 @@ from typing import Any
 
 from . import bpfobj, features, pins
 from .decoders import CAPTURE_BYTES
-from .records import HttpRecord
+from .records import RequestRecord
 from .runtime import Probe, ProbeUnavailable
 from .sched import SchedProbe
 
 DEFAULT_MAX_TRACED = 4096  # processes, and cgroup subtrees, traced at once
 DEFAULT_MAX_PENDING = 16_384  # reads in flight (one per blocked thread)
-DEFAULT_RINGBUF_PAGES = 512  # 2 MiB with 4 KiB pages: ~3,500 captures between two drains
+DEFAULT_MAX_OPEN = 16_384  # requests read and not yet answered (allocated as used)
+DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB with 4 KiB pages: ~6,800 requests between two drains
+OPEN_TIMEOUT_NS = 60_000_000_000  # a request unanswered this long is given up (and counted)
 CGROUP_LEVELS = 16  # depth of the ancestor walk for cgroup subtrees
 
 _READS = ("read", "recvfrom", "recvmsg")
@@ -35,8 +38,8 @@ class TraceCtxProbe(Probe):
         *((f"syscalls:sys_exit_{s}", f"wasmtop_exit_{s}") for s in _READS),
         *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _WRITES),
     )
-    ringbuffers = (("http_events", "http_event"),)
-    counters = ("NOT_HTTP", "READ_FAILED")
+    ringbuffers = (("request_events", "request_event"),)
+    counters = ("NOT_HTTP", "READ_FAILED", "UNANSWERED", "UNMATCHED", "CLIENT")
     headers = ("shared.bpf.h",)
 
     def __init__(
@@ -47,6 +50,7 @@ class TraceCtxProbe(Probe):
         cgroups: Sequence[str] = (),
         max_traced: int = DEFAULT_MAX_TRACED,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_open: int = DEFAULT_MAX_OPEN,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
     ) -> None:
         """``sched``: the scheduler probe whose per-thread maps charge each request its
@@ -61,6 +65,8 @@ class TraceCtxProbe(Probe):
         self._cgroup_ids = [os.stat(features.cgroup_dir(c)).st_ino for c in self.cgroups]
         self.max_traced = max_traced
         self.max_pending = max_pending
+        self.max_open = max_open
+        self.expired = 0  # requests given up unanswered after OPEN_TIMEOUT_NS
         self.ringbuf_pages = ringbuf_pages
         self._initial_pids = tuple(pids)
         self._pids: set[int] = set()
@@ -109,6 +115,7 @@ class TraceCtxProbe(Probe):
             "CAPTURE_BYTES": CAPTURE_BYTES,
             "MAX_TRACED": self.max_traced,
             "MAX_PENDING": self.max_pending,
+            "MAX_OPEN": self.max_open,
             "CGROUP_LEVELS": CGROUP_LEVELS,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "THREADS_COMPLETE": int(self._sched_complete()),
@@ -141,7 +148,7 @@ class TraceCtxProbe(Probe):
 
     def required_maps(self) -> list[str]:
         return [*super().required_maps(), "threads", "trace_ctx", "traced_tgids",
-                "traced_cgroups", "control", "pending_reads"]  # fmt: skip
+                "traced_cgroups", "control", "pending_reads", "open_requests"]  # fmt: skip
 
     def verify_maps(self) -> None:
         super().verify_maps()
@@ -190,18 +197,40 @@ class TraceCtxProbe(Probe):
         return frozenset(self._pids)
 
     def details(self) -> dict[str, Any]:
+        c = self.counter_values()
         return {
             "traced_pids": sorted(self._pids),
             "traced_cgroups": list(self.cgroups),
             "pids_refused": self.pids_refused,
             "interference": "ok" if self._shares_sched() else "unavailable: no scheduler probe",
             "trace_ctx_map": str(pins.TRACE_CTX_PATH) if self._shares_trace_ctx() else None,
-            "not_http": self.counter_values().get("NOT_HTTP", 0),
-            "read_failed": self.counter_values().get("READ_FAILED", 0),
+            "not_http": c.get("NOT_HTTP", 0),
+            "read_failed": c.get("READ_FAILED", 0),
+            "client_messages": c.get("CLIENT", 0),
+            "requests_unanswered": c.get("UNANSWERED", 0),
+            "responses_unmatched": c.get("UNMATCHED", 0),
+            "requests_expired": self.expired,
         }
 
     # -- reading --------------------------------------------------------------------------
-    def read(self) -> list[HttpRecord]:
-        """The messages captured since the previous read, in the order they happened."""
+    def read(self) -> list[RequestRecord]:
+        """The requests answered since the previous read, in the order they ended."""
         self.drain()
-        return sorted(self.take_events(), key=lambda r: r.ts_ns)
+        return sorted(self.take_events(), key=lambda r: r.end_ns)
+
+    def expire_open(self, now_ns: int, timeout_ns: int = OPEN_TIMEOUT_NS) -> int:
+        """Give up requests read more than ``timeout_ns`` ago and never answered (the client
+        went away); they are counted in ``requests_expired``. Returns how many."""
+        if self.bpf is None:
+            return 0
+        table = self.table("open_requests")
+        stale = [k for k, v in table.items() if now_ns - v.start_ns >= timeout_ns]
+        for k in stale:
+            with contextlib.suppress(KeyError):
+                del table[k]
+        self.expired += len(stale)
+        return len(stale)
+
+    @property
+    def open_requests(self) -> int:
+        return sum(1 for _ in self.table("open_requests").keys()) if self.bpf is not None else 0

@@ -47,6 +47,10 @@ def main() -> None:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Head and body leave in one send (flushed after the handler), with no Nagle delay:
+        # two small sends would wait on the client's delayed ACK (40 ms a request).
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)

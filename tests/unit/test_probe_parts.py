@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wasmtop.probes.decoders import CAPTURE_BYTES, DECODERS, DecodeError, comm
-from wasmtop.probes.records import HttpRecord, PreemptionRecord
+from wasmtop.probes.records import PreemptionRecord, RequestRecord
 from wasmtop.probes.runtime import placeholders_in, render
 from wasmtop.probes.sched import SchedProbe, prev_state_mask
 from wasmtop.probes.tracectx import TraceCtxProbe
@@ -78,7 +78,7 @@ def test_preempt_event_decoder(data, expected):
     assert DECODERS["preempt_event"](data) == expected
 
 
-@pytest.mark.parametrize("name", ["preempt_event", "http_event", "bypass_event"])
+@pytest.mark.parametrize("name", ["preempt_event", "request_event", "bypass_event"])
 def test_decoder_refuses_wrong_sizes(name):
     size = DECODERS[name].size
     for wrong in (0, 1, size - 1, size + 1, 2 * size):
@@ -86,54 +86,55 @@ def test_decoder_refuses_wrong_sizes(name):
             DECODERS[name](bytes(wrong))
 
 
-def _pack_http(**over):
-    f = dict(ts=5, delay=7_000, migrations=2, tgid=100, tid=101, fd=7, nbytes=40, captured=4,
-             direction=1, sys=2, flags=1, ctx_trace=b"\x03" * 16, ctx_span=b"\x04" * 8,
+def _pack_request(**over):
+    f = dict(start=5, end=9, p0=7_000, p1=9_000, m0=2, m1=3, tgid=100, tid=101, end_tid=101, fd=7,
+             nbytes=40, captured=4, status=200, start_flags=1, end_flags=1, read_sys=2,
+             write_sys=5, ctx_trace=b"\x03" * 16, ctx_span=b"\x04" * 8,
              data=b"GET /" + b"\xee" * 507)  # fmt: skip
     f.update(over)
-    return struct.pack("<QQQIIiIHBBB3x16s8s512s", *f.values())
+    return struct.pack("<QQQQQQIIIiIHHBBBB4x16s8s512s", *f.values())
 
 
 @pytest.mark.parametrize(
     "data, expected",
     [
-        (  # only the captured bytes are kept; stats flagged, no trace context
-            _pack_http(),
-            HttpRecord(5, 100, 101, 7, "read", "recvfrom", 40, b"GET ", 7_000, 2, None, None),
+        (  # only the captured bytes are kept; stats at both ends, no trace context
+            _pack_request(),
+            RequestRecord(100, 7, 5, 9, 101, 101, 7_000, 9_000, 2, 3, 200, b"GET ", None, None),
         ),
-        (  # no scheduler entry: interference unknown, not zero; trace context present
-            _pack_http(flags=2, direction=2, sys=7, fd=-1),
-            HttpRecord(
-                5,
+        (  # no scheduler entry at the read: unknown there, not zero; a trace context; no status
+            _pack_request(start_flags=0, end_flags=3, status=0, fd=-1, end_tid=102),
+            RequestRecord(
                 100,
-                101,
                 -1,
-                "write",
-                "writev",
-                40,
+                5,
+                9,
+                101,
+                102,
+                None,
+                9_000,
+                None,
+                3,
+                None,
                 b"GET ",
-                None,
-                None,
                 b"\x03" * 16,
                 b"\x04" * 8,
             ),  # fmt: skip
         ),
     ],
 )
-def test_http_event_decoder(data, expected):
-    assert DECODERS["http_event"](data) == expected
+def test_request_event_decoder(data, expected):
+    assert DECODERS["request_event"](data) == expected
 
 
-@pytest.mark.parametrize(
-    "over", [dict(direction=0), dict(direction=3), dict(sys=0), dict(sys=8), dict(captured=513)]
-)
-def test_http_event_decoder_refuses_impossible_fields(over):
+@pytest.mark.parametrize("over", [dict(read_sys=0), dict(write_sys=8), dict(captured=513)])
+def test_request_event_decoder_refuses_impossible_fields(over):
     with pytest.raises(DecodeError):
-        DECODERS["http_event"](_pack_http(**over))
+        DECODERS["request_event"](_pack_request(**over))
 
 
 def test_every_decoder_size_is_compiled_into_its_probe():
-    for probe, dec in ((SchedProbe(), "preempt_event"), (TraceCtxProbe(), "http_event")):
+    for probe, dec in ((SchedProbe(), "preempt_event"), (TraceCtxProbe(), "request_event")):
         flag = f"-D{dec.upper()}_SIZE={DECODERS[dec].size}"
         assert flag in probe.cflags()
         assert f"_Static_assert(sizeof(struct {dec}) == {dec.upper()}_SIZE" in probe.source()
