@@ -64,7 +64,7 @@ def wrk(port: int, seconds: float, conns: int, path: str) -> int:
 def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, float]:
     server = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CPU), sys.executable, SERVER],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     tool = None
     try:

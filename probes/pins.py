@@ -27,6 +27,10 @@ TRACE_CTX_ENTRIES = 16_384
 _handovers = itertools.count()
 
 
+class PinConflict(RuntimeError):
+    """Another program's map is pinned at our path with a layout we cannot read."""
+
+
 @dataclass
 class Pin:
     """A map pinned at ``path`` for a BPF_TABLE_PINNED declaration (BCC opens a map already
@@ -36,17 +40,21 @@ class Pin:
     owned: bool = False
     made_dir: bool = False
 
-    def prepare(self) -> None:
-        """Before compiling: make the directory and decide who owns the pin."""
+    def prepare(self, key_size: int, value_size: int, max_entries: int | None = None) -> None:
+        """Before compiling: make the directory and decide who owns the pin. A map pinned there
+        and in use with another layout raises PinConflict (BCC would open it without asking)."""
         if not self.path.parent.is_dir():
             self.path.parent.mkdir(parents=True)
             self.made_dir = True
-        if self.path.exists() and not in_use(self.path):
-            self.path.unlink()  # left by a wasmtop that was killed: start afresh
+        if self.path.exists():
+            if not in_use(self.path):
+                self.path.unlink()  # left by a wasmtop that was killed: start afresh
+            else:
+                self.check(key_size, value_size, max_entries)
         self.owned = not self.path.exists()
 
     def check(self, key_size: int, value_size: int, max_entries: int | None = None) -> None:
-        """After compiling: a map someone else pinned must have the layout our program reads."""
+        """A map someone else pinned must have the layout our program reads."""
         fd = bpfobj.obj_get(str(self.path))
         try:
             info = bpfobj.map_info(fd)
@@ -55,7 +63,8 @@ class Pin:
         want = (bpfobj.MAP_TYPE_HASH, key_size, value_size)
         got = (info.type, info.key_size, info.value_size)
         if got != want or (max_entries is not None and info.max_entries != max_entries):
-            raise RuntimeError(
+            remove_dir_if_empty(self.path.parent)
+            raise PinConflict(
                 f"{self.path}: pinned map has type/key/value sizes {got} and "
                 f"{info.max_entries} entries, expected {want}"
                 + (f" and {max_entries} entries" if max_entries is not None else "")

@@ -117,6 +117,7 @@ class SchedProbe(Probe):
         self._state_mask: int | None = None
         self.trace_ctx = trace_ctx
         self.trace_ctx_pin = pins.Pin(pins.TRACE_CTX_PATH) if trace_ctx else None
+        self.trace_ctx_reason = "" if trace_ctx else "trace-context map off: not asked for"
 
     # -- compiled in ----------------------------------------------------------------------
     def state_mask(self) -> int:
@@ -159,9 +160,20 @@ class SchedProbe(Probe):
         if not features.check_ringbuf().ok:
             raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
         if self.trace_ctx_pin:
+            # The map is an addition: without it the probe runs, unstamped, and says why.
             if not features.check_bpffs().ok:
-                raise ProbeUnavailable("no bpf filesystem on /sys/fs/bpf for the trace-context map")
-            self.trace_ctx_pin.prepare()
+                self._no_trace_ctx("no bpf filesystem on /sys/fs/bpf")
+                return
+            try:
+                self.trace_ctx_pin.prepare(
+                    pins.TRACE_CTX_KEY_SIZE, pins.TRACE_CTX_VALUE_SIZE, pins.TRACE_CTX_ENTRIES
+                )
+            except pins.PinConflict as exc:
+                self._no_trace_ctx(str(exc))
+
+    def _no_trace_ctx(self, why: str) -> None:
+        self.trace_ctx_pin = None
+        self.trace_ctx_reason = f"trace-context map off: {why}"
 
     def close(self) -> None:
         super().close()
@@ -169,9 +181,8 @@ class SchedProbe(Probe):
             self.trace_ctx_pin.release()
 
     def details(self) -> dict[str, object]:
-        if not self.trace_ctx_pin:
-            return {"trace_ctx_map": None}
-        return {"trace_ctx_map": str(self.trace_ctx_pin.path)}
+        path = str(self.trace_ctx_pin.path) if self.trace_ctx_pin else None
+        return {"trace_ctx_map": path, "trace_ctx_reason": self.trace_ctx_reason}
 
     def required_maps(self) -> list[str]:
         return [
@@ -185,7 +196,7 @@ class SchedProbe(Probe):
         missing = set(THREAD_FIELDS) - leaf
         if missing:
             raise RuntimeError(f"struct thread_stats lacks {sorted(missing)}")
-        if self.trace_ctx_pin:
+        if self.trace_ctx_pin and not self.trace_ctx_pin.owned:  # opened, not made: check it
             self.trace_ctx_pin.check(
                 pins.TRACE_CTX_KEY_SIZE, pins.TRACE_CTX_VALUE_SIZE, pins.TRACE_CTX_ENTRIES
             )

@@ -20,6 +20,8 @@ COLUMNS = (
     (">THR", 5),
     ("CONNS", 5),
     ("BYPASS %", 8),
+    ("REQS", 6),
+    ("REQ p99 ms", 10),
 )
 
 
@@ -42,7 +44,10 @@ def workload_row(w: Workload) -> tuple[str, ...]:
     kind = f"{w.kind}/{w.runtime}" if w.runtime else w.kind
     if s is None:
         return (
-            (workload_name(w), kind, str(len(w.pids))) + ("-",) * (len(COLUMNS) - 5) + net_cells(w)
+            (workload_name(w), kind, str(len(w.pids)))
+            + ("-",) * (len(COLUMNS) - 7)
+            + net_cells(w)
+            + request_cells(w)
         )
     return (
         workload_name(w),
@@ -58,7 +63,15 @@ def workload_row(w: Workload) -> tuple[str, ...]:
         _num(s.preempt_delay_us.max),
         str(s.preemptions_over_threshold),
         *net_cells(w),
+        *request_cells(w),
     )
+
+
+def request_cells(w: Workload) -> tuple[str, str]:
+    """Requests answered in the window and their p99 latency ("-" when none was traced)."""
+    if w.requests is None:
+        return ("-", "-")
+    return (str(w.requests.count), _num(w.requests.latency_ms.p99, 2))
 
 
 def net_cells(w: Workload) -> tuple[str, str]:

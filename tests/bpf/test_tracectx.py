@@ -309,6 +309,29 @@ def test_a_pin_left_by_a_killed_wasmtop_is_replaced_and_removed():
     assert not pins.TRACE_CTX_PATH.exists()
 
 
+def test_a_pinned_map_in_use_with_another_layout_is_left_alone_not_misread():
+    from bcc import BPF
+
+    pins.PIN_DIR.mkdir()
+    path = str(pins.TRACE_CTX_PATH).encode()
+    other = BPF(text=b'BPF_TABLE_PINNED("hash", u32, u64, odd, 8, "' + path + b'");\n'
+                b"int f(void *ctx) { u32 k = 0; return odd.lookup(&k) ? 1 : 0; }")  # fmt: skip
+    other.load_func(b"f", BPF.TRACEPOINT)  # a loaded program uses it: not a leftover
+    try:
+        sched = SchedProbe(trace_ctx=True)
+        with ProbeSet([sched], handle_signals=False):
+            assert sched.status == OK, sched.reason  # the scheduler probe runs, unstamped
+            d = sched.details()
+            assert d["trace_ctx_map"] is None
+            assert "pinned map has type/key/value sizes (1, 4, 8)" in d["trace_ctx_reason"]
+            assert "expected (1, 4, 24)" in d["trace_ctx_reason"]
+        assert pins.TRACE_CTX_PATH.exists()  # not ours: left where it was
+    finally:
+        other.cleanup()
+        pins.TRACE_CTX_PATH.unlink()
+        pins.PIN_DIR.rmdir()
+
+
 def test_untraced_processes_produce_no_events_at_all():
     with (
         http_server() as (traced, port_t),

@@ -158,6 +158,7 @@ def test_doctor_reports_this_machine():
     assert "Operation not permitted" in lines["fentry"]
     assert re.search(r"^probe\s+sched\s+ok", lines["sched"])
     assert re.search(r"^probe\s+sockbypass\s+ok", lines["sockbypass"])
+    assert re.search(r"^probe\s+tracectx\s+ok", lines["tracectx"])
     assert no_programs_left() == []
 
 

@@ -1,0 +1,25 @@
+"""Model-to-row conversion: what the table shows for a workload."""
+
+from __future__ import annotations
+
+from wasmtop.collector.model import LatencyQuantiles, RequestFigures, Workload
+from wasmtop.rows import COLUMNS, workload_row
+
+
+def workload(requests: RequestFigures | None) -> Workload:
+    return Workload(
+        key="pid:7", kind="wasm", runtime="wasmtime", comm="edge", pids=(7,), cgroup=None,
+        pod=None, sched=None, requests=requests,
+    )  # fmt: skip
+
+
+def test_requests_columns_show_count_and_p99_or_a_dash():
+    figures = RequestFigures(
+        count=42, window_s=60.0, latency_ms=LatencyQuantiles(1.0, 2.0, 3.456, 4.0, 5.0),
+        complete=True, evicted=0, by_status={"200": 42}, by_route={"GET /": 42},
+    )  # fmt: skip
+    row = dict(zip((h for h, _ in COLUMNS), workload_row(workload(figures))))
+    assert (row["REQS"], row["REQ p99 ms"]) == ("42", "3.46")
+    assert row["KIND"] == "wasm/wasmtime" and row["WORKLOAD"] == "edge[7]"
+    untraced = workload_row(workload(None))
+    assert len(untraced) == len(COLUMNS) and untraced[-2:] == ("-", "-")
