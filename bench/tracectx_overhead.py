@@ -40,6 +40,7 @@ TRACEPARENT = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331
 CONFIGS = ("plain", "sched", "tracectx")
 HANDLERS = {"item": "/item", "burn": "/burn?ms=1"}
 SERVER_CPU, WRK_CPU = 0, 1
+WASMTOP_CPU: int | None = None  # --wasmtop-cpu: where wasmtop's own threads may run
 
 
 def cpu_ticks(pid: int) -> int:
@@ -71,8 +72,10 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
         port = int(server.stdout.readline().split()[1])
         if config != "plain":
             flags = ["--no-trace"] if config == "sched" else ["--trace-pid", str(server.pid)]
+            pin = ["taskset", "-c", str(WASMTOP_CPU)] if WASMTOP_CPU is not None else []
             tool = subprocess.Popen(
-                [WASMTOP, "snapshot", "--bypass", "off", "--seconds", str(seconds + 2), *flags],
+                [*pin, WASMTOP, "snapshot", "--bypass", "off", "--seconds", str(seconds + 2),
+                 *flags],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             line = tool.stderr.readline()
@@ -145,6 +148,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0, help="load per measurement")
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--wasmtop-cpu", type=int, help="pin wasmtop to this CPU (default: not "
+                    "pinned; the server runs on CPU 0, wrk on CPU 1)")  # fmt: skip
     ap.add_argument("--handler", choices=HANDLERS, action="append",
                     help="which handler(s) to load (default both)")  # fmt: skip
     args = ap.parse_args()
@@ -155,6 +160,8 @@ def main() -> int:
         print("needs wrk (make setup installs it)", file=sys.stderr)
         return 1
     args.handler = args.handler or list(HANDLERS)
+    global WASMTOP_CPU
+    WASMTOP_CPU = args.wasmtop_cpu
     for handler in args.handler:
         measure(handler, args)
     return 0
