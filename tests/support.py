@@ -109,3 +109,19 @@ def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.1) -> bool:
 
 def wasmtop_cmd() -> list[str]:
     return [os.path.join(os.path.dirname(sys.executable), "wasmtop")]
+
+
+HTTP_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http_server.py")
+
+
+@contextmanager
+def http_server(*args: str, exe: str = sys.executable) -> Iterator[tuple[subprocess.Popen, int]]:
+    """tests/http_server.py in a subprocess: yields (process, port) once it listens."""
+    proc = subprocess.Popen([exe, HTTP_SERVER, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        word, port = proc.stdout.readline().split()
+        assert word == "ready"
+        yield proc, int(port)
+    finally:
+        proc.kill()
+        proc.wait()

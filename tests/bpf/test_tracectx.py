@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import no_programs_left, workloads
+from support import http_server, no_programs_left, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.httpmsg import REASONS
@@ -29,7 +29,6 @@ from wasmtop.probes.runtime import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
 
-SERVER = str(Path(__file__).resolve().parents[1] / "http_server.py")
 WRITER = str(Path(__file__).resolve().parents[2] / "examples/trace_ctx/trace_ctx_writer.py")
 RNG = random.Random(4)
 
@@ -39,18 +38,6 @@ def nothing_of_ours_left_behind():
     yield
     assert no_programs_left() == []
     assert not pins.PIN_DIR.exists()  # the trace-context map and every hand-over pin are gone
-
-
-@contextlib.contextmanager
-def http_server(*args: str) -> Iterator[tuple[subprocess.Popen, int]]:
-    proc = subprocess.Popen([sys.executable, SERVER, *args], stdout=subprocess.PIPE, text=True)
-    try:
-        word, port = proc.stdout.readline().split()
-        assert word == "ready"
-        yield proc, int(port)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -12,11 +11,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from support import no_programs_left, our_programs, wait_for, wasmtop_cmd, workloads
+from support import (
+    http_server,
+    no_programs_left,
+    our_programs,
+    wait_for,
+    wasmtop_cmd,
+    workloads,
+)
 
 WASMTOP = wasmtop_cmd()
 SCHED_FIELDS = {
@@ -269,9 +274,6 @@ def test_snapshot_accelerate_reports_bypassed_connections_per_workload():
     assert no_programs_left() == []
 
 
-SERVER = str(Path(__file__).resolve().parents[1] / "http_server.py")
-
-
 def http_load(port: int, n: int, result: dict[str, float], pace_s: float = 0.01) -> None:
     """n requests over one keep-alive connection, one every ``pace_s``, each with a fresh
     traceparent; the client's round trip per trace id goes into ``result``."""
@@ -303,18 +305,6 @@ def snapshot_during(args: list[str], work) -> tuple[dict, str]:
             proc.kill()
     assert proc.returncode == 0, attached + err
     return json.loads(out), attached
-
-
-@contextlib.contextmanager
-def http_server(*args: str, exe: str = sys.executable):
-    proc = subprocess.Popen([exe, SERVER, *args], stdout=subprocess.PIPE, text=True)
-    try:
-        word, port = proc.stdout.readline().split()
-        assert word == "ready"
-        yield proc, int(port)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_so():
