@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
+from ..probes.lifecycle import Library, LifecycleProbe
 from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
 from ..probes.runtime import Probe, ProbeSet
 from ..probes.sched import SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
 from .correlate import RequestTracker, TraceSelector, trace_of
+from .lifecycle import KINDS, LifecycleAccounting, empty_calls
 from .model import (
     DelayQuantiles,
     Events,
@@ -29,14 +31,17 @@ from .model import (
     NetFigures,
     PreemptionEvent,
     RequestFigures,
+    RuntimeMetrics,
     SchedFigures,
     Snapshot,
     Trace,
     Unattributed,
+    WasmFigures,
     Workload,
 )
 from .net import NetAccounting, NetWindow, empty_net
 from .quantiles import bucket_bounds, histogram_quantile
+from .runtime import DEFAULT_GROWTH_WINDOW_S, RuntimeFigures, RuntimeReader, RuntimeTracker
 from .sockets import SocketOwners
 from .topology import Topology
 from .workloads import ProcReader, WorkloadId, WorkloadResolver
@@ -131,6 +136,7 @@ class Collector:
         gc_every: int = 10,
         trace_selector: TraceSelector | None = None,
         requests: RequestTracker | None = None,
+        growth_window_s: float = DEFAULT_GROWTH_WINDOW_S,
     ) -> None:
         self.probes = probes
         self.proc_root = Path(proc_root)
@@ -154,8 +160,13 @@ class Collector:
         self._traces: list = []
         self._traces_total = 0
         self._considered: set[int] = set()  # pids the selector has judged
-        if self.tracectx is not None:
-            self._select_from_proc()
+        self.runtime = RuntimeTracker(RuntimeReader(proc_root), growth_window_s=growth_window_s)
+        self.life = LifecycleAccounting()
+        # pid -> (the runtime library its uprobes are on, its path as the process sees it)
+        self._libraries: dict[int, tuple[Library, str]] = {}
+        self._library_checked: set[int] = set()
+        if self.tracectx is not None or self.lifecycle is not None:
+            self._scan_proc()
 
     def _loaded(self, kind: type[P]) -> P | None:
         return next((p for p in self.probes if isinstance(p, kind) and p.loaded), None)
@@ -172,14 +183,103 @@ class Collector:
     def tracectx(self) -> TraceCtxProbe | None:
         return self._loaded(TraceCtxProbe)
 
-    # -- trace context --------------------------------------------------------------------
-    def _select_from_proc(self) -> None:
-        """At start, find the processes to trace among those already running (an idle server
-        blocked in accept() may not be seen by the scheduler probe for a long time)."""
+    @property
+    def lifecycle(self) -> LifecycleProbe | None:
+        return self._loaded(LifecycleProbe)
+
+    def _scan_proc(self) -> None:
+        """At start, look at the processes already running: those to trace, and WebAssembly
+        runtimes whose library gets the compile/instantiate uprobes (an idle server blocked in
+        accept() may not be seen by the scheduler probe for a long time)."""
         try:
             pids = [int(e) for e in os.listdir(self.proc_root) if e.isdigit()]
         except OSError:
             pids = []
+        if self.lifecycle is not None:
+            self._attach_runtimes(pids)
+        if self.tracectx is not None:
+            self._select_from_proc(pids)
+
+    # -- WebAssembly runtimes -------------------------------------------------------------
+    def _attach_runtimes(self, pids: list[int]) -> None:
+        """Attach the uprobes to the runtime library each new WebAssembly process maps."""
+        probe = self.lifecycle
+        if probe is None:
+            return
+        for pid in pids:
+            if pid in self._library_checked:
+                continue
+            self._library_checked.add(pid)
+            info = self.resolver.process(pid)
+            if info is None or info.runtime is None or info.runtime_library is None:
+                continue
+            # The path is in the process's mount namespace: reach it through its root.
+            path = f"{self.proc_root}/{pid}/root{info.runtime_library}"
+            try:
+                lib = probe.attach_library(path, info.runtime)
+                self._libraries[pid] = (lib, info.runtime_library)
+            except OSError:
+                continue  # exited meanwhile
+
+    def _wasm(self, wid: WorkloadId, pids: set[int], calls: dict) -> WasmFigures | None:
+        runtime = wid.runtime or next(
+            (i.runtime for p in pids if (i := self.resolver.process(p)) and i.runtime), None
+        )
+        if runtime is None:
+            return None
+        if self.lifecycle is None:
+            return WasmFigures(None, "failed", "the lifecycle probe is not running", None, None)
+        found = next((self._libraries[p] for p in sorted(pids) if p in self._libraries), None)
+        if found is None:
+            why = f"no {runtime} shared library mapped (a statically linked runtime has no C API)"
+            return WasmFigures(None, "no_library", why, None, None)
+        lib, seen_as = found
+        missing = f"symbols not found: {', '.join(lib.missing)}" if lib.missing else None
+        reason = lib.error or missing
+        mine = calls.get(wid.key, {})
+        return WasmFigures(
+            library=seen_as,
+            status="ok" if lib.attached else "failed",
+            reason=reason,
+            compile=mine.get(KINDS[0]) or empty_calls(),
+            instantiate=mine.get(KINDS[1]) or empty_calls(),
+        )
+
+    def _sample_runtime(self) -> None:
+        """One RSS/CPU/cgroup sample of every live process wasmtop knows, per workload."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for pid in self.resolver.known():
+            if (self.proc_root / str(pid)).exists():
+                key = self._workload_key(pid)
+                if key is not None:
+                    groups[key].append(pid)
+        self.runtime.sample(groups)
+
+    def _runtime_metrics(
+        self, wid: WorkloadId, pids: set[int], fig: RuntimeFigures | None, calls: dict
+    ) -> RuntimeMetrics | None:
+        cold, accept = self.life.cold(wid.key)
+        wasm = self._wasm(wid, pids, calls)
+        if fig is None and cold is None and accept is None and wasm is None:
+            return None
+        return RuntimeMetrics(
+            rss_bytes=fig.rss_bytes if fig else 0,
+            rss_growth_mb_per_min=fig.rss_growth_mb_per_min if fig else None,
+            growth_window_s=fig.growth_window_s if fig else 0.0,
+            cpu_percent=fig.cpu_percent if fig else None,
+            memory_current_bytes=fig.memory_current_bytes if fig else None,
+            memory_limit_bytes=fig.memory_limit_bytes if fig else None,
+            throttled_us=fig.throttled_us if fig else None,
+            nr_throttled=fig.nr_throttled if fig else None,
+            cold_start_ms=cold.last_ms if cold else None,
+            cold_start=cold,
+            first_accept_ms=accept.last_ms if accept else None,
+            first_accept=accept,
+            wasm=wasm,
+        )
+
+    # -- trace context --------------------------------------------------------------------
+    def _select_from_proc(self, pids: list[int]) -> None:
         sel = self.selector
         if not sel.wasm_default and not sel.comms:
             candidates = [p for p in pids if p in sel.pids]
@@ -273,6 +373,10 @@ class Collector:
         if self.tracectx is not None:
             self._select(pids)
             self._feed_requests()
+        if self.lifecycle is not None:
+            self._attach_runtimes(pids)
+            self.life.add_cold_starts(self.lifecycle.take_events(), self._workload_key)
+        self._sample_runtime()
 
     def _workload_key(self, pid: int) -> str | None:
         wid = self.resolver.identify(pid)
@@ -316,6 +420,13 @@ class Collector:
                     per_workload[key] = _Activity(pids=set(pids))
             events = dataclasses.replace(events, bypass=net.events, bypass_total=net.events_total)
             counters.update(net.counters)
+        wasm_calls: dict = {}
+        if self.lifecycle is not None:
+            life = self.lifecycle.read()
+            self.life.add_cold_starts(life.cold_starts, self._workload_key)
+            wasm_calls = self.life.wasm_window(life, self._workload_key)
+        self._sample_runtime()
+        runtime_figures = self.runtime.figures()
         request_figures: dict[str, RequestFigures] = {}
         traces: tuple[Trace, ...] = ()
         traces_total = 0
@@ -346,6 +457,7 @@ class Collector:
                 window_s,
                 (net.per_workload.get(key) or empty_net()) if net else None,
                 request_figures.get(key),
+                self._runtime_metrics(ids[key], act.pids, runtime_figures.get(key), wasm_calls),
             )
             for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
         )
@@ -430,6 +542,7 @@ class Collector:
         window_s: float,
         net: NetFigures | None,
         requests: RequestFigures | None,
+        runtime_metrics: RuntimeMetrics | None,
     ) -> Workload:
         allowed: set[int] = set()
         runtime = wid.runtime
@@ -483,6 +596,7 @@ class Collector:
             sched=sched,
             net=net,
             requests=requests,
+            runtime_metrics=runtime_metrics,
         )
 
     def _matrix(self, matrix: Mapping[tuple[int, int], int]) -> tuple[Migration, ...]:

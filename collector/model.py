@@ -172,6 +172,58 @@ class Trace(NamedTuple):
 
 
 @dataclass(frozen=True)
+class ColdStarts:
+    """Cold starts of a workload's processes exec'd while wasmtop ran (the last 1,000 kept)."""
+
+    count: int
+    last_ms: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
+class CallFigures:
+    """A WebAssembly runtime's compile or instantiate calls in the window."""
+
+    count: int
+    total_ms: float
+    mean_ms: float | None
+    p50_ms: float | None  # from an in-kernel log-linear histogram (within 1/16)
+    p99_ms: float | None
+    max_ms: float | None  # exact, since wasmtop attached to the library
+
+
+@dataclass(frozen=True)
+class WasmFigures:
+    library: str | None  # the runtime library the uprobes are on
+    status: str  # ok | no_library (the runtime is not a shared library it maps) | failed
+    reason: str | None
+    compile: CallFigures | None
+    instantiate: CallFigures | None
+
+
+@dataclass(frozen=True)
+class RuntimeMetrics:
+    """The runtime block (DESIGN.md's ``runtime: {...}``, named ``runtime_metrics`` because
+    ``runtime`` already names the workload's WebAssembly runtime)."""
+
+    rss_bytes: int
+    rss_growth_mb_per_min: float | None  # least-squares slope over the growth window
+    growth_window_s: float  # the span of samples the slope covers
+    cpu_percent: float | None  # 100 = one CPU
+    memory_current_bytes: int | None  # of its cgroup
+    memory_limit_bytes: int | None
+    throttled_us: int | None  # CPU throttling of its cgroup since wasmtop first saw it
+    nr_throttled: int | None
+    cold_start_ms: float | None  # last exec -> first listen
+    cold_start: ColdStarts | None
+    first_accept_ms: float | None  # last exec -> first accepted connection
+    first_accept: ColdStarts | None
+    wasm: WasmFigures | None  # null: not a WebAssembly runtime
+
+
+@dataclass(frozen=True)
 class Workload:
     key: str
     kind: str  # wasm | container | process
@@ -183,6 +235,7 @@ class Workload:
     sched: SchedFigures | None
     net: NetFigures | None = None  # null: the socket-bypass probe is not running
     requests: RequestFigures | None = None  # null: no request of it traced in the window
+    runtime_metrics: RuntimeMetrics | None = None  # null: not measured
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ class ProcessInfo:
     cgroup: str | None
     container: ContainerRef | None
     runtime: str | None  # WebAssembly runtime, if this process is one
+    runtime_library: str | None  # the runtime's shared library it maps (path in its mount ns)
     allowed_cpus: frozenset[int]
     read_at: float
 
@@ -120,6 +121,20 @@ class WorkloadId:
     comm: str
     cgroup: str | None
     pod: Pod | None
+
+
+def runtime_library(maps: str | None) -> tuple[str, str] | None:
+    """(runtime, library path) of the first WebAssembly runtime library a process maps."""
+    for line in (maps or "").splitlines():
+        fields = line.split(None, 5)  # address perms offset dev inode [path]
+        if len(fields) < 6:
+            continue
+        path = fields[5].strip()
+        name = os.path.basename(path)
+        for stem, runtime in _RUNTIME_LIBS:
+            if stem in name and ".so" in name:
+                return runtime, path
+    return None
 
 
 def wasm_runtime(exe: str | None, comm: str, maps: str | None) -> str | None:
@@ -191,6 +206,7 @@ class ProcReader:
             cgroup=cgroup,
             container=container,
             runtime=wasm_runtime(exe, comm, maps),
+            runtime_library=lib[1] if (lib := runtime_library(maps)) else None,
             allowed_cpus=allowed,
             read_at=time.monotonic(),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import features
+from .lifecycle import LifecycleProbe
 from .runtime import Probe, fentry_feature  # noqa: F401  (wasmtop doctor)
 from .sched import SchedProbe
 from .sockbypass import ACCELERATE, SockBypassProbe
@@ -11,7 +12,8 @@ from .tracectx import TraceCtxProbe
 
 def default_probes() -> list[Probe]:
     sched = SchedProbe(trace_ctx=True)
-    return [sched, SockBypassProbe(), TraceCtxProbe(sched)]  # tracectx after the one it shares
+    # tracectx after the probe whose map it shares
+    return [sched, SockBypassProbe(), TraceCtxProbe(sched), LifecycleProbe()]
 
 
 def probe_variants() -> list[tuple[str, Probe]]:
@@ -32,6 +34,7 @@ def probe_variants() -> list[tuple[str, Probe]]:
         ("sched: trace-context map", sched),
         ("tracectx: sharing the scheduler probe's maps", TraceCtxProbe(sched)),
         ("tracectx: alone", TraceCtxProbe()),
+        ("lifecycle", LifecycleProbe()),
         ("sockbypass: observe", SockBypassProbe()),
         ("sockbypass: accelerate, pod CIDR", SockBypassProbe(mode=ACCELERATE,
                                                              local_cidrs=("10.42.0.0/16",))),

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .records import BypassRecord, PreemptionRecord, RequestRecord
+from .records import BypassRecord, ColdStartRecord, PreemptionRecord, RequestRecord
 
 
 class DecodeError(ValueError):
@@ -136,3 +136,16 @@ def request_event(f: tuple) -> RequestRecord:
         ctx_trace_id=ctx_trace if ctx else None,
         ctx_span_id=ctx_span if ctx else None,
     )
+
+
+LIFE_KINDS = {1: "listen", 2: "accept"}
+
+
+# struct life_event in lifecycle.bpf.c
+@decoder("life_event", "<QQII16s")
+def life_event(f: tuple) -> ColdStartRecord:
+    exec_ns, ts_ns, tgid, kind, name = f
+    if kind not in LIFE_KINDS or ts_ns < exec_ns:
+        raise DecodeError(f"life_event: kind {kind}, exec {exec_ns} after {ts_ns}")
+    return ColdStartRecord(tgid=tgid, comm=comm(name), kind=LIFE_KINDS[kind], exec_ns=exec_ns,
+                           ts_ns=ts_ns)  # fmt: skip

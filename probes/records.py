@@ -138,3 +138,40 @@ class RequestRecord(NamedTuple):  # one per request: a NamedTuple is much cheape
     data: bytes  # the request's first bytes, at most CAPTURE_BYTES
     ctx_trace_id: bytes | None  # from the trace-context map (at the response, else the request)
     ctx_span_id: bytes | None
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColdStartRecord:
+    """The first listen or accepted connection of a process exec'd while wasmtop ran."""
+
+    tgid: int
+    comm: str
+    kind: str  # listen | accept
+    exec_ns: int
+    ts_ns: int
+
+    @property
+    def cold_start_ns(self) -> int:
+        return self.ts_ns - self.exec_ns
+
+
+@dataclass(frozen=True)
+class WasmCalls:
+    """A runtime's compile or instantiate calls in one process, cumulative since attached."""
+
+    tgid: int
+    kind: str  # compile | instantiate
+    count: int
+    total_ns: int
+    max_ns: int
+    hist: dict[int, int]  # log-linear bucket -> calls
+
+
+@dataclass(frozen=True)
+class LifecycleReading:
+    ts_ns: int
+    cold_starts: list[ColdStartRecord]  # since the previous reading
+    wasm: dict[tuple[int, str], WasmCalls]  # (tgid, kind) -> cumulative

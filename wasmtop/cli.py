@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not load the trace-context probe nor pin the trace-context map",
     )
     snap.add_argument(
+        "--growth-window-s",
+        type=positive_seconds,
+        default=300.0,
+        metavar="S",
+        help="RSS growth (MB/min) is the least-squares slope over the last S seconds of "
+        "samples, one a second (default 300; a snapshot shorter than S covers its own length)",
+    )
+    snap.add_argument(
         "--max-events",
         type=int,
         default=1000,
@@ -281,13 +289,21 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         )
         # After the scheduler probe: it shares that probe's per-thread map.
         selected.append(TraceCtxProbe(selected[0], cgroups=args.trace_cgroup))
+    from .probes.lifecycle import LifecycleProbe
+
+    selected.append(LifecycleProbe())
     try:
         with ProbeSet(selected) as probes:
             if not any(p.status == OK for p in probes):
                 for p in probes:
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
                 return EXIT_ENV
-            collector = Collector(probes, max_events=args.max_events, trace_selector=selector)
+            collector = Collector(
+                probes,
+                max_events=args.max_events,
+                trace_selector=selector,
+                growth_window_s=args.growth_window_s,
+            )
             status = ", ".join(
                 f"{p.name} {p.status}" + (f" ({mode})" if (mode := p.details().get("mode")) else "")
                 for p in probes

@@ -1,0 +1,107 @@
+"""Cold starts and WebAssembly compile/instantiate figures per workload, from the lifecycle
+probe's readings: cold starts are kept (bounded) per workload; call counters are cumulative in
+the kernel and turned into per-window figures here."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+
+from ..probes.lifecycle import COMPILE, INSTANTIATE
+from ..probes.records import ColdStartRecord, LifecycleReading, WasmCalls
+from .model import CallFigures, ColdStarts
+from .quantiles import bucket_bounds, exact_quantile, histogram_quantile
+
+MAX_COLD_STARTS = 1000  # per workload and kind
+
+
+def cold_starts(values_ns: Iterable[int]) -> ColdStarts | None:
+    values = list(values_ns)
+    if not values:
+        return None
+    ms = [v / 1e6 for v in values]
+    return ColdStarts(
+        count=len(ms),
+        last_ms=ms[-1],
+        p50_ms=exact_quantile(ms, 0.50),
+        p99_ms=exact_quantile(ms, 0.99),
+        max_ms=max(ms),
+    )
+
+
+def call_figures(count: int, total_ns: int, hist: dict[int, int], max_ns: int) -> CallFigures:
+    def q(p: float) -> float | None:
+        if not hist:
+            return None
+        return histogram_quantile(hist, p, max_ns or None) / 1e6
+
+    return CallFigures(
+        count=count,
+        total_ms=total_ns / 1e6,
+        mean_ms=total_ns / count / 1e6 if count else None,
+        p50_ms=q(0.50),
+        p99_ms=q(0.99),
+        max_ms=max_ns / 1e6 if max_ns else None,
+    )
+
+
+class LifecycleAccounting:
+    def __init__(self, max_cold_starts: int = MAX_COLD_STARTS) -> None:
+        self.max_cold_starts = max_cold_starts
+        self._cold: dict[tuple[str, str], deque[int]] = {}  # (workload, kind) -> ns
+        self._prev: dict[tuple[int, str], WasmCalls] = {}
+
+    def add_cold_starts(
+        self, records: Iterable[ColdStartRecord], workload_of: Callable[[int], str | None]
+    ) -> None:
+        for r in records:
+            key = workload_of(r.tgid)
+            if key is None:
+                continue
+            q = self._cold.setdefault((key, r.kind), deque(maxlen=self.max_cold_starts))
+            q.append(r.cold_start_ns)
+
+    def cold(self, workload: str) -> tuple[ColdStarts | None, ColdStarts | None]:
+        """(exec -> first listen, exec -> first accept) of the workload's processes."""
+        return (
+            cold_starts(self._cold.get((workload, "listen"), ())),
+            cold_starts(self._cold.get((workload, "accept"), ())),
+        )
+
+    def wasm_window(
+        self, reading: LifecycleReading, workload_of: Callable[[int], str | None]
+    ) -> dict[str, dict[str, CallFigures]]:
+        """Per workload and kind: the calls made since the previous reading."""
+        acc: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, defaultdict(int), 0])
+        for (tgid, kind), cur in reading.wasm.items():
+            prev = self._prev.get((tgid, kind))
+            if prev is not None and cur.count < prev.count:
+                prev = None  # the entry was recreated (pid reused): all of it is new
+            count = cur.count - (prev.count if prev else 0)
+            if not count:
+                continue
+            key = workload_of(tgid)
+            if key is None:
+                continue
+            a = acc[(key, kind)]
+            a[0] += count
+            a[1] += cur.total_ns - (prev.total_ns if prev else 0)
+            for bucket, n in cur.hist.items():
+                diff = n - (prev.hist.get(bucket, 0) if prev else 0)
+                if diff > 0:
+                    a[2][bucket] += diff
+            a[3] = max(a[3], cur.max_ns)
+        self._prev = dict(reading.wasm)
+        out: dict[str, dict[str, CallFigures]] = defaultdict(dict)
+        for (key, kind), (count, total, hist, max_ns) in acc.items():
+            if not max_ns and hist:
+                max_ns = bucket_bounds(max(hist))[1] - 1
+            out[key][kind] = call_figures(count, total, dict(hist), max_ns)
+        return dict(out)
+
+
+def empty_calls() -> CallFigures:
+    return call_figures(0, 0, {}, 0)
+
+
+KINDS = (COMPILE, INSTANTIATE)

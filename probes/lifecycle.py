@@ -1,0 +1,197 @@
+"""Lifecycle probe: process cold start (exec -> first listen, exec -> first accepted connection)
+and the latency of WebAssembly runtimes' compile and instantiate calls.
+
+Kernel side: ``lifecycle.bpf.c`` on sched_process_exec/fork/exit and the listen/accept syscall
+tracepoints, plus uprobes on a runtime's C API, attached per library file as workloads that map
+one are found (``attach_library``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import features
+from .records import LifecycleReading, WasmCalls
+from .runtime import Probe, ProbeUnavailable
+
+DEFAULT_MAX_PROCS = 16_384
+DEFAULT_MAX_CALLS = 16_384
+DEFAULT_RINGBUF_PAGES = 8  # cold starts are rare: 32 KiB holds ~800 between two drains
+
+COMPILE, INSTANTIATE = "compile", "instantiate"
+_KIND_IDS = {1: COMPILE, 2: INSTANTIATE}
+
+# Per runtime: the C API functions whose latency is a compile or an instantiate.
+RUNTIME_SYMBOLS: dict[str, dict[str, str]] = {
+    "wasmtime": {
+        "wasmtime_module_new": COMPILE,
+        "wasmtime_instance_new": INSTANTIATE,
+        "wasmtime_linker_instantiate": INSTANTIATE,
+    },
+    "wasmedge": {
+        "WasmEdge_VMLoadWasmFromFile": COMPILE,
+        "WasmEdge_VMLoadWasmFromBuffer": COMPILE,
+        "WasmEdge_VMValidate": COMPILE,
+        "WasmEdge_VMInstantiate": INSTANTIATE,
+    },
+}
+
+
+@dataclass
+class Library:
+    """A runtime library file the uprobes are attached to."""
+
+    path: str
+    runtime: str
+    attached: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # symbols the library does not export
+    error: str | None = None
+
+
+class LifecycleProbe(Probe):
+    name = "lifecycle"
+    tracepoints = (
+        ("sched:sched_process_exec", "wasmtop_process_exec"),
+        ("sched:sched_process_fork", "wasmtop_process_fork"),
+        ("sched:sched_process_exit", "wasmtop_process_exit"),
+        ("syscalls:sys_exit_listen", "wasmtop_listen"),
+        ("syscalls:sys_exit_accept4", "wasmtop_accept4"),
+        ("syscalls:sys_exit_accept", "wasmtop_accept"),
+    )
+    ringbuffers = (("life_events", "life_event"),)
+
+    def __init__(
+        self,
+        *,
+        max_procs: int = DEFAULT_MAX_PROCS,
+        max_calls: int = DEFAULT_MAX_CALLS,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+    ) -> None:
+        super().__init__()
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise ValueError("ringbuf_pages must be a power of two")
+        self.max_procs = max_procs
+        self.max_calls = max_calls
+        self.ringbuf_pages = ringbuf_pages
+        self.libraries: dict[tuple[int, int], Library] = {}  # (st_dev, st_ino) -> library
+        self._uprobes: list[tuple[str, str, bool]] = []  # (path, symbol, return probe)
+
+    def defines(self) -> dict[str, int | str]:
+        return {
+            "MAX_PROCS": self.max_procs,
+            "MAX_CALLS": self.max_calls,
+            "RINGBUF_PAGES": self.ringbuf_pages,
+        }
+
+    def check_kernel(self) -> None:
+        super().check_kernel()
+        if not features.check_ringbuf().ok:
+            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+
+    def required_maps(self) -> list[str]:
+        return [*super().required_maps(), "procs", "calls_in_flight", "wasm_calls", "wasm_hist"]
+
+    # -- uprobes on runtime libraries -----------------------------------------------------
+    def attach_library(self, path: str, runtime: str) -> Library:
+        """Attach the compile/instantiate uprobes to a runtime's library file, once per file
+        (a library mapped by many processes is one inode). Symbols it lacks are reported."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        if key in self.libraries:
+            return self.libraries[key]
+        lib = Library(path, runtime)
+        self.libraries[key] = lib
+        if self.bpf is None:
+            lib.error = "probe not loaded"
+            return lib
+        symbols = RUNTIME_SYMBOLS.get(runtime, {})
+        if not symbols:
+            lib.error = f"no known C API for runtime {runtime!r}"
+        for sym, kind in symbols.items():
+            try:
+                self._attach_call(path, sym, kind)
+            except Exception:  # the library does not export it (another version, stripped)
+                lib.missing.append(sym)
+            else:
+                lib.attached.append(sym)
+        return lib
+
+    def _attach_call(self, path: str, sym: str, kind: str) -> None:
+        from .runtime import capturing
+
+        name, raw_sym = path.encode(), sym.encode()
+        entry, ret = f"wasmtop_wasm_{kind}_entry".encode(), f"wasmtop_wasm_{kind}_return".encode()
+        capturing(
+            f"uprobe {sym}", lambda: self.bpf.attach_uprobe(name=name, sym=raw_sym, fn_name=entry)
+        )
+        self._uprobes.append((path, sym, False))
+        try:
+            capturing(
+                f"uretprobe {sym}",
+                lambda: self.bpf.attach_uretprobe(name=name, sym=raw_sym, fn_name=ret),
+            )
+        except Exception:
+            self._detach_uprobe(path, sym, False)
+            raise
+        self._uprobes.append((path, sym, True))
+
+    def _detach_uprobe(self, path: str, sym: str, ret: bool) -> None:
+        with contextlib.suppress(Exception):
+            if ret:
+                self.bpf.detach_uretprobe(name=path.encode(), sym=sym.encode())
+            else:
+                self.bpf.detach_uprobe(name=path.encode(), sym=sym.encode())
+        with contextlib.suppress(ValueError):
+            self._uprobes.remove((path, sym, ret))
+
+    def detach(self) -> None:
+        for path, sym, ret in reversed(list(self._uprobes)):
+            self._detach_uprobe(path, sym, ret)
+        super().detach()
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "libraries": [
+                {
+                    "path": lib.path,
+                    "runtime": lib.runtime,
+                    "attached": lib.attached,
+                    "missing": lib.missing,
+                    "error": lib.error,
+                }
+                for lib in self.libraries.values()
+            ]  # fmt: skip
+        }
+
+    # -- reading --------------------------------------------------------------------------
+    def read(self) -> LifecycleReading:
+        """Cold starts since the previous read, and cumulative compile/instantiate figures."""
+        self.drain()
+        hist: dict[tuple[int, str], dict[int, int]] = defaultdict(dict)
+        for k, v in self.table("wasm_hist").items():
+            hist[(k.tgid, _KIND_IDS.get(k.kind, "?"))][k.bucket] = int(v.value)
+        wasm = {}
+        for k, v in self.table("wasm_calls").items():
+            kind = _KIND_IDS.get(k.kind, "?")
+            wasm[(k.tgid, kind)] = WasmCalls(
+                tgid=k.tgid, kind=kind, count=v.count, total_ns=v.total_ns, max_ns=v.max_ns,
+                hist=hist.get((k.tgid, kind), {}),
+            )  # fmt: skip
+        return LifecycleReading(
+            ts_ns=time.monotonic_ns(), cold_starts=self.take_events(), wasm=wasm
+        )
+
+    def forget(self, tgids: set[int]) -> None:
+        """Drop the compile/instantiate entries of processes that have exited (after a read)."""
+        if self.bpf is None:
+            return
+        for name in ("wasm_calls", "wasm_hist"):
+            table = self.table(name)
+            for k in [k for k in table.keys() if k.tgid in tgids]:
+                with contextlib.suppress(KeyError):
+                    del table[k]

@@ -1,0 +1,189 @@
+"""Runtime metrics and Wasm awareness on the real kernel with real wasmtime (issue: runtime
+metrics, tests 1-4; test 5, fixture /proc trees, is in tests/unit/test_runtime_metrics.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import no_programs_left, workloads
+from wasmtop.collector.collector import Collector
+from wasmtop.collector.correlate import TraceSelector
+from wasmtop.collector.model import Snapshot
+from wasmtop.collector.runtime import parse_mounts
+from wasmtop.probes.lifecycle import LifecycleProbe
+from wasmtop.probes.runtime import OK, ProbeSet
+from wasmtop.probes.sched import SchedProbe
+from wasmtop.probes.tracectx import TraceCtxProbe
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = str(ROOT / "examples/wasm-edge-service/service.py")
+LISTEN_AFTER = ROOT / "tests/native/listen_after.c"
+
+
+@pytest.fixture(autouse=True)
+def nothing_of_ours_left_behind():
+    yield
+    assert no_programs_left() == []
+
+
+@contextlib.contextmanager
+def watching(trace: bool = False) -> Iterator[tuple[ProbeSet, Collector]]:
+    sched = SchedProbe()
+    probes = [sched, LifecycleProbe()] + ([TraceCtxProbe(sched)] if trace else [])
+    with ProbeSet(probes, handle_signals=False) as ps:
+        for p in ps:
+            assert p.status == OK, f"{p.name}: {p.reason}"
+        yield ps, Collector(ps, trace_selector=TraceSelector())
+
+
+def watch_for(ps: ProbeSet, collector: Collector, seconds: float) -> Snapshot:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        collector.observe()
+    ps.detach()
+    return collector.tick()
+
+
+@contextlib.contextmanager
+def service(*args: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    proc = subprocess.Popen([sys.executable, SERVICE, "--port", "0", *args],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        word, port = proc.stdout.readline().split()
+        assert word == "ready"
+        yield proc, int(port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def by_pid(snap: Snapshot, pid: int):
+    return next(w for w in snap.workloads if pid in w.pids)
+
+
+def test_cold_start_is_exec_to_first_listen(tmp_path):
+    exe = tmp_path / "listen_after"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(LISTEN_AFTER)], check=True)
+    with watching() as (ps, collector):
+        proc = subprocess.Popen([str(exe), "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        try:
+            port = int(proc.stdout.readline().split()[1])
+            time.sleep(0.1)
+            socket.create_connection(("127.0.0.1", port)).close()  # its first accept
+            collector.observe()
+            snap = watch_for(ps, collector, 0.5)
+        finally:
+            proc.kill()
+            proc.wait()
+    rt = by_pid(snap, proc.pid).runtime_metrics
+    assert 30 <= rt.cold_start_ms <= 35, rt  # the 30 ms sleep and nothing else
+    assert rt.cold_start.count == 1
+    assert rt.first_accept_ms >= rt.cold_start_ms + 100  # it connected 100 ms after "ready"
+    assert rt.wasm is None  # not a WebAssembly runtime
+
+
+def test_the_wasm_service_shows_every_instantiation():
+    requests = 200
+    latencies_ms: list[float] = []
+    with service() as (proc, port), watching(trace=True) as (ps, collector):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            latencies_ms.append((time.perf_counter() - t0) * 1000)
+        conn.close()
+        snap = watch_for(ps, collector, 0.5)
+    w = by_pid(snap, proc.pid)
+    assert w.kind == "wasm" and w.runtime == "wasmtime"
+    wasm = w.runtime_metrics.wasm
+    assert wasm.status == "ok" and wasm.library.endswith("_libwasmtime.so"), wasm
+    inst = wasm.instantiate
+    assert inst.count == requests  # a new instance per request, each one seen
+    assert 0 < inst.mean_ms < min(latencies_ms)  # inside the request, never longer than it
+    assert inst.max_ms < max(latencies_ms)
+    assert 0 < w.requests.latency_ms.p50 and inst.mean_ms < w.requests.latency_ms.p50
+    assert wasm.compile.count == 0  # compiled once, at start, before wasmtop attached
+
+
+def test_leak_knob_shows_as_rss_growth_and_none_without_it():
+    seconds, rate_hz = 15, 20  # 20 requests/s x 50 KiB = 1,024,000 bytes/s
+    with (
+        service("--leak-kb-per-request", "50") as (leaky, port_l),
+        service() as (steady, port_s),
+        watching() as (ps, collector),
+    ):
+        stop = threading.Event()
+
+        def load(port: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            next_at = time.monotonic()
+            while not stop.is_set():
+                conn.request("GET", "/")
+                conn.getresponse().read()
+                next_at += 1 / rate_hz
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            conn.close()
+
+        threads = [threading.Thread(target=load, args=(p,)) for p in (port_l, port_s)]
+        for t in threads:
+            t.start()
+        try:
+            snap = watch_for(ps, collector, seconds)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    expected = 1_024_000 * 60 / 1e6  # 61.4 MB/min
+    leak = by_pid(snap, leaky.pid).runtime_metrics
+    assert leak.rss_growth_mb_per_min == pytest.approx(expected, rel=0.25), leak
+    assert leak.growth_window_s >= seconds - 2
+    calm = by_pid(snap, steady.pid).runtime_metrics
+    assert abs(calm.rss_growth_mb_per_min) < 0.1 * expected, calm
+    assert leak.rss_bytes > calm.rss_bytes
+
+
+def cpu_cgroup_dir() -> tuple[Path, str]:
+    """A new cgroup with the cpu controller (v2 where it has it, else v1), and its kind."""
+    mounts = parse_mounts(Path("/proc/self/mounts").read_text())
+    name = f"wasmtop-test-{uuid.uuid4().hex[:6]}"
+    v2 = mounts.v2_root
+    if v2 and "cpu" in (v2 / "cgroup.controllers").read_text().split():
+        return v2 / name, "v2"
+    return mounts.v1_roots["cpu"] / name, "v1"
+
+
+def test_a_cpu_quota_shows_as_throttling():
+    cg, kind = cpu_cgroup_dir()
+    cg.mkdir()
+    try:
+        if kind == "v2":
+            (cg / "cpu.max").write_text("10000 100000")  # 10 % of a CPU
+        else:
+            (cg / "cpu.cfs_period_us").write_text("100000")
+            (cg / "cpu.cfs_quota_us").write_text("10000")
+        with workloads(("hog", {"CPU": {1}})) as (hog,), watching() as (ps, collector):
+            (cg / "cgroup.procs").write_text(str(hog.pid))
+            collector.observe()  # first sample: throttling counts from here
+            hog.go()
+            snap = watch_for(ps, collector, 2.5)
+            hog.stop()
+    finally:
+        cg.rmdir()
+    rt = by_pid(snap, hog.pid).runtime_metrics
+    assert rt.nr_throttled >= 10  # ~10 periods a second were cut short
+    assert rt.throttled_us > 1_000_000  # held back for most of the 2.5 s
+    assert rt.cpu_percent is not None and rt.cpu_percent <= 15
