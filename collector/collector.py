@@ -167,6 +167,7 @@ class Collector:
         self._library_checked: set[int] = set()
         if self.tracectx is not None or self.lifecycle is not None:
             self._scan_proc()
+        self._window_start_ns = time.monotonic_ns()  # the window starts once set up
 
     def _loaded(self, kind: type[P]) -> P | None:
         return next((p for p in self.probes if isinstance(p, kind) and p.loaded), None)
@@ -382,12 +383,16 @@ class Collector:
         wid = self.resolver.identify(pid)
         return wid.key if wid else None
 
-    def tick(self) -> Snapshot:
+    def tick(self, end_ns: int | None = None) -> Snapshot:
+        """The Snapshot of the window since the previous tick. ``end_ns`` (CLOCK_MONOTONIC):
+        when the window ended, if before now (e.g. when the probes were told to detach, which
+        takes a while)."""
         self.probes.drain()
         sched, bypass = self.sched, self.bypass
         reading = sched.read() if sched else None
         net_reading = bypass.read() if bypass else None
-        end_ns = reading.ts_ns if reading else time.monotonic_ns()
+        if end_ns is None:
+            end_ns = reading.ts_ns if reading else time.monotonic_ns()
         window_s = max(0.0, (end_ns - self._window_start_ns) / 1e9)
 
         events = Events()

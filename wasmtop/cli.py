@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -315,8 +316,9 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                 sleep_draining(probes, step, drain=collector.poll)
                 collector.observe()
                 remaining -= step
+            end_ns = time.monotonic_ns()  # detaching takes a while: the window ends here
             probes.detach()  # stop the kernel side first, so the books close exactly
-            snapshot = collector.tick()
+            snapshot = collector.tick(end_ns)
     except Terminated as stop:
         return stop.exit_code
     if args.format == "json":

@@ -122,6 +122,7 @@ def test_a_signal_detaches_everything(sig):
         (["--trace-comm", "a-name-of-16-chr"], "expected a command name of 1 to 15 bytes"),
         (["--trace-cgroup", "/no/such/cgroup"], "cgroup /no/such/cgroup not found"),
         (["--no-trace", "--trace-comm", "x"], "not allowed with the --trace-* flags"),
+        (["--growth-window-s", "0"], "expected seconds > 0, got '0'"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_and_exit_2(args, message):
@@ -164,6 +165,7 @@ def test_doctor_reports_this_machine():
     assert re.search(r"^probe\s+sched\s+ok", lines["sched"])
     assert re.search(r"^probe\s+sockbypass\s+ok", lines["sockbypass"])
     assert re.search(r"^probe\s+tracectx\s+ok", lines["tracectx"])
+    assert re.search(r"^probe\s+lifecycle\s+ok", lines["lifecycle"])
     assert no_programs_left() == []
 
 
@@ -182,6 +184,9 @@ def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
         elif label.startswith("tracectx"):
             assert "// cflag -DCAPTURE_BYTES=512" in text
             assert "int wasmtop_exit_recvmsg(" in text and "int wasmtop_enter_writev(" in text
+        elif label.startswith("lifecycle"):
+            assert "int wasmtop_process_exec(" in text
+            assert "int wasmtop_wasm_instantiate_return(" in text
         else:
             assert "int wasmtop_sk_msg(" in text and "int wasmtop_tc_stack(" in text
     assert "// cflag -DACCELERATE=1" in texts[labels.index("sockbypass: accelerate, pod CIDR")]
@@ -318,6 +323,10 @@ def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_s
     w = next(w for w in snap["workloads"] if server.pid in w["pids"])
     assert w["kind"] == "wasm" and w["runtime"] == "wasmtime"
     assert w["requests"]["count"] == 40 and w["requests"]["by_status"] == {"200": 40}
+    rt = w["runtime_metrics"]
+    assert set(rt) >= {"rss_bytes", "rss_growth_mb_per_min", "cpu_percent", "throttled_us",
+                       "cold_start_ms", "wasm"}  # fmt: skip
+    assert rt["rss_bytes"] > 10_000_000 and rt["wasm"]["instantiate"]["count"] == 40
     assert set(w["requests"]["latency_ms"]) == {"p50", "p90", "p99", "p999", "max"}
     traces = {t["trace_id"]: t for t in snap["traces"]}
     assert traces.keys() == sent.keys()
