@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The example Wasm edge service under load, with and without wasmtop, side by side in one run.
+
+`hey` (pinned to CPU 1) drives examples/wasm-edge-service/service.py (pinned to CPU 0: a new
+wasmtime instance per request, default burn) with every request carrying a traceparent. Each
+round runs, in rotating order: no wasmtop (`plain`) and `wasmtop snapshot` with every probe on
+(`wasmtop`: scheduler, socket bypass in observe mode, trace context tracing the service as a
+WebAssembly runtime by default, lifecycle with the instantiate uprobes), each against a fresh
+service. Prints requests/s (medians over rounds), the ratio, and what wasmtop measured.
+
+Usage: sudo .venv/bin/python bench/edge_service.py [--rounds 5] [--seconds 5]
+Target (issue 5): requests/s with wasmtop >= 0.95x without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tracectx_overhead import TRACEPARENT, cpu_ticks
+
+ROOT = Path(__file__).resolve().parents[1]
+WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
+SERVICE = str(ROOT / "examples/wasm-edge-service/service.py")
+CONFIGS = ("plain", "wasmtop")
+
+
+def hey(port: int, seconds: float, conns: int) -> float:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "hey", "-z", f"{seconds:g}s", "-c", str(conns),
+         "-H", TRACEPARENT, f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"cannot read hey output:\n{out}")
+    return float(m.group(1))
+
+
+def one_round(config: str, seconds: float, conns: int) -> dict[str, float]:
+    service = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, SERVICE, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    tool = None
+    try:
+        port = int(service.stdout.readline().split()[1])
+        if config == "wasmtop":
+            tool = subprocess.Popen(
+                [WASMTOP, "snapshot", "--seconds", str(seconds + 2)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            line = tool.stderr.readline()
+            if "lifecycle ok" not in line or "tracectx ok" not in line:
+                raise RuntimeError(f"wasmtop did not attach every probe: {line.strip()}")
+        hey(port, 1, conns)  # warm-up
+        ticks0 = cpu_ticks(tool.pid) if tool else 0
+        result = {"rps": hey(port, seconds, conns)}
+        if tool is not None:
+            ticks = cpu_ticks(tool.pid) - ticks0
+            result["cpu_pct"] = 100 * ticks / os.sysconf("SC_CLK_TCK") / seconds
+            out, err = tool.communicate(timeout=120)
+            if tool.returncode != 0:
+                raise RuntimeError(f"wasmtop failed: {err}")
+            snap = json.loads(out)
+            w = next(w for w in snap["workloads"] if service.pid in w["pids"])
+            result["instantiations"] = w["runtime_metrics"]["wasm"]["instantiate"]["count"]
+            result["requests"] = w["requests"]["count"]
+            result["lost"] = sum(p["lost"] for p in snap["probes"].values())
+    finally:
+        service.kill()
+        service.wait()
+        if tool is not None and tool.poll() is None:
+            tool.kill()
+            tool.wait()
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=5.0, help="load per measurement")
+    ap.add_argument("--connections", type=int, default=8)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 1
+    if not shutil.which("hey"):
+        print("needs hey (make setup installs it)", file=sys.stderr)
+        return 1
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
+    for r in range(args.rounds):
+        order = CONFIGS if r % 2 == 0 else CONFIGS[::-1]
+        for config in order:
+            res = one_round(config, args.seconds, args.connections)
+            results[config].append(res)
+            extra = "".join(f"  {k} {v:.1f}" for k, v in res.items() if k != "rps")
+            print(f"round {r + 1} {config:8s} {res['rps']:8.0f} req/s{extra}", flush=True)
+            time.sleep(0.5)
+    plain = statistics.median(x["rps"] for x in results["plain"])
+    traced = statistics.median(x["rps"] for x in results["wasmtop"])
+    cpu = statistics.median(x["cpu_pct"] for x in results["wasmtop"])
+    print(f"\nmedians of {args.rounds} rounds, {args.connections} connections, "
+          f"{args.seconds:g} s each")  # fmt: skip
+    print(f"  plain    {plain:8.0f} req/s")
+    print(f"  wasmtop  {traced:8.0f} req/s ({traced / plain:.3f}x)  wasmtop CPU {cpu:.1f} %")
+    inst = sum(x["instantiations"] for x in results["wasmtop"])
+    reqs = sum(x["requests"] for x in results["wasmtop"])
+    lost = sum(x["lost"] for x in results["wasmtop"])
+    print(f"  instantiations seen {inst:.0f}, requests traced {reqs:.0f}, events lost {lost:.0f}")
+    print("  target: wasmtop req/s >= 0.95x plain")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
