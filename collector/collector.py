@@ -467,6 +467,8 @@ class Collector:
             for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
         )
         counters["processes_vanished"] = self.reader.vanished
+        counters["runtime_files_vanished"] = self.runtime.reader.vanished
+        counters["runtime_files_unreadable"] = self.runtime.reader.unreadable
 
         snapshot = Snapshot(
             host=self.host,

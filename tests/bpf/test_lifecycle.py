@@ -119,6 +119,25 @@ def test_the_wasm_service_shows_every_instantiation():
     assert wasm.compile.count == 0  # compiled once, at start, before wasmtop attached
 
 
+def test_a_runtime_without_a_shared_library_is_reported_not_guessed(tmp_path):
+    exe = tmp_path / "wasmtime"  # named like the runtime's CLI, which links it statically
+    exe.symlink_to(sys.executable)
+    with watching() as (ps, collector):
+        with (
+            workloads(("sleeper", {})) as _,
+            subprocess.Popen([str(exe), "-c", "import time; time.sleep(30)"]) as proc,
+        ):
+            try:
+                snap = watch_for(ps, collector, 1.5)
+            finally:
+                proc.kill()
+    w = by_pid(snap, proc.pid)
+    assert w.kind == "wasm" and w.runtime == "wasmtime"
+    wasm = w.runtime_metrics.wasm
+    assert wasm.status == "no_library" and wasm.library is None and wasm.instantiate is None
+    assert "statically linked" in wasm.reason
+
+
 def test_leak_knob_shows_as_rss_growth_and_none_without_it():
     seconds, rate_hz = 15, 20  # 20 requests/s x 50 KiB = 1,024,000 bytes/s
     with (
