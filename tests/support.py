@@ -114,10 +114,19 @@ def wasmtop_cmd() -> list[str]:
 HTTP_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http_server.py")
 
 
+EDGE_SERVICE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "examples/wasm-edge-service/service.py",
+)
+
+
 @contextmanager
-def http_server(*args: str, exe: str = sys.executable) -> Iterator[tuple[subprocess.Popen, int]]:
-    """tests/http_server.py in a subprocess: yields (process, port) once it listens."""
-    proc = subprocess.Popen([exe, HTTP_SERVER, *args], stdout=subprocess.PIPE, text=True)
+def http_server(
+    *args: str, exe: str = sys.executable, script: str = HTTP_SERVER
+) -> Iterator[tuple[subprocess.Popen, int]]:
+    """An HTTP server script (tests/http_server.py, or the example edge service) in a
+    subprocess: yields (process, port) once it prints "ready PORT"."""
+    proc = subprocess.Popen([exe, script, *args], stdout=subprocess.PIPE, text=True)
     try:
         word, port = proc.stdout.readline().split()
         assert word == "ready"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import no_programs_left, workloads
+from support import EDGE_SERVICE, http_server, no_programs_left, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.model import Snapshot
@@ -27,7 +27,6 @@ from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = str(ROOT / "examples/wasm-edge-service/service.py")
 LISTEN_AFTER = ROOT / "tests/native/listen_after.c"
 
 
@@ -56,17 +55,8 @@ def watch_for(ps: ProbeSet, collector: Collector, seconds: float) -> Snapshot:
     return collector.tick()
 
 
-@contextlib.contextmanager
-def service(*args: str) -> Iterator[tuple[subprocess.Popen, int]]:
-    proc = subprocess.Popen([sys.executable, SERVICE, "--port", "0", *args],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        word, port = proc.stdout.readline().split()
-        assert word == "ready"
-        yield proc, int(port)
-    finally:
-        proc.kill()
-        proc.wait()
+def service(*args: str) -> contextlib.AbstractContextManager[tuple[subprocess.Popen, int]]:
+    return http_server("--port", "0", *args, script=EDGE_SERVICE)
 
 
 def by_pid(snap: Snapshot, pid: int):
