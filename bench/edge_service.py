@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from tracectx_overhead import TRACEPARENT, cpu_ticks
+from sched_overhead import cpu_ticks
+from tracectx_overhead import TRACEPARENT
 
 ROOT = Path(__file__).resolve().parents[1]
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from sched_overhead import cpu_ticks
+
 ROOT = Path(__file__).resolve().parents[1]
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 SERVER = str(ROOT / "tests/http_server.py")
@@ -41,12 +43,6 @@ CONFIGS = ("plain", "sched", "tracectx")
 HANDLERS = {"item": "/item", "burn": "/burn?ms=1"}
 SERVER_CPU, WRK_CPU = 0, 1
 WASMTOP_CPU: int | None = None  # --wasmtop-cpu: where wasmtop's own threads may run
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def wrk(port: int, seconds: float, conns: int, path: str) -> int:

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
-from ..probes.lifecycle import Library, LifecycleProbe
+from ..probes.lifecycle import COMPILE, INSTANTIATE, Library, LifecycleProbe
 from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
 from ..probes.runtime import Probe, ProbeSet
 from ..probes.sched import SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
 from .correlate import RequestTracker, TraceSelector, trace_of
-from .lifecycle import KINDS, LifecycleAccounting, empty_calls
+from .lifecycle import LifecycleAccounting, empty_calls
 from .model import (
     DelayQuantiles,
     Events,
@@ -199,7 +199,7 @@ class Collector:
         if self.lifecycle is not None:
             self._attach_runtimes(pids)
         if self.tracectx is not None:
-            self._select_from_proc(pids)
+            self._select(pids)
 
     # -- WebAssembly runtimes -------------------------------------------------------------
     def _attach_runtimes(self, pids: list[int]) -> None:
@@ -222,10 +222,9 @@ class Collector:
             except OSError:
                 continue  # exited meanwhile
 
-    def _wasm(self, wid: WorkloadId, pids: set[int], calls: dict) -> WasmFigures | None:
-        runtime = wid.runtime or next(
-            (i.runtime for p in pids if (i := self.resolver.process(p)) and i.runtime), None
-        )
+    def _wasm(
+        self, key: str, runtime: str | None, pids: set[int], calls: dict
+    ) -> WasmFigures | None:
         if runtime is None:
             return None
         if self.lifecycle is None:
@@ -237,13 +236,13 @@ class Collector:
         lib, seen_as = found
         missing = f"symbols not found: {', '.join(lib.missing)}" if lib.missing else None
         reason = lib.error or missing
-        mine = calls.get(wid.key, {})
+        mine = calls.get(key, {})
         return WasmFigures(
             library=seen_as,
             status="ok" if lib.attached else "failed",
             reason=reason,
-            compile=mine.get(KINDS[0]) or empty_calls(),
-            instantiate=mine.get(KINDS[1]) or empty_calls(),
+            compile=mine.get(COMPILE) or empty_calls(),
+            instantiate=mine.get(INSTANTIATE) or empty_calls(),
         )
 
     def _sample_runtime(self) -> None:
@@ -257,10 +256,15 @@ class Collector:
         self.runtime.sample(groups)
 
     def _runtime_metrics(
-        self, wid: WorkloadId, pids: set[int], fig: RuntimeFigures | None, calls: dict
+        self,
+        key: str,
+        runtime: str | None,
+        pids: set[int],
+        fig: RuntimeFigures | None,
+        calls: dict,
     ) -> RuntimeMetrics | None:
-        cold, accept = self.life.cold(wid.key)
-        wasm = self._wasm(wid, pids, calls)
+        cold, accept = self.life.cold(key)
+        wasm = self._wasm(key, runtime, pids, calls)
         if fig is None and cold is None and accept is None and wasm is None:
             return None
         return RuntimeMetrics(
@@ -280,16 +284,6 @@ class Collector:
         )
 
     # -- trace context --------------------------------------------------------------------
-    def _select_from_proc(self, pids: list[int]) -> None:
-        sel = self.selector
-        if not sel.wasm_default and not sel.comms:
-            candidates = [p for p in pids if p in sel.pids]
-        elif sel.wasm_default:
-            candidates = pids  # the runtime is known from the executable or mapped libraries
-        else:
-            candidates = [p for p in pids if self._comm(p) in sel.comms]
-        self._select(candidates)
-
     def _comm(self, pid: int) -> str | None:
         try:
             return (self.proc_root / str(pid) / "comm").read_text().strip()
@@ -323,7 +317,7 @@ class Collector:
         bypass = self.bypass
         if bypass is None:
             return lambda pid, fd: None
-        if bypass.details().get("mode") != ACCELERATE:
+        if bypass.mode != ACCELERATE:
             return lambda pid, fd: False
         pairs: dict | None = None
 
@@ -462,7 +456,8 @@ class Collector:
                 window_s,
                 (net.per_workload.get(key) or empty_net()) if net else None,
                 request_figures.get(key),
-                self._runtime_metrics(ids[key], act.pids, runtime_figures.get(key), wasm_calls),
+                runtime_figures.get(key),
+                wasm_calls,
             )
             for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
         )
@@ -549,7 +544,8 @@ class Collector:
         window_s: float,
         net: NetFigures | None,
         requests: RequestFigures | None,
-        runtime_metrics: RuntimeMetrics | None,
+        runtime_figures: RuntimeFigures | None,
+        wasm_calls: dict,
     ) -> Workload:
         allowed: set[int] = set()
         runtime = wid.runtime
@@ -603,7 +599,9 @@ class Collector:
             sched=sched,
             net=net,
             requests=requests,
-            runtime_metrics=runtime_metrics,
+            runtime_metrics=self._runtime_metrics(
+                wid.key, runtime, act.pids, runtime_figures, wasm_calls
+            ),
         )
 
     def _matrix(self, matrix: Mapping[tuple[int, int], int]) -> tuple[Migration, ...]:

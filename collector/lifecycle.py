@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 
-from ..probes.lifecycle import COMPILE, INSTANTIATE
 from ..probes.records import ColdStartRecord, LifecycleReading, WasmCalls
 from .model import CallFigures, ColdStarts
 from .quantiles import bucket_bounds, exact_quantile, histogram_quantile
@@ -102,6 +101,3 @@ class LifecycleAccounting:
 
 def empty_calls() -> CallFigures:
     return call_figures(0, 0, {}, 0)
-
-
-KINDS = (COMPILE, INSTANTIATE)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from .workloads import parse_proc_cgroup, stat_fields
+
 DEFAULT_GROWTH_WINDOW_S = 300.0
 MIN_GROWTH_SPAN_S = 1.0  # a slope over less than this is mostly noise
 # v1 reports "no limit" as the largest page-aligned signed 64-bit value, which varies by arch.
@@ -84,31 +86,6 @@ def parse_mounts(text: str) -> CgroupMounts:
     return CgroupMounts(v2_root, v1_roots)
 
 
-def parse_proc_cgroup(text: str) -> tuple[str | None, dict[str, str]]:
-    """(v2 path, v1 controller -> path) from a /proc/PID/cgroup text."""
-    v2: str | None = None
-    v1: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)  # a path may itself hold ':'
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and not controllers:
-            v2 = path
-        else:
-            for controller in controllers.split(","):
-                v1[controller] = path
-    return v2, v1
-
-
-def _stat_fields(stat: str) -> list[str]:
-    # comm may hold spaces and parentheses: the other fields start after the last ')'.
-    close = stat.rfind(")")
-    if close < 0:
-        raise ValueError("no ')' closing comm in stat")
-    return stat[close + 2 :].split()
-
-
 def _key_values(text: str) -> dict[str, int]:
     pairs = (line.split() for line in text.splitlines() if line.strip())
     return {key: int(value) for key, value in pairs}
@@ -154,7 +131,7 @@ class RuntimeReader:
 
     def process(self, pid: int) -> ProcessSample | None:
         try:
-            fields = _stat_fields(self._proc_text(pid, "stat"))
+            fields = stat_fields(self._proc_text(pid, "stat"))
             resident_pages = int(self._proc_text(pid, "statm").split()[1])
             return ProcessSample(
                 pid=pid,

@@ -149,6 +149,32 @@ def wasm_runtime(exe: str | None, comm: str, maps: str | None) -> str | None:
     return None
 
 
+def parse_proc_cgroup(text: str) -> tuple[str | None, dict[str, str]]:
+    """(v2 path, v1 controller -> path) from a /proc/PID/cgroup text."""
+    v2: str | None = None
+    v1: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)  # a path may itself hold ':'
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and not controllers:
+            v2 = path
+        else:
+            for controller in controllers.split(","):
+                v1[controller] = path
+    return v2, v1
+
+
+def stat_fields(stat: str) -> list[str]:
+    """The fields of /proc/PID/stat after comm (index 0 is the state), or ValueError."""
+    # comm may hold spaces and parentheses: the other fields start after the last ')'.
+    close = stat.rfind(")")
+    if close < 0:
+        raise ValueError("no ')' closing comm in stat")
+    return stat[close + 2 :].split()
+
+
 class ProcReader:
     """Reads what wasmtop needs about a process from a /proc tree given at construction, so
     tests can point it at a fixture. A process gone mid-read yields None, never an error."""
@@ -165,10 +191,8 @@ class ProcReader:
             stat = self._text(pid, "stat")
         except OSError:
             return None
-        # comm may hold spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(")") + 2 :].split()
         try:
-            return int(fields[19])
+            return int(stat_fields(stat)[19])
         except (IndexError, ValueError):
             return None
 
@@ -215,15 +239,8 @@ class ProcReader:
 def cgroup_identity(cgroup_file: str) -> tuple[str | None, ContainerRef | None]:
     """(cgroup path, container) from /proc/PID/cgroup. The v2 path ("0::/...") is the cgroup;
     on hybrid hosts a container may only show in a v1 hierarchy's path, so those are parsed too."""
-    v2: str | None = None
-    v1_paths: list[str] = []
-    for line in cgroup_file.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        _, _, path = rest.partition(":")
-        if hierarchy == "0" and rest.startswith(":"):
-            v2 = path
-        elif path:
-            v1_paths.append(path)
+    v2, v1 = parse_proc_cgroup(cgroup_file)
+    v1_paths = [path for path in dict.fromkeys(v1.values()) if path]  # co-mounted: once
     for path in ([v2] if v2 else []) + v1_paths:
         ref = parse_cgroup_path(path)
         if ref:

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import features
 from .records import LifecycleReading, WasmCalls
-from .runtime import Probe, ProbeUnavailable
+from .runtime import Probe, ProbeUnavailable, capturing
 
 DEFAULT_MAX_PROCS = 16_384
 DEFAULT_MAX_CALLS = 16_384
@@ -122,8 +122,6 @@ class LifecycleProbe(Probe):
         return lib
 
     def _attach_call(self, path: str, sym: str, kind: str) -> None:
-        from .runtime import capturing
-
         name, raw_sym = path.encode(), sym.encode()
         entry, ret = f"wasmtop_wasm_{kind}_entry".encode(), f"wasmtop_wasm_{kind}_return".encode()
         capturing(

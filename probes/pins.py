@@ -38,14 +38,11 @@ class Pin:
 
     path: Path
     owned: bool = False
-    made_dir: bool = False
 
     def prepare(self, key_size: int, value_size: int, max_entries: int | None = None) -> None:
         """Before compiling: make the directory and decide who owns the pin. A map pinned there
         and in use with another layout raises PinConflict (BCC would open it without asking)."""
-        if not self.path.parent.is_dir():
-            self.path.parent.mkdir(parents=True)
-            self.made_dir = True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             if not in_use(self.path):
                 self.path.unlink()  # left by a wasmtop that was killed: start afresh
