@@ -92,6 +92,7 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
                 probe = snap["probes"]["tracectx"]
                 result["ns_per_run"] = probe["ns_per_run"] or 0.0
                 result["lost"] = probe["lost"]
+                result["raised"] = snap["counters"]["collector_priority_raised"]
                 w = next(w for w in snap["workloads"] if server.pid in w["pids"])
                 # Requests wasmtop saw (warm-up included) against what wrk completed.
                 result["traced"] = w["requests"]["count"]
@@ -133,6 +134,8 @@ def measure(handler: str, args: argparse.Namespace) -> None:
     print(f"  kernel ns per trace-context program run: {med('tracectx', 'ns_per_run'):.0f}")
     seen = sum(x["traced"] for x in results["tracectx"])
     lost = sum(x["lost"] for x in results["tracectx"])
+    raised = sum(x["raised"] for x in results["tracectx"])
+    print(f"  collector left SCHED_IDLE to keep up: {raised:.0f} times")
     measured = sum(x["wrk_total"] for x in results["tracectx"])
     print(f"  requests traced: {seen} (wrk completed {measured} in the measured part, plus its "
           f"warm-up); events lost: {lost:.0f}")  # fmt: skip

@@ -464,6 +464,7 @@ class Collector:
         counters["processes_vanished"] = self.reader.vanished
         counters["runtime_files_vanished"] = self.runtime.reader.vanished
         counters["runtime_files_unreadable"] = self.runtime.reader.unreadable
+        counters["collector_priority_raised"] = self.probes.cpu.raised
 
         snapshot = Snapshot(
             host=self.host,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from . import features
+from .cpushare import CpuShare
 from .decoders import DECODERS, DecodeError
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
@@ -294,10 +295,27 @@ class Probe:
 
         return on_record
 
-    def drain(self) -> None:
-        """Consume whatever the ring buffers hold; called on a timer, never per event."""
-        if self.bpf is not None and self.ringbuffers:
-            self.bpf.ring_buffer_consume()
+    def drain(self) -> float:
+        """Consume whatever the ring buffers hold; called on a timer, never per event.
+
+        Returns the fraction of the ring buffer those records filled (how close it came to
+        losing events between two drains)."""
+        if self.bpf is None or not self.ringbuffers:
+            return 0.0
+        before = self.received + self.malformed
+        self.bpf.ring_buffer_consume()
+        taken = self.received + self.malformed - before
+        return taken * self._ring_slot / self._ring_bytes if taken else 0.0
+
+    @property
+    def _ring_slot(self) -> int:
+        """Bytes a record takes in the ring: an 8-byte header, rounded up to 8."""
+        size = max(DECODERS[dec].size for _, dec in self.ringbuffers)
+        return (size + 8 + 7) // 8 * 8
+
+    @property
+    def _ring_bytes(self) -> int:
+        return getattr(self, "ringbuf_pages", 1) * os.sysconf("SC_PAGE_SIZE")
 
     def take_events(self) -> list[Any]:
         events, self._pending = self._pending, []
@@ -382,8 +400,15 @@ class ProbeSet:
     ``with ProbeSet([SchedProbe()]) as probes: ...``
     """
 
-    def __init__(self, probes: Sequence[Probe], *, handle_signals: bool = True) -> None:
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        *,
+        handle_signals: bool = True,
+        cpu: CpuShare | None = None,
+    ) -> None:
         self.probes = list(probes)
+        self.cpu = cpu or CpuShare("normal")
         self.handle_signals = handle_signals
         self._saved_handlers: dict[int, Any] = {}
         self._stats_fd = -1
@@ -399,6 +424,7 @@ class ProbeSet:
                 # SIGTERM/SIGINT until the probe is started, then let them stop everything.
                 with self._signals_held():
                     probe.start()
+            self.cpu.start()  # compiling ran at normal priority; draining may yield
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -418,6 +444,7 @@ class ProbeSet:
 
     def __exit__(self, *exc: object) -> None:
         try:
+            self.cpu.stop()
             self.close()
         finally:
             if self._stats_fd >= 0:
@@ -435,8 +462,10 @@ class ProbeSet:
         self.drain()
 
     def drain(self) -> None:
+        fill = 0.0
         for probe in self.probes:
-            probe.drain()
+            fill = max(fill, probe.drain())
+        self.cpu.after_drain(fill)
 
     def close(self) -> None:
         for probe in self.probes:
@@ -472,5 +501,8 @@ def sleep_draining(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        time.sleep(min(interval_s, remaining))
+        asked = min(interval_s, remaining)
+        t0 = time.monotonic()
+        time.sleep(asked)
+        probes.cpu.after_sleep(asked, time.monotonic() - t0)
         (drain or probes.drain)()

@@ -177,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         "samples, one a second (default 300; a snapshot shorter than S covers its own length)",
     )
     snap.add_argument(
+        "--scheduling",
+        choices=("idle", "normal"),
+        default="idle",
+        help="idle (default): the thread draining the ring buffers runs as SCHED_IDLE, taking "
+        "only CPU time the workloads leave, and returns to normal scheduling while a ring buffer "
+        "fills past 25%% between two drains or a drain runs late (counted as "
+        "collector_priority_raised); normal: always normal scheduling",
+    )
+    snap.add_argument(
         "--max-events",
         type=int,
         default=1000,
@@ -257,6 +266,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         return code
 
     from .collector.collector import Collector
+    from .probes.cpushare import CpuShare
     from .probes.runtime import OK, ProbeSet, Terminated, sleep_draining
     from .rows import plain_table
 
@@ -294,7 +304,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     selected.append(LifecycleProbe())
     try:
-        with ProbeSet(selected) as probes:
+        with ProbeSet(selected, cpu=CpuShare(args.scheduling)) as probes:
             if not any(p.status == OK for p in probes):
                 for p in probes:
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)

@@ -373,3 +373,39 @@ def test_a_traced_cgroup_covers_every_process_in_it_and_nothing_else():
         cg.rmdir()
     assert {t.pid for t in snap.traces} == {inside.pid} and len(snap.traces) == 5
     assert snap.probes["tracectx"]["traced_cgroups"] == [str(cg.relative_to(root))]
+
+
+def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_idle():
+    """SCHED_IDLE yields to workloads, but not at the price of lost events: a quarter of the
+    request ring filled in one drain interval puts the draining thread back on normal
+    scheduling (small ring: 16 pages hold ~105 request events)."""
+    from wasmtop.probes.cpushare import CpuShare
+
+    def run() -> tuple[int, int, int, int]:
+        sched = SchedProbe(trace_ctx=True)
+        tracectx = TraceCtxProbe(sched, ringbuf_pages=16)
+        share = CpuShare("idle")
+        with (
+            http_server() as (server, port),
+            ProbeSet([sched, tracectx], handle_signals=False, cpu=share) as probes,
+        ):
+            assert tracectx.status == OK, tracectx.reason
+            tracectx.set_pids([server.pid])
+            before = os.sched_getscheduler(0)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for i in range(40):  # ~26 KiB of events, 40 % of the ring, between two drains
+                conn.request("GET", f"/r/{i}")
+                conn.getresponse().read()
+            conn.close()
+            probes.drain()
+            after = os.sched_getscheduler(0)
+            probes.detach()
+            return before, after, share.raised, tracectx.received
+
+    out: list[tuple[int, int, int, int]] = []
+    worker = threading.Thread(target=lambda: out.append(run()))
+    worker.start()
+    worker.join()
+    before, after, raised, received = out[0]
+    assert received == 40
+    assert (before, after, raised) == (os.SCHED_IDLE, os.SCHED_OTHER, 1)

@@ -1,0 +1,113 @@
+"""The collector thread's scheduling policy: SCHED_IDLE by default, raised under pressure.
+
+Real threads and real scheduling policies (read back with sched_getscheduler); the starvation
+case runs real CPU hogs (stress-ng) on every CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from wasmtop.probes import cpushare
+from wasmtop.probes.cpushare import CpuShare
+from wasmtop.probes.runtime import ProbeSet, sleep_draining
+
+
+def in_thread(fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a fresh thread (policies are per thread) and return what it returned."""
+    out: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+def policy() -> int:
+    return os.sched_getscheduler(0)
+
+
+def test_idle_mode_yields_only_the_calling_thread_and_rises_when_a_ring_fills():
+    def run() -> list[tuple[int, int]]:
+        share = CpuShare("idle")
+        seen = []
+        share.start()
+        seen.append((policy(), share.raised))
+        share.after_drain(0.1)  # a quiet drain: stays idle
+        seen.append((policy(), share.raised))
+        share.after_drain(cpushare.RAISE_AT_FILL)  # a quarter of a ring in one interval
+        seen.append((policy(), share.raised))
+        share.after_drain(0.0)  # calm, but not for CALM_S yet
+        seen.append((policy(), share.raised))
+        share._pressed_at -= cpushare.CALM_S
+        share.after_drain(0.0)
+        seen.append((policy(), share.raised))
+        share.stop()
+        seen.append((policy(), share.raised))
+        return seen
+
+    assert in_thread(run) == [
+        (os.SCHED_IDLE, 0),
+        (os.SCHED_IDLE, 0),
+        (os.SCHED_OTHER, 1),
+        (os.SCHED_OTHER, 1),
+        (os.SCHED_IDLE, 1),
+        (os.SCHED_OTHER, 1),
+    ]
+    assert policy() == os.SCHED_OTHER  # the test's own thread was never touched
+
+
+def test_normal_mode_never_changes_the_policy():
+    def run() -> tuple[int, int]:
+        share = CpuShare("normal")
+        share.start()
+        share.after_drain(1.0)
+        share.after_sleep(0.1, 5.0)
+        return policy(), share.raised
+
+    assert in_thread(run) == (os.SCHED_OTHER, 0)
+
+
+def test_an_unknown_mode_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="expected one of idle, normal"):
+        CpuShare("low")
+
+
+@pytest.mark.skipif(not shutil.which("stress-ng"), reason="needs stress-ng")
+def test_a_starved_idle_thread_returns_to_normal_scheduling_and_says_so():
+    hogs = subprocess.Popen(
+        ["stress-ng", "--cpu", str(8 * os.cpu_count()), "--timeout", "60s", "--quiet"]
+    )
+    try:
+        time.sleep(0.5)
+
+        def run() -> tuple[int, int]:
+            share = CpuShare("idle")
+            with ProbeSet([], handle_signals=False, cpu=share) as probes:
+                deadline = time.monotonic() + 20
+                while share.raised == 0 and time.monotonic() < deadline:
+                    sleep_draining(probes, 0.5)
+                return policy(), share.raised  # read while still watching
+
+        final, raised = in_thread(run)
+    finally:
+        hogs.kill()
+        hogs.wait()
+    assert raised >= 1  # its 100 ms sleeps overran by more than LATE_S under the hogs
+    assert final == os.SCHED_OTHER
