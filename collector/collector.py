@@ -465,6 +465,7 @@ class Collector:
         counters["runtime_files_vanished"] = self.runtime.reader.vanished
         counters["runtime_files_unreadable"] = self.runtime.reader.unreadable
         counters["collector_priority_raised"] = self.probes.cpu.raised
+        counters["collector_priority_failed"] = self.probes.cpu.failed
 
         snapshot = Snapshot(
             host=self.host,

@@ -31,7 +31,8 @@ class CpuShare:
             raise ValueError(f"scheduling mode {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
         self.raised = 0  # times the thread left SCHED_IDLE to keep up
-        self.failed = ""  # why the policy could not be set, if it could not
+        self.failed = 0  # times the policy could not be set
+        self.reason = ""  # why, the last time
         self.idle = False
         self._pressed_at = 0.0
 
@@ -59,7 +60,7 @@ class CpuShare:
             self._pressed_at = now
             if self.idle and self._set(idle=False):
                 self.raised += 1
-        elif not self.idle and not self.failed and now - self._pressed_at >= CALM_S:
+        elif not self.idle and not self.reason and now - self._pressed_at >= CALM_S:
             self._set(idle=True)
 
     def _set(self, *, idle: bool) -> bool:
@@ -67,7 +68,8 @@ class CpuShare:
         try:
             os.sched_setscheduler(0, policy, os.sched_param(0))
         except OSError as exc:  # e.g. leaving SCHED_IDLE without CAP_SYS_NICE or RLIMIT_NICE
-            self.failed = f"cannot set {'SCHED_IDLE' if idle else 'SCHED_OTHER'}: {exc.strerror}"
+            self.failed += 1
+            self.reason = f"cannot set {'SCHED_IDLE' if idle else 'SCHED_OTHER'}: {exc.strerror}"
             return False
         self.idle = idle
         return True

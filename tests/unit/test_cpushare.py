@@ -7,8 +7,10 @@ case runs real CPU hogs (stress-ng) on every CPU.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -111,3 +113,26 @@ def test_a_starved_idle_thread_returns_to_normal_scheduling_and_says_so():
         hogs.wait()
     assert raised >= 1  # its 100 ms sleeps overran by more than LATE_S under the hogs
     assert final == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_without_cap_sys_nice_leaving_idle_is_refused_counted_and_survived():
+    """Leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE: without either the kernel says
+    EPERM, and wasmtop counts it and keeps draining at idle."""
+    script = (
+        "from wasmtop.probes.cpushare import CpuShare\n"
+        "s = CpuShare('idle'); s.start(); s.after_drain(1.0); s.after_drain(1.0)\n"
+        "print(s.idle, s.raised, s.failed, s.reason)\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NICE, (0, 0)),
+    ).stdout  # fmt: skip
+    assert out.split(maxsplit=3) == [
+        "True",
+        "0",
+        "2",
+        "cannot set SCHED_OTHER: Operation not permitted\n",
+    ]
