@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import random
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import NamedTuple
 
 from ..probes.records import RequestRecord
 from .httpmsg import REASONS, Head, parse_head
-from .model import LatencyQuantiles, RequestFigures, Trace
+from .model import DURATION_BOUNDS_MS, LatencyQuantiles, RequestFigures, Trace
 from .quantiles import exact_quantile
 
 DEFAULT_WINDOW_S = 60.0
@@ -22,6 +24,7 @@ DEFAULT_MAX_WINDOW_REQUESTS = 100_000  # per workload; beyond it the oldest leav
 DEFAULT_MAX_PATHS = 100  # distinct paths per workload; the rest count as "other"
 OTHER_ROUTE = "other"
 _SPAN_IDS = random.Random(os.urandom(16))
+_BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
 
 
 class Request(NamedTuple):  # built once per request: a NamedTuple costs a fraction of a dataclass
@@ -63,9 +66,11 @@ class _Window:
     paths: set[str] = field(default_factory=set)  # distinct paths seen (for the cap)
     evicted: int = 0  # left the window early because of the cap
     evicted_until_ns: int = 0  # end time of the newest of those
+    ended: list[int] = field(default_factory=list)  # durations added since the last figures
 
     def add(self, end_ns: int, duration_ns: int, route: str, status: int | None, cap: int) -> None:
         self.entries.append((end_ns, duration_ns, route, status))
+        self.ended.append(duration_ns)
         self.routes[route] += 1
         self.statuses[status] += 1
         while len(self.entries) > cap:
@@ -214,7 +219,10 @@ class RequestTracker:
 
 
 def window_figures(win: _Window, window_s: float, *, complete: bool) -> RequestFigures:
+    """The window's quantiles, and the requests that ended since the previous call (bucketed
+    for cumulative histograms: exporters add these up, Snapshot after Snapshot)."""
     durations = sorted(d for _, d, _, _ in win.entries)
+    ended, win.ended = win.ended, []
 
     def q(p: float) -> float:
         return exact_quantile(durations, p) / 1e6
@@ -229,7 +237,22 @@ def window_figures(win: _Window, window_s: float, *, complete: bool) -> RequestF
         evicted=win.evicted,
         by_status={str(k): v for k, v in sorted(win.statuses.items(), key=lambda kv: str(kv[0]))},
         by_route=dict(sorted(win.routes.items())),
+        sum_ms=sum(durations) / 1e6,
+        ended=len(ended),
+        ended_duration_sum_ms=sum(ended) / 1e6,
+        ended_buckets=duration_buckets(ended),
     )
+
+
+def duration_buckets(durations_ns: list[int]) -> tuple[int, ...]:
+    """Counts of durations at or below each bound of DURATION_BOUNDS_MS (cumulative, as a
+    Prometheus histogram's ``le`` buckets; the +Inf bucket is the count)."""
+    counts = [0] * len(DURATION_BOUNDS_MS)
+    for d in durations_ns:
+        i = bisect_left(_BOUNDS_NS, d)
+        if i < len(counts):
+            counts[i] += 1
+    return tuple(accumulate(counts))
 
 
 def trace_of(r: Request) -> Trace:

@@ -12,6 +12,10 @@ from typing import Any, NamedTuple
 from .workloads import Pod
 
 SCHEMA = "wasmtop.snapshot/v1"
+# Upper bounds of the request-duration buckets (RequestFigures.ended_buckets), in ms. They hold
+# the default alert thresholds (P99 10 ms, P999 20 ms) exactly.
+DURATION_BOUNDS_MS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+                      2500.0, 5000.0, 10000.0)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,10 @@ class RequestFigures:
     evicted: int  # requests that left early because of the cap, since wasmtop started
     by_status: dict[str, int]
     by_route: dict[str, int]  # "METHOD path" (capped per workload; the rest as "other")
+    sum_ms: float = 0.0  # total duration of the requests in the sliding window
+    ended: int = 0  # requests that ended in this Snapshot's window_s (not the sliding window)
+    ended_duration_sum_ms: float = 0.0  # their total duration
+    ended_buckets: tuple[int, ...] = ()  # of those, how many took <= each DURATION_BOUNDS_MS
 
 
 class Trace(NamedTuple):

@@ -193,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="over-threshold events kept in the Snapshot; the rest are counted",
     )
 
+    daemon = sub.add_parser(
+        "daemon",
+        help="run until stopped: probes, Prometheus /metrics, OTLP export (config file)",
+        description="Run the probes and the collector until SIGTERM, serving /metrics, /healthz "
+        "and /readyz and exporting OTLP as the config says (docs/config.md; every key has a "
+        "default). SIGHUP reloads the config: a bad one is reported and the running one stays. "
+        "Exit 2 on a bad config at start (file:line: what was expected).",
+    )
+    daemon.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="YAML config, e.g. deploy/wasmtop.yaml (a file with only metrics.listen is valid)",
+    )
+    daemon.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config (and its web config) and exit: 0 valid, 2 not",
+    )
+
     doctor = sub.add_parser(
         "doctor",
         help="check what this kernel supports and whether every probe loads",
@@ -232,7 +252,6 @@ def preflight() -> int | None:
 
 def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .probes import features
-    from .probes.sched import DEFAULT_RINGBUF_PAGES, SchedProbe
 
     for pid in args.pid:
         if not os.path.exists(f"/proc/{pid}"):
@@ -266,43 +285,27 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         return code
 
     from .collector.collector import Collector
+    from .pipeline import ProbeOptions, build_probes
     from .probes.cpushare import CpuShare
     from .probes.runtime import OK, ProbeSet, Terminated, sleep_draining
     from .rows import plain_table
 
-    selected: list = [
-        SchedProbe(
-            threshold_ns=round(args.threshold_ms * 1e6),
-            pids=args.pid,
+    selected, selector = build_probes(
+        ProbeOptions(
+            threshold_ms=args.threshold_ms,
+            pids=tuple(args.pid),
             cgroup=args.cgroup,
-            ringbuf_pages=args.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
-            trace_ctx=not args.no_trace,
+            ringbuf_pages=args.ringbuf_pages,
+            bypass_mode=args.bypass,
+            local_cidrs=tuple(args.local_cidr),
+            interfaces=tuple(args.bypass_interface),
+            bypass_cgroup=args.bypass_cgroup,
+            trace=not args.no_trace,
+            trace_pids=tuple(args.trace_pid),
+            trace_comms=tuple(args.trace_comm),
+            trace_cgroups=tuple(args.trace_cgroup),
         )
-    ]
-    if args.bypass != "off":
-        from .probes.sockbypass import SockBypassProbe
-
-        selected.append(
-            SockBypassProbe(
-                mode=args.bypass,
-                cgroup=args.bypass_cgroup,
-                local_cidrs=args.local_cidr,
-                interfaces=args.bypass_interface,
-            )
-        )
-    selector = None
-    if not args.no_trace:
-        from .collector.correlate import TraceSelector
-        from .probes.tracectx import TraceCtxProbe
-
-        selector = TraceSelector(
-            frozenset(args.trace_pid), frozenset(args.trace_comm), tuple(args.trace_cgroup)
-        )
-        # After the scheduler probe: it shares that probe's per-thread map.
-        selected.append(TraceCtxProbe(selected[0], cgroups=args.trace_cgroup))
-    from .probes.lifecycle import LifecycleProbe
-
-    selected.append(LifecycleProbe())
+    )
     try:
         with ProbeSet(selected, cpu=CpuShare(args.scheduling)) as probes:
             if not any(p.status == OK for p in probes):
@@ -382,5 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_snapshot(args, parser)
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "daemon":
+        from . import daemon
+
+        return daemon.check(args.config) if args.check else daemon.run(args.config)
     parser.print_help()
     return EXIT_OK

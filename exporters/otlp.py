@@ -1,0 +1,552 @@
+"""OTLP/gRPC export: the SeriesBook's families as OTLP metrics, and one SERVER span per traced
+request (``Snapshot.traces``) with its thread's over-threshold preemptions as span events.
+
+Nothing here runs on the caller's thread but ``submit``, which only puts lightweight records
+into a bounded queue. Two threads of our own do the network work with the OpenTelemetry SDK's
+``OTLPSpanExporter`` / ``OTLPMetricExporter`` (encoding, gRPC channel, retries of one export
+within ``timeout_s``):
+
+- the span worker takes up to ``BATCH_SPANS`` records off the queue, builds ``ReadableSpan``s
+  with the request's own ids and sends them. A batch that fails is retried with exponential
+  backoff and jitter (capped at ``interval_s``, so sending resumes within about one interval of
+  the receiver coming back) until it has failed for ``SPAN_RETRY_DEADLINE_S``; then it is
+  dropped and counted. While a batch waits, new spans queue up to ``max_queue_spans`` (the
+  batch in flight included), and further ones are dropped and counted: memory stays bounded.
+- the metrics worker, every ``interval_s``, reads ``book.families()`` once and sends them.
+
+Metrics are built from the families directly (``Sum``/``Gauge``/``Histogram`` data of the SDK's
+export types), not through SDK instruments: the SDK keeps an aggregation for every attribute
+set an asynchronous instrument ever reported (cumulative temporality never prunes them), so
+with workloads coming and going its memory grows without end and, past the cardinality limit
+(2,000 by default), every new workload's points are folded into ``otel.metric.overflow=true``.
+Built from the families, the points are exactly the book's series (stale workloads vanish as
+they do from /metrics), histograms keep their buckets, and each series' start time is right
+(a series the book restarts gets a new start time).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Optional
+
+import grpc
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    HistogramDataPoint,
+    Metric,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.metrics.export import Histogram as OtelHistogram
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.status import Status, StatusCode
+
+from .. import __version__
+from ..collector.model import PreemptionEvent, Snapshot, Trace, Workload
+from .series import Family, Histogram, SeriesBook
+
+log = logging.getLogger(__name__)
+
+BATCH_SPANS = 512  # spans per export request at most
+SPAN_RETRY_DEADLINE_S = 60.0  # a batch failing this long is dropped (counted)
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 10.0  # and never more than interval_s
+# gRPC's own reconnect backoff grows to 120 s; the SDK also rebuilds the channel after an
+# UNAVAILABLE, but keep the channel's backoff short so a receiver that is back is reached at once.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+SCOPE = InstrumentationScope("wasmtop", __version__)
+
+# SeriesBook label -> OTLP attribute (OpenTelemetry semantic conventions where one exists).
+# Labels not listed keep their name (quantile, call, probe, state).
+ATTRIBUTE_NAMES = {
+    "workload": "wasmtop.workload",
+    "namespace": "k8s.namespace.name",
+    "pod": "k8s.pod.name",
+    "container": "k8s.container.name",
+    "runtime": "wasmtop.runtime",
+}
+
+
+def unit_of(name: str) -> str:
+    """UCUM unit from a family's name. Dimensionless counts get no unit: ``1`` is kept for
+    ratios, because OTLP-to-Prometheus translation appends ``_ratio`` to a gauge of unit 1."""
+    if name.endswith("_bytes_per_second"):
+        return "By/s"
+    if name.endswith("_seconds"):
+        return "s"
+    if name.endswith("_bytes"):
+        return "By"
+    if name.endswith("_ratio"):
+        return "1"
+    return ""
+
+
+def attributes_of(label_names: Sequence[str], values: Sequence[str]) -> dict[str, str]:
+    """A sample's labels as OTLP attributes; empty values are left out."""
+    return {ATTRIBUTE_NAMES.get(k, k): v for k, v in zip(label_names, values) if v != ""}
+
+
+class _Pending(NamedTuple):
+    """A trace waiting for the span worker (converted there, off the caller's thread)."""
+
+    trace: Trace
+    offset_ns: int  # Unix epoch ns - CLOCK_MONOTONIC ns, measured at submit
+    workload_attrs: Optional[dict[str, Any]]
+    events: tuple[PreemptionEvent, ...]  # its thread's preemptions within the request
+
+
+class OtlpExporter:
+    """Sends wasmtop's metrics and request spans to an OTLP/gRPC receiver. Thread-safe; the
+    caller's ``submit`` never blocks on the network and no failure reaches the caller."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        book: SeriesBook,
+        insecure: bool = True,
+        headers: Mapping[str, str] | None = None,
+        interval_s: float = 10.0,
+        timeout_s: float = 5.0,
+        max_queue_spans: int = 8192,
+        resource: Mapping[str, str | int] | None = None,
+    ) -> None:
+        if interval_s <= 0 or timeout_s <= 0 or max_queue_spans < 1:
+            raise ValueError("interval_s and timeout_s must be > 0, max_queue_spans >= 1")
+        self.endpoint = endpoint
+        self.book = book
+        self.interval_s = float(interval_s)
+        self.timeout_s = float(timeout_s)
+        self.max_queue_spans = int(max_queue_spans)
+        self.resource = Resource.create(
+            {
+                "service.name": "wasmtop",
+                "service.version": __version__,
+                "host.name": socket.gethostname(),
+                **(resource or {}),
+            }
+        )
+        metadata = tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items())
+        common: dict[str, Any] = dict(
+            endpoint=endpoint,
+            insecure=insecure,
+            credentials=None if insecure else grpc.ssl_channel_credentials(),
+            headers=metadata,
+            timeout=self.timeout_s,
+            channel_options=CHANNEL_OPTIONS,
+        )
+        self._span_exporter = OTLPSpanExporter(**common)
+        self._metric_exporter = OTLPMetricExporter(**common)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # span worker: work arrived / closing
+        self._queue: deque[_Pending] = deque()
+        self._inflight_n = 0  # spans of the batch being sent or waiting for a retry
+        self._closing = False
+        self._closed = False
+        self._stop_metrics = threading.Event()
+        self._stats = dict.fromkeys(
+            (
+                "spans_exported",
+                "spans_dropped",
+                "span_exports_failed",
+                "metric_exports",
+                "metric_exports_failed",
+                "metric_points_dropped",
+            ),
+            0,
+        )
+        # Series start times for cumulative points: (name, labels) -> ns. A series the book
+        # no longer has is forgotten, so when it comes back (restarted at 0) it starts anew.
+        self._starts: dict[tuple[str, tuple[str, ...]], int] = {}
+        self._last_collect_ns = time.time_ns()
+
+        self._span_thread = threading.Thread(
+            target=self._span_loop, name="wasmtop-otlp-spans", daemon=True
+        )
+        self._metric_thread = threading.Thread(
+            target=self._metric_loop, name="wasmtop-otlp-metrics", daemon=True
+        )
+        self._span_thread.start()
+        self._metric_thread.start()
+
+    # -- caller side -----------------------------------------------------------------------
+    def submit(self, snapshot: Snapshot) -> None:
+        """Queue the Snapshot's traces as spans (bounded; drops counted). Never blocks on the
+        network and never raises."""
+        try:
+            self._submit(snapshot)
+        except Exception:  # never the caller's problem
+            log.exception("OTLP: a Snapshot's traces could not be queued")
+
+    def _submit(self, snap: Snapshot) -> None:
+        traces = snap.traces
+        if not traces:
+            return
+        offset = time.time_ns() - time.monotonic_ns()
+        by_tid: dict[int, list[PreemptionEvent]] = {}
+        for ev in snap.events.preemptions:
+            by_tid.setdefault(ev.tid, []).append(ev)
+        workloads = {w.key: w for w in snap.workloads}
+        wl_attrs: dict[str, Optional[dict[str, Any]]] = {}
+        pending = []
+        for t in traces:
+            if t.workload is not None and t.workload not in wl_attrs:
+                wl_attrs[t.workload] = _workload_attributes(workloads.get(t.workload))
+            events: tuple[PreemptionEvent, ...] = ()
+            candidates = by_tid.get(t.tid)
+            if candidates:
+                end = t.start_ns + round(t.duration_ms * 1e6)
+                events = tuple(
+                    e for e in candidates if e.pid == t.pid and t.start_ns <= e.ts_ns <= end
+                )
+            pending.append(
+                _Pending(t, offset, wl_attrs.get(t.workload) if t.workload else None, events)
+            )
+        with self._lock:
+            if self._closed or self._closing:
+                self._stats["spans_dropped"] += len(pending)
+                return
+            room = self.max_queue_spans - len(self._queue) - self._inflight_n
+            if room < len(pending):
+                self._stats["spans_dropped"] += len(pending) - max(room, 0)
+                pending = pending[: max(room, 0)]
+            if pending:
+                self._queue.extend(pending)
+                self._wake.notify()
+
+    def queued(self) -> int:
+        """Spans held now: queued plus the batch in flight (at most ``max_queue_spans``)."""
+        with self._lock:
+            return len(self._queue) + self._inflight_n
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative counts since start."""
+        with self._lock:
+            return dict(self._stats)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Send what can be sent within ``timeout_s`` (queued spans, one last metrics export),
+        then stop. Returns within about ``timeout_s`` even when the receiver is down; spans not
+        sent by then are counted as dropped."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._wake.notify_all()
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        # Keep a little of the time to interrupt exports still running at the end.
+        flush_until = deadline - min(0.25, timeout_s / 4)
+        self._stop_metrics.set()  # the metrics worker makes its last export now
+        for thread in (self._span_thread, self._metric_thread):
+            thread.join(max(0.0, flush_until - time.monotonic()))
+        # Interrupt whatever still waits on the network (the SDK closes the channel, which
+        # cancels RPCs in progress, and ends its retry sleeps).
+        for exporter in (self._span_exporter, self._metric_exporter):
+            try:
+                exporter.shutdown()
+            except Exception:
+                log.debug("OTLP: exporter shutdown failed", exc_info=True)
+        for thread in (self._span_thread, self._metric_thread):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._closed = True
+            if not self._span_thread.is_alive():
+                self._stats["spans_dropped"] += len(self._queue) + self._inflight_n
+                self._queue.clear()
+                self._inflight_n = 0
+
+    # -- span worker -----------------------------------------------------------------------
+    def _span_loop(self) -> None:
+        failing_since: float | None = None
+        attempt = 0
+        batch: list[ReadableSpan] = []
+        while True:
+            if not batch:
+                with self._wake:
+                    while not self._queue and not self._closing:
+                        self._wake.wait()
+                    if not self._queue:
+                        return  # closing, nothing left
+                    n = min(BATCH_SPANS, len(self._queue))
+                    entries = [self._queue.popleft() for _ in range(n)]
+                    self._inflight_n = n  # still held: counts against max_queue_spans
+                batch = self._to_spans(entries)  # off the lock: submit is never held up
+                with self._lock:
+                    self._stats["spans_dropped"] += n - len(batch)
+                    self._inflight_n = len(batch)
+                if not batch:
+                    continue
+            ok = self._send_spans(batch)
+            with self._wake:
+                if ok:
+                    self._stats["spans_exported"] += len(batch)
+                    self._inflight_n = 0
+                    batch, failing_since, attempt = [], None, 0
+                    continue
+                self._stats["span_exports_failed"] += 1
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if self._closing:
+                    # No more retries: what is left cannot be sent in time.
+                    self._stats["spans_dropped"] += len(batch) + len(self._queue)
+                    self._inflight_n = 0
+                    self._queue.clear()
+                    return
+                if now - failing_since >= SPAN_RETRY_DEADLINE_S:
+                    self._stats["spans_dropped"] += len(batch)
+                    self._inflight_n = 0
+                    batch, failing_since, attempt = [], None, 0
+                    continue
+                delay = self._backoff(attempt)
+                attempt += 1
+                self._wake.wait_for(lambda: self._closing, timeout=delay)
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(BACKOFF_MAX_S, self.interval_s)
+        return min(cap, BACKOFF_INITIAL_S * 2**attempt) * random.uniform(0.8, 1.2)
+
+    def _send_spans(self, spans: list[ReadableSpan]) -> bool:
+        try:
+            return self._span_exporter.export(spans) == SpanExportResult.SUCCESS
+        except Exception:
+            log.debug("OTLP: span export raised", exc_info=True)
+            return False
+
+    def _to_spans(self, entries: Iterable[_Pending]) -> list[ReadableSpan]:
+        """Build spans; a trace whose ids do not parse is left out (the caller counts it)."""
+        out = []
+        for p in entries:
+            try:
+                out.append(self._span(p))
+            except (ValueError, TypeError):
+                log.debug("OTLP: trace %r not exported: bad ids", p.trace.trace_id)
+        return out
+
+    def _span(self, p: _Pending) -> ReadableSpan:
+        t = p.trace
+        trace_id = _hex_id(t.trace_id, 32)
+        flags = TraceFlags(t.trace_flags & 0xFF if t.trace_flags is not None else 1)
+        state = TraceState.from_header([t.tracestate]) if t.tracestate else TraceState()
+        context = SpanContext(trace_id, _hex_id(t.span_id, 16), False, flags, state)
+        parent = None
+        if t.parent_span_id:
+            parent = SpanContext(trace_id, _hex_id(t.parent_span_id, 16), True, flags, state)
+        start = t.start_ns + p.offset_ns
+        end = start + round(t.duration_ms * 1e6)
+        attrs: dict[str, Any] = {}
+        if p.workload_attrs:
+            attrs.update(p.workload_attrs)
+        path = _path_of(t.method, t.route)
+        if t.method:
+            attrs["http.request.method"] = t.method
+        if path:
+            attrs["http.route"] = path
+        if t.status is not None:
+            attrs["http.response.status_code"] = t.status
+        if t.preempted_ms is not None:
+            attrs["wasmtop.preempted_ms"] = float(t.preempted_ms)
+        if t.migrations is not None:
+            attrs["wasmtop.migrations"] = t.migrations
+        if t.bypassed is not None:
+            attrs["wasmtop.bypassed"] = t.bypassed
+        if t.workload is not None:
+            attrs["wasmtop.workload"] = t.workload
+        attrs["process.pid"] = t.pid
+        attrs["thread.id"] = t.tid
+        attrs["wasmtop.trace_source"] = t.source
+        events = [
+            Event(
+                "preemption",
+                {
+                    "delay_ms": e.delay_us / 1e3,
+                    "cpu": e.cpu,
+                    "preemptor_pid": e.preemptor_pid,
+                    "preemptor_comm": e.preemptor_comm,
+                },
+                timestamp=e.ts_ns + p.offset_ns,
+            )
+            for e in p.events
+        ]
+        # HTTP server spans: 5xx is an error of this span, 4xx is the client's.
+        status = Status(StatusCode.ERROR) if t.status is not None and t.status >= 500 else Status()
+        return ReadableSpan(
+            name=_span_name(t.method, t.route, path),
+            context=context,
+            parent=parent,
+            resource=self.resource,
+            attributes=attrs,
+            events=events,
+            kind=SpanKind.SERVER,
+            status=status,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=SCOPE,
+        )
+
+    # -- metrics worker --------------------------------------------------------------------
+    def _metric_loop(self) -> None:
+        while not self._stop_metrics.wait(self.interval_s):
+            self._export_metrics()
+        self._export_metrics()  # the last one, at close
+
+    def _export_metrics(self) -> None:
+        try:
+            data, points = self._metrics_data()
+        except Exception:
+            log.exception("OTLP: metrics could not be built")
+            return
+        if not points:
+            return
+        try:
+            ok = self._metric_exporter.export(data) == MetricExportResult.SUCCESS
+        except Exception:
+            log.debug("OTLP: metric export raised", exc_info=True)
+            ok = False
+        with self._lock:
+            if ok:
+                self._stats["metric_exports"] += 1
+            else:
+                self._stats["metric_exports_failed"] += 1
+                self._stats["metric_points_dropped"] += points
+
+    def _families(self) -> list[Family]:
+        # The collector thread may fold a Snapshot in meanwhile: a dict that changes size
+        # while families() iterates it raises; the next try sees it settled.
+        for _ in range(3):
+            try:
+                return self.book.families()
+            except RuntimeError:
+                time.sleep(0.001)
+        return self.book.families()
+
+    def _metrics_data(self) -> tuple[MetricsData, int]:
+        """One collection: every family, read once, as OTLP metrics. Returns the data and its
+        number of points."""
+        families = self._families()
+        now = time.time_ns()
+        since = self._last_collect_ns  # a series new since the last collection began after it
+        self._last_collect_ns = now
+        starts: dict[tuple[str, tuple[str, ...]], int] = {}
+        metrics = []
+        points = 0
+        for fam in families:
+            if not fam.samples:
+                continue
+            data: Any
+            if fam.kind == "gauge":
+                data = Gauge(
+                    data_points=[
+                        NumberDataPoint(
+                            attributes=attributes_of(fam.label_names, s.labels),
+                            start_time_unix_nano=None,  # type: ignore[arg-type]
+                            time_unix_nano=now,
+                            value=float(s.value),  # type: ignore[arg-type]
+                        )
+                        for s in fam.samples
+                    ]
+                )
+            else:
+                dps: list[Any] = []
+                for s in fam.samples:
+                    key = (fam.name, s.labels)
+                    start = starts[key] = self._starts.get(key, since)
+                    attrs = attributes_of(fam.label_names, s.labels)
+                    if isinstance(s.value, Histogram):
+                        dps.append(_histogram_point(s.value, attrs, start, now))
+                    else:
+                        dps.append(NumberDataPoint(attrs, start, now, float(s.value)))
+                if fam.kind == "histogram":
+                    data = OtelHistogram(dps, AggregationTemporality.CUMULATIVE)
+                else:
+                    data = Sum(dps, AggregationTemporality.CUMULATIVE, is_monotonic=True)
+            points += len(fam.samples)
+            metrics.append(Metric(fam.name, fam.help, unit_of(fam.name), data))
+        self._starts = starts
+        scope = ScopeMetrics(SCOPE, metrics, "")
+        return MetricsData([ResourceMetrics(self.resource, [scope], "")]), points
+
+
+def _histogram_point(
+    h: Histogram, attrs: dict[str, str], start: int, now: int
+) -> HistogramDataPoint:
+    """The book's cumulative ``le`` counts as OTLP's per-bucket counts (one more bucket than
+    bounds: the last is above the highest bound)."""
+    per_bucket, prev = [], 0
+    for c in h.counts:
+        c = int(round(c))
+        per_bucket.append(max(c - prev, 0))
+        prev = c
+    count = int(round(h.count))
+    per_bucket.append(max(count - prev, 0))
+    return HistogramDataPoint(
+        attributes=attrs,
+        start_time_unix_nano=start,
+        time_unix_nano=now,
+        count=count,
+        sum=float(h.sum),
+        bucket_counts=per_bucket,
+        explicit_bounds=list(h.bounds),
+        min=None,  # type: ignore[arg-type]  # not known: left unset in the request
+        max=None,  # type: ignore[arg-type]
+    )
+
+
+def _hex_id(value: str, digits: int) -> int:
+    if not isinstance(value, str) or len(value) != digits:
+        raise ValueError(f"expected {digits} hex digits, got {value!r}")
+    n = int(value, 16)
+    if n == 0:
+        raise ValueError("all-zero id")
+    return n
+
+
+def _path_of(method: str | None, route: str) -> str | None:
+    """``route`` is ``METHOD path`` (or ``other`` past the per-workload cap): its path."""
+    path = route
+    if method and route.startswith(method + " "):
+        path = route[len(method) + 1 :]
+    elif " " in route:
+        path = route.split(" ", 1)[1]
+    return path if path.startswith("/") else None
+
+
+def _span_name(method: str | None, route: str, path: str | None) -> str:
+    if path is not None:
+        return route  # "GET /item"
+    return method or "HTTP"  # semantic conventions: the method alone when no route is known
+
+
+def _workload_attributes(w: Workload | None) -> dict[str, Any] | None:
+    pod = w.pod if w is not None else None
+    if pod is None:
+        return None
+    attrs = {
+        "k8s.namespace.name": pod.namespace,
+        "k8s.pod.name": pod.name,
+        "k8s.pod.uid": pod.uid,
+        "k8s.container.name": pod.container,
+        "container.id": pod.container_id,
+    }
+    return {k: v for k, v in attrs.items() if v}

@@ -1,0 +1,312 @@
+"""The daemon's YAML config: schema, defaults, and errors that name file, line and expectation.
+
+Every key has a default, so a file naming only ``metrics: {listen: ...}`` is complete. The
+schema below is the single source: ``docs/config.md`` documents it and a test checks that every
+key in it appears there and in ``deploy/wasmtop.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: ``str()`` is ``FILE:LINE: key.path: what was expected, got what``."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    parse: Callable[[Any], Any]  # raises ValueError("expected ...") on a bad value
+    doc: str
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None) -> Callable:
+    words = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        expected = f"{words} from {low:g} to {high:g}"
+    elif low is not None:
+        expected = f"{words} >= {low:g}"
+    else:
+        expected = words
+
+    def parse(v: Any) -> Any:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if kind is int:
+            ok = ok and float(v).is_integer()
+        if not ok or (low is not None and v < low) or (high is not None and v > high):
+            raise ValueError(f"expected {expected}, got {v!r}")
+        return kind(v)
+
+    return parse
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
+        return v
+
+    return parse
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if v is None else parse(v)
+
+
+def _list(parse: Callable[[Any], Any]) -> Callable[[Any], list]:
+    def parse_list(v: Any) -> list:
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list, got {v!r}")
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(parse(item))
+            except ValueError as exc:
+                raise ValueError(f"item {i}: {exc}") from None
+        return out
+
+    return parse_list
+
+
+def _str_map(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and isinstance(x, (str, int)) and not isinstance(x, bool)
+        for k, x in v.items()
+    ):
+        raise ValueError(f"expected a map of names to strings, got {v!r}")
+    return {k: str(x) for k, x in v.items()}
+
+
+def host_port(v: Any) -> str:
+    """``HOST:PORT`` with a literal IP (v6 in brackets) or a name, port 0-65535."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s\[\]]+):(\d{1,5})", v if isinstance(v, str) else "")
+    if not m or int(m.group(2)) > 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {v!r}")
+    host = m.group(1).strip("[]")
+    if m.group(1).startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IPv6 address in brackets, got {v!r}") from None
+    return v
+
+
+def _url(v: Any) -> str:
+    parts = urllib.parse.urlsplit(v) if isinstance(v, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+    return v.rstrip("/")
+
+
+def _cidr(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(v, strict=False))
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an address range such as 10.42.0.0/16, got {v!r}") from None
+
+
+def _comm(v: Any) -> str:
+    if not isinstance(v, str) or not v or len(v.encode()) > 15:
+        raise ValueError(f"expected a command name of 1 to 15 bytes, got {v!r}")
+    return v
+
+
+def _cgroup(v: Any) -> str:
+    from .probes.features import cgroup_dir
+
+    cgroup_dir(_text(v))  # ValueError: "cgroup X not found under /sys/fs/cgroup"
+    return v
+
+
+def _interface(v: Any) -> str:
+    if not Path(f"/sys/class/net/{_text(v)}").exists() or "/" in v:
+        raise ValueError(f"expected a network interface of this host, got {v!r}")
+    return v
+
+
+def _power_of_two(v: Any) -> int:
+    n = _number(int, 1)(v)
+    if n & (n - 1):
+        raise ValueError(f"expected a power of two, got {v!r}")
+    return n
+
+
+_pid = _number(int, 1)
+
+SCHEMA: dict[str, Any] = {
+    "probes": {
+        "sched": {
+            "threshold_ms": Key(50.0, _number(float, 0), "preemption delay that makes an event"),
+            "pids": Key([], _list(_pid), "only these processes (empty: all)"),
+            "cgroup": Key(None, _optional(_cgroup), "only this cgroup subtree (path)"),
+            "ringbuf_pages": Key(64, _power_of_two, "ring buffer size in pages"),
+        },
+        "bypass": {
+            "mode": Key("observe", _choice("observe", "accelerate", "off"), "socket bypass"),
+            "local_cidrs": Key([], _list(_cidr), "extra local address ranges"),
+            "interfaces": Key([], _list(_interface), "extra interfaces for stack byte counts"),
+            "cgroup": Key(None, _optional(_cgroup), "cgroup whose sockets are watched"),
+        },
+        "trace": {
+            "enabled": Key(True, _bool, "the trace-context probe"),
+            "pids": Key([], _list(_pid), "trace these processes"),
+            "comms": Key([], _list(_comm), "trace processes with these command names"),
+            "cgroups": Key([], _list(_cgroup), "trace every process in these cgroup subtrees"),
+        },
+        "lifecycle": {
+            "enabled": Key(True, _bool, "cold starts and Wasm compile/instantiate uprobes"),
+        },
+    },
+    "collector": {
+        "tick_s": Key(1.0, _number(float, 0.1, 60), "seconds between Snapshots"),
+        "scheduling": Key("idle", _choice("idle", "normal"), "collector thread policy"),
+        "growth_window_s": Key(300.0, _number(float, 1), "RSS growth slope window"),
+        "max_events": Key(1000, _number(int, 0), "over-threshold events kept per Snapshot"),
+    },
+    "metrics": {
+        "listen": Key("127.0.0.1:9464", host_port, "address of /metrics, /healthz, /readyz"),
+        "web_config_file": Key(None, _optional(_text), "TLS and basic auth (exporter-toolkit)"),
+        "max_workloads": Key(1000, _number(int, 0), "workloads with their own series"),
+        "stale_after_s": Key(300.0, _number(float, 1), "series of a vanished workload kept"),
+    },
+    "otlp": {
+        "endpoint": Key(None, _optional(host_port), "OTLP/gRPC receiver; null: off"),
+        "insecure": Key(True, _bool, "plaintext gRPC (false: TLS with system roots)"),
+        "headers": Key({}, _str_map, "gRPC metadata sent with each export"),
+        "interval_s": Key(10.0, _number(float, 0.5, 3600), "metrics export interval"),
+        "timeout_s": Key(5.0, _number(float, 0.1, 60), "deadline of one export with retries"),
+        "max_queue_spans": Key(8192, _number(int, 1), "spans held while the receiver is down"),
+        "resource": Key({}, _str_map, "extra resource attributes, e.g. k8s.node.name"),
+    },
+    "alertmanager": {
+        "urls": Key([], _list(_url), "Alertmanagers to post alerts to (each one)"),
+        "resend_interval_s": Key(60.0, _number(float, 1), "firing alerts re-sent this often"),
+    },
+}
+
+Config = dict  # nested: section -> key -> value, every key present
+
+
+def defaults(schema: Mapping[str, Any] = SCHEMA) -> Config:
+    return {
+        k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default)
+        for k, v in schema.items()
+    }
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a config file; raise ConfigError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, str(path))
+
+
+def compose(text: str, name: str) -> yaml.Node | None:
+    """The YAML node tree (nodes know their lines); ConfigError on a syntax error."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f"{mark.line + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{name}:{line} not valid YAML: {problem}") from None
+
+
+def parse(text: str, name: str = "<config>") -> Config:
+    root = compose(text, name)
+    config = defaults()
+    if root is None:
+        return config
+    _walk(root, SCHEMA, config, (), name)
+    _cross_checks(config, root, name)
+    return config
+
+
+def _where(name: str, node: yaml.Node) -> str:
+    return f"{name}:{node.start_mark.line + 1}"
+
+
+def _walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, name: str) -> None:
+    dotted = ".".join(path) or "the top level"
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{_where(name, node)}: {dotted}: expected a map of keys")
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        key = key_node.value
+        where = _where(name, key_node)
+        full = ".".join((*path, str(key)))
+        if key not in schema:
+            raise ConfigError(
+                f"{where}: {full}: unknown key (expected one of: {', '.join(schema)})"
+            )
+        if key in seen:
+            raise ConfigError(f"{where}: {full}: given twice")
+        seen.add(key)
+        spec = schema[key]
+        if isinstance(spec, dict):
+            if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null"):
+                continue  # "section:" with nothing under it: all defaults
+            _walk(value_node, spec, out[key], (*path, key), name)
+            continue
+        value = yaml.SafeLoader("").construct_object(value_node, deep=True)
+        try:
+            out[key] = spec.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(name, value_node)}: {full}: {exc}") from None
+
+
+def _cross_checks(config: Config, root: yaml.Node, name: str) -> None:
+    trace = config["probes"]["trace"]
+    if not trace["enabled"] and (trace["pids"] or trace["comms"] or trace["cgroups"]):
+        raise ConfigError(
+            f"{name}:{_line_of(root, ('probes', 'trace', 'enabled'))}: probes.trace.enabled: "
+            "false, but probes.trace names processes to trace: expected one or the other"
+        )
+
+
+def _line_of(root: yaml.Node, path: tuple[str, ...]) -> int:
+    node = root
+    for key in path:
+        for k, v in getattr(node, "value", []):
+            if getattr(k, "value", None) == key:
+                node = v
+                break
+        else:
+            break
+    return node.start_mark.line + 1
+
+
+def schema_keys(schema: Mapping[str, Any] = SCHEMA, prefix: str = "") -> list[str]:
+    """Every leaf key as a dotted path (for the docs test)."""
+    out: list[str] = []
+    for k, v in schema.items():
+        if isinstance(v, dict):
+            out += schema_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out

@@ -1,0 +1,263 @@
+"""`wasmtop daemon --config FILE`: probes, collector and exporters running until SIGTERM.
+
+One thread owns the probes and the collector (the main thread: it takes the signals); the HTTP
+server and the OTLP exporter run in their own threads and only read what the loop publishes
+(the SeriesBook), so a slow scrape or a dead OTLP receiver never delays a ring-buffer drain.
+
+SIGHUP re-reads the config and the web config. A bad file is reported and the running config
+stays; a good one is applied: the HTTP listener and the OTLP exporter are rebuilt when their
+sections changed, the probes are restarted when theirs did (the series keep counting).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load
+from .web import Endpoints, HttpServer, MetricsCache, WebConfig, load_web_config
+
+EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
+
+
+def log(message: str) -> None:
+    print(f"wasmtop daemon: {message}", file=sys.stderr, flush=True)
+
+
+def web_config_path(config: Config, config_path: Path) -> Path | None:
+    """The web config file, relative to the config file's directory when relative."""
+    value = config["metrics"]["web_config_file"]
+    if value is None:
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else config_path.parent / p
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, web: WebConfig) -> None:
+        from .exporters.series import SeriesBook
+
+        self.config_path = config_path
+        self.config = config
+        self.web = web
+        m = config["metrics"]
+        self.book = SeriesBook(m["max_workloads"], m["stale_after_s"])
+        self.reload_requested = False
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload_ok = True
+        self.probe_status: dict[str, dict[str, str]] = {}
+        self.ready = False
+        self.http: HttpServer | None = None
+        self.otlp: Any = None
+        self.metrics = MetricsCache(self._render, lambda: self.book.snapshots)
+
+    # -- what the endpoints read -------------------------------------------------------------
+    def _render(self) -> bytes:
+        from .exporters.exposition import encode
+
+        return encode([*self.book.families(), *self._own_families()])
+
+    def _own_families(self) -> list[Any]:
+        from .exporters.series import Family, Sample
+
+        fams = [
+            Family(
+                "wasmtop_config_reloads",
+                "counter",
+                "Config reloads (SIGHUP) by result; a failed one keeps the running config.",
+                ("result",),
+                [Sample((r,), float(n)) for r, n in self.reloads.items()],
+            ),
+            Family(
+                "wasmtop_config_last_reload_successful",
+                "gauge",
+                "1 when the last config reload succeeded (or none was asked for).",
+                (),
+                [Sample((), 1.0 if self.last_reload_ok else 0.0)],
+            ),
+        ]
+        if self.otlp is not None:
+            stats = self.otlp.stats()
+            fams.append(
+                Family(
+                    "wasmtop_otlp",
+                    "counter",
+                    "OTLP export outcomes since start (spans_dropped: lost for good).",
+                    ("outcome",),
+                    [Sample((k,), float(v)) for k, v in sorted(stats.items())],
+                )
+            )
+        return fams
+
+    def _readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.ready, {"ready": self.ready, "probes": self.probe_status}
+
+    # -- exporters ---------------------------------------------------------------------------
+    def start_http(self) -> None:
+        listen = self.config["metrics"]["listen"]
+        self.http = HttpServer(listen, Endpoints(self.metrics, self._readiness), self.web)
+        log(f"serving {self.http.scheme}://{listen}/metrics, /healthz, /readyz")
+
+    def start_otlp(self) -> None:
+        o = self.config["otlp"]
+        if o["endpoint"] is None:
+            self.otlp = None
+            return
+        from .exporters.otlp import OtlpExporter
+
+        self.otlp = OtlpExporter(
+            o["endpoint"],
+            book=self.book,
+            insecure=o["insecure"],
+            headers=o["headers"],
+            interval_s=o["interval_s"],
+            timeout_s=o["timeout_s"],
+            max_queue_spans=o["max_queue_spans"],
+            resource=o["resource"],
+        )
+        log(f"exporting OTLP to {o['endpoint']} every {o['interval_s']:g} s")
+
+    def stop_exporters(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        if self.otlp is not None:
+            self.otlp.close()
+            self.otlp = None
+
+    # -- reload ------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Apply a re-read config; True when the probes must restart."""
+        self.reload_requested = False
+        try:
+            new = load(self.config_path)
+            web = load_web_config(web_config_path(new, self.config_path))
+        except ConfigError as exc:
+            self.reloads["failed"] += 1
+            self.last_reload_ok = False
+            log(f"reload refused, the running config stays: {exc}")
+            return False
+        old, self.config = self.config, new
+        self.reloads["ok"] += 1
+        self.last_reload_ok = True
+        m = new["metrics"]
+        self.book.set_limits(m["max_workloads"], m["stale_after_s"])
+        if new["metrics"] != old["metrics"] or web != self.web:
+            self.web = web
+            assert self.http is not None
+            self.http.close()
+            try:
+                self.start_http()
+            except OSError as exc:  # e.g. the new address is taken: serve on the old one
+                kept = old["metrics"]["listen"]
+                log(f"cannot listen on {m['listen']}: {exc.strerror}; keeping {kept}")
+                self.config["metrics"] = old["metrics"]
+                self.start_http()
+        if new["otlp"] != old["otlp"]:
+            if self.otlp is not None:
+                self.otlp.close()
+            self.start_otlp()
+        restart = new["probes"] != old["probes"] or new["collector"] != old["collector"]
+        log("config reloaded" + ("; restarting the probes" if restart else ""))
+        return restart
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run_pipeline(self) -> bool:
+        """Start the probes and tick until a reload needs new probes (True) or a signal stops
+        everything (Terminated propagates, after every probe is detached)."""
+        from .collector.collector import Collector
+        from .pipeline import ProbeOptions, build_probes
+        from .probes.cpushare import CpuShare
+        from .probes.runtime import FAILED, OK, ProbeSet, sleep_draining
+
+        c = self.config["collector"]
+        selected, selector = build_probes(ProbeOptions.from_config(self.config))
+        with ProbeSet(selected, cpu=CpuShare(c["scheduling"])) as probes:
+            self.probe_status = {p.name: {"status": p.status, "reason": p.reason} for p in probes}
+            self.ready = any(p.status == OK for p in probes) and not any(
+                p.status == FAILED for p in probes
+            )
+            log(
+                "attached: "
+                + ", ".join(f"{p.name} {p.status}" for p in probes)
+                + ("" if self.ready else " (not ready)")
+            )
+            collector = Collector(
+                probes,
+                max_events=c["max_events"],
+                trace_selector=selector,
+                growth_window_s=c["growth_window_s"],
+            )
+            tick_s = c["tick_s"]
+            next_tick = time.monotonic() + tick_s
+            try:
+                while True:
+                    step = max(0.0, min(1.0, next_tick - time.monotonic()))
+                    sleep_draining(probes, step, drain=collector.poll)
+                    collector.observe()
+                    if time.monotonic() >= next_tick:
+                        self.publish(collector.tick())
+                        next_tick = max(next_tick + tick_s, time.monotonic())
+                    if self.reload_requested and self.reload():
+                        return True
+            finally:
+                self.ready = False
+
+    def publish(self, snapshot: Any) -> None:
+        self.book.add(snapshot)
+        if self.otlp is not None:
+            self.otlp.submit(snapshot)  # never blocks: it queues
+
+
+def check(config_path: str) -> int:
+    path = Path(config_path)
+    try:
+        web_config_path_ = web_config_path(load(path), path)
+        load_web_config(web_config_path_)
+    except ConfigError as exc:
+        print(f"wasmtop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: valid" + (f" (web config {web_config_path_})" if web_config_path_ else ""))
+    return EXIT_OK
+
+
+def run(config_path: str) -> int:
+    from .cli import preflight
+    from .probes.runtime import Terminated
+
+    path = Path(config_path)
+    try:
+        config = load(path)
+        web = load_web_config(web_config_path(config, path))
+    except ConfigError as exc:
+        print(f"wasmtop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    code = preflight()
+    if code is not None:
+        return code
+    daemon = Daemon(path, config, web)
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        daemon.reload_requested = True
+
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        daemon.start_http()
+    except OSError as exc:
+        print(
+            f"wasmtop: cannot listen on {config['metrics']['listen']}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_ENV
+    try:
+        daemon.start_otlp()
+        while daemon.run_pipeline():
+            pass
+    except Terminated as stop:
+        log(f"stopping on signal {stop.signum}: probes detached")
+    finally:
+        daemon.stop_exporters()
+    return EXIT_OK

@@ -1,0 +1,297 @@
+"""The daemon's HTTP endpoints (/metrics, /healthz, /readyz), with optional TLS and basic auth
+configured by a web config file in the format of Prometheus' exporter-toolkit:
+
+    tls_server_config:
+      cert_file: server.crt        # relative paths are relative to this file
+      key_file: server.key
+      client_ca_file: ca.crt       # optional, with client_auth_type
+      client_auth_type: RequireAndVerifyClientCert   # or NoClientCert (default)
+      min_version: TLS12           # or TLS13
+    basic_auth_users:
+      prometheus: $2b$12$...       # bcrypt hash (htpasswd -B, or python -m wasmtop hash)
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import hmac
+import http.server
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Key, _choice, _optional, _str_map, _text, _walk, compose
+
+WEB_SCHEMA: dict[str, Any] = {
+    "tls_server_config": {
+        "cert_file": Key(None, _optional(_text), "server certificate (PEM)"),
+        "key_file": Key(None, _optional(_text), "its private key (PEM)"),
+        "client_ca_file": Key(None, _optional(_text), "CA that signs client certificates"),
+        "client_auth_type": Key(
+            "NoClientCert",
+            _choice("NoClientCert", "RequireAndVerifyClientCert"),
+            "client certificates",
+        ),
+        "min_version": Key("TLS12", _choice("TLS12", "TLS13"), "oldest TLS version accepted"),
+    },
+    "basic_auth_users": Key({}, _str_map, "user -> bcrypt hash"),
+}
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+    users: dict[str, str] = field(default_factory=dict)  # user -> bcrypt hash
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+
+def load_web_config(path: str | Path | None) -> WebConfig:
+    """Read and check a web config file (ConfigError naming file and line); None: plain HTTP."""
+    if path is None:
+        return WebConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read web config: {exc.strerror}") from None
+    root = compose(text, str(path))
+    out: dict[str, Any] = {
+        "tls_server_config": {k: v.default for k, v in WEB_SCHEMA["tls_server_config"].items()},
+        "basic_auth_users": {},
+    }
+    if root is not None:
+        _walk(root, WEB_SCHEMA, out, (), str(path))
+    tls = out["tls_server_config"]
+    where = f"{path}: tls_server_config"
+    if (tls["cert_file"] is None) != (tls["key_file"] is None):
+        raise ConfigError(f"{where}: expected both cert_file and key_file, or neither")
+    if tls["client_auth_type"] != "NoClientCert" and tls["client_ca_file"] is None:
+        raise ConfigError(
+            f"{where}: client_auth_type {tls['client_auth_type']} needs client_ca_file"
+        )
+
+    def rel(name: str) -> Path | None:
+        value = tls[name]
+        if value is None:
+            return None
+        p = Path(value) if Path(value).is_absolute() else path.parent / value
+        if not p.is_file():
+            raise ConfigError(f"{where}.{name}: expected a readable file, got {value!r}")
+        return p
+
+    for user, hashed in out["basic_auth_users"].items():
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            raise ConfigError(f"{path}: basic_auth_users.{user}: expected a bcrypt hash ($2y$...)")
+    config = WebConfig(
+        cert_file=rel("cert_file"),
+        key_file=rel("key_file"),
+        client_ca_file=rel("client_ca_file"),
+        client_auth_type=tls["client_auth_type"],
+        min_version=tls["min_version"],
+        users=dict(out["basic_auth_users"]),
+    )
+    if config.tls:
+        try:
+            _ssl_context(config)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{where}: cannot load the certificate or key: {exc}") from None
+    return config
+
+
+def _ssl_context(config: WebConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if config.min_version == "TLS13" else ssl.TLSVersion.TLSv1_2
+    )
+    ctx.load_cert_chain(str(config.cert_file), str(config.key_file))
+    if config.client_auth_type == "RequireAndVerifyClientCert":
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(config.client_ca_file))
+    return ctx
+
+
+class _Auth:
+    """Basic auth against bcrypt hashes. bcrypt is slow on purpose (~0.2 s at cost 12), so a
+    pair that checked out is remembered, keyed by an HMAC of it, as exporter-toolkit does."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+        self._key = __import__("os").urandom(32)
+        self._good: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def check(self, header: str | None) -> bool:
+        if not self.users:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        token = hmac.new(self._key, f"{user}\0{password}".encode(), "sha256").digest()
+        with self._lock:
+            if token in self._good:
+                return True
+        import bcrypt
+
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed.encode())
+        except ValueError:
+            ok = False
+        if ok:
+            with self._lock:
+                if len(self._good) > 1000:
+                    self._good.clear()
+                self._good.add(token)
+        return ok
+
+
+class Endpoints:
+    """What the handler serves; the daemon updates it, the handler only reads."""
+
+    def __init__(
+        self, metrics: Callable[[], bytes], ready: Callable[[], tuple[bool, dict[str, Any]]]
+    ) -> None:
+        self.metrics = metrics
+        self.ready = ready
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], endpoints: Endpoints, web: WebConfig, family: int
+    ) -> None:
+        self.address_family = family
+        self.endpoints = endpoints
+        self.auth = _Auth(web.users)
+        self.ssl_context = _ssl_context(web) if web.tls else None
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            # Handshake in the request thread (not here), so one slow client cannot stall accept.
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, addr
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "wasmtop"
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.settimeout(10)
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError):
+                self.close_connection = True
+                raise
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            pass  # a client that failed TLS or went away: nothing to answer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass  # scrapes every few seconds would flood the log
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0]
+        if not self.server.auth.check(self.headers.get("Authorization")):
+            self._send(
+                401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": 'Basic realm="wasmtop"'}
+            )
+            return
+        if path == "/metrics":
+            from .exporters.exposition import CONTENT_TYPE
+
+            self._send(200, self.server.endpoints.metrics(), CONTENT_TYPE)
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain")
+        elif path == "/readyz":
+            ready, body = self.server.endpoints.ready()
+            self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")
+        else:
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+    def _send(
+        self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class HttpServer:
+    """Serve ``endpoints`` on ``listen`` (HOST:PORT) in a thread until ``close()``."""
+
+    def __init__(self, listen: str, endpoints: Endpoints, web: WebConfig) -> None:
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._server = _Server((host, int(port)), endpoints, web, family)
+        self.port = self._server.server_address[1]
+        self.scheme = "https" if web.tls else "http"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="wasmtop-http", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+class MetricsCache:
+    """Render /metrics at most once per Snapshot, on demand, with the garbage collector paused:
+    the text is hundreds of thousands of short-lived strings and no cycles, and a collection
+    in the middle costs more than the render (docs/benchmarks.md)."""
+
+    def __init__(self, render: Callable[[], bytes], generation: Callable[[], int]) -> None:
+        self._render = render
+        self._generation = generation
+        self._lock = threading.Lock()
+        self._cached: tuple[int, bytes] | None = None
+
+    def __call__(self) -> bytes:
+        with self._lock:
+            gen = self._generation()
+            if self._cached is None or self._cached[0] != gen:
+                was_enabled = gc.isenabled()
+                gc.disable()
+                try:
+                    self._cached = (gen, self._render())
+                finally:
+                    if was_enabled:
+                        gc.enable()
+            return self._cached[1]
