@@ -177,13 +177,13 @@ class Daemon:
         selected, selector = build_probes(ProbeOptions.from_config(self.config))
         with ProbeSet(selected, cpu=CpuShare(c["scheduling"])) as probes:
             self.probe_status = {p.name: {"status": p.status, "reason": p.reason} for p in probes}
-            self.ready = any(p.status == OK for p in probes) and not any(
+            attached = any(p.status == OK for p in probes) and not any(
                 p.status == FAILED for p in probes
             )
             log(
                 "attached: "
                 + ", ".join(f"{p.name} {p.status}" for p in probes)
-                + ("" if self.ready else " (not ready)")
+                + ("" if attached else " (not ready)")
             )
             collector = Collector(
                 probes,
@@ -200,6 +200,7 @@ class Daemon:
                     collector.observe()
                     if time.monotonic() >= next_tick:
                         self.publish(collector.tick())
+                        self.ready = attached  # ready once /metrics holds a Snapshot
                         next_tick = max(next_tick + tick_s, time.monotonic())
                     if self.reload_requested and self.reload():
                         return True

@@ -1,0 +1,186 @@
+"""Real peers for integration tests, started on loopback with temporary dirs: the wasmtop daemon
+itself, and Prometheus (Debian's package)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support import no_programs_left, wait_for, wasmtop_cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(
+    url: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    cafile: Path | None = None,
+    timeout: float = 10,
+) -> tuple[int, bytes]:
+    """(status, body) of a GET; HTTP errors are answers, not exceptions."""
+    req = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    ctx = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+class Daemon:
+    def __init__(self, proc: subprocess.Popen, config: Path, port: int, scheme: str) -> None:
+        self.proc = proc
+        self.config = config
+        self.port = port
+        self.base = f"{scheme}://127.0.0.1:{port}"
+
+    def stderr_so_far(self) -> str:
+        return Path(str(self.config) + ".stderr").read_text()
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status (the caller checks it). Waits at most 5 s: the daemon must
+        stop within that (issue: SIGTERM stops cleanly within 5 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -1
+
+
+@contextmanager
+def daemon(
+    tmp_path: Path,
+    config: dict[str, Any] | None = None,
+    *,
+    scheme: str = "http",
+    ready_auth: tuple[str, str] | None = None,
+    cafile: Path | None = None,
+) -> Iterator[Daemon]:
+    """`wasmtop daemon` on a free loopback port with ``config`` (merged over metrics.listen),
+    once /readyz says ready. Stopped with SIGTERM after; nothing of ours may stay loaded."""
+    port = free_port()
+    cfg = {**(config or {})}
+    cfg["metrics"] = {"listen": f"127.0.0.1:{port}", **cfg.get("metrics", {})}
+    path = tmp_path / "wasmtop.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    err = open(str(path) + ".stderr", "w")
+    proc = subprocess.Popen(
+        [*wasmtop_cmd(), "daemon", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=err
+    )
+    d = Daemon(proc, path, port, scheme)
+
+    def ready_or_dead() -> bool:
+        if proc.poll() is not None:
+            return True
+        if not _listening(port):
+            return False
+        return get(f"{d.base}/readyz", auth=ready_auth, cafile=cafile)[0] == 200
+
+    try:
+        ok = wait_for(ready_or_dead, timeout_s=90)
+        assert ok and proc.poll() is None, f"daemon not ready: {d.stderr_so_far()}"
+        yield d
+    finally:
+        code = d.stop()
+        err.close()
+        assert code == 0, f"daemon exit {code}: {d.stderr_so_far()}"
+        assert no_programs_left() == []
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def metric_value(text: bytes, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+class Prometheus:
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        status, body = get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+        data = json.loads(body)
+        assert status == 200 and data["status"] == "success", data
+        return data["data"]["result"]
+
+    def targets(self) -> list[dict[str, Any]]:
+        return json.loads(get(f"{self.url}/api/v1/targets")[1])["data"]["activeTargets"]
+
+
+@contextmanager
+def prometheus(
+    tmp_path: Path,
+    scrape: dict[str, Any],
+    *,
+    rule_files: tuple[Path, ...] = (),
+    alertmanagers: tuple[str, ...] = (),
+) -> Iterator[Prometheus]:
+    """Debian's Prometheus scraping one job (``scrape``: a scrape_config without job_name) every
+    second, with its TSDB in ``tmp_path``."""
+    port = free_port()
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "wasmtop", **scrape}],
+    }
+    if rule_files:
+        config["rule_files"] = [str(p) for p in rule_files]
+    if alertmanagers:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]
+        }
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "prometheus.log", "w")
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    prom = Prometheus(proc, port)
+    try:
+        assert wait_for(lambda: _listening(port) and get(f"{prom.url}/-/ready")[0] == 200, 60), (
+            tmp_path / "prometheus.log"
+        ).read_text()[-3000:]
+        yield prom
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
