@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 from synthetic import snapshot
-
 from wasmtop.exporters.exposition import encode
 from wasmtop.exporters.series import SeriesBook
 

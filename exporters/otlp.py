@@ -60,7 +60,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from .. import __version__
 from ..collector.model import PreemptionEvent, Snapshot, Trace, Workload
-from .series import Family, Histogram, SeriesBook
+from .series import Family, Histogram, SeriesBook, Summary
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 SCOPE = InstrumentationScope("wasmtop", __version__)
+CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 # SeriesBook label -> OTLP attribute (OpenTelemetry semantic conventions where one exists).
 # Labels not listed keep their name (quantile, call, probe, state).
@@ -181,6 +182,7 @@ class OtlpExporter:
         # no longer has is forgotten, so when it comes back (restarted at 0) it starts anew.
         self._starts: dict[tuple[str, tuple[str, ...]], int] = {}
         self._last_collect_ns = time.time_ns()
+        self._unconvertible: set[str] = set()  # families warned about once
 
         self._span_thread = threading.Thread(
             target=self._span_loop, name="wasmtop-otlp-spans", daemon=True
@@ -335,13 +337,14 @@ class OtlpExporter:
             return False
 
     def _to_spans(self, entries: Iterable[_Pending]) -> list[ReadableSpan]:
-        """Build spans; a trace whose ids do not parse is left out (the caller counts it)."""
+        """Build spans; a trace that does not convert (ids that do not parse) is left out and
+        counted as dropped by the caller."""
         out = []
         for p in entries:
             try:
                 out.append(self._span(p))
-            except (ValueError, TypeError):
-                log.debug("OTLP: trace %r not exported: bad ids", p.trace.trace_id)
+            except Exception:  # bad ids (ValueError) or a field of an unexpected type
+                log.debug("OTLP: trace %r not exported", p.trace.trace_id, exc_info=True)
         return out
 
     def _span(self, p: _Pending) -> ReadableSpan:
@@ -431,61 +434,82 @@ class OtlpExporter:
                 self._stats["metric_exports_failed"] += 1
                 self._stats["metric_points_dropped"] += points
 
-    def _families(self) -> list[Family]:
-        # The collector thread may fold a Snapshot in meanwhile: a dict that changes size
-        # while families() iterates it raises; the next try sees it settled.
-        for _ in range(3):
-            try:
-                return self.book.families()
-            except RuntimeError:
-                time.sleep(0.001)
-        return self.book.families()
-
     def _metrics_data(self) -> tuple[MetricsData, int]:
         """One collection: every family, read once, as OTLP metrics. Returns the data and its
         number of points."""
-        families = self._families()
+        families = self.book.families()  # consistent: the book holds its lock meanwhile
         now = time.time_ns()
         since = self._last_collect_ns  # a series new since the last collection began after it
         self._last_collect_ns = now
         starts: dict[tuple[str, tuple[str, ...]], int] = {}
-        metrics = []
-        points = 0
+        metrics: list[Metric] = []
         for fam in families:
             if not fam.samples:
                 continue
-            data: Any
-            if fam.kind == "gauge":
-                data = Gauge(
-                    data_points=[
-                        NumberDataPoint(
-                            attributes=attributes_of(fam.label_names, s.labels),
-                            start_time_unix_nano=None,  # type: ignore[arg-type]
-                            time_unix_nano=now,
-                            value=float(s.value),  # type: ignore[arg-type]
-                        )
-                        for s in fam.samples
-                    ]
-                )
-            else:
-                dps: list[Any] = []
-                for s in fam.samples:
-                    key = (fam.name, s.labels)
-                    start = starts[key] = self._starts.get(key, since)
-                    attrs = attributes_of(fam.label_names, s.labels)
-                    if isinstance(s.value, Histogram):
-                        dps.append(_histogram_point(s.value, attrs, start, now))
-                    else:
-                        dps.append(NumberDataPoint(attrs, start, now, float(s.value)))
-                if fam.kind == "histogram":
-                    data = OtelHistogram(dps, AggregationTemporality.CUMULATIVE)
-                else:
-                    data = Sum(dps, AggregationTemporality.CUMULATIVE, is_monotonic=True)
-            points += len(fam.samples)
-            metrics.append(Metric(fam.name, fam.help, unit_of(fam.name), data))
+            try:
+                metrics += self._metrics_of(fam, now, since, starts)
+            except Exception:  # one family we cannot convert must not cost the others
+                if fam.name not in self._unconvertible:
+                    self._unconvertible.add(fam.name)
+                    log.warning(
+                        "OTLP: family %s (%s) not exported", fam.name, fam.kind, exc_info=True
+                    )
         self._starts = starts
+        points = sum(len(m.data.data_points) for m in metrics)
         scope = ScopeMetrics(SCOPE, metrics, "")
         return MetricsData([ResourceMetrics(self.resource, [scope], "")]), points
+
+    def _metrics_of(
+        self, fam: Family, now: int, since: int, starts: dict[tuple[str, tuple[str, ...]], int]
+    ) -> list[Metric]:
+        unit = unit_of(fam.name)
+        if fam.kind == "gauge":
+            return [Metric(fam.name, fam.help, unit, Gauge(_gauge_points(fam, now)))]
+        if fam.kind == "summary":
+            # The book's summary is over a sliding window: its quantiles, count and sum all go
+            # up and down, so they are gauges, under the names Prometheus gives a summary's
+            # series (the quantile as an attribute, _count, _sum). The SDK has no Summary type.
+            quantiles, counts, sums = [], [], []
+            for s in fam.samples:
+                sm = s.value
+                assert isinstance(sm, Summary)
+                attrs = attributes_of(fam.label_names, s.labels)
+                for q, v in sm.quantiles:
+                    quantiles.append(NumberDataPoint({**attrs, "quantile": q}, None, now, v))  # type: ignore[arg-type]
+                counts.append(NumberDataPoint(attrs, None, now, float(sm.count)))  # type: ignore[arg-type]
+                sums.append(NumberDataPoint(attrs, None, now, float(sm.sum)))  # type: ignore[arg-type]
+            return [
+                Metric(fam.name, fam.help, unit, Gauge(quantiles)),
+                Metric(f"{fam.name}_count", f"{fam.help} (count)", "", Gauge(counts)),
+                Metric(f"{fam.name}_sum", f"{fam.help} (sum)", unit, Gauge(sums)),
+            ]
+        if fam.kind not in ("counter", "histogram"):
+            raise ValueError(f"unknown family kind {fam.kind!r}")
+        dps: list[Any] = []
+        for s in fam.samples:
+            key = (fam.name, s.labels)
+            start = starts[key] = self._starts.get(key, since)
+            attrs = attributes_of(fam.label_names, s.labels)
+            if fam.kind == "histogram":
+                assert isinstance(s.value, Histogram)
+                dps.append(_histogram_point(s.value, attrs, start, now))
+            else:
+                dps.append(NumberDataPoint(attrs, start, now, float(s.value)))  # type: ignore[arg-type]
+        if fam.kind == "histogram":
+            return [Metric(fam.name, fam.help, unit, OtelHistogram(dps, CUMULATIVE))]
+        return [Metric(fam.name, fam.help, unit, Sum(dps, CUMULATIVE, is_monotonic=True))]
+
+
+def _gauge_points(fam: Family, now: int) -> list[NumberDataPoint]:
+    return [
+        NumberDataPoint(
+            attributes=attributes_of(fam.label_names, s.labels),
+            start_time_unix_nano=None,  # type: ignore[arg-type]  # gauges have none
+            time_unix_nano=now,
+            value=float(s.value),  # type: ignore[arg-type]
+        )
+        for s in fam.samples
+    ]
 
 
 def _histogram_point(

@@ -101,7 +101,8 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "wasmtop_request_latency_seconds": (
         "summary",
-        "Exact request latency quantiles over the sliding window (nearest rank; 1 = max).",
+        "Exact request latency quantiles over the sliding window (nearest rank; 1 = max); "
+        "count and sum since start.",
         (),
     ),
     "wasmtop_rss_bytes": ("gauge", "Resident memory, summed over the workload's processes.", ()),
@@ -316,12 +317,16 @@ class SeriesBook:
                     req.ended_duration_sum_ms / 1e3,
                 )
             if named:
+                n = len(REQUEST_BOUNDS_S)
+                h = s.histograms.get("wasmtop_request_duration_seconds") or [0.0] * (n + 2)
+                # Quantiles over the sliding window, count and sum since start (they only go
+                # up, as Prometheus expects of a summary): the histogram's.
                 q = req.latency_ms
                 s.summary = Summary(
                     (("0.5", q.p50 / 1e3), ("0.9", q.p90 / 1e3), ("0.99", q.p99 / 1e3),
                      ("0.999", q.p999 / 1e3), ("1", q.max / 1e3)),
-                    req.count,
-                    req.sum_ms / 1e3,
+                    h[n],
+                    h[n + 1],
                 )  # fmt: skip
         rt = w.runtime_metrics
         if rt is not None:

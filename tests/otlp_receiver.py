@@ -32,6 +32,7 @@ class OtlpReceiver:
         self.trace_requests: list[Any] = []  # accepted ExportTraceServiceRequest
         self.metric_requests: list[Any] = []  # accepted ExportMetricsServiceRequest
         self.attempts = {"traces": 0, "metrics": 0}  # every call, refused ones included
+        self.metadata: list[dict[str, str]] = []  # gRPC metadata of every call
         self._fail: dict[str, list[grpc.StatusCode]] = {"traces": [], "metrics": []}
         self._server: grpc.Server | None = None
         self.start()
@@ -100,6 +101,7 @@ class OtlpReceiver:
     def _accept(self, signal: str, request: Any, context: grpc.ServicerContext) -> None:
         with self._lock:
             self.attempts[signal] += 1
+            self.metadata.append(dict(context.invocation_metadata()))
             code = self._fail[signal].pop(0) if self._fail[signal] else None
             if code is None:
                 (self.trace_requests if signal == "traces" else self.metric_requests).append(
@@ -113,7 +115,7 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self.receiver = receiver
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.receiver._accept("traces", request, context)
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -122,7 +124,7 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self.receiver = receiver
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.receiver._accept("metrics", request, context)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 

@@ -13,8 +13,8 @@ import textwrap
 import bcrypt
 import pytest
 import yaml
-from peers import daemon, free_port, get, metric_value, prometheus
 
+from peers import daemon, free_port, get, metric_value, prometheus
 from support import wait_for
 
 pytestmark = pytest.mark.bpf

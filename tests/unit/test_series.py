@@ -59,6 +59,9 @@ def test_counters_add_up_windows_and_gauges_show_the_latest():
     )
     assert value(book, "wasmtop_request_duration_seconds_bucket", le="0.01", **labels) == 20
     assert value(book, "wasmtop_request_latency_seconds", quantile="0.99", **labels) == 0.005
+    # A summary's count only goes up: requests since start, as the histogram counts them.
+    assert value(book, "wasmtop_request_latency_seconds_count", **labels) == 20
+    assert value(book, "wasmtop_request_duration_seconds_count", **labels) == 20
     assert value(book, "wasmtop_wasm_calls_total", call="instantiate", **labels) == 20
     # throttled_us is a running total in the Snapshot: only its increase is added, and a
     # smaller total than before is a restart (all of it is increase).

@@ -1,0 +1,487 @@
+"""OTLP export against a real in-process gRPC receiver, from synthetic Snapshots built with the
+real model classes (no BPF: the kernel-driven end-to-end path goes through the daemon)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+import grpc
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from otlp_receiver import OtlpReceiver, attrs, wait_until
+from wasmtop.collector.model import (
+    DelayQuantiles,
+    Events,
+    HistogramBucket,
+    LatencyQuantiles,
+    PreemptionEvent,
+    RequestFigures,
+    SchedFigures,
+    Snapshot,
+    Trace,
+    Workload,
+)
+from wasmtop.collector.workloads import Pod
+from wasmtop.exporters.otlp import OtlpExporter
+from wasmtop.exporters.series import PREEMPT_BOUNDS_S, Family, Histogram, Sample, SeriesBook
+
+POD = Pod(namespace="shop", name="cart-7d9f", uid="uid-123", container="app", container_id="c0ffee")
+WL_POD = "shop/cart-7d9f/app"
+WL_PLAIN = "proc:edge"
+_ids = itertools.count(1)
+
+
+def new_id(digits: int) -> str:
+    """Unique non-zero lowercase hex ids, different per call and per test run."""
+    return f"{os.getpid():08x}{next(_ids):x}".rjust(digits, "a")[-digits:]
+
+
+def _sched(switches: int, preemptions: int = 4) -> SchedFigures:
+    return SchedFigures(
+        switches=switches,
+        involuntary=switches // 2,
+        migrations=3,
+        migrations_per_s=3.0,
+        switches_per_s=float(switches),
+        involuntary_per_s=switches / 2,
+        affinity_stability=0.03,
+        cpu_skew_ratio=0.5,
+        allowed_cpus=(0, 1),
+        cpu_time_ns_by_cpu={"0": 1_500_000_000, "1": 500_000_000},
+        preempt_delay_us=DelayQuantiles(p50=40.0, p99=900.0, max=1200.0),
+        preemptions=preemptions,
+        preempt_delay_total_us=2500.0,
+        preemptions_over_threshold=1,
+        preempt_delay_hist=(
+            HistogramBucket(32.0, 48.0, preemptions - 1),  # counts under 1e-4 s
+            HistogramBucket(1024.0, 1536.0, 1),  # counts under 2.5e-3 s
+        ),
+        migration_matrix=(),
+    )
+
+
+def workloads(switches: int = 100) -> tuple[Workload, ...]:
+    return (
+        Workload(
+            key=WL_POD,
+            kind="wasm",
+            runtime="wasmtime",
+            comm="wasmtime",
+            pids=(4242,),
+            cgroup="/kubepods/pod-uid-123/c0ffee",
+            pod=POD,
+            sched=_sched(switches),
+            requests=RequestFigures(
+                count=40,
+                window_s=60.0,
+                latency_ms=LatencyQuantiles(p50=2.0, p90=4.0, p99=9.0, p999=15.0, max=18.0),
+                complete=True,
+                evicted=0,
+                by_status={"200": 40},
+                by_route={"GET /item": 40},
+                sum_ms=100.0,
+            ),
+        ),
+        Workload(
+            key=WL_PLAIN,
+            kind="process",
+            runtime=None,
+            comm="edge",
+            pids=(5000,),
+            cgroup=None,
+            pod=None,
+            sched=_sched(switches * 2),
+        ),
+    )
+
+
+def trace(**kw: object) -> Trace:
+    fields: dict[str, object] = dict(
+        trace_id=new_id(32),
+        span_id=new_id(16),
+        parent_span_id=new_id(16),
+        source="traceparent",
+        trace_flags=1,
+        tracestate=None,
+        pid=4242,
+        tid=4243,
+        workload=WL_POD,
+        start_ns=time.monotonic_ns() - 50_000_000,
+        duration_ms=12.5,
+        preempted_ms=3.25,
+        migrations=2,
+        bypassed=True,
+        method="GET",
+        route="GET /item",
+        status=200,
+    )
+    fields.update(kw)
+    return Trace(**fields)  # type: ignore[arg-type]
+
+
+def snapshot(
+    traces: tuple[Trace, ...] = (),
+    preemptions: tuple[PreemptionEvent, ...] = (),
+    switches: int = 100,
+) -> Snapshot:
+    return Snapshot(
+        host="node-a",
+        kernel="6.1.0",
+        cpus=2,
+        window_s=1.0,
+        probes={"sched": {"status": "ok", "events": 10, "lost": 0, "malformed": 0}},
+        workloads=workloads(switches),
+        events=Events(preemptions=preemptions, preemptions_total=len(preemptions)),
+        traces=traces,
+        traces_total=len(traces),
+    )
+
+
+def preemption(ts_ns: int, *, tid: int = 4243, delay_us: float = 2500.0) -> PreemptionEvent:
+    return PreemptionEvent(
+        ts_ns=ts_ns,
+        pid=4242,
+        tid=tid,
+        cpu=3,
+        comm="wasmtime",
+        delay_us=delay_us,
+        preemptor_pid=999,
+        preemptor_tid=1000,
+        preemptor_comm="stress-ng",
+        workload=WL_POD,
+    )
+
+
+@pytest.fixture
+def receiver():
+    rx = OtlpReceiver()
+    yield rx
+    rx.stop()
+
+
+@pytest.fixture
+def make_exporter():
+    made: list[OtlpExporter] = []
+
+    def make(endpoint: str, book: SeriesBook | None = None, **kw: object) -> OtlpExporter:
+        kw.setdefault("interval_s", 0.5)
+        kw.setdefault("timeout_s", 1.0)
+        exp = OtlpExporter(endpoint, book=book or SeriesBook(), **kw)  # type: ignore[arg-type]
+        made.append(exp)
+        return exp
+
+    yield make
+    for exp in made:
+        exp.close(timeout_s=1.0)
+
+
+def received_ids(rx: OtlpReceiver) -> set[str]:
+    return set(rx.span_ids())
+
+
+# -- 1. spans ------------------------------------------------------------------------------
+def test_spans_carry_the_requests_ids_times_attributes_and_preemptions(receiver, make_exporter):
+    exp = make_exporter(receiver.endpoint, headers={"X-Tenant": "team-a"})
+    t1 = trace(tracestate="vendor=opaque")
+    t2 = trace(
+        parent_span_id=None,
+        source="trace_ctx",
+        pid=5000,
+        tid=5001,
+        workload=WL_PLAIN,
+        duration_ms=1.75,
+        preempted_ms=None,
+        migrations=None,
+        bypassed=None,
+        method="POST",
+        route="POST /cart",
+        status=503,
+    )
+    bad = trace(trace_id="0" * 32)  # refused by W3C: never exported, counted
+    inside = preemption(t1.start_ns + 5_000_000)
+    before = preemption(t1.start_ns - 1_000_000)  # same thread, before the request
+    other_thread = preemption(t1.start_ns + 6_000_000, tid=4299)
+    snap = snapshot((t1, t2, bad), (inside, before, other_thread))
+
+    off_before = time.time_ns() - time.monotonic_ns()
+    exp.submit(snap)
+    off_after = time.time_ns() - time.monotonic_ns()
+
+    want = {t1.span_id, t2.span_id}
+    assert wait_until(lambda: want <= received_ids(receiver), 10), receiver.spans()
+    spans = {s.span_id.hex(): (res, s) for res, s in receiver.spans()}
+    assert bad.span_id not in spans
+    assert exp.stats()["spans_dropped"] == 1
+    assert exp.stats()["spans_exported"] == 2
+
+    tol = 2_000_000  # the offset is measured by the exporter between off_before and off_after
+    lo, hi = min(off_before, off_after) - tol, max(off_before, off_after) + tol
+    for t in (t1, t2):
+        res, s = spans[t.span_id]
+        assert res["service.name"] == "wasmtop"
+        assert s.trace_id.hex() == t.trace_id
+        assert s.parent_span_id.hex() == (t.parent_span_id or "")
+        assert s.kind == Span.SPAN_KIND_SERVER
+        assert s.name == t.route
+        assert lo <= s.start_time_unix_nano - t.start_ns <= hi
+        assert s.end_time_unix_nano - s.start_time_unix_nano == round(t.duration_ms * 1e6)
+
+    _, s1 = spans[t1.span_id]
+    assert attrs(s1.attributes) == {
+        "http.request.method": "GET",
+        "http.route": "/item",
+        "http.response.status_code": 200,
+        "wasmtop.preempted_ms": 3.25,
+        "wasmtop.migrations": 2,
+        "wasmtop.bypassed": True,
+        "wasmtop.workload": WL_POD,
+        "process.pid": 4242,
+        "thread.id": 4243,
+        "wasmtop.trace_source": "traceparent",
+        "k8s.namespace.name": "shop",
+        "k8s.pod.name": "cart-7d9f",
+        "k8s.pod.uid": "uid-123",
+        "k8s.container.name": "app",
+        "container.id": "c0ffee",
+    }
+    assert s1.trace_state == "vendor=opaque"
+    assert s1.status.code == Status.STATUS_CODE_UNSET
+    # Exactly the preemption of its thread inside the request, at its own time.
+    assert [e.name for e in s1.events] == ["preemption"]
+    ev = s1.events[0]
+    assert ev.time_unix_nano - s1.start_time_unix_nano == inside.ts_ns - t1.start_ns
+    assert attrs(ev.attributes) == {
+        "delay_ms": 2.5,
+        "cpu": 3,
+        "preemptor_pid": 999,
+        "preemptor_comm": "stress-ng",
+    }
+
+    _, s2 = spans[t2.span_id]
+    assert attrs(s2.attributes) == {
+        "http.request.method": "POST",
+        "http.route": "/cart",
+        "http.response.status_code": 503,
+        "wasmtop.workload": WL_PLAIN,
+        "process.pid": 5000,
+        "thread.id": 5001,
+        "wasmtop.trace_source": "trace_ctx",
+    }
+    assert list(s2.events) == []
+    assert s2.status.code == Status.STATUS_CODE_ERROR
+    assert any(md.get("x-tenant") == "team-a" for md in receiver.metadata)
+
+
+# -- 2. metrics ----------------------------------------------------------------------------
+def _sample(book: SeriesBook, name: str, workload: str) -> object:
+    fam = next(f for f in book.families() if f.name == name)
+    return next(s.value for s in fam.samples if s.labels[0] == workload)
+
+
+def _point(rx: OtlpReceiver, name: str, workload: str, since: int = 0):
+    got = rx.latest_metric(name, since)
+    if got is None:
+        return None
+    res, m = got
+    kind = m.WhichOneof("data")
+    for p in getattr(m, kind).data_points:
+        if attrs(p.attributes).get("wasmtop.workload") == workload:
+            return res, m, p
+    return None
+
+
+def test_metrics_are_the_books_families(receiver, make_exporter):
+    book = SeriesBook()
+    book.add(snapshot(switches=100))
+    book.add(snapshot(switches=50))
+    calls = []
+    families = book.families
+
+    def counting_families():
+        calls.append(threading.current_thread().name)
+        # A family of a kind the exporter does not know must not cost the others.
+        return [*families(), Family("wasmtop_future", "exotic", "?", (), [Sample((), 1.0)])]
+
+    book.families = counting_families  # type: ignore[method-assign]
+    exp = make_exporter(receiver.endpoint, book, resource={"k8s.node.name": "node-a"})
+
+    want = _sample(book, "wasmtop_context_switches", WL_POD)
+    assert want == 150.0
+    got = wait_until(lambda: _point(receiver, "wasmtop_context_switches", WL_POD), 10)
+    assert got, [m.name for _, m in receiver.metrics()]
+    res, metric, point = got
+    assert res["service.name"] == "wasmtop"
+    assert res["host.name"]
+    assert res["k8s.node.name"] == "node-a"
+    assert metric.unit == ""  # a count: no unit (1 would become _ratio in Prometheus)
+    assert metric.sum.is_monotonic
+    assert metric.sum.aggregation_temporality == 2  # CUMULATIVE
+    assert point.as_double == want
+    assert attrs(point.attributes) == {
+        "wasmtop.workload": WL_POD,
+        "k8s.namespace.name": "shop",
+        "k8s.pod.name": "cart-7d9f",
+        "k8s.container.name": "app",
+        "wasmtop.runtime": "wasmtime",
+    }
+    # Empty labels are left out: the plain process has no pod and no runtime.
+    _, _, plain = _point(receiver, "wasmtop_context_switches", WL_PLAIN)
+    assert attrs(plain.attributes) == {"wasmtop.workload": WL_PLAIN}
+    assert plain.as_double == _sample(book, "wasmtop_context_switches", WL_PLAIN) == 300.0
+
+    _, gauge_metric, gauge = _point(receiver, "wasmtop_affinity_stability_ratio", WL_POD)
+    assert gauge_metric.WhichOneof("data") == "gauge"
+    assert gauge_metric.unit == "1"
+    assert gauge.as_double == _sample(book, "wasmtop_affinity_stability_ratio", WL_POD)
+
+    _, cpu_metric, cpu = _point(receiver, "wasmtop_cpu_seconds", WL_POD)
+    assert cpu_metric.unit == "s"
+    assert cpu.as_double == pytest.approx(4.0)  # 2 s of CPU in each of two Snapshots
+
+    # Histograms keep their buckets: OTLP per-bucket counts = differences of the book's le.
+    h = _sample(book, "wasmtop_preempt_delay_seconds", WL_POD)
+    assert isinstance(h, Histogram)
+    _, hist_metric, hp = _point(receiver, "wasmtop_preempt_delay_seconds", WL_POD)
+    assert hist_metric.unit == "s"
+    assert hist_metric.histogram.aggregation_temporality == 2
+    assert list(hp.explicit_bounds) == list(PREEMPT_BOUNDS_S)
+    assert hp.count == h.count == 8
+    assert hp.sum == pytest.approx(h.sum)
+    cumulative = list(itertools.accumulate(hp.bucket_counts))
+    assert cumulative[:-1] == list(h.counts)
+    assert cumulative[-1] == h.count
+    assert not hp.HasField("min") and not hp.HasField("max")
+
+    # The sliding-window summary: gauges under the names Prometheus gives its series.
+    _, q_metric, _ = _point(receiver, "wasmtop_request_latency_seconds", WL_POD)
+    assert q_metric.unit == "s"
+    quantiles = {
+        attrs(p.attributes)["quantile"]: p.as_double
+        for p in q_metric.gauge.data_points
+        if attrs(p.attributes)["wasmtop.workload"] == WL_POD
+    }
+    assert quantiles == {"0.5": 0.002, "0.9": 0.004, "0.99": 0.009, "0.999": 0.015, "1": 0.018}
+    # count and sum since start: the histogram's (here, no request ended in these windows).
+    summary = next(x for x in book.families() if x.name == "wasmtop_request_latency_seconds")
+    mine = next(x.value for x in summary.samples if x.labels[0] == WL_POD)
+    count = _point(receiver, "wasmtop_request_latency_seconds_count", WL_POD)[2].as_double
+    total = _point(receiver, "wasmtop_request_latency_seconds_sum", WL_POD)[2].as_double
+    assert (count, total) == (mine.count, mine.sum)
+    assert not any(m.name == "wasmtop_future" for _, m in receiver.metrics())
+
+    # Host families too, and the start time of a cumulative series stays put.
+    n = len(receiver.metric_requests)
+    later = wait_until(lambda: _point(receiver, "wasmtop_context_switches", WL_POD, n), 10)
+    assert later
+    assert later[2].start_time_unix_nano == point.start_time_unix_nano
+    assert later[2].time_unix_nano > point.time_unix_nano
+    snaps = receiver.latest_metric("wasmtop_snapshots")
+    assert snaps and snaps[1].sum.data_points[0].as_double == 2.0
+
+    # families() is read once per collection, not once per family.
+    st = exp.stats()
+    exporter_calls = [name for name in calls if name == "wasmtop-otlp-metrics"]
+    assert 1 <= len(exporter_calls) <= st["metric_exports"] + st["metric_exports_failed"] + 1
+
+
+# -- 3. receiver outage --------------------------------------------------------------------
+def test_outage_queue_stays_bounded_failures_counted_and_export_resumes(receiver, make_exporter):
+    book = SeriesBook()
+    exp = make_exporter(receiver.endpoint, book, max_queue_spans=40)
+    first = trace()
+    book.add(snapshot((first,)))
+    exp.submit(snapshot((first,)))
+    assert wait_until(lambda: first.span_id in received_ids(receiver), 10)
+    submitted = 1
+
+    receiver.stop()
+    for _ in range(30):  # 150 spans while the receiver is down: more than the queue holds
+        snap = snapshot(tuple(trace() for _ in range(5)))
+        book.add(snap)
+        exp.submit(snap)
+        submitted += 5
+        assert exp.queued() <= 40
+    st = exp.stats()
+    assert st["spans_dropped"] >= 150 - 40
+    assert wait_until(
+        lambda: exp.stats()["span_exports_failed"] > 0 and exp.stats()["metric_exports_failed"] > 0,
+        10,
+    ), exp.stats()
+    assert exp.stats()["metric_points_dropped"] > 0
+    assert exp.queued() <= 40
+
+    receiver.start()  # same port
+    metrics_before = len(receiver.metric_requests)
+    # The spans held through the outage go first...
+    held = exp.queued()
+    assert held > 0
+    assert wait_until(lambda: exp.queued() == 0, 15), exp.stats()
+    assert exp.stats()["spans_exported"] == 1 + held
+    # ...then new ones flow again, and metrics too.
+    fresh = tuple(trace() for _ in range(3))
+    exp.submit(snapshot(fresh))
+    submitted += 3
+    want = {t.span_id for t in fresh}
+    assert wait_until(lambda: want <= received_ids(receiver), 15), exp.stats()
+    assert wait_until(lambda: len(receiver.metric_requests) > metrics_before, 15)
+    # Every span is accounted for: sent or dropped, none lost silently.
+    st = exp.stats()
+    assert st["spans_exported"] + st["spans_dropped"] == submitted
+    assert st["spans_exported"] == len(received_ids(receiver))
+
+
+# -- 4. close with the receiver down -------------------------------------------------------
+def test_close_returns_with_the_receiver_down(receiver, make_exporter):
+    receiver.stop()
+    exp = make_exporter(receiver.endpoint, timeout_s=5.0)  # one export may retry for 5 s
+    n = 0
+    for _ in range(5):
+        exp.submit(snapshot(tuple(trace() for _ in range(4))))
+        n += 4
+    assert wait_until(lambda: exp.stats()["span_exports_failed"] > 0, 10)
+
+    closer = threading.Thread(target=exp.close, kwargs={"timeout_s": 1.0})
+    closer.start()
+    closer.join(timeout=15)
+    assert not closer.is_alive(), "close() hung with the receiver down"
+    st = exp.stats()
+    assert st["spans_exported"] == 0
+    assert st["spans_dropped"] == n  # what could not be sent is counted, not lost
+    assert exp.queued() == 0
+    assert wait_until(
+        lambda: not exp._span_thread.is_alive() and not exp._metric_thread.is_alive(), 10
+    )
+    exp.submit(snapshot((trace(),)))  # after close: dropped and counted, no error
+    assert exp.stats()["spans_dropped"] == n + 1
+
+
+# -- 5. retry ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "refusals, timeout_s, sdk_alone",
+    [
+        (1, 5.0, True),  # the SDK's own retry within timeout_s absorbs it
+        (4, 1.0, False),  # the SDK gives up; the exporter's backoff retries the batch
+    ],
+)
+def test_unavailable_then_ok_the_batch_is_retried(
+    receiver, make_exporter, refusals, timeout_s, sdk_alone
+):
+    receiver.fail_next("traces", refusals, grpc.StatusCode.UNAVAILABLE)
+    exp = make_exporter(receiver.endpoint, timeout_s=timeout_s)
+    traces = tuple(trace() for _ in range(3))
+    exp.submit(snapshot(traces))
+    want = {t.span_id for t in traces}
+    assert wait_until(lambda: want <= received_ids(receiver), 20), exp.stats()
+    got_traces = {s.trace_id.hex() for _, s in receiver.spans()}
+    assert {t.trace_id for t in traces} <= got_traces
+    assert receiver.attempts["traces"] == refusals + 1
+    st = exp.stats()
+    assert st["spans_exported"] == 3 and st["spans_dropped"] == 0
+    if sdk_alone:
+        assert st["span_exports_failed"] == 0
+    else:
+        assert st["span_exports_failed"] >= 1
