@@ -11,6 +11,7 @@ sections changed, the probes are restarted when theirs did (the series keep coun
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -34,6 +35,11 @@ def web_config_path(config: Config, config_path: Path) -> Path | None:
         return None
     p = Path(value)
     return p if p.is_absolute() else config_path.parent / p
+
+
+def node_resource() -> dict[str, str]:
+    node = os.environ.get("NODE_NAME")
+    return {"k8s.node.name": node} if node else {}
 
 
 class Daemon:
@@ -116,7 +122,8 @@ class Daemon:
             interval_s=o["interval_s"],
             timeout_s=o["timeout_s"],
             max_queue_spans=o["max_queue_spans"],
-            resource=o["resource"],
+            # In a DaemonSet the node's name comes through the downward API as NODE_NAME.
+            resource={**node_resource(), **o["resource"]},
         )
         log(f"exporting OTLP to {o['endpoint']} every {o['interval_s']:g} s")
 
