@@ -466,9 +466,9 @@ class OtlpExporter:
         if fam.kind == "gauge":
             return [Metric(fam.name, fam.help, unit, Gauge(_gauge_points(fam, now)))]
         if fam.kind == "summary":
-            # The book's summary is over a sliding window: its quantiles, count and sum all go
-            # up and down, so they are gauges, under the names Prometheus gives a summary's
-            # series (the quantile as an attribute, _count, _sum). The SDK has no Summary type.
+            # The SDK has no Summary type: the book's summary goes out as gauges under the names
+            # Prometheus gives a summary's series (the quantile as an attribute, _count, _sum).
+            # Its quantiles are over the sliding window; _count and _sum are since start.
             quantiles, counts, sums = [], [], []
             for s in fam.samples:
                 sm = s.value

@@ -12,8 +12,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import __version__
+from . import __version__, config
 
 EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
 
@@ -41,15 +42,21 @@ pid_arg = number_arg(int, lambda v: v > 0, "a process id > 0")
 power_of_two = number_arg(int, lambda v: v >= 1 and not int(v) & (int(v) - 1), "a power of two")
 
 
-def cidr_arg(text: str) -> str:
-    import ipaddress
+def checked_arg(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse type from a config check (wasmtop/config.py), so a flag and its config key
+    accept the same values and say the same thing about a bad one."""
 
-    try:
-        return str(ipaddress.ip_network(text, strict=False))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an address range such as 10.42.0.0/16, not {text!r}"
-        ) from None
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+cidr_arg = checked_arg(config.cidr)
+comm_arg = checked_arg(config.comm_name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument(
         "--trace-comm",
         action="append",
+        type=comm_arg,
         default=[],
         metavar="NAME",
         help="capture HTTP requests of processes with this command name (repeatable)",
@@ -267,12 +275,6 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     for pid in args.trace_pid:
         if not os.path.exists(f"/proc/{pid}"):
             parser.error(f"argument --trace-pid: no process {pid}")
-    for name in args.trace_comm:
-        if not name or len(name.encode()) > 15:
-            parser.error(
-                f"argument --trace-comm: expected a command name of 1 to 15 bytes (as in "
-                f"/proc/PID/comm), got {name!r}"
-            )
     if args.no_trace and (args.trace_pid or args.trace_comm or args.trace_cgroup):
         parser.error("argument --no-trace: not allowed with the --trace-* flags")
     if args.max_events < 0:

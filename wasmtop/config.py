@@ -56,7 +56,7 @@ def _bool(v: Any) -> bool:
     return v
 
 
-def _choice(*choices: str) -> Callable[[Any], str]:
+def choice(*choices: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         if v not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
@@ -65,13 +65,13 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-def _text(v: Any) -> str:
+def nonempty_text(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"expected a non-empty string, got {v!r}")
     return v
 
 
-def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None else parse(v)
 
 
@@ -90,7 +90,7 @@ def _list(parse: Callable[[Any], Any]) -> Callable[[Any], list]:
     return parse_list
 
 
-def _str_map(v: Any) -> dict[str, str]:
+def str_map(v: Any) -> dict[str, str]:
     if not isinstance(v, dict) or not all(
         isinstance(k, str) and isinstance(x, (str, int)) and not isinstance(x, bool)
         for k, x in v.items()
@@ -120,28 +120,30 @@ def _url(v: Any) -> str:
     return v.rstrip("/")
 
 
-def _cidr(v: Any) -> str:
+def cidr(v: Any) -> str:
     try:
         return str(ipaddress.ip_network(v, strict=False))
     except (TypeError, ValueError):
         raise ValueError(f"expected an address range such as 10.42.0.0/16, got {v!r}") from None
 
 
-def _comm(v: Any) -> str:
+def comm_name(v: Any) -> str:
     if not isinstance(v, str) or not v or len(v.encode()) > 15:
-        raise ValueError(f"expected a command name of 1 to 15 bytes, got {v!r}")
+        raise ValueError(
+            f"expected a command name of 1 to 15 bytes (as in /proc/PID/comm), got {v!r}"
+        )
     return v
 
 
 def _cgroup(v: Any) -> str:
     from .probes.features import cgroup_dir
 
-    cgroup_dir(_text(v))  # ValueError: "cgroup X not found under /sys/fs/cgroup"
+    cgroup_dir(nonempty_text(v))  # ValueError: "cgroup X not found under /sys/fs/cgroup"
     return v
 
 
 def _interface(v: Any) -> str:
-    if not Path(f"/sys/class/net/{_text(v)}").exists() or "/" in v:
+    if not Path(f"/sys/class/net/{nonempty_text(v)}").exists() or "/" in v:
         raise ValueError(f"expected a network interface of this host, got {v!r}")
     return v
 
@@ -160,19 +162,19 @@ SCHEMA: dict[str, Any] = {
         "sched": {
             "threshold_ms": Key(50.0, _number(float, 0), "preemption delay that makes an event"),
             "pids": Key([], _list(_pid), "only these processes (empty: all)"),
-            "cgroup": Key(None, _optional(_cgroup), "only this cgroup subtree (path)"),
+            "cgroup": Key(None, optional(_cgroup), "only this cgroup subtree (path)"),
             "ringbuf_pages": Key(64, _power_of_two, "ring buffer size in pages"),
         },
         "bypass": {
-            "mode": Key("observe", _choice("observe", "accelerate", "off"), "socket bypass"),
-            "local_cidrs": Key([], _list(_cidr), "extra local address ranges"),
+            "mode": Key("observe", choice("observe", "accelerate", "off"), "socket bypass"),
+            "local_cidrs": Key([], _list(cidr), "extra local address ranges"),
             "interfaces": Key([], _list(_interface), "extra interfaces for stack byte counts"),
-            "cgroup": Key(None, _optional(_cgroup), "cgroup whose sockets are watched"),
+            "cgroup": Key(None, optional(_cgroup), "cgroup whose sockets are watched"),
         },
         "trace": {
             "enabled": Key(True, _bool, "the trace-context probe"),
             "pids": Key([], _list(_pid), "trace these processes"),
-            "comms": Key([], _list(_comm), "trace processes with these command names"),
+            "comms": Key([], _list(comm_name), "trace processes with these command names"),
             "cgroups": Key([], _list(_cgroup), "trace every process in these cgroup subtrees"),
         },
         "lifecycle": {
@@ -181,24 +183,26 @@ SCHEMA: dict[str, Any] = {
     },
     "collector": {
         "tick_s": Key(1.0, _number(float, 0.1, 60), "seconds between Snapshots"),
-        "scheduling": Key("idle", _choice("idle", "normal"), "collector thread policy"),
+        "scheduling": Key("idle", choice("idle", "normal"), "collector thread policy"),
         "growth_window_s": Key(300.0, _number(float, 1), "RSS growth slope window"),
         "max_events": Key(1000, _number(int, 0), "over-threshold events kept per Snapshot"),
     },
     "metrics": {
         "listen": Key("127.0.0.1:9464", host_port, "address of /metrics, /healthz, /readyz"),
-        "web_config_file": Key(None, _optional(_text), "TLS and basic auth (exporter-toolkit)"),
+        "web_config_file": Key(
+            None, optional(nonempty_text), "TLS and basic auth (exporter-toolkit)"
+        ),
         "max_workloads": Key(1000, _number(int, 0), "workloads with their own series"),
         "stale_after_s": Key(300.0, _number(float, 1), "series of a vanished workload kept"),
     },
     "otlp": {
-        "endpoint": Key(None, _optional(host_port), "OTLP/gRPC receiver; null: off"),
+        "endpoint": Key(None, optional(host_port), "OTLP/gRPC receiver; null: off"),
         "insecure": Key(True, _bool, "plaintext gRPC (false: TLS with system roots)"),
-        "headers": Key({}, _str_map, "gRPC metadata sent with each export"),
+        "headers": Key({}, str_map, "gRPC metadata sent with each export"),
         "interval_s": Key(10.0, _number(float, 0.5, 3600), "metrics export interval"),
         "timeout_s": Key(5.0, _number(float, 0.1, 60), "deadline of one export with retries"),
         "max_queue_spans": Key(8192, _number(int, 1), "spans held while the receiver is down"),
-        "resource": Key({}, _str_map, "extra resource attributes, e.g. k8s.node.name"),
+        "resource": Key({}, str_map, "extra resource attributes, e.g. k8s.node.name"),
     },
     "alertmanager": {
         "urls": Key([], _list(_url), "Alertmanagers to post alerts to (each one)"),
@@ -218,12 +222,16 @@ def defaults(schema: Mapping[str, Any] = SCHEMA) -> Config:
 
 def load(path: str | Path) -> Config:
     """Read and check a config file; raise ConfigError naming file and line."""
-    path = Path(path)
+    return _checked(read_tree(path), str(path))
+
+
+def read_tree(path: str | Path, what: str = "") -> yaml.Node | None:
+    """A YAML file's node tree; ConfigError naming the file when it cannot be read or parsed."""
     try:
-        text = path.read_text()
+        text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse(text, str(path))
+        raise ConfigError(f"{path}: cannot read{what}: {exc.strerror}") from None
+    return compose(text, str(path))
 
 
 def compose(text: str, name: str) -> yaml.Node | None:
@@ -238,11 +246,14 @@ def compose(text: str, name: str) -> yaml.Node | None:
 
 
 def parse(text: str, name: str = "<config>") -> Config:
-    root = compose(text, name)
+    return _checked(compose(text, name), name)
+
+
+def _checked(root: yaml.Node | None, name: str) -> Config:
     config = defaults()
     if root is None:
         return config
-    _walk(root, SCHEMA, config, (), name)
+    walk(root, SCHEMA, config, (), name)
     _cross_checks(config, root, name)
     return config
 
@@ -251,7 +262,7 @@ def _where(name: str, node: yaml.Node) -> str:
     return f"{name}:{node.start_mark.line + 1}"
 
 
-def _walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, name: str) -> None:
+def walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, name: str) -> None:
     dotted = ".".join(path) or "the top level"
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{_where(name, node)}: {dotted}: expected a map of keys")
@@ -271,7 +282,7 @@ def _walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, na
         if isinstance(spec, dict):
             if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null"):
                 continue  # "section:" with nothing under it: all defaults
-            _walk(value_node, spec, out[key], (*path, key), name)
+            walk(value_node, spec, out[key], (*path, key), name)
             continue
         value = yaml.SafeLoader("").construct_object(value_node, deep=True)
         try:

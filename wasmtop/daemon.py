@@ -18,14 +18,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight
 from .config import Config, ConfigError, load
 from .web import Endpoints, HttpServer, MetricsCache, WebConfig, load_web_config
-
-EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
 
 
 def log(message: str) -> None:
     print(f"wasmtop daemon: {message}", file=sys.stderr, flush=True)
+
+
+def load_all(path: Path) -> tuple[Config, WebConfig]:
+    """The config and the web config it names; ConfigError naming file and line."""
+    config = load(path)
+    return config, load_web_config(web_config_path(config, path))
 
 
 def web_config_path(config: Config, config_path: Path) -> Path | None:
@@ -140,8 +145,7 @@ class Daemon:
         """Apply a re-read config; True when the probes must restart."""
         self.reload_requested = False
         try:
-            new = load(self.config_path)
-            web = load_web_config(web_config_path(new, self.config_path))
+            new, web = load_all(self.config_path)
         except ConfigError as exc:
             self.reloads["failed"] += 1
             self.last_reload_ok = False
@@ -223,23 +227,21 @@ class Daemon:
 def check(config_path: str) -> int:
     path = Path(config_path)
     try:
-        web_config_path_ = web_config_path(load(path), path)
-        load_web_config(web_config_path_)
+        config, _ = load_all(path)
     except ConfigError as exc:
         print(f"wasmtop: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{path}: valid" + (f" (web config {web_config_path_})" if web_config_path_ else ""))
+    web_path = web_config_path(config, path)
+    print(f"{path}: valid" + (f" (web config {web_path})" if web_path else ""))
     return EXIT_OK
 
 
 def run(config_path: str) -> int:
-    from .cli import preflight
     from .probes.runtime import Terminated
 
     path = Path(config_path)
     try:
-        config = load(path)
-        web = load_web_config(web_config_path(config, path))
+        config, web = load_all(path)
     except ConfigError as exc:
         print(f"wasmtop: {exc}", file=sys.stderr)
         return EXIT_USAGE

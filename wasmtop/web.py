@@ -18,6 +18,7 @@ import gc
 import hmac
 import http.server
 import json
+import os
 import socket
 import ssl
 import threading
@@ -26,21 +27,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Key, _choice, _optional, _str_map, _text, _walk, compose
+from .config import (
+    ConfigError,
+    Key,
+    choice,
+    defaults,
+    nonempty_text,
+    optional,
+    read_tree,
+    str_map,
+    walk,
+)
 
 WEB_SCHEMA: dict[str, Any] = {
     "tls_server_config": {
-        "cert_file": Key(None, _optional(_text), "server certificate (PEM)"),
-        "key_file": Key(None, _optional(_text), "its private key (PEM)"),
-        "client_ca_file": Key(None, _optional(_text), "CA that signs client certificates"),
+        "cert_file": Key(None, optional(nonempty_text), "server certificate (PEM)"),
+        "key_file": Key(None, optional(nonempty_text), "its private key (PEM)"),
+        "client_ca_file": Key(None, optional(nonempty_text), "CA that signs client certificates"),
         "client_auth_type": Key(
             "NoClientCert",
-            _choice("NoClientCert", "RequireAndVerifyClientCert"),
+            choice("NoClientCert", "RequireAndVerifyClientCert"),
             "client certificates",
         ),
-        "min_version": Key("TLS12", _choice("TLS12", "TLS13"), "oldest TLS version accepted"),
+        "min_version": Key("TLS12", choice("TLS12", "TLS13"), "oldest TLS version accepted"),
     },
-    "basic_auth_users": Key({}, _str_map, "user -> bcrypt hash"),
+    "basic_auth_users": Key({}, str_map, "user -> bcrypt hash"),
 }
 
 
@@ -63,17 +74,10 @@ def load_web_config(path: str | Path | None) -> WebConfig:
     if path is None:
         return WebConfig()
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read web config: {exc.strerror}") from None
-    root = compose(text, str(path))
-    out: dict[str, Any] = {
-        "tls_server_config": {k: v.default for k, v in WEB_SCHEMA["tls_server_config"].items()},
-        "basic_auth_users": {},
-    }
+    root = read_tree(path, " web config")
+    out = defaults(WEB_SCHEMA)
     if root is not None:
-        _walk(root, WEB_SCHEMA, out, (), str(path))
+        walk(root, WEB_SCHEMA, out, (), str(path))
     tls = out["tls_server_config"]
     where = f"{path}: tls_server_config"
     if (tls["cert_file"] is None) != (tls["key_file"] is None):
@@ -129,7 +133,7 @@ class _Auth:
 
     def __init__(self, users: dict[str, str]) -> None:
         self.users = users
-        self._key = __import__("os").urandom(32)
+        self._key = os.urandom(32)
         self._good: set[bytes] = set()
         self._lock = threading.Lock()
 
