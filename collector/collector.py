@@ -484,6 +484,7 @@ class Collector:
         )
         self._window_start_ns = end_ns
         self._ticks += 1
+        self.life.end_window()
         return snapshot
 
     # -- window arithmetic ----------------------------------------------------------------
@@ -632,6 +633,7 @@ class Collector:
                     workload=wid.key if wid else None,
                     trace_id=r.trace_id.hex() if r.trace_id else None,
                     span_id=r.span_id.hex() if r.span_id else None,
+                    thread_preemptions=r.thread_preemptions,
                 )
             )
         return Events(preemptions=tuple(out), preemptions_total=len(records))

@@ -14,7 +14,9 @@ from .quantiles import bucket_bounds, exact_quantile, histogram_quantile
 MAX_COLD_STARTS = 1000  # per workload and kind
 
 
-def cold_starts(values_ns: Iterable[int]) -> ColdStarts | None:
+def cold_starts(
+    values_ns: Iterable[int], total: int | None = None, window_ns: Iterable[int] = ()
+) -> ColdStarts | None:
     values = list(values_ns)
     if not values:
         return None
@@ -25,6 +27,8 @@ def cold_starts(values_ns: Iterable[int]) -> ColdStarts | None:
         p50_ms=exact_quantile(ms, 0.50),
         p99_ms=exact_quantile(ms, 0.99),
         max_ms=max(ms),
+        total=len(ms) if total is None else total,
+        window_ms=tuple(v / 1e6 for v in window_ns),
     )
 
 
@@ -48,6 +52,8 @@ class LifecycleAccounting:
     def __init__(self, max_cold_starts: int = MAX_COLD_STARTS) -> None:
         self.max_cold_starts = max_cold_starts
         self._cold: dict[tuple[str, str], deque[int]] = {}  # (workload, kind) -> ns
+        self._total: dict[tuple[str, str], int] = defaultdict(int)
+        self._window: dict[tuple[str, str], list[int]] = defaultdict(list)  # since end_window
         self._prev: dict[tuple[int, str], WasmCalls] = {}
 
     def add_cold_starts(
@@ -59,13 +65,20 @@ class LifecycleAccounting:
                 continue
             q = self._cold.setdefault((key, r.kind), deque(maxlen=self.max_cold_starts))
             q.append(r.cold_start_ns)
+            self._total[(key, r.kind)] += 1
+            self._window[(key, r.kind)].append(r.cold_start_ns)
 
     def cold(self, workload: str) -> tuple[ColdStarts | None, ColdStarts | None]:
         """(exec -> first listen, exec -> first accept) of the workload's processes."""
-        return (
-            cold_starts(self._cold.get((workload, "listen"), ())),
-            cold_starts(self._cold.get((workload, "accept"), ())),
-        )
+        return self._cold_of(workload, "listen"), self._cold_of(workload, "accept")
+
+    def _cold_of(self, workload: str, kind: str) -> ColdStarts | None:
+        key = (workload, kind)
+        return cold_starts(self._cold.get(key, ()), self._total.get(key), self._window.get(key, ()))
+
+    def end_window(self) -> None:
+        """The Snapshot is built: later cold starts belong to the next window."""
+        self._window.clear()
 
     def wasm_window(
         self, reading: LifecycleReading, workload_of: Callable[[int], str | None]

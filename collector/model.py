@@ -188,6 +188,8 @@ class ColdStarts:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    total: int = 0  # since wasmtop started (count stops at the 1,000 kept)
+    window_ms: tuple[float, ...] = ()  # the cold starts measured in this Snapshot's window
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,9 @@ class PreemptionEvent:
     workload: str | None
     trace_id: str | None = None  # 32 hex, from the trace-context map entry of the thread
     span_id: str | None = None
+    # The thread's completed preemptions, this one included (since wasmtop first saw it): two
+    # events of a thread with consecutive values had no shorter preemption between them.
+    thread_preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,25 @@ class Unattributed:
 
 
 @dataclass(frozen=True)
+class Alert:
+    """A rule's alert for one workload (or probe) that is pending or firing (docs/alerts.md)."""
+
+    name: str  # the rule's name: the alertname label
+    state: str  # pending | firing
+    workload: str | None  # None for a probe's alert
+    value: float | None  # the value that made it active, in the quantity's unit
+    threshold: float
+    since: str  # RFC 3339: when the condition first held (the alert's startsAt)
+    severity: str
+    quantity: str
+    comparator: str
+    probe: str | None  # the probe, for probe quantities (probes.lost)
+    incomplete_data: bool  # a probe feeding the rule lost events in the window
+    labels: dict[str, str]  # as sent to Alertmanager
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Snapshot:
     host: str
     kernel: str
@@ -291,7 +315,7 @@ class Snapshot:
     events: Events = field(default_factory=Events)
     traces: tuple[Trace, ...] = ()  # completed in the window, at most the cap
     traces_total: int = 0  # completed in the window
-    alerts: tuple[dict[str, Any], ...] = ()
+    alerts: tuple[Alert, ...] = ()  # pending and firing, filled by alerts/evaluate.py
     migrations: tuple[Migration, ...] = ()  # whole host, all tracked threads
     connections: tuple[Connection, ...] = ()  # local TCP connection ends (socket-bypass probe)
     unattributed: Unattributed = field(default_factory=Unattributed)

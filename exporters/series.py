@@ -129,6 +129,11 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "The last process cold start: exec to first listen.",
         (),
     ),
+    "wasmtop_cold_starts": (
+        "counter",
+        "Process cold starts (exec to first listen) measured.",
+        (),
+    ),
     "wasmtop_wasm_calls": (
         "counter",
         "Calls into the WebAssembly runtime's compile or instantiate API.",
@@ -141,6 +146,7 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+ALERT_LABELS = ("alertname", "severity", "workload", "namespace", "pod", "probe")
 HOST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "wasmtop_probe_up": ("gauge", "1 when the probe is attached, 0 otherwise.", ("probe",)),
     "wasmtop_probe_events": ("counter", "Ring-buffer records received and decoded.", ("probe",)),
@@ -158,6 +164,11 @@ HOST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter",
         "Kernel time spent in the probe's programs (BPF_ENABLE_STATS).",
         ("probe",),
+    ),
+    "wasmtop_alert_firing": (
+        "gauge",
+        "Alerts evaluated on the node: 1 firing, 0 pending (docs/alerts.md).",
+        ALERT_LABELS,
     ),
     "wasmtop_snapshots": ("counter", "Snapshots taken (collector ticks).", ()),
     "wasmtop_window_seconds": ("gauge", "Length of the last Snapshot's window.", ()),
@@ -338,6 +349,8 @@ class SeriesBook:
                 "wasmtop_cpu_throttled_periods",
                 self._since_last(w.key, "nr_throttled", rt.nr_throttled),
             )
+            if rt.cold_start is not None:
+                s.add("wasmtop_cold_starts", len(rt.cold_start.window_ms))
             wasm = rt.wasm
             if wasm is not None:
                 for call, figures in (("compile", wasm.compile), ("instantiate", wasm.instantiate)):
@@ -424,6 +437,13 @@ class SeriesBook:
                     Sample((probe,), (h.get("run_time_ns") or 0) / 1e9)
                 )
             host["wasmtop_window_seconds"].samples.append(Sample((), snap.window_s))
+            for a in snap.alerts:
+                host["wasmtop_alert_firing"].samples.append(
+                    Sample(
+                        tuple(a.labels.get(k, "") for k in ALERT_LABELS),
+                        1.0 if a.state == "firing" else 0.0,
+                    )
+                )
         host["wasmtop_snapshots"].samples.append(Sample((), float(self.snapshots)))
         host["wasmtop_exporter_workloads"].samples += [
             Sample(("named",), float(len(self._named))),

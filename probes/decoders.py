@@ -56,10 +56,10 @@ PREEMPT_F_TRACE_CTX = 1
 
 
 # struct preempt_event in sched.bpf.c
-@decoder("preempt_event", "<QQIIIIII16s16s16s8s")
+@decoder("preempt_event", "<QQIIIIII16s16s16s8sQ")
 def preempt_event(f: tuple) -> PreemptionRecord:
     ts_ns, delay_ns, pid, tid, cpu, preemptor_pid, preemptor_tid, flags, name, preemptor = f[:10]
-    trace_id, span_id = f[10:] if flags & PREEMPT_F_TRACE_CTX else (None, None)
+    trace_id, span_id = f[10:12] if flags & PREEMPT_F_TRACE_CTX else (None, None)
     return PreemptionRecord(
         ts_ns=ts_ns,
         delay_ns=delay_ns,
@@ -72,6 +72,7 @@ def preempt_event(f: tuple) -> PreemptionRecord:
         preemptor_comm=comm(preemptor),
         trace_id=trace_id,
         span_id=span_id,
+        thread_preemptions=f[12],
     )
 
 

@@ -36,6 +36,7 @@ class PreemptionRecord:
     preemptor_comm: str
     trace_id: bytes | None = None  # 16 raw bytes from the trace-context map, when set
     span_id: bytes | None = None
+    thread_preemptions: int = 0  # the thread's completed preemptions, this one included
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ struct preempt_event {
     char preemptor_comm[16];
     u8 trace_id[16];
     u8 span_id[8];
+    u64 thread_preemptions;    /* the thread's completed preemptions, this one included: two
+                                * events of a thread with consecutive values had no shorter
+                                * preemption between them (alert rules' "N in a row") */
 };
 #define PREEMPT_F_TRACE_CTX 1
 BPF_RINGBUF_OUTPUT(preempt_events, RINGBUF_PAGES);
@@ -88,6 +91,7 @@ static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *
     ev->cpu = w->cpu;
     ev->preemptor_pid = w->preemptor_tgid;
     ev->preemptor_tid = w->preemptor_tid;
+    ev->thread_preemptions = st->preemptions;
     __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
     /* The request the thread was working on when it lost the CPU: it has not run since, so the
      * runtime cannot have changed the entry in between. */

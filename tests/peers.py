@@ -184,3 +184,79 @@ def prometheus(
             proc.kill()
             proc.wait()
         log.close()
+
+
+class Alertmanager:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def alerts(
+        self,
+        active: bool | None = None,
+        *,
+        silenced: bool | None = None,
+        inhibited: bool | None = None,
+        unprocessed: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """GET /api/v2/alerts, with the API's filters where given (None: the server default)."""
+        filters = {"active": active, "silenced": silenced, "inhibited": inhibited,
+                   "unprocessed": unprocessed}  # fmt: skip
+        query = urllib.parse.urlencode(
+            {k: str(v).lower() for k, v in filters.items() if v is not None}
+        )
+        status, body = get(f"{self.url}/api/v2/alerts" + (f"?{query}" if query else ""))
+        assert status == 200, body
+        return json.loads(body)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not gone within 20 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    """Debian's Alertmanager (0.25) on a free loopback port, routing everything to a receiver that
+    notifies nobody, clustering off (no port 9094), its state in its own dir under ``tmp_path``
+    (so one test can run several)."""
+    port = free_port()
+    home = tmp_path / f"alertmanager-{port}"
+    home.mkdir()
+    cfg = home / "alertmanager.yml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "route": {"receiver": "null", "group_wait": "0s", "group_interval": "1s",
+                          "repeat_interval": "1h"},
+                "receivers": [{"name": "null"}],
+            }
+        )
+    )  # fmt: skip
+    log_path = home / "alertmanager.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        ["prometheus-alertmanager", f"--config.file={cfg}", f"--storage.path={home / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    am = Alertmanager(proc, port, log_path)
+    try:
+
+        def ready_or_dead() -> bool:
+            if proc.poll() is not None:
+                return True
+            return _listening(port) and get(f"{am.url}/-/ready")[0] == 200
+
+        assert wait_for(ready_or_dead, 60) and proc.poll() is None, log_path.read_text()[-3000:]
+        yield am
+    finally:
+        am.stop()
+        log.close()

@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the config (and its web config) and exit: 0 valid, 2 not",
     )
 
+    from . import rulescmd
+
+    rulescmd.add_parser(sub)
+
     doctor = sub.add_parser(
         "doctor",
         help="check what this kernel supports and whether every probe loads",
@@ -391,5 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import daemon
 
         return daemon.check(args.config) if args.check else daemon.run(args.config)
+    if args.command == "rules":
+        from . import rulescmd
+
+        return rulescmd.main(args)
     parser.print_help()
     return EXIT_OK

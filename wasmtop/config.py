@@ -30,7 +30,7 @@ class Key:
     doc: str
 
 
-def _number(kind: type, low: float | None = None, high: float | None = None) -> Callable:
+def number(kind: type, low: float | None = None, high: float | None = None) -> Callable:
     words = "an integer" if kind is int else "a number"
     if low is not None and high is not None:
         expected = f"{words} from {low:g} to {high:g}"
@@ -149,18 +149,18 @@ def _interface(v: Any) -> str:
 
 
 def _power_of_two(v: Any) -> int:
-    n = _number(int, 1)(v)
+    n = number(int, 1)(v)
     if n & (n - 1):
         raise ValueError(f"expected a power of two, got {v!r}")
     return n
 
 
-_pid = _number(int, 1)
+_pid = number(int, 1)
 
 SCHEMA: dict[str, Any] = {
     "probes": {
         "sched": {
-            "threshold_ms": Key(50.0, _number(float, 0), "preemption delay that makes an event"),
+            "threshold_ms": Key(50.0, number(float, 0), "preemption delay that makes an event"),
             "pids": Key([], _list(_pid), "only these processes (empty: all)"),
             "cgroup": Key(None, optional(_cgroup), "only this cgroup subtree (path)"),
             "ringbuf_pages": Key(64, _power_of_two, "ring buffer size in pages"),
@@ -182,31 +182,40 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "collector": {
-        "tick_s": Key(1.0, _number(float, 0.1, 60), "seconds between Snapshots"),
+        "tick_s": Key(1.0, number(float, 0.1, 60), "seconds between Snapshots"),
         "scheduling": Key("idle", choice("idle", "normal"), "collector thread policy"),
-        "growth_window_s": Key(300.0, _number(float, 1), "RSS growth slope window"),
-        "max_events": Key(1000, _number(int, 0), "over-threshold events kept per Snapshot"),
+        "growth_window_s": Key(300.0, number(float, 1), "RSS growth slope window"),
+        "max_events": Key(1000, number(int, 0), "over-threshold events kept per Snapshot"),
     },
     "metrics": {
         "listen": Key("127.0.0.1:9464", host_port, "address of /metrics, /healthz, /readyz"),
         "web_config_file": Key(
             None, optional(nonempty_text), "TLS and basic auth (exporter-toolkit)"
         ),
-        "max_workloads": Key(1000, _number(int, 0), "workloads with their own series"),
-        "stale_after_s": Key(300.0, _number(float, 1), "series of a vanished workload kept"),
+        "max_workloads": Key(1000, number(int, 0), "workloads with their own series"),
+        "stale_after_s": Key(300.0, number(float, 1), "series of a vanished workload kept"),
     },
     "otlp": {
         "endpoint": Key(None, optional(host_port), "OTLP/gRPC receiver; null: off"),
         "insecure": Key(True, _bool, "plaintext gRPC (false: TLS with system roots)"),
         "headers": Key({}, str_map, "gRPC metadata sent with each export"),
-        "interval_s": Key(10.0, _number(float, 0.5, 3600), "metrics export interval"),
-        "timeout_s": Key(5.0, _number(float, 0.1, 60), "deadline of one export with retries"),
-        "max_queue_spans": Key(8192, _number(int, 1), "spans held while the receiver is down"),
+        "interval_s": Key(10.0, number(float, 0.5, 3600), "metrics export interval"),
+        "timeout_s": Key(5.0, number(float, 0.1, 60), "deadline of one export with retries"),
+        "max_queue_spans": Key(8192, number(int, 1), "spans held while the receiver is down"),
         "resource": Key({}, str_map, "extra resource attributes, e.g. k8s.node.name"),
+    },
+    "alerts": {
+        "enabled": Key(True, _bool, "evaluate alert rules on each Snapshot"),
+        "rule_files": Key([], _list(nonempty_text), "rule files (empty: the shipped defaults)"),
+        "incomplete_data_loss_ratio": Key(
+            0.0, number(float, 0, 1), "loss ratio above which an alert says incomplete_data"
+        ),
+        "max_alerts_per_rule": Key(100, number(int, 1), "alert instances one rule may have"),
+        "node": Key(None, optional(nonempty_text), "node label; null: $NODE_NAME or host name"),
     },
     "alertmanager": {
         "urls": Key([], _list(_url), "Alertmanagers to post alerts to (each one)"),
-        "resend_interval_s": Key(60.0, _number(float, 1), "firing alerts re-sent this often"),
+        "resend_interval_s": Key(60.0, number(float, 1), "firing alerts re-sent this often"),
     },
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,32 @@ def log(message: str) -> None:
     print(f"wasmtop daemon: {message}", file=sys.stderr, flush=True)
 
 
-def load_all(path: Path) -> tuple[Config, WebConfig]:
-    """The config and the web config it names; ConfigError naming file and line."""
+def load_all(path: Path) -> tuple[Config, WebConfig, list[Any]]:
+    """The config, the web config and the alert rules it names; ConfigError naming file and
+    line. Nothing of a refused set is used: a reload applies all of it or none."""
     config = load(path)
-    return config, load_web_config(web_config_path(config, path))
+    web = load_web_config(web_config_path(config, path))
+    return config, web, load_rules(config, path)
+
+
+def load_rules(config: Config, config_path: Path) -> list[Any]:
+    from .alerts.rules import load_all as load_rule_files
+
+    a = config["alerts"]
+    if not a["enabled"]:
+        return []
+    files = [p if Path(p).is_absolute() else config_path.parent / p for p in a["rule_files"]]
+    rules = load_rule_files(files)
+    floor = config["probes"]["sched"]["threshold_ms"]
+    for r in rules:
+        if r.quantity.name == "sched.preempt_delay_ms" and r.threshold < floor:
+            raise ConfigError(
+                f"{r.where}: {r.name}: threshold {r.threshold:g} ms is below "
+                f"probes.sched.threshold_ms ({floor:g} ms), under which the kernel counts "
+                "preemptions without reporting them: expected a threshold of at least "
+                f"{floor:g}, or a lower probes.sched.threshold_ms in {config_path}"
+            )
+    return rules
 
 
 def web_config_path(config: Config, config_path: Path) -> Path | None:
@@ -47,13 +70,21 @@ def node_resource() -> dict[str, str]:
     return {"k8s.node.name": node} if node else {}
 
 
+def node_name(config: Config) -> str:
+    return config["alerts"]["node"] or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
 class Daemon:
-    def __init__(self, config_path: Path, config: Config, web: WebConfig) -> None:
+    def __init__(self, config_path: Path, config: Config, web: WebConfig, rules: list[Any]) -> None:
         from .exporters.series import SeriesBook
 
         self.config_path = config_path
         self.config = config
         self.web = web
+        self.rules = rules
+        self.evaluator: Any = None
+        self.notifier: Any = None
+        self.make_evaluator()
         m = config["metrics"]
         self.book = SeriesBook(m["max_workloads"], m["stale_after_s"])
         self.reload_requested = False
@@ -90,6 +121,7 @@ class Daemon:
                 [Sample((), 1.0 if self.last_reload_ok else 0.0)],
             ),
         ]
+        fams += self._alert_families()
         if self.otlp is not None:
             stats = self.otlp.stats()
             fams.append(
@@ -99,6 +131,39 @@ class Daemon:
                     "OTLP export outcomes since start (spans_dropped: lost for good).",
                     ("outcome",),
                     [Sample((k,), float(v)) for k, v in sorted(stats.items())],
+                )
+            )
+        return fams
+
+    def _alert_families(self) -> list[Any]:
+        from .exporters.series import Family, Sample
+
+        fams = []
+        if self.evaluator is not None:
+            fams.append(
+                Family(
+                    "wasmtop_alerts_suppressed",
+                    "gauge",
+                    "Alert instances left out at the last evaluation by "
+                    "alerts.max_alerts_per_rule.",
+                    ("alertname",),
+                    [Sample((n,), float(c)) for n, c in sorted(self.evaluator.suppressed.items())],
+                )
+            )
+        if self.notifier is not None:
+            stats = self.notifier.stats()
+            fams.append(
+                Family(
+                    "wasmtop_alertmanager",
+                    "counter",
+                    "Posts to each Alertmanager by outcome (posts_ok, posts_failed, retries, "
+                    "rejected) and alerts_sent, since start.",
+                    ("url", "outcome"),
+                    [
+                        Sample((url, k), float(v))
+                        for url, by in sorted(stats.items())
+                        for k, v in sorted(by.items())
+                    ],
                 )
             )
         return fams
@@ -132,6 +197,37 @@ class Daemon:
         )
         log(f"exporting OTLP to {o['endpoint']} every {o['interval_s']:g} s")
 
+    def make_evaluator(self) -> None:
+        """The evaluator for the current rules, keeping the states of unchanged rules."""
+        from .alerts.evaluate import Evaluator
+
+        a = self.config["alerts"]
+        old = self.evaluator
+        if not a["enabled"]:
+            self.evaluator = None
+            return
+        self.evaluator = Evaluator(
+            self.rules,
+            node=node_name(self.config),
+            loss_ratio=a["incomplete_data_loss_ratio"],
+            max_per_rule=a["max_alerts_per_rule"],
+        )
+        if old is not None:
+            self.evaluator.carry_over(old)
+
+    def start_notifier(self) -> None:
+        from .alerts.alertmanager import Notifier
+
+        am = self.config["alertmanager"]
+        old = self.notifier
+        if not am["urls"]:
+            self.notifier = None
+            return
+        self.notifier = Notifier(am["urls"], resend_interval_s=am["resend_interval_s"])
+        if old is not None:
+            self.notifier.carry_over(old)
+        log(f"posting alerts to {', '.join(am['urls'])}")
+
     def stop_exporters(self) -> None:
         if self.http is not None:
             self.http.close()
@@ -139,13 +235,16 @@ class Daemon:
         if self.otlp is not None:
             self.otlp.close()
             self.otlp = None
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
 
     # -- reload ------------------------------------------------------------------------------
     def reload(self) -> bool:
         """Apply a re-read config; True when the probes must restart."""
         self.reload_requested = False
         try:
-            new, web = load_all(self.config_path)
+            new, web, rules = load_all(self.config_path)
         except ConfigError as exc:
             self.reloads["failed"] += 1
             self.last_reload_ok = False
@@ -171,6 +270,13 @@ class Daemon:
             if self.otlp is not None:
                 self.otlp.close()
             self.start_otlp()
+        if rules != self.rules or new["alerts"] != old["alerts"]:
+            self.rules = rules
+            self.make_evaluator()
+        if new["alertmanager"] != old["alertmanager"]:
+            if self.notifier is not None:
+                self.notifier.close()  # then the new one takes over what it had not sent
+            self.start_notifier()
         restart = new["probes"] != old["probes"] or new["collector"] != old["collector"]
         log("config reloaded" + ("; restarting the probes" if restart else ""))
         return restart
@@ -219,6 +325,11 @@ class Daemon:
                 self.ready = False
 
     def publish(self, snapshot: Any) -> None:
+        if self.evaluator is not None:
+            evaluation = self.evaluator.evaluate(snapshot)
+            snapshot = evaluation.snapshot
+            if self.notifier is not None:
+                self.notifier.observe(evaluation.firing, evaluation.resolved)  # never blocks
         self.book.add(snapshot)
         if self.otlp is not None:
             self.otlp.submit(snapshot)  # never blocks: it queues
@@ -227,12 +338,16 @@ class Daemon:
 def check(config_path: str) -> int:
     path = Path(config_path)
     try:
-        config, _ = load_all(path)
+        config, _, rules = load_all(path)
     except ConfigError as exc:
         print(f"wasmtop: {exc}", file=sys.stderr)
         return EXIT_USAGE
     web_path = web_config_path(config, path)
-    print(f"{path}: valid" + (f" (web config {web_path})" if web_path else ""))
+    print(
+        f"{path}: valid"
+        + (f" (web config {web_path})" if web_path else "")
+        + (f", {len(rules)} alert rules" if config["alerts"]["enabled"] else ", alerts off")
+    )
     return EXIT_OK
 
 
@@ -241,14 +356,14 @@ def run(config_path: str) -> int:
 
     path = Path(config_path)
     try:
-        config, web = load_all(path)
+        config, web, rules = load_all(path)
     except ConfigError as exc:
         print(f"wasmtop: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code = preflight()
     if code is not None:
         return code
-    daemon = Daemon(path, config, web)
+    daemon = Daemon(path, config, web, rules)
 
     def on_hup(_signum: int, _frame: object) -> None:
         daemon.reload_requested = True
@@ -264,6 +379,7 @@ def run(config_path: str) -> int:
         return EXIT_ENV
     try:
         daemon.start_otlp()
+        daemon.start_notifier()
         while daemon.run_pipeline():
             pass
     except Terminated as stop:

@@ -50,9 +50,9 @@ def test_prev_state_mask_rejects_what_it_cannot_read():
 def _pack_preempt(**over):
     f = dict(ts=1, delay=2_500_000, pid=10, tid=11, cpu=1, ppid=20, ptid=21, flags=0,
              comm=b"victim\0\0junk", pcomm=b"hog", trace=b"\x01" * 16,
-             span=b"\x02" * 8)  # fmt: skip
+             span=b"\x02" * 8, seq=7)  # fmt: skip
     f.update(over)
-    return struct.pack("<QQIIIIII16s16s16s8s", *f.values())
+    return struct.pack("<QQIIIIII16s16s16s8sQ", *f.values())
 
 
 @pytest.mark.parametrize(
@@ -60,16 +60,18 @@ def _pack_preempt(**over):
     [
         (
             _pack_preempt(),
-            PreemptionRecord(1, 2_500_000, 10, 11, 1, "victim", 20, 21, "hog"),
+            PreemptionRecord(1, 2_500_000, 10, 11, 1, "victim", 20, 21, "hog", None, None, 7),
         ),
         (
             _pack_preempt(comm=b"\xff\xfe bad utf8", pcomm=b"x" * 16),
-            PreemptionRecord(1, 2_500_000, 10, 11, 1, "\ufffd\ufffd bad utf8", 20, 21, "x" * 16),
+            PreemptionRecord(
+                1, 2_500_000, 10, 11, 1, "\ufffd\ufffd bad utf8", 20, 21, "x" * 16, None, None, 7
+            ),
         ),
         (  # the thread had a trace-context entry: its ids come along; without the flag, never
             _pack_preempt(flags=1),
             PreemptionRecord(
-                1, 2_500_000, 10, 11, 1, "victim", 20, 21, "hog", b"\x01" * 16, b"\x02" * 8
+                1, 2_500_000, 10, 11, 1, "victim", 20, 21, "hog", b"\x01" * 16, b"\x02" * 8, 7
             ),  # fmt: skip
         ),
     ],

@@ -1,0 +1,282 @@
+"""Rules evaluated on each Snapshot: per rule and workload (or probe) an alert goes
+inactive -> pending -> firing -> resolved, the way Prometheus moves its alerts.
+
+- A gauge (one value per evaluation) is active while its value crosses the threshold. With
+  ``for: D`` it fires once it has been active for D; with ``consecutive: N`` once it has been
+  active N evaluations in a row; with neither, at once.
+- An event quantity (each preemption, each cold start) counts events: ``consecutive: N`` fires
+  when N events of the workload in a row cross the threshold. An event that does not cross it
+  resets the count. Preemptions shorter than the kernel's reporting threshold are not sent one by
+  one, but the kernel numbers each thread's preemptions: a gap in a thread's numbers between two
+  reported events places the shorter ones exactly; shorter ones that cannot be placed that way
+  (of threads with no reported event after them) reset the count at the end of the window.
+  An event rule is active in a window where an event crossed the threshold, and fires in the
+  window where the run reaches N.
+- ``keep_firing_for`` keeps a firing alert firing that long after its condition stopped holding.
+- When a probe feeding a rule lost more than ``loss_ratio`` of its events in the window, the
+  alert says so (``incomplete_data``): its value may be missing events.
+
+The result is a new Snapshot with ``alerts`` filled, plus what to tell Alertmanager.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..collector.model import Alert, Snapshot, Workload
+from .notice import Notice, rfc3339
+from .quantities import Events
+from .rules import Rule, expand
+
+MAX_THREADS_PER_ALERT = 4096  # per-thread event numbers kept for one workload's run
+
+
+@dataclass
+class _Instance:
+    labels: dict[str, str]
+    streak: int = 0  # consecutive crossings: events, or evaluations for gauges
+    active_since: float | None = None  # unix seconds: the condition began to hold
+    last_true: float | None = None  # unix seconds: the condition last held (events: N reached)
+    firing: bool = False
+    value: float | None = None
+    incomplete: str | None = None  # why the data is incomplete, when it is
+    last_seq: OrderedDict = field(default_factory=OrderedDict)  # thread -> its event number
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    snapshot: Snapshot  # with alerts[] filled
+    firing: list[Notice]  # every firing alert
+    resolved: list[Notice]  # alerts that stopped firing at this evaluation
+
+
+class Evaluator:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        node: str,
+        loss_ratio: float = 0.0,
+        max_per_rule: int = 100,
+    ) -> None:
+        self.rules = list(rules)
+        self.node = node
+        self.loss_ratio = loss_ratio
+        self.max_per_rule = max_per_rule
+        self._state: dict[tuple[tuple[str, str], str], _Instance] = {}
+        self._probe_totals: dict[str, tuple[int, int]] = {}
+        self.suppressed: dict[str, int] = {}  # alertname -> instances left out, last evaluation
+
+    def carry_over(self, old: Evaluator) -> None:
+        """Keep the alert states of rules that are unchanged (a config reload)."""
+        kept = {r.identity for r in self.rules if r in old.rules}
+        self._state = {k: v for k, v in old._state.items() if k[0] in kept}
+        self._probe_totals = dict(old._probe_totals)
+
+    # -- one evaluation ----------------------------------------------------------------------
+    def evaluate(self, snap: Snapshot, now: float | None = None) -> Evaluation:
+        now = time.time() if now is None else now
+        lost = self._window_losses(snap)
+        events_of: dict[str, list[Any]] = defaultdict(list)
+        for e in sorted(snap.events.preemptions, key=lambda e: e.ts_ns):
+            if e.workload is not None:
+                events_of[e.workload].append(e)
+        capped = snap.events.preemptions_total > len(snap.events.preemptions)
+        alerts: list[Alert] = []
+        firing: list[Notice] = []
+        resolved: list[Notice] = []
+        self.suppressed = {}
+        for rule in self.rules:
+            q = rule.quantity
+            seen: set[str] = set()
+            tracked = sum(1 for rid, _ in self._state if rid == rule.identity)
+            if q.kind == "probe":
+                subjects = [
+                    (f"probe:{name}", {"probe": name}, float(lost[name][1]), None)
+                    for name in snap.probes
+                ]
+            else:
+                subjects = [(w.key, self._workload_labels(w), None, w) for w in snap.workloads]
+            steps: dict[tuple[tuple[str, str], str], tuple[bool, bool]] = {}
+            for key, labels, value, w in subjects:
+                seen.add(key)
+                sk = (rule.identity, key)
+                inst = self._state.get(sk)
+                if inst is None:
+                    if tracked >= self.max_per_rule:
+                        self.suppressed[rule.name] = self.suppressed.get(rule.name, 0) + 1
+                        continue
+                    tracked += 1
+                    inst = _Instance(labels)
+                inst.labels = labels
+                complete = True
+                if q.kind == "event":
+                    assert q.events is not None and w is not None
+                    evs = q.events(snap, w, events_of.get(w.key, []))
+                    steps[sk] = self._step_events(rule, inst, evs, now)
+                    complete = evs.complete and not (capped and q.probe == "sched")
+                else:
+                    if q.gauge is not None:
+                        assert w is not None
+                        value = q.gauge(w)
+                    steps[sk] = self._step_gauge(rule, inst, value, now)
+                inst.incomplete = self._incomplete(q.probe, lost, complete)
+                self._state[sk] = inst
+            for sk in [k for k in self._state if k[0] == rule.identity and k[1] not in seen]:
+                inst = self._state[sk]  # its workload is gone: nothing crosses any more
+                if q.kind == "event":
+                    steps[sk] = self._step_events(rule, inst, Events([], 0, True), now)
+                else:
+                    steps[sk] = self._step_gauge(rule, inst, None, now)
+            for sk, (crossing, ready) in steps.items():
+                inst = self._state[sk]
+                state = self._decide(rule, inst, crossing, ready, now)
+                if state is not None:
+                    alert = self._alert(rule, inst, state)
+                    alerts.append(alert)
+                    if state == "firing":
+                        firing.append(self._notice(alert, inst, None))
+                if inst.firing and state != "firing":
+                    resolved.append(self._notice(self._alert(rule, inst, "firing"), inst, now))
+                inst.firing = state == "firing"
+                if state is None:
+                    inst.active_since = None
+                    if not inst.streak:
+                        del self._state[sk]
+        return Evaluation(dataclasses.replace(snap, alerts=tuple(alerts)), firing, resolved)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _step_gauge(
+        self, rule: Rule, inst: _Instance, value: float | None, now: float
+    ) -> tuple[bool, bool]:
+        """(the value crosses the threshold, the alert may fire)"""
+        if value is None or not rule.crosses(value):
+            inst.streak = 0
+            return False, False
+        inst.streak += 1
+        inst.value = value
+        if inst.active_since is None:
+            inst.active_since = now
+        if rule.for_s is not None:
+            ready = now - inst.active_since >= rule.for_s
+        else:
+            ready = inst.streak >= rule.consecutive
+        if ready:
+            inst.last_true = now
+        return True, ready
+
+    def _step_events(
+        self, rule: Rule, inst: _Instance, evs: Events, now: float
+    ) -> tuple[bool, bool]:
+        """(an event crossed the threshold, a run of N was reached) in this window"""
+        placed = 0
+        ready = crossed = False
+        for ev in evs.items:
+            if ev.thread is not None and ev.seq is not None:
+                last = inst.last_seq.pop(ev.thread, None)
+                if last is not None and ev.seq != last + 1:
+                    inst.streak = 0  # shorter events of this thread came between
+                    placed += max(0, ev.seq - last - 1)
+                inst.last_seq[ev.thread] = ev.seq
+                if len(inst.last_seq) > MAX_THREADS_PER_ALERT:
+                    inst.last_seq.popitem(last=False)
+            if not rule.crosses(ev.value):
+                inst.streak = 0
+                continue
+            if inst.streak == 0 and not inst.firing and not crossed:
+                inst.active_since = now
+            inst.streak += 1
+            crossed = True
+            if inst.streak >= rule.consecutive:
+                inst.value = max(inst.value or ev.value, ev.value) if ready else ev.value
+                ready = True
+            elif not ready:
+                inst.value = ev.value
+        if evs.hidden_below > placed:
+            inst.streak = 0  # shorter events we cannot place: counted at the window's end
+        if ready:
+            inst.last_true = now
+        return crossed, ready
+
+    @staticmethod
+    def _decide(rule: Rule, inst: _Instance, crossing: bool, ready: bool, now: float) -> str | None:
+        if ready:
+            return "firing"
+        if inst.firing and inst.last_true is not None:
+            if now - inst.last_true < rule.keep_firing_for_s:
+                return "firing"
+        return "pending" if crossing else None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _window_losses(self, snap: Snapshot) -> dict[str, tuple[int, int]]:
+        """Per probe: (events, lost) in this window, from the Snapshot's running totals."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, p in snap.probes.items():
+            events, lost = int(p.get("events") or 0), int(p.get("lost") or 0)
+            prev = self._probe_totals.get(name, (0, 0))
+            if events < prev[0] or lost < prev[1]:
+                prev = (0, 0)  # the probe restarted: its totals began again
+            out[name] = (events - prev[0], lost - prev[1])
+            self._probe_totals[name] = (events, lost)
+        return out
+
+    def _incomplete(
+        self, probe: str | None, lost: dict[str, tuple[int, int]], complete: bool
+    ) -> str | None:
+        if probe is not None and probe in lost:
+            events, n = lost[probe]
+            if n and n / (events + n) > self.loss_ratio:
+                return (
+                    f"the {probe} probe lost {n} of {events + n} events in the window "
+                    f"({100 * n / (events + n):.1f} %)"
+                )
+        if not complete:
+            return "events of the window were left out of the Snapshot (collector.max_events)"
+        return None
+
+    def _workload_labels(self, w: Workload) -> dict[str, str]:
+        labels = {"workload": w.key}
+        if w.pod is not None:
+            labels["namespace"] = w.pod.namespace
+            labels["pod"] = w.pod.name
+        return labels
+
+    def _alert(self, rule: Rule, inst: _Instance, state: str) -> Alert:
+        labels = {
+            "alertname": rule.name,
+            "severity": rule.severity,
+            "node": self.node,
+            **{k: v for k, v in inst.labels.items() if v},
+            **dict(rule.labels),
+        }
+        notes = {k: expand(v, labels, inst.value) for k, v in rule.annotations}
+        if inst.incomplete:
+            notes["incomplete_data"] = inst.incomplete
+        return Alert(
+            name=rule.name,
+            state=state,
+            workload=inst.labels.get("workload"),
+            value=inst.value,
+            threshold=rule.threshold,
+            since=rfc3339(inst.active_since if inst.active_since is not None else time.time()),
+            severity=rule.severity,
+            quantity=rule.quantity.name,
+            comparator=rule.comparator,
+            probe=inst.labels.get("probe"),
+            incomplete_data=inst.incomplete is not None,
+            labels=dict(sorted(labels.items())),
+            annotations=notes,
+        )
+
+    def _notice(self, alert: Alert, inst: _Instance, resolved_at: float | None) -> Notice:
+        return Notice(
+            labels=tuple(sorted(alert.labels.items())),
+            annotations=tuple(sorted(alert.annotations.items())),
+            starts_at_s=inst.active_since if inst.active_since is not None else time.time(),
+            resolved_at_s=resolved_at,
+        )

@@ -1,0 +1,301 @@
+"""Alert rule files: schema, loading, and errors that name file, line and expectation.
+
+The format is documented in docs/alerts.md. A file is checked whole before any of it is used:
+one bad rule refuses the file, and a daemon that is reloading keeps the rules it had.
+Checking reuses the config walker (wasmtop/config.py), so the messages read the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, Key, choice, compose, defaults, nonempty_text, number, read_tree
+from ..config import walk as walk_map
+from .quantities import QUANTITIES, Quantity
+
+DEFAULT_RULES = Path(__file__).parent / "rules" / "default.yaml"
+
+COMPARATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda v, t: v > t,
+    ">=": lambda v, t: v >= t,
+    "<": lambda v, t: v < t,
+    "<=": lambda v, t: v <= t,
+    "==": lambda v, t: v == t,
+    "!=": lambda v, t: v != t,
+}
+# Labels the evaluator sets itself: a rule cannot override them.
+RESERVED_LABELS = ("alertname", "severity", "node", "workload", "namespace", "pod", "probe")
+
+
+class _Required:
+    def __deepcopy__(self, memo: dict) -> _Required:  # config.defaults() deep-copies defaults
+        return self
+
+
+_REQUIRED = _Required()
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
+# The template forms both the node and Prometheus expand the same way.
+_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_FORMS = re.compile(
+    r"\s*(?:\$labels\.(?P<label>[A-Za-z_]\w*)|(?P<value>\$value)|(?P<threshold>\$threshold)"
+    r'|printf\s+"%\.(?P<digits>\d)f"\s+\$value)\s*'
+)
+_THRESHOLD = re.compile(r"\{\{\s*\$threshold\s*\}\}")
+TEMPLATE_FORMS = '{{ $labels.NAME }}, {{ $value }}, {{ $threshold }} or {{ printf "%.2f" $value }}'
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    quantity: Quantity
+    comparator: str
+    threshold: float
+    for_s: float | None  # active this long before firing (gauges)
+    consecutive: int  # this many in a row before firing (events; gauges: evaluations)
+    keep_firing_for_s: float
+    severity: str
+    labels: tuple[tuple[str, str], ...]
+    annotations: tuple[tuple[str, str], ...]  # {{ $threshold }} already replaced
+    where: str  # FILE:LINE of the rule, for messages
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.name, self.severity)
+
+    def crosses(self, value: float) -> bool:
+        return COMPARATORS[self.comparator](value, self.threshold)
+
+
+def duration(v: Any) -> float:
+    """Seconds from a Prometheus duration (``30s``, ``5m``, ``1h30m``, ``500ms``) or a number."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+        return float(v)
+    m = _DURATION.fullmatch(v) if isinstance(v, str) and v else None
+    if not m or not any(m.groups()):
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h30m, got {v!r}")
+    h, mi, s, ms = (int(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + s + ms / 1000
+
+
+def prometheus_duration(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    if ms % 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    out = ""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            out += f"{s // size}{unit}"
+            s %= size
+    return out or "0s"
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not _NAME.fullmatch(v):
+        raise ValueError(f"expected a name of letters, digits and _ (not first), got {v!r}")
+    return v
+
+
+def _quantity(v: Any) -> Quantity:
+    if v not in QUANTITIES:
+        raise ValueError(f"expected one of {', '.join(QUANTITIES)}, got {v!r}")
+    return QUANTITIES[v]
+
+
+def _label_value(v: Any) -> str:
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise ValueError(f"expected a string, got {v!r}")
+    return str(v)
+
+
+def template(v: Any) -> str:
+    text = nonempty_text(v)
+    for m in _TEMPLATE.finditer(text):
+        if not _FORMS.fullmatch(m.group(1)):
+            raise ValueError(f"expected {TEMPLATE_FORMS} inside {{{{ }}}}, got {m.group(0)!r}")
+    if "{{" in _TEMPLATE.sub("", text) or "}}" in _TEMPLATE.sub("", text):
+        raise ValueError(f"expected {{{{ and }}}} in pairs, got {text!r}")
+    return text
+
+
+def _runbook(v: Any) -> str:
+    text = template(v)
+    if not re.match(r"(https?://\S+|docs/\S+\.md(#\S*)?)$", text):
+        raise ValueError(f"expected an http(s):// URL or a docs/*.md path, got {v!r}")
+    return text
+
+
+RULE_SCHEMA: dict[str, Any] = {
+    "name": Key(_REQUIRED, _name, "the alert's name (its alertname label)"),
+    "quantity": Key(_REQUIRED, _quantity, "the Snapshot quantity watched (docs/alerts.md)"),
+    "comparator": Key(">", choice(*COMPARATORS), "how the value is compared to the threshold"),
+    "threshold": Key(_REQUIRED, number(float), "in the quantity's unit"),
+    "for": Key(None, lambda v: None if v is None else duration(v), "active this long first"),
+    "consecutive": Key(None, lambda v: None if v is None else number(int, 1)(v), "N in a row"),
+    "keep_firing_for": Key(0.0, duration, "stay firing this long after the condition clears"),
+    "severity": Key(_REQUIRED, _name, "its severity label, e.g. critical, warning, info"),
+    "labels": {},  # filled per rule: any label names (checked), string values
+    "annotations": {},  # filled per rule: summary required, description, runbook_url, ...
+}
+
+
+def load(path: str | Path) -> list[Rule]:
+    """Read and check a rule file; ConfigError naming file and line."""
+    return _checked(read_tree(path, " rule file"), str(path))
+
+
+def load_all(paths: Sequence[str | Path]) -> list[Rule]:
+    """Rules of several files (the shipped defaults when none is given); names must not repeat
+    across them."""
+    rules: list[Rule] = []
+    seen: dict[tuple[str, str], str] = {}
+    for path in paths or [DEFAULT_RULES]:
+        for rule in load(path):
+            if rule.identity in seen:
+                raise ConfigError(
+                    f"{rule.where}: rule {rule.name} (severity {rule.severity}) is already "
+                    f"defined at {seen[rule.identity]}: expected a name not used yet"
+                )
+            seen[rule.identity] = rule.where
+            rules.append(rule)
+    return rules
+
+
+def parse(text: str, name: str = "<rules>") -> list[Rule]:
+    return _checked(compose(text, name), name)
+
+
+def _where(name: str, node: yaml.Node) -> str:
+    return f"{name}:{node.start_mark.line + 1}"
+
+
+def _checked(root: yaml.Node | None, name: str) -> list[Rule]:
+    if root is None:
+        raise ConfigError(f"{name}:1: the file is empty: expected a map with a `rules:` list")
+    top = {"rules": None}
+    walk_map(root, {"rules": Key(None, lambda v: v, "")}, top, (), name)
+    items = next((v for k, v in root.value if k.value == "rules"), None)
+    if not isinstance(items, yaml.SequenceNode):
+        where = _where(name, items if items is not None else root)
+        raise ConfigError(f"{where}: rules: expected a list of rules")
+    rules: list[Rule] = []
+    seen: dict[tuple[str, str], str] = {}
+    for i, node in enumerate(items.value):
+        rule = _rule(node, f"rules[{i}]", name)
+        if rule.identity in seen:
+            raise ConfigError(
+                f"{rule.where}: rules[{i}].name: {rule.name} (severity {rule.severity}) is "
+                f"already defined at {seen[rule.identity]}: expected a name not used yet"
+            )
+        seen[rule.identity] = rule.where
+        rules.append(rule)
+    return rules
+
+
+def _free_map(node: yaml.Node | None, parse: Callable[[Any], Any]) -> dict[str, Key]:
+    """A schema accepting the keys a map has (checked by ``parse``), so each value's error
+    names its own line."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: Key(None, parse, "") for k, _ in node.value if isinstance(k.value, str)}
+
+
+def _child(node: yaml.MappingNode, key: str) -> yaml.Node | None:
+    return next((v for k, v in node.value if k.value == key), None)
+
+
+def _rule(node: yaml.Node, path: str, name: str) -> Rule:
+    where = _where(name, node)
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{where}: {path}: expected a map with name, quantity, threshold, ...")
+    labels_node, notes_node = _child(node, "labels"), _child(node, "annotations")
+    annotation_parsers = {"runbook_url": _runbook}
+    schema = {
+        **RULE_SCHEMA,
+        "labels": _free_map(labels_node, _label_value),
+        "annotations": {
+            k: Key(None, annotation_parsers.get(k, template), "")
+            for k in _free_map(notes_node, template)
+        },
+    }
+    out = defaults(schema)
+    walk_map(node, schema, out, (path,), name)
+    for key, spec in RULE_SCHEMA.items():
+        if isinstance(spec, Key) and out[key] is _REQUIRED:
+            raise ConfigError(f"{where}: {path}: {key} is missing: expected {spec.doc}")
+    for label in out["labels"]:
+        if label in RESERVED_LABELS or not _NAME.fullmatch(label) or label.startswith("__"):
+            line = _where(name, labels_node)
+            raise ConfigError(
+                f"{line}: {path}.labels.{label}: expected a label name of letters, digits and _ "
+                f"other than {', '.join(RESERVED_LABELS)} (wasmtop sets those)"
+            )
+    if "summary" not in out["annotations"]:
+        line = _where(name, notes_node if notes_node is not None else node)
+        raise ConfigError(f"{line}: {path}.annotations.summary is missing: expected a summary")
+    q: Quantity = out["quantity"]
+    cmp = out["comparator"]
+
+    def fail(key: str, expected: str) -> ConfigError:
+        at = _child(node, key)
+        line = _where(name, at if at is not None else node)
+        return ConfigError(f"{line}: {path}.{key}: {expected}")
+
+    if out["for"] is not None and out["consecutive"] is not None:
+        raise fail("consecutive", "expected either for (a duration) or consecutive, not both")
+    if q.kind == "event":
+        if out["for"] is not None:
+            raise fail("for", f"expected consecutive: {q.name} counts events, not time")
+        if cmp not in (">", ">="):
+            raise fail("comparator", f"expected > or >=: {q.name} counts events above it")
+    threshold = out["threshold"]
+    notes = {k: _THRESHOLD.sub(f"{threshold:g}", v) for k, v in out["annotations"].items()}
+    return Rule(
+        name=out["name"],
+        quantity=q,
+        comparator=cmp,
+        threshold=threshold,
+        for_s=out["for"],
+        consecutive=out["consecutive"] or 1,
+        keep_firing_for_s=out["keep_firing_for"],
+        severity=out["severity"],
+        labels=tuple(sorted(out["labels"].items())),
+        annotations=tuple(notes.items()),
+        where=where,
+    )
+
+
+def expand(text: str, labels: dict[str, str], value: float | None) -> str:
+    """A template filled in the way Prometheus fills it: a missing label is empty, $value is
+    printed like Go prints a float64."""
+
+    def one(m: re.Match) -> str:
+        f = _FORMS.fullmatch(m.group(1))
+        if f is None:  # checked at load; keep the text rather than fail at alert time
+            return m.group(0)
+        if f.group("label"):
+            return labels.get(f.group("label"), "")
+        if value is None:
+            return ""
+        if f.group("digits"):
+            return f"{value:.{int(f.group('digits'))}f}"
+        return go_float(value)
+
+    return _TEMPLATE.sub(one, text)
+
+
+def go_float(v: float) -> str:
+    """Go's %v of a float64 (what ``{{ $value }}`` prints): shortest digits, no ``.0``."""
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
