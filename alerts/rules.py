@@ -73,6 +73,14 @@ class Rule:
         return COMPARATORS[self.comparator](value, self.threshold)
 
 
+def below_reporting_floor(rules: Sequence[Rule], floor_ms: float) -> list[Rule]:
+    """Rules on preemption events with a threshold under the kernel's reporting threshold: the
+    events they need never arrive one by one (the kernel only counts them)."""
+    return [
+        r for r in rules if r.quantity.name == "sched.preempt_delay_ms" and r.threshold < floor_ms
+    ]
+
+
 def duration(v: Any) -> float:
     """Seconds from a Prometheus duration (``30s``, ``5m``, ``1h30m``, ``500ms``) or a number."""
     if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:

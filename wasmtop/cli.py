@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         "collector_priority_raised); normal: always normal scheduling",
     )
     snap.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="alert rule file evaluated on the Snapshot, into its alerts[] (repeatable; "
+        "default: the shipped alerts/rules/default.yaml; see docs/alerts.md)",
+    )
+    snap.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules")
+    snap.add_argument(
         "--max-events",
         type=int,
         default=1000,
@@ -286,6 +295,14 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     for ifname in args.bypass_interface:
         if not os.path.exists(f"/sys/class/net/{ifname}"):
             parser.error(f"argument --bypass-interface: no network interface {ifname!r}")
+    evaluator = None
+    if args.rules and args.no_alerts:
+        parser.error("argument --no-alerts: not allowed with --rules")
+    if not args.no_alerts:
+        try:
+            evaluator = snapshot_evaluator(args.rules, args.threshold_ms)
+        except config.ConfigError as exc:
+            return fail(str(exc), EXIT_USAGE)
     code = preflight()
     if code is not None:
         return code
@@ -340,11 +357,34 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             snapshot = collector.tick(end_ns)
     except Terminated as stop:
         return stop.exit_code
+    if evaluator is not None:
+        snapshot = evaluator.evaluate(snapshot).snapshot
     if args.format == "json":
         print(snapshot.to_json())
     else:
         print(plain_table(snapshot))
     return EXIT_OK
+
+
+def snapshot_evaluator(files: Sequence[str], threshold_ms: float) -> Any:
+    """An evaluator of the given rule files (the shipped ones by default) for a Snapshot taken
+    with --threshold-ms; rules that need preemptions the kernel will not report are left out,
+    with a note."""
+    import socket
+
+    from .alerts.evaluate import Evaluator
+    from .alerts.rules import below_reporting_floor, load_all
+
+    rules = load_all(files)
+    skipped = below_reporting_floor(rules, threshold_ms)
+    for r in skipped:
+        print(
+            f"wasmtop: note: rule {r.name} not evaluated: its threshold {r.threshold:g} ms is "
+            f"below --threshold-ms {threshold_ms:g}",
+            file=sys.stderr,
+        )
+    kept = [r for r in rules if r not in skipped]
+    return Evaluator(kept, node=os.environ.get("NODE_NAME") or socket.gethostname())
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

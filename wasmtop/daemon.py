@@ -37,6 +37,7 @@ def load_all(path: Path) -> tuple[Config, WebConfig, list[Any]]:
 
 
 def load_rules(config: Config, config_path: Path) -> list[Any]:
+    from .alerts.rules import below_reporting_floor
     from .alerts.rules import load_all as load_rule_files
 
     a = config["alerts"]
@@ -45,14 +46,13 @@ def load_rules(config: Config, config_path: Path) -> list[Any]:
     files = [p if Path(p).is_absolute() else config_path.parent / p for p in a["rule_files"]]
     rules = load_rule_files(files)
     floor = config["probes"]["sched"]["threshold_ms"]
-    for r in rules:
-        if r.quantity.name == "sched.preempt_delay_ms" and r.threshold < floor:
-            raise ConfigError(
-                f"{r.where}: {r.name}: threshold {r.threshold:g} ms is below "
-                f"probes.sched.threshold_ms ({floor:g} ms), under which the kernel counts "
-                "preemptions without reporting them: expected a threshold of at least "
-                f"{floor:g}, or a lower probes.sched.threshold_ms in {config_path}"
-            )
+    for r in below_reporting_floor(rules, floor):
+        raise ConfigError(
+            f"{r.where}: {r.name}: threshold {r.threshold:g} ms is below "
+            f"probes.sched.threshold_ms ({floor:g} ms), under which the kernel counts "
+            "preemptions without reporting them: expected a threshold of at least "
+            f"{floor:g}, or a lower probes.sched.threshold_ms in {config_path}"
+        )
     return rules
 
 
@@ -138,7 +138,15 @@ class Daemon:
     def _alert_families(self) -> list[Any]:
         from .exporters.series import Family, Sample
 
-        fams = []
+        fams = [
+            Family(
+                "wasmtop_alert_rules",
+                "gauge",
+                "Alert rules being evaluated on the node (0: alerts.enabled is false).",
+                (),
+                [Sample((), float(len(self.evaluator.rules) if self.evaluator else 0))],
+            )
+        ]
         if self.evaluator is not None:
             fams.append(
                 Family(

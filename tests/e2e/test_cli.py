@@ -35,11 +35,25 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*WASMTOP, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_snapshot_json_follows_the_v1_contract_and_leaves_no_program_behind():
+HOG_RULE = """
+rules:
+  - name: HogPreempted
+    quantity: sched.preempt_delay_ms
+    threshold: 1
+    consecutive: 3
+    severity: info
+    annotations: {summary: "{{ $labels.workload }} waited {{ $value }} ms"}
+"""
+
+
+def test_snapshot_json_follows_the_v1_contract_and_leaves_no_program_behind(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(HOG_RULE)
     with workloads(("hog", {"CPU": {1}}), ("hog", {"CPU": {1}})) as hogs:
         for h in hogs:
             h.go()
-        res = run("snapshot", "--seconds", "1.5", "--format", "json", "--threshold-ms", "1")
+        res = run("snapshot", "--seconds", "1.5", "--format", "json", "--threshold-ms", "1",
+                  "--rules", str(rules))  # fmt: skip
     assert res.returncode == 0, res.stderr
     snap = json.loads(res.stdout)
     assert snap["schema"] == "wasmtop.snapshot/v1"
@@ -66,8 +80,27 @@ def test_snapshot_json_follows_the_v1_contract_and_leaves_no_program_behind():
         "preemptor_pid",
         "preemptor_comm",
         "trace_id",
+        "thread_preemptions",
     }
+    # Two hogs on one CPU wait a timeslice (ms) each time: runs of 3 over 1 ms, counted with
+    # the kernel's per-thread preemption numbers, fire the rule for each of them.
+    firing = {a["workload"]: a for a in snap["alerts"] if a["state"] == "firing"}
+    for h in hogs:
+        alert = firing[f"pid:{h.pid}"]
+        assert alert["name"] == "HogPreempted" and alert["value"] > 1
+        assert alert["labels"]["alertname"] == "HogPreempted"
+        assert alert["annotations"]["summary"].startswith(f"pid:{h.pid} waited ")
+        seqs = [e["thread_preemptions"] for e in hog_events if e["pid"] == h.pid]
+        assert seqs == sorted(seqs) and seqs[-1] >= len(seqs)
     assert no_programs_left() == []
+
+
+def test_snapshot_refuses_a_bad_rule_file_before_loading_anything(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(HOG_RULE.replace("threshold: 1", "threshold: one"))
+    res = run("snapshot", "--seconds", "1", "--rules", str(rules))
+    assert res.returncode == 2
+    assert res.stderr == f"wasmtop: {rules}:5: rules[0].threshold: expected a number, got 'one'\n"
 
 
 def test_snapshot_table_format_shows_the_workloads():
