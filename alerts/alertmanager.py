@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from wasmtop.alerts.notice import Notice
+from .notice import Notice
 
 Fingerprint = tuple[tuple[str, str], ...]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,10 @@ class Rule:
     severity: str
     labels: tuple[tuple[str, str], ...]
     annotations: tuple[tuple[str, str], ...]  # {{ $threshold }} already replaced
-    where: str  # FILE:LINE of the rule, for messages
+    # Where it is written, for messages; not part of what the rule is (a rule moved within its
+    # file is the same rule, and keeps its alert states across a reload).
+    where: str = field(compare=False)  # FILE:LINE
+    path: str = field(compare=False)  # rules[N] in its file
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -163,16 +166,20 @@ def load_all(paths: Sequence[str | Path]) -> list[Rule]:
     """Rules of several files (the shipped defaults when none is given); names must not repeat
     across them."""
     rules: list[Rule] = []
-    seen: dict[tuple[str, str], str] = {}
     for path in paths or [DEFAULT_RULES]:
-        for rule in load(path):
-            if rule.identity in seen:
-                raise ConfigError(
-                    f"{rule.where}: rule {rule.name} (severity {rule.severity}) is already "
-                    f"defined at {seen[rule.identity]}: expected a name not used yet"
-                )
-            seen[rule.identity] = rule.where
-            rules.append(rule)
+        rules += load(path)
+    return _unique(rules)
+
+
+def _unique(rules: list[Rule]) -> list[Rule]:
+    seen: dict[tuple[str, str], str] = {}
+    for rule in rules:
+        if rule.identity in seen:
+            raise ConfigError(
+                f"{rule.where}: {rule.path}.name: {rule.name} (severity {rule.severity}) is "
+                f"already defined at {seen[rule.identity]}: expected a name not used yet"
+            )
+        seen[rule.identity] = rule.where
     return rules
 
 
@@ -193,18 +200,7 @@ def _checked(root: yaml.Node | None, name: str) -> list[Rule]:
     if not isinstance(items, yaml.SequenceNode):
         where = _where(name, items if items is not None else root)
         raise ConfigError(f"{where}: rules: expected a list of rules")
-    rules: list[Rule] = []
-    seen: dict[tuple[str, str], str] = {}
-    for i, node in enumerate(items.value):
-        rule = _rule(node, f"rules[{i}]", name)
-        if rule.identity in seen:
-            raise ConfigError(
-                f"{rule.where}: rules[{i}].name: {rule.name} (severity {rule.severity}) is "
-                f"already defined at {seen[rule.identity]}: expected a name not used yet"
-            )
-        seen[rule.identity] = rule.where
-        rules.append(rule)
-    return rules
+    return _unique([_rule(node, f"rules[{i}]", name) for i, node in enumerate(items.value)])
 
 
 def _free_map(node: yaml.Node | None, parse: Callable[[Any], Any]) -> dict[str, Key]:
@@ -277,6 +273,7 @@ def _rule(node: yaml.Node, path: str, name: str) -> Rule:
         labels=tuple(sorted(out["labels"].items())),
         annotations=tuple(notes.items()),
         where=where,
+        path=path,
     )
 
 
