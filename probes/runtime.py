@@ -382,6 +382,20 @@ def fentry_feature() -> features.Feature:
     return features.Feature("fentry", features.OK, "fentry program loaded", False)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def ignore_stop_signals() -> None:
+    """Once stopping, further SIGTERM/SIGINT/SIGHUP are ignored: raised in the middle of the
+    detaching, they would leave attachments behind. (The handlers are restored afterwards by
+    whoever installed them.)"""
+    for sig in STOP_SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            return
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM/SIGINT so every ``finally`` detaches."""
 
@@ -435,7 +449,7 @@ class ProbeSet:
         if not self.handle_signals:
             yield
             return
-        held = {signal.SIGTERM, signal.SIGINT}
+        held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
         before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             yield
@@ -474,6 +488,7 @@ class ProbeSet:
 
     def _install_signal_handlers(self) -> None:
         def raise_terminated(signum: int, _frame: object) -> None:
+            ignore_stop_signals()  # a second signal must not interrupt the detaching
             raise Terminated(signum)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -493,9 +508,11 @@ def sleep_draining(
     seconds: float,
     interval_s: float = 0.1,
     drain: Callable[[], None] | None = None,
+    wait: Callable[[float], None] = time.sleep,
 ) -> None:
     """Sleep for ``seconds`` while draining ring buffers every ``interval_s`` (with ``drain``
-    when given, e.g. a collector's poll that also consumes what was drained)."""
+    when given, e.g. a collector's poll that also consumes what was drained). ``wait`` does
+    the sleeping: the terminal UI reads keys meanwhile."""
     deadline = time.monotonic() + seconds
     while True:
         remaining = deadline - time.monotonic()
@@ -503,6 +520,6 @@ def sleep_draining(
             break
         asked = min(interval_s, remaining)
         t0 = time.monotonic()
-        time.sleep(asked)
+        wait(asked)
         probes.cpu.after_sleep(asked, time.monotonic() - t0)
         (drain or probes.drain)()

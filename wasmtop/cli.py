@@ -63,10 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmtop",
         description="eBPF monitoring for latency-sensitive WebAssembly edge workloads: CPU "
-        "migrations and preemption per workload, measured in the kernel.",
+        "migrations and preemption per workload, measured in the kernel. Without a command: "
+        "the terminal UI (`wasmtop top`).",
     )
     parser.add_argument("--version", action="version", version=f"wasmtop {__version__}")
+    from . import top
+
+    # `wasmtop` alone (or with these flags) is `wasmtop top`.
+    top.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    top.add_arguments(
+        sub.add_parser(
+            "top",
+            help="the terminal UI (the default command): workloads, alerts, preemptions",
+            description="A live view of this host's workloads (or a daemon's, with --connect): "
+            "keys q quit, up/down select, enter detail, s sort, r reverse, / filter, p pause, "
+            "? help. When stdout is not a terminal, a plain table is printed each refresh.",
+        )
+    )
 
     snap = sub.add_parser(
         "snapshot",
@@ -439,5 +453,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import rulescmd
 
         return rulescmd.main(args)
-    parser.print_help()
-    return EXIT_OK
+    from . import top
+
+    return top.main(args)  # `wasmtop` and `wasmtop top`

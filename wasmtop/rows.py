@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 from .collector.model import Snapshot, Workload
 
 # (header with unit, width) in display order.
@@ -41,7 +45,7 @@ def workload_name(w: Workload) -> str:
 
 def workload_row(w: Workload) -> tuple[str, ...]:
     s = w.sched
-    kind = f"{w.kind}/{w.runtime}" if w.runtime else w.kind
+    kind = kind_text(w)
     if s is None:
         return (
             (workload_name(w), kind, str(len(w.pids)))
@@ -108,3 +112,92 @@ def plain_table(snap: Snapshot, sort_key: str = "involuntary_per_s") -> str:
         lines.append("  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
                                for i, cell in enumerate(r)))  # fmt: skip
     return "\n".join(lines)
+
+
+# -- the terminal UI's workload table --------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One column of the terminal UI's workload table. ``value`` is in the unit of the alert
+    quantities named in ``quantities`` (so a rule's threshold can colour the cell) and is the
+    sort key; ``text`` formats it for the header's unit."""
+
+    header: str  # with its unit
+    width: int  # one more than the header: room for the sort mark
+    value: Callable[[Workload], Any]
+    text: Callable[[Any], str]
+    quantities: tuple[str, ...] = ()
+    priority: int = 0  # narrow terminals drop the highest numbers first
+    left: bool = False
+
+
+def _get(*path: str, scale: float = 1.0) -> Callable[[Workload], Any]:
+    def read(w: Workload) -> Any:
+        value: Any = w
+        for name in path:
+            value = getattr(value, name, None)
+            if value is None:
+                return None
+        return value * scale if scale != 1.0 else value
+
+    return read
+
+
+def _fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
+    return lambda v: "-" if v is None else f"{v * scale:.{digits}f}"
+
+
+def kind_text(w: Workload) -> str:
+    return f"{w.kind}/{w.runtime}" if w.runtime else w.kind
+
+
+TOP_COLUMNS = (
+    Column("WORKLOAD", 24, workload_name, str, left=True),
+    Column("KIND", 13, kind_text, str, priority=6, left=True),
+    Column("MIGR/s", 7, _get("sched", "migrations_per_s"), _fixed(1),
+           ("sched.migrations_per_s",), priority=2),
+    Column("STABIL", 7, _get("sched", "affinity_stability"), _fixed(3),
+           ("sched.affinity_stability",), priority=7),
+    Column("SKEW", 5, _get("sched", "cpu_skew_ratio"), _fixed(2), ("sched.cpu_skew_ratio",),
+           priority=8),
+    Column("INVOL/s", 8, _get("sched", "involuntary_per_s"), _fixed(1),
+           ("sched.involuntary_per_s",), priority=1),
+    Column("PRE p99 ms", 11, _get("sched", "preempt_delay_us", "p99", scale=1e-3), _fixed(2),
+           ("sched.preempt_delay_p99_ms", "sched.preempt_delay_ms"), priority=0),
+    Column("BYPASS %", 9, _get("net", "bypass_ratio"), _fixed(1, 100), ("net.bypass_ratio",),
+           priority=9),
+    Column("RSS MB", 7, _get("runtime_metrics", "rss_bytes", scale=1e-6), _fixed(1),
+           ("runtime.rss_mb",), priority=5),
+    Column("GROW MB/m", 10, _get("runtime_metrics", "rss_growth_mb_per_min"), _fixed(2),
+           ("runtime.rss_growth_mb_per_min",), priority=4),
+    Column("COLD ms", 8, _get("runtime_metrics", "cold_start_ms"), _fixed(1),
+           ("runtime.cold_start_ms",), priority=10),
+    Column("REQ p99 ms", 11, _get("requests", "latency_ms", "p99"), _fixed(2),
+           ("requests.latency_ms.p99",), priority=3),
+)  # fmt: skip
+
+
+def columns_for(width: int, columns: Sequence[Column] = TOP_COLUMNS) -> list[Column]:
+    """The columns that fit in ``width`` characters (one space between), most important
+    first kept, in display order."""
+    kept: set[int] = set()
+    used = 0
+    for i in sorted(range(len(columns)), key=lambda i: columns[i].priority):
+        need = columns[i].width + (1 if kept else 0)
+        if used + need > width:
+            continue
+        kept.add(i)
+        used += need
+    return [c for i, c in enumerate(columns) if i in kept]
+
+
+def plain_lines(snap: Snapshot, workloads: Sequence[Workload], width: int = 200) -> list[str]:
+    """The terminal UI's table as plain text (piped output, `--once`)."""
+    cols = columns_for(width)
+    out = [" ".join(c.header.ljust(c.width) if c.left else c.header.rjust(c.width) for c in cols)]
+    for w in workloads:
+        cells = []
+        for c in cols:
+            text = c.text(c.value(w))[: c.width] if c.left else c.text(c.value(w))
+            cells.append(text.ljust(c.width) if c.left else text.rjust(c.width))
+        out.append(" ".join(cells))
+    return out

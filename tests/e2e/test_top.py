@@ -1,0 +1,176 @@
+"""`wasmtop` (the terminal UI) as a user drives it: in tmux, against real workloads on the real
+kernel, keys sent with send-keys and the screen read with capture-pane. Also its piped output
+and --once."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from support import no_programs_left, wait_for, wasmtop_cmd, workloads
+
+pytestmark = pytest.mark.bpf
+WASMTOP = " ".join(shlex.quote(a) for a in wasmtop_cmd())
+
+
+class Tmux:
+    """A tmux session running ``wasmtop ARGS`` in the foreground of a bash that records the
+    terminal settings before and after, and the exit status."""
+
+    def __init__(self, tmp_path: Path, args: str, width: int = 120, height: int = 30) -> None:
+        self.name = f"wasmtop-{uuid.uuid4().hex[:8]}"
+        self.rc = tmp_path / "rc"
+        self.stty = tmp_path / "stty"
+        self.pidfile = tmp_path / "pid"
+        script = (
+            f"stty -g > {self.stty}.before; "
+            f"bash -c 'echo $$ > {self.pidfile}; exec {WASMTOP} {args}'; echo $? > {self.rc}; "
+            f"stty -g > {self.stty}.after; sleep 600"
+        )
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
+             "bash", "-c", script],
+            check=True,
+        )  # fmt: skip
+
+    def screen(self) -> str:
+        out = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True
+        )
+        return out.stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait_screen(self, predicate, timeout_s: float = 60) -> str:
+        assert wait_for(lambda: predicate(self.screen()), timeout_s=timeout_s), self.screen()
+        return self.screen()
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def row_of(screen: str, pid: int) -> list[str] | None:
+    for line in screen.splitlines():
+        if f"[{pid}]" in line:
+            return line.split()
+    return None
+
+
+def header_of(screen: str) -> list[str]:
+    return next(line for line in screen.splitlines() if line.lstrip().startswith("WORKLOAD"))
+
+
+def test_tui_shows_real_workloads_sorts_filters_details_and_quits_cleanly(tmp_path):
+    # A hog pinned to CPU 1, one pinned to CPU 0, and an unpinned one that must share a CPU
+    # with one of them: all three are preempted, the unpinned one also moves.
+    with workloads(("hog", {"CPU": {1}}), ("hog", {"CPU": {0}}), ("hog", {})) as hogs:
+        for h in hogs:
+            h.go()
+        pinned, unpinned = hogs[0], hogs[2]
+        tmux = Tmux(tmp_path, "--refresh 1")
+        try:
+            # Both workloads, with non-zero figures in the right columns: involuntary switches
+            # per second (INVOL/s) and the preemption delay P99 in ms.
+            screen = tmux.wait_screen(
+                lambda s: all(
+                    (r := row_of(s, h.pid)) and float(r[5]) > 0 and r[6] != "-"
+                    for h in (pinned, unpinned)
+                )
+            )
+            head = header_of(screen)
+            assert re.search(r"INVOL/s\s+PRE p99 ms▼", head), head
+            assert "wasmtop " in screen and "probes sched:ok" in screen
+            assert re.search(r"alerts \d+ firing \d+ pending", screen)
+            assert row_of(screen, pinned.pid)[1] == "process"
+            # s: sort by the next column.
+            tmux.keys("s")
+            screen = tmux.wait_screen(lambda s: "PRE p99 ms▼" not in header_of(s))
+            assert "▼" in header_of(screen)
+            # /: filter by name, enter applies: only the pinned hog is left.
+            tmux.keys("/", *str(pinned.pid), "Enter")
+            screen = tmux.wait_screen(
+                lambda s: row_of(s, pinned.pid) and not row_of(s, unpinned.pid)
+            )
+            assert f"filter: {pinned.pid}" in screen
+            # enter: the detail view of the selected workload (the only one listed).
+            tmux.keys("Enter")
+            screen = tmux.wait_screen(lambda s: "CPU time by CPU" in s)
+            assert f"pid:{pinned.pid}" in screen and "preemption delay" in screen
+            tmux.keys("Enter")
+            tmux.wait_screen(lambda s: "CPU time by CPU" not in s and "WORKLOAD" in s)
+            tmux.keys("?")
+            tmux.wait_screen(lambda s: "sort by the next column" in s)
+            tmux.keys("q")
+            assert wait_for(lambda: tmux.rc.exists() and tmux.rc.read_text(), timeout_s=30)
+            assert tmux.rc.read_text().strip() == "0"
+            # The terminal is as it was: same tty settings, and the normal screen is back.
+            wait_for(lambda: Path(f"{tmux.stty}.after").exists(), timeout_s=10)
+            before = Path(f"{tmux.stty}.before").read_text()
+            assert Path(f"{tmux.stty}.after").read_text() == before
+            assert "WORKLOAD" not in tmux.screen()
+        finally:
+            tmux.kill()
+    assert no_programs_left() == []
+
+
+def test_tui_fits_80x24_and_sigterm_restores_the_terminal(tmp_path):
+    with workloads(("hog", {"CPU": {1}}), ("hog", {"CPU": {1}})) as hogs:
+        for h in hogs:
+            h.go()
+        tmux = Tmux(tmp_path, "", width=80, height=24)
+        try:
+            screen = tmux.wait_screen(lambda s: all(row_of(s, h.pid) for h in hogs))
+            lines = screen.splitlines()
+            assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+            head = header_of(screen)
+            assert "WORKLOAD" in head and "PRE p99 ms" in head and "INVOL/s" in head
+            # SIGTERM to wasmtop: it detaches, puts the terminal back and exits 128+15.
+            os.kill(int(tmux.pidfile.read_text()), signal.SIGTERM)
+            assert wait_for(lambda: tmux.rc.exists() and tmux.rc.read_text(), timeout_s=30)
+            assert tmux.rc.read_text().strip() == "143"
+            wait_for(lambda: Path(f"{tmux.stty}.after").exists(), timeout_s=10)
+            before = Path(f"{tmux.stty}.before").read_text()
+            assert Path(f"{tmux.stty}.after").read_text() == before
+        finally:
+            tmux.kill()
+    assert no_programs_left() == []
+
+
+def test_piped_output_is_plain_tables_and_once_prints_one(tmp_path):
+    with workloads(("hog", {"CPU": {1}})) as (hog,):
+        hog.go()
+        once = subprocess.run(
+            [*wasmtop_cmd(), "--once"], capture_output=True, text=True, timeout=120
+        )
+        assert once.returncode == 0, once.stderr
+        assert once.stdout.count("WORKLOAD") == 1
+        assert "\x1b[" not in once.stdout  # no terminal control
+        assert row_of(once.stdout, hog.pid) is not None
+        # Piped without --once: one table per refresh until stopped.
+        proc = subprocess.Popen(
+            [*wasmtop_cmd(), "top", "--refresh", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            tables = 0
+            deadline = time.monotonic() + 60
+            while tables < 3 and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                tables += line.startswith("WORKLOAD")
+            assert tables == 3
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        assert proc.returncode == 143
+    assert no_programs_left() == []

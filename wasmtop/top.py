@@ -1,0 +1,329 @@
+"""`wasmtop` / `wasmtop top`: the terminal UI, fed by the embedded collector or, with
+``--connect HOST:PORT``, by a daemon's gRPC stream of Snapshots.
+
+One thread owns everything: it drains the probes, ticks the collector, reads keys and draws
+(bpftop's shape); drawing is ``view.render`` of the latest Snapshot. The terminal is put back
+on quit, on an exception and on SIGTERM (every exit goes through the ``with`` blocks), and the
+probes are detached the same way. Not a terminal: a plain table per refresh instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .collector.model import Snapshot
+
+EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
+ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1bOA": "up", "\x1bOB": "down"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import non_negative_ms, positive_seconds
+
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        help="show a daemon's Snapshots (its gRPC API, grpc.listen) instead of running the "
+        "probes here; a lost connection shows a banner and is retried",
+    )
+    p.add_argument("--ca-file", metavar="PEM", help="with --connect: verify the daemon's TLS")
+    p.add_argument(
+        "--refresh",
+        type=positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between Snapshots (default 1)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one plain table after the first refresh and exit 0",
+    )
+    p.add_argument(
+        "--threshold-ms",
+        type=non_negative_ms,
+        default=50.0,
+        metavar="T",
+        help="preemptions of at least T ms are listed one by one (default 50)",
+    )
+    p.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="alert rules evaluated on each Snapshot (default: the shipped ones); their "
+        "thresholds colour the table",
+    )
+    p.add_argument(
+        "--scheduling",
+        choices=("idle", "normal"),
+        default="idle",
+        help="collector thread policy, as for `wasmtop snapshot` (default idle)",
+    )
+
+
+# -- keys --------------------------------------------------------------------------------------
+class Keys:
+    """Keys from a terminal in cbreak mode (restored on exit), read while waiting."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = ""
+        self._saved: Any = None
+
+    def __enter__(self) -> Keys:
+        self._saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; return early once a key is pressed."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, seconds))
+        if ready:
+            self.buffer += os.read(self.fd, 1024).decode("utf-8", "replace")
+
+    def take(self) -> list[str]:
+        return parse_keys(self)
+
+
+def parse_keys(keys: Keys) -> list[str]:
+    out = []
+    buf = keys.buffer
+    while buf:
+        for seq, name in ESCAPES.items():
+            if buf.startswith(seq):
+                out.append(name)
+                buf = buf[len(seq) :]
+                break
+        else:
+            ch, buf = buf[0], buf[1:]
+            if ch == "\x1b" and buf.startswith("["):  # another escape sequence: skip it
+                while buf and not buf[0].isalpha() and buf[0] != "~":
+                    buf = buf[1:]
+                buf = buf[1:]
+                continue
+            out.append({"\r": "enter", "\n": "enter", "\x1b": "esc", "\x7f": "backspace",
+                        "\x08": "backspace"}.get(ch, ch))  # fmt: skip
+    keys.buffer = ""
+    return out
+
+
+def handle(key: str, snap: Snapshot | None, state: Any) -> bool:
+    """Apply one key to the view state; False to quit."""
+    from . import view
+
+    if state.editing_filter:
+        if key == "enter":
+            state.editing_filter = False
+        elif key == "esc":
+            state.editing_filter, state.filter = False, ""
+        elif key == "backspace":
+            state.filter = state.filter[:-1]
+        elif len(key) == 1 and key.isprintable():
+            state.filter += key
+        return True
+    if key == "q":
+        return False
+    if key == "?":
+        state.help = not state.help
+    elif key == "enter" and (state.detail or state.selected):
+        state.detail = not state.detail
+    elif key == "esc":
+        state.detail = state.help = False
+    elif key in ("up", "down") and snap is not None:
+        view.move(snap, state, -1 if key == "up" else 1)
+    elif key == "s":
+        view.sort_next(state)
+    elif key == "r":
+        state.reverse = not state.reverse
+    elif key == "/":
+        state.editing_filter = True
+    elif key == "p":
+        state.paused = not state.paused
+    return True
+
+
+# -- sources -----------------------------------------------------------------------------------
+class Embedded:
+    """Probes and collector in this process: a Snapshot every refresh."""
+
+    def __init__(self, args: argparse.Namespace, evaluator: Any) -> None:
+        self.args = args
+        self.evaluator = evaluator
+        self.banner: str | None = None
+
+    @contextmanager
+    def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
+        from .collector.collector import Collector
+        from .pipeline import ProbeOptions, build_probes
+        from .probes.cpushare import CpuShare
+        from .probes.runtime import ProbeSet, sleep_draining
+
+        selected, selector = build_probes(ProbeOptions(threshold_ms=self.args.threshold_ms))
+        with ProbeSet(selected, cpu=CpuShare(self.args.scheduling)) as probes:
+            collector = Collector(probes, trace_selector=selector)
+            last_observe = 0.0
+
+            def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
+                """Drain and wait (reading keys) until the next Snapshot is due."""
+                nonlocal last_observe
+                sleep_draining(probes, 0.1, drain=collector.poll, wait=wait)
+                if time.monotonic() - last_observe >= 1.0:
+                    collector.observe()
+                    last_observe = time.monotonic()
+                if time.monotonic() < self.due:
+                    return None
+                self.due = max(self.due + self.args.refresh, time.monotonic())
+                return self.evaluator.evaluate(collector.tick()).snapshot
+
+            self.due = time.monotonic() + self.args.refresh
+            yield next_snapshot
+
+
+class Remote:
+    """A daemon's Snapshots over gRPC; the banner says when the connection is lost."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.banner: str | None = None
+
+    @contextmanager
+    def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
+        from .grpcapi import RemoteSnapshots
+
+        remote = RemoteSnapshots(self.args.connect, ca_file=self.args.ca_file)
+        remote.start()
+
+        def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
+            wait(0.1)
+            snap = remote.latest(0.0)
+            if remote.connected:
+                self.banner = None
+            else:
+                why = remote.error or "connecting"
+                self.banner = f" {self.args.connect}: {why}; reconnecting ... "
+            return snap
+
+        try:
+            yield next_snapshot
+        finally:
+            remote.close()
+
+
+@contextmanager
+def terminated_on_sigterm() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP (the terminal closed) raise Terminated here too (the probes'
+    ProbeSet does the same for the first two while it runs), so every exit path goes through
+    the ``finally`` blocks: the terminal is restored and the probes detached."""
+    from .probes.runtime import STOP_SIGNALS, Terminated, ignore_stop_signals
+
+    def raise_terminated(signum: int, _frame: object) -> None:
+        ignore_stop_signals()
+        raise Terminated(signum)
+
+    saved = {s: signal.signal(s, raise_terminated) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def main(args: argparse.Namespace) -> int:
+    from .cli import fail, preflight, snapshot_evaluator
+    from .config import ConfigError
+    from .probes.runtime import Terminated
+
+    try:
+        evaluator = snapshot_evaluator(args.rules, args.threshold_ms)
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    if args.connect:
+        from .config import host_port
+
+        try:
+            host_port(args.connect)
+        except ValueError as exc:
+            return fail(f"argument --connect: {exc}", EXIT_USAGE)
+        source: Any = Remote(args)
+    else:
+        code = preflight()
+        if code is not None:
+            return code
+        source = Embedded(args, evaluator)
+    interactive = not args.once and sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        with terminated_on_sigterm():
+            if interactive:
+                return _interactive(source, evaluator.rules)
+            return _plain(source, args.once)
+    except Terminated as stop:
+        return stop.exit_code
+
+
+def _plain(source: Any, once: bool) -> int:
+    from .rows import header_lines, plain_lines
+    from .view import ViewState, visible
+
+    state = ViewState()
+    with source.running() as next_snapshot:
+        while True:
+            snap = next_snapshot(time.sleep)
+            if source.banner:
+                print(source.banner.strip(), file=sys.stderr, flush=True)
+            if snap is None:
+                continue
+            lines = header_lines(snap)
+            firing = [a for a in snap.alerts if a.state == "firing"]
+            lines.append(f"alerts  {len(firing)} firing, {len(snap.alerts) - len(firing)} pending")
+            lines += plain_lines(snap, visible(snap, state))
+            print("\n".join(lines) + "\n", flush=True)
+            if once:
+                return EXIT_OK
+
+
+def _interactive(source: Any, rules: Any) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from .view import ViewState, keep_selection, render
+
+    console = Console()
+    state = ViewState()
+    snap: Snapshot | None = None
+    with Keys(sys.stdin.fileno()) as keys, source.running() as next_snapshot:
+        with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+
+            def draw() -> None:
+                state.width, state.height = console.size
+                keep_selection(snap, state)
+                state.banner = source.banner
+                live.update(render(snap, state, rules), refresh=True)
+
+            draw()
+            while True:
+                fresh = next_snapshot(keys.wait)
+                changed = fresh is not None and not state.paused
+                if changed:
+                    snap = fresh
+                pressed = keys.take()
+                for key in pressed:
+                    keep_selection(snap, state)
+                    if not handle(key, snap, state):
+                        return EXIT_OK
+                if changed or pressed or state.banner != source.banner:
+                    draw()
