@@ -1,11 +1,10 @@
-# make run: set everything up, then take a snapshot of this host.
+# make run: set everything up, then start the terminal UI on this host.
 # make test: set everything up, then run the whole suite.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SECONDS_ ?= 5
 
 .PHONY: setup system venv run test lint format bench clean
 
@@ -18,7 +17,8 @@ venv: $(STAMP)
 
 # Debian's bcc module (pure Python over libbcc.so) is linked into the venv by name only:
 # the PyPI package called "bcc" is unrelated and must never be installed.
-$(STAMP): pyproject.toml
+# setup.py generates the gRPC modules from the .proto files at install: a changed one reinstalls.
+$(STAMP): pyproject.toml setup.py $(wildcard wasmtop/proto/*/*/*.proto)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@ln -sfn /usr/lib/python3/dist-packages/bcc \
 	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/wasmtop snapshot --seconds $(SECONDS_) --format table
+	$(BIN)/wasmtop
 
 test: setup
 	$(BIN)/ruff check .

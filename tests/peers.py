@@ -85,6 +85,8 @@ def daemon(
     port = free_port()
     cfg = {**(config or {})}
     cfg["metrics"] = {"listen": f"127.0.0.1:{port}", **cfg.get("metrics", {})}
+    # The gRPC API on a free port too, so daemons of different tests never share 9465.
+    cfg["grpc"] = {"listen": f"127.0.0.1:{free_port()}", **cfg.get("grpc", {})}
     path = tmp_path / "wasmtop.yaml"
     path.write_text(yaml.safe_dump(cfg))
     err = open(str(path) + ".stderr", "w")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -195,6 +196,15 @@ SCHEMA: dict[str, Any] = {
         "max_workloads": Key(1000, number(int, 0), "workloads with their own series"),
         "stale_after_s": Key(300.0, number(float, 1), "series of a vanished workload kept"),
     },
+    "grpc": {
+        "enabled": Key(True, _bool, "the Snapshot stream wasmtop.v1.Snapshots/Watch"),
+        "listen": Key("127.0.0.1:9465", host_port, "address of the gRPC API"),
+        "tls_cert_file": Key(
+            None, optional(nonempty_text), "server certificate (PEM); null: plaintext"
+        ),
+        "tls_key_file": Key(None, optional(nonempty_text), "its private key (PEM)"),
+        "max_streams": Key(16, number(int, 1, 1000), "Watch streams served at once"),
+    },
     "otlp": {
         "endpoint": Key(None, optional(host_port), "OTLP/gRPC receiver; null: off"),
         "insecure": Key(True, _bool, "plaintext gRPC (false: TLS with system roots)"),
@@ -307,6 +317,46 @@ def _cross_checks(config: Config, root: yaml.Node, name: str) -> None:
             f"{name}:{_line_of(root, ('probes', 'trace', 'enabled'))}: probes.trace.enabled: "
             "false, but probes.trace names processes to trace: expected one or the other"
         )
+    _grpc_checks(config, root, name)
+
+
+def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
+    """Both TLS files or neither; each a readable file (relative to the config file's
+    directory), and together a certificate with its key."""
+    g = config["grpc"]
+    cert, key = g["tls_cert_file"], g["tls_key_file"]
+    if (cert is None) != (key is None):
+        given = "tls_cert_file" if cert is not None else "tls_key_file"
+        raise ConfigError(
+            f"{name}:{_line_of(root, ('grpc', given))}: grpc.{given}: expected both "
+            "grpc.tls_cert_file and grpc.tls_key_file, or neither"
+        )
+    if cert is None:
+        return
+    paths = {}
+    for k in ("tls_cert_file", "tls_key_file"):
+        p = config_relative(g[k], name)
+        if not p.is_file():
+            raise ConfigError(
+                f"{name}:{_line_of(root, ('grpc', k))}: grpc.{k}: expected a readable file, "
+                f"got {g[k]!r}"
+            )
+        paths[k] = p
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            str(paths["tls_cert_file"]), str(paths["tls_key_file"])
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{name}:{_line_of(root, ('grpc', 'tls_cert_file'))}: grpc.tls_cert_file: cannot "
+            f"load the certificate with grpc.tls_key_file: {exc}"
+        ) from None
+
+
+def config_relative(value: str, config_name: str) -> Path:
+    """A path from the config: relative ones are relative to the config file's directory."""
+    p = Path(value)
+    return p if p.is_absolute() else Path(config_name).parent / p
 
 
 def _line_of(root: yaml.Node, path: tuple[str, ...]) -> int:

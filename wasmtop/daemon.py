@@ -1,12 +1,13 @@
 """`wasmtop daemon --config FILE`: probes, collector and exporters running until SIGTERM.
 
 One thread owns the probes and the collector (the main thread: it takes the signals); the HTTP
-server and the OTLP exporter run in their own threads and only read what the loop publishes
-(the SeriesBook), so a slow scrape or a dead OTLP receiver never delays a ring-buffer drain.
+server, the gRPC API and the OTLP exporter run in their own threads and only read what the loop
+publishes (the SeriesBook, the latest Snapshot), so a slow scrape, a slow gRPC client or a dead
+OTLP receiver never delays a ring-buffer drain.
 
 SIGHUP re-reads the config and the web config. A bad file is reported and the running config
-stays; a good one is applied: the HTTP listener and the OTLP exporter are rebuilt when their
-sections changed, the probes are restarted when theirs did (the series keep counting).
+stays; a good one is applied: the HTTP listener, the gRPC API and the OTLP exporter are rebuilt
+when their sections changed, the probes are restarted when theirs did (the series keep counting).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, config_relative, load
 from .web import Endpoints, HttpServer, MetricsCache, WebConfig, load_web_config
 
 
@@ -65,6 +66,17 @@ def web_config_path(config: Config, config_path: Path) -> Path | None:
     return p if p.is_absolute() else config_path.parent / p
 
 
+def grpc_tls_files(config: Config, config_path: Path) -> tuple[str | None, str | None]:
+    """grpc.tls_cert_file and tls_key_file, relative to the config file's directory when
+    relative (config.py has checked that both exist, or that neither is given)."""
+    g = config["grpc"]
+
+    def resolved(key: str) -> str | None:
+        return None if g[key] is None else str(config_relative(g[key], str(config_path)))
+
+    return resolved("tls_cert_file"), resolved("tls_key_file")
+
+
 def node_resource() -> dict[str, str]:
     node = os.environ.get("NODE_NAME")
     return {"k8s.node.name": node} if node else {}
@@ -93,6 +105,7 @@ class Daemon:
         self.probe_status: dict[str, dict[str, str]] = {}
         self.ready = False
         self.http: HttpServer | None = None
+        self.grpc: Any = None  # grpcapi.SnapshotServer, when grpc.enabled
         self.otlp: Any = None
         self.metrics = MetricsCache(self._render, lambda: self.book.snapshots)
 
@@ -122,6 +135,7 @@ class Daemon:
             ),
         ]
         fams += self._alert_families()
+        fams += self._grpc_families()
         if self.otlp is not None:
             stats = self.otlp.stats()
             fams.append(
@@ -176,6 +190,44 @@ class Daemon:
             )
         return fams
 
+    def _grpc_families(self) -> list[Any]:
+        from .exporters.series import Family, Sample
+
+        g = self.grpc
+        if g is None:
+            return []
+        return [
+            Family(
+                "wasmtop_grpc_streams",
+                "gauge",
+                "Watch streams of the gRPC API open now.",
+                (),
+                [Sample((), float(g.streams))],
+            ),
+            Family(
+                "wasmtop_grpc_snapshots_sent",
+                "counter",
+                "Snapshots sent over the gRPC API, all streams added up.",
+                (),
+                [Sample((), float(g.sent))],
+            ),
+            Family(
+                "wasmtop_grpc_snapshots_skipped",
+                "counter",
+                "Snapshots a gRPC stream skipped because its client read slower than they came "
+                "(it got the newest one instead).",
+                (),
+                [Sample((), float(g.dropped))],
+            ),
+            Family(
+                "wasmtop_grpc_streams_rejected",
+                "counter",
+                "Watch streams refused because grpc.max_streams were open.",
+                (),
+                [Sample((), float(g.rejected))],
+            ),
+        ]
+
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.ready, {"ready": self.ready, "probes": self.probe_status}
 
@@ -184,6 +236,23 @@ class Daemon:
         listen = self.config["metrics"]["listen"]
         self.http = HttpServer(listen, Endpoints(self.metrics, self._readiness), self.web)
         log(f"serving {self.http.scheme}://{listen}/metrics, /healthz, /readyz")
+
+    def start_grpc(self, old: Any = None) -> None:
+        """The gRPC API (OSError when its address cannot be bound); ``old``: the server it
+        replaces on a reload, whose counters and latest Snapshot carry over."""
+        g = self.config["grpc"]
+        if not g["enabled"]:
+            self.grpc = None
+            return
+        from .grpcapi import METHOD, SnapshotServer
+
+        cert, key = grpc_tls_files(self.config, self.config_path)
+        self.grpc = SnapshotServer(
+            g["listen"], tls_cert_file=cert, tls_key_file=key, max_streams=g["max_streams"]
+        )
+        if old is not None:
+            self.grpc.carry_over(old)
+        log(f"serving gRPC {METHOD} on {g['listen']}" + (" (TLS)" if cert else ""))
 
     def start_otlp(self) -> None:
         o = self.config["otlp"]
@@ -240,6 +309,9 @@ class Daemon:
         if self.http is not None:
             self.http.close()
             self.http = None
+        if self.grpc is not None:
+            self.grpc.close()
+            self.grpc = None
         if self.otlp is not None:
             self.otlp.close()
             self.otlp = None
@@ -274,6 +346,8 @@ class Daemon:
                 log(f"cannot listen on {m['listen']}: {exc.strerror}; keeping {kept}")
                 self.config["metrics"] = old["metrics"]
                 self.start_http()
+        if new["grpc"] != old["grpc"]:
+            self.reload_grpc(old)
         if new["otlp"] != old["otlp"]:
             if self.otlp is not None:
                 self.otlp.close()
@@ -288,6 +362,23 @@ class Daemon:
         restart = new["probes"] != old["probes"] or new["collector"] != old["collector"]
         log("config reloaded" + ("; restarting the probes" if restart else ""))
         return restart
+
+    def reload_grpc(self, old: Config) -> None:
+        """Rebuild the gRPC API for a changed ``grpc`` section: its streams end (clients
+        reconnect); an address that cannot be bound keeps the old section."""
+        previous, self.grpc = self.grpc, None
+        if previous is not None:
+            previous.close()
+        try:
+            self.start_grpc(previous)
+        except OSError as exc:
+            log(f"{exc}; keeping the previous grpc section")
+            self.config["grpc"] = old["grpc"]
+            try:
+                self.start_grpc(previous)
+            except OSError as again:  # the old address was taken meanwhile: no gRPC API
+                log(f"{again}; the gRPC API is off until the next reload")
+                self.grpc = None
 
     # -- the loop ----------------------------------------------------------------------------
     def run_pipeline(self) -> bool:
@@ -339,6 +430,8 @@ class Daemon:
             if self.notifier is not None:
                 self.notifier.observe(evaluation.firing, evaluation.resolved)  # never blocks
         self.book.add(snapshot)
+        if self.grpc is not None:
+            self.grpc.publish(snapshot)  # never blocks: streams encode and send it
         if self.otlp is not None:
             self.otlp.submit(snapshot)  # never blocks: it queues
 
@@ -384,6 +477,12 @@ def run(config_path: str) -> int:
             f"wasmtop: cannot listen on {config['metrics']['listen']}: {exc.strerror}",
             file=sys.stderr,
         )
+        return EXIT_ENV
+    try:
+        daemon.start_grpc()
+    except OSError as exc:
+        print(f"wasmtop: {exc} (grpc.listen)", file=sys.stderr)
+        daemon.stop_exporters()
         return EXIT_ENV
     try:
         daemon.start_otlp()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from peers import daemon, free_port
 from support import no_programs_left, wait_for, wasmtop_cmd, workloads
 
 pytestmark = pytest.mark.bpf
@@ -174,3 +175,28 @@ def test_piped_output_is_plain_tables_and_once_prints_one(tmp_path):
             proc.wait(timeout=30)
         assert proc.returncode == 143
     assert no_programs_left() == []
+
+
+def test_connect_shows_a_daemons_workloads_a_banner_when_it_dies_and_recovers(tmp_path):
+    port = free_port()
+    config = {"grpc": {"listen": f"127.0.0.1:{port}"}, "probes": {"bypass": {"mode": "off"}}}
+    with workloads(("hog", {"CPU": {1}})) as (hog,):
+        hog.go()
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir()
+        second.mkdir()
+        tmux = Tmux(tmp_path, f"--connect 127.0.0.1:{port}")
+        try:
+            with daemon(first, config) as d:
+                screen = tmux.wait_screen(lambda s: row_of(s, hog.pid))
+                assert "reconnecting" not in screen
+                assert d.stop() == 0  # the daemon goes away
+                tmux.wait_screen(lambda s: f"127.0.0.1:{port}:" in s and "reconnecting" in s)
+            with daemon(second, config):
+                # Back: the banner goes and the rows are fresh from the new daemon.
+                tmux.wait_screen(lambda s: "reconnecting" not in s and row_of(s, hog.pid))
+            tmux.keys("q")
+            assert wait_for(lambda: tmux.rc.exists() and tmux.rc.read_text(), timeout_s=30)
+            assert tmux.rc.read_text().strip() == "0"
+        finally:
+            tmux.kill()

@@ -1,0 +1,1 @@
+"""Protobuf package ``wasmtop`` (see wasmtop/proto/__init__.py)."""

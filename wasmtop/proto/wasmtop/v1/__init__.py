@@ -1,0 +1,1 @@
+"""Protobuf package ``wasmtop.v1``: ``snapshots.proto`` and its generated modules."""
