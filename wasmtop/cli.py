@@ -59,6 +59,27 @@ cidr_arg = checked_arg(config.cidr)
 comm_arg = checked_arg(config.comm_name)
 
 
+def add_scheduling_and_rules(p: argparse.ArgumentParser) -> None:
+    """--scheduling and --rules, alike wherever the collector runs in this process."""
+    p.add_argument(
+        "--scheduling",
+        choices=("idle", "normal"),
+        default="idle",
+        help="idle (default): the thread draining the ring buffers runs as SCHED_IDLE, taking "
+        "only CPU time the workloads leave, and returns to normal scheduling while a ring buffer "
+        "fills past 25%% between two drains or a drain runs late (counted as "
+        "collector_priority_raised); normal: always normal scheduling",
+    )
+    p.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="alert rule file evaluated on each Snapshot, into its alerts[] (repeatable; "
+        "default: the shipped alerts/rules/default.yaml; see docs/alerts.md)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmtop",
@@ -198,23 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="RSS growth (MB/min) is the least-squares slope over the last S seconds of "
         "samples, one a second (default 300; a snapshot shorter than S covers its own length)",
     )
-    snap.add_argument(
-        "--scheduling",
-        choices=("idle", "normal"),
-        default="idle",
-        help="idle (default): the thread draining the ring buffers runs as SCHED_IDLE, taking "
-        "only CPU time the workloads leave, and returns to normal scheduling while a ring buffer "
-        "fills past 25%% between two drains or a drain runs late (counted as "
-        "collector_priority_raised); normal: always normal scheduling",
-    )
-    snap.add_argument(
-        "--rules",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="alert rule file evaluated on the Snapshot, into its alerts[] (repeatable; "
-        "default: the shipped alerts/rules/default.yaml; see docs/alerts.md)",
-    )
+    add_scheduling_and_rules(snap)
     snap.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules")
     snap.add_argument(
         "--max-events",

@@ -28,7 +28,7 @@ ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1bOA": "up", "\x1bOB": "down"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import non_negative_ms, positive_seconds
+    from .cli import add_scheduling_and_rules, non_negative_ms, positive_seconds
 
     p.add_argument(
         "--connect",
@@ -56,20 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="T",
         help="preemptions of at least T ms are listed one by one (default 50)",
     )
-    p.add_argument(
-        "--rules",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="alert rules evaluated on each Snapshot (default: the shipped ones); their "
-        "thresholds colour the table",
-    )
-    p.add_argument(
-        "--scheduling",
-        choices=("idle", "normal"),
-        default="idle",
-        help="collector thread policy, as for `wasmtop snapshot` (default idle)",
-    )
+    add_scheduling_and_rules(p)
 
 
 # -- keys --------------------------------------------------------------------------------------
