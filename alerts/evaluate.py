@@ -22,6 +22,8 @@ The result is a new Snapshot with ``alerts`` filled, plus what to tell Alertmana
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..collector.model import Alert, Snapshot, Workload
+from ..exporters.series import WORKLOAD_LABELS, workload_labels
 from .notice import Notice, rfc3339
 from .quantities import Events
 from .rules import Rule, expand
@@ -55,6 +58,17 @@ class Evaluation:
     resolved: list[Notice]  # alerts that stopped firing at this evaluation
 
 
+def default_node() -> str:
+    """The node label when the config names none: the downward API's NODE_NAME, else the host
+    name."""
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def _workload_labels(w: Workload) -> dict[str, str]:
+    """workload, namespace and pod, as the exporters label the workload's series."""
+    return dict(zip(WORKLOAD_LABELS[:3], workload_labels(w)))
+
+
 class Evaluator:
     def __init__(
         self,
@@ -68,14 +82,18 @@ class Evaluator:
         self.node = node
         self.loss_ratio = loss_ratio
         self.max_per_rule = max_per_rule
-        self._state: dict[tuple[tuple[str, str], str], _Instance] = {}
+        # Per rule (its identity), per workload key or "probe:NAME": the alert's state.
+        self._state: dict[tuple[str, str], dict[str, _Instance]] = {
+            r.identity: {} for r in self.rules
+        }
         self._probe_totals: dict[str, tuple[int, int]] = {}
         self.suppressed: dict[str, int] = {}  # alertname -> instances left out, last evaluation
 
     def carry_over(self, old: Evaluator) -> None:
         """Keep the alert states of rules that are unchanged (a config reload)."""
-        kept = {r.identity for r in self.rules if r in old.rules}
-        self._state = {k: v for k, v in old._state.items() if k[0] in kept}
+        for r in self.rules:
+            if r in old.rules:
+                self._state[r.identity] = old._state[r.identity]
         self._probe_totals = dict(old._probe_totals)
 
     # -- one evaluation ----------------------------------------------------------------------
@@ -86,55 +104,49 @@ class Evaluator:
         for e in sorted(snap.events.preemptions, key=lambda e: e.ts_ns):
             if e.workload is not None:
                 events_of[e.workload].append(e)
-        capped = snap.events.preemptions_total > len(snap.events.preemptions)
         alerts: list[Alert] = []
         firing: list[Notice] = []
         resolved: list[Notice] = []
         self.suppressed = {}
         for rule in self.rules:
             q = rule.quantity
-            seen: set[str] = set()
-            tracked = sum(1 for rid, _ in self._state if rid == rule.identity)
+            states = self._state[rule.identity]
             if q.kind == "probe":
                 subjects = [
                     (f"probe:{name}", {"probe": name}, float(lost[name][1]), None)
                     for name in snap.probes
                 ]
             else:
-                subjects = [(w.key, self._workload_labels(w), None, w) for w in snap.workloads]
-            steps: dict[tuple[tuple[str, str], str], tuple[bool, bool]] = {}
+                subjects = [(w.key, _workload_labels(w), None, w) for w in snap.workloads]
+            steps: dict[str, tuple[bool, bool]] = {}
             for key, labels, value, w in subjects:
-                seen.add(key)
-                sk = (rule.identity, key)
-                inst = self._state.get(sk)
+                inst = states.get(key)
                 if inst is None:
-                    if tracked >= self.max_per_rule:
+                    if len(states) >= self.max_per_rule:
                         self.suppressed[rule.name] = self.suppressed.get(rule.name, 0) + 1
                         continue
-                    tracked += 1
-                    inst = _Instance(labels)
+                    inst = states[key] = _Instance(labels)
                 inst.labels = labels
                 complete = True
                 if q.kind == "event":
                     assert q.events is not None and w is not None
                     evs = q.events(snap, w, events_of.get(w.key, []))
-                    steps[sk] = self._step_events(rule, inst, evs, now)
-                    complete = evs.complete and not (capped and q.probe == "sched")
+                    steps[key] = self._step_events(rule, inst, evs, now)
+                    complete = evs.complete
                 else:
                     if q.gauge is not None:
                         assert w is not None
                         value = q.gauge(w)
-                    steps[sk] = self._step_gauge(rule, inst, value, now)
+                    steps[key] = self._step_gauge(rule, inst, value, now)
                 inst.incomplete = self._incomplete(q.probe, lost, complete)
-                self._state[sk] = inst
-            for sk in [k for k in self._state if k[0] == rule.identity and k[1] not in seen]:
-                inst = self._state[sk]  # its workload is gone: nothing crosses any more
+            for key in states.keys() - steps.keys():
+                inst = states[key]  # its workload is gone: nothing crosses any more
                 if q.kind == "event":
-                    steps[sk] = self._step_events(rule, inst, Events([], 0, True), now)
+                    steps[key] = self._step_events(rule, inst, Events([], 0, True), now)
                 else:
-                    steps[sk] = self._step_gauge(rule, inst, None, now)
-            for sk, (crossing, ready) in steps.items():
-                inst = self._state[sk]
+                    steps[key] = self._step_gauge(rule, inst, None, now)
+            for key, (crossing, ready) in steps.items():
+                inst = states[key]
                 state = self._decide(rule, inst, crossing, ready, now)
                 if state is not None:
                     alert = self._alert(rule, inst, state)
@@ -147,7 +159,7 @@ class Evaluator:
                 if state is None:
                     inst.active_since = None
                     if not inst.streak:
-                        del self._state[sk]
+                        del states[key]
         return Evaluation(dataclasses.replace(snap, alerts=tuple(alerts)), firing, resolved)
 
     # -- steps -------------------------------------------------------------------------------
@@ -238,13 +250,6 @@ class Evaluator:
         if not complete:
             return "events of the window were left out of the Snapshot (collector.max_events)"
         return None
-
-    def _workload_labels(self, w: Workload) -> dict[str, str]:
-        labels = {"workload": w.key}
-        if w.pod is not None:
-            labels["namespace"] = w.pod.namespace
-            labels["pod"] = w.pod.name
-        return labels
 
     def _alert(self, rule: Rule, inst: _Instance, state: str) -> Alert:
         labels = {

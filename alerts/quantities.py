@@ -55,7 +55,7 @@ class Quantity:
     bounds_s: tuple[float, ...] = ()  # event quantities rendered from a histogram: its bounds
 
 
-def _attr(*path: str, scale: float = 1.0) -> Callable[[Workload], Optional[float]]:
+def attribute(*path: str, scale: float = 1.0) -> Callable[[Workload], Optional[float]]:
     def read(w: Workload) -> float | None:
         value: Any = w
         for name in path:
@@ -73,7 +73,8 @@ def _preemptions(snap: Snapshot, w: Workload, events: list[Any]) -> Events:
     hidden = (sched.preemptions - counted) if sched else 0
     items = [Event(e.delay_us / 1e3, e.tid, e.thread_preemptions) for e in events]
     # Events beyond the Snapshot's cap (collector.max_events) or lost on the way are missing.
-    return Events(items, max(0, hidden), len(items) >= counted)
+    capped = snap.events.preemptions_total > len(snap.events.preemptions)
+    return Events(items, max(0, hidden), len(items) >= counted and not capped)
 
 
 def _cold_starts(snap: Snapshot, w: Workload, events: list[Any]) -> Events:
@@ -111,7 +112,7 @@ QUANTITIES: dict[str, Quantity] = {
             "histogram, within 1/16).",
             "histogram_quantile(0.99, sum by (le, {by}) "
             "(rate(wasmtop_preempt_delay_seconds_bucket[{window}]))) * 1000",
-            gauge=_attr("sched", "preempt_delay_us", "p99", scale=1e-3),
+            gauge=attribute("sched", "preempt_delay_us", "p99", scale=1e-3),
         ),
         Quantity(
             "sched.migrations_per_s",
@@ -120,7 +121,7 @@ QUANTITIES: dict[str, Quantity] = {
             "sched",
             "CPU migrations of the workload's threads per second in the window.",
             "sum by ({by}) (rate(wasmtop_migrations_total[{window}]))",
-            gauge=_attr("sched", "migrations_per_s"),
+            gauge=attribute("sched", "migrations_per_s"),
         ),
         Quantity(
             "sched.involuntary_per_s",
@@ -129,7 +130,7 @@ QUANTITIES: dict[str, Quantity] = {
             "sched",
             "Involuntary context switches (preemptions) per second in the window.",
             "sum by ({by}) (rate(wasmtop_involuntary_switches_total[{window}]))",
-            gauge=_attr("sched", "involuntary_per_s"),
+            gauge=attribute("sched", "involuntary_per_s"),
         ),
         Quantity(
             "sched.affinity_stability",
@@ -138,7 +139,7 @@ QUANTITIES: dict[str, Quantity] = {
             "sched",
             "Migrations per context switch in the window (0 = never moved).",
             "max by ({by}) (wasmtop_affinity_stability_ratio)",
-            gauge=_attr("sched", "affinity_stability"),
+            gauge=attribute("sched", "affinity_stability"),
         ),
         Quantity(
             "sched.cpu_skew_ratio",
@@ -148,7 +149,7 @@ QUANTITIES: dict[str, Quantity] = {
             "Entropy of the workload's CPU time over its allowed CPUs / an even spread's "
             "(1 = even, 0 = all on one CPU).",
             "max by ({by}) (wasmtop_cpu_skew_ratio)",
-            gauge=_attr("sched", "cpu_skew_ratio"),
+            gauge=attribute("sched", "cpu_skew_ratio"),
         ),
         Quantity(
             "net.bypass_ratio",
@@ -159,7 +160,7 @@ QUANTITIES: dict[str, Quantity] = {
             "sum by ({by}) (rate(wasmtop_bypass_bytes_total[{window}])) / (sum by ({by}) "
             "(rate(wasmtop_bypass_bytes_total[{window}])) + sum by ({by}) "
             "(rate(wasmtop_stack_bytes_total[{window}])))",
-            gauge=_attr("net", "bypass_ratio"),
+            gauge=attribute("net", "bypass_ratio"),
         ),
         *(
             Quantity(
@@ -170,7 +171,7 @@ QUANTITIES: dict[str, Quantity] = {
                 f"{label} of the workload's request latency over the collector's sliding "
                 "window (exact, nearest rank).",
                 _LATENCY % f'"{q}"',
-                gauge=_attr("requests", "latency_ms", name),
+                gauge=attribute("requests", "latency_ms", name),
             )
             for name, q, label in (
                 ("p50", "0.5", "P50"),
@@ -187,7 +188,7 @@ QUANTITIES: dict[str, Quantity] = {
             None,
             "Resident memory of the workload's processes (MB = 10^6 bytes).",
             "max by ({by}) (wasmtop_rss_bytes) / 1e6",
-            gauge=_attr("runtime_metrics", "rss_bytes", scale=1e-6),
+            gauge=attribute("runtime_metrics", "rss_bytes", scale=1e-6),
         ),
         Quantity(
             "runtime.rss_growth_mb_per_min",
@@ -196,7 +197,7 @@ QUANTITIES: dict[str, Quantity] = {
             None,
             "Least-squares slope of the workload's RSS over `collector.growth_window_s`.",
             "max by ({by}) (wasmtop_rss_growth_bytes_per_second) * 60 / 1e6",
-            gauge=_attr("runtime_metrics", "rss_growth_mb_per_min"),
+            gauge=attribute("runtime_metrics", "rss_growth_mb_per_min"),
         ),
         Quantity(
             "runtime.cpu_percent",
@@ -205,7 +206,7 @@ QUANTITIES: dict[str, Quantity] = {
             None,
             "CPU use of the workload in the last sample (100 = one CPU).",
             "max by ({by}) (wasmtop_cpu_usage_ratio) * 100",
-            gauge=_attr("runtime_metrics", "cpu_percent"),
+            gauge=attribute("runtime_metrics", "cpu_percent"),
         ),
         Quantity(
             "runtime.cold_start_ms",

@@ -15,7 +15,18 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, Key, choice, compose, defaults, nonempty_text, number, read_tree
+from ..config import (
+    ConfigError,
+    Key,
+    child,
+    choice,
+    compose,
+    defaults,
+    node_where,
+    nonempty_text,
+    number,
+    read_tree,
+)
 from ..config import walk as walk_map
 from .quantities import QUANTITIES, Quantity
 
@@ -187,18 +198,14 @@ def parse(text: str, name: str = "<rules>") -> list[Rule]:
     return _checked(compose(text, name), name)
 
 
-def _where(name: str, node: yaml.Node) -> str:
-    return f"{name}:{node.start_mark.line + 1}"
-
-
 def _checked(root: yaml.Node | None, name: str) -> list[Rule]:
     if root is None:
         raise ConfigError(f"{name}:1: the file is empty: expected a map with a `rules:` list")
     top = {"rules": None}
     walk_map(root, {"rules": Key(None, lambda v: v, "")}, top, (), name)
-    items = next((v for k, v in root.value if k.value == "rules"), None)
+    items = child(root, "rules")
     if not isinstance(items, yaml.SequenceNode):
-        where = _where(name, items if items is not None else root)
+        where = node_where(name, items if items is not None else root)
         raise ConfigError(f"{where}: rules: expected a list of rules")
     return _unique([_rule(node, f"rules[{i}]", name) for i, node in enumerate(items.value)])
 
@@ -211,15 +218,11 @@ def _free_map(node: yaml.Node | None, parse: Callable[[Any], Any]) -> dict[str, 
     return {k.value: Key(None, parse, "") for k, _ in node.value if isinstance(k.value, str)}
 
 
-def _child(node: yaml.MappingNode, key: str) -> yaml.Node | None:
-    return next((v for k, v in node.value if k.value == key), None)
-
-
 def _rule(node: yaml.Node, path: str, name: str) -> Rule:
-    where = _where(name, node)
+    where = node_where(name, node)
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{where}: {path}: expected a map with name, quantity, threshold, ...")
-    labels_node, notes_node = _child(node, "labels"), _child(node, "annotations")
+    labels_node, notes_node = child(node, "labels"), child(node, "annotations")
     annotation_parsers = {"runbook_url": _runbook}
     schema = {
         **RULE_SCHEMA,
@@ -236,20 +239,20 @@ def _rule(node: yaml.Node, path: str, name: str) -> Rule:
             raise ConfigError(f"{where}: {path}: {key} is missing: expected {spec.doc}")
     for label in out["labels"]:
         if label in RESERVED_LABELS or not _NAME.fullmatch(label) or label.startswith("__"):
-            line = _where(name, labels_node)
+            line = node_where(name, labels_node)
             raise ConfigError(
                 f"{line}: {path}.labels.{label}: expected a label name of letters, digits and _ "
                 f"other than {', '.join(RESERVED_LABELS)} (wasmtop sets those)"
             )
     if "summary" not in out["annotations"]:
-        line = _where(name, notes_node if notes_node is not None else node)
+        line = node_where(name, notes_node if notes_node is not None else node)
         raise ConfigError(f"{line}: {path}.annotations.summary is missing: expected a summary")
     q: Quantity = out["quantity"]
     cmp = out["comparator"]
 
     def fail(key: str, expected: str) -> ConfigError:
-        at = _child(node, key)
-        line = _where(name, at if at is not None else node)
+        at = child(node, key)
+        line = node_where(name, at if at is not None else node)
         return ConfigError(f"{line}: {path}.{key}: {expected}")
 
     if out["for"] is not None and out["consecutive"] is not None:

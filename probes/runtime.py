@@ -396,6 +396,28 @@ def ignore_stop_signals() -> None:
             return
 
 
+def _raise_terminated(signum: int, _frame: object) -> None:
+    ignore_stop_signals()  # a second signal must not interrupt the detaching
+    raise Terminated(signum)
+
+
+def raise_terminated_on(*signals: int) -> dict[int, Any]:
+    """Make these signals raise Terminated in the main thread; the handlers they had, for
+    restore_handlers(). Outside the main thread nothing changes (its owner handles signals)."""
+    saved: dict[int, Any] = {}
+    for sig in signals:
+        try:
+            saved[sig] = signal.signal(sig, _raise_terminated)
+        except ValueError:
+            break
+    return saved
+
+
+def restore_handlers(saved: dict[int, Any]) -> None:
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM/SIGINT so every ``finally`` detaches."""
 
@@ -487,20 +509,11 @@ class ProbeSet:
                 probe.close()
 
     def _install_signal_handlers(self) -> None:
-        def raise_terminated(signum: int, _frame: object) -> None:
-            ignore_stop_signals()  # a second signal must not interrupt the detaching
-            raise Terminated(signum)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._saved_handlers[sig] = signal.signal(sig, raise_terminated)
-            except ValueError:  # not the main thread: the owner handles signals
-                break
+        self._saved_handlers = raise_terminated_on(signal.SIGTERM, signal.SIGINT)
 
     def _restore_signal_handlers(self) -> None:
-        for sig, handler in self._saved_handlers.items():
-            signal.signal(sig, handler)
-        self._saved_handlers.clear()
+        restore_handlers(self._saved_handlers)
+        self._saved_handlers = {}
 
 
 def sleep_draining(

@@ -59,8 +59,17 @@ cidr_arg = checked_arg(config.cidr)
 comm_arg = checked_arg(config.comm_name)
 
 
-def add_scheduling_and_rules(p: argparse.ArgumentParser) -> None:
-    """--scheduling and --rules, alike wherever the collector runs in this process."""
+def add_collector_arguments(p: argparse.ArgumentParser) -> None:
+    """--threshold-ms, --scheduling and --rules, alike wherever the collector runs in this
+    process."""
+    p.add_argument(
+        "--threshold-ms",
+        type=non_negative_ms,
+        default=50.0,
+        metavar="T",
+        help="preemption delays of at least T ms are reported one by one with the "
+        "preempting task (default 50)",
+    )
     p.add_argument(
         "--scheduling",
         choices=("idle", "normal"),
@@ -134,14 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--cgroup",
         metavar="PATH",
         help="only tasks in this cgroup v2 subtree (path under the cgroup2 mount)",
-    )
-    snap.add_argument(
-        "--threshold-ms",
-        type=non_negative_ms,
-        default=50.0,
-        metavar="T",
-        help="preemption delays of at least T ms are reported one by one with the "
-        "preempting task (default 50)",
     )
     snap.add_argument(
         "--ringbuf-pages",
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="RSS growth (MB/min) is the least-squares slope over the last S seconds of "
         "samples, one a second (default 300; a snapshot shorter than S covers its own length)",
     )
-    add_scheduling_and_rules(snap)
+    add_collector_arguments(snap)
     snap.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules")
     snap.add_argument(
         "--max-events",
@@ -389,9 +390,7 @@ def snapshot_evaluator(files: Sequence[str], threshold_ms: float) -> Any:
     """An evaluator of the given rule files (the shipped ones by default) for a Snapshot taken
     with --threshold-ms; rules that need preemptions the kernel will not report are left out,
     with a note."""
-    import socket
-
-    from .alerts.evaluate import Evaluator
+    from .alerts.evaluate import Evaluator, default_node
     from .alerts.rules import below_reporting_floor, load_all
 
     rules = load_all(files)
@@ -403,7 +402,7 @@ def snapshot_evaluator(files: Sequence[str], threshold_ms: float) -> Any:
             file=sys.stderr,
         )
     kept = [r for r in rules if r not in skipped]
-    return Evaluator(kept, node=os.environ.get("NODE_NAME") or socket.gethostname())
+    return Evaluator(kept, node=default_node())
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -277,18 +277,19 @@ def _checked(root: yaml.Node | None, name: str) -> Config:
     return config
 
 
-def _where(name: str, node: yaml.Node) -> str:
+def node_where(name: str, node: yaml.Node) -> str:
+    """``FILE:LINE`` of a node, for messages."""
     return f"{name}:{node.start_mark.line + 1}"
 
 
 def walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, name: str) -> None:
     dotted = ".".join(path) or "the top level"
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{_where(name, node)}: {dotted}: expected a map of keys")
+        raise ConfigError(f"{node_where(name, node)}: {dotted}: expected a map of keys")
     seen: set[str] = set()
     for key_node, value_node in node.value:
         key = key_node.value
-        where = _where(name, key_node)
+        where = node_where(name, key_node)
         full = ".".join((*path, str(key)))
         if key not in schema:
             raise ConfigError(
@@ -307,7 +308,7 @@ def walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, nam
         try:
             out[key] = spec.parse(value)
         except ValueError as exc:
-            raise ConfigError(f"{_where(name, value_node)}: {full}: {exc}") from None
+            raise ConfigError(f"{node_where(name, value_node)}: {full}: {exc}") from None
 
 
 def _cross_checks(config: Config, root: yaml.Node, name: str) -> None:
@@ -359,15 +360,20 @@ def config_relative(value: str, config_name: str) -> Path:
     return p if p.is_absolute() else Path(config_name).parent / p
 
 
+def child(node: yaml.Node, key: str) -> yaml.Node | None:
+    """The value node of ``key`` in a mapping node; None when absent (or not a mapping)."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+
+
 def _line_of(root: yaml.Node, path: tuple[str, ...]) -> int:
     node = root
     for key in path:
-        for k, v in getattr(node, "value", []):
-            if getattr(k, "value", None) == key:
-                node = v
-                break
-        else:
+        found = child(node, key)
+        if found is None:
             break
+        node = found
     return node.start_mark.line + 1
 
 

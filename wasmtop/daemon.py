@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -44,8 +43,7 @@ def load_rules(config: Config, config_path: Path) -> list[Any]:
     a = config["alerts"]
     if not a["enabled"]:
         return []
-    files = [p if Path(p).is_absolute() else config_path.parent / p for p in a["rule_files"]]
-    rules = load_rule_files(files)
+    rules = load_rule_files([config_relative(p, str(config_path)) for p in a["rule_files"]])
     floor = config["probes"]["sched"]["threshold_ms"]
     for r in below_reporting_floor(rules, floor):
         raise ConfigError(
@@ -60,10 +58,7 @@ def load_rules(config: Config, config_path: Path) -> list[Any]:
 def web_config_path(config: Config, config_path: Path) -> Path | None:
     """The web config file, relative to the config file's directory when relative."""
     value = config["metrics"]["web_config_file"]
-    if value is None:
-        return None
-    p = Path(value)
-    return p if p.is_absolute() else config_path.parent / p
+    return None if value is None else config_relative(value, str(config_path))
 
 
 def grpc_tls_files(config: Config, config_path: Path) -> tuple[str | None, str | None]:
@@ -83,7 +78,9 @@ def node_resource() -> dict[str, str]:
 
 
 def node_name(config: Config) -> str:
-    return config["alerts"]["node"] or os.environ.get("NODE_NAME") or socket.gethostname()
+    from .alerts.evaluate import default_node
+
+    return config["alerts"]["node"] or default_node()
 
 
 class Daemon:

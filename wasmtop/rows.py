@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .alerts.quantities import QUANTITIES, attribute
 from .collector.model import Snapshot, Workload
 
 # (header with unit, width) in display order.
@@ -130,16 +131,18 @@ class Column:
     left: bool = False
 
 
-def _get(*path: str, scale: float = 1.0) -> Callable[[Workload], Any]:
-    def read(w: Workload) -> Any:
-        value: Any = w
-        for name in path:
-            value = getattr(value, name, None)
-            if value is None:
-                return None
-        return value * scale if scale != 1.0 else value
-
-    return read
+def measure(
+    header: str,
+    width: int,
+    quantity: str,
+    text: Callable[[Any], str],
+    priority: int,
+    also: tuple[str, ...] = (),
+) -> Column:
+    """A column showing an alert quantity's value, read the way the rules read it."""
+    read = QUANTITIES[quantity].gauge
+    assert read is not None, quantity
+    return Column(header, width, read, text, (quantity, *also), priority)
 
 
 def _fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
@@ -153,26 +156,19 @@ def kind_text(w: Workload) -> str:
 TOP_COLUMNS = (
     Column("WORKLOAD", 24, workload_name, str, left=True),
     Column("KIND", 13, kind_text, str, priority=6, left=True),
-    Column("MIGR/s", 7, _get("sched", "migrations_per_s"), _fixed(1),
-           ("sched.migrations_per_s",), priority=2),
-    Column("STABIL", 7, _get("sched", "affinity_stability"), _fixed(3),
-           ("sched.affinity_stability",), priority=7),
-    Column("SKEW", 5, _get("sched", "cpu_skew_ratio"), _fixed(2), ("sched.cpu_skew_ratio",),
-           priority=8),
-    Column("INVOL/s", 8, _get("sched", "involuntary_per_s"), _fixed(1),
-           ("sched.involuntary_per_s",), priority=1),
-    Column("PRE p99 ms", 11, _get("sched", "preempt_delay_us", "p99", scale=1e-3), _fixed(2),
-           ("sched.preempt_delay_p99_ms", "sched.preempt_delay_ms"), priority=0),
-    Column("BYPASS %", 9, _get("net", "bypass_ratio"), _fixed(1, 100), ("net.bypass_ratio",),
-           priority=9),
-    Column("RSS MB", 7, _get("runtime_metrics", "rss_bytes", scale=1e-6), _fixed(1),
-           ("runtime.rss_mb",), priority=5),
-    Column("GROW MB/m", 10, _get("runtime_metrics", "rss_growth_mb_per_min"), _fixed(2),
-           ("runtime.rss_growth_mb_per_min",), priority=4),
-    Column("COLD ms", 8, _get("runtime_metrics", "cold_start_ms"), _fixed(1),
+    measure("MIGR/s", 7, "sched.migrations_per_s", _fixed(1), 2),
+    measure("STABIL", 7, "sched.affinity_stability", _fixed(3), 7),
+    measure("SKEW", 5, "sched.cpu_skew_ratio", _fixed(2), 8),
+    measure("INVOL/s", 8, "sched.involuntary_per_s", _fixed(1), 1),
+    measure("PRE p99 ms", 11, "sched.preempt_delay_p99_ms", _fixed(2), 0,
+            also=("sched.preempt_delay_ms",)),
+    measure("BYPASS %", 9, "net.bypass_ratio", _fixed(1, 100), 9),
+    measure("RSS MB", 7, "runtime.rss_mb", _fixed(1), 5),
+    measure("GROW MB/m", 10, "runtime.rss_growth_mb_per_min", _fixed(2), 4),
+    # The last cold start (the rules watch each one as an event).
+    Column("COLD ms", 8, attribute("runtime_metrics", "cold_start_ms"), _fixed(1),
            ("runtime.cold_start_ms",), priority=10),
-    Column("REQ p99 ms", 11, _get("requests", "latency_ms", "p99"), _fixed(2),
-           ("requests.latency_ms.p99",), priority=3),
+    measure("REQ p99 ms", 11, "requests.latency_ms.p99", _fixed(2), 3),
 )  # fmt: skip
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import signal
 import sys
 import termios
 import time
@@ -28,7 +27,7 @@ ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1bOA": "up", "\x1bOB": "down"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_scheduling_and_rules, non_negative_ms, positive_seconds
+    from .cli import add_collector_arguments, positive_seconds
 
     p.add_argument(
         "--connect",
@@ -49,14 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one plain table after the first refresh and exit 0",
     )
-    p.add_argument(
-        "--threshold-ms",
-        type=non_negative_ms,
-        default=50.0,
-        metavar="T",
-        help="preemptions of at least T ms are listed one by one (default 50)",
-    )
-    add_scheduling_and_rules(p)
+    add_collector_arguments(p)
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -215,18 +207,13 @@ def terminated_on_sigterm() -> Iterator[None]:
     """SIGTERM, SIGINT and SIGHUP (the terminal closed) raise Terminated here too (the probes'
     ProbeSet does the same for the first two while it runs), so every exit path goes through
     the ``finally`` blocks: the terminal is restored and the probes detached."""
-    from .probes.runtime import STOP_SIGNALS, Terminated, ignore_stop_signals
+    from .probes.runtime import STOP_SIGNALS, raise_terminated_on, restore_handlers
 
-    def raise_terminated(signum: int, _frame: object) -> None:
-        ignore_stop_signals()
-        raise Terminated(signum)
-
-    saved = {s: signal.signal(s, raise_terminated) for s in STOP_SIGNALS}
+    saved = raise_terminated_on(*STOP_SIGNALS)
     try:
         yield
     finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
+        restore_handlers(saved)
 
 
 # -- the loop ----------------------------------------------------------------------------------
