@@ -8,6 +8,7 @@ import http.client
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -195,8 +196,14 @@ def test_a_request_is_charged_exactly_its_threads_preemption_delay():
     assert charged_ms == pytest.approx(thread_delay_ns[hot[0].tid] / 1e6, rel=0.05)
     # Half of each request's wall time is waiting for the hog to give the CPU back.
     assert charged_ms > 0.3 * sum(t.duration_ms for t in hot)
+    # The uncontended server's thread is charged its own (small) delay, not the hog's: never more
+    # than its thread waited in its whole life. CPU 0 is shared with the test and the collector,
+    # so a request there may wait a few ms: compare the typical request.
     calm_ms = sum(t.preempted_ms for t in calm)
-    assert calm_ms < 0.05 * charged_ms, [t.preempted_ms for t in calm]
+    assert calm_ms <= thread_delay_ns[calm[0].tid] / 1e6 + 1e-6
+    assert statistics.median(t.preempted_ms for t in calm) < 0.1 * statistics.median(
+        t.preempted_ms for t in hot
+    ), ([t.preempted_ms for t in calm], [t.preempted_ms for t in hot])
 
 
 MALFORMED = {
