@@ -79,9 +79,13 @@ def daemon(
     scheme: str = "http",
     ready_auth: tuple[str, str] | None = None,
     cafile: Path | None = None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Daemon]:
     """`wasmtop daemon` on a free loopback port with ``config`` (merged over metrics.listen),
-    once /readyz says ready. Stopped with SIGTERM after; nothing of ours may stay loaded."""
+    once /readyz says ready. Stopped with SIGTERM after; nothing of ours may stay loaded.
+    ``command``: what runs in place of `wasmtop` (e.g. the image's entry point behind setpriv),
+    given the same arguments."""
     port = free_port()
     cfg = {**(config or {})}
     cfg["metrics"] = {"listen": f"127.0.0.1:{port}", **cfg.get("metrics", {})}
@@ -91,7 +95,10 @@ def daemon(
     path.write_text(yaml.safe_dump(cfg))
     err = open(str(path) + ".stderr", "w")
     proc = subprocess.Popen(
-        [*wasmtop_cmd(), "daemon", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=err
+        [*(command or wasmtop_cmd()), "daemon", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        env=env,
     )
     d = Daemon(proc, path, port, scheme)
 
