@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv run test lint format bench clean
+.PHONY: setup system venv crd-validator run test lint format bench clean
 
-setup: system venv
+setup: system venv crd-validator
 
 system:
 	@bash scripts/setup-system.sh
@@ -26,6 +26,15 @@ $(STAMP): pyproject.toml setup.py $(wildcard wasmtop/proto/*/*/*.proto)
 	@$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# The prometheus-operator CRD schemas the manifest tests validate ServiceMonitor and
+# PrometheusRule against (npm registry; versions pinned by package-lock.json).
+CRD := tests/deploy/crd
+crd-validator: $(CRD)/node_modules/.package-lock.json
+
+$(CRD)/node_modules/.package-lock.json: $(CRD)/package.json $(CRD)/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix $(CRD) --no-audit --no-fund --silent; \
+	  else echo "setup: npm not found: the CRD manifest test will be skipped" >&2; fi
+
 run: setup
 	$(BIN)/wasmtop
 
@@ -38,4 +47,4 @@ bench: setup
 	$(BIN)/python bench/sched_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(CRD)/node_modules

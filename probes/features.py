@@ -129,15 +129,29 @@ def headers_dir(release: str | None = None) -> Path:
     return Path("/lib/modules") / (release or platform.release()) / "build"
 
 
+KHEADERS = Path("/sys/kernel/kheaders.tar.xz")  # CONFIG_IKHEADERS: BCC unpacks it into /tmp
+
+
 def check_kernel_headers() -> Feature:
+    """The headers BCC compiles against, in BCC's order: $BCC_KERNEL_SOURCE, the running
+    kernel's build directory, the kernel's own archive (CONFIG_IKHEADERS)."""
+    source = os.environ.get("BCC_KERNEL_SOURCE")
+    if source:
+        if (Path(source) / "include").is_dir():
+            return Feature("kernel_headers", OK, f"BCC_KERNEL_SOURCE={source}", True)
+        return Feature(
+            "kernel_headers", UNAVAILABLE, f"BCC_KERNEL_SOURCE={source} has no include/", True
+        )
     build = headers_dir()
     if (build / "include").is_dir():
         return Feature("kernel_headers", OK, f"{build} -> {build.resolve()}", True)
+    if KHEADERS.exists():
+        return Feature("kernel_headers", OK, f"{KHEADERS} (CONFIG_IKHEADERS)", True)
     return Feature(
         "kernel_headers",
         UNAVAILABLE,
         f"{build} missing: run `make setup` (installs linux-headers-$(dpkg --print-architecture)"
-        " and links it for this kernel)",
+        " and links it for this kernel), or set BCC_KERNEL_SOURCE to a kernel header tree",
         True,
     )
 

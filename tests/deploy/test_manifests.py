@@ -1,0 +1,272 @@
+"""The Kubernetes manifests (issue: Kubernetes, test 1): every resource validates against the
+Kubernetes OpenAPI schemas, the DaemonSet grants exactly what docs/deploy.md lists, and the
+generated pieces (ConfigMap files, PrometheusRule) match what they are generated from."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from support import wasmtop_cmd
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "deploy/kubernetes"
+BASE = KUBE / "base"
+BUILDS = ["base", "overlays/example", "overlays/legacy-kernel"]
+K8S_VERSION = "1.37.0"  # the newest kubernetes-validate knows: a current Kubernetes
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+DOC = (ROOT / "docs/deploy.md").read_text()
+
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed"
+)
+
+
+def kustomize(build: str) -> list[dict]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KUBE / build)], capture_output=True, text=True, check=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def base_files() -> list[dict]:
+    """The base's resources as written (each file a complete manifest)."""
+    kz = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    docs = []
+    for name in kz["resources"]:
+        docs += [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
+    return docs
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, (kind, len(found))
+    return found[0]
+
+
+def validate(docs: list[dict]) -> set[tuple[str, str]]:
+    """Validate every core resource strictly (unknown fields refused); return the kinds seen."""
+    kinds = set()
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        kinds.add(key)
+        if key in CRDS:
+            continue  # not in the Kubernetes schemas: checked by the tests below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    return kinds
+
+
+def documented_capabilities() -> list[str]:
+    return re.findall(r"^\| `([A-Z_]+)` \|", DOC, flags=re.M)
+
+
+def test_every_file_of_the_base_validates_as_written():
+    kinds = validate(base_files())
+    assert {k for _, k in kinds} == {
+        "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
+        "Service", "ServiceMonitor", "PrometheusRule",
+    }  # fmt: skip
+
+
+@needs_kubectl
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_kustomize_build_validates(build):
+    docs = kustomize(build)
+    kinds = {k for _, k in validate(docs)}
+    assert "ConfigMap" in kinds and "DaemonSet" in kinds
+    # The generated ConfigMap is the one the DaemonSet mounts (hash suffix and all).
+    cm = one(docs, "ConfigMap")
+    ds = one(docs, "DaemonSet")
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert all(d["metadata"].get("namespace") in (None, "wasmtop") for d in docs)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_config_the_pod_sees_is_valid(build, tmp_path):
+    """The ConfigMap's files, written out as the pod mounts them, pass `wasmtop daemon --check`
+    (which loads the rule files it names, relative to the config)."""
+    cm = one(kustomize(build), "ConfigMap")
+    assert set(cm["data"]) == {"wasmtop.yaml", "rules.yaml"}
+    for name, text in cm["data"].items():
+        (tmp_path / name).write_text(text)
+    check = subprocess.run(
+        [*wasmtop_cmd(), "daemon", "--check", "--config", str(tmp_path / "wasmtop.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "6 alert rules" in check.stdout + check.stderr
+    config = yaml.safe_load(cm["data"]["wasmtop.yaml"])
+    assert config["metrics"]["listen"] == "0.0.0.0:9464"  # scraped from the node's address
+
+
+def container(docs: list[dict]) -> dict:
+    (c,) = one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_the_daemonset_is_not_privileged_and_adds_exactly_the_documented_capabilities():
+    docs = base_files()
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    text = (BASE / "daemonset.yaml").read_text()
+    assert not re.search(r"^\s*privileged:\s*true", text, flags=re.M)
+    sc = container(docs)["securityContext"]
+    assert sc.get("privileged", False) is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    documented = documented_capabilities()
+    assert documented == ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "SYS_NICE"]
+    assert sorted(sc["capabilities"]["add"]) == sorted(documented)
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "SYS_ADMIN" not in sc["capabilities"]["add"]
+
+
+def test_the_legacy_kernel_overlay_is_the_only_build_with_sys_admin():
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with kustomize) is not installed")
+    adds = {b: container(kustomize(b))["securityContext"]["capabilities"]["add"] for b in BUILDS}
+    assert [b for b, a in adds.items() if "SYS_ADMIN" in a] == ["overlays/legacy-kernel"]
+    assert "BPF" not in adds["overlays/legacy-kernel"]  # no such capability before 5.8
+    assert "SYS_RESOURCE" in adds["overlays/legacy-kernel"]  # memlock accounting before 5.11
+    assert adds["overlays/example"] == adds["base"]
+
+
+def test_it_runs_on_every_node_with_the_node_name_and_the_documented_mounts():
+    docs = base_files()
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert "nodeSelector" not in pod and "affinity" not in pod
+    assert pod["hostPID"] is True and pod["hostNetwork"] is True
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # Every host path mounted is in docs/deploy.md's mount table and in the Dockerfile's header.
+    host = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    table = set(re.findall(r"^\| `(/[^`]+)`(?:, `(/[^`]+)`)? \|", DOC, flags=re.M))
+    documented = {p for row in table for p in row if p} - {"/proc"}
+    assert host == documented
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
+    assert all(f"#   {p}" in dockerfile or f", {p}" in dockerfile for p in host), host
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    writable = {m["mountPath"] for m in mounts.values() if not m.get("readOnly")}
+    assert writable == {"/sys/fs/bpf", "/run/wasmtop", "/tmp"}
+
+
+def test_resources_cover_the_measured_memory():
+    res = container(base_files())["resources"]
+    measured = re.search(r"\| `wasmtop daemon`[^|]*\| ([\d.]+) MiB \| ([\d.]+) MiB \|",
+                         (ROOT / "docs/benchmarks.md").read_text())  # fmt: skip
+    assert measured, "docs/benchmarks.md lost its daemon memory row"
+    hwm_mib = float(measured.group(2))
+
+    def mib(q: str) -> float:
+        return float(q[:-2]) * (1024 if q.endswith("Gi") else 1)
+
+    assert mib(res["requests"]["memory"]) > hwm_mib
+    assert mib(res["limits"]["memory"]) >= 2 * mib(res["requests"]["memory"])
+    assert "cpu" in res["requests"] and "cpu" in res["limits"]
+
+
+def test_service_servicemonitor_and_container_name_the_same_ports():
+    docs = base_files()
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert ports == {"metrics": 9464, "grpc": 9465}
+    svc = one(docs, "Service")["spec"]
+    assert svc["clusterIP"] == "None"  # headless: one endpoint per node
+    assert {p["name"]: p["port"] for p in svc["ports"]} == ports
+    assert all(p["targetPort"] == p["name"] for p in svc["ports"])
+    sm = one(docs, "ServiceMonitor")["spec"]
+    labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert sm["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = sm["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    # The node's name becomes the `node` label the rendered rules group by.
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": "node",
+        "action": "replace",
+    } in endpoint["relabelings"]
+
+
+def test_the_rbac_reads_pods_and_nothing_else():
+    docs = base_files()
+    role = one(docs, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = one(docs, "ClusterRoleBinding")
+    sa = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "wasmtop"}
+    ]
+    ds = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert ds["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_the_configmap_rules_are_the_shipped_rules():
+    assert (BASE / "config/rules.yaml").read_bytes() == (
+        ROOT / "alerts/rules/default.yaml"
+    ).read_bytes()
+
+
+def test_the_prometheusrule_is_what_wasmtop_rules_render_writes(tmp_path):
+    out = tmp_path / "pr.yaml"
+    subprocess.run(
+        [*wasmtop_cmd(), "rules", "render", str(BASE / "config/rules.yaml"), "--format",
+         "prometheusrule", "--name", "wasmtop", "--namespace", "wasmtop", "-o", str(out)],
+        check=True,
+    )  # fmt: skip
+    assert (BASE / "prometheusrule.yaml").read_text() == out.read_text(), (
+        "regenerate it: the command is in docs/deploy.md"
+    )
+    # And Prometheus accepts its rules (promtool, on the spec's groups).
+    rule = yaml.safe_load(out.read_text())
+    assert rule["metadata"]["namespace"] == "wasmtop"
+    groups = tmp_path / "groups.yaml"
+    groups.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(groups)], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "SUCCESS: 6 rules found" in check.stdout, check.stdout
+
+
+CRD_VALIDATOR = Path(__file__).resolve().parent / "crd"
+
+
+def crd_validate(docs: list[dict]) -> subprocess.CompletedProcess:
+    if shutil.which("node") is None or not (CRD_VALIDATOR / "node_modules").is_dir():
+        pytest.skip("node or the CRD validator's packages are missing (make crd-validator)")
+    return subprocess.run(
+        ["node", str(CRD_VALIDATOR / "validate.mjs")],
+        input=json.dumps(docs),
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_servicemonitor_and_prometheusrule_validate_against_the_operators_crd_schemas():
+    crs = [d for d in base_files() if (d["apiVersion"], d["kind"]) in CRDS]
+    run = crd_validate(crs)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(run.stdout.split("\n")[:-1]) == [
+        "ok PrometheusRule wasmtop",
+        "ok ServiceMonitor wasmtop",
+    ]
+    # The validator refuses what the operator would: a relabel action that does not exist.
+    broken = copy.deepcopy(one(crs, "ServiceMonitor"))
+    broken["spec"]["endpoints"][0]["relabelings"][0]["action"] = "rename"
+    run = crd_validate([broken])
+    assert run.returncode == 1 and "relabelings/0/action" in run.stdout
