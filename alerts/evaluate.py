@@ -119,13 +119,13 @@ class Evaluator:
             else:
                 subjects = [(w.key, _workload_labels(w), None, w) for w in snap.workloads]
             steps: dict[str, tuple[bool, bool]] = {}
+            # A subject without state is stepped on a fresh instance, kept only if it crosses:
+            # the cap counts alert instances, not the subjects looked at.
+            fresh: dict[str, _Instance] = {}
             for key, labels, value, w in subjects:
                 inst = states.get(key)
                 if inst is None:
-                    if len(states) >= self.max_per_rule:
-                        self.suppressed[rule.name] = self.suppressed.get(rule.name, 0) + 1
-                        continue
-                    inst = states[key] = _Instance(labels)
+                    inst = fresh[key] = _Instance(labels)
                 inst.labels = labels
                 complete = True
                 if q.kind == "event":
@@ -146,6 +146,13 @@ class Evaluator:
                 else:
                     steps[key] = self._step_gauge(rule, inst, None, now)
             for key, (crossing, ready) in steps.items():
+                if key in fresh:
+                    if not crossing:
+                        continue  # no state, no streak: nothing to remember
+                    if len(states) >= self.max_per_rule:
+                        self.suppressed[rule.name] = self.suppressed.get(rule.name, 0) + 1
+                        continue
+                    states[key] = fresh[key]
                 inst = states[key]
                 state = self._decide(rule, inst, crossing, ready, now)
                 if state is not None:

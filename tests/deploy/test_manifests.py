@@ -199,6 +199,12 @@ def test_service_servicemonitor_and_container_name_the_same_ports():
         "targetLabel": "node",
         "action": "replace",
     } in endpoint["relabelings"]
+    # ...and the operator's target labels of the wasmtop pod never replace the workload's own.
+    drop = [r for r in endpoint["relabelings"] if r.get("action") == "labeldrop"]
+    assert [set(r["regex"].strip("()").split("|")) for r in drop] == [
+        {"namespace", "pod", "container", "service", "endpoint"}
+    ]
+    assert not endpoint.get("honorLabels")  # a scraped `node` must not override the relabel
 
 
 def test_the_rbac_reads_pods_and_nothing_else():

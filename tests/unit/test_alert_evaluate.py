@@ -276,6 +276,16 @@ def test_instances_per_rule_are_capped_and_the_rest_counted():
     assert e.suppressed == {"SlowP99Thrice": 3}
 
 
+def test_the_cap_counts_alerts_not_the_workloads_looked_at():
+    """Workloads below the threshold take no slot: a slow workload late in the order alerts."""
+    e = evaluator("SlowP99Thrice", max_per_rule=2)
+    ws = [workload(f"calm{i}", p99=1.0) for i in range(5)] + [workload("zslow", p99=20.0)]
+    for t in range(3):
+        r = e.evaluate(snap(*ws), now=t)
+    assert [(a.labels["workload"], a.state) for a in r.snapshot.alerts] == [("zslow", "firing")]
+    assert e.suppressed == {}
+
+
 @pytest.mark.parametrize("rules", [load_all([])])
 def test_reload_keeps_the_state_of_unchanged_rules(rules):
     old = Evaluator(rules, node="n1")
