@@ -44,7 +44,7 @@ from .quantiles import bucket_bounds, histogram_quantile
 from .runtime import DEFAULT_GROWTH_WINDOW_S, RuntimeFigures, RuntimeReader, RuntimeTracker
 from .sockets import SocketOwners
 from .topology import Topology
-from .workloads import ProcReader, WorkloadId, WorkloadResolver
+from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver
 
 K = TypeVar("K")
 P = TypeVar("P", bound=Probe)
@@ -137,11 +137,16 @@ class Collector:
         trace_selector: TraceSelector | None = None,
         requests: RequestTracker | None = None,
         growth_window_s: float = DEFAULT_GROWTH_WINDOW_S,
+        pods: PodDirectory | None = None,
     ) -> None:
         self.probes = probes
         self.proc_root = Path(proc_root)
         self.reader = ProcReader(proc_root)
-        self.resolver = WorkloadResolver(self.reader)
+        # ``pods``: pod names and RuntimeClasses (kubernetes.PodCache, filled by its own
+        # thread); without it pods are known by UID only.
+        self.pods = pods
+        self._pods_generation = pods.generation if pods is not None else 0
+        self.resolver = WorkloadResolver(self.reader, pods=pods)
         self.topology = topology or Topology.from_sysfs()
         self.max_events = max_events
         self.gc_every = gc_every
@@ -296,6 +301,11 @@ class Collector:
             return
         sel = self.selector
         wanted = set(probe.pids)
+        if self.pods is not None and self.pods.generation != self._pods_generation:
+            # A pod's RuntimeClass may have made its processes WebAssembly workloads: judge
+            # again (the selector only adds; a traced process stays traced).
+            self._pods_generation = self.pods.generation
+            self._considered.clear()
         for pid in pids:
             if pid in self._considered:
                 continue

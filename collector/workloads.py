@@ -3,6 +3,11 @@
 A workload is a Kubernetes container (pod UID + container id parsed from its cgroup path) or
 another container runtime's scope when the cgroup path names one; otherwise it is a single
 process (tgid), so that two processes on a plain host are two workloads.
+
+The cgroup path knows a pod only by its UID. Its namespace, name, RuntimeClass and container
+names come from the Kubernetes API (kubernetes.py) through a ``PodDirectory``: a lookup is a
+dict read, so a pod the API has not told about yet stays nameless and gets its names as soon as
+the directory has them.
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from .topology import parse_cpu_list
+
+if TYPE_CHECKING:
+    from .kubernetes import PodMeta
 
 WASM, CONTAINER, PROCESS = "wasm", "container", "process"
 
@@ -45,6 +54,10 @@ _LXC = re.compile(r"/lxc(?:\.payload\.|/)(?P<name>[^/]+)")
 # Executable / comm names and mapped-library stems of WebAssembly runtimes.
 _RUNTIME_EXES = {"wasmtime": "wasmtime", "wasmedge": "wasmedge", "spin": "spin", "wasmer": "wasmer"}
 _RUNTIME_LIBS = (("libwasmtime", "wasmtime"), ("libwasmedge", "wasmedge"), ("libwasmer", "wasmer"))
+# RuntimeClass names of WebAssembly runtimes (runwasi shims and their variants: "wasmtime",
+# "crun-wasmedge", "wasmer-v1"...), matched as substrings in this order: SpinKube's
+# "wasmtime-spin-v2" runs Spin apps (Spin embeds wasmtime), so spin goes first.
+_RUNTIME_CLASSES = ("spin", "wasmedge", "wasmer", "wasmtime")
 
 
 @dataclass(frozen=True)
@@ -92,11 +105,27 @@ def parse_cgroup_path(path: str) -> ContainerRef | None:
 
 @dataclass(frozen=True)
 class Pod:
-    namespace: str | None
+    namespace: str | None  # None until the Kubernetes API has told about the pod
     name: str | None
     uid: str
     container: str | None
     container_id: str | None
+    runtime_class: str | None = None  # spec.runtimeClassName
+
+
+class PodDirectory(Protocol):
+    """Pod metadata by pod UID (kubernetes.PodCache); ``get`` must not block."""
+
+    generation: int  # changes whenever any pod's metadata does
+
+    def get(self, uid: str) -> PodMeta | None: ...
+
+
+def runtime_of_class(runtime_class: str | None) -> str | None:
+    """The WebAssembly runtime a RuntimeClass name names (``wasmtime``, ``crun-wasmedge``,
+    ``wasmtime-spin-v2``), or None."""
+    name = (runtime_class or "").lower()
+    return next((r for r in _RUNTIME_CLASSES if r in name), None)
 
 
 @dataclass(frozen=True)
@@ -253,9 +282,12 @@ class WorkloadResolver:
     (a runtime may map its library after start). Processes that exit keep the identity they
     had when last seen, so their final counts still land on the right workload."""
 
-    def __init__(self, reader: ProcReader, refresh_s: float = 10.0) -> None:
+    def __init__(
+        self, reader: ProcReader, refresh_s: float = 10.0, pods: PodDirectory | None = None
+    ) -> None:
         self.reader = reader
         self.refresh_s = refresh_s
+        self.pods = pods
         self._cache: dict[int, ProcessInfo] = {}
 
     def process(self, pid: int) -> ProcessInfo | None:
@@ -270,7 +302,7 @@ class WorkloadResolver:
 
     def identify(self, pid: int) -> WorkloadId | None:
         info = self.process(pid)
-        return workload_of(info) if info else None
+        return workload_of(info, self.pods) if info else None
 
     def forget(self, pids: set[int]) -> None:
         for pid in pids:
@@ -280,16 +312,27 @@ class WorkloadResolver:
         return set(self._cache)
 
 
-def workload_of(info: ProcessInfo) -> WorkloadId:
+def workload_of(info: ProcessInfo, pods: PodDirectory | None = None) -> WorkloadId:
+    """The workload a process belongs to. A pod's names come from ``pods`` when it knows the
+    pod; its RuntimeClass makes it a WebAssembly workload when it names a runtime (a runwasi
+    shim runs the module in its own process, which shows no runtime by name or library)."""
     ref = info.container
     if ref is None:
         kind = WASM if info.runtime else PROCESS
         return WorkloadId(f"pid:{info.pid}", kind, info.runtime, info.comm, info.cgroup, None)
     pod = None
+    runtime = info.runtime
     if ref.pod_uid:
-        pod = Pod(None, None, ref.pod_uid, None, ref.container_id)
+        meta = pods.get(ref.pod_uid) if pods is not None else None
+        if meta is None:
+            pod = Pod(None, None, ref.pod_uid, None, ref.container_id)
+        else:
+            container = meta.containers.get(ref.container_id) if ref.container_id else None
+            pod = Pod(meta.namespace, meta.name, ref.pod_uid, container, ref.container_id,
+                      meta.runtime_class)  # fmt: skip
+            runtime = runtime or runtime_of_class(meta.runtime_class)
         key = f"pod:{ref.pod_uid}/{ref.container_id or 'pod'}"
     else:
         key = f"{ref.engine}:{ref.container_id}"
-    kind = WASM if info.runtime else CONTAINER
-    return WorkloadId(key, kind, info.runtime, info.comm, info.cgroup, pod)
+    kind = WASM if runtime else CONTAINER
+    return WorkloadId(key, kind, runtime, info.comm, info.cgroup, pod)

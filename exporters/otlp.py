@@ -86,6 +86,8 @@ ATTRIBUTE_NAMES = {
     "pod": "k8s.pod.name",
     "container": "k8s.container.name",
     "runtime": "wasmtop.runtime",
+    "kind": "wasmtop.workload.kind",
+    "runtime_class": "wasmtop.runtime_class",  # no semantic convention names a RuntimeClass
 }
 
 
@@ -572,5 +574,6 @@ def _workload_attributes(w: Workload | None) -> dict[str, Any] | None:
         "k8s.pod.uid": pod.uid,
         "k8s.container.name": pod.container,
         "container.id": pod.container_id,
+        "wasmtop.runtime_class": pod.runtime_class,
     }
     return {k: v for k, v in attrs.items() if v}

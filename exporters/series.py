@@ -8,7 +8,9 @@ times. One book serves both, so a name, a unit or a label means the same everywh
 Cardinality is bounded: the first ``max_workloads`` workloads get their own label set and keep
 it while they live; later ones are folded into ``workload="other"`` (their counters add up
 there; gauges are not exported for it) and counted. A workload not seen for ``stale_after_s``
-loses its series and frees its place.
+loses its series and frees its place. A workload's label set only gains: names that the
+Kubernetes API tells later fill in its empty labels (its counters go on under the new set), and
+a name never goes back to empty.
 """
 
 from __future__ import annotations
@@ -144,6 +146,11 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Time spent in the WebAssembly runtime's compile or instantiate API.",
         ("call",),
     ),
+    "wasmtop_workload_info": (
+        "gauge",
+        "1 for each workload with series of its own; kind and the pod's RuntimeClass as labels.",
+        ("kind", "runtime_class"),
+    ),
 }
 
 ALERT_LABELS = ("alertname", "severity", "workload", "namespace", "pod", "probe")
@@ -273,6 +280,9 @@ class SeriesBook:
                     self.aggregated_total += 1
                 self._other_keys[w.key] = now
                 return self._other
+        else:  # names learnt since (pod metadata) fill in; a known one is never blanked
+            old = self._labels[w.key]
+            self._labels[w.key] = tuple(n or o for n, o in zip(workload_labels(w), old))
         series.seen = now
         series.gauges.clear()  # gauges are the latest window's, never left over
         series.summary = None
@@ -289,6 +299,9 @@ class SeriesBook:
 
     def _fold(self, s: _Series, w: Workload, *, named: bool) -> None:
         gauge = s.gauges
+        if named:
+            runtime_class = (w.pod.runtime_class or "") if w.pod else ""
+            gauge[("wasmtop_workload_info", (w.kind, runtime_class))] = 1.0
         sched = w.sched
         if sched is not None:
             s.add("wasmtop_context_switches", sched.switches)

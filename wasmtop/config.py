@@ -121,6 +121,24 @@ def _url(v: Any) -> str:
     return v.rstrip("/")
 
 
+def _https_url(v: Any) -> str:
+    expected = f"expected an https:// URL such as https://10.43.0.1:443, got {v!r}"
+    try:
+        parts = urllib.parse.urlsplit(v) if isinstance(v, str) else None
+        port_ok = parts is not None and parts.port != 0  # .port raises when out of range
+    except ValueError:
+        raise ValueError(expected) from None
+    if not port_ok or parts.scheme != "https" or not parts.hostname or parts.query:
+        raise ValueError(expected)
+    return v.rstrip("/")
+
+
+def _auto_bool(v: Any) -> str | bool:
+    if v == "auto" or isinstance(v, bool):
+        return v
+    raise ValueError(f"expected auto, true or false, got {v!r}")
+
+
 def cidr(v: Any) -> str:
     try:
         return str(ipaddress.ip_network(v, strict=False))
@@ -226,6 +244,21 @@ SCHEMA: dict[str, Any] = {
     "alertmanager": {
         "urls": Key([], _list(_url), "Alertmanagers to post alerts to (each one)"),
         "resend_interval_s": Key(60.0, number(float, 1), "firing alerts re-sent this often"),
+    },
+    "kubernetes": {
+        "enabled": Key("auto", _auto_bool, "pod names from the API; auto: when in a pod"),
+        "node_name": Key(None, optional(nonempty_text), "node; null: $NODE_NAME, else host name"),
+        "api_server": Key(None, optional(_https_url), "null: $KUBERNETES_SERVICE_HOST:PORT"),
+        "token_file": Key(
+            "/var/run/secrets/kubernetes.io/serviceaccount/token", nonempty_text, "bearer token"
+        ),
+        "ca_file": Key(
+            "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+            optional(nonempty_text),
+            "CA of the API server; null: the system's roots",
+        ),
+        "timeout_s": Key(10.0, number(float, 0.1, 300), "wait for an answer of the API server"),
+        "resync_s": Key(300.0, number(float, 1, 86400), "full relist this often"),
     },
 }
 

@@ -6,16 +6,23 @@ publishes (the SeriesBook, the latest Snapshot), so a slow scrape, a slow gRPC c
 OTLP receiver never delays a ring-buffer drain.
 
 SIGHUP re-reads the config and the web config. A bad file is reported and the running config
-stays; a good one is applied: the HTTP listener, the gRPC API and the OTLP exporter are rebuilt
-when their sections changed, the probes are restarted when theirs did (the series keep counting).
+stays; a good one is applied: the HTTP listener, the gRPC API, the OTLP exporter and the
+Kubernetes pod watcher are rebuilt when their sections changed, the probes are restarted when
+theirs did (the series keep counting).
+
+Pod metadata (namespace, name, RuntimeClass, container names) comes from the Kubernetes API
+through a pod watcher on its own thread; the collector reads the cache it fills, which lives as
+long as the daemon so that probe restarts and watcher rebuilds keep what is known.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +79,32 @@ def grpc_tls_files(config: Config, config_path: Path) -> tuple[str | None, str |
     return resolved("tls_cert_file"), resolved("tls_key_file")
 
 
+def kubernetes_settings(
+    config: Config, config_path: Path, env: Mapping[str, str] = os.environ
+) -> tuple[Any, str | None]:
+    """(ApiSettings, None) when pod metadata is to be read from the API; else (None, why),
+    where ``why`` is None on a plain host with ``enabled: auto`` (nothing worth saying)."""
+    from .collector.kubernetes import ApiSettings, in_cluster_server
+
+    k = config["kubernetes"]
+    if k["enabled"] is False:
+        return None, "off (kubernetes.enabled: false)"
+    server = k["api_server"] or in_cluster_server(env)
+    token = str(config_relative(k["token_file"], str(config_path)))
+    ca = None if k["ca_file"] is None else str(config_relative(k["ca_file"], str(config_path)))
+    if server is None:
+        if k["enabled"] == "auto":
+            return None, None  # not in a pod: local mode
+        return None, (
+            "off: kubernetes.enabled is true but no API server is known "
+            "(set kubernetes.api_server, or run in a pod where KUBERNETES_SERVICE_HOST is set)"
+        )
+    if k["enabled"] == "auto" and not os.path.isfile(token):
+        return None, f"off: no service account token at {token} (automountServiceAccountToken?)"
+    node = k["node_name"] or env.get("NODE_NAME") or socket.gethostname()
+    return ApiSettings(server, node, token, ca, k["timeout_s"], k["resync_s"]), None
+
+
 def node_resource() -> dict[str, str]:
     node = os.environ.get("NODE_NAME")
     return {"k8s.node.name": node} if node else {}
@@ -85,6 +118,7 @@ def node_name(config: Config) -> str:
 
 class Daemon:
     def __init__(self, config_path: Path, config: Config, web: WebConfig, rules: list[Any]) -> None:
+        from .collector.kubernetes import PodCache
         from .exporters.series import SeriesBook
 
         self.config_path = config_path
@@ -104,6 +138,8 @@ class Daemon:
         self.http: HttpServer | None = None
         self.grpc: Any = None  # grpcapi.SnapshotServer, when grpc.enabled
         self.otlp: Any = None
+        self.pods = PodCache()  # what the pod watcher learnt; read by every collector
+        self.kube: Any = None  # collector.kubernetes.PodWatcher, while the API is watched
         self.metrics = MetricsCache(self._render, lambda: self.book.snapshots)
 
     # -- what the endpoints read -------------------------------------------------------------
@@ -133,6 +169,7 @@ class Daemon:
         ]
         fams += self._alert_families()
         fams += self._grpc_families()
+        fams += self._kubernetes_families()
         if self.otlp is not None:
             stats = self.otlp.stats()
             fams.append(
@@ -225,6 +262,51 @@ class Daemon:
             ),
         ]
 
+    def _kubernetes_families(self) -> list[Any]:
+        from .exporters.series import Family, Sample
+
+        k = self.kube
+        if k is None:
+            return []
+        requests = dict(k.requests)  # the watcher thread adds keys: iterate a copy
+        return [
+            Family(
+                "wasmtop_kubernetes_requests",
+                "counter",
+                "Requests to the Kubernetes API (list, watch) by outcome, counted when each ends.",
+                ("request", "outcome"),
+                [Sample(key, float(n)) for key, n in sorted(requests.items())],
+            ),
+            Family(
+                "wasmtop_kubernetes_watch_events",
+                "counter",
+                "Pod watch events applied to the cache, by type.",
+                ("type",),
+                [Sample((t,), float(n)) for t, n in k.events.items()],
+            ),
+            Family(
+                "wasmtop_kubernetes_malformed",
+                "counter",
+                "Pods of a list and lines of a watch stream that could not be read (ignored).",
+                ("request",),
+                [Sample((r,), float(n)) for r, n in k.malformed.items()],
+            ),
+            Family(
+                "wasmtop_kubernetes_pods",
+                "gauge",
+                "Pods of this node whose metadata is cached.",
+                (),
+                [Sample((), float(len(self.pods)))],
+            ),
+            Family(
+                "wasmtop_kubernetes_cache_synced",
+                "gauge",
+                "1 when the pod cache was listed and the watch since then is up.",
+                (),
+                [Sample((), 1.0 if self.pods.synced else 0.0)],
+            ),
+        ]
+
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.ready, {"ready": self.ready, "probes": self.probe_status}
 
@@ -271,6 +353,22 @@ class Daemon:
         )
         log(f"exporting OTLP to {o['endpoint']} every {o['interval_s']:g} s")
 
+    def start_kubernetes(self, old: Any = None) -> None:
+        """The pod watcher, when the ``kubernetes`` section and the environment ask for it;
+        ``old``: the watcher it replaces on a reload, whose counts go on. Never fails: an API
+        server that cannot be reached is retried, counted and logged by the watcher."""
+        from .collector.kubernetes import PodWatcher
+
+        settings, why = kubernetes_settings(self.config, self.config_path)
+        if settings is None:
+            self.kube = None
+            self.pods.clear()
+            if why:
+                log(f"pod metadata from the Kubernetes API: {why}")
+            return
+        self.kube = PodWatcher(settings, self.pods, log=log, counts_from=old).start()
+        log(f"watching the pods of node {settings.node} at {settings.server}")
+
     def make_evaluator(self) -> None:
         """The evaluator for the current rules, keeping the states of unchanged rules."""
         from .alerts.evaluate import Evaluator
@@ -315,6 +413,9 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
+        if self.kube is not None:
+            self.kube.close()
+            self.kube = None
 
     # -- reload ------------------------------------------------------------------------------
     def reload(self) -> bool:
@@ -356,6 +457,11 @@ class Daemon:
             if self.notifier is not None:
                 self.notifier.close()  # then the new one takes over what it had not sent
             self.start_notifier()
+        if new["kubernetes"] != old["kubernetes"]:
+            previous, self.kube = self.kube, None
+            if previous is not None:
+                previous.close()  # before the new one writes to the same cache
+            self.start_kubernetes(previous)
         restart = new["probes"] != old["probes"] or new["collector"] != old["collector"]
         log("config reloaded" + ("; restarting the probes" if restart else ""))
         return restart
@@ -403,6 +509,7 @@ class Daemon:
                 max_events=c["max_events"],
                 trace_selector=selector,
                 growth_window_s=c["growth_window_s"],
+                pods=self.pods,
             )
             tick_s = c["tick_s"]
             next_tick = time.monotonic() + tick_s
@@ -484,6 +591,7 @@ def run(config_path: str) -> int:
     try:
         daemon.start_otlp()
         daemon.start_notifier()
+        daemon.start_kubernetes()
         while daemon.run_pipeline():
             pass
     except Terminated as stop:

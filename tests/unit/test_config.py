@@ -52,12 +52,26 @@ def test_a_config_naming_only_metrics_listen_is_complete():
             "probes:\n  trace:\n    enabled: false\n    pids: [1]\n",
             "w.yaml:3: probes.trace.enabled: false, but probes.trace names processes",
         ),
+        ("kubernetes:\n  enabled: maybe\n", "w.yaml:2: kubernetes.enabled: expected auto, true or false, got 'maybe'"),
+        ("kubernetes:\n  api_server: http://10.43.0.1:443\n", "w.yaml:2: kubernetes.api_server: expected an https:// URL"),
+        ("kubernetes:\n  api_server: https://10.43.0.1:99999\n", "w.yaml:2: kubernetes.api_server: expected an https:// URL"),
+        ("kubernetes:\n  node_name: ''\n", "w.yaml:2: kubernetes.node_name: expected a non-empty string, got ''"),
+        ("kubernetes:\n  timeout_s: 0\n", "w.yaml:2: kubernetes.timeout_s: expected a number from 0.1 to 300, got 0"),
+        ("kubernetes:\n  resync_s: 0.5\n", "w.yaml:2: kubernetes.resync_s: expected a number from 1 to 86400, got 0.5"),
+        ("kubernetes:\n  token_file: null\n", "w.yaml:2: kubernetes.token_file: expected a non-empty string, got None"),
+        ("kubernetes:\n  watch: true\n", "w.yaml:2: kubernetes.watch: unknown key (expected one of: enabled, node_name"),
     ],
 )  # fmt: skip
 def test_each_mistake_names_file_line_key_and_expectation(text, message):
     with pytest.raises(ConfigError) as err:
         parse(text, "w.yaml")
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_kubernetes_enabled_is_auto_true_or_false():
+    assert defaults()["kubernetes"]["enabled"] == "auto"
+    for text, value in (("true", True), ("false", False), ("auto", "auto")):
+        assert parse(f"kubernetes:\n  enabled: {text}\n")["kubernetes"]["enabled"] == value
 
 
 def test_an_unreadable_file_says_so(tmp_path):
@@ -67,7 +81,7 @@ def test_an_unreadable_file_says_so(tmp_path):
 
 def test_the_shipped_example_is_valid_and_documents_every_key():
     example = ROOT / "deploy/wasmtop.yaml"
-    load(example)
+    assert load(example) == defaults()  # every key at its default, as the file says
     text, doc = example.read_text(), (ROOT / "docs/config.md").read_text()
     for key in schema_keys():
         assert f"`{key}`" in doc, f"docs/config.md does not document {key}"

@@ -42,6 +42,7 @@ def full_snapshot() -> Snapshot:
     w0 = dataclasses.replace(
         w0,
         cgroup="/kubepods/pod-0/app",
+        pod=dataclasses.replace(w0.pod, runtime_class="wasmtime-spin-v2"),
         sched=dataclasses.replace(w0.sched, migration_matrix=(migration,), cpu_skew_ratio=None),
         net=dataclasses.replace(
             w0.net,
@@ -146,6 +147,7 @@ def test_a_full_snapshot_survives_json_exactly_after_the_first_rounding():
     assert once.alerts[0] == s.alerts[0] and isinstance(once.alerts[0], Alert)
     assert isinstance(once.traces[0], Trace) and once.traces[0] == s.traces[0]
     assert once.workloads[0].pod == s.workloads[0].pod and isinstance(once.workloads[0].pod, Pod)
+    assert once.to_dict()["workloads"][0]["pod"]["runtime_class"] == "wasmtime-spin-v2"
     w = once.workloads[0]
     assert w.pids == (1000,) and isinstance(w.sched.allowed_cpus, tuple)
     assert w.sched.cpu_time_ns_by_cpu == s.workloads[0].sched.cpu_time_ns_by_cpu
@@ -186,6 +188,7 @@ def test_keys_an_older_server_lacks_take_their_defaults_or_null():
         del w[key]
     del w["sched"]["cpu_skew_ratio"]  # no default, but may be null
     del w["pod"]["namespace"]
+    del w["pod"]["runtime_class"]  # a server from before pod metadata
     got = snapshot_from_dict(d)
     assert got.events == Events() and got.traces == () and got.alerts == ()
     assert got.unattributed == Unattributed() and got.counters == {}
@@ -193,6 +196,7 @@ def test_keys_an_older_server_lacks_take_their_defaults_or_null():
     g0 = got.workloads[0]
     assert g0.net is None and g0.requests is None and g0.runtime_metrics is None
     assert g0.sched.cpu_skew_ratio is None and g0.pod.namespace is None
+    assert g0.pod.runtime_class is None and s.workloads[0].pod.runtime_class == "wasmtime-spin-v2"
     assert g0.sched == dataclasses.replace(s.workloads[0].sched, cpu_skew_ratio=None)
     assert got.workloads[1:] == s.workloads[1:]
     # NamedTuple fields without a default but nullable; one with neither is an error.

@@ -1,0 +1,562 @@
+"""Pod metadata from the Kubernetes API: which namespace, name and RuntimeClass a pod UID has,
+and which container name a container id has, for the pods of this node.
+
+The cgroup path of a process names its pod's UID and its container's id (workloads.py); the API
+server knows the rest. One daemon thread (``PodWatcher``) lists the node's pods
+(``fieldSelector=spec.nodeName=NODE``), then watches them from the list's resourceVersion and
+applies each event to a ``PodCache``. The collector only reads that cache: a lookup is a dict
+read, never a request, so a slow or dead API server cannot delay a tick.
+
+Failures never end the thread: every request ends with one counted outcome, a failed one is
+retried after an exponential backoff with jitter (capped), and each kind of failure is logged
+once. ``410 Gone`` or an ``ERROR`` event means the resourceVersion is too old: relist. The cache
+is relisted every ``resync_s`` anyway, so an event lost to a bug or a garbled line is mended.
+
+Standard library only (http.client, ssl): the Kubernetes client package would pull in a
+dependency tree for two GET requests.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_FILE = f"{SERVICE_ACCOUNT_DIR}/token"
+CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
+
+LIST, WATCH = "list", "watch"
+# Outcomes of a request (one per request, counted when it ends).
+OK = "ok"
+UNAUTHORIZED = "unauthorized"  # 401, 403: a bad or expired token, or RBAC
+GONE = "gone"  # 410: the resourceVersion is too old; relist
+THROTTLED = "throttled"  # 429
+CLIENT_ERROR = "client_error"  # any other 4xx
+SERVER_ERROR = "server_error"  # 5xx
+TIMEOUT = "timeout"  # no answer (or no data) within the timeout
+CONNECTION_ERROR = "connection_error"  # refused, reset, unreachable, name not resolved
+TLS_ERROR = "tls_error"  # handshake or verification failed, or the CA file does not load
+BAD_RESPONSE = "bad_response"  # not the JSON asked for, or cut off mid-object
+NO_TOKEN = "no_token"  # the token file cannot be read
+OUTCOMES = (OK, UNAUTHORIZED, GONE, THROTTLED, CLIENT_ERROR, SERVER_ERROR, TIMEOUT,
+            CONNECTION_ERROR, TLS_ERROR, BAD_RESPONSE, NO_TOKEN)  # fmt: skip
+EVENT_TYPES = ("added", "modified", "deleted", "bookmark", "error")
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+KEEP_DELETED_S = 120.0  # a deleted pod's names stay for the final counts of its processes
+MAX_BODY_BYTES = 64 << 20  # a list or one watch event larger than this is not a node's pods
+MAX_WATCH_S = 1800  # timeoutSeconds of one watch at most (the server closes it then)
+
+
+@dataclass(frozen=True)
+class PodMeta:
+    """What the API says about one pod."""
+
+    uid: str
+    namespace: str
+    name: str
+    runtime_class: str | None  # spec.runtimeClassName
+    containers: Mapping[str, str]  # container id (without the runtime:// prefix) -> name
+
+
+def container_id(raw: str) -> str:
+    """``containerd://<id>``, ``cri-o://<id>``, ``docker://<id>`` -> ``<id>``."""
+    return raw.split("://", 1)[1] if "://" in raw else raw
+
+
+def pod_meta(obj: Any) -> PodMeta:
+    """A PodMeta from a v1 Pod object (JSON); ValueError when it is not one."""
+    if not isinstance(obj, dict):
+        raise ValueError("not an object")
+    meta, spec, status = obj.get("metadata"), obj.get("spec") or {}, obj.get("status") or {}
+    if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(status, dict):
+        raise ValueError("metadata, spec or status is not an object")
+    uid, namespace, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
+    if not all(isinstance(v, str) and v for v in (uid, namespace, name)):
+        raise ValueError("metadata lacks uid, namespace or name")
+    runtime_class = spec.get("runtimeClassName")
+    if runtime_class is not None and not isinstance(runtime_class, str):
+        raise ValueError("spec.runtimeClassName is not a string")
+    containers: dict[str, str] = {}
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        statuses = status.get(key) or []
+        if not isinstance(statuses, list):
+            raise ValueError(f"status.{key} is not a list")
+        for s in statuses:
+            if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+                raise ValueError(f"status.{key} holds an entry without a name")
+            raw = s.get("containerID")  # absent until the container was created
+            if isinstance(raw, str) and raw:
+                containers[container_id(raw)] = s["name"]
+    return PodMeta(uid, namespace, name, runtime_class or None, containers)
+
+
+class PodCache:
+    """Pod UID -> PodMeta for the pods of this node.
+
+    One writer (the watcher thread) and any number of readers. Readers take no lock: a lookup
+    is one ``dict.get`` of a dict that the writer swaps whole or changes one key at a time,
+    which the interpreter does atomically. Deleted pods are kept ``keep_deleted_s`` more, so
+    the last counts of their processes still carry their names.
+    """
+
+    def __init__(self, keep_deleted_s: float = KEEP_DELETED_S) -> None:
+        self.keep_deleted_s = keep_deleted_s
+        self._pods: dict[str, PodMeta] = {}
+        self._deleted: dict[str, tuple[PodMeta, float]] = {}  # uid -> (pod, forget at)
+        self._write = threading.Lock()  # writers only (a reload may briefly overlap two)
+        self.synced = False  # listed, and the watch since then has not failed
+        self.generation = 0  # bumped on every change, for readers that cache what they derived
+
+    def get(self, uid: str) -> PodMeta | None:
+        pod = self._pods.get(uid)
+        if pod is not None:
+            return pod
+        gone = self._deleted.get(uid)
+        if gone is not None and time.monotonic() < gone[1]:
+            return gone[0]
+        return None
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def replace(self, pods: Iterable[PodMeta]) -> None:
+        """A full list: pods not in it are deleted."""
+        fresh = {p.uid: p for p in pods}
+        with self._write:
+            now = time.monotonic()
+            deleted = self._live_deleted(now)
+            for uid, pod in self._pods.items():
+                if uid not in fresh:
+                    deleted[uid] = (pod, now + self.keep_deleted_s)
+            for uid in fresh:
+                deleted.pop(uid, None)
+            if fresh != self._pods:
+                self.generation += 1
+            self._pods, self._deleted = fresh, deleted
+
+    def put(self, pod: PodMeta) -> None:
+        with self._write:
+            if self._pods.get(pod.uid) != pod:
+                self._pods[pod.uid] = pod
+                self.generation += 1
+            if pod.uid in self._deleted:
+                self._deleted = {k: v for k, v in self._deleted.items() if k != pod.uid}
+
+    def delete(self, uid: str) -> None:
+        with self._write:
+            pod = self._pods.pop(uid, None)
+            if pod is not None:
+                deleted = self._live_deleted(time.monotonic())
+                deleted[uid] = (pod, time.monotonic() + self.keep_deleted_s)
+                self._deleted = deleted
+                self.generation += 1
+
+    def clear(self) -> None:
+        """Forget everything (the API is no longer watched)."""
+        with self._write:
+            self._pods, self._deleted = {}, {}
+            self.synced = False
+            self.generation += 1
+
+    def _live_deleted(self, now: float) -> dict[str, tuple[PodMeta, float]]:
+        return {k: v for k, v in self._deleted.items() if v[1] > now}
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    server: str  # https://HOST:PORT
+    node: str  # the node whose pods are listed
+    token_file: str
+    ca_file: str | None  # None: the system's CA roots
+    timeout_s: float = 10.0  # connect, the response's headers, and each read of a list
+    resync_s: float = 300.0  # relist this often even when the watch runs fine
+    backoff_initial_s: float = BACKOFF_INITIAL_S
+    backoff_max_s: float = BACKOFF_MAX_S
+
+
+def in_cluster_server(env: Mapping[str, str] = os.environ) -> str | None:
+    """``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`` inside a pod, else None."""
+    host = env.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        return None
+    port = env.get("KUBERNETES_SERVICE_PORT") or "443"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def backoff_s(failures: int, initial_s: float, max_s: float, rand: Callable[[], float]) -> float:
+    """Exponential backoff with jitter: the n-th failure in a row waits a random time between
+    half and all of ``initial * 2**(n-1)``, capped at ``max_s``."""
+    base = min(max_s, initial_s * 2 ** min(max(failures - 1, 0), 30))
+    return base * (0.5 + 0.5 * rand())
+
+
+class _Failure(Exception):
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(f"{outcome}: {detail}")
+        self.outcome = outcome
+        self.detail = detail
+
+
+class PodWatcher:
+    """Lists and watches the node's pods into ``cache`` on a daemon thread until ``close()``.
+
+    ``requests[(request, outcome)]``, ``events[type]`` and ``malformed[request]`` count what
+    happened since start (``counts_from``: a watcher this one replaces, whose counts go on).
+    """
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        cache: PodCache,
+        *,
+        log: Callable[[str], None] = lambda _msg: None,
+        counts_from: PodWatcher | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.log = log
+        self.rand = rand
+        self.requests: dict[tuple[str, str], int] = {}
+        self.events: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
+        self.malformed: dict[str, int] = {LIST: 0, WATCH: 0}
+        if counts_from is not None:
+            self.requests = dict(counts_from.requests)
+            self.events = dict(counts_from.events)
+            self.malformed = dict(counts_from.malformed)
+        parts = urllib.parse.urlsplit(settings.server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"expected an https:// URL of the API server, got {settings.server!r}")
+        self._host, self._port = parts.hostname, parts.port or 443
+        self._base_path = parts.path.rstrip("/")
+        self._logged: set[str] = set()
+        self._version: str | None = None  # resourceVersion to watch from; None: list first
+        self._relist = False  # an event may have been lost: list before the next watch
+        self._stop = threading.Event()
+        self._conn_lock = threading.Lock()
+        self._conn: http.client.HTTPSConnection | None = None
+        self._thread = threading.Thread(target=self._run, name="wasmtop-kubernetes", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> PodWatcher:
+        self._thread.start()
+        return self
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread: a request in flight is cut off at once."""
+        with self._conn_lock:
+            self._stop.set()
+            sock = self._conn.sock if self._conn is not None else None  # the thread may drop it
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self.cache.synced = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        s = self.settings
+        next_list = 0.0
+        failures = 0  # in a row
+        while not self._stop.is_set():
+            started = time.monotonic()
+            wait = 0.0
+            try:
+                if self._version is None or self._relist or time.monotonic() >= next_list:
+                    self._list()
+                    next_list = time.monotonic() + s.resync_s
+                remaining = max(1, min(MAX_WATCH_S, round(next_list - time.monotonic())))
+                self._watch(remaining)
+                failures = 0  # only a whole list-and-watch round ends a run of failures
+                # A server that ends every watch at once must not make this a busy loop.
+                wait = max(0.0, started + s.backoff_initial_s - time.monotonic())
+            except _Failure as f:
+                self.cache.synced = False
+                if self._stop.is_set():
+                    break
+                failures += 1
+                if f.outcome == GONE:
+                    self._version = None  # relist: at once the first time
+                    wait = 0.0 if failures == 1 else self._backoff(failures - 1)
+                else:  # the watch goes on from the last version it saw (or the list is retried)
+                    wait = self._backoff(failures)
+                self._log_once(f.outcome, f"{f.detail}; retrying with backoff")
+            except Exception as exc:  # a bug must not end pod metadata for good
+                self.cache.synced = False
+                self._version = None
+                failures += 1
+                wait = self._backoff(failures)
+                self._log_once("internal", f"unexpected {type(exc).__name__}: {exc}")
+            if wait:
+                self._stop.wait(wait)
+
+    def _backoff(self, failures: int) -> float:
+        s = self.settings
+        return backoff_s(failures, s.backoff_initial_s, s.backoff_max_s, self.rand)
+
+    def _log_once(self, kind: str, message: str) -> None:
+        if kind not in self._logged:
+            self._logged.add(kind)
+            self.log(f"kubernetes: {message} (logged once per kind of failure)")
+
+    def _count(self, request: str, outcome: str) -> None:
+        if self._stop.is_set():
+            return  # cut off by close(): not the server's doing
+        key = (request, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    # -- requests ----------------------------------------------------------------------------
+    def _path(self, **query: str) -> str:
+        q = {"fieldSelector": f"spec.nodeName={self.settings.node}", **query}
+        return f"{self._base_path}/api/v1/pods?{urllib.parse.urlencode(q)}"
+
+    def _list(self) -> None:
+        """List the node's pods into the cache; watch from the list's resourceVersion."""
+        try:
+            with self._request(LIST, self._path()) as resp:
+                body = self._read_body(resp)
+            try:
+                doc = json.loads(body)
+                version = doc["metadata"]["resourceVersion"]
+                items = doc["items"]
+                if not isinstance(version, str) or not isinstance(items, list):
+                    raise TypeError("resourceVersion or items of the wrong type")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _Failure(BAD_RESPONSE, f"list pods: not a PodList ({exc})") from None
+        except _Failure as f:
+            self._count(LIST, f.outcome)
+            raise
+        pods = []
+        for item in items:
+            try:
+                pods.append(pod_meta(item))
+            except ValueError:
+                self.malformed[LIST] += 1  # one odd pod does not spoil the others
+        self.cache.replace(pods)
+        self.cache.synced = True
+        self._version, self._relist = version, False
+        self._count(LIST, OK)
+        if "synced" not in self._logged:
+            self._logged.add("synced")
+            self.log(f"kubernetes: {len(pods)} pods of node {self.settings.node} listed")
+
+    def _watch(self, timeout_s: int) -> None:
+        """Apply watch events until the server ends the stream. A line that is no event is
+        counted and skipped, and the pods are listed again afterwards: what it said is lost."""
+        assert self._version is not None
+        path = self._path(
+            watch="1",
+            resourceVersion=self._version,
+            allowWatchBookmarks="true",
+            timeoutSeconds=str(timeout_s),
+        )
+        try:
+            with self._request(WATCH, path) as resp:
+                # From here on the cache follows every change again (a watch replays what
+                # happened since the version it starts from).
+                self.cache.synced = not self._relist
+                # The server ends the stream after timeoutSeconds; wait that long for a line.
+                self._settimeout(timeout_s + self.settings.timeout_s)
+                while True:
+                    line = self._read_line(resp)
+                    if not line:
+                        break
+                    if not line.endswith(b"\n"):  # the stream broke off mid-event
+                        raise _Failure(BAD_RESPONSE, "watch pods: the stream ended mid-event")
+                    if line.strip() and not self._apply(line):
+                        self.malformed[WATCH] += 1
+                        self._relist = True
+                        self.cache.synced = False
+                        self._log_once("malformed", "watch pods: a line that is not a pod event")
+        except _Failure as f:
+            self._count(WATCH, f.outcome)
+            raise
+        self._count(WATCH, OK)
+
+    def _apply(self, line: bytes) -> bool:
+        """Apply one line of a watch stream; False when it is not a pod event."""
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return False
+        obj = event.get("object") if isinstance(event, dict) else None
+        kind = event.get("type") if isinstance(obj, dict) else None
+        if not isinstance(kind, str) or kind.lower() not in EVENT_TYPES:
+            return False
+        kind = kind.lower()
+        if kind == "error":  # a Status: 410 Expired, or something else gone wrong
+            self.events["error"] += 1
+            code, message = obj.get("code"), obj.get("message", "")
+            if code == 410:
+                raise _Failure(GONE, f"watch pods: resourceVersion too old ({message})")
+            outcome = outcome_of_status(code) if isinstance(code, int) else BAD_RESPONSE
+            raise _Failure(outcome, f"watch pods: ERROR event {code}: {message}")
+        meta = obj.get("metadata")
+        version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if kind == "bookmark":
+            if not isinstance(version, str) or not version:
+                return False
+            self.events["bookmark"] += 1
+        else:
+            try:
+                pod = pod_meta(obj)
+            except ValueError:
+                return False
+            self.events[kind] += 1
+            if kind == "deleted":
+                self.cache.delete(pod.uid)
+            else:
+                self.cache.put(pod)
+        if isinstance(version, str) and version:
+            self._version = version  # a failed watch goes on from here
+        return True
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def _request(self, request: str, path: str) -> _Response:
+        """Send a GET; the response once its status is 200, else _Failure."""
+        s = self.settings
+        try:
+            with open(s.token_file) as f:
+                token = f.read().strip()  # read each time: bound tokens are rotated
+        except OSError as exc:
+            raise _Failure(NO_TOKEN, f"cannot read {s.token_file}: {exc.strerror}") from None
+        if not token:
+            raise _Failure(NO_TOKEN, f"{s.token_file} is empty")
+        try:
+            context = ssl.create_default_context(cafile=s.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise _Failure(TLS_ERROR, f"cannot load the CA file {s.ca_file}: {exc}") from None
+        conn = http.client.HTTPSConnection(
+            self._host, self._port, timeout=s.timeout_s, context=context
+        )
+        with self._conn_lock:
+            self._conn = conn  # close() shuts its socket down once there is one
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "User-Agent": f"wasmtop/{__version__}",
+        }
+        what = f"{request} pods from {s.server}"
+        try:
+            conn.connect()
+            with self._conn_lock:  # a close() before the socket existed could not cut it
+                if self._stop.is_set():
+                    raise _Failure(CONNECTION_ERROR, "closing")
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+        except BaseException as exc:
+            self._drop(conn)
+            raise _failure_of(exc, what) from None
+        status = resp.status
+        if status == 200:
+            return _Response(self, conn, resp, what)
+        try:
+            detail = resp.read(4096).decode(errors="replace")
+            message = json.loads(detail).get("message", detail)
+        except Exception:
+            message = ""
+        self._drop(conn)
+        text = f"{what}: HTTP {status} {resp.reason}" + (f": {message}" if message else "")
+        raise _Failure(outcome_of_status(status), text)
+
+    def _settimeout(self, seconds: float) -> None:
+        with self._conn_lock:
+            sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            sock.settimeout(seconds)
+
+    def _drop(self, conn: http.client.HTTPSConnection) -> None:
+        with self._conn_lock:
+            if self._conn is conn:
+                self._conn = None
+        conn.close()
+
+    def _read_body(self, resp: _Response) -> bytes:
+        try:
+            body = resp.resp.read(MAX_BODY_BYTES + 1)
+        except BaseException as exc:
+            raise _failure_of(exc, resp.what) from None
+        if len(body) > MAX_BODY_BYTES:
+            raise _Failure(BAD_RESPONSE, f"{resp.what}: more than {MAX_BODY_BYTES} bytes")
+        return body
+
+    def _read_line(self, resp: _Response) -> bytes:
+        try:
+            line = resp.resp.readline(MAX_BODY_BYTES + 1)
+        except BaseException as exc:
+            raise _failure_of(exc, resp.what) from None
+        if len(line) > MAX_BODY_BYTES:
+            raise _Failure(BAD_RESPONSE, f"{resp.what}: an event of more than {MAX_BODY_BYTES}")
+        return line
+
+
+class _Response:
+    """A 200 response and its connection, closed on leaving the ``with``."""
+
+    def __init__(
+        self,
+        watcher: PodWatcher,
+        conn: http.client.HTTPSConnection,
+        resp: http.client.HTTPResponse,
+        what: str,
+    ) -> None:
+        self.watcher, self.conn, self.resp, self.what = watcher, conn, resp, what
+
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.watcher._drop(self.conn)
+
+
+def outcome_of_status(status: int) -> str:
+    """The outcome of an HTTP status other than 200."""
+    if status in (401, 403):
+        return UNAUTHORIZED
+    if status == 410:
+        return GONE
+    if status == 429:
+        return THROTTLED
+    if 400 <= status < 500:
+        return CLIENT_ERROR
+    if status >= 500:
+        return SERVER_ERROR
+    return BAD_RESPONSE
+
+
+def _failure_of(exc: BaseException, what: str) -> _Failure:
+    """The outcome of an exception raised while talking to the API server."""
+    if isinstance(exc, _Failure):
+        return exc
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return _Failure(TIMEOUT, f"{what}: no answer in time")
+    if isinstance(exc, ssl.SSLError):  # before OSError: SSLError is one
+        return _Failure(TLS_ERROR, f"{what}: {exc}")
+    if isinstance(exc, http.client.IncompleteRead):
+        return _Failure(BAD_RESPONSE, f"{what}: the response was cut off")
+    if isinstance(exc, (http.client.HTTPException, ValueError)):
+        return _Failure(BAD_RESPONSE, f"{what}: not HTTP ({type(exc).__name__}: {exc})")
+    if isinstance(exc, OSError):
+        return _Failure(CONNECTION_ERROR, f"{what}: {exc.strerror or exc}")
+    raise exc  # KeyboardInterrupt and the like are not ours to count
