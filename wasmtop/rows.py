@@ -38,7 +38,8 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def workload_name(w: Workload) -> str:
     if w.pod and w.pod.name:
-        return f"{w.pod.namespace}/{w.pod.name}"
+        # namespace/pod, and /container when known: two containers of a pod are two rows.
+        return "/".join(p for p in (w.pod.namespace, w.pod.name, w.pod.container) if p)
     if w.key.startswith("pid:"):
         return f"{w.comm}[{w.pids[0] if w.pids else '?'}]"
     return f"{w.comm} ({w.key.split(':', 1)[0]})"

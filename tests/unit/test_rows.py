@@ -23,3 +23,17 @@ def test_requests_columns_show_count_and_p99_or_a_dash():
     assert row["KIND"] == "wasm/wasmtime" and row["WORKLOAD"] == "edge[7]"
     untraced = workload_row(workload(None))
     assert len(untraced) == len(COLUMNS) and untraced[-2:] == ("-", "-")
+
+
+def test_a_pods_containers_are_named_apart_and_an_unnamed_pod_by_its_process():
+    from dataclasses import replace
+
+    from wasmtop.collector.workloads import Pod
+    from wasmtop.rows import workload_name
+
+    w = workload(None)
+    pod = Pod("shop", "cart-7d9", "uid-1", "app", "c" * 64, "wasmtime")
+    assert workload_name(replace(w, pod=pod)) == "shop/cart-7d9/app"
+    assert workload_name(replace(w, pod=replace(pod, container=None))) == "shop/cart-7d9"
+    nameless = replace(pod, namespace=None, name=None, container=None)  # API not heard yet
+    assert workload_name(replace(w, pod=nameless)) == "edge[7]"
