@@ -1,17 +1,26 @@
 """bpf(2) object calls BCC 0.26 does not offer: BPF links (an attachment that ends when its fd
 closes, so even a killed wasmtop leaves nothing attached), listing the programs loaded on the
-host (to report other agents' programs without touching them), pinning, and map facts (to check
-a pinned map another program made before trusting its layout)."""
+host (to report other agents' programs without touching them), making and pinning a map, and
+map facts (to check a pinned map another program made before trusting its layout).
+
+Capabilities, as Linux 6.18 checks them: BPF_MAP_CREATE needs CAP_BPF (with
+kernel.unprivileged_bpf_disabled set, as Debian does); BPF_OBJ_PIN and BPF_OBJ_GET only the
+bpf filesystem's file permissions; BPF_OBJ_GET_INFO_BY_FD and map updates only the fd;
+BPF_LINK_CREATE on a cgroup CAP_NET_ADMIN; listing programs (BPF_PROG_GET_NEXT_ID,
+BPF_PROG_GET_FD_BY_ID) CAP_SYS_ADMIN: without it programs() and programs_using_map() raise
+BpfError(EPERM) rather than answer "none"."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .features import _SYS_BPF, _libc
 
+_BPF_MAP_CREATE = 0
 _BPF_OBJ_PIN = 6
 _BPF_OBJ_GET = 7
 _BPF_PROG_GET_NEXT_ID = 11
@@ -76,6 +85,20 @@ class _ProgInfo(ctypes.Structure):
     ]
 
 
+class _MapCreate(ctypes.Structure):
+    # The head of union bpf_attr for BPF_MAP_CREATE; the kernel zero-fills the rest.
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    ]
+
+
 class _ObjPath(ctypes.Structure):
     _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
                 ("file_flags", ctypes.c_uint32)]  # fmt: skip
@@ -112,6 +135,12 @@ class MapInfo:
 
 
 MAP_TYPE_HASH = 1
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
+    """Make a map (no flags, no BTF); the caller closes the fd. Raises BpfError."""
+    attr = _MapCreate(map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
+    return _call(_BPF_MAP_CREATE, attr)
 
 
 def obj_pin(fd: int, path: str) -> None:
@@ -167,8 +196,10 @@ def _each_program() -> Iterator[int]:
         attr = _GetId(current, 0, 0)
         try:
             _call(_BPF_PROG_GET_NEXT_ID, attr)
-        except BpfError:
-            return  # ENOENT: no more
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return  # no more
+            raise  # EPERM without CAP_SYS_ADMIN: not "no programs"
         current = attr.next_id
         try:
             fd = _call(_BPF_PROG_GET_FD_BY_ID, _GetId(current, 0, 0))
@@ -181,7 +212,8 @@ def _each_program() -> Iterator[int]:
 
 
 def programs(types: frozenset[str] | None = None) -> list[Program]:
-    """Programs loaded on this host (of the given types), as bpftool prog show lists them."""
+    """Programs loaded on this host (of the given types), as bpftool prog show lists them.
+    Raises BpfError (EPERM) without CAP_SYS_ADMIN."""
     out: list[Program] = []
     for fd in _each_program():
         try:
@@ -194,7 +226,9 @@ def programs(types: frozenset[str] | None = None) -> list[Program]:
 
 
 def programs_using_map(map_id: int) -> list[Program]:
-    """Loaded programs that reference the map with this id."""
+    """Loaded programs that reference the map with this id directly (a map reached through a
+    map-in-map slot is not among a program's maps). Raises BpfError (EPERM) without
+    CAP_SYS_ADMIN."""
     out: list[Program] = []
     for fd in _each_program():
         try:

@@ -1,17 +1,25 @@
-"""Maps wasmtop pins on the bpf filesystem: the documented trace-context map, which runtimes and
-sidecars write, and short-lived hand-overs of one probe's map to another probe's program.
+"""The trace-context map wasmtop pins on the bpf filesystem for runtimes and sidecars to write,
+and the lock that says which wasmtop owns the pin.
 
-Every pin has an owner that removes it: a clean stop leaves nothing of wasmtop under
-``/sys/fs/bpf``. A pin left by a killed wasmtop is recognised (no loaded program uses the map)
-and replaced.
+wasmtop makes the map itself (BPF_MAP_CREATE) and pins it (BPF_OBJ_PIN): CAP_BPF is enough.
+Its programs reach the map through a map-in-map slot that userspace fills with the map's fd,
+so BCC never opens a pin (it would open it by id: BPF_MAP_GET_FD_BY_ID needs CAP_SYS_ADMIN).
+
+Ownership: the wasmtop that made the pin holds an exclusive flock on ``TRACE_CTX_LOCK`` for
+as long as it owns it; the kernel drops the lock when that process ends, SIGKILL included. So
+a pin found while the lock is free was left by a wasmtop that is gone (replaced), and a pin
+found while it is held belongs to a live wasmtop (shared: opened with BPF_OBJ_GET, which
+needs no capability). A clean stop removes the pin, if it is still the map it made, and the
+lock file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import errno
+import fcntl
 import os
-from collections.abc import Iterator
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,95 +27,277 @@ from . import bpfobj
 
 PIN_DIR = Path("/sys/fs/bpf/wasmtop")
 TRACE_CTX_PATH = PIN_DIR / "trace_ctx"
+LOCK_DIR = Path("/run/wasmtop")  # the DaemonSet mounts it from the host
+TRACE_CTX_LOCK = LOCK_DIR / "trace_ctx.lock"
 # struct trace_ctx in shared.bpf.h: thread id -> 16-byte trace id + 8-byte span id.
 TRACE_CTX_KEY_SIZE = 4
 TRACE_CTX_VALUE_SIZE = 24
 TRACE_CTX_ENTRIES = 16_384
-
-_handovers = itertools.count()
+# How long a wasmtop that finds the lock held waits for its owner's pin (the owner pins right
+# after locking, and unpins right before unlocking).
+SHARE_WAIT_S = 2.0
 
 
 class PinConflict(RuntimeError):
-    """Another program's map is pinned at our path with a layout we cannot read."""
+    """A map pinned at our path has a layout we cannot read and may be in use: left alone."""
 
 
-@dataclass
-class Pin:
-    """A map pinned at ``path`` for a BPF_TABLE_PINNED declaration (BCC opens a map already
-    pinned there, else creates and pins one). ``owned``: this process removes it at the end."""
+class PinUnavailable(RuntimeError):
+    """No trace-context map for this wasmtop; the message says why."""
 
-    path: Path
-    owned: bool = False
 
-    def prepare(self, key_size: int, value_size: int, max_entries: int | None = None) -> None:
-        """Before compiling: make the directory and decide who owns the pin. A map pinned there
-        and in use with another layout raises PinConflict (BCC would open it without asking)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            if not in_use(self.path):
-                self.path.unlink()  # left by a wasmtop that was killed: start afresh
-            else:
-                self.check(key_size, value_size, max_entries)
-        self.owned = not self.path.exists()
+class OwnerLock:
+    """An exclusive flock on a lock file, held by the pin's owner. The file is removed by the
+    holder on release; a taker checks that the file it locked is still the one at the path (a
+    releaser may have unlinked it in between), so two processes never both hold it."""
 
-    def check(self, key_size: int, value_size: int, max_entries: int | None = None) -> None:
-        """A map someone else pinned must have the layout our program reads."""
-        fd = bpfobj.obj_get(str(self.path))
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def try_acquire(self) -> bool:
+        """True: this process holds it now. False: another process holds it. OSError: the
+        lock file cannot be made (no /run/wasmtop, read-only)."""
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # the directory was removed meanwhile: again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            st = os.fstat(fd)
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)  # unlinked by its releaser after we opened it: take the new one
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            return True
+
+    def holder(self) -> str:
+        """The holder's pid as it wrote it (its own PID namespace's view), or '?'."""
         try:
-            info = bpfobj.map_info(fd)
-        finally:
-            os.close(fd)
-        want = (bpfobj.MAP_TYPE_HASH, key_size, value_size)
-        got = (info.type, info.key_size, info.value_size)
-        if got != want or (max_entries is not None and info.max_entries != max_entries):
-            remove_dir_if_empty(self.path.parent)
-            raise PinConflict(
-                f"{self.path}: pinned map has type/key/value sizes {got} and "
-                f"{info.max_entries} entries, expected {want}"
-                + (f" and {max_entries} entries" if max_entries is not None else "")
-            )
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
 
     def release(self) -> None:
-        if self.owned:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # while still holding it: see try_acquire
+        os.close(self._fd)
+        self._fd = -1
+        with contextlib.suppress(OSError):  # not empty, or a mount point (the DaemonSet's)
+            self.path.parent.rmdir()
+
+
+@dataclass(frozen=True)
+class Layout:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+    def mismatch(self, path: Path, found: Layout) -> str:
+        """Why a map pinned at ``path`` with layout ``found`` is not one of ours."""
+        got = (found.type, found.key_size, found.value_size)
+        want = (self.type, self.key_size, self.value_size)
+        return (
+            f"{path}: pinned map has type/key/value sizes {got} and {found.max_entries} "
+            f"entries, expected {want} and {self.max_entries} entries"
+        )
+
+
+TRACE_CTX_LAYOUT = Layout(
+    bpfobj.MAP_TYPE_HASH, TRACE_CTX_KEY_SIZE, TRACE_CTX_VALUE_SIZE, TRACE_CTX_ENTRIES
+)
+
+
+class TraceCtxMap:
+    """The trace-context map this process uses: made and pinned here (``owned``), or opened
+    from the pin of a live wasmtop. ``fd`` is this process's reference; the probes put it in
+    their map-in-map slots."""
+
+    def __init__(
+        self,
+        path: Path = TRACE_CTX_PATH,
+        lock_path: Path = TRACE_CTX_LOCK,
+        layout: Layout = TRACE_CTX_LAYOUT,
+        share_wait_s: float = SHARE_WAIT_S,
+    ) -> None:
+        self.path = path
+        self.layout = layout
+        self.lock = OwnerLock(lock_path)
+        self.share_wait_s = share_wait_s
+        self.fd = -1
+        self.map_id = 0
+        self.owned = False
+        self.note = ""  # how it came to be: made, replaced a stale pin, shared
+
+    def open(self) -> None:
+        """Make and pin the map, or share a live wasmtop's. Raises PinConflict (a map of another
+        layout is pinned there and may be in use: left alone) or PinUnavailable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        deadline = time.monotonic() + self.share_wait_s
+        while True:
+            try:
+                locked = self.lock.try_acquire()
+            except OSError as exc:
+                raise PinUnavailable(
+                    f"cannot take the owner lock {self.lock.path}: {exc.strerror}"
+                ) from None
+            if locked:
+                self._own()
+                return
+            # A live wasmtop owns the pin.
+            if self._share(f"shared: pinned by the wasmtop holding {self.lock.path}"):
+                return
+            if time.monotonic() >= deadline:
+                raise PinUnavailable(
+                    f"{self.lock.path} is held by a running wasmtop (pid {self.lock.holder()}) "
+                    f"that has no map pinned at {self.path}"
+                )
+            time.sleep(0.05)  # it is pinning (starting) or unlocking (stopping): look again
+
+    def _own(self) -> None:
+        """Holding the lock: no live wasmtop owns a pin at our path."""
+        found = _pinned_layout(self.path)
+        if found is not None:
+            layout, map_id = found
+            used = _in_use(map_id)
+            if used is True:
+                # A program loaded by something that takes no lock (a wasmtop from before the
+                # lock, or another tool) uses it: never pull it from under it.
+                self.lock.release()
+                if layout == self.layout:
+                    if self._share("shared: a loaded program that takes no lock uses it"):
+                        return
+                    raise PinUnavailable(f"{self.path} vanished while being opened")
+                raise PinConflict(self.layout.mismatch(self.path, layout))
+            if layout != self.layout and used is None:
+                self.lock.release()
+                raise PinConflict(
+                    f"{self.layout.mismatch(self.path, layout)}; whether a program uses it "
+                    f"cannot be told without CAP_SYS_ADMIN: left alone (remove the pin if "
+                    f"it is a leftover)"
+                )
+            # Ours, left by a wasmtop that is gone (it would hold the lock), or another layout
+            # no loaded program uses: start afresh.
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            self.owned = False
+            self.note = f"replaced a pin left behind (map id {map_id})"
+        else:
+            self.note = "made and pinned"
+        fd = bpfobj.map_create(
+            self.layout.type,
+            self.layout.key_size,
+            self.layout.value_size,
+            self.layout.max_entries,
+            self.path.name,
+        )
+        try:
+            bpfobj.obj_pin(fd, str(self.path))
+        except bpfobj.BpfError as exc:
+            os.close(fd)
+            self.lock.release()
+            why = exc.strerror
+            if exc.errno == errno.EEXIST:
+                why = "pinned meanwhile by something that takes no lock"
+            raise PinUnavailable(f"cannot pin {self.path}: {why}") from None
+        self.fd, self.map_id, self.owned = fd, bpfobj.map_info(fd).id, True
+
+    def _share(self, note: str) -> bool:
+        """Open the map someone else pinned and uses; False when nothing is pinned."""
+        try:
+            fd = bpfobj.obj_get(str(self.path))
+        except bpfobj.BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise PinUnavailable(f"cannot open {self.path}: {exc.strerror}") from None
+        try:
+            info = bpfobj.map_info(fd)
+        except bpfobj.BpfError as exc:
+            os.close(fd)
+            raise PinUnavailable(f"{self.path}: not a map ({exc.strerror})") from None
+        layout = Layout(info.type, info.key_size, info.value_size, info.max_entries)
+        if layout != self.layout:
+            os.close(fd)
+            raise PinConflict(self.layout.mismatch(self.path, layout))
+        self.fd, self.map_id, self.owned = fd, info.id, False
+        self.note = note
+        return True
+
+    def close(self) -> None:
+        """Unpin the map if this process made it and it is still the one pinned, close it,
+        and give up the lock."""
+        if self.owned and _pinned_id(self.path) == self.map_id:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.owned = False
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.lock.release()
         remove_dir_if_empty(self.path.parent)
 
 
-def in_use(path: Path) -> bool:
-    """Whether a loaded program references the map pinned at ``path``."""
+def _pinned_layout(path: Path) -> tuple[Layout, int] | None:
+    """(layout, map id) of the map pinned at ``path``; None when nothing is."""
     try:
         fd = bpfobj.obj_get(str(path))
-    except bpfobj.BpfError:
-        return False
+    except bpfobj.BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise PinUnavailable(f"cannot open {path}: {exc.strerror}") from None
     try:
-        map_id = bpfobj.map_info(fd).id
+        info = bpfobj.map_info(fd)
+    except bpfobj.BpfError as exc:
+        raise PinUnavailable(f"{path}: not a map ({exc.strerror})") from None
     finally:
         os.close(fd)
-    return bool(bpfobj.programs_using_map(map_id))
+    return Layout(info.type, info.key_size, info.value_size, info.max_entries), info.id
+
+
+def _pinned_id(path: Path) -> int:
+    found = None
+    with contextlib.suppress(PinUnavailable):
+        found = _pinned_layout(path)
+    return found[1] if found else 0
+
+
+def _in_use(map_id: int) -> bool | None:
+    """Whether a loaded program references the map directly; None when this process may not
+    list programs (CAP_SYS_ADMIN)."""
+    try:
+        return bool(bpfobj.programs_using_map(map_id))
+    except bpfobj.BpfError:
+        return None
 
 
 def remove_dir_if_empty(directory: Path) -> None:
     if directory == PIN_DIR:
         with contextlib.suppress(OSError):  # not empty: another wasmtop's pins, or a writer's
             directory.rmdir()
-
-
-@contextlib.contextmanager
-def handover(map_fd: int, name: str) -> Iterator[str]:
-    """Pin a map at a private path for as long as another program is being compiled against it
-    (BCC can only share a map across modules through a pin), then unpin it: the map lives on in
-    both programs, the file does not."""
-    made = not PIN_DIR.is_dir()
-    PIN_DIR.mkdir(parents=True, exist_ok=True)
-    # bpffs refuses names with a dot: the private names say "handover" instead.
-    path = PIN_DIR / f"handover-{name}-{os.getpid()}-{next(_handovers)}"
-    bpfobj.obj_pin(map_fd, str(path))
-    try:
-        yield str(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        if made:
-            remove_dir_if_empty(PIN_DIR)

@@ -211,11 +211,10 @@ class Probe:
             self.check_kernel()
             from bcc import BPF
 
-            with self.compiling():
-                self.bpf = capturing(
-                    "compile failed",
-                    lambda: BPF(text=self.rendered().encode(), cflags=self.cflags()),
-                )
+            self.bpf = capturing(
+                "compile failed",
+                lambda: BPF(text=self.rendered().encode(), cflags=self.cflags()),
+            )
             self.verify_maps()
             for map_name, dec in self.ringbuffers:
                 self.table(map_name).open_ring_buffer(self._ring_callback(DECODERS[dec]))
@@ -228,10 +227,6 @@ class Probe:
             self.close()
         else:
             self.status, self.reason = OK, "attached"
-
-    def compiling(self) -> contextlib.AbstractContextManager[None]:
-        """What must hold while the program is compiled and loaded (e.g. a hand-over pin)."""
-        return contextlib.nullcontext()
 
     def attach(self) -> None:
         for tp, fn in self.tracepoints:

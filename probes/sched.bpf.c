@@ -7,14 +7,14 @@
  *   cflags  MAX_THREADS, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
  *           PREV_STATE_MASK, CTR_*
  *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
- *           `0` when the filter is off (the bcc tools' FILTER_PID idiom); TRACE_CTX_MAP: the
- *           pinned trace-context map, or a private one-entry map nobody writes when it is off.
+ *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
  *
- * struct thread_stats and struct trace_ctx come from shared.bpf.h.
+ * struct thread_stats, struct trace_ctx and trace_ctx_of() (the trace-context map, through the
+ * slot userspace fills; empty when it is off) come from shared.bpf.h. The trace-context probe
+ * reads `threads` through a slot of its own that userspace fills with this map.
  */
 
 BPF_HASH(threads, u32, struct thread_stats, MAX_THREADS);
-@@TRACE_CTX_MAP@@
 
 /* On-CPU time per thread; per-CPU values, so each CPU adds to its own slot without atomics
  * and the slot index is the CPU. */
@@ -95,7 +95,7 @@ static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *
     __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
     /* The request the thread was working on when it lost the CPU: it has not run since, so the
      * runtime cannot have changed the entry in between. */
-    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
         ev->flags = PREEMPT_F_TRACE_CTX;
         __builtin_memcpy(ev->trace_id, ctx->trace_id, sizeof(ev->trace_id));

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import ctypes
 import operator
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import features, pins
+from . import bpfobj, features, pins
 from .records import SchedReading, ThreadSched
 from .runtime import Probe, ProbeUnavailable
 
@@ -76,6 +78,16 @@ def cgroup_filter(path: str, cgroup_root: Path | None = None) -> tuple[int, int]
     return os.stat(full).st_ino, level
 
 
+def fill_slot(slot: Any, map_fd: int, what: str) -> None:
+    """Put a map in slot 0 of a BPF_ARRAY_OF_MAPS (BCC's MapInMapArray) and check the slot
+    holds that very map (the kernel itself refuses a map whose type, key or value size differ
+    from the slot's layout map)."""
+    slot[ctypes.c_int(0)] = ctypes.c_int(map_fd)
+    held = slot[ctypes.c_int(0)].value  # a lookup from userspace answers the map's id
+    if held != bpfobj.map_info(map_fd).id:
+        raise RuntimeError(f"the {what} slot holds map {held}, not the map it was given")
+
+
 def _int(value: object) -> int:
     """A map scalar: ctypes objects from item iteration, plain ints from batch lookups."""
     return int(getattr(value, "value", value))
@@ -101,8 +113,9 @@ class SchedProbe(Probe):
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         trace_ctx: bool = False,
     ) -> None:
-        """``trace_ctx``: pin the trace-context map (pins.TRACE_CTX_PATH) that runtimes write,
-        and stamp over-threshold preemption events with the entry of the preempted thread."""
+        """``trace_ctx``: pin the trace-context map (pins.TRACE_CTX_PATH) that runtimes write
+        (or share the one a running wasmtop pinned), and stamp over-threshold preemption events
+        with the entry of the preempted thread."""
         super().__init__()
         if threshold_ns < 0:
             raise ValueError("threshold_ns must be >= 0")
@@ -116,7 +129,7 @@ class SchedProbe(Probe):
         self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
         self._state_mask: int | None = None
         self.trace_ctx = trace_ctx
-        self.trace_ctx_pin = pins.Pin(pins.TRACE_CTX_PATH) if trace_ctx else None
+        self.trace_ctx_map = pins.TraceCtxMap() if trace_ctx else None
         self.trace_ctx_reason = "" if trace_ctx else "trace-context map off: not asked for"
 
     # -- compiled in ----------------------------------------------------------------------
@@ -137,14 +150,7 @@ class SchedProbe(Probe):
         if self._cgroup_filter:
             cg_id, level = self._cgroup_filter
             cg = f"bpf_get_current_ancestor_cgroup_id({level}) != {cg_id}ULL"
-        if self.trace_ctx_pin:
-            ctx = (
-                f'BPF_TABLE_PINNED("hash", u32, struct trace_ctx, trace_ctx, '
-                f'{pins.TRACE_CTX_ENTRIES}, "{self.trace_ctx_pin.path}");'
-            )
-        else:
-            ctx = "BPF_HASH(trace_ctx, u32, struct trace_ctx, 1); /* off: never written */"
-        return {"FILTER_TGID": tgid or "0", "FILTER_CGROUP": cg, "TRACE_CTX_MAP": ctx}
+        return {"FILTER_TGID": tgid or "0", "FILTER_CGROUP": cg}
 
     def defines(self) -> dict[str, int | str]:
         return {
@@ -159,35 +165,41 @@ class SchedProbe(Probe):
         super().check_kernel()
         if not features.check_ringbuf().ok:
             raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
-        if self.trace_ctx_pin:
+        if self.trace_ctx_map:
             # The map is an addition: without it the probe runs, unstamped, and says why.
             if not features.check_bpffs().ok:
                 self._no_trace_ctx("no bpf filesystem on /sys/fs/bpf")
                 return
             try:
-                self.trace_ctx_pin.prepare(
-                    pins.TRACE_CTX_KEY_SIZE, pins.TRACE_CTX_VALUE_SIZE, pins.TRACE_CTX_ENTRIES
-                )
-            except pins.PinConflict as exc:
+                self.trace_ctx_map.open()  # made and pinned, or a running wasmtop's shared
+            except (pins.PinConflict, pins.PinUnavailable) as exc:
                 self._no_trace_ctx(str(exc))
+            except OSError as exc:  # making or pinning the map refused (BpfError), /run
+                self._no_trace_ctx(f"{exc.strerror or exc}")
 
     def _no_trace_ctx(self, why: str) -> None:
-        self.trace_ctx_pin = None
+        self.trace_ctx_map = None
         self.trace_ctx_reason = f"trace-context map off: {why}"
+
+    def attach(self) -> None:
+        if self.trace_ctx_map:
+            fill_slot(self.table("trace_ctx_slot"), self.trace_ctx_map.fd, "trace_ctx")
+        super().attach()
 
     def close(self) -> None:
         super().close()
-        if self.trace_ctx_pin:
-            self.trace_ctx_pin.release()
+        if self.trace_ctx_map:
+            self.trace_ctx_map.close()
 
     def details(self) -> dict[str, object]:
-        path = str(self.trace_ctx_pin.path) if self.trace_ctx_pin else None
+        path = str(self.trace_ctx_map.path) if self.trace_ctx_map else None
         return {"trace_ctx_map": path, "trace_ctx_reason": self.trace_ctx_reason}
 
     def required_maps(self) -> list[str]:
         return [
             *super().required_maps(), "threads", "cpu_time_ns", "migration_matrix",
             "preempt_delay_hist", "preempt_delay_max_ns", "running_since", "preempted_at",
+            "trace_ctx_slot",
         ]  # fmt: skip
 
     def verify_maps(self) -> None:
@@ -196,10 +208,6 @@ class SchedProbe(Probe):
         missing = set(THREAD_FIELDS) - leaf
         if missing:
             raise RuntimeError(f"struct thread_stats lacks {sorted(missing)}")
-        if self.trace_ctx_pin and not self.trace_ctx_pin.owned:  # opened, not made: check it
-            self.trace_ctx_pin.check(
-                pins.TRACE_CTX_KEY_SIZE, pins.TRACE_CTX_VALUE_SIZE, pins.TRACE_CTX_ENTRIES
-            )
 
     # -- reading --------------------------------------------------------------------------
     def read(self) -> SchedReading:

@@ -1,7 +1,8 @@
 /* Structures of maps shared between probes: the scheduler probe's per-thread statistics (read by
  * the trace-context probe at each captured request) and the pinned trace-context map (written by
- * runtimes and sidecars, read by both). Prepended by probes/runtime.py to the probes that list
- * it in their `headers`, so both sides compile the same layout. */
+ * runtimes and sidecars, read by both), with the slot through which both reach the latter.
+ * Prepended by probes/runtime.py to the probes that list it in their `headers`, so both sides
+ * compile the same layout. */
 
 /* Each field of a thread's stats has one writer at a time: switch-out, switch-in and migration
  * of a thread are serialised by the scheduler, so plain increments lose nothing. */
@@ -22,3 +23,18 @@ struct trace_ctx {
     u8 trace_id[16];
     u8 span_id[8];
 };
+
+/* The trace-context map belongs to no module: userspace makes it (or opens the one another
+ * wasmtop pinned) and puts it in slot 0 of trace_ctx_slot, a map-in-map, so both probes read the
+ * same map without BCC opening a pin (it opens pins by id, which needs CAP_SYS_ADMIN).
+ * trace_ctx_layout only tells the kernel which maps the slot takes; nothing uses its entry.
+ * An empty slot (trace-context map off) finds no context. */
+BPF_HASH(trace_ctx_layout, u32, struct trace_ctx, 1);
+BPF_ARRAY_OF_MAPS(trace_ctx_slot, "trace_ctx_layout", 1);
+
+static __always_inline struct trace_ctx *trace_ctx_of(u32 tid)
+{
+    int zero = 0;
+    void *map = trace_ctx_slot.lookup(&zero);
+    return map ? bpf_map_lookup_elem(map, &tid) : NULL;
+}

@@ -193,6 +193,7 @@ class SockBypassProbe(Probe):
         self.self_test = self_test
         self.local_nets: list[str] = []
         self.other_programs: list[bpfobj.Program] = []
+        self.other_programs_reason = "not checked"
         self.foreign_redirects = {"status": "unavailable", "reason": "not checked"}
         self._links: list[int] = []
         self._skmsg: tuple[Any, int] | None = None
@@ -241,7 +242,14 @@ class SockBypassProbe(Probe):
         from bcc import BPF
 
         # Before loading ours: everything of these types now loaded belongs to someone else.
-        self.other_programs = bpfobj.programs(SOCKET_PROG_TYPES)
+        try:
+            self.other_programs = bpfobj.programs(SOCKET_PROG_TYPES)
+            self.other_programs_reason = ""
+        except bpfobj.BpfError as exc:  # EPERM: listing programs needs CAP_SYS_ADMIN
+            self.other_programs = []
+            self.other_programs_reason = (
+                f"not listed: BPF_PROG_GET_NEXT_ID: {exc.strerror} (needs CAP_SYS_ADMIN)"
+            )
         self._fill_local_nets()
         self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(
             int(self.requested_mode == ACCELERATE)
@@ -530,5 +538,6 @@ class SockBypassProbe(Probe):
             "other_programs": [
                 {"id": p.id, "type": p.type, "name": p.name} for p in self.other_programs
             ],
+            "other_programs_reason": self.other_programs_reason,
             "foreign_redirects": self.foreign_redirects,
         }

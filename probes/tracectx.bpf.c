@@ -12,14 +12,24 @@
  *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
  *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
  *           thread without an entry has not been switched out since it started: zero so far
- *   text    THREADS_MAP: the scheduler probe's per-thread map (shared through a hand-over pin);
- *           TRACE_CTX_MAP: the pinned trace-context map, or a private map nobody writes.
  *
- * struct thread_stats and struct trace_ctx come from shared.bpf.h.
+ * struct thread_stats, struct trace_ctx and trace_ctx_of() (the pinned trace-context map,
+ * through the slot userspace fills) come from shared.bpf.h.
  */
 
-@@THREADS_MAP@@
-@@TRACE_CTX_MAP@@
+/* The scheduler probe's per-thread map, reached through slot 0 of threads_slot, which
+ * userspace fills with that map (a map-in-map: two BCC modules share a map without a pin).
+ * threads_layout only tells the kernel which maps the slot takes. Without the scheduler probe
+ * the slot stays empty: no thread has figures. */
+BPF_HASH(threads_layout, u32, struct thread_stats, 1);
+BPF_ARRAY_OF_MAPS(threads_slot, "threads_layout", 1);
+
+static __always_inline struct thread_stats *thread_stats_of(u32 tid)
+{
+    int zero = 0;
+    void *map = threads_slot.lookup(&zero);
+    return map ? bpf_map_lookup_elem(map, &tid) : NULL;
+}
 
 /* Who is traced, kept current by userspace: processes by tgid, and cgroup v2 subtrees by the id
  * of their top directory. control[0] holds the number of traced cgroups, so the ancestor walk
@@ -149,7 +159,7 @@ static __always_inline int http_kind(u64 head)
 
 static __always_inline void thread_figures(u32 tid, u64 *preempt, u64 *migrations, u8 *flags)
 {
-    struct thread_stats *st = threads.lookup(&tid);
+    struct thread_stats *st = thread_stats_of(tid);
     if (st) {
         *flags |= F_HAVE_STATS;
         *preempt = st->preempt_delay_ns;
@@ -178,7 +188,7 @@ static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u
     r->flags = 0;
     r->_pad = 0;
     thread_figures(tid, &r->preempt_ns, &r->migrations, &r->flags);
-    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
         r->flags |= F_HAVE_CTX;
         __builtin_memcpy(r->ctx_trace_id, ctx->trace_id, sizeof(r->ctx_trace_id));
@@ -243,7 +253,7 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
     ev->_pad = 0;
     thread_figures(tid, &ev->preempt_end_ns, &ev->migrations_end, &ev->end_flags);
     /* The runtime sets the context after it parsed the request: the response end knows it. */
-    struct trace_ctx *ctx = trace_ctx.lookup(&tid);
+    struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
         ev->end_flags |= F_HAVE_CTX;
         __builtin_memcpy(ev->ctx_trace_id, ctx->trace_id, sizeof(ev->ctx_trace_id));

@@ -3,22 +3,22 @@ head read -> response write on the same connection), each with the first bytes o
 and the thread's cumulative preemption delay and migrations at both ends.
 
 Kernel side: ``tracectx.bpf.c`` on the read and write syscall tracepoints. It reads the
-scheduler probe's per-thread map (shared by a hand-over pin while compiling) and the pinned
-trace-context map, so it is started after the scheduler probe.
+scheduler probe's per-thread map and the pinned trace-context map through map-in-map slots
+filled at attach, so it is started after the scheduler probe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import bpfobj, features, pins
+from . import features
 from .decoders import CAPTURE_BYTES
 from .records import RequestRecord
 from .runtime import Probe, ProbeUnavailable
-from .sched import SchedProbe
+from .sched import SchedProbe, fill_slot
 
 DEFAULT_MAX_TRACED = 4096  # processes, and cgroup subtrees, traced at once
 DEFAULT_MAX_PENDING = 16_384  # reads in flight (one per blocked thread)
@@ -70,7 +70,6 @@ class TraceCtxProbe(Probe):
         self.ringbuf_pages = ringbuf_pages
         self._initial_pids = tuple(pids)
         self._pids: set[int] = set()
-        self._threads_path: str | None = None
         self._printing = False
         self.pids_refused = 0  # processes not traced because the map was full
 
@@ -79,36 +78,15 @@ class TraceCtxProbe(Probe):
         return self.sched is not None and (self.sched.loaded or self._printing)
 
     def _shares_trace_ctx(self) -> bool:
-        return self._shares_sched() and self.sched.trace_ctx_pin is not None  # type: ignore[union-attr]
+        return self._shares_sched() and self.sched.trace_ctx_map is not None  # type: ignore[union-attr]
 
     def printable(self) -> str:
-        """As compiled when sharing the scheduler probe's maps (the hand-over pin's name has
-        the pid and a counter in place of PID-N)."""
+        """As compiled when sharing the scheduler probe's maps (the cflags say so)."""
         self._printing = True
-        if self.sched is not None and not self._threads_path:
-            self._threads_path = str(pins.PIN_DIR / "handover-threads-PID-N")
         try:
             return super().printable()
         finally:
             self._printing = False
-            self._threads_path = None
-
-    def placeholders(self) -> dict[str, str]:
-        if self._threads_path:
-            threads = (
-                f'BPF_TABLE_PINNED("hash", u32, struct thread_stats, threads, '
-                f'{self.sched.max_threads}, "{self._threads_path}");'  # type: ignore[union-attr]
-            )
-        else:
-            threads = "BPF_HASH(threads, u32, struct thread_stats, 1); /* no scheduler probe */"
-        if self._shares_trace_ctx():
-            ctx = (
-                f'BPF_TABLE_PINNED("hash", u32, struct trace_ctx, trace_ctx, '
-                f'{pins.TRACE_CTX_ENTRIES}, "{pins.TRACE_CTX_PATH}");'
-            )
-        else:
-            ctx = "BPF_HASH(trace_ctx, u32, struct trace_ctx, 1); /* off: never written */"
-        return {"THREADS_MAP": threads, "TRACE_CTX_MAP": ctx}
 
     def defines(self) -> dict[str, int | str]:
         return {
@@ -131,39 +109,21 @@ class TraceCtxProbe(Probe):
         if not features.check_ringbuf().ok:
             raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
 
-    @contextlib.contextmanager
-    def compiling(self) -> Iterator[None]:
-        if not self._shares_sched():
-            yield
-            return
-        if not features.check_bpffs().ok:
-            raise ProbeUnavailable("no bpf filesystem on /sys/fs/bpf to share the scheduler map")
-        fd = self.sched.table("threads").map_fd  # type: ignore[union-attr]
-        with pins.handover(fd, "threads") as path:
-            self._threads_path = path
-            try:
-                yield
-            finally:
-                self._threads_path = None
-
     def required_maps(self) -> list[str]:
-        return [*super().required_maps(), "threads", "trace_ctx", "traced_tgids",
+        return [*super().required_maps(), "threads_slot", "trace_ctx_slot", "traced_tgids",
                 "traced_cgroups", "control", "pending_reads", "open_requests"]  # fmt: skip
 
-    def verify_maps(self) -> None:
-        super().verify_maps()
-        # The shared maps must be the very maps the other side uses, not look-alikes.
-        shared = []
-        if self._shares_sched():
-            shared.append(("threads", self.sched.table("threads").map_fd))  # type: ignore[union-attr]
-            if self._shares_trace_ctx():
-                shared.append(("trace_ctx", self.sched.table("trace_ctx").map_fd))  # type: ignore[union-attr]
-        for name, theirs in shared:
-            ours = bpfobj.map_info(self.table(name).map_fd).id
-            if ours != bpfobj.map_info(theirs).id:
-                raise RuntimeError(f"map {name!r} is not the scheduler probe's")
+    def _fill_slots(self) -> None:
+        """Give the programs the scheduler probe's maps: the very maps, checked by id."""
+        if not self._shares_sched():
+            return
+        sched: SchedProbe = self.sched  # type: ignore[assignment]
+        fill_slot(self.table("threads_slot"), sched.table("threads").map_fd, "threads")
+        if sched.trace_ctx_map is not None:
+            fill_slot(self.table("trace_ctx_slot"), sched.trace_ctx_map.fd, "trace_ctx")
 
     def attach(self) -> None:
+        self._fill_slots()
         if self._cgroup_ids:
             table = self.table("traced_cgroups")
             for cg in self._cgroup_ids:
@@ -203,7 +163,11 @@ class TraceCtxProbe(Probe):
             "traced_cgroups": list(self.cgroups),
             "pids_refused": self.pids_refused,
             "interference": "ok" if self._shares_sched() else "unavailable: no scheduler probe",
-            "trace_ctx_map": str(pins.TRACE_CTX_PATH) if self._shares_trace_ctx() else None,
+            "trace_ctx_map": (
+                str(self.sched.trace_ctx_map.path)  # type: ignore[union-attr]
+                if self._shares_trace_ctx()
+                else None
+            ),
             "not_http": c.get("NOT_HTTP", 0),
             "read_failed": c.get("READ_FAILED", 0),
             "client_messages": c.get("CLIENT", 0),

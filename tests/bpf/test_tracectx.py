@@ -25,7 +25,7 @@ from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.httpmsg import REASONS
 from wasmtop.collector.model import Snapshot
 from wasmtop.collector.quantiles import exact_quantile
-from wasmtop.probes import features, pins
+from wasmtop.probes import bpfobj, features, pins
 from wasmtop.probes.runtime import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
@@ -38,7 +38,8 @@ RNG = random.Random(4)
 def nothing_of_ours_left_behind():
     yield
     assert no_programs_left() == []
-    assert not pins.PIN_DIR.exists()  # the trace-context map and every hand-over pin are gone
+    assert not pins.PIN_DIR.exists()  # the trace-context map's pin is gone
+    assert not pins.TRACE_CTX_LOCK.exists()  # its owner gave up (and removed) the lock
 
 
 @contextlib.contextmanager
@@ -322,6 +323,29 @@ def test_a_pinned_map_in_use_with_another_layout_is_left_alone_not_misread():
         assert pins.TRACE_CTX_PATH.exists()  # not ours: left where it was
     finally:
         other.cleanup()
+        pins.TRACE_CTX_PATH.unlink()
+        pins.PIN_DIR.rmdir()
+
+
+def test_at_stop_a_pin_that_no_longer_holds_our_map_is_left_in_place():
+    sched = SchedProbe(trace_ctx=True)
+    with ProbeSet([sched], handle_signals=False):
+        assert sched.status == OK, sched.reason
+        assert sched.trace_ctx_map.owned
+        # Replaced behind our back (by hand, or by something that takes no lock).
+        pins.TRACE_CTX_PATH.unlink()
+        fd = bpfobj.map_create(bpfobj.MAP_TYPE_HASH, 4, 24, pins.TRACE_CTX_ENTRIES, "trace_ctx")
+        try:
+            bpfobj.obj_pin(fd, str(pins.TRACE_CTX_PATH))
+            theirs = bpfobj.map_info(fd).id
+        finally:
+            os.close(fd)
+        assert theirs != sched.trace_ctx_map.map_id
+    try:
+        fd = bpfobj.obj_get(str(pins.TRACE_CTX_PATH))  # still there: not ours to remove
+        assert bpfobj.map_info(fd).id == theirs
+        os.close(fd)
+    finally:
         pins.TRACE_CTX_PATH.unlink()
         pins.PIN_DIR.rmdir()
 
