@@ -298,7 +298,8 @@ class Probe:
         if self.bpf is None or not self.ringbuffers:
             return 0.0
         before = self.received + self.malformed
-        self.bpf.ring_buffer_consume()
+        with _callbacks_running():
+            self.bpf.ring_buffer_consume()
         taken = self.received + self.malformed - before
         return taken * self._ring_slot / self._ring_bytes if taken else 0.0
 
@@ -391,8 +392,34 @@ def ignore_stop_signals() -> None:
             return
 
 
+# A stop signal that arrived while BCC was calling our ring-buffer callbacks. Python runs the
+# handler inside whatever callback runs next, and an exception raised in a ctypes callback is
+# printed and dropped, so the signal would be lost (with further ones already ignored) and the
+# process killed later with its probes attached. Inside those calls the handler only records
+# the signal; Terminated is raised once ring_buffer_consume() has returned.
+_in_callbacks = 0
+_deferred_signal: int | None = None
+
+
+@contextlib.contextmanager
+def _callbacks_running() -> Iterator[None]:
+    global _in_callbacks, _deferred_signal
+    _in_callbacks += 1
+    try:
+        yield
+    finally:
+        _in_callbacks -= 1
+    if _deferred_signal is not None and not _in_callbacks:
+        signum, _deferred_signal = _deferred_signal, None
+        raise Terminated(signum)
+
+
 def _raise_terminated(signum: int, _frame: object) -> None:
+    global _deferred_signal
     ignore_stop_signals()  # a second signal must not interrupt the detaching
+    if _in_callbacks:
+        _deferred_signal = signum
+        return
     raise Terminated(signum)
 
 
