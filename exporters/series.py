@@ -446,9 +446,10 @@ class SeriesBook:
                     ("wasmtop_probe_events_malformed", "malformed"),
                 ):
                     host[name].samples.append(Sample((probe,), float(h.get(field_) or 0)))
-                host["wasmtop_probe_run_seconds"].samples.append(
-                    Sample((probe,), (h.get("run_time_ns") or 0) / 1e9)
-                )
+                if "run_stats" not in h:  # measured (else the health says why not)
+                    host["wasmtop_probe_run_seconds"].samples.append(
+                        Sample((probe,), (h.get("run_time_ns") or 0) / 1e9)
+                    )
             host["wasmtop_window_seconds"].samples.append(Sample((), snap.window_s))
             for a in snap.alerts:
                 host["wasmtop_alert_firing"].samples.append(

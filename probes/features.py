@@ -47,6 +47,14 @@ def bpf_syscall(cmd: int, attr: bytes) -> int:
     return res if res >= 0 else -ctypes.get_errno()
 
 
+def bpf_stats_enabled() -> bool:
+    """kernel.bpf_stats_enabled: the host measures every program's run time already."""
+    try:
+        return Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def enable_bpf_stats() -> int:
     """Turn on per-program run time and count for as long as the returned fd stays open.
 

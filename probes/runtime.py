@@ -4,6 +4,7 @@ detach, drain ring buffers, count losses in the kernel, and report each probe's 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -147,6 +148,7 @@ class Probe:
     headers: ClassVar[tuple[str, ...]] = ()  # shared .bpf.h files prepended to the body
 
     def __init__(self) -> None:
+        self.run_stats: dict[str, str] = {}  # why run_count/run_time_ns are not measured
         self.bpf: Any = None
         self.status = UNAVAILABLE
         self.reason = "not loaded"
@@ -352,7 +354,7 @@ class Probe:
             map_full=ctr.get("MAP_FULL", 0),
             run_count=runs,
             run_time_ns=ns,
-            details=self.details(),
+            details={**self.details(), **self.run_stats},
         )
 
 
@@ -476,6 +478,15 @@ class ProbeSet:
             self._install_signal_handlers()
         try:
             self._stats_fd = features.enable_bpf_stats()
+            if self._stats_fd < 0 and not features.bpf_stats_enabled():
+                why = errno.errorcode.get(-self._stats_fd, str(-self._stats_fd))
+                for (
+                    probe
+                ) in self.probes:  # run_count and run_time_ns stay 0: say they are not measured
+                    probe.run_stats = {
+                        "run_stats": f"off: BPF_ENABLE_STATS refused ({why}); it needs "
+                        "CAP_SYS_ADMIN, or sysctl kernel.bpf_stats_enabled=1 on the host"
+                    }
             for probe in self.probes:
                 # A signal during an attach would interrupt it between the kernel call and its
                 # record, leaving something attached that detach does not know of: hold
