@@ -253,7 +253,7 @@ class TraceCtxMap:
     def close(self) -> None:
         """Unpin the map if this process made it and it is still the one pinned, close it,
         and give up the lock."""
-        if self.owned and _pinned_id(self.path) == self.map_id:
+        if self.owned and pinned_id(self.path) == self.map_id:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         self.owned = False
@@ -281,7 +281,8 @@ def _pinned_layout(path: Path) -> tuple[Layout, int] | None:
     return Layout(info.type, info.key_size, info.value_size, info.max_entries), info.id
 
 
-def _pinned_id(path: Path) -> int:
+def pinned_id(path: Path = TRACE_CTX_PATH) -> int:
+    """Id of the map pinned at ``path``; 0 when nothing is (or it cannot be opened)."""
     found = None
     with contextlib.suppress(PinUnavailable):
         found = _pinned_layout(path)

@@ -47,17 +47,6 @@ def list_programs_errno() -> int:
     return 0
 
 
-def pinned_id() -> int | None:
-    try:
-        fd = bpfobj.obj_get(str(pins.TRACE_CTX_PATH))
-    except bpfobj.BpfError:
-        return None
-    try:
-        return bpfobj.map_info(fd).id
-    finally:
-        os.close(fd)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trace-pids", default="", help="comma-separated pids to trace")
@@ -79,7 +68,7 @@ def main() -> None:
             owned=ctx.owned if ctx else None,
             map_id=ctx.map_id if ctx else None,
             note=ctx.note if ctx else None,
-            pinned_id=pinned_id(),
+            pinned_id=pins.pinned_id(),
         )
         collector = Collector(running, trace_selector=TraceSelector(pids=frozenset(pids)))
         while not select.select([sys.stdin], [], [], 0.1)[0]:
@@ -110,7 +99,7 @@ def main() -> None:
             for e in snap.events.preemptions
             if e.trace_id
         ],
-        pinned_id=pinned_id(),
+        pinned_id=pins.pinned_id(),
     )
 
 

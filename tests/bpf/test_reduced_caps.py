@@ -102,17 +102,6 @@ def capped(*args: str) -> Iterator[Capped]:
         child.close()
 
 
-def pinned_id() -> int | None:
-    try:
-        fd = bpfobj.obj_get(str(pins.TRACE_CTX_PATH))
-    except bpfobj.BpfError:
-        return None
-    try:
-        return bpfobj.map_info(fd).id
-    finally:
-        os.close(fd)
-
-
 def lock_is_free() -> bool:
     fd = os.open(pins.TRACE_CTX_LOCK, os.O_RDWR)
     try:
@@ -155,7 +144,7 @@ def test_with_only_bpf_perfmon_net_admin_a_request_is_charged_its_threads_preemp
         assert ready["details"]["sched"]["trace_ctx_reason"] == ""
         # Made and pinned by the child, which holds the owner lock.
         assert ready["owned"] is True and ready["note"] == "made and pinned"
-        assert pinned_id() == ready["map_id"] == ready["pinned_id"]
+        assert pins.pinned_id() == ready["map_id"] == ready["pinned_id"]
         assert not lock_is_free()
         hog.go()
         for port in (port_c, port_i):
@@ -188,9 +177,9 @@ def test_with_reduced_caps_a_pin_left_by_a_killed_wasmtop_is_replaced():
     with capped() as first:
         assert_capped(first.ready)
         stale = first.ready["map_id"]
-        assert first.ready["owned"] and pinned_id() == stale
+        assert first.ready["owned"] and pins.pinned_id() == stale
         first.kill(signal.SIGKILL)  # no clean stop: the pin and the lock file stay
-    assert pinned_id() == stale
+    assert pins.pinned_id() == stale
     assert pins.TRACE_CTX_LOCK.exists() and lock_is_free()  # the kernel dropped the lock
     with capped() as second:
         ready = second.ready
@@ -198,7 +187,7 @@ def test_with_reduced_caps_a_pin_left_by_a_killed_wasmtop_is_replaced():
         assert ready["details"]["sched"]["trace_ctx_reason"] == ""
         assert ready["owned"] is True
         assert ready["note"] == f"replaced a pin left behind (map id {stale})"
-        assert pinned_id() == ready["map_id"] != stale
+        assert pins.pinned_id() == ready["map_id"] != stale
         second.stop()
     assert not pins.TRACE_CTX_PATH.exists()
 
@@ -217,7 +206,7 @@ def test_with_reduced_caps_a_running_wasmtops_map_is_shared_stamped_and_left_in_
                 ready = child.ready
                 assert_capped(ready)
                 assert ready["owned"] is False and ready["note"].startswith("shared:")
-                assert ready["map_id"] == owner.trace_ctx_map.map_id == pinned_id()
+                assert ready["map_id"] == owner.trace_ctx_map.map_id == pins.pinned_id()
                 assert ready["details"]["sched"]["trace_ctx_map"] == str(pins.TRACE_CTX_PATH)
                 hog.go()
                 writer = subprocess.run(
@@ -227,7 +216,7 @@ def test_with_reduced_caps_a_running_wasmtops_map_is_shared_stamped_and_left_in_
                 )  # fmt: skip
                 assert writer.returncode == 0, writer.stderr
                 done = child.stop()
-            assert pinned_id() == owner.trace_ctx_map.map_id  # the sharer left it
+            assert pins.pinned_id() == owner.trace_ctx_map.map_id  # the sharer left it
         assert not pins.TRACE_CTX_PATH.exists()  # the owner removed it
     stamped = [e for e in done["stamped"] if e["trace_id"] == trace_id.hex()]
     assert len(stamped) >= 3, done["stamped"]
@@ -254,7 +243,7 @@ def test_with_reduced_caps_a_pin_of_another_layout_is_left_alone():
             assert "pinned map has type/key/value sizes (1, 4, 8)" in d["trace_ctx_reason"]
             assert "cannot be told without CAP_SYS_ADMIN: left alone" in d["trace_ctx_reason"]
             child.stop()
-        assert pinned_id() == odd
+        assert pins.pinned_id() == odd
     finally:
         pins.TRACE_CTX_PATH.unlink()
         pins.PIN_DIR.rmdir()
