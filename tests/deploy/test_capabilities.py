@@ -41,6 +41,22 @@ def setpriv(caps: list[str]) -> list[str]:
     return ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs"]
 
 
+def without(cap: str) -> list[str]:
+    return [c for c in daemonset_capabilities() if c != cap]
+
+
+# A private mount namespace with an empty /lib/modules: a node without headers for its kernel.
+IN_PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private"]
+HIDE_HOST_HEADERS = "mount -t tmpfs wasmtop-test /lib/modules"
+
+
+def entry_point_env(image_headers: Path, wasmtop: str) -> dict[str, str]:
+    """The environment of the image's entry point: its own headers and wasmtop at these paths."""
+    env = {**os.environ, "WASMTOP_IMAGE_HEADERS": str(image_headers), "WASMTOP_BIN": wasmtop}
+    env.pop("BCC_KERNEL_SOURCE", None)
+    return env
+
+
 def effective_caps(pid: int) -> set[str]:
     status = Path(f"/proc/{pid}/status").read_text()
     eff = int(
@@ -65,28 +81,22 @@ def test_the_daemon_runs_with_only_the_daemonsets_capabilities_and_the_images_he
     tmp_path, image_headers
 ):
     caps = daemonset_capabilities()
-    # A private mount namespace hides the host's headers (an empty /lib/modules), as on a node
-    # without headers for its kernel; then the capabilities are cut and the entry point runs.
+    # The host's headers hidden, then the capabilities cut, then the image's entry point.
     wrapper = tmp_path / "container.sh"
     wrapper.write_text(
         textwrap.dedent(
             f"""\
-            mount -t tmpfs wasmtop-test /lib/modules || exit 1
+            {HIDE_HOST_HEADERS} || exit 1
             exec {" ".join(setpriv(caps))} sh {IMAGE / "entrypoint.sh"} "$@"
             """
         )
     )
-    env = {
-        **os.environ,
-        "WASMTOP_IMAGE_HEADERS": str(image_headers),
-        "WASMTOP_BIN": wasmtop_cmd()[0],
-    }
-    env.pop("BCC_KERNEL_SOURCE", None)
+    env = entry_point_env(image_headers, wasmtop_cmd()[0])
     config = yaml.safe_load((ROOT / "deploy/kubernetes/base/config/wasmtop.yaml").read_text())
     del config["alerts"]  # its rule file sits beside the ConfigMap's copy, not here
     config["metrics"] = {}  # a free loopback port (peers.daemon)
     config["grpc"] = {}
-    command = ["unshare", "--mount", "--propagation", "private", "sh", str(wrapper)]
+    command = [*IN_PRIVATE_MOUNTS, "sh", str(wrapper)]
     with daemon(tmp_path, config, command=command, env=env) as d:
         assert effective_caps(d.proc.pid) == set(caps)  # exec'd in place: the daemon itself
         status, body = get(f"{d.base}/readyz")
@@ -109,14 +119,14 @@ def snapshot(caps: list[str], *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("missing", ["BPF", "PERFMON"])
 def test_without_bpf_or_perfmon_wasmtop_says_so_and_loads_nothing(missing):
-    run = snapshot([c for c in daemonset_capabilities() if c != missing])
+    run = snapshot(without(missing))
     assert run.returncode == 1
     assert f"missing capability CAP_{missing}" in run.stderr
     assert no_programs_left() == []
 
 
 def test_without_net_admin_only_the_socket_bypass_probe_fails():
-    run = snapshot([c for c in daemonset_capabilities() if c != "NET_ADMIN"], "--no-trace")
+    run = snapshot(without("NET_ADMIN"), "--no-trace")
     assert run.returncode == 0, run.stderr
     probes = json.loads(run.stdout)["probes"]
     broken = {name: p["status"] for name, p in probes.items() if p["status"] != "ok"}
@@ -125,6 +135,16 @@ def test_without_net_admin_only_the_socket_bypass_probe_fails():
     ok = [p for p in probes.values() if p["status"] == "ok"]
     assert ok and all(p["run_stats"].startswith("off: BPF_ENABLE_STATS refused") for p in ok)
     assert no_programs_left() == []
+
+
+def with_and_without(cap: str, script: str, *args: str) -> dict[bool, str]:
+    """What a Python script prints under the DaemonSet's capabilities (True) and without
+    ``cap`` (False)."""
+    out = {}
+    for caps in (daemonset_capabilities(), without(cap)):
+        argv = [*setpriv(caps), sys.executable, "-c", script, *args]
+        out[cap in caps] = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return out
 
 
 SOCKET_OWNER = """
@@ -150,19 +170,12 @@ def test_sys_ptrace_is_needed_to_tell_which_process_owns_a_socket():
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        lhost, lport, rhost, rport = holder.stdout.readline().split()
-        found = {}
-        for caps in (
-            daemonset_capabilities(),
-            [c for c in daemonset_capabilities() if c != "SYS_PTRACE"],
-        ):
-            argv = [*setpriv(caps), sys.executable, "-c", SOCKET_OWNER, lhost, lport, rhost, rport]
-            run = subprocess.run(argv, capture_output=True, text=True, check=True)
-            found["SYS_PTRACE" in caps] = int(run.stdout)
+        pair = holder.stdout.readline().split()
+        found = with_and_without("SYS_PTRACE", SOCKET_OWNER, *pair)
     finally:
         holder.kill()
         holder.wait()
-    assert found == {True: holder.pid, False: 0}
+    assert {k: int(v) for k, v in found.items()} == {True: holder.pid, False: 0}
 
 
 CPU_SHARE = """
@@ -175,30 +188,20 @@ print(share.raised, share.failed)
 
 
 def test_sys_nice_is_needed_to_leave_sched_idle_under_load():
-    out = {}
-    for caps in (
-        daemonset_capabilities(),
-        [c for c in daemonset_capabilities() if c != "SYS_NICE"],
-    ):
-        run = subprocess.run([*setpriv(caps), sys.executable, "-c", CPU_SHARE],
-                             capture_output=True, text=True, check=True)  # fmt: skip
-        out["SYS_NICE" in caps] = tuple(int(x) for x in run.stdout.split())
-    assert out == {True: (1, 0), False: (0, 1)}
+    out = with_and_without("SYS_NICE", CPU_SHARE)
+    assert {k: tuple(int(x) for x in v.split()) for k, v in out.items()} == {
+        True: (1, 0),
+        False: (0, 1),
+    }
 
 
 def test_the_entry_point_refuses_to_start_without_any_kernel_headers(tmp_path):
-    wrapper = (
-        f"mount -t tmpfs wasmtop-test /lib/modules && exec sh {IMAGE / 'entrypoint.sh'} --help"
-    )
-    env = {
-        **os.environ,
-        "WASMTOP_IMAGE_HEADERS": str(tmp_path / "none"),
-        "WASMTOP_BIN": "/bin/false",
-    }
-    env.pop("BCC_KERNEL_SOURCE", None)
+    wrapper = f"{HIDE_HOST_HEADERS} && exec sh {IMAGE / 'entrypoint.sh'} --help"
+    env = entry_point_env(tmp_path / "none", "/bin/false")
     if Path("/sys/kernel/kheaders.tar.xz").exists():
         pytest.skip("this kernel carries its own headers (CONFIG_IKHEADERS)")
-    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", wrapper],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [*IN_PRIVATE_MOUNTS, "sh", "-c", wrapper], env=env, capture_output=True, text=True
+    )
     assert run.returncode == 2
     assert "no kernel headers for " + os.uname().release in run.stderr
