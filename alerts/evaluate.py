@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +58,10 @@ class Evaluation:
     resolved: list[Notice]  # alerts that stopped firing at this evaluation
 
 
-def default_node() -> str:
-    """The node label when the config names none: the downward API's NODE_NAME, else the host
+def default_node(env: Mapping[str, str] = os.environ) -> str:
+    """The node's name when the config names none: the downward API's NODE_NAME, else the host
     name."""
-    return os.environ.get("NODE_NAME") or socket.gethostname()
+    return env.get("NODE_NAME") or socket.gethostname()
 
 
 def _workload_labels(w: Workload) -> dict[str, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -84,6 +83,7 @@ def kubernetes_settings(
 ) -> tuple[Any, str | None]:
     """(ApiSettings, None) when pod metadata is to be read from the API; else (None, why),
     where ``why`` is None on a plain host with ``enabled: auto`` (nothing worth saying)."""
+    from .alerts.evaluate import default_node
     from .collector.kubernetes import ApiSettings, in_cluster_server
 
     k = config["kubernetes"]
@@ -101,7 +101,7 @@ def kubernetes_settings(
         )
     if k["enabled"] == "auto" and not os.path.isfile(token):
         return None, f"off: no service account token at {token} (automountServiceAccountToken?)"
-    node = k["node_name"] or env.get("NODE_NAME") or socket.gethostname()
+    node = k["node_name"] or default_node(env)
     return ApiSettings(server, node, token, ca, k["timeout_s"], k["resync_s"]), None
 
 
