@@ -182,6 +182,18 @@ BY_WORKLOAD = "node, workload"
 
 
 # -- panels ---------------------------------------------------------------------------------
+def quantiles(histogram: str, qs: tuple[str, ...], by: str, legend: str) -> tuple[Q, ...]:
+    """One query per quantile of a histogram over the selected workloads, legend "pNN ..."."""
+    return tuple(
+        Q(
+            f"histogram_quantile({q}, sum by (le, {by}) "
+            f"(rate({histogram}_bucket{{{WORKLOAD}}}{RI})))",
+            f"p{float(q) * 100:g} {legend}",
+        )
+        for q in qs
+    )
+
+
 def _targets(panel: Any, queries: tuple[Q, ...]) -> Any:
     for i, q in enumerate(queries):
         target = Dataquery().expr(q.expr).ref_id(chr(ord("A") + i)).datasource(DS)
@@ -657,14 +669,7 @@ def workload_drilldown() -> Board:
         ts(
             "Preemption delay P50 / P99",
             "s",
-            *(
-                Q(
-                    f"histogram_quantile({q}, sum by (le, {by}) "
-                    f"(rate(wasmtop_preempt_delay_seconds_bucket{{{WORKLOAD}}}{RI})))",
-                    f"p{name} {legend}",
-                )
-                for q, name in (("0.5", "50"), ("0.99", "99"))
-            ),
+            *quantiles("wasmtop_preempt_delay_seconds", ("0.5", "0.99"), by, legend),
             description="From the histogram buckets (10 µs ... 1 s). Dashed: the alerting "
             "default, 50 ms.",
             line_at=PREEMPT_DELAY_S,
@@ -802,14 +807,7 @@ def requests_latency() -> Board:
         ts(
             "Latency P99 and P99.9 from the histogram",
             "s",
-            *(
-                Q(
-                    f"histogram_quantile({q}, sum by (le, {by}) "
-                    f"(rate(wasmtop_request_duration_seconds_bucket{{{WORKLOAD}}}{RI})))",
-                    f"p{name} {legend}",
-                )
-                for q, name in (("0.99", "99"), ("0.999", "99.9"))
-            ),
+            *quantiles("wasmtop_request_duration_seconds", ("0.99", "0.999"), by, legend),
             description="Interpolated within the buckets (0.25 ms ... 10 s), so it can be "
             "aggregated across nodes. Dashed: the P99.9 target, 20 ms.",
             line_at=REQUEST_P999_S,
