@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..probes.lifecycle import COMPILE, INSTANTIATE, Library, LifecycleProbe
-from ..probes.records import PreemptionRecord, SchedReading, ThreadSched
+from ..probes.records import SchedReading, ThreadSched, WakeupRecord
 from ..probes.runtime import Probe, ProbeSet
-from ..probes.sched import SchedProbe
+from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
 from .correlate import RequestTracker, TraceSelector, trace_of
@@ -36,6 +36,8 @@ from .model import (
     Snapshot,
     Trace,
     Unattributed,
+    WaitedBehind,
+    WakeupWaitEvent,
     WasmFigures,
     Workload,
 )
@@ -92,6 +94,30 @@ def rate(count: float, seconds: float) -> float:
     return count / seconds if seconds > 0 else 0.0
 
 
+def delay_figures(
+    hist: Mapping[int, int], window_max_ns: int
+) -> tuple[DelayQuantiles, tuple[HistogramBucket, ...]]:
+    """Quantiles (us) and buckets of an in-kernel log-linear delay histogram of the window.
+    The maximum is the kernel's exact window maximum; without one read, the top bucket's
+    upper bound bounds it."""
+    max_ns = window_max_ns or None
+    if max_ns is None and hist:
+        max_ns = bucket_bounds(max(hist))[1] - 1
+
+    def q_us(q: float) -> float | None:
+        v = histogram_quantile(hist, q, max_ns)
+        return None if math.isnan(v) else v / 1000
+
+    quantiles = DelayQuantiles(
+        p50=q_us(0.50), p99=q_us(0.99), max=max_ns / 1000 if max_ns else None
+    )
+    buckets = tuple(
+        HistogramBucket(bucket_bounds(b)[0] / 1000, bucket_bounds(b)[1] / 1000, n)
+        for b, n in sorted(hist.items())
+    )
+    return quantiles, buckets
+
+
 @dataclass
 class _Activity:
     """Scheduler activity of one process, or of one workload, in the window."""
@@ -102,6 +128,9 @@ class _Activity:
     hist: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     matrix: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
     max_delay_ns: int = 0
+    wake_hist: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    max_wake_ns: int = 0
+    behind: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # culprit tgid -> ns
 
     def add_counts(self, counts: Mapping[str, int]) -> None:
         for name, value in counts.items():
@@ -111,10 +140,12 @@ class _Activity:
         self.pids |= other.pids
         self.add_counts(other.counts)
         for src, dst in ((other.cpu_time_ns, self.cpu_time_ns), (other.hist, self.hist),
-                         (other.matrix, self.matrix)):  # fmt: skip
+                         (other.matrix, self.matrix), (other.wake_hist, self.wake_hist),
+                         (other.behind, self.behind)):  # fmt: skip
             for k, v in src.items():
                 dst[k] += v
         self.max_delay_ns = max(self.max_delay_ns, other.max_delay_ns)
+        self.max_wake_ns = max(self.max_wake_ns, other.max_wake_ns)
 
     @property
     def active(self) -> bool:
@@ -132,6 +163,7 @@ class Collector:
         proc_root: str | Path = "/proc",
         topology: Topology | None = None,
         max_events: int = 1000,
+        max_culprits: int = 5,
         max_traces: int = 10_000,
         gc_every: int = 10,
         trace_selector: TraceSelector | None = None,
@@ -149,6 +181,7 @@ class Collector:
         self.resolver = WorkloadResolver(self.reader, pods=pods)
         self.topology = topology or Topology.from_sysfs()
         self.max_events = max_events
+        self.max_culprits = max_culprits  # waited_behind: culprits named per workload
         self.gc_every = gc_every
         self.host = socket.gethostname()
         self.kernel = platform.release()
@@ -412,7 +445,7 @@ class Collector:
             for act in per_process.values():
                 host.merge(act)
             host_matrix = self._matrix(host.matrix)
-            events = self._events(reading.events)
+            events = self._events(reading)
             counters["migrations_untracked"] = reading.migrations_untracked - self._untracked_prev
             self._untracked_prev = reading.migrations_untracked
             self._collect_garbage(reading)
@@ -526,7 +559,22 @@ class Collector:
         for tgid, ns in reading.window_max_delay_ns.items():
             procs[tgid].pids.add(tgid)
             procs[tgid].max_delay_ns = max(procs[tgid].max_delay_ns, ns)
-        return {tgid: act for tgid, act in procs.items() if act.active or act.hist}
+        wake = counter_delta(reading.wakeup_hist, prev.wakeup_hist if prev else {})
+        for (tgid, bucket), n in wake.items():
+            procs[tgid].pids.add(tgid)
+            procs[tgid].wake_hist[bucket] += n
+        for tgid, ns in reading.window_max_wakeup_ns.items():
+            procs[tgid].pids.add(tgid)
+            procs[tgid].max_wake_ns = max(procs[tgid].max_wake_ns, ns)
+        behind = counter_delta(reading.waited_behind, prev.waited_behind if prev else {})
+        for (victim, culprit), ns in behind.items():
+            procs[victim].pids.add(victim)
+            procs[victim].behind[culprit] += ns
+        return {
+            tgid: act
+            for tgid, act in procs.items()
+            if act.active or act.hist or act.wake_hist or act.behind
+        }
 
     def _per_workload(
         self, per_process: dict[int, _Activity]
@@ -568,15 +616,9 @@ class Collector:
                 allowed |= info.allowed_cpus
                 runtime = runtime or info.runtime
         c = act.counts
-        hist = dict(act.hist)
-        max_ns = act.max_delay_ns or None
-        if max_ns is None and hist:  # no window maximum read: the top bucket bounds it
-            max_ns = bucket_bounds(max(hist))[1] - 1
-
-        def q_us(q: float) -> float | None:
-            v = histogram_quantile(hist, q, max_ns)
-            return None if math.isnan(v) else v / 1000
-
+        preempt_q, preempt_hist = delay_figures(act.hist, act.max_delay_ns)
+        wake_q, wake_hist = delay_figures(act.wake_hist, act.max_wake_ns)
+        runq_ns = c["preempt_delay_ns"] + c["wakeup_delay_ns"]
         sched = SchedFigures(
             switches=c["switches"],
             involuntary=c["involuntary"],
@@ -588,17 +630,19 @@ class Collector:
             cpu_skew_ratio=skew_ratio(act.cpu_time_ns, frozenset(allowed)),
             allowed_cpus=tuple(sorted(allowed)),
             cpu_time_ns_by_cpu={str(k): v for k, v in sorted(act.cpu_time_ns.items())},
-            preempt_delay_us=DelayQuantiles(
-                p50=q_us(0.50), p99=q_us(0.99), max=max_ns / 1000 if max_ns else None
-            ),
+            preempt_delay_us=preempt_q,
             preemptions=c["preemptions"],
             preempt_delay_total_us=c["preempt_delay_ns"] / 1000,
             preemptions_over_threshold=c["over_threshold"],
-            preempt_delay_hist=tuple(
-                HistogramBucket(bucket_bounds(b)[0] / 1000, bucket_bounds(b)[1] / 1000, n)
-                for b, n in sorted(hist.items())
-            ),
+            preempt_delay_hist=preempt_hist,
             migration_matrix=self._matrix(act.matrix),
+            wakeups=c["wakeups"],
+            wakeup_delay_us=wake_q,
+            wakeup_delay_total_us=c["wakeup_delay_ns"] / 1000,
+            wakeup_delay_hist=wake_hist,
+            wakeups_over_threshold=c["wakeups_over_threshold"],
+            runq_delay_total_us=runq_ns / 1000,
+            waited_behind=self._waited_behind(act.behind, runq_ns),
         )
         kind = "wasm" if runtime else wid.kind
         return Workload(
@@ -617,6 +661,39 @@ class Collector:
             ),
         )
 
+    def _waited_behind(self, behind: Mapping[int, int], total_ns: int) -> tuple[WaitedBehind, ...]:
+        """A workload's run-queue wait split by the workloads on the CPU meanwhile: the top
+        ``max_culprits``, the rest as ``other``, and what the kernel could not split."""
+        by_key: dict[str, int] = defaultdict(int)
+        comms: dict[str, str] = {}
+        idle = unattributed = 0
+        for tgid, ns in behind.items():
+            if tgid == 0:
+                idle += ns
+            elif tgid == CULPRIT_HISTORY_SHORT:
+                unattributed += ns
+            else:
+                wid = self.resolver.identify(tgid)
+                key = wid.key if wid else f"pid {tgid}"  # exited before it could be named
+                by_key[key] += ns
+                comms.setdefault(key, wid.comm if wid else "")
+        # Waits the kernel did not split (map full, a wait begun before wasmtop attached):
+        # the difference between the total and what it split.
+        unattributed += max(0, total_ns - sum(behind.values()))
+        ranked = sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))
+        top, rest = ranked[: self.max_culprits], ranked[self.max_culprits :]
+        whole = max(total_ns, sum(behind.values()), 1)
+
+        def entry(kind: str, culprit: str | None, comm: str | None, ns: int) -> WaitedBehind:
+            return WaitedBehind(kind, culprit, comm, ns / 1e6, ns / whole)
+
+        out = [entry("workload", key, comms[key], ns) for key, ns in top]
+        for kind, ns in (("idle", idle), ("other", sum(ns for _, ns in rest)),
+                         ("unattributed", unattributed)):  # fmt: skip
+            if ns:
+                out.append(entry(kind, None, None, ns))
+        return tuple(out)
+
     def _matrix(self, matrix: Mapping[tuple[int, int], int]) -> tuple[Migration, ...]:
         return tuple(
             Migration(src, dst, n, self.topology.distance(src, dst))
@@ -624,11 +701,11 @@ class Collector:
             if n
         )
 
-    def _events(self, records: list[PreemptionRecord]) -> Events:
+    def _events(self, reading: SchedReading) -> Events:
+        records = reading.events
         kept = records[-self.max_events :] if self.max_events else []
         out = []
         for r in kept:
-            wid = self.resolver.identify(r.pid)
             out.append(
                 PreemptionEvent(
                     ts_ns=r.ts_ns,
@@ -640,13 +717,50 @@ class Collector:
                     preemptor_pid=r.preemptor_pid,
                     preemptor_tid=r.preemptor_tid,
                     preemptor_comm=r.preemptor_comm,
-                    workload=wid.key if wid else None,
+                    workload=self._workload_key(r.pid),
                     trace_id=r.trace_id.hex() if r.trace_id else None,
                     span_id=r.span_id.hex() if r.span_id else None,
                     thread_preemptions=r.thread_preemptions,
                 )
             )
-        return Events(preemptions=tuple(out), preemptions_total=len(records))
+        waits = reading.wakeup_events
+        kept_waits = waits[-self.max_events :] if self.max_events else []
+        return Events(
+            preemptions=tuple(out),
+            preemptions_total=len(records),
+            wakeup_waits=tuple(self._wakeup_event(w, reading) for w in kept_waits),
+            wakeup_waits_total=len(waits),
+        )
+
+    def _wakeup_event(self, r: WakeupRecord, reading: SchedReading) -> WakeupWaitEvent:
+        holder = reading.threads.get(r.holder_tid)
+
+        def key(pid: int) -> str | None:
+            return self._workload_key(pid) if pid else None
+
+        return WakeupWaitEvent(
+            ts_ns=r.ts_ns,
+            pid=r.pid,
+            tid=r.tid,
+            cpu=r.cpu,
+            comm=r.comm,
+            delay_us=r.delay_ns / 1000,
+            workload=key(r.pid),
+            waker_pid=r.waker_pid,
+            waker_tid=r.waker_tid,
+            waker_comm=r.waker_comm,
+            holder_pid=r.holder_pid,
+            holder_tid=r.holder_tid,
+            holder_comm=holder.comm if holder else ("swapper" if not r.holder_tid else None),
+            holder_workload=key(r.holder_pid),
+            replaced_pid=r.replaced_pid,
+            replaced_tid=r.replaced_tid,
+            replaced_comm=r.replaced_comm,
+            replaced_workload=key(r.replaced_pid),
+            trace_id=r.trace_id.hex() if r.trace_id else None,
+            span_id=r.span_id.hex() if r.span_id else None,
+            thread_wakeups=r.thread_wakeups,
+        )
 
     def _collect_garbage(self, reading: SchedReading) -> None:
         """Every few ticks, drop kernel map entries of threads that have exited (their final
@@ -655,6 +769,9 @@ class Collector:
             return
         dead_tids = [t for t in reading.threads if not (self.proc_root / str(t)).exists()]
         tgids = {t.tgid for t in reading.threads.values()} | {k[0] for k in reading.delay_hist}
+        tgids |= {k[0] for k in reading.wakeup_hist}
+        tgids |= {g for pair in reading.waited_behind for g in pair}
+        tgids -= {0, CULPRIT_HISTORY_SHORT}
         dead_tgids = [g for g in tgids if not (self.proc_root / str(g)).exists()]
         self.sched.forget(dead_tids, dead_tgids)
         self.resolver.forget(set(dead_tgids))

@@ -28,8 +28,9 @@ _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
 
 
 class Request(NamedTuple):  # built once per request: a NamedTuple costs a fraction of a dataclass
-    """A request answered: from the end of the read that brought its head to the start of the
-    write that began its response (server side)."""
+    """A request answered: from the wake-up that let its thread read it (when the read blocked
+    for it), else the end of the read that brought its head, to the start of the write that
+    began its response (server side)."""
 
     pid: int
     tid: int
@@ -49,6 +50,9 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     preempted_ns: int | None  # None: the thread changed, or the scheduler probe had no entry
     migrations: int | None
     bypassed: bool | None
+    queued_ns: int | None = None  # run-queue wait of the wake-up charged to it (RequestRecord)
+    queued_wakeup: int | None = None
+    read_end_ns: int | None = None  # when the read that brought its head returned
 
     @property
     def duration_ns(self) -> int:
@@ -173,7 +177,7 @@ class RequestTracker:
             tid=rec.tid,
             fd=rec.fd,
             workload=workload,
-            start_ns=rec.start_ns,
+            start_ns=rec.wake_ns if rec.wake_ns and rec.wake_ns <= rec.start_ns else rec.start_ns,
             end_ns=rec.end_ns,
             method=head.method,
             route=self._route(workload, head),
@@ -187,6 +191,9 @@ class RequestTracker:
             preempted_ns=preempted,
             migrations=migrations,
             bypassed=bypassed,
+            queued_ns=rec.queued_ns,
+            queued_wakeup=rec.wakeup_seq,
+            read_end_ns=rec.start_ns,
         )
 
     # -- taking ---------------------------------------------------------------------------
@@ -279,6 +286,9 @@ def trace_of(r: Request) -> Trace:
         method=r.method,
         route=r.route,
         status=r.status,
+        queued_ms=None if r.queued_ns is None else r.queued_ns / 1e6,
+        queued_wakeup=r.queued_wakeup,
+        read_end_ns=r.read_end_ns,
     )
 
 

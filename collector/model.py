@@ -41,6 +41,20 @@ class HistogramBucket:
 
 
 @dataclass(frozen=True)
+class WaitedBehind:
+    """Part of a workload's run-queue wait (wake-up and preemption) in the window, spent while
+    one workload held the CPU it waited for. ``kind``: workload (``culprit`` is its key), idle
+    (the CPU ran its idle task: the wake-up path itself), other (the culprits beyond the top
+    ones, together), or unattributed (older than the CPU's switch history, or not split)."""
+
+    kind: str  # workload | idle | other | unattributed
+    culprit: str | None  # the culprit workload's key (kind workload)
+    comm: str | None
+    wait_ms: float
+    share: float  # of the workload's run-queue wait in the window (0..1)
+
+
+@dataclass(frozen=True)
 class SchedFigures:
     switches: int
     involuntary: int
@@ -58,6 +72,15 @@ class SchedFigures:
     preemptions_over_threshold: int
     preempt_delay_hist: tuple[HistogramBucket, ...]
     migration_matrix: tuple[Migration, ...]
+    # Wake-up delay: sched_wakeup(_new) -> the thread runs. Run-queue delay = wake-up delay +
+    # preemption delay: all the time its threads were runnable and not running.
+    wakeups: int = 0
+    wakeup_delay_us: DelayQuantiles = DelayQuantiles(None, None, None)
+    wakeup_delay_total_us: float = 0.0
+    wakeup_delay_hist: tuple[HistogramBucket, ...] = ()
+    wakeups_over_threshold: int = 0
+    runq_delay_total_us: float = 0.0
+    waited_behind: tuple[WaitedBehind, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,11 @@ class Trace(NamedTuple):
     method: str | None
     route: str
     status: int | None
+    # The run-queue wait of the wake-up that let its thread read this request (the thread
+    # blocked, the request woke it, it waited to run); charged to one request only.
+    queued_ms: float | None = None
+    queued_wakeup: int | None = None  # that wake-up's number in its thread (tid, n) is unique
+    read_end_ns: int | None = None  # when the read that brought the request returned
 
 
 @dataclass(frozen=True)
@@ -268,11 +296,40 @@ class PreemptionEvent:
 
 
 @dataclass(frozen=True)
+class WakeupWaitEvent:
+    """A wake-up wait over the threshold: from the thread's wake-up until it ran."""
+
+    ts_ns: int  # when it ran
+    pid: int
+    tid: int
+    cpu: int  # where it ran
+    comm: str
+    delay_us: float
+    workload: str | None
+    waker_pid: int  # current at the wake-up: for interrupts the interrupted task; 0 idle
+    waker_tid: int
+    waker_comm: str
+    holder_pid: int  # on the target CPU when it was woken (0: idle)
+    holder_tid: int
+    holder_comm: str | None
+    holder_workload: str | None
+    replaced_pid: int  # the task it replaced on the CPU when it finally ran (0: idle)
+    replaced_tid: int
+    replaced_comm: str
+    replaced_workload: str | None
+    trace_id: str | None = None
+    span_id: str | None = None
+    thread_wakeups: int = 0  # the thread's completed wake-ups, this one included
+
+
+@dataclass(frozen=True)
 class Events:
     preemptions: tuple[PreemptionEvent, ...] = ()
     bypass: tuple[BypassEvent, ...] = ()
     preemptions_total: int = 0  # in the window; beyond the kept cap only counted
     bypass_total: int = 0
+    wakeup_waits: tuple[WakeupWaitEvent, ...] = ()
+    wakeup_waits_total: int = 0
 
 
 @dataclass(frozen=True)

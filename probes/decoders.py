@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .records import BypassRecord, ColdStartRecord, PreemptionRecord, RequestRecord
+from .records import BypassRecord, ColdStartRecord, PreemptionRecord, RequestRecord, WakeupRecord
 
 
 class DecodeError(ValueError):
@@ -76,6 +76,34 @@ def preempt_event(f: tuple) -> PreemptionRecord:
     )
 
 
+# struct wakeup_event in sched.bpf.c
+@decoder("wakeup_event", "<QQQIIIIIIIIII16s16s16s16s8s")
+def wakeup_event(f: tuple) -> WakeupRecord:
+    (ts_ns, delay_ns, seq, pid, tid, cpu, waker_pid, waker_tid, holder_pid, holder_tid,
+     replaced_pid, replaced_tid, flags, name, waker, replaced, trace_id, span_id) = f  # fmt: skip
+    if not flags & PREEMPT_F_TRACE_CTX:
+        trace_id = span_id = None
+    return WakeupRecord(
+        ts_ns=ts_ns,
+        delay_ns=delay_ns,
+        pid=pid,
+        tid=tid,
+        cpu=cpu,
+        comm=comm(name),
+        waker_pid=waker_pid,
+        waker_tid=waker_tid,
+        waker_comm=comm(waker),
+        holder_pid=holder_pid,
+        holder_tid=holder_tid,
+        replaced_pid=replaced_pid,
+        replaced_tid=replaced_tid,
+        replaced_comm=comm(replaced),
+        thread_wakeups=seq,
+        trace_id=trace_id,
+        span_id=span_id,
+    )
+
+
 BYPASS_KINDS = {1: "enrol", 2: "first_redirect", 3: "fallback", 4: "close"}
 FALLBACK_REASONS = {1: "map_full", 2: "peer_missing", 3: "data_before_enrol", 4: "enrol_failed"}
 
@@ -113,10 +141,11 @@ _HAVE_STATS, _HAVE_CTX = 1, 2
 
 
 # struct request_event in tracectx.bpf.c
-@decoder("request_event", f"<QQQQQQIIIiIHHBBBB4x16s8s{CAPTURE_BYTES}s")
+@decoder("request_event", f"<QQQQQQQQQIIIiIHHBBBB4x16s8s{CAPTURE_BYTES}s")
 def request_event(f: tuple) -> RequestRecord:
-    (start, end, p_start, p_end, m_start, m_end, tgid, tid, end_tid, fd, _nbytes, captured, status,
-     start_flags, end_flags, read_sys, write_sys, ctx_trace, ctx_span, data) = f  # fmt: skip
+    (start, end, wake, queued, seq, p_start, p_end, m_start, m_end, tgid, tid, end_tid, fd, _nbytes,
+     captured, status, start_flags, end_flags, read_sys, write_sys, ctx_trace, ctx_span,
+     data) = f  # fmt: skip
     if read_sys not in HTTP_SYSCALLS or write_sys not in HTTP_SYSCALLS or captured > CAPTURE_BYTES:
         raise DecodeError(f"request_event: syscalls {read_sys}/{write_sys}, {captured} bytes")
     s0, s1 = start_flags & _HAVE_STATS, end_flags & _HAVE_STATS
@@ -136,6 +165,9 @@ def request_event(f: tuple) -> RequestRecord:
         data=data[:captured],
         ctx_trace_id=ctx_trace if ctx else None,
         ctx_span_id=ctx_span if ctx else None,
+        wake_ns=wake or None,
+        queued_ns=queued if seq else None,
+        wakeup_seq=seq or None,
     )
 
 

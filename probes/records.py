@@ -21,6 +21,9 @@ class ThreadSched:
     preempt_delay_ns: int
     preemptions: int
     over_threshold: int
+    wakeups: int = 0
+    wakeup_delay_ns: int = 0
+    wakeups_over_threshold: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,29 @@ class PreemptionRecord:
 
 
 @dataclass(frozen=True)
+class WakeupRecord:
+    """A wake-up wait over the threshold: from sched_wakeup(_new) of the thread until it ran."""
+
+    ts_ns: int  # when it ran
+    delay_ns: int
+    pid: int
+    tid: int
+    cpu: int  # where it ran
+    comm: str
+    waker_pid: int  # current at the wake-up (for interrupts: the interrupted task; 0: idle)
+    waker_tid: int
+    waker_comm: str
+    holder_pid: int  # on the target CPU when it was woken (0: idle)
+    holder_tid: int
+    replaced_pid: int  # the task it replaced when it finally ran (0: idle)
+    replaced_tid: int
+    replaced_comm: str
+    thread_wakeups: int  # the thread's completed wake-ups, this one included
+    trace_id: bytes | None = None
+    span_id: bytes | None = None
+
+
+@dataclass(frozen=True)
 class SchedReading:
     """One read of the scheduler probe's maps (cumulative) plus the events drained since the
     previous read. ``window_max_delay_ns`` is per process since the previous read."""
@@ -52,6 +78,13 @@ class SchedReading:
     window_max_delay_ns: dict[int, int]  # tgid -> max delay since previous read
     events: list[PreemptionRecord] = field(default_factory=list)
     migrations_untracked: int = 0
+    wakeup_hist: dict[tuple[int, int], int] = field(default_factory=dict)  # (tgid, bucket)
+    window_max_wakeup_ns: dict[int, int] = field(default_factory=dict)  # tgid -> max
+    wakeup_events: list[WakeupRecord] = field(default_factory=list)
+    # (waiting tgid, tgid that held the CPU meanwhile) -> ns, cumulative. Culprit 0: idle;
+    # CULPRIT_HISTORY_SHORT: older than the CPU's switch history reached.
+    waited_behind: dict[tuple[int, int], int] = field(default_factory=dict)
+    behind_full_ns: int = 0  # wait not split because the waited_behind map was full
 
 
 # -- socket bypass -----------------------------------------------------------------------------
@@ -139,6 +172,13 @@ class RequestRecord(NamedTuple):  # one per request: a NamedTuple is much cheape
     data: bytes  # the request's first bytes, at most CAPTURE_BYTES
     ctx_trace_id: bytes | None  # from the trace-context map (at the response, else the request)
     ctx_span_id: bytes | None
+    # The read blocked and a wake-up ended it: when that wake-up came (the request's bytes
+    # arrived then); None when the read found them waiting.
+    wake_ns: int | None = None
+    # The run-queue wait of the thread's latest wake-up before the read returned, charged to
+    # this request because no request was charged with it before; None: none charged.
+    queued_ns: int | None = None
+    wakeup_seq: int | None = None  # that wake-up's number in the reading thread
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-/* wasmtop scheduler probe: migrations, context switches, on-CPU time and preemption delay.
+/* wasmtop scheduler probe: migrations, context switches, on-CPU time, and run-queue delay in
+ * its two kinds: preemption delay (switched out while runnable -> next switch-in) and wake-up
+ * delay (sched_wakeup / sched_wakeup_new -> next switch-in), each split by the tasks that held
+ * the CPU meanwhile.
  *
  * Uses tracepoint arguments only (never kernel struct layouts: the headers BCC compiles against
  * may be of another kernel version).
  *
  * Compiled in by probes/sched.py:
- *   cflags  MAX_THREADS, HIST_ENTRIES, RINGBUF_PAGES, THRESHOLD_NS,
- *           PREV_STATE_MASK, CTR_*
+ *   cflags  MAX_THREADS, HIST_ENTRIES, BEHIND_ENTRIES, MAX_CPUS, HISTORY_LEN (a power of two),
+ *           RINGBUF_PAGES, THRESHOLD_NS, PREV_STATE_MASK, CTR_*
  *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
  *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
  *
@@ -33,27 +36,59 @@ struct hist_key {
     u32 bucket;
 };
 BPF_HASH(preempt_delay_hist, struct hist_key, u64, HIST_ENTRIES);
+BPF_HASH(wakeup_delay_hist, struct hist_key, u64, HIST_ENTRIES);
 
 /* Window maximum per process: written with update_elem (under the bucket lock) so that
  * userspace's lookup-and-delete each tick never loses a value. */
 BPF_HASH(preempt_delay_max_ns, u32, u64, MAX_THREADS);
+BPF_HASH(wakeup_delay_max_ns, u32, u64, MAX_THREADS);
 
-struct preempted {
-    u64 ts;
-    u32 tgid;
-    u32 cpu;
-    u32 preemptor_tid;
-    u32 preemptor_tgid;
-    char preemptor_comm[16];
-};
-BPF_HASH(preempted_at, u32, struct preempted, MAX_THREADS);
-
-struct running {
-    u32 tid;
-    u32 _pad;
+/* Who ran on each CPU lately: a ring of the last HISTORY_LEN slices, each running from its
+ * `since` to the next one's (the newest to now). Written only by the CPU itself in
+ * sched_switch, under its run-queue lock; read by that CPU, and by sched_migrate_task of a
+ * queued task, which also holds that lock. A slice's tgid is filled when it ends (the task is
+ * `current` then); 0 with a non-zero tid means not known yet. */
+struct slice {
     u64 since;
+    u32 tid;
+    u32 tgid;
 };
-BPF_PERCPU_ARRAY(running_since, struct running, 1);
+struct cpu_history {
+    u32 head;
+    u32 _pad;
+    struct slice s[HISTORY_LEN];
+};
+BPF_ARRAY(cpu_history, struct cpu_history, MAX_CPUS);
+#define HISTORY_MASK (HISTORY_LEN - 1)
+
+/* Run-queue wait per (waiting process, process that held the CPU), cumulative ns. Culprit 0 is
+ * the idle task; CULPRIT_HISTORY_SHORT is wait older than the CPU's history reached. Wait that
+ * found the map full is only counted (CTR_BEHIND_FULL_NS): userspace takes it, with anything
+ * else not split, as the difference between a process's total wait and its entries here. */
+struct behind_key {
+    u32 victim;
+    u32 culprit;
+};
+BPF_HASH(waited_behind, struct behind_key, u64, BEHIND_ENTRIES);
+#define CULPRIT_HISTORY_SHORT 0xffffffff
+
+/* A thread that is runnable but not running: since when, why, on which CPU's queue. */
+#define WAIT_PREEMPTED 1
+#define WAIT_WOKEN 2
+struct waiting {
+    u64 since;
+    u64 attributed_until;      /* the wait before this is already split among culprits */
+    u32 tgid;
+    u32 cpu;                   /* the run queue it waits on */
+    u32 kind;
+    u32 other_tid;             /* the preemptor, or the waker */
+    u32 other_tgid;
+    u32 holder_tid;            /* wake-ups: on the CPU when it was woken */
+    u32 holder_tgid;
+    u32 _pad;
+    char other_comm[16];
+};
+BPF_HASH(waiting, u32, struct waiting, MAX_THREADS);
 
 struct preempt_event {
     u64 ts_ns;
@@ -63,7 +98,7 @@ struct preempt_event {
     u32 cpu;
     u32 preemptor_pid;
     u32 preemptor_tid;
-    u32 flags;                 /* PREEMPT_F_TRACE_CTX: trace_id/span_id hold the thread's context */
+    u32 flags;                 /* F_TRACE_CTX: trace_id/span_id hold the thread's context */
     char comm[16];
     char preemptor_comm[16];
     u8 trace_id[16];
@@ -72,10 +107,48 @@ struct preempt_event {
                                 * events of a thread with consecutive values had no shorter
                                 * preemption between them (alert rules' "N in a row") */
 };
-#define PREEMPT_F_TRACE_CTX 1
 BPF_RINGBUF_OUTPUT(preempt_events, RINGBUF_PAGES);
 
-static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *w, u64 delay,
+struct wakeup_event {
+    u64 ts_ns;                 /* when it finally ran */
+    u64 delay_ns;
+    u64 thread_wakeups;        /* the thread's completed wake-ups, this one included */
+    u32 pid;
+    u32 tid;
+    u32 cpu;                   /* where it ran */
+    u32 waker_pid;             /* current at sched_wakeup (for wake-ups from interrupts: the
+                                * interrupted task; 0 when queued to an idle CPU) */
+    u32 waker_tid;
+    u32 holder_pid;            /* on the target CPU when it was woken */
+    u32 holder_tid;
+    u32 replaced_pid;          /* the task it replaced on the CPU */
+    u32 replaced_tid;
+    u32 flags;
+    char comm[16];
+    char waker_comm[16];
+    char replaced_comm[16];
+    u8 trace_id[16];
+    u8 span_id[8];
+};
+BPF_RINGBUF_OUTPUT(wakeup_events, RINGBUF_PAGES);
+#define F_TRACE_CTX 1
+
+/* The request the thread was working on: it has not run since it began to wait, so the
+ * runtime cannot have changed the entry in between. Returns the flags. */
+static __always_inline u32 stamp_trace_ctx(u32 tid, u8 *trace_id, u8 *span_id)
+{
+    struct trace_ctx *ctx = trace_ctx_of(tid);
+    if (ctx) {
+        __builtin_memcpy(trace_id, ctx->trace_id, 16);
+        __builtin_memcpy(span_id, ctx->span_id, 8);
+        return F_TRACE_CTX;
+    }
+    __builtin_memset(trace_id, 0, 16);
+    __builtin_memset(span_id, 0, 8);
+    return 0;
+}
+
+static __always_inline void emit_preemption(u64 now, u32 tid, struct waiting *w, u64 delay,
                                             struct thread_stats *st)
 {
     count_event(CTR_RB_ATTEMPTS);
@@ -89,25 +162,43 @@ static __always_inline void emit_preemption(u64 now, u32 tid, struct preempted *
     ev->pid = w->tgid;
     ev->tid = tid;
     ev->cpu = w->cpu;
-    ev->preemptor_pid = w->preemptor_tgid;
-    ev->preemptor_tid = w->preemptor_tid;
+    ev->preemptor_pid = w->other_tgid;
+    ev->preemptor_tid = w->other_tid;
     ev->thread_preemptions = st->preemptions;
     __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
-    /* The request the thread was working on when it lost the CPU: it has not run since, so the
-     * runtime cannot have changed the entry in between. */
-    struct trace_ctx *ctx = trace_ctx_of(tid);
-    if (ctx) {
-        ev->flags = PREEMPT_F_TRACE_CTX;
-        __builtin_memcpy(ev->trace_id, ctx->trace_id, sizeof(ev->trace_id));
-        __builtin_memcpy(ev->span_id, ctx->span_id, sizeof(ev->span_id));
-    } else {
-        ev->flags = 0;
-        __builtin_memset(ev->trace_id, 0, sizeof(ev->trace_id));
-        __builtin_memset(ev->span_id, 0, sizeof(ev->span_id));
-    }
-    __builtin_memcpy(ev->preemptor_comm, w->preemptor_comm, sizeof(ev->preemptor_comm));
+    ev->flags = stamp_trace_ctx(tid, ev->trace_id, ev->span_id);
+    __builtin_memcpy(ev->preemptor_comm, w->other_comm, sizeof(ev->preemptor_comm));
     /* No wakeup: userspace drains on a timer, so a busy CPU never pays for one per event. */
     preempt_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void emit_wakeup(u64 now, u32 tid, struct waiting *w, u64 delay,
+                                        struct thread_stats *st, u32 cpu, u32 replaced_tid,
+                                        u32 replaced_tgid, const char *replaced_comm)
+{
+    count_event(CTR_RB_ATTEMPTS);
+    struct wakeup_event *ev = wakeup_events.ringbuf_reserve(sizeof(*ev));
+    if (!ev) {
+        count_event(CTR_RB_LOST);
+        return;
+    }
+    ev->ts_ns = now;
+    ev->delay_ns = delay;
+    ev->thread_wakeups = st->wakeups;
+    ev->pid = w->tgid;
+    ev->tid = tid;
+    ev->cpu = cpu;
+    ev->waker_pid = w->other_tgid;
+    ev->waker_tid = w->other_tid;
+    ev->holder_pid = w->holder_tgid;
+    ev->holder_tid = w->holder_tid;
+    ev->replaced_pid = replaced_tgid;
+    ev->replaced_tid = replaced_tid;
+    __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
+    __builtin_memcpy(ev->waker_comm, w->other_comm, sizeof(ev->waker_comm));
+    bpf_probe_read_kernel(ev->replaced_comm, sizeof(ev->replaced_comm), replaced_comm);
+    ev->flags = stamp_trace_ctx(tid, ev->trace_id, ev->span_id);
+    wakeup_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void account_cpu_time(u32 tid, u64 ns)
@@ -120,36 +211,121 @@ static __always_inline void account_cpu_time(u32 tid, u64 ns)
         count_event(CTR_MAP_FULL);
 }
 
-static __always_inline void finish_preemption(u32 tid, u64 now)
+static __always_inline void add_behind(u32 victim, u32 culprit, u64 ns)
 {
-    struct preempted *w = preempted_at.lookup(&tid);
-    if (!w)
+    struct behind_key key = {.victim = victim, .culprit = culprit};
+    u64 zero = 0;
+    u64 *slot = waited_behind.lookup_or_try_init(&key, &zero);
+    if (slot) {
+        __sync_fetch_and_add(slot, ns);
+    } else {
+        count_event(CTR_MAP_FULL);
+        u32 idx = CTR_BEHIND_FULL_NS;
+        u64 *c = counters.lookup(&idx);
+        if (c)
+            *c += ns;
+    }
+}
+
+/* Split [from, to) of a wait on this history's CPU among the processes that ran in it, newest
+ * slice first; runs of one process are added up before they touch the map. */
+static __always_inline void attribute_wait(struct cpu_history *h, u32 victim, u64 from, u64 to)
+{
+    u64 end = to;
+    u32 head = h->head;
+    u32 run_tgid = 0;
+    u64 run_ns = 0;
+    for (u32 i = 0; i < HISTORY_LEN; i++) {
+        if (end <= from)
+            break;
+        struct slice *s = &h->s[(head - i) & HISTORY_MASK];
+        u64 start = s->since;
+        if (!start || start >= end) /* empty, or not in order: stop rather than guess */
+            break;
+        u64 seg_start = start > from ? start : from;
+        u32 tgid = s->tgid;
+        if (!tgid && s->tid) { /* still running on another CPU: not switched out yet */
+            struct thread_stats *ts = threads.lookup(&s->tid);
+            tgid = ts ? ts->tgid : CULPRIT_HISTORY_SHORT;
+        }
+        if (run_ns && tgid != run_tgid) {
+            add_behind(victim, run_tgid, run_ns);
+            run_ns = 0;
+        }
+        run_tgid = tgid;
+        run_ns += end - seg_start;
+        end = start;
+    }
+    if (run_ns)
+        add_behind(victim, run_tgid, run_ns);
+    if (end > from) /* older than the history reaches */
+        add_behind(victim, CULPRIT_HISTORY_SHORT, end - from);
+}
+
+/* A finished wait into its process's histogram and window maximum. */
+static __always_inline void add_hist(u32 kind, u32 tgid, u64 delay)
+{
+    struct hist_key hk = {.tgid = tgid, .bucket = loglinear_bucket(delay)};
+    u64 zero = 0;
+    u64 *slot, *max;
+    int err = 0;
+    if (kind == WAIT_WOKEN) {
+        slot = wakeup_delay_hist.lookup_or_try_init(&hk, &zero);
+        max = wakeup_delay_max_ns.lookup(&tgid);
+    } else {
+        slot = preempt_delay_hist.lookup_or_try_init(&hk, &zero);
+        max = preempt_delay_max_ns.lookup(&tgid);
+    }
+    add_or_count_full(slot, 1);
+    if (max && *max >= delay)
         return;
-    struct preempted copy = *w;
-    preempted_at.delete(&tid);
-    if (now < copy.ts)
+    if (kind == WAIT_WOKEN)
+        err = wakeup_delay_max_ns.update(&tgid, &delay);
+    else
+        err = preempt_delay_max_ns.update(&tgid, &delay);
+    if (err)
+        count_event(CTR_MAP_FULL);
+}
+
+/* `next` is about to run on this CPU: end its wait, if it was waiting. */
+static __always_inline void finish_wait(u32 tid, u64 now, u32 cpu, struct cpu_history *h,
+                                        u32 prev, u32 prev_tgid, const char *prev_comm)
+{
+    struct waiting *wp = waiting.lookup(&tid);
+    if (!wp)
         return;
-    u64 delay = now - copy.ts;
+    struct waiting w = *wp;
+    waiting.delete(&tid);
+    if (now < w.since)
+        return;
+    u64 delay = now - w.since;
 
     struct thread_stats *st = threads.lookup(&tid);
     if (!st)
         return;
-    st->preempt_delay_ns += delay;
-    st->preemptions += 1;
+    if (h && w.cpu == cpu && w.attributed_until < now)
+        attribute_wait(h, w.tgid, w.attributed_until, now);
+    else if (w.attributed_until < now) /* moved between queues unseen: not split, never guessed */
+        add_behind(w.tgid, CULPRIT_HISTORY_SHORT, now - w.attributed_until);
 
-    struct hist_key hk = {.tgid = copy.tgid, .bucket = loglinear_bucket(delay)};
-    u64 zero = 0;
-    add_or_count_full(preempt_delay_hist.lookup_or_try_init(&hk, &zero), 1);
-
-    u64 *max = preempt_delay_max_ns.lookup(&copy.tgid);
-    if (!max || *max < delay) {
-        if (preempt_delay_max_ns.update(&copy.tgid, &delay))
-            count_event(CTR_MAP_FULL);
-    }
-
-    if (delay >= THRESHOLD_NS) {
-        st->over_threshold += 1;
-        emit_preemption(now, tid, &copy, delay, st);
+    if (w.kind == WAIT_PREEMPTED) {
+        st->preempt_delay_ns += delay;
+        st->preemptions += 1;
+        add_hist(WAIT_PREEMPTED, w.tgid, delay);
+        if (delay >= THRESHOLD_NS) {
+            st->over_threshold += 1;
+            emit_preemption(now, tid, &w, delay, st);
+        }
+    } else {
+        st->wakeup_delay_ns += delay;
+        st->wakeups += 1;
+        st->last_wakeup_ns = w.since;
+        st->last_wakeup_delay_ns = delay;
+        add_hist(WAIT_WOKEN, w.tgid, delay);
+        if (delay >= THRESHOLD_NS) {
+            st->wakeups_over_threshold += 1;
+            emit_wakeup(now, tid, &w, delay, st, cpu, prev, prev_tgid, prev_comm);
+        }
     }
 }
 
@@ -175,19 +351,20 @@ int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
     u64 now = bpf_ktime_get_ns();
     u32 prev = args->prev_pid;
     u32 next = args->next_pid;
+    u32 cpu = bpf_get_smp_processor_id();
+    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
 
-    /* Who ran on this CPU since when: read for prev's on-CPU time, then handed to next. */
-    u32 zero_idx = 0;
+    /* prev's slice ends now: its start gives prev's on-CPU time, and its owner is known. */
     u64 ran_since = 0;
-    struct running *r = running_since.lookup(&zero_idx);
-    if (r) {
-        if (r->tid == prev)
-            ran_since = r->since;
-        r->tid = next;
-        r->since = now;
+    struct cpu_history *h = cpu_history.lookup(&cpu);
+    if (h) {
+        struct slice *cur = &h->s[h->head & HISTORY_MASK];
+        if (cur->tid == prev) {
+            ran_since = cur->since;
+            cur->tgid = prev ? tgid : 0;
+        }
     }
 
-    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
     if (prev != 0 && !(@@FILTER_TGID@@) && !(@@FILTER_CGROUP@@)) {
         struct thread_stats *st = thread_entry(prev, tgid, args->prev_comm);
         if (st) {
@@ -198,21 +375,91 @@ int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
             if ((args->prev_state & PREV_STATE_MASK) == 0) {
                 st->involuntary += 1;
                 bpf_probe_read_kernel(&st->comm, sizeof(st->comm), args->prev_comm);
-                struct preempted w = {
-                    .ts = now, .tgid = tgid, .cpu = bpf_get_smp_processor_id(),
-                    .preemptor_tid = next};
+                struct waiting w = {
+                    .since = now, .attributed_until = now, .tgid = tgid, .cpu = cpu,
+                    .kind = WAIT_PREEMPTED, .other_tid = next};
                 struct thread_stats *nst = threads.lookup(&next);
-                w.preemptor_tgid = nst ? nst->tgid : next;
-                bpf_probe_read_kernel(&w.preemptor_comm, sizeof(w.preemptor_comm),
-                                      args->next_comm);
-                if (preempted_at.update(&prev, &w))
+                w.other_tgid = nst ? nst->tgid : next;
+                bpf_probe_read_kernel(&w.other_comm, sizeof(w.other_comm), args->next_comm);
+                if (waiting.update(&prev, &w))
                     count_event(CTR_MAP_FULL);
             }
         }
     }
 
     if (next != 0)
-        finish_preemption(next, now);
+        finish_wait(next, now, cpu, h, prev, prev ? tgid : 0, args->prev_comm);
+
+    /* next's slice starts now (after the walk above, which ends at prev's slice). */
+    if (h) {
+        u32 head = (h->head + 1) & HISTORY_MASK;
+        h->head = head;
+        h->s[head].since = now;
+        h->s[head].tid = next;
+        h->s[head].tgid = 0;
+    }
+    return 0;
+}
+
+/* A tracked thread became runnable: its wait starts, on target_cpu's queue. */
+static __always_inline int start_wakeup_wait(u32 tid, u32 target_cpu)
+{
+    struct thread_stats *st = threads.lookup(&tid);
+    if (!st)
+        return 0; /* filtered out, or never seen (and not created while wasmtop ran) */
+    struct waiting *old = waiting.lookup(&tid);
+    if (old && old->kind == WAIT_PREEMPTED)
+        return 0; /* already runnable, waiting since its preemption */
+    struct waiting w = {};
+    if (target_cpu < MAX_CPUS) {
+        struct cpu_history *h = cpu_history.lookup(&target_cpu);
+        if (h) {
+            struct slice *cur = &h->s[h->head & HISTORY_MASK];
+            if (cur->tid == tid)
+                return 0; /* woken while still on its CPU (it had not switched out yet) */
+            w.holder_tid = cur->tid;
+            w.holder_tgid = cur->tgid;
+            if (!w.holder_tgid && w.holder_tid) {
+                struct thread_stats *hs = threads.lookup(&w.holder_tid);
+                w.holder_tgid = hs ? hs->tgid : w.holder_tid;
+            }
+        }
+    }
+    u64 now = bpf_ktime_get_ns();
+    u64 id = bpf_get_current_pid_tgid();
+    w.since = now;
+    w.attributed_until = now;
+    w.tgid = st->tgid;
+    w.cpu = target_cpu;
+    w.kind = WAIT_WOKEN;
+    w.other_tid = (u32)id;
+    w.other_tgid = id >> 32;
+    bpf_get_current_comm(&w.other_comm, sizeof(w.other_comm));
+    if (waiting.update(&tid, &w))
+        count_event(CTR_MAP_FULL);
+    return 0;
+}
+
+int wasmtop_sched_wakeup(struct tracepoint__sched__sched_wakeup *args)
+{
+    return start_wakeup_wait(args->pid, args->target_cpu);
+}
+
+int wasmtop_sched_wakeup_new(struct tracepoint__sched__sched_wakeup_new *args)
+{
+    return start_wakeup_wait(args->pid, args->target_cpu);
+}
+
+/* A new thread gets its entry now, so its first wait (after sched_wakeup_new) is measured. The
+ * parent is current: a thread of its process, or a new process of its own. */
+int wasmtop_task_newtask(struct tracepoint__task__task_newtask *args)
+{
+    u32 tid = args->pid;
+    u32 tgid = (args->clone_flags & 0x00010000 /* CLONE_THREAD */)
+                   ? (u32)(bpf_get_current_pid_tgid() >> 32)
+                   : tid;
+    if (!(@@FILTER_TGID@@) && !(@@FILTER_CGROUP@@))
+        thread_entry(tid, tgid, args->comm);
     return 0;
 }
 
@@ -230,5 +477,18 @@ int wasmtop_sched_migrate(struct tracepoint__sched__sched_migrate_task *args)
         .tgid = st->tgid, .from_cpu = args->orig_cpu, .to_cpu = args->dest_cpu};
     u64 zero = 0;
     add_or_count_full(migration_matrix.lookup_or_try_init(&key, &zero), 1);
+
+    /* Pulled from one run queue to another while waiting: what it waited on the old queue is
+     * split among that CPU's tasks now (its run-queue lock is held), the rest on the new one. */
+    struct waiting *w = waiting.lookup(&tid);
+    u32 orig = args->orig_cpu;
+    if (w && w->cpu == orig) {
+        u64 now = bpf_ktime_get_ns();
+        struct cpu_history *h = cpu_history.lookup(&orig);
+        if (h && w->attributed_until < now)
+            attribute_wait(h, w->tgid, w->attributed_until, now);
+        w->attributed_until = now;
+        w->cpu = args->dest_cpu;
+    }
     return 0;
 }

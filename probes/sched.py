@@ -1,6 +1,8 @@
-"""Scheduler probe: migrations, context switches, on-CPU time and preemption delay per thread.
+"""Scheduler probe: migrations, context switches, on-CPU time, and run-queue delay per thread
+(preemption delay and wake-up delay), split by the processes that held the CPU meanwhile.
 
-Kernel side: ``sched.bpf.c`` on ``sched:sched_switch`` and ``sched:sched_migrate_task``.
+Kernel side: ``sched.bpf.c`` on ``sched:sched_switch``, ``sched:sched_wakeup``,
+``sched:sched_wakeup_new``, ``task:task_newtask`` and ``sched:sched_migrate_task``.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from . import bpfobj, features, pins
-from .records import SchedReading, ThreadSched
+from .records import PreemptionRecord, SchedReading, ThreadSched, WakeupRecord
 from .runtime import Probe, ProbeUnavailable
 
 DEFAULT_THRESHOLD_NS = 50_000_000  # DESIGN.md: preemption delay > 50 ms
 DEFAULT_MAX_THREADS = 16_384
 DEFAULT_RINGBUF_PAGES = 64  # 256 KiB with 4 KiB pages: ~3,600 events between two drains
+# Switches remembered per CPU to split a wait among the tasks that ran during it: a wait that
+# spans more slices than this has its oldest part counted as not attributed.
+DEFAULT_HISTORY_LEN = 16
+DEFAULT_BEHIND_ENTRIES = 16_384  # (waiting process, process on the CPU) pairs
+CULPRIT_HISTORY_SHORT = 0xFFFFFFFF
 
 THREAD_FIELDS = (
     "tgid", "switches", "involuntary", "migrations", "preempt_delay_ns", "preemptions",
-    "over_threshold", "comm",
+    "over_threshold", "wakeups", "wakeup_delay_ns", "wakeups_over_threshold", "last_wakeup_ns",
+    "last_wakeup_delay_ns", "wakeup_charged", "comm",
 )  # fmt: skip
 
 
@@ -88,6 +96,16 @@ def fill_slot(slot: Any, map_fd: int, what: str) -> None:
         raise RuntimeError(f"the {what} slot holds map {held}, not the map it was given")
 
 
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """How many CPU ids the kernel may use (the highest possible id + 1): per-CPU arrays are
+    sized by it, not by the CPUs online now."""
+    try:
+        text = Path(path).read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
 def _int(value: object) -> int:
     """A map scalar: ctypes objects from item iteration, plain ints from batch lookups."""
     return int(getattr(value, "value", value))
@@ -97,10 +115,13 @@ class SchedProbe(Probe):
     name = "sched"
     tracepoints = (
         ("sched:sched_switch", "wasmtop_sched_switch"),
+        ("sched:sched_wakeup", "wasmtop_sched_wakeup"),
+        ("sched:sched_wakeup_new", "wasmtop_sched_wakeup_new"),
+        ("task:task_newtask", "wasmtop_task_newtask"),
         ("sched:sched_migrate_task", "wasmtop_sched_migrate"),
     )
-    ringbuffers = (("preempt_events", "preempt_event"),)
-    counters = ("MIGRATIONS_UNTRACKED",)
+    ringbuffers = (("preempt_events", "preempt_event"), ("wakeup_events", "wakeup_event"))
+    counters = ("MIGRATIONS_UNTRACKED", "BEHIND_FULL_NS")
     headers = ("shared.bpf.h",)
 
     def __init__(
@@ -112,6 +133,8 @@ class SchedProbe(Probe):
         max_threads: int = DEFAULT_MAX_THREADS,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         trace_ctx: bool = False,
+        history_len: int = DEFAULT_HISTORY_LEN,
+        behind_entries: int = DEFAULT_BEHIND_ENTRIES,
     ) -> None:
         """``trace_ctx``: pin the trace-context map (pins.TRACE_CTX_PATH) that runtimes write
         (or share the one a running wasmtop pinned), and stamp over-threshold preemption events
@@ -121,6 +144,11 @@ class SchedProbe(Probe):
             raise ValueError("threshold_ns must be >= 0")
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise ValueError("ringbuf_pages must be a power of two")
+        if history_len < 1 or history_len & (history_len - 1):
+            raise ValueError("history_len must be a power of two")
+        self.history_len = history_len
+        self.behind_entries = behind_entries
+        self.cpus = possible_cpus()
         self.threshold_ns = threshold_ns
         self.pids = tuple(pids)
         self.cgroup = cgroup
@@ -156,6 +184,9 @@ class SchedProbe(Probe):
         return {
             "MAX_THREADS": self.max_threads,
             "HIST_ENTRIES": self.max_threads * 4,
+            "BEHIND_ENTRIES": self.behind_entries,
+            "MAX_CPUS": self.cpus,
+            "HISTORY_LEN": self.history_len,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "THRESHOLD_NS": f"{self.threshold_ns}ULL",
             "PREV_STATE_MASK": hex(self.state_mask()),
@@ -198,8 +229,8 @@ class SchedProbe(Probe):
     def required_maps(self) -> list[str]:
         return [
             *super().required_maps(), "threads", "cpu_time_ns", "migration_matrix",
-            "preempt_delay_hist", "preempt_delay_max_ns", "running_since", "preempted_at",
-            "trace_ctx_slot",
+            "preempt_delay_hist", "preempt_delay_max_ns", "wakeup_delay_hist",
+            "wakeup_delay_max_ns", "cpu_history", "waiting", "waited_behind", "trace_ctx_slot",
         ]  # fmt: skip
 
     def verify_maps(self) -> None:
@@ -226,6 +257,9 @@ class SchedProbe(Probe):
                 preempt_delay_ns=v.preempt_delay_ns,
                 preemptions=v.preemptions,
                 over_threshold=v.over_threshold,
+                wakeups=v.wakeups,
+                wakeup_delay_ns=v.wakeup_delay_ns,
+                wakeups_over_threshold=v.wakeups_over_threshold,
             )
         cpu_time = {
             (k.value, cpu): int(ns)
@@ -235,37 +269,57 @@ class SchedProbe(Probe):
         }
         # The slice each CPU is running right now has not been switched out yet: add it, so a
         # thread that hogs a CPU without switching still shows its time.
-        for cpu, running in enumerate(self.table("running_since")[0]):
-            if running.tid in threads and 0 < running.since <= now:
-                key = (running.tid, cpu)
-                cpu_time[key] = cpu_time.get(key, 0) + now - running.since
+        for cpu, (tid, since) in self.running().items():
+            if tid in threads and 0 < since <= now:
+                key = (tid, cpu)
+                cpu_time[key] = cpu_time.get(key, 0) + now - since
         migrations = {
             (k.tgid, k.from_cpu, k.to_cpu): v.value
             for k, v in self.table("migration_matrix").items()
         }
-        hist = {(k.tgid, k.bucket): v.value for k, v in self.table("preempt_delay_hist").items()}
-        window_max = {_int(k): _int(v) for k, v in self._pop_all("preempt_delay_max_ns")}
+        events = self.take_events()
+        counters = self.counter_values()
         return SchedReading(
             ts_ns=now,
             threads=threads,
             cpu_time_ns=cpu_time,
             migrations=migrations,
-            delay_hist=hist,
-            window_max_delay_ns=window_max,
-            events=self.take_events(),
-            migrations_untracked=self.counter_values()["MIGRATIONS_UNTRACKED"],
+            delay_hist=self._hist("preempt_delay_hist"),
+            window_max_delay_ns=self._pop_all("preempt_delay_max_ns"),
+            events=[e for e in events if isinstance(e, PreemptionRecord)],
+            migrations_untracked=counters["MIGRATIONS_UNTRACKED"],
+            wakeup_hist=self._hist("wakeup_delay_hist"),
+            window_max_wakeup_ns=self._pop_all("wakeup_delay_max_ns"),
+            wakeup_events=[e for e in events if isinstance(e, WakeupRecord)],
+            waited_behind={
+                (k.victim, k.culprit): v.value for k, v in self.table("waited_behind").items()
+            },
+            behind_full_ns=counters["BEHIND_FULL_NS"],
         )
 
-    def _pop_all(self, name: str) -> list:
+    def _hist(self, name: str) -> dict[tuple[int, int], int]:
+        return {(k.tgid, k.bucket): v.value for k, v in self.table(name).items()}
+
+    def running(self) -> dict[int, tuple[int, int]]:
+        """CPU -> (tid, since ns) of the slice each CPU is running now (its newest one)."""
+        out = {}
+        for cpu, h in enumerate(self.table("cpu_history").values()):
+            s = h.s[h.head & (self.history_len - 1)]
+            if s.since:
+                out[cpu] = (s.tid, s.since)
+        return out
+
+    def _pop_all(self, name: str) -> dict[int, int]:
+        """Read and empty a per-process window map (key and value scalars)."""
         table = self.table(name)
         try:
-            return list(table.items_lookup_and_delete_batch())
+            items = list(table.items_lookup_and_delete_batch())
         except Exception:  # kernels without batch ops: lookup, then delete key by key
             items = list(table.items())
             for k, _ in items:
                 with contextlib.suppress(KeyError):
                     del table[k]
-            return items
+        return {_int(k): _int(v) for k, v in items}
 
     def forget(self, tids: Sequence[int], tgids: Sequence[int]) -> None:
         """Drop map entries of threads and processes that have exited (after a final read)."""
@@ -280,6 +334,8 @@ class SchedProbe(Probe):
             ("cpu_time_ns", lambda k: k.value in dead_tids),
             ("migration_matrix", lambda k: k.tgid in dead_tgids),
             ("preempt_delay_hist", lambda k: k.tgid in dead_tgids),
+            ("wakeup_delay_hist", lambda k: k.tgid in dead_tgids),
+            ("waited_behind", lambda k: k.victim in dead_tgids or k.culprit in dead_tgids),
         ):
             table = self.table(name)
             for k in [k for k in table.keys() if gone(k)]:

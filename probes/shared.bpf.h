@@ -15,6 +15,13 @@ struct thread_stats {
     u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
     u64 preemptions;           /* completed preemption delays */
     u64 over_threshold;        /* preemption delays >= THRESHOLD_NS */
+    u64 wakeups;               /* completed wake-up waits: its wake-up sequence number */
+    u64 wakeup_delay_ns;       /* cumulative: sched_wakeup(_new) -> next switch-in */
+    u64 wakeups_over_threshold;
+    u64 last_wakeup_ns;        /* when the latest completed wake-up woke it */
+    u64 last_wakeup_delay_ns;  /* how long that wake-up waited to run */
+    u64 wakeup_charged;        /* written by the trace-context probe only (in the thread's own
+                                * syscalls): the latest wake-up number charged to a request */
     char comm[16];
 };
 

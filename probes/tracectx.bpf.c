@@ -56,6 +56,7 @@ BPF_ARRAY(control, u32, 1);
 struct pending_read {
     u64 buf;
     u64 cap;   /* bytes the buffer holds (the first iovec for recvmsg) */
+    u64 wakeups; /* the thread's completed wake-ups at entry: more at exit = the read blocked */
     s32 fd;
     u32 syscall;
 };
@@ -68,6 +69,9 @@ struct open_request {
     u64 start_ns;
     u64 preempt_ns;            /* the thread's cumulative preemption delay at the read */
     u64 migrations;
+    u64 wake_ns;               /* the read blocked: when the wake-up that ended it came; else 0 */
+    u64 queued_ns;             /* run-queue wait of the wake-up charged to this request */
+    u64 wakeup_seq;            /* that wake-up's number in its thread; 0: none charged */
     u32 tid;
     u32 bytes;                 /* returned by the read */
     u16 captured;
@@ -84,6 +88,9 @@ BPF_PERCPU_ARRAY(scratch, struct open_request, 1);
 struct request_event {
     u64 start_ns;              /* end of the read that brought the request head */
     u64 end_ns;                /* start of the write that began the response */
+    u64 wake_ns;               /* the read blocked: the wake-up that ended it; else 0 */
+    u64 queued_ns;             /* run-queue wait of the wake-up charged to this request */
+    u64 wakeup_seq;            /* that wake-up's number in the reading thread; 0: none */
     u64 preempt_start_ns;      /* the thread's cumulative preemption delay at each end */
     u64 preempt_end_ns;
     u64 migrations_start;
@@ -172,8 +179,27 @@ static __always_inline void thread_figures(u32 tid, u64 *preempt, u64 *migration
     *migrations = 0;
 }
 
+/* The latest wake-up of the thread, if no request was charged with it yet: the wait it had on
+ * the run queue before it could read this request. Charged once (the thread's own syscalls are
+ * the only writers of wakeup_charged). ``entry_wakeups``: its count when the read began. */
+static __always_inline void charge_wakeup(u32 tid, u64 entry_wakeups, struct open_request *r)
+{
+    r->wake_ns = 0;
+    r->queued_ns = 0;
+    r->wakeup_seq = 0;
+    struct thread_stats *st = thread_stats_of(tid);
+    if (!st || !st->wakeups || st->wakeups <= st->wakeup_charged)
+        return;
+    r->wakeup_seq = st->wakeups;
+    r->queued_ns = st->last_wakeup_delay_ns;
+    if (st->wakeups > entry_wakeups) /* it came while this read was blocked */
+        r->wake_ns = st->last_wakeup_ns;
+    st->wakeup_charged = st->wakeups;
+}
+
 /* A request head read (server side): remember it until its response is written. */
-static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u8 sys)
+static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u8 sys,
+                                         u64 entry_wakeups)
 {
     u32 zero = 0;
     struct open_request *r = scratch.lookup(&zero);
@@ -188,6 +214,7 @@ static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u
     r->flags = 0;
     r->_pad = 0;
     thread_figures(tid, &r->preempt_ns, &r->migrations, &r->flags);
+    charge_wakeup(tid, entry_wakeups, r);
     struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
         r->flags |= F_HAVE_CTX;
@@ -237,6 +264,9 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
     u32 tid = (u32)id;
     ev->end_ns = bpf_ktime_get_ns();
     ev->start_ns = r->start_ns;
+    ev->wake_ns = r->wake_ns;
+    ev->queued_ns = r->queued_ns;
+    ev->wakeup_seq = r->wakeup_seq;
     ev->preempt_start_ns = r->preempt_ns;
     ev->migrations_start = r->migrations;
     ev->tgid = id >> 32;
@@ -274,7 +304,8 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
 
 /* The start of a read or written buffer: a request read opens, a response written closes;
  * the client side of an exchange (request written, response read) is only counted. */
-static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u8 sys)
+static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u8 sys,
+                                    u64 entry_wakeups)
 {
     u64 head = 0;
     if (n < 8 || !buf)
@@ -290,7 +321,7 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
     }
     u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
     if (kind == KIND_REQUEST && dir == DIR_READ)
-        open_request(key, buf, n < CAPTURE_BYTES ? n : CAPTURE_BYTES, total, sys);
+        open_request(key, buf, n < CAPTURE_BYTES ? n : CAPTURE_BYTES, total, sys, entry_wakeups);
     else if (kind == KIND_RESPONSE && dir == DIR_WRITE)
         close_request(key, buf, sys, fd);
     else
@@ -303,6 +334,8 @@ static __always_inline int remember_read(s32 fd, u64 buf, u64 cap, u32 sys)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct pending_read r = {.buf = buf, .cap = cap, .fd = fd, .syscall = sys};
+    struct thread_stats *st = thread_stats_of(tid);
+    r.wakeups = st ? st->wakeups : 0;
     if (pending_reads.update(&tid, &r))
         count_event(CTR_MAP_FULL);
     return 0;
@@ -319,7 +352,7 @@ static __always_inline int finish_read(long ret)
     if (ret <= 0)
         return 0;
     u64 n = (u64)ret < r.cap ? (u64)ret : r.cap;
-    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall);
+    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall, r.wakeups);
     return 0;
 }
 
@@ -383,14 +416,14 @@ int wasmtop_exit_recvmsg(struct tracepoint__syscalls__sys_exit_recvmsg *args)
 int wasmtop_enter_write(struct tracepoint__syscalls__sys_enter_write *args)
 {
     if (traced())
-        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE);
+        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE, 0);
     return 0;
 }
 
 int wasmtop_enter_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
 {
     if (traced())
-        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO);
+        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO, 0);
     return 0;
 }
 
@@ -400,7 +433,7 @@ int wasmtop_enter_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)
         return 0;
     struct uiovec iov;
     if (!msghdr_iovec((u64)args->msg, &iov))
-        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG);
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG, 0);
     return 0;
 }
 
@@ -410,6 +443,6 @@ int wasmtop_enter_writev(struct tracepoint__syscalls__sys_enter_writev *args)
         return 0;
     struct uiovec iov;
     if (!first_iovec((u64)args->vec, &iov))
-        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV);
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0);
     return 0;
 }

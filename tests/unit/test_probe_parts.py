@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wasmtop.probes.decoders import CAPTURE_BYTES, DECODERS, DecodeError, comm
-from wasmtop.probes.records import PreemptionRecord, RequestRecord
+from wasmtop.probes.records import PreemptionRecord, RequestRecord, WakeupRecord
 from wasmtop.probes.runtime import placeholders_in, render
 from wasmtop.probes.sched import SchedProbe, prev_state_mask
 from wasmtop.probes.tracectx import TraceCtxProbe
@@ -80,7 +80,71 @@ def test_preempt_event_decoder(data, expected):
     assert DECODERS["preempt_event"](data) == expected
 
 
-@pytest.mark.parametrize("name", ["preempt_event", "request_event", "bypass_event"])
+def _pack_wakeup(**over):
+    f = dict(ts=9, delay=3_000_000, seq=12, pid=10, tid=11, cpu=1, waker_pid=30, waker_tid=31,
+             holder_pid=20, holder_tid=21, replaced_pid=20, replaced_tid=22, flags=0,
+             comm=b"server", wcomm=b"client", rcomm=b"hog", trace=b"\x01" * 16,
+             span=b"\x02" * 8)  # fmt: skip
+    f.update(over)
+    return struct.pack("<QQQIIIIIIIIII16s16s16s16s8s", *f.values())
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (  # without the trace-context flag, the ids are never taken
+            _pack_wakeup(),
+            WakeupRecord(
+                9,
+                3_000_000,
+                10,
+                11,
+                1,
+                "server",
+                30,
+                31,
+                "client",
+                20,
+                21,
+                20,
+                22,
+                "hog",
+                12,
+                None,
+                None,
+            ),  # fmt: skip
+        ),
+        (  # woken from an idle CPU's interrupt: no waker, the idle task held the CPU
+            _pack_wakeup(
+                waker_pid=0, waker_tid=0, wcomm=b"swapper/1", holder_pid=0, holder_tid=0, flags=1
+            ),  # fmt: skip
+            WakeupRecord(
+                9,
+                3_000_000,
+                10,
+                11,
+                1,
+                "server",
+                0,
+                0,
+                "swapper/1",
+                0,
+                0,
+                20,
+                22,
+                "hog",
+                12,
+                b"\x01" * 16,
+                b"\x02" * 8,
+            ),  # fmt: skip
+        ),
+    ],
+)
+def test_wakeup_event_decoder(data, expected):
+    assert DECODERS["wakeup_event"](data) == expected
+
+
+@pytest.mark.parametrize("name", ["preempt_event", "wakeup_event", "request_event", "bypass_event"])
 def test_decoder_refuses_wrong_sizes(name):
     size = DECODERS[name].size
     for wrong in (0, 1, size - 1, size + 1, 2 * size):
@@ -89,12 +153,12 @@ def test_decoder_refuses_wrong_sizes(name):
 
 
 def _pack_request(**over):
-    f = dict(start=5, end=9, p0=7_000, p1=9_000, m0=2, m1=3, tgid=100, tid=101, end_tid=101, fd=7,
-             nbytes=40, captured=4, status=200, start_flags=1, end_flags=1, read_sys=2,
-             write_sys=5, ctx_trace=b"\x03" * 16, ctx_span=b"\x04" * 8,
+    f = dict(start=5, end=9, wake=0, queued=0, seq=0, p0=7_000, p1=9_000, m0=2, m1=3, tgid=100,
+             tid=101, end_tid=101, fd=7, nbytes=40, captured=4, status=200, start_flags=1,
+             end_flags=1, read_sys=2, write_sys=5, ctx_trace=b"\x03" * 16, ctx_span=b"\x04" * 8,
              data=b"GET /" + b"\xee" * 507)  # fmt: skip
     f.update(over)
-    return struct.pack("<QQQQQQIIIiIHHBBBB4x16s8s512s", *f.values())
+    return struct.pack("<QQQQQQQQQIIIiIHHBBBB4x16s8s512s", *f.values())
 
 
 @pytest.mark.parametrize(
@@ -123,6 +187,50 @@ def _pack_request(**over):
                 b"\x04" * 8,
             ),  # fmt: skip
         ),
+        (  # the read blocked: woken at 4 after 3 ns on the run queue, its thread's wake-up 6
+            _pack_request(wake=4, queued=3, seq=6),
+            RequestRecord(
+                100,
+                7,
+                5,
+                9,
+                101,
+                101,
+                7_000,
+                9_000,
+                2,
+                3,
+                200,
+                b"GET ",
+                None,
+                None,
+                wake_ns=4,
+                queued_ns=3,
+                wakeup_seq=6,
+            ),  # fmt: skip
+        ),
+        (  # not blocked, but charged the thread's uncharged wake-up (an event loop), 0 ns queued
+            _pack_request(queued=0, seq=2),
+            RequestRecord(
+                100,
+                7,
+                5,
+                9,
+                101,
+                101,
+                7_000,
+                9_000,
+                2,
+                3,
+                200,
+                b"GET ",
+                None,
+                None,
+                wake_ns=None,
+                queued_ns=0,
+                wakeup_seq=2,
+            ),  # fmt: skip
+        ),
     ],
 )
 def test_request_event_decoder(data, expected):
@@ -136,7 +244,8 @@ def test_request_event_decoder_refuses_impossible_fields(over):
 
 
 def test_every_decoder_size_is_compiled_into_its_probe():
-    for probe, dec in ((SchedProbe(), "preempt_event"), (TraceCtxProbe(), "request_event")):
+    for probe, dec in ((SchedProbe(), "preempt_event"), (SchedProbe(), "wakeup_event"),
+                       (TraceCtxProbe(), "request_event")):  # fmt: skip
         flag = f"-D{dec.upper()}_SIZE={DECODERS[dec].size}"
         assert flag in probe.cflags()
         assert f"_Static_assert(sizeof(struct {dec}) == {dec.upper()}_SIZE" in probe.source()

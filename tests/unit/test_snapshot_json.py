@@ -24,6 +24,8 @@ from wasmtop.collector.model import (
     Snapshot,
     Trace,
     Unattributed,
+    WaitedBehind,
+    WakeupWaitEvent,
 )
 from wasmtop.collector.snapshot_json import from_dict, snapshot_from_dict
 from wasmtop.collector.workloads import Pod
@@ -43,7 +45,15 @@ def full_snapshot() -> Snapshot:
         w0,
         cgroup="/kubepods/pod-0/app",
         pod=dataclasses.replace(w0.pod, runtime_class="wasmtime-spin-v2"),
-        sched=dataclasses.replace(w0.sched, migration_matrix=(migration,), cpu_skew_ratio=None),
+        sched=dataclasses.replace(
+            w0.sched,
+            migration_matrix=(migration,),
+            cpu_skew_ratio=None,
+            waited_behind=(
+                WaitedBehind("workload", "pid:4242", "hog", 12.5, 0.625),
+                WaitedBehind("unattributed", None, None, 7.5, 0.375),
+            ),
+        ),
         net=dataclasses.replace(
             w0.net,
             fallbacks={"map_full": 1},
@@ -66,13 +76,21 @@ def full_snapshot() -> Snapshot:
         preemptor_tid=9, preemptor_comm="hog", workload=w0.key, trace_id="ab" * 16,
         span_id="cd" * 8, thread_preemptions=3,
     )  # fmt: skip
+    wait = WakeupWaitEvent(
+        ts_ns=125, pid=1000, tid=1001, cpu=1, comm="wasmtime", delay_us=12000.5, workload=w0.key,
+        waker_pid=7, waker_tid=8, waker_comm="client", holder_pid=4242, holder_tid=4243,
+        holder_comm="hog", holder_workload="pid:4242", replaced_pid=4242, replaced_tid=4243,
+        replaced_comm="hog", replaced_workload="pid:4242", trace_id="ab" * 16, span_id=None,
+        thread_wakeups=17,
+    )  # fmt: skip
     bypass = BypassEvent(ts_ns=124, pid=1000, workload=w0.key, kind="fallback", reason="map_full",
                          local="127.0.0.1:8080", remote="127.0.0.1:50000", bytes=0)  # fmt: skip
     trace = Trace(
         trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331",
         parent_span_id=None, source="traceparent", trace_flags=1, tracestate="k=v", pid=1000,
         tid=1001, workload=w0.key, start_ns=99, duration_ms=3.25, preempted_ms=1.5,
-        migrations=0, bypassed=None, method="GET", route="GET /", status=200,
+        migrations=0, bypassed=None, method="GET", route="GET /", status=200, queued_ms=0.75,
+        queued_wakeup=17, read_end_ns=100,
     )  # fmt: skip
     connection = Connection(
         local="127.0.0.1:8080", remote="127.0.0.1:50000", pid=None, workload=None,
@@ -96,7 +114,12 @@ def full_snapshot() -> Snapshot:
         probes=probes,
         workloads=(w0, base.workloads[1], w2),
         events=Events(
-            preemptions=(preemption,), bypass=(bypass,), preemptions_total=4, bypass_total=1
+            preemptions=(preemption,),
+            bypass=(bypass,),
+            preemptions_total=4,
+            bypass_total=1,
+            wakeup_waits=(wait,),
+            wakeup_waits_total=2,
         ),  # fmt: skip
         traces=(trace,),
         traces_total=1,
