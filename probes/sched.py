@@ -26,7 +26,7 @@ DEFAULT_MAX_THREADS = 16_384
 DEFAULT_RINGBUF_PAGES = 64  # 256 KiB with 4 KiB pages: ~3,600 events between two drains
 # Switches remembered per CPU to split a wait among the tasks that ran during it: a wait that
 # spans more slices than this has its oldest part counted as not attributed.
-DEFAULT_HISTORY_LEN = 16
+DEFAULT_HISTORY_LEN = 32
 DEFAULT_BEHIND_ENTRIES = 16_384  # (waiting process, process on the CPU) pairs
 CULPRIT_HISTORY_SHORT = 0xFFFFFFFF
 

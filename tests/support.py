@@ -23,6 +23,14 @@ PROGRAMS = {
     "hog": "while True:\n    pass\n",
     # Sleeps in short naps: every switch is voluntary.
     "sleeper": "while True:\n    time.sleep(0.01)\n",
+    # A busy loop at a lower weight (nice NICE).
+    "nice_hog": "os.nice({NICE})\nwhile True:\n    pass\n",
+    # Naps of 1 ms under scheduling policy POLICY (os.SCHED_BATCH: a wake-up never preempts
+    # the task on the CPU, so each nap ends with a wait on the run queue behind it).
+    "napper": (
+        "os.sched_setscheduler(0, {POLICY}, os.sched_param(0))\n"
+        "while True:\n    time.sleep(0.001)\n"
+    ),
     # Moves itself between CPU 0 and 1 FLIPS times, busy on each, then idles.
     "flipper": textwrap.dedent(
         """

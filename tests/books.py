@@ -1,0 +1,77 @@
+"""The kernel's own books for a thread: the independent truth the scheduler tests compare with.
+
+- ``/proc/PID/task/TID/schedstat``: run ns, run-queue wait ns (run_delay: all time runnable but
+  not running, after wake-ups and after preemptions alike), timeslices;
+- ``/proc/PID/task/TID/status``: voluntary and nonvoluntary context switches;
+- ``/proc/PID/task/TID/sched``: ``se.nr_migrations``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Books:
+    run_ns: int
+    wait_ns: int
+    voluntary: int
+    involuntary: int
+    migrations: int
+
+    def __sub__(self, other: Books) -> Books:
+        return Books(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+
+def books(pid: int, tid: int | None = None) -> Books:
+    task = f"/proc/{pid}/task/{tid or pid}"
+    with open(f"{task}/schedstat") as f:
+        run_ns, wait_ns, _ = map(int, f.read().split())
+    status = {}
+    with open(f"{task}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            status[key] = value.strip()
+    migrations = 0
+    with open(f"{task}/sched") as f:
+        for line in f:
+            if line.startswith("se.nr_migrations"):
+                migrations = int(line.split(":")[1])
+    return Books(
+        run_ns=run_ns,
+        wait_ns=wait_ns,
+        voluntary=int(status["voluntary_ctxt_switches"]),
+        involuntary=int(status["nonvoluntary_ctxt_switches"]),
+        migrations=migrations,
+    )
+
+
+def task_ids(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def stop_all(pids: Iterable[int], timeout_s: float = 10) -> None:
+    """SIGSTOP each process and return once every one is stopped (state T) and off its CPU."""
+    pids = list(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s
+    while any(_state(p) != "T" for p in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all of {pids} stopped")
+        time.sleep(0.001)
+    time.sleep(0.02)  # state T is set just before the final switch-out: let it happen
+
+
+def continue_all(pids: Iterable[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
