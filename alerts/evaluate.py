@@ -134,9 +134,8 @@ class Evaluator:
                     steps[key] = self._step_events(rule, inst, evs, now)
                     complete = evs.complete
                 else:
-                    if q.gauge is not None:
-                        assert w is not None
-                        value = q.gauge(w)
+                    if w is not None:
+                        value = q.value(snap, w)
                     steps[key] = self._step_gauge(rule, inst, value, now)
                 inst.incomplete = self._incomplete(q.probe, lost, complete)
             for key in states.keys() - steps.keys():

@@ -2,7 +2,9 @@
 Snapshot on the node, and the PromQL that computes it from the exported metrics.
 
 Three kinds:
-- ``gauge``: one value per workload per evaluation (e.g. the window's request P99);
+- ``gauge``: one value per workload per evaluation (e.g. the window's request P99); a gauge
+  that is a rate is read from the window's total and the Snapshot's ``window_s``, as
+  Prometheus reads it from a counter's ``rate()``;
 - ``event``: values that arrive one by one (each preemption, each cold start); "N in a row"
   counts events, not evaluations;
 - ``probe``: one value per probe per evaluation (events lost).
@@ -51,8 +53,23 @@ class Quantity:
     doc: str
     promql: str  # {by}: the kept labels, {window}: range; {le}: a histogram bound (events)
     gauge: Callable[[Workload], Optional[float]] | None = None
+    # A gauge per second of wall time: the workload's total in the window, which the node
+    # divides by the Snapshot's window_s (PromQL: rate() of the counter the total feeds).
+    window_total: Callable[[Workload], Optional[float]] | None = None
     events: Callable[[Snapshot, Workload, list[Any]], Events] | None = None
     bounds_s: tuple[float, ...] = ()  # event quantities rendered from a histogram: its bounds
+
+    def value(self, snap: Snapshot, w: Workload) -> float | None:
+        """A gauge's value for one workload of a Snapshot, as the rules read it (None: the
+        Snapshot does not have it)."""
+        if self.gauge is not None:
+            return self.gauge(w)
+        if self.window_total is not None:
+            total = self.window_total(w)
+            if total is None or not snap.window_s > 0:
+                return None
+            return total / snap.window_s
+        return None
 
 
 def attribute(*path: str, scale: float = 1.0) -> Callable[[Workload], Optional[float]]:
@@ -113,6 +130,30 @@ QUANTITIES: dict[str, Quantity] = {
             "histogram_quantile(0.99, sum by (le, {by}) "
             "(rate(wasmtop_preempt_delay_seconds_bucket[{window}]))) * 1000",
             gauge=attribute("sched", "preempt_delay_us", "p99", scale=1e-3),
+        ),
+        Quantity(
+            "sched.wakeup_delay_p99_ms",
+            "gauge",
+            "ms",
+            "sched",
+            "P99 of the workload's wake-up delays in the window: from sched_wakeup (or "
+            "sched_wakeup_new) of one of its threads until the thread ran, time it was runnable "
+            "and waited behind other tasks on its CPU (in-kernel log-linear histogram, within "
+            "1/16).",
+            "histogram_quantile(0.99, sum by (le, {by}) "
+            "(rate(wasmtop_wakeup_delay_seconds_bucket[{window}]))) * 1000",
+            gauge=attribute("sched", "wakeup_delay_us", "p99", scale=1e-3),
+        ),
+        Quantity(
+            "sched.runq_delay_seconds_per_second",
+            "gauge",
+            "s/s",
+            "sched",
+            "Run-queue delay of the workload's threads per second of wall time in the window: "
+            "the time they were runnable but not running (wake-up delay + preemption delay), "
+            "summed over its threads, so it can exceed 1 (two threads always waiting = 2).",
+            "sum by ({by}) (rate(wasmtop_runq_delay_seconds_total[{window}]))",
+            window_total=attribute("sched", "runq_delay_total_us", scale=1e-6),
         ),
         Quantity(
             "sched.migrations_per_s",

@@ -77,6 +77,7 @@ RSS_GROWTH_BPS = THRESHOLDS["WasmtopMemoryGrowth"] * 1e6 / 60  # MB per minute
 REQUEST_P99_S = THRESHOLDS["WasmtopRequestLatencyP99"] / 1e3
 REQUEST_P999_S = THRESHOLDS["WasmtopRequestLatencyP999"] / 1e3
 PREEMPT_DELAY_S = THRESHOLDS["WasmtopPreemptionDelay"] / 1e3
+WAKEUP_P99_S = THRESHOLDS["WasmtopWakeupDelayP99"] / 1e3
 
 NODE = 'node=~"$node"'
 RI = "[$__rate_interval]"
@@ -473,6 +474,42 @@ def node_overview() -> Board:
             "dashed line is the alerting default (50 ms).",
             line_at=PREEMPT_DELAY_S,
         ),
+        heat(
+            "Wake-up delay (all workloads)",
+            Q(
+                f"sum by (le) (rate(wasmtop_wakeup_delay_seconds_bucket{{{NODE}}}{RI}))",
+                "{{le}}",
+                fmt=PromQueryFormat.HEATMAP,
+            ),
+            description="Wake-ups per second by delay bucket: from a thread's wake-up "
+            "(sched_wakeup, sched_wakeup_new) until it ran, time it spent runnable behind "
+            "other tasks on its CPU (wasmtop_wakeup_delay_seconds).",
+        ),
+        ts(
+            "Wake-up delay P99 (top 10 workloads)",
+            "s",
+            Q(
+                "topk(10, histogram_quantile(0.99, sum by (le, node, workload) "
+                f"(rate(wasmtop_wakeup_delay_seconds_bucket{{{NODE}}}{RI}))))",
+                "{{workload}} {{node}}",
+            ),
+            description="From the histogram buckets, so within a bucket's width. The "
+            "dashed line is the alerting default (10 ms, the edge services' P99 budget).",
+            line_at=WAKEUP_P99_S,
+        ),
+        ts(
+            "Run-queue delay per second (top 10 workloads)",
+            "percentunit",
+            Q(
+                f"topk(10, sum by ({BY_WORKLOAD}) "
+                f"(rate(wasmtop_runq_delay_seconds_total{{{NODE}}}{RI})))",
+                "{{workload}} {{node}}",
+            ),
+            description="Time the workload's threads were runnable but not running (wake-up "
+            "plus preemption delay) per second, summed over its threads (100% = one thread "
+            "waiting all the time).",
+            w=8,
+        ),
         ts(
             "Preemptions over the threshold / s",
             "cps",
@@ -483,6 +520,7 @@ def node_overview() -> Board:
             ),
             description="Preemptions longer than probes.sched.threshold_ms: the ones the "
             "kernel reports one by one.",
+            w=8,
         ),
         ts(
             "CPU time by workload (top 10)",
@@ -492,6 +530,7 @@ def node_overview() -> Board:
                 "{{workload}} {{node}}",
             ),
             description="CPU time of the workload's threads (100% = one CPU).",
+            w=8,
         ),
     )
     b.row("Socket bypass")
@@ -673,6 +712,45 @@ def workload_drilldown() -> Board:
             description="From the histogram buckets (10 µs ... 1 s). Dashed: the alerting "
             "default, 50 ms.",
             line_at=PREEMPT_DELAY_S,
+        ),
+        heat(
+            "Wake-up delay",
+            Q(
+                f"sum by (le) (rate(wasmtop_wakeup_delay_seconds_bucket{{{WORKLOAD}}}{RI}))",
+                "{{le}}",
+                fmt=PromQueryFormat.HEATMAP,
+            ),
+            description="Wake-ups per second by delay bucket (woken until running), the "
+            "selected workloads together.",
+        ),
+        ts(
+            "Wake-up delay P50 / P99",
+            "s",
+            *quantiles("wasmtop_wakeup_delay_seconds", ("0.5", "0.99"), by, legend),
+            description="From the histogram buckets (10 µs ... 1 s). Dashed: the alerting "
+            "default for the P99, 10 ms.",
+            line_at=WAKEUP_P99_S,
+        ),
+        ts(
+            "Run-queue delay per second",
+            "percentunit",
+            Q(f"sum by ({by}) (rate(wasmtop_runq_delay_seconds_total{{{WORKLOAD}}}{RI}))", legend),
+            description="Time the workload's threads were runnable but not running (wake-up "
+            "plus preemption delay) per second, summed over its threads (100% = one thread "
+            "waiting all the time).",
+        ),
+        ts(
+            "Waited behind (top 10 culprits)",
+            "percentunit",
+            Q(
+                f"topk(10, sum by ({by}, culprit) "
+                f"(rate(wasmtop_waited_behind_seconds_total{{{WORKLOAD}}}{RI})))",
+                "{{culprit}} ahead of " + legend,
+            ),
+            description="The workload's run-queue delay per second, split by who held the CPU "
+            "meanwhile: culprit is that workload's key, idle (the CPU was idle: the wake-up "
+            "path itself), other (culprits beyond the top ones of a Snapshot) or unattributed "
+            "(older than the CPU's switch history).",
         ),
         ts(
             "Affinity stability",
@@ -874,20 +952,17 @@ def requests_latency() -> Board:
             "figure is in the Snapshot's traces and the OTLP spans, not in Prometheus).",
         ),
         ts(
-            "Preemptions and migrations per request",
-            "short",
+            "Time in the run queue per request",
+            "s",
             Q(
-                f"sum by ({by}) (rate(wasmtop_involuntary_switches_total{{{WORKLOAD}}}{RI})) "
+                f"sum by ({by}) (rate(wasmtop_runq_delay_seconds_total{{{WORKLOAD}}}{RI})) "
                 f"/ ({requests} > 0)",
-                "preemptions " + legend,
+                legend,
             ),
-            Q(
-                f"sum by ({by}) (rate(wasmtop_migrations_total{{{WORKLOAD}}}{RI})) "
-                f"/ ({requests} > 0)",
-                "migrations " + legend,
-            ),
-            description="Involuntary switches and CPU migrations of the workload's threads "
-            "per request served.",
+            description="Run-queue delay (wake-up plus preemption delay) of all the "
+            "workload's threads per request served: an upper bound of the time a request "
+            "waited for a CPU, its queue wait (the exact per-request figures, queued_ms and "
+            "preempted_ms, are in the Snapshot's traces and the OTLP spans, not in Prometheus).",
         ),
         ts(
             "Preemption delay P99 vs request latency P99",
@@ -902,6 +977,39 @@ def requests_latency() -> Board:
                 "request latency " + legend,
             ),
             description="When the two rise together, the scheduler is part of the latency.",
+        ),
+        ts(
+            "Wake-up delay P99 vs request latency P99",
+            "s",
+            Q(
+                f"histogram_quantile(0.99, sum by (le, {by}) "
+                f"(rate(wasmtop_wakeup_delay_seconds_bucket{{{WORKLOAD}}}{RI})))",
+                "wake-up delay " + legend,
+            ),
+            Q(
+                f'max by ({by}) (wasmtop_request_latency_seconds{{{WORKLOAD}, quantile="0.99"}})',
+                "request latency " + legend,
+            ),
+            description="A request waits for its thread's wake-up before the handler runs: "
+            "a wake-up delay P99 near the request P99 is queueing on the CPU, not the "
+            "service. Dashed: the alerting default for the wake-up P99, 10 ms.",
+            line_at=WAKEUP_P99_S,
+        ),
+        ts(
+            "Preemptions and migrations per request",
+            "short",
+            Q(
+                f"sum by ({by}) (rate(wasmtop_involuntary_switches_total{{{WORKLOAD}}}{RI})) "
+                f"/ ({requests} > 0)",
+                "preemptions " + legend,
+            ),
+            Q(
+                f"sum by ({by}) (rate(wasmtop_migrations_total{{{WORKLOAD}}}{RI})) "
+                f"/ ({requests} > 0)",
+                "migrations " + legend,
+            ),
+            description="Involuntary switches and CPU migrations of the workload's threads "
+            "per request served.",
         ),
         ts(
             "Preemptions over the threshold / s",

@@ -108,7 +108,7 @@ def test_the_config_the_pod_sees_is_valid(build, tmp_path):
         text=True,
     )
     assert check.returncode == 0, check.stderr
-    assert "6 alert rules" in check.stdout + check.stderr
+    assert "7 alert rules" in check.stdout + check.stderr
     config = yaml.safe_load(cm["data"]["wasmtop.yaml"])
     assert config["metrics"]["listen"] == "0.0.0.0:9464"  # scraped from the node's address
 
@@ -246,7 +246,7 @@ def test_the_prometheusrule_is_what_wasmtop_rules_render_writes(tmp_path):
     check = subprocess.run(
         ["promtool", "check", "rules", str(groups)], capture_output=True, text=True
     )
-    assert check.returncode == 0 and "SUCCESS: 6 rules found" in check.stdout, check.stdout
+    assert check.returncode == 0 and "SUCCESS: 7 rules found" in check.stdout, check.stdout
 
 
 CRD_VALIDATOR = Path(__file__).resolve().parent / "crd"

@@ -13,6 +13,7 @@ from wasmtop.alerts.evaluate import Evaluator
 from wasmtop.alerts.rules import load_all, parse
 from wasmtop.collector.model import (
     ColdStarts,
+    DelayQuantiles,
     Events,
     LatencyQuantiles,
     PreemptionEvent,
@@ -264,6 +265,71 @@ def test_cold_starts_are_events():
     # No new cold start: the alert stays for keep_firing_for (5 m), then resolves.
     assert states(e.evaluate(snap(workload("w")), now=200)) == {"w": "firing"}
     r = e.evaluate(snap(workload("w")), now=302)
+    assert states(r) == {} and len(r.resolved) == 1
+
+
+def woken(key: str, p99_ms: float | None, *, preempt_p99_ms: float | None = None,
+          runq_us: float = 0.0, pod: Pod | None = None):  # fmt: skip
+    """A workload whose threads' wake-up delay P99 is ``p99_ms`` (None: no wake-up in the
+    window), its preemption delay P99 ``preempt_p99_ms``, run-queue delay ``runq_us``."""
+    w = workload(key, pod=pod)
+    us = None if p99_ms is None else p99_ms * 1e3
+    pre = None if preempt_p99_ms is None else preempt_p99_ms * 1e3
+    sched = dataclasses.replace(
+        w.sched,
+        wakeup_delay_us=DelayQuantiles(None if us is None else 300.0, us, us),
+        preempt_delay_us=DelayQuantiles(pre, pre, pre),
+        runq_delay_total_us=runq_us,
+        wakeup_delay_total_us=0.0,
+        preempt_delay_total_us=0.0,
+    )
+    return dataclasses.replace(w, sched=sched)
+
+
+def test_the_shipped_wakeup_delay_rule_fires_after_30_s_above_10_ms_and_resolves():
+    (rule,) = [r for r in load_all([]) if r.name == "WasmtopWakeupDelayP99"]
+    e = Evaluator([rule], node="n1")
+    pod = Pod(namespace="edge", name="api-0", uid="u", container="app", container_id="c")
+    # "calm" sits exactly at the threshold (not above it) with a long preemption P99 (another
+    # quantity); "quiet" had no wake-up in the window.
+    others = (woken("calm", 10.0, preempt_p99_ms=80.0), woken("quiet", None, preempt_p99_ms=80.0))
+    seen = [
+        states(e.evaluate(snap(woken("slow", p99, pod=pod), *others), now=1000 + t))
+        for t, p99 in ((0, 12.0), (15, 30.0), (29, 11.0), (30, 12.5))
+    ]
+    assert seen == [{"slow": "pending"}] * 3 + [{"slow": "firing"}]
+    r = e.evaluate(snap(woken("slow", 12.5, pod=pod), *others), now=1031)
+    (alert,) = r.snapshot.alerts
+    assert (alert.state, alert.value, alert.threshold) == ("firing", 12.5, 10)
+    assert alert.quantity == "sched.wakeup_delay_p99_ms" and alert.severity == "warning"
+    assert alert.labels == {"alertname": "WasmtopWakeupDelayP99", "namespace": "edge",
+                            "node": "n1", "pod": "api-0", "severity": "warning",
+                            "workload": "slow"}  # fmt: skip
+    assert alert.annotations["description"] == (
+        "The P99 wake-up delay of slow is 12.50 ms (threshold 10 ms, the edge services' P99 "
+        "budget): its threads were runnable but waited behind other tasks on their CPU."
+    )
+    assert alert.annotations["runbook_url"] == "docs/alerts.md#wasmtopwakeupdelayp99"
+    assert r.firing[0].starts_at_s == 1000
+    r = e.evaluate(snap(woken("slow", 9.0, pod=pod), *others), now=1032)
+    assert states(r) == {} and len(r.resolved) == 1
+
+
+def test_run_queue_delay_per_second_is_divided_by_the_snapshot_window():
+    (rule,) = parse("""
+rules:
+  - name: Queued
+    quantity: sched.runq_delay_seconds_per_second
+    threshold: 0.5
+    severity: warning
+    annotations: {summary: "{{ $labels.workload }} queued {{ $value }} s/s"}
+""")  # fmt: skip
+    e = Evaluator([rule], node="n1")
+    w = woken("w", 1.0, runq_us=1.5e6)  # 1.5 s of run-queue delay in the window
+    r = e.evaluate(dataclasses.replace(snap(w), window_s=2.0), now=0)  # 0.75 s per second
+    assert states(r) == {"w": "firing"}
+    assert r.snapshot.alerts[0].annotations["summary"] == "w queued 0.75 s/s"
+    r = e.evaluate(dataclasses.replace(snap(w), window_s=4.0), now=1)  # 0.375 s per second
     assert states(r) == {} and len(r.resolved) == 1
 
 

@@ -139,6 +139,7 @@ def test_shipped_defaults_follow_the_design_table():
         "WasmtopColdStartSlow": ("runtime.cold_start_ms", ">", 5, 1, None),
         "WasmtopMemoryGrowth": ("runtime.rss_growth_mb_per_min", ">", 2, 1, 120),
         "WasmtopPreemptionDelay": ("sched.preempt_delay_ms", ">", 50, 3, None),
+        "WasmtopWakeupDelayP99": ("sched.wakeup_delay_p99_ms", ">", 10, 1, 30),
         "WasmtopRequestLatencyP99": ("requests.latency_ms.p99", ">", 10, 1, 30),
         "WasmtopRequestLatencyP999": ("requests.latency_ms.p999", ">", 20, 1, 30),
         "WasmtopEventsLost": ("probes.lost", ">", 0, 1, None),
@@ -156,6 +157,8 @@ def test_every_shipped_alert_has_a_runbook_section_and_every_quantity_is_documen
         assert {"summary", "description", "runbook_url"} <= notes.keys()
         path, _, anchor = notes["runbook_url"].partition("#")
         assert path == "docs/alerts.md" and anchor in anchors, notes["runbook_url"]
+        # and a row in the shipped rules' table, with its quantity
+        assert f"| [{r.name}](#{anchor}) | `{r.quantity.name}` |" in doc, r.name
     for name in QUANTITIES:
         assert f"`{name}`" in doc, name
 
@@ -171,7 +174,7 @@ def test_rendered_rules_are_clean_for_promtool(tmp_path, capsys, fmt):
         assert doc["kind"] == "PrometheusRule"
         out.write_text(yaml.safe_dump({"groups": groups}))
     done = subprocess.run(["promtool", "check", "rules", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0 and "SUCCESS: 6 rules found" in done.stdout, done.stdout
+    assert done.returncode == 0 and "SUCCESS: 7 rules found" in done.stdout, done.stdout
     for rule in groups[0]["rules"]:
         assert rule["labels"]["severity"] and rule["annotations"]["summary"]
         # every alert waits (for:, keep_firing_for, or its count of events)
