@@ -14,20 +14,50 @@ from wasmtop.collector.model import (
     RuntimeMetrics,
     SchedFigures,
     Snapshot,
+    WaitedBehind,
     WasmFigures,
     Workload,
 )
 from wasmtop.collector.workloads import Pod
 
 
+def _key(i: int) -> str:
+    return f"pod:ns{i % 20}/pod-{i}/app"
+
+
+def _waited_behind(rng: random.Random, i: int, n: int, total_us: float) -> tuple[WaitedBehind, ...]:
+    """A run-queue wait split as the collector lists it: a few culprit workloads (the top ones,
+    largest first), then idle, other and unattributed, the parts adding up to the total."""
+    culprits = [_key(j) for j in rng.sample(range(n), min(n, 4)) if j != i][:3]
+    weights = sorted((rng.random() + 0.1 for _ in culprits), reverse=True)
+    weights += [0.2, 0.1, 0.05]  # idle, other, unattributed
+    whole = sum(weights)
+    parts = [w / whole for w in weights]
+    out = [
+        WaitedBehind("workload", key, "wasmtime", total_us * share / 1e3, share)
+        for key, share in zip(culprits, parts)
+    ]
+    for kind, share in zip(("idle", "other", "unattributed"), parts[len(culprits) :]):
+        out.append(WaitedBehind(kind, None, None, total_us * share / 1e3, share))
+    return tuple(out)
+
+
 def snapshot(n: int, seed: int = 1) -> Snapshot:
     rng = random.Random(seed)
+    # The wake-up figures draw from a generator of their own: the others stay what they were.
+    wake_rng = random.Random(seed * 7919 + 1)
     workloads = []
     for i in range(n):
         hist = tuple(
             HistogramBucket(low_us=2.0**k, high_us=2.0 ** (k + 1), count=rng.randrange(50))
             for k in range(4, 18)
         )
+        wake_hist = tuple(
+            HistogramBucket(low_us=2.0**k, high_us=2.0 ** (k + 1), count=wake_rng.randrange(200))
+            for k in range(2, 16)
+        )
+        wake_total_us = sum(b.count * (b.low_us + b.high_us) / 2 for b in wake_hist)
+        runq_us = 12345.0 + wake_total_us  # preemption + wake-up delay
         sched = SchedFigures(
             switches=rng.randrange(1, 10_000), involuntary=rng.randrange(1000),
             migrations=rng.randrange(500), migrations_per_s=1.0, switches_per_s=10.0,
@@ -37,6 +67,11 @@ def snapshot(n: int, seed: int = 1) -> Snapshot:
             preemptions=sum(b.count for b in hist),
             preempt_delay_total_us=12345.0, preemptions_over_threshold=rng.randrange(3),
             preempt_delay_hist=hist, migration_matrix=(),
+            wakeups=sum(b.count for b in wake_hist),
+            wakeup_delay_us=DelayQuantiles(6.0, 20_000.0, 50_000.0),
+            wakeup_delay_total_us=wake_total_us, wakeup_delay_hist=wake_hist,
+            wakeups_over_threshold=wake_rng.randrange(3), runq_delay_total_us=runq_us,
+            waited_behind=_waited_behind(wake_rng, i, n, runq_us),
         )  # fmt: skip
         net = NetFigures(
             connections=3, eligible_connections=2, bypass_connections=1, bypass_msgs=10,
@@ -64,7 +99,7 @@ def snapshot(n: int, seed: int = 1) -> Snapshot:
                   container_id=f"{i:064x}")  # fmt: skip
         workloads.append(
             Workload(
-                key=f"pod:ns{i % 20}/pod-{i}/app",
+                key=_key(i),
                 kind="wasm",
                 runtime="wasmtime",
                 comm="wasmtime",

@@ -8,9 +8,11 @@ times. One book serves both, so a name, a unit or a label means the same everywh
 Cardinality is bounded: the first ``max_workloads`` workloads get their own label set and keep
 it while they live; later ones are folded into ``workload="other"`` (their counters add up
 there; gauges are not exported for it) and counted. A workload not seen for ``stale_after_s``
-loses its series and frees its place. A workload's label set only gains: names that the
-Kubernetes API tells later fill in its empty labels (its counters go on under the new set), and
-a name never goes back to empty.
+loses its series and frees its place; so does a culprit of a workload's run-queue wait not
+listed for that long (``wasmtop_waited_behind_seconds``: a Snapshot names a workload's top
+culprits, which change; under ``workload="other"`` culprit workloads count as ``other``). A
+workload's label set only gains: names that the Kubernetes API tells later fill in its empty
+labels (its counters go on under the new set), and a name never goes back to empty.
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
-from ..collector.model import DURATION_BOUNDS_MS, Snapshot, Workload
+from ..collector.model import DURATION_BOUNDS_MS, HistogramBucket, Snapshot, Workload
 
 WORKLOAD_LABELS = ("workload", "namespace", "pod", "container", "runtime")
 OTHER = ("other", "", "", "", "")
 DEFAULT_MAX_WORKLOADS = 1000
 DEFAULT_STALE_AFTER_S = 300.0
-# Preemption delay buckets (seconds). The kernel's log-linear buckets are re-binned by their
-# upper bound: a delay counts under the first bound at or above its kernel bucket's top.
-PREEMPT_BOUNDS_S = (1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Scheduler delay buckets (seconds): preemption and wake-up delay. The kernel's log-linear
+# buckets are re-binned by their upper bound (``rebin``): a delay counts under the first bound at
+# or above its kernel bucket's top.
+DELAY_BOUNDS_S = (1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+PREEMPT_BOUNDS_S = DELAY_BOUNDS_S  # the name alerts/quantities.py and tests know
 REQUEST_BOUNDS_S = tuple(b / 1e3 for b in DURATION_BOUNDS_MS)
+# Run-queue wait by who held the CPU: the culprit label's values besides a workload key.
+CULPRIT_KINDS = ("idle", "other", "unattributed")
 
 
 class Histogram(NamedTuple):
@@ -82,6 +88,28 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "histogram",
         "Preemption delay: from an involuntary switch until the thread runs again.",
         (),
+    ),
+    "wasmtop_wakeup_delay_seconds": (
+        "histogram",
+        "Wake-up delay: from a thread's wake-up (sched_wakeup, sched_wakeup_new) until it runs.",
+        (),
+    ),
+    "wasmtop_wakeups_over_threshold": (
+        "counter",
+        "Wake-ups whose delay exceeded the configured threshold.",
+        (),
+    ),
+    "wasmtop_runq_delay_seconds": (
+        "counter",
+        "Run-queue delay: time the workload's threads were runnable but not running "
+        "(wake-up plus preemption delay).",
+        (),
+    ),
+    "wasmtop_waited_behind_seconds": (
+        "counter",
+        "Run-queue delay by who held the CPU meanwhile: culprit is a workload key, or idle, "
+        "other (culprits beyond the top ones), unattributed.",
+        ("culprit",),
     ),
     "wasmtop_affinity_stability_ratio": (
         "gauge",
@@ -153,6 +181,12 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+HISTOGRAM_BOUNDS: dict[str, tuple[float, ...]] = {
+    "wasmtop_preempt_delay_seconds": DELAY_BOUNDS_S,
+    "wasmtop_wakeup_delay_seconds": DELAY_BOUNDS_S,
+    "wasmtop_request_duration_seconds": REQUEST_BOUNDS_S,
+}
+
 ALERT_LABELS = ("alertname", "severity", "workload", "namespace", "pod", "probe")
 HOST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "wasmtop_probe_up": ("gauge", "1 when the probe is attached, 0 otherwise.", ("probe",)),
@@ -207,7 +241,7 @@ def workload_labels(w: Workload) -> tuple[str, ...]:
 class _Series:
     """Cumulative state of one label set."""
 
-    __slots__ = ("counters", "histograms", "gauges", "summary", "seen")
+    __slots__ = ("counters", "histograms", "gauges", "summary", "seen", "culprits")
 
     def __init__(self) -> None:
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
@@ -215,6 +249,7 @@ class _Series:
         self.gauges: dict[tuple[str, tuple[str, ...]], float] = {}
         self.summary: Summary | None = None  # request latency over the sliding window
         self.seen = 0.0
+        self.culprits: dict[str, float] = {}  # waited_behind culprit -> last seen
 
     def add(self, name: str, value: float, extra: tuple[str, ...] = ()) -> None:
         key = (name, extra)
@@ -266,7 +301,7 @@ class SeriesBook:
         self.latest = snap
         for w in snap.workloads:
             series = self._series_for(w, now)
-            self._fold(series, w, named=series is not self._other)
+            self._fold(series, w, now, named=series is not self._other)
         self._expire(now)
 
     def _series_for(self, w: Workload, now: float) -> _Series:
@@ -297,7 +332,7 @@ class SeriesBook:
         self._totals[(key, name)] = total
         return total - prev if total >= prev else total
 
-    def _fold(self, s: _Series, w: Workload, *, named: bool) -> None:
+    def _fold(self, s: _Series, w: Workload, now: float, *, named: bool) -> None:
         gauge = s.gauges
         if named:
             runtime_class = (w.pod.runtime_class or "") if w.pod else ""
@@ -309,19 +344,30 @@ class SeriesBook:
             s.add("wasmtop_migrations", sched.migrations)
             s.add("wasmtop_preemptions_over_threshold", sched.preemptions_over_threshold)
             s.add("wasmtop_cpu_seconds", sum(sched.cpu_time_ns_by_cpu.values()) / 1e9)
-            per_bucket = [0.0] * len(PREEMPT_BOUNDS_S)
-            for b in sched.preempt_delay_hist:
-                high_s = b.high_us / 1e6
-                for i, bound in enumerate(PREEMPT_BOUNDS_S):
-                    if high_s <= bound * (1 + 1e-9):
-                        per_bucket[i] += b.count
-                        break
             s.observe(
                 "wasmtop_preempt_delay_seconds",
-                _cumulative(per_bucket),
+                _cumulative(rebin(sched.preempt_delay_hist)),
                 sched.preemptions,
                 sched.preempt_delay_total_us / 1e6,
             )
+            s.observe(
+                "wasmtop_wakeup_delay_seconds",
+                _cumulative(rebin(sched.wakeup_delay_hist)),
+                sched.wakeups,
+                sched.wakeup_delay_total_us / 1e6,
+            )
+            s.add("wasmtop_wakeups_over_threshold", sched.wakeups_over_threshold)
+            s.add("wasmtop_runq_delay_seconds", sched.runq_delay_total_us / 1e6)
+            for wb in sched.waited_behind:
+                # A workload's own series names its top culprits (the Snapshot lists at most
+                # max_culprits); under workload="other" the culprits of every folded workload
+                # would add up without bound, so there a culprit workload counts as "other".
+                if wb.kind == "workload" and wb.culprit and named:
+                    culprit = wb.culprit
+                else:
+                    culprit = wb.kind if wb.kind in CULPRIT_KINDS else "other"
+                s.add("wasmtop_waited_behind_seconds", wb.wait_ms / 1e3, (culprit,))
+                s.culprits[culprit] = now
             if named:
                 gauge[("wasmtop_affinity_stability_ratio", ())] = sched.affinity_stability
                 if sched.cpu_skew_ratio is not None:
@@ -387,6 +433,12 @@ class SeriesBook:
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.stale_after_s
+        # A culprit not listed for stale_after_s loses its series, as a workload does.
+        for s in (*self._named.values(), self._other):
+            if s.culprits:
+                for culprit in [c for c, seen in s.culprits.items() if seen < cutoff]:
+                    del s.culprits[culprit]
+                    del s.counters[("wasmtop_waited_behind_seconds", (culprit,))]
         for key in [k for k, s in self._named.items() if s.seen < cutoff]:
             del self._named[key]
             del self._labels[key]
@@ -421,11 +473,7 @@ class SeriesBook:
             if s.summary is not None:
                 fams["wasmtop_request_latency_seconds"].samples.append(Sample(labels, s.summary))
             for name, h in s.histograms.items():
-                bounds = (
-                    REQUEST_BOUNDS_S
-                    if name == "wasmtop_request_duration_seconds"
-                    else PREEMPT_BOUNDS_S
-                )
+                bounds = HISTOGRAM_BOUNDS[name]
                 n = len(bounds)
                 fams[name].samples.append(
                     Sample(labels, Histogram(bounds, tuple(h[:n]), h[n], h[n + 1]))
@@ -468,6 +516,22 @@ class SeriesBook:
         )
         host["wasmtop_exporter_max_workloads"].samples.append(Sample((), float(self.max_workloads)))
         return [*fams.values(), *host.values()]
+
+
+def rebin(
+    hist: Iterable[HistogramBucket], bounds: tuple[float, ...] = DELAY_BOUNDS_S
+) -> list[float]:
+    """In-kernel log-linear buckets (µs) as counts per bound (seconds, not cumulative): each
+    kernel bucket counts under the first bound at or above its upper edge; one above the highest
+    bound counts in none (only in the histogram's count, the +Inf bucket)."""
+    per_bucket = [0.0] * len(bounds)
+    for b in hist:
+        high_s = b.high_us / 1e6
+        for i, bound in enumerate(bounds):
+            if high_s <= bound * (1 + 1e-9):
+                per_bucket[i] += b.count
+                break
+    return per_bucket
 
 
 def _cumulative(per_bucket: list[float]) -> list[float]:

@@ -23,11 +23,20 @@ from wasmtop.collector.model import (
     SchedFigures,
     Snapshot,
     Trace,
+    WaitedBehind,
+    WakeupWaitEvent,
     Workload,
 )
 from wasmtop.collector.workloads import Pod
 from wasmtop.exporters.otlp import OtlpExporter
-from wasmtop.exporters.series import PREEMPT_BOUNDS_S, Family, Histogram, Sample, SeriesBook
+from wasmtop.exporters.series import (
+    DELAY_BOUNDS_S,
+    PREEMPT_BOUNDS_S,
+    Family,
+    Histogram,
+    Sample,
+    SeriesBook,
+)
 
 POD = Pod(namespace="shop", name="cart-7d9f", uid="uid-123", container="app", container_id="c0ffee")
 WL_POD = "shop/cart-7d9f/app"
@@ -61,6 +70,21 @@ def _sched(switches: int, preemptions: int = 4) -> SchedFigures:
             HistogramBucket(1024.0, 1536.0, 1),  # counts under 2.5e-3 s
         ),
         migration_matrix=(),
+        wakeups=10,
+        wakeup_delay_us=DelayQuantiles(p50=8.0, p99=3000.0, max=3100.0),
+        wakeup_delay_total_us=3500.0,
+        wakeup_delay_hist=(
+            HistogramBucket(6.0, 6.5, 7),  # counts under 1e-5 s
+            HistogramBucket(2048.0, 2176.0, 1),  # counts under 2.5e-3 s
+            HistogramBucket(3072.0, 3264.0, 2),  # counts under 5e-3 s
+        ),
+        wakeups_over_threshold=2,
+        runq_delay_total_us=6000.0,  # 2500 preemption + 3500 wake-up
+        waited_behind=(
+            WaitedBehind("workload", WL_PLAIN, "edge", 4.5, 0.75),
+            WaitedBehind("idle", None, None, 1.0, 1 / 6),
+            WaitedBehind("unattributed", None, None, 0.5, 1 / 12),
+        ),
     )
 
 
@@ -127,6 +151,7 @@ def snapshot(
     traces: tuple[Trace, ...] = (),
     preemptions: tuple[PreemptionEvent, ...] = (),
     switches: int = 100,
+    wakeup_waits: tuple[WakeupWaitEvent, ...] = (),
 ) -> Snapshot:
     return Snapshot(
         host="node-a",
@@ -135,7 +160,12 @@ def snapshot(
         window_s=1.0,
         probes={"sched": {"status": "ok", "events": 10, "lost": 0, "malformed": 0}},
         workloads=workloads(switches),
-        events=Events(preemptions=preemptions, preemptions_total=len(preemptions)),
+        events=Events(
+            preemptions=preemptions,
+            preemptions_total=len(preemptions),
+            wakeup_waits=wakeup_waits,
+            wakeup_waits_total=len(wakeup_waits),
+        ),
         traces=traces,
         traces_total=len(traces),
     )
@@ -153,6 +183,36 @@ def preemption(ts_ns: int, *, tid: int = 4243, delay_us: float = 2500.0) -> Pree
         preemptor_tid=1000,
         preemptor_comm="stress-ng",
         workload=WL_POD,
+    )
+
+
+def wakeup_wait(
+    ts_ns: int, *, pid: int = 4242, tid: int = 4243, wakeup: int = 17, idle: bool = False
+) -> WakeupWaitEvent:
+    """An over-threshold wake-up wait that ended (the thread ran) at ``ts_ns``; ``idle``: the
+    target CPU was idle when it was woken and when it ran."""
+    holder = (0, 0, None, None) if idle else (999, 1000, "stress-ng", WL_PLAIN)
+    replaced = (0, 0, "swapper/3", None) if idle else (999, 1000, "stress-ng", WL_PLAIN)
+    return WakeupWaitEvent(
+        ts_ns=ts_ns,
+        pid=pid,
+        tid=tid,
+        cpu=3,
+        comm="wasmtime",
+        delay_us=1500.0,
+        workload=WL_POD,
+        waker_pid=777,
+        waker_tid=778,
+        waker_comm="envoy",
+        holder_pid=holder[0],
+        holder_tid=holder[1],
+        holder_comm=holder[2],
+        holder_workload=holder[3],
+        replaced_pid=replaced[0],
+        replaced_tid=replaced[1],
+        replaced_comm=replaced[2],
+        replaced_workload=replaced[3],
+        thread_wakeups=wakeup,
     )
 
 
@@ -276,6 +336,68 @@ def test_spans_carry_the_requests_ids_times_attributes_and_preemptions(receiver,
     assert any(md.get("x-tenant") == "team-a" for md in receiver.metadata)
 
 
+def test_spans_carry_the_queued_wakeup_and_the_threads_wakeup_waits(receiver, make_exporter):
+    exp = make_exporter(receiver.endpoint)
+    t = trace(queued_ms=1.5, queued_wakeup=17, duration_ms=10.0)
+    # The wake-up that let the thread read the request: woken at the span's start, ran 1.5 ms
+    # later (the event is at the time it ran).
+    charged = wakeup_wait(t.start_ns + 1_500_000, wakeup=17)
+    preempted = preemption(t.start_ns + 5_000_000)
+    later = wakeup_wait(t.start_ns + 8_000_000, wakeup=18, idle=True)
+    outside = (
+        wakeup_wait(t.start_ns - 1, wakeup=16),  # before the span
+        wakeup_wait(t.start_ns + 10_000_001, wakeup=19),  # after it
+        wakeup_wait(t.start_ns + 2_000_000, tid=4299),  # another thread
+        wakeup_wait(t.start_ns + 2_000_000, pid=5000),  # same tid, another process
+    )
+    plain = trace(tid=4250, queued_ms=None, queued_wakeup=None)  # the read did not block
+    exp.submit(snapshot((t, plain), (preempted,), wakeup_waits=(later, *outside, charged)))
+    want = {t.span_id, plain.span_id}
+    assert wait_until(lambda: want <= received_ids(receiver), 10), receiver.spans()
+    spans = {s.span_id.hex(): s for _, s in receiver.spans()}
+
+    s = spans[t.span_id]
+    got = attrs(s.attributes)
+    assert got["wasmtop.queued_ms"] == 1.5
+    assert got["wasmtop.queued_wakeup"] == 17
+    assert got["wasmtop.preempted_ms"] == 3.25
+    # Its thread's events inside the span, one timeline, each at its own time.
+    assert [(e.name, e.time_unix_nano - s.start_time_unix_nano) for e in s.events] == [
+        ("wakeup_wait", 1_500_000),
+        ("preemption", 5_000_000),
+        ("wakeup_wait", 8_000_000),
+    ]
+    assert attrs(s.events[0].attributes) == {
+        "delay_ms": 1.5,
+        "cpu": 3,
+        "wakeup": 17,
+        "waker_pid": 777,
+        "waker_comm": "envoy",
+        "holder_pid": 999,
+        "holder_comm": "stress-ng",
+        "holder_workload": WL_PLAIN,
+        "replaced_pid": 999,
+        "replaced_comm": "stress-ng",
+        "replaced_workload": WL_PLAIN,
+    }
+    # An idle CPU: pid 0, and the names it does not have are left out.
+    assert attrs(s.events[2].attributes) == {
+        "delay_ms": 1.5,
+        "cpu": 3,
+        "wakeup": 18,
+        "waker_pid": 777,
+        "waker_comm": "envoy",
+        "holder_pid": 0,
+        "replaced_pid": 0,
+        "replaced_comm": "swapper/3",
+    }
+
+    p = spans[plain.span_id]
+    assert "wasmtop.queued_ms" not in attrs(p.attributes)
+    assert "wasmtop.queued_wakeup" not in attrs(p.attributes)
+    assert list(p.events) == []  # another thread: none of these waits are its
+
+
 # -- 2. metrics ----------------------------------------------------------------------------
 def _sample(book: SeriesBook, name: str, workload: str) -> object:
     fam = next(f for f in book.families() if f.name == name)
@@ -386,6 +508,50 @@ def test_metrics_are_the_books_families(receiver, make_exporter):
     st = exp.stats()
     exporter_calls = [name for name in calls if name == "wasmtop-otlp-metrics"]
     assert 1 <= len(exporter_calls) <= st["metric_exports"] + st["metric_exports_failed"] + 1
+
+
+def test_wakeup_and_run_queue_metrics_arrive_as_the_books_series(receiver, make_exporter):
+    book = SeriesBook()
+    book.add(snapshot())
+    book.add(snapshot())
+    make_exporter(receiver.endpoint, book)
+    got = wait_until(lambda: _point(receiver, "wasmtop_waited_behind_seconds", WL_POD), 10)
+    assert got, [m.name for _, m in receiver.metrics()]
+
+    # The wake-up delay histogram: the preemption histogram's bounds, kernel buckets re-binned
+    # by their upper edge (7 under 10 µs, 1 under 2.5 ms, 2 under 5 ms, per Snapshot).
+    _, metric, hp = _point(receiver, "wasmtop_wakeup_delay_seconds", WL_POD)
+    assert metric.unit == "s"
+    assert metric.histogram.aggregation_temporality == 2  # CUMULATIVE
+    assert list(hp.explicit_bounds) == list(DELAY_BOUNDS_S) == list(PREEMPT_BOUNDS_S)
+    assert list(hp.bucket_counts) == [14, 0, 0, 0, 2, 4, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert hp.count == 20
+    assert hp.sum == pytest.approx(0.007)
+
+    _, metric, point = _point(receiver, "wasmtop_runq_delay_seconds", WL_POD)
+    assert (metric.unit, metric.sum.is_monotonic) == ("s", True)
+    assert point.as_double == pytest.approx(0.012)
+    _, metric, point = _point(receiver, "wasmtop_wakeups_over_threshold", WL_POD)
+    assert (metric.unit, metric.sum.is_monotonic) == ("", True)
+    assert point.as_double == 4
+
+    # Who held the CPU: one point per culprit the Snapshots listed, the culprit an attribute.
+    _, metric, _ = got
+    assert (metric.unit, metric.sum.is_monotonic) == ("s", True)
+    by_culprit = {}
+    for p in metric.sum.data_points:
+        a = attrs(p.attributes)
+        if a["wasmtop.workload"] == WL_POD:
+            assert a == {
+                "wasmtop.workload": WL_POD,
+                "k8s.namespace.name": "shop",
+                "k8s.pod.name": "cart-7d9f",
+                "k8s.container.name": "app",
+                "wasmtop.runtime": "wasmtime",
+                "culprit": a["culprit"],
+            }
+            by_culprit[a["culprit"]] = p.as_double
+    assert by_culprit == pytest.approx({WL_PLAIN: 0.009, "idle": 0.002, "unattributed": 0.001})
 
 
 # -- 3. receiver outage --------------------------------------------------------------------

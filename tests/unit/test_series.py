@@ -12,6 +12,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from wasmtop.collector.model import (
+    DelayQuantiles,
+    HistogramBucket,
+    SchedFigures,
+    Snapshot,
+    WaitedBehind,
+    Workload,
+)
+from wasmtop.collector.workloads import Pod
 from wasmtop.exporters.exposition import encode
 from wasmtop.exporters.prometheus import registry_for, render
 from wasmtop.exporters.series import SeriesBook
@@ -147,3 +156,156 @@ def test_promtool_finds_nothing_to_say_about_the_text(tmp_path):
         ["promtool", "check", "metrics"], input=encode(book.families()), capture_output=True
     )
     assert out.returncode == 0 and out.stdout == out.stderr == b"", out.stderr[:2000]
+
+
+# -- wake-up delay, run-queue delay and who held the CPU -------------------------------------
+# Hand-built Snapshots, read back through a private CollectorRegistry (prometheus_client's own
+# encoder and sample lookup), so every expected value below is worked out by hand.
+POD = Pod(namespace="shop", name="cart-1", uid="u1", container="app", container_id="c1")
+WL = "pod:u1/c1"
+WL_LABELS = {"workload": WL, "namespace": "shop", "pod": "cart-1", "container": "app",
+             "runtime": "wasmtime"}  # fmt: skip
+# Kernel buckets (µs) and the bound each must land under: the upper edge decides.
+KERNEL_HIST = (
+    HistogramBucket(4.0, 4.25, 3),  # <= 10 µs
+    HistogramBucket(9.5, 10.0, 2),  # upper edge exactly 10 µs: still <= 10 µs
+    HistogramBucket(10.0, 10.5, 1),  # just above: <= 100 µs
+    HistogramBucket(1024.0, 1088.0, 5),  # <= 2.5 ms
+    HistogramBucket(1_500_000.0, 1_600_000.0, 1),  # above 1 s: only in +Inf (the count)
+)
+# The same, cumulative per le, for one Snapshot.
+KERNEL_HIST_LE = {"1e-05": 5, "0.0001": 6, "0.0005": 6, "0.001": 6, "0.0025": 11, "0.005": 11,
+                  "0.01": 11, "0.025": 11, "0.05": 11, "0.1": 11, "0.25": 11, "0.5": 11,
+                  "1.0": 11, "+Inf": 12}  # fmt: skip
+
+
+def sched(**kw) -> SchedFigures:
+    fields = dict(
+        switches=10, involuntary=2, migrations=0, migrations_per_s=0.0, switches_per_s=10.0,
+        involuntary_per_s=2.0, affinity_stability=0.0, cpu_skew_ratio=None, allowed_cpus=(0,),
+        cpu_time_ns_by_cpu={"0": 1000}, preempt_delay_us=DelayQuantiles(None, None, None),
+        preemptions=0, preempt_delay_total_us=0.0, preemptions_over_threshold=0,
+        preempt_delay_hist=(), migration_matrix=(),
+    )  # fmt: skip
+    fields.update(kw)
+    return SchedFigures(**fields)
+
+
+def workload(key: str = WL, pod: Pod | None = POD, **kw) -> Workload:
+    return Workload(key=key, kind="wasm", runtime="wasmtime", comm="wasmtime", pids=(1,),
+                    cgroup=None, pod=pod, sched=sched(**kw))  # fmt: skip
+
+
+def snap(*workloads: Workload) -> Snapshot:
+    return Snapshot(host="h", kernel="6.1", cpus=2, window_s=1.0, probes={},
+                    workloads=workloads)  # fmt: skip
+
+
+def get(registry, name: str, labels: dict[str, str] = WL_LABELS, **extra: str) -> float | None:
+    return registry.get_sample_value(name, {**labels, **extra})
+
+
+def test_wakeup_delay_histogram_rebins_kernel_buckets_like_the_preemption_histogram():
+    w = workload(
+        wakeups=12, wakeup_delay_total_us=9876.5, wakeup_delay_hist=KERNEL_HIST,
+        # The preemption histogram from the same kernel buckets: the same code, the same bins.
+        preemptions=12, preempt_delay_total_us=9876.5, preempt_delay_hist=KERNEL_HIST,
+    )  # fmt: skip
+    book = SeriesBook()
+    registry = registry_for(book, process=False)
+    book.add(snap(w))
+    book.add(snap(w))
+    for le, n in KERNEL_HIST_LE.items():
+        got = get(registry, "wasmtop_wakeup_delay_seconds_bucket", le=le)
+        assert got == 2 * n, le
+        assert get(registry, "wasmtop_preempt_delay_seconds_bucket", le=le) == got
+    assert get(registry, "wasmtop_wakeup_delay_seconds_count") == 24
+    assert get(registry, "wasmtop_wakeup_delay_seconds_sum") == pytest.approx(2 * 0.0098765)
+    # Exactly the preemption histogram's bounds, and nothing but them.
+    les = {
+        s.labels["le"]
+        for fam in registry.collect()
+        if fam.name == "wasmtop_wakeup_delay_seconds"
+        for s in fam.samples
+        if s.name.endswith("_bucket")
+    }
+    assert les == set(KERNEL_HIST_LE)
+    assert samples(encode(book.families())) == samples(render(registry))
+
+
+def test_wakeups_over_threshold_and_run_queue_delay_are_counters_in_seconds():
+    book = SeriesBook()
+    registry = registry_for(book, process=False)
+    book.add(snap(workload(wakeups_over_threshold=3, runq_delay_total_us=2500.0)))
+    book.add(snap(workload(wakeups_over_threshold=4, runq_delay_total_us=1500.0)))
+    assert get(registry, "wasmtop_wakeups_over_threshold_total") == 7
+    assert get(registry, "wasmtop_runq_delay_seconds_total") == pytest.approx(0.004)
+    # No wake-up in these windows: the histogram is there, empty.
+    assert get(registry, "wasmtop_wakeup_delay_seconds_count") == 0
+    assert get(registry, "wasmtop_wakeup_delay_seconds_bucket", le="+Inf") == 0
+
+
+def behind(*parts: tuple[str, float]) -> tuple[WaitedBehind, ...]:
+    """("pid:7", 2.5) -> a culprit workload's 2.5 ms; ("idle", 1.0) -> the kind's."""
+    return tuple(
+        WaitedBehind(c, None, None, ms, 0.0)
+        if c in ("idle", "other", "unattributed")
+        else WaitedBehind("workload", c, "hog", ms, 0.0)
+        for c, ms in parts
+    )
+
+
+def culprits(registry, workload_labels: dict[str, str]) -> dict[str, float]:
+    out = {}
+    for fam in registry.collect():
+        if fam.name == "wasmtop_waited_behind_seconds":
+            for s in fam.samples:
+                labels = dict(s.labels)
+                culprit = labels.pop("culprit")
+                if labels == workload_labels:
+                    out[culprit] = s.value
+    return out
+
+
+def test_waited_behind_has_one_series_per_listed_culprit_which_expires_when_not_listed():
+    book = SeriesBook(stale_after_s=60)
+    registry = registry_for(book, process=False)
+    first = behind(("pid:7", 2.5), ("pod:u2/c2", 1.25), ("idle", 0.5), ("other", 0.75),
+                   ("unattributed", 0.25))  # fmt: skip
+    book.add(snap(workload(waited_behind=first)), now=0)
+    book.add(snap(workload(waited_behind=behind(("pid:7", 1.5), ("idle", 0.5)))), now=30)
+    assert culprits(registry, WL_LABELS) == pytest.approx(
+        {
+            "pid:7": 0.004,
+            "pod:u2/c2": 0.00125,
+            "idle": 0.001,
+            "other": 0.00075,
+            "unattributed": 0.00025,
+        }  # fmt: skip
+    )
+    # pod:u2/c2, other and unattributed were last listed at 0: at 61 they are stale and go; the
+    # workload itself, still seen, keeps its series.
+    book.add(snap(workload(waited_behind=behind(("pid:7", 1.0)))), now=61)
+    assert culprits(registry, WL_LABELS) == pytest.approx({"pid:7": 0.005, "idle": 0.001})
+    assert get(registry, "wasmtop_context_switches_total") == 30
+    # A culprit listed again starts from zero (its series was gone).
+    book.add(snap(workload(waited_behind=behind(("pod:u2/c2", 2.0)))), now=62)
+    assert culprits(registry, WL_LABELS)["pod:u2/c2"] == pytest.approx(0.002)
+    assert samples(encode(book.families())) == samples(render(registry))
+
+
+def test_waited_behind_under_workload_other_names_no_culprit_workload():
+    book = SeriesBook(max_workloads=1)
+    registry = registry_for(book, process=False)
+    named = workload(waited_behind=behind(("pid:7", 1.0)))
+    # Folded into workload="other": culprit workloads add up as culprit="other", so that
+    # series stays bounded however many workloads are folded there.
+    folded = [
+        workload(key=f"pid:{100 + i}", pod=None,
+                 waited_behind=behind((f"pid:{200 + i}", 1.0), ("other", 0.5), ("idle", 0.25)))
+        for i in range(3)
+    ]  # fmt: skip
+    book.add(snap(named, *folded))
+    assert culprits(registry, WL_LABELS) == pytest.approx({"pid:7": 0.001})
+    other = {"workload": "other", "namespace": "", "pod": "", "container": "", "runtime": ""}
+    assert culprits(registry, other) == pytest.approx({"other": 0.0045, "idle": 0.00075})
