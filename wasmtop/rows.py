@@ -154,22 +154,25 @@ def kind_text(w: Workload) -> str:
     return f"{w.kind}/{w.runtime}" if w.runtime else w.kind
 
 
+# At 80 columns: WORKLOAD, MIGR/s, INVOL/s, PRE p99 ms, RUNQ p99 ms, REQ p99 ms.
 TOP_COLUMNS = (
     Column("WORKLOAD", 24, workload_name, str, left=True),
-    Column("KIND", 13, kind_text, str, priority=6, left=True),
-    measure("MIGR/s", 7, "sched.migrations_per_s", _fixed(1), 2),
-    measure("STABIL", 7, "sched.affinity_stability", _fixed(3), 7),
-    measure("SKEW", 5, "sched.cpu_skew_ratio", _fixed(2), 8),
+    Column("KIND", 13, kind_text, str, priority=7, left=True),
+    measure("MIGR/s", 7, "sched.migrations_per_s", _fixed(1), 3),
+    measure("STABIL", 7, "sched.affinity_stability", _fixed(3), 8),
+    measure("SKEW", 5, "sched.cpu_skew_ratio", _fixed(2), 9),
     measure("INVOL/s", 8, "sched.involuntary_per_s", _fixed(1), 1),
     measure("PRE p99 ms", 11, "sched.preempt_delay_p99_ms", _fixed(2), 0,
             also=("sched.preempt_delay_ms",)),
-    measure("BYPASS %", 9, "net.bypass_ratio", _fixed(1, 100), 9),
-    measure("RSS MB", 7, "runtime.rss_mb", _fixed(1), 5),
-    measure("GROW MB/m", 10, "runtime.rss_growth_mb_per_min", _fixed(2), 4),
+    # Wake-up delay (woken until running), beside the preemption delay.
+    measure("RUNQ p99 ms", 12, "sched.wakeup_delay_p99_ms", _fixed(2), 2),
+    measure("BYPASS %", 9, "net.bypass_ratio", _fixed(1, 100), 10),
+    measure("RSS MB", 7, "runtime.rss_mb", _fixed(1), 6),
+    measure("GROW MB/m", 10, "runtime.rss_growth_mb_per_min", _fixed(2), 5),
     # The last cold start (the rules watch each one as an event).
     Column("COLD ms", 8, attribute("runtime_metrics", "cold_start_ms"), _fixed(1),
-           ("runtime.cold_start_ms",), priority=10),
-    measure("REQ p99 ms", 11, "requests.latency_ms.p99", _fixed(2), 3),
+           ("runtime.cold_start_ms",), priority=11),
+    measure("REQ p99 ms", 11, "requests.latency_ms.p99", _fixed(2), 4),
 )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .collector.model import Snapshot, Workload
+from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
 from .rows import TOP_COLUMNS, Column, columns_for, workload_name
 
 HELP = (
@@ -29,6 +29,16 @@ HELP = (
     ("p", "pause / resume (the probes keep counting)"),
     ("?", "this help / back"),
 )
+# What the screen shows, below the keys in the help.
+SHOWS = (
+    ("PRE p99 ms", "preemption delay P99: preempted until it ran again"),
+    ("RUNQ p99 ms", "wake-up delay P99: woken until it ran"),
+    ("red", "a value past the threshold of an alert rule on it"),
+    ("waits", "the longest waits over the threshold: preempted (by whom) or woken (behind "
+              "whom: the task it replaced; the holder at wake-up when another)"),
+    ("detail", "CPU time per CPU; preemption and wake-up delay histograms; who it waited "
+               "behind (ms, share of its run-queue wait); traces, preempted and queued ms"),
+)  # fmt: skip
 BAR = "█"
 
 
@@ -107,12 +117,20 @@ def header(snap: Snapshot, state: ViewState) -> list[Text]:
         probes.append(f"{name}:")
         probes.append(status, style="" if status == "ok" else "bold red")
         probes.append(" ")
-    probes.append(" lost ")
-    probes.append(str(lost), style="bold red" if lost else "")
-    probes.append("  alerts ")
-    probes.append(f"{firing} firing", style="bold red" if firing else "")
-    probes.append(f" {pending} pending")
-    return [first, probes]
+    tail = Text(" lost ")
+    tail.append(str(lost), style="bold red" if lost else "")
+    tail.append("  alerts ")
+    tail.append(f"{firing} firing", style="bold red" if firing else "")
+    tail.append(f" {pending} pending")
+    # One line each, so the screen's height budget holds: too wide, losses and alerts go on a
+    # line of their own.
+    if len(probes) + len(tail) <= state.width:
+        lines = [first, probes.append_text(tail)]
+    else:
+        lines = [first, probes, tail[1:]]
+    for line in lines:
+        line.no_wrap, line.overflow = True, "ellipsis"
+    return lines
 
 
 def workload_table(snap: Snapshot, state: ViewState, rules: Sequence[Any], max_rows: int) -> Table:
@@ -158,17 +176,85 @@ def alerts_pane(snap: Snapshot, lines: int) -> list[Text]:
     return out
 
 
-def preemptions_pane(snap: Snapshot, lines: int, key: str | None = None) -> list[Text]:
-    events = [e for e in snap.events.preemptions if key is None or e.workload == key]
-    if not events or lines <= 0:
+def _task(comm: str | None, tid: int) -> str:
+    return "idle" if tid == 0 else f"{comm or '?'}[{tid}]"
+
+
+def waits_pane(snap: Snapshot, lines: int, key: str | None = None) -> list[Text]:
+    """The longest waits over the threshold, preemptions and wake-up waits together, each with
+    its culprit: the preemptor, or the task a woken thread replaced when it finally ran."""
+    ev = snap.events
+    pre = [e for e in ev.preemptions if key is None or e.workload == key]
+    woken = [e for e in ev.wakeup_waits if key is None or e.workload == key]
+    if not (pre or woken) or lines <= 0:
         return []
-    out = [Text(f"PREEMPTIONS over threshold ({snap.events.preemptions_total} in window)",
-                style="bold")]  # fmt: skip
-    for e in sorted(events, key=lambda e: -e.delay_us)[: lines - 1]:
-        t = Text(f"{e.delay_us / 1e3:8.2f} ms  {e.comm}[{e.tid}] cpu{e.cpu} by ")
+    out = [Text(f"LONGEST WAITS over threshold ({ev.preemptions_total} preempted, "
+                f"{ev.wakeup_waits_total} woken in window)", style="bold")]  # fmt: skip
+    items: list[tuple[float, Text]] = []
+    for e in pre:
+        t = Text(f"{e.delay_us / 1e3:8.2f} ms  preempted  {e.comm}[{e.tid}] cpu{e.cpu} by ")
         t.append(f"{e.preemptor_comm}[{e.preemptor_tid}]")
-        if e.trace_id:
-            t.append(f"  trace {e.trace_id}", style="cyan")
+        items.append((e.delay_us, _traced(t, e.trace_id)))
+    for w in woken:
+        t = Text(f"{w.delay_us / 1e3:8.2f} ms  woken      {w.comm}[{w.tid}] cpu{w.cpu} behind ")
+        t.append(_task(w.replaced_comm, w.replaced_tid))
+        if w.replaced_workload:
+            t.append(f" {w.replaced_workload}")
+        if w.holder_tid != w.replaced_tid:
+            t.append(f"  held at wake-up by {_task(w.holder_comm, w.holder_tid)}")
+            if w.holder_workload:
+                t.append(f" {w.holder_workload}")
+        items.append((w.delay_us, _traced(t, w.trace_id)))
+    for _, t in sorted(items, key=lambda item: -item[0])[: lines - 1]:
+        t.no_wrap, t.overflow = True, "ellipsis"  # one line each: the pane's height is counted
+        out.append(t)
+    return out
+
+
+def _traced(t: Text, trace_id: str | None) -> Text:
+    if trace_id:
+        t.append(f"  trace {trace_id}", style="cyan")
+    return t
+
+
+def _histogram(title: str, buckets: Sequence[HistogramBucket], bar_w: int) -> list[Text]:
+    """A delay histogram's highest non-empty buckets, one bar each."""
+    hist = [b for b in buckets if b.count]
+    if not hist:
+        return []
+    out = [Text(title, style="bold")]
+    top = max(b.count for b in hist)
+    for b in hist[-8:]:
+        label = f"<{b.high_us / 1e3:.2f} ms" if b.high_us < 1e6 else f"<{b.high_us / 1e6:.1f} s"
+        out.append(Text(f"{label:>11} {b.count:6d} {BAR * round(b.count / top * bar_w)}"))
+    return out
+
+
+def _culprit(wb: WaitedBehind, w: Workload) -> str:
+    if wb.kind != "workload":
+        return {"idle": "idle (wake-up path)"}.get(wb.kind, wb.kind)
+    name = wb.culprit or "?"
+    if wb.comm and wb.comm not in name:
+        name += f" {wb.comm}"
+    return name + (" (itself)" if wb.culprit == w.key else "")
+
+
+def waited_behind(w: Workload, width: int) -> list[Text]:
+    """Who held the CPU while the workload's threads waited for it (wake-up and preemption)."""
+    s = w.sched
+    if s is None or not s.waited_behind:
+        return []
+    out = [Text(f"waited behind (run-queue wait {s.runq_delay_total_us / 1e3:.2f} ms: wake-up "
+                f"{s.wakeup_delay_total_us / 1e3:.2f}, preemption "
+                f"{s.preempt_delay_total_us / 1e3:.2f})", style="bold")]  # fmt: skip
+    names = [_culprit(wb, w) for wb in s.waited_behind]
+    name_w = min(max(len(n) for n in names), max(12, width // 2))
+    bar_w = max(0, width - name_w - 22)
+    for wb, name in sorted(zip(s.waited_behind, names), key=lambda p: -p[0].wait_ms):
+        name = name if len(name) <= name_w else name[: name_w - 1] + "…"
+        t = Text(f"{name:<{name_w}} {wb.wait_ms:9.2f} ms {100 * wb.share:5.1f} % ")
+        t.append(BAR * round(wb.share * bar_w))
+        t.no_wrap = True
         out.append(t)
     return out
 
@@ -192,29 +278,35 @@ def detail(snap: Snapshot, state: ViewState, w: Workload | None) -> list[Rendera
         for cpu, ns in sorted(s.cpu_time_ns_by_cpu.items(), key=lambda kv: int(kv[0])):
             share = ns / total
             out.append(Text(f"cpu{cpu:<3} {ns / 1e6:9.1f} ms {BAR * round(share * bar_w)}"))
-        hist = [b for b in s.preempt_delay_hist if b.count]
-        if hist:
-            out.append(Text("preemption delay", style="bold"))
-            top = max(b.count for b in hist)
-            for b in hist[-8:]:
-                label = (
-                    f"<{b.high_us / 1e3:.2f} ms" if b.high_us < 1e6 else f"<{b.high_us / 1e6:.1f} s"
-                )
-                n = round(b.count / top * bar_w)
-                out.append(Text(f"{label:>11} {b.count:6d} {BAR * n}"))
+        # The two delay histograms side by side (one under the other when narrow).
+        half = width // 2 - 1
+        pre = _histogram("preemption delay", s.preempt_delay_hist, max(4, half - 19))
+        wake = _histogram("wake-up delay", s.wakeup_delay_hist, max(4, half - 19))
+        if pre and wake and width >= 60:
+            both = Table.grid(padding=(0, 2, 0, 0))
+            both.add_column(width=half, no_wrap=True)
+            both.add_column(width=half, no_wrap=True)
+            both.add_row(Group(*pre), Group(*wake))
+            out.append(both)
+        else:
+            out += _histogram("preemption delay", s.preempt_delay_hist, bar_w)
+            out += _histogram("wake-up delay", s.wakeup_delay_hist, bar_w)
+        out += waited_behind(w, width)
     traces = [t for t in snap.traces if t.workload == w.key]
     if traces:
         out.append(Text("recent traces (kernel interference)", style="bold"))
         for t in sorted(traces, key=lambda t: -t.duration_ms)[:5]:
             pre = "-" if t.preempted_ms is None else f"{t.preempted_ms:.2f}"
+            queued = "-" if t.queued_ms is None else f"{t.queued_ms:.2f}"
             out.append(
                 Text(
                     f"{t.trace_id[:16]} {t.duration_ms:8.2f} ms  preempted {pre} ms  "
+                    f"queued {queued} ms  "
                     f"migrations {t.migrations if t.migrations is not None else '-'}  "
                     f"{t.method or ''} {t.route}"
                 )  # fmt: skip
             )
-    out += preemptions_pane(snap, 4, w.key)
+    out += waits_pane(snap, 4, w.key)
     return out
 
 
@@ -241,18 +333,22 @@ def render(snap: Snapshot | None, state: ViewState, rules: Sequence[Any] = ()) -
         table = Table(box=None, show_header=False)
         for k, what in HELP:
             table.add_row(Text(k, style="bold"), what)
-        parts += [Text(""), table]
+        shows = Table(box=None, show_header=False)
+        for k, what in SHOWS:
+            shows.add_row(Text(k, style="bold"), what)
+        parts += [Text(""), table, Text(""), shows]
     elif state.detail:
         w = next((w for w in snap.workloads if w.key == state.selected), None)
         parts += detail(snap, state, w)
     else:
         free = state.height - len(parts) - 2  # the table's header and the footer
         alert_lines = min(len(snap.alerts) + 1, max(0, free // 4)) if snap.alerts else 0
-        pre_lines = min(len(snap.events.preemptions) + 1, max(0, free // 4))
+        events = len(snap.events.preemptions) + len(snap.events.wakeup_waits)
+        pre_lines = min(events + 1, max(0, free // 4)) if events else 0
         rows = max(1, free - alert_lines - pre_lines)
         parts.append(workload_table(snap, state, rules, rows))
         parts += alerts_pane(snap, alert_lines)
-        parts += preemptions_pane(snap, pre_lines)
+        parts += waits_pane(snap, pre_lines)
     for note in state.notes[-2:]:
         parts.append(Text(note, style="yellow"))
     parts.append(footer(state))

@@ -17,6 +17,7 @@ import pytest
 
 from peers import daemon, free_port
 from support import no_programs_left, wait_for, wasmtop_cmd, workloads
+from wasmtop.rows import columns_for
 
 pytestmark = pytest.mark.bpf
 WASMTOP = " ".join(shlex.quote(a) for a in wasmtop_cmd())
@@ -66,6 +67,12 @@ def row_of(screen: str, pid: int) -> list[str] | None:
     return None
 
 
+def cell(row: list[str], header: str, width: int = 120) -> str:
+    """The cell under ``header`` in a row from row_of (the workload and kind cells are one word
+    each), for the columns a terminal ``width`` wide shows."""
+    return row[[c.header for c in columns_for(width)].index(header)]
+
+
 def header_of(screen: str) -> list[str]:
     return next(line for line in screen.splitlines() if line.lstrip().startswith("WORKLOAD"))
 
@@ -83,7 +90,9 @@ def test_tui_shows_real_workloads_sorts_filters_details_and_quits_cleanly(tmp_pa
             # per second (INVOL/s) and the preemption delay P99 in ms.
             screen = tmux.wait_screen(
                 lambda s: all(
-                    (r := row_of(s, h.pid)) and float(r[5]) > 0 and r[6] != "-"
+                    (r := row_of(s, h.pid))
+                    and float(cell(r, "INVOL/s")) > 0
+                    and cell(r, "PRE p99 ms") != "-"
                     for h in (pinned, unpinned)
                 )
             )

@@ -4,13 +4,22 @@ threshold, detail view, keys."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from wasmtop.alerts.rules import load_all
-from wasmtop.collector.model import DelayQuantiles
+from wasmtop.collector.model import (
+    DelayQuantiles,
+    Events,
+    HistogramBucket,
+    PreemptionEvent,
+    Trace,
+    WaitedBehind,
+    WakeupWaitEvent,
+)
 from wasmtop.rows import TOP_COLUMNS, columns_for
 from wasmtop.top import Keys, handle, parse_keys
 from wasmtop.view import ViewState, render, visible, workload_table
@@ -93,3 +102,172 @@ def test_escape_sequences_become_key_names():
 def test_without_a_snapshot_it_waits_and_the_banner_shows():
     text, _ = screen(None, ViewState(banner="127.0.0.1:9465: connection refused; reconnecting"))
     assert "connection refused" in text and "waiting for the first Snapshot" in text
+
+
+# -- wake-up delay: the RUNQ column, the detail's histograms and culprits, the waits pane ------
+CULPRIT = "pod:shop/db-0/app"
+
+
+def with_wakeups(snap, values_ms):
+    """The workloads of ``snap`` with a wake-up delay P99 each (None: no wake-up measured) and
+    a preemption delay P99 of 1 ms."""
+    snap = with_p99(snap, [1.0] * len(values_ms))
+    ws = []
+    for w, ms in zip(snap.workloads, values_ms):
+        q = (
+            DelayQuantiles(None, None, None)
+            if ms is None
+            else DelayQuantiles(5.0, ms * 1e3, ms * 1e3)
+        )
+        ws.append(dataclasses.replace(w, sched=dataclasses.replace(w.sched, wakeup_delay_us=q)))
+    return dataclasses.replace(snap, workloads=tuple(ws))
+
+
+def wakeup_rules(tmp_path, threshold_ms):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - name: RunQueueP99\n"
+        "    quantity: sched.wakeup_delay_p99_ms\n"
+        '    comparator: ">"\n'
+        f"    threshold: {threshold_ms}\n"
+        "    severity: warning\n"
+        "    annotations: {summary: slow wake-ups}\n"
+    )
+    return load_all([path])
+
+
+def cell_under(text, header, marker):
+    """The cell of the row holding ``marker`` under the right-aligned ``header`` (and its sort
+    mark, if any)."""
+    lines = text.splitlines()
+    head = next(line for line in lines if line.startswith("WORKLOAD"))
+    end = head.index(header) + len(header)
+    end += head[end] in "▲▼"
+    row = next(line for line in lines if marker in line)
+    return row[:end].split()[-1]
+
+
+def test_runq_column_shows_the_wakeup_p99_in_ms_beside_the_preemption_p99():
+    snap = with_wakeups(snapshot(2), [7.25, None])
+    for width in (80, 200):
+        text, _ = screen(snap, ViewState(width=width, height=24))
+        head = next(line for line in text.splitlines() if line.startswith("WORKLOAD"))
+        assert re.search(r"PRE p99 ms▼\s+RUNQ p99 ms ", head), head
+        assert cell_under(text, "RUNQ p99 ms", "pod-0") == "7.25"
+        assert cell_under(text, "PRE p99 ms", "pod-0") == "1.00"  # not the wake-up P99
+        assert cell_under(text, "RUNQ p99 ms", "pod-1") == "-"  # no wake-up measured
+
+
+def test_runq_cell_is_red_only_above_a_rule_on_the_wakeup_p99(tmp_path):
+    snap = with_wakeups(with_p99(snapshot(3), [80.0, 80.0, 80.0]), [25.0, 10.0, 4.0])
+    table = workload_table(snap, ViewState(width=200), wakeup_rules(tmp_path, 10), max_rows=10)
+    col = next(c for c in table.columns if str(c.header).startswith("RUNQ p99 ms"))
+    assert {str(t): t.style for t in col._cells} == {"25.00": "bold red", "10.00": "", "4.00": ""}
+    # A rule on the wake-up delay does not colour the preemption delay, whatever its value.
+    pre = next(c for c in table.columns if str(c.header).startswith("PRE p99 ms"))
+    assert {t.style for t in pre._cells} == {""}
+    # Sorting by it: largest first.
+    state = ViewState(sort=[c.header for c in TOP_COLUMNS].index("RUNQ p99 ms"))
+    assert [w.key for w in visible(snap, state)] == ["pid:100", "pid:101", "pid:102"]
+
+
+def runq_snapshot():
+    """One workload that waited behind a database, itself, idle and unattributed, with an
+    over-threshold wake-up wait and a preemption, and a traced request."""
+    snap = with_wakeups(snapshot(2), [7.25, 1.0])
+    w = snap.workloads[0]
+    pre_hist = (HistogramBucket(1024.0, 2048.0, 31), HistogramBucket(2048.0, 4096.0, 48))
+    wake_hist = (HistogramBucket(256.0, 512.0, 5), HistogramBucket(32768.0, 65536.0, 1))
+    behind = (
+        WaitedBehind("workload", CULPRIT, "postgres", 12.5, 0.386),
+        WaitedBehind("workload", w.key, "wasmtime", 8.25, 0.255),
+        WaitedBehind("idle", None, None, 1.5, 0.046),
+        WaitedBehind("unattributed", None, None, 10.1, 0.312),
+    )
+    sched = dataclasses.replace(
+        w.sched, preempt_delay_hist=pre_hist, wakeup_delay_hist=wake_hist, wakeups=6,
+        wakeup_delay_total_us=20000.0, preempt_delay_total_us=12340.0,
+        runq_delay_total_us=32340.0, waited_behind=behind,
+    )  # fmt: skip
+    w = dataclasses.replace(w, sched=sched)
+    woken = WakeupWaitEvent(
+        ts_ns=2, pid=100, tid=1002, cpu=0, comm="wasmtime", delay_us=73000.0, workload=w.key,
+        waker_pid=0, waker_tid=0, waker_comm="swapper/0", holder_pid=55, holder_tid=56,
+        holder_comm="kworker", holder_workload=None, replaced_pid=88, replaced_tid=89,
+        replaced_comm="postgres", replaced_workload=CULPRIT, trace_id="ef" * 16,
+    )  # fmt: skip
+    preempted = PreemptionEvent(1, 100, 1001, 1, "wasmtime", 61000.0, 77, 77, "stress", w.key)
+    trace = Trace("ab" * 16, "cd" * 8, None, "traceparent", 1, None, 100, 1001, w.key, 0, 80.0,
+                  61.0, 2, True, "GET", "/x", 200, queued_ms=3.5, queued_wakeup=4)  # fmt: skip
+    events = Events(preemptions=(preempted,), preemptions_total=4, wakeup_waits=(woken,),
+                    wakeup_waits_total=2)  # fmt: skip
+    return dataclasses.replace(
+        snap, workloads=(w, *snap.workloads[1:]), events=events, traces=(trace,)
+    )
+
+
+def test_detail_shows_both_histograms_who_it_waited_behind_and_the_queued_ms():
+    snap = runq_snapshot()
+    key = snap.workloads[0].key
+    for width in (80, 120):
+        text, _ = screen(snap, ViewState(width=width, height=60, detail=True, selected=key))
+        lines = text.splitlines()
+        assert "preemption delay" in text and "wake-up delay" in text
+        # Buckets of each histogram: <4.10 ms only preemptions, <0.51 ms only wake-ups.
+        assert re.search(r"<4\.10 ms\s+48 █", text) and re.search(r"<0\.51 ms\s+5 █", text)
+        assert "run-queue wait 32.34 ms: wake-up 20.00, preemption 12.34" in text
+        line_of = {n: next(line for line in lines if line.startswith(n))
+                   for n in (CULPRIT, key, "idle", "unattributed")}.get  # fmt: skip
+        assert re.search(r"postgres\s+12\.50 ms\s+38\.6 %", line_of(CULPRIT))
+        assert re.search(r"\(itself\)\s+8\.25 ms\s+25\.5 %", line_of(key))
+        assert re.search(r"1\.50 ms\s+4\.6 %", line_of("idle"))
+        assert re.search(r"10\.10 ms\s+31\.2 %", line_of("unattributed"))
+        # Largest wait first.
+        order = [n for n in (CULPRIT, "unattributed", key, "idle") for line in lines
+                 if line.startswith(n)]  # fmt: skip
+        assert order == [CULPRIT, "unattributed", key, "idle"]
+        assert "preempted 61.00 ms  queued 3.50 ms" in text
+
+
+def test_waits_pane_names_the_culprit_of_a_wakeup_wait_and_the_preemptor():
+    snap = runq_snapshot()
+    text, _ = screen(snap, ViewState(width=200, height=30))
+    lines = text.splitlines()
+    title = lines.index(next(line for line in lines if line.startswith("LONGEST WAITS")))
+    assert "4 preempted, 2 woken" in lines[title]
+    woken, preempted = lines[title + 1], lines[title + 2]  # longest first
+    assert re.search(r"73\.00 ms\s+woken\s+wasmtime\[1002\] cpu0 behind postgres\[89\] "
+                     rf"{CULPRIT}\s+held at wake-up by kworker\[56\]", woken)  # fmt: skip
+    assert "trace " + "ef" * 16 in woken
+    assert re.search(r"61\.00 ms\s+preempted\s+wasmtime\[1001\] cpu1 by stress\[77\]", preempted)
+    # The holder at wake-up is named only when it is not the task the thread replaced; a
+    # thread that ran on an idle CPU waited behind the idle task.
+    ev = snap.events.wakeup_waits[0]
+    same = dataclasses.replace(ev, holder_pid=88, holder_tid=89, holder_comm="postgres")
+    idle = dataclasses.replace(ev, replaced_pid=0, replaced_tid=0, replaced_comm="swapper/0",
+                               replaced_workload=None, delay_us=52000.0)  # fmt: skip
+    events = dataclasses.replace(snap.events, wakeup_waits=(same, idle))
+    snap = dataclasses.replace(snap, events=events)
+    text, _ = screen(snap, ViewState(width=200, height=30))
+    assert re.search(rf"73\.00 ms\s+woken .* behind postgres\[89\] {CULPRIT}  trace", text)
+    assert "held at wake-up" not in text.split("52.00 ms")[0]
+    assert re.search(r"52\.00 ms\s+woken .* behind idle\s+held at wake-up by kworker\[56\]", text)
+
+
+def test_80x24_with_waits_still_fits():
+    snap = runq_snapshot()
+    snap = dataclasses.replace(snap, workloads=with_p99(snapshot(40), [1.0] * 40).workloads)
+    text, _ = screen(snap, ViewState(width=80, height=24))
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+    assert any(line.startswith("LONGEST WAITS") for line in lines)
+    assert "woken" in text and "preempted" in text
+
+
+def test_help_names_the_delay_columns_the_histograms_and_waited_behind():
+    text, _ = screen(runq_snapshot(), ViewState(width=80, height=24, help=True))
+    assert len(text.rstrip("\n").splitlines()) <= 24
+    for words in ("RUNQ p99 ms", "wake-up delay", "preemption and wake-up delay histograms",
+                  "waited behind", "sort by the next column"):  # fmt: skip
+        assert words in " ".join(text.split()), words
