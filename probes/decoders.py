@@ -166,7 +166,7 @@ def request_event(f: tuple) -> RequestRecord:
         ctx_trace_id=ctx_trace if ctx else None,
         ctx_span_id=ctx_span if ctx else None,
         wake_ns=wake or None,
-        queued_ns=queued if seq else None,
+        queued_ns=queued if seq else (0 if s0 else None),  # none charged; None: not known
         wakeup_seq=seq or None,
     )
 

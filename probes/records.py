@@ -176,7 +176,8 @@ class RequestRecord(NamedTuple):  # one per request: a NamedTuple is much cheape
     # arrived then); None when the read found them waiting.
     wake_ns: int | None = None
     # The run-queue wait of the thread's latest wake-up before the read returned, charged to
-    # this request because no request was charged with it before; None: none charged.
+    # this request because no request was charged with it before; 0 when none was; None when
+    # the scheduler probe had no entry for the thread (not known).
     queued_ns: int | None = None
     wakeup_seq: int | None = None  # that wake-up's number in the reading thread
 

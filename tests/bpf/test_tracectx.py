@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from books import books, task_ids
 from support import http_server, no_programs_left, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
@@ -440,3 +441,109 @@ def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_id
     before, after, raised, received = out[0]
     assert received == 40
     assert (before, after, raised) == (os.SCHED_IDLE, os.SCHED_OTHER, 1)
+
+
+def test_a_blocking_server_behind_a_hog_is_charged_its_wake_up_waits():
+    """The issue's case: one handler thread (recv, 0.2 ms of work, send) on CPU 1 beside a hog;
+    a client on CPU 0 sends keep-alive requests 5 ms apart. Most of the server's scheduler delay
+    is wake-up wait: the request wakes the thread, and it waits behind the hog before it runs."""
+    requests = 300
+    latencies: list[float] = []
+    with (
+        workloads(("hog", {"CPU": {1}})) as (hog,),
+        http_server("--cpu", "1") as (server, port),
+        tracing(pids=(server.pid,)) as (probes, collector),
+    ):
+        hog.go()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/")  # the connection's handler thread exists from here on
+        conn.getresponse().read()
+        collector.observe()
+        collector.tick()  # the window starts here
+        before = {t: books(server.pid, t) for t in task_ids(server.pid)}
+
+        def client() -> None:
+            os.sched_setaffinity(0, {0})  # this thread only
+            sock = conn.sock  # raw sends and receives: the client's own cost stays small
+            for _ in range(requests):
+                tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                request = f"GET /burn?ms=0.2 HTTP/1.1\r\nHost: x\r\ntraceparent: {tp}\r\n\r\n"
+                t0 = time.perf_counter()
+                sock.sendall(request.encode())
+                response = b""
+                while not response.endswith(b"\r\n\r\nok"):
+                    response += sock.recv(4096)
+                latencies.append(time.perf_counter() - t0)
+                time.sleep(0.005)
+
+        while_draining(probes, collector, client)
+        after = {t: books(server.pid, t) for t in task_ids(server.pid)}
+        snap = finish(probes, collector)
+        conn.close()
+
+    traces = [t for t in snap.traces if t.pid == server.pid]
+    assert len(traces) == requests
+    (handler,) = {t.tid for t in traces}
+    kernel_wait_ms = (after[handler] - before[handler]).wait_ns / 1e6
+    all_threads_ms = sum((after[t] - before[t]).wait_ns for t in after) / 1e6
+    sched = snap.workload(f"pid:{server.pid}").sched
+    assert kernel_wait_ms > 50  # the hog makes it wait: a few ms now and then
+    # The workload's run-queue delay is its threads' run_delay (the handler's, and the accept
+    # loop's few wake-ups), within 5 %.
+    assert sched.runq_delay_total_us / 1e3 == pytest.approx(all_threads_ms, rel=0.05)
+    assert sched.wakeup_delay_total_us > sched.preempt_delay_total_us  # mostly after wake-ups
+    # Each request is charged the wake-up that let it be read, and the preemptions inside it:
+    # together at least 90 % of all the handler thread waited.
+    charged_ms = sum(t.queued_ms + t.preempted_ms for t in traces)
+    assert charged_ms >= 0.9 * kernel_wait_ms, (charged_ms, kernel_wait_ms)
+    assert len({t.queued_wakeup for t in traces}) == requests  # one wake-up each, none twice
+    # The read blocked each time: the span starts at the wake-up, and covers what the client
+    # waited for the server (the rest is the client's own side and the loopback).
+    assert all(t.start_ns < t.read_end_ns for t in traces)
+    assert sum(t.duration_ms for t in traces) >= 0.8 * sum(latencies) * 1e3
+
+
+def test_an_event_loop_charges_each_wake_up_to_one_request_at_most():
+    """One epoll thread, 4 connections whose requests arrive together: one wake-up of
+    epoll_wait, then several reads that find their request waiting. The wake-up's wait goes to
+    the first request read after it; the others are charged nothing; no read blocks."""
+    rounds, connections = 60, 4
+    script = str(Path(__file__).resolve().parents[1] / "epoll_server.py")
+    with (
+        workloads(("hog", {"CPU": {1}})) as (hog,),
+        http_server("--cpu", "1", script=script) as (server, port),
+        tracing(pids=(server.pid,)) as (probes, collector),
+    ):
+        hog.go()
+
+        def clients() -> None:
+            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+            for _ in range(rounds):
+                for s in socks:
+                    tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                    s.sendall(f"GET / HTTP/1.1\r\nHost: x\r\ntraceparent: {tp}\r\n\r\n".encode())
+                for s in socks:
+                    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                time.sleep(0.003)
+            for s in socks:
+                s.close()
+
+        while_draining(probes, collector, clients)
+        snap = finish(probes, collector)
+
+    traces = [t for t in snap.traces if t.pid == server.pid]
+    assert len(traces) == rounds * connections
+    charged = [t for t in traces if t.queued_wakeup is not None]
+    assert len({(t.tid, t.queued_wakeup) for t in charged}) == len(charged)  # none twice
+    assert len(charged) < len(traces)  # several requests were read after one wake-up
+    assert all(t.queued_ms == 0 for t in traces if t.queued_wakeup is None)
+    sched = snap.workload(f"pid:{server.pid}").sched
+    assert sum(t.queued_ms for t in charged) <= sched.wakeup_delay_total_us / 1e3 + 1e-6
+    assert len(charged) <= sched.wakeups
+    # epoll_wait blocked, the reads mostly not (a read may sleep briefly on the socket lock):
+    # a span moves back to a wake-up only when its read blocked, and that wake-up is its own.
+    moved = [t for t in traces if t.start_ns != t.read_end_ns]
+    assert all(t.start_ns < t.read_end_ns and t.queued_wakeup is not None for t in moved), [
+        (t.start_ns, t.read_end_ns, t.queued_wakeup, t.queued_ms, t.tid) for t in moved
+    ]
+    assert len(moved) < 0.1 * len(traces), len(moved)

@@ -166,7 +166,9 @@ def _pack_request(**over):
     [
         (  # only the captured bytes are kept; stats at both ends, no trace context
             _pack_request(),
-            RequestRecord(100, 7, 5, 9, 101, 101, 7_000, 9_000, 2, 3, 200, b"GET ", None, None),
+            RequestRecord(
+                100, 7, 5, 9, 101, 101, 7_000, 9_000, 2, 3, 200, b"GET ", None, None, queued_ns=0
+            ),  # fmt: skip
         ),
         (  # no scheduler entry at the read: unknown there, not zero; a trace context; no status
             _pack_request(start_flags=0, end_flags=3, status=0, fd=-1, end_tid=102),
