@@ -55,6 +55,18 @@ def checked_arg(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
     return convert
 
 
+def probe_list(text: str) -> frozenset[str]:
+    from .pipeline import PROBE_NAMES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PROBE_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected probe names from {', '.join(PROBE_NAMES)}, got {text!r}"
+        )
+    return frozenset(names)
+
+
 cidr_arg = checked_arg(config.cidr)
 comm_arg = checked_arg(config.comm_name)
 
@@ -150,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="ring-buffer size in pages, a power of two (default 64)",
+    )
+    snap.add_argument(
+        "--probes",
+        type=probe_list,
+        default=None,
+        metavar="LIST",
+        help="load only these probes, comma-separated, of sched (scheduler: switches, "
+        "migrations, preemption and wake-up delay), sockbypass, tracectx (HTTP requests and "
+        "trace ids) and lifecycle (cold start, WebAssembly compile/instantiate); default: all. "
+        "E.g. --probes sched measures the scheduler probe alone",
     )
     snap.add_argument(
         "--bypass",
@@ -310,6 +332,13 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             parser.error(f"argument --trace-pid: no process {pid}")
     if args.no_trace and (args.trace_pid or args.trace_comm or args.trace_cgroup):
         parser.error("argument --no-trace: not allowed with the --trace-* flags")
+    from .pipeline import PROBE_NAMES
+
+    wanted = args.probes if args.probes is not None else frozenset(PROBE_NAMES)
+    if "tracectx" not in wanted and (args.trace_pid or args.trace_comm or args.trace_cgroup):
+        parser.error("argument --probes: the --trace-* flags need tracectx")
+    if "sockbypass" not in wanted and args.bypass == "accelerate":
+        parser.error("argument --probes: --bypass accelerate needs sockbypass")
     if args.max_events < 0:
         parser.error("argument --max-events: expected a count >= 0")
     for ifname in args.bypass_interface:
@@ -335,18 +364,20 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     selected, selector = build_probes(
         ProbeOptions(
+            sched="sched" in wanted,
             threshold_ms=args.threshold_ms,
             pids=tuple(args.pid),
             cgroup=args.cgroup,
             ringbuf_pages=args.ringbuf_pages,
-            bypass_mode=args.bypass,
+            bypass_mode=args.bypass if "sockbypass" in wanted else "off",
             local_cidrs=tuple(args.local_cidr),
             interfaces=tuple(args.bypass_interface),
             bypass_cgroup=args.bypass_cgroup,
-            trace=not args.no_trace,
+            trace=not args.no_trace and "tracectx" in wanted,
             trace_pids=tuple(args.trace_pid),
             trace_comms=tuple(args.trace_comm),
             trace_cgroups=tuple(args.trace_cgroup),
+            lifecycle="lifecycle" in wanted,
         )
     )
     try:

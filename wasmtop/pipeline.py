@@ -7,9 +7,12 @@ from typing import Any
 
 from .config import Config
 
+PROBE_NAMES = ("sched", "sockbypass", "tracectx", "lifecycle")
+
 
 @dataclass(frozen=True)
 class ProbeOptions:
+    sched: bool = True
     threshold_ms: float = 50.0
     pids: tuple[int, ...] = ()
     cgroup: str | None = None
@@ -49,15 +52,17 @@ def build_probes(opts: ProbeOptions) -> tuple[list[Any], Any]:
     """The probes to start, in start order, and the trace selector (None without tracing)."""
     from .probes.sched import DEFAULT_RINGBUF_PAGES, SchedProbe
 
-    probes: list[Any] = [
-        SchedProbe(
+    probes: list[Any] = []
+    sched = None
+    if opts.sched:
+        sched = SchedProbe(
             threshold_ns=round(opts.threshold_ms * 1e6),
             pids=list(opts.pids),
             cgroup=opts.cgroup,
             ringbuf_pages=opts.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
             trace_ctx=opts.trace,
         )
-    ]
+        probes.append(sched)
     if opts.bypass_mode != "off":
         from .probes.sockbypass import SockBypassProbe
 
@@ -77,8 +82,9 @@ def build_probes(opts: ProbeOptions) -> tuple[list[Any], Any]:
         selector = TraceSelector(
             frozenset(opts.trace_pids), frozenset(opts.trace_comms), tuple(opts.trace_cgroups)
         )
-        # After the scheduler probe: it shares that probe's per-thread map.
-        probes.append(TraceCtxProbe(probes[0], cgroups=list(opts.trace_cgroups)))
+        # After the scheduler probe: it shares that probe's per-thread map (without it,
+        # requests are captured and their interference is unknown).
+        probes.append(TraceCtxProbe(sched, cgroups=list(opts.trace_cgroups)))
     if opts.lifecycle:
         from .probes.lifecycle import LifecycleProbe
 

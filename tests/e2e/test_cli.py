@@ -112,10 +112,20 @@ def test_snapshot_table_format_shows_the_workloads():
     assert lines[0].startswith("host ")
     assert "sched:ok" in lines[1]
     header = lines[2]
-    for col in ("WORKLOAD", "MIGR/s", "INVOL/s", "PREEMPT p50 us", "SKEW"):
+    for col in ("WORKLOAD", "MIGR/s", "INVOL/s", "PREEMPT p50 us", "SKEW", "WAKEUP p99 us"):
         assert col in header
     rows = [ln for ln in lines[3:] if f"[{hog.pid}]" in ln]
     assert len(rows) == 1 and len(lines) == 4  # the pid filter left only the hog
+
+
+def test_probes_loads_only_the_probes_asked_for():
+    res = run("snapshot", "--seconds", "1", "--probes", "sched")
+    assert res.returncode == 0, res.stderr
+    snap = json.loads(res.stdout)
+    assert list(snap["probes"]) == ["sched"] and snap["probes"]["sched"]["status"] == "ok"
+    assert "attached: sched ok;" in res.stderr
+    assert all(w["net"] is None and w["requests"] is None for w in snap["workloads"])
+    assert no_programs_left() == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -156,6 +166,10 @@ def test_a_signal_detaches_everything(sig):
         (["--trace-cgroup", "/no/such/cgroup"], "cgroup /no/such/cgroup not found"),
         (["--no-trace", "--trace-comm", "x"], "not allowed with the --trace-* flags"),
         (["--growth-window-s", "0"], "expected seconds > 0, got '0'"),
+        (["--probes", "sched,fast"], "expected probe names from sched, sockbypass, tracectx"),
+        (["--probes", ""], "expected probe names from sched"),
+        (["--probes", "sched", "--trace-comm", "x"], "the --trace-* flags need tracectx"),
+        (["--probes", "sched", "--bypass", "accelerate"], "accelerate needs sockbypass"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_and_exit_2(args, message):

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from wasmtop.collector.model import LatencyQuantiles, RequestFigures, Workload
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from wasmtop.collector.model import DelayQuantiles, LatencyQuantiles, RequestFigures, Workload
 from wasmtop.rows import COLUMNS, workload_row
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from synthetic import snapshot  # noqa: E402 - the benchmark's Snapshot builder
 
 
 def workload(requests: RequestFigures | None) -> Workload:
@@ -37,3 +44,15 @@ def test_a_pods_containers_are_named_apart_and_an_unnamed_pod_by_its_process():
     assert workload_name(replace(w, pod=replace(pod, container=None))) == "shop/cart-7d9"
     nameless = replace(pod, namespace=None, name=None, container=None)  # API not heard yet
     assert workload_name(replace(w, pod=nameless)) == "edge[7]"
+
+
+def test_wake_up_delay_and_run_queue_columns():
+    sched = replace(
+        snapshot(1).workloads[0].sched,
+        wakeup_delay_us=DelayQuantiles(p50=800.0, p99=2950.5, max=4100.25),
+        runq_delay_total_us=12_345.0,
+    )
+    row = dict(zip((h for h, _ in COLUMNS), workload_row(replace(workload(None), sched=sched))))
+    wake = (row["WAKEUP p99 us"], row["WAKEUP max us"], row["RUNQ ms"])
+    assert wake == ("2950.5", "4100.2", "12.35")
+    assert len(set(h for h, _ in COLUMNS)) == len(COLUMNS)  # every header names one column
