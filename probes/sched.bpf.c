@@ -72,23 +72,10 @@ struct behind_key {
 BPF_HASH(waited_behind, struct behind_key, u64, BEHIND_ENTRIES);
 #define CULPRIT_HISTORY_SHORT 0xffffffff
 
-/* A thread that is runnable but not running: since when, why, on which CPU's queue. */
+/* A thread's wait in progress lives in its thread_stats entry (wait_* fields, shared.bpf.h):
+ * one lookup serves the counters and the wait. */
 #define WAIT_PREEMPTED 1
 #define WAIT_WOKEN 2
-struct waiting {
-    u64 since;
-    u64 attributed_until;      /* the wait before this is already split among culprits */
-    u32 tgid;
-    u32 cpu;                   /* the run queue it waits on */
-    u32 kind;
-    u32 other_tid;             /* the preemptor, or the waker */
-    u32 other_tgid;
-    u32 holder_tid;            /* wake-ups: on the CPU when it was woken */
-    u32 holder_tgid;
-    u32 _pad;
-    char other_comm[16];
-};
-BPF_HASH(waiting, u32, struct waiting, MAX_THREADS);
 
 struct preempt_event {
     u64 ts_ns;
@@ -148,7 +135,7 @@ static __always_inline u32 stamp_trace_ctx(u32 tid, u8 *trace_id, u8 *span_id)
     return 0;
 }
 
-static __always_inline void emit_preemption(u64 now, u32 tid, struct waiting *w, u64 delay,
+static __always_inline void emit_preemption(u64 now, u32 tid, u64 delay,
                                             struct thread_stats *st)
 {
     count_event(CTR_RB_ATTEMPTS);
@@ -159,22 +146,22 @@ static __always_inline void emit_preemption(u64 now, u32 tid, struct waiting *w,
     }
     ev->ts_ns = now;
     ev->delay_ns = delay;
-    ev->pid = w->tgid;
+    ev->pid = st->tgid;
     ev->tid = tid;
-    ev->cpu = w->cpu;
-    ev->preemptor_pid = w->other_tgid;
-    ev->preemptor_tid = w->other_tid;
+    ev->cpu = st->wait_cpu;
+    ev->preemptor_pid = st->wait_other_tgid;
+    ev->preemptor_tid = st->wait_other_tid;
     ev->thread_preemptions = st->preemptions;
     __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
     ev->flags = stamp_trace_ctx(tid, ev->trace_id, ev->span_id);
-    __builtin_memcpy(ev->preemptor_comm, w->other_comm, sizeof(ev->preemptor_comm));
+    __builtin_memcpy(ev->preemptor_comm, st->wait_other_comm, sizeof(ev->preemptor_comm));
     /* No wakeup: userspace drains on a timer, so a busy CPU never pays for one per event. */
     preempt_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void emit_wakeup(u64 now, u32 tid, struct waiting *w, u64 delay,
+static __always_inline void emit_wakeup(u64 now, u32 tid, u64 delay,
                                         struct thread_stats *st, u32 cpu, u32 replaced_tid,
-                                        u32 replaced_tgid, const char *replaced_comm)
+                                        u32 replaced_tgid, const void *replaced_comm)
 {
     count_event(CTR_RB_ATTEMPTS);
     struct wakeup_event *ev = wakeup_events.ringbuf_reserve(sizeof(*ev));
@@ -185,17 +172,25 @@ static __always_inline void emit_wakeup(u64 now, u32 tid, struct waiting *w, u64
     ev->ts_ns = now;
     ev->delay_ns = delay;
     ev->thread_wakeups = st->wakeups;
-    ev->pid = w->tgid;
+    ev->pid = st->tgid;
     ev->tid = tid;
     ev->cpu = cpu;
-    ev->waker_pid = w->other_tgid;
-    ev->waker_tid = w->other_tid;
-    ev->holder_pid = w->holder_tgid;
-    ev->holder_tid = w->holder_tid;
+    ev->waker_pid = st->wait_other_tgid;
+    ev->waker_tid = st->wait_other_tid;
+    ev->holder_tid = st->wait_holder_tid;
+    ev->holder_pid = 0;
+    __builtin_memset(ev->waker_comm, 0, sizeof(ev->waker_comm));
+    /* Named from their own entries (a task seen switching out has one) on this rare path. */
+    u32 waker = st->wait_other_tid, holder = st->wait_holder_tid;
+    struct thread_stats *ws = waker ? threads.lookup(&waker) : 0;
+    if (ws)
+        __builtin_memcpy(ev->waker_comm, ws->comm, sizeof(ev->waker_comm));
+    struct thread_stats *hs = holder ? threads.lookup(&holder) : 0;
+    if (hs)
+        ev->holder_pid = hs->tgid;
     ev->replaced_pid = replaced_tgid;
     ev->replaced_tid = replaced_tid;
     __builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
-    __builtin_memcpy(ev->waker_comm, w->other_comm, sizeof(ev->waker_comm));
     bpf_probe_read_kernel(ev->replaced_comm, sizeof(ev->replaced_comm), replaced_comm);
     ev->flags = stamp_trace_ctx(tid, ev->trace_id, ev->span_id);
     wakeup_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
@@ -287,49 +282,46 @@ static __always_inline void add_hist(u32 kind, u32 tgid, u64 delay)
         count_event(CTR_MAP_FULL);
 }
 
-/* `next` is about to run on this CPU: end its wait, if it was waiting. */
-static __always_inline void finish_wait(u32 tid, u64 now, u32 cpu, struct cpu_history *h,
-                                        u32 prev, u32 prev_tgid, const char *prev_comm)
+/* `next` (its entry `st`) is about to run on this CPU: end its wait, if it was waiting. */
+static __always_inline void finish_wait(struct thread_stats *st, u32 tid, u64 now, u32 cpu,
+                                        struct cpu_history *h, u32 prev, u32 prev_tgid,
+                                        const void *prev_comm)
 {
-    struct waiting *wp = waiting.lookup(&tid);
-    if (!wp)
+    u64 since = st->wait_since;
+    if (!since)
         return;
-    struct waiting w = *wp;
-    waiting.delete(&tid);
-    if (now < w.since)
+    st->wait_since = 0;
+    if (now < since)
         return;
-    u64 delay = now - w.since;
+    u64 delay = now - since;
+    u64 from = st->wait_attributed_until;
+    if (h && st->wait_cpu == cpu && from < now)
+        attribute_wait(h, st->tgid, from, now);
+    else if (from < now) /* moved between queues unseen: not split, never guessed */
+        add_behind(st->tgid, CULPRIT_HISTORY_SHORT, now - from);
 
-    struct thread_stats *st = threads.lookup(&tid);
-    if (!st)
-        return;
-    if (h && w.cpu == cpu && w.attributed_until < now)
-        attribute_wait(h, w.tgid, w.attributed_until, now);
-    else if (w.attributed_until < now) /* moved between queues unseen: not split, never guessed */
-        add_behind(w.tgid, CULPRIT_HISTORY_SHORT, now - w.attributed_until);
-
-    if (w.kind == WAIT_PREEMPTED) {
+    if (st->wait_kind == WAIT_PREEMPTED) {
         st->preempt_delay_ns += delay;
         st->preemptions += 1;
-        add_hist(WAIT_PREEMPTED, w.tgid, delay);
+        add_hist(WAIT_PREEMPTED, st->tgid, delay);
         if (delay >= THRESHOLD_NS) {
             st->over_threshold += 1;
-            emit_preemption(now, tid, &w, delay, st);
+            emit_preemption(now, tid, delay, st);
         }
     } else {
         st->wakeup_delay_ns += delay;
         st->wakeups += 1;
-        st->last_wakeup_ns = w.since;
+        st->last_wakeup_ns = since;
         st->last_wakeup_delay_ns = delay;
-        add_hist(WAIT_WOKEN, w.tgid, delay);
+        add_hist(WAIT_WOKEN, st->tgid, delay);
         if (delay >= THRESHOLD_NS) {
             st->wakeups_over_threshold += 1;
-            emit_wakeup(now, tid, &w, delay, st, cpu, prev, prev_tgid, prev_comm);
+            emit_wakeup(now, tid, delay, st, cpu, prev, prev_tgid, prev_comm);
         }
     }
 }
 
-static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, const char *comm)
+static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, const void *comm)
 {
     struct thread_stats *st = threads.lookup(&tid);
     if (st) {
@@ -346,13 +338,13 @@ static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, cons
     return threads.lookup(&tid);
 }
 
-int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
+/* A context switch on this CPU: prev (current, of process tgid) leaves, next comes in.
+ * involuntary: prev was still runnable. The comms are kernel addresses of 16-byte names. */
+static __always_inline int on_switch(u32 prev, u32 tgid, u32 next, int involuntary,
+                                     const void *prev_comm, const void *next_comm)
 {
     u64 now = bpf_ktime_get_ns();
-    u32 prev = args->prev_pid;
-    u32 next = args->next_pid;
     u32 cpu = bpf_get_smp_processor_id();
-    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
 
     /* prev's slice ends now: its start gives prev's on-CPU time, and its owner is known. */
     u64 ran_since = 0;
@@ -365,30 +357,33 @@ int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
         }
     }
 
+    struct thread_stats *nst = next ? threads.lookup(&next) : 0;
     if (prev != 0 && !(@@FILTER_TGID@@) && !(@@FILTER_CGROUP@@)) {
-        struct thread_stats *st = thread_entry(prev, tgid, args->prev_comm);
+        struct thread_stats *st = thread_entry(prev, tgid, prev_comm);
         if (st) {
             st->switches += 1;
             if (ran_since && now > ran_since)
                 account_cpu_time(prev, now - ran_since);
             /* Still runnable when switched out: it did not give up the CPU, it lost it. */
-            if ((args->prev_state & PREV_STATE_MASK) == 0) {
+            if (involuntary) {
                 st->involuntary += 1;
-                bpf_probe_read_kernel(&st->comm, sizeof(st->comm), args->prev_comm);
-                struct waiting w = {
-                    .since = now, .attributed_until = now, .tgid = tgid, .cpu = cpu,
-                    .kind = WAIT_PREEMPTED, .other_tid = next};
-                struct thread_stats *nst = threads.lookup(&next);
-                w.other_tgid = nst ? nst->tgid : next;
-                bpf_probe_read_kernel(&w.other_comm, sizeof(w.other_comm), args->next_comm);
-                if (waiting.update(&prev, &w))
-                    count_event(CTR_MAP_FULL);
+                bpf_probe_read_kernel(&st->comm, sizeof(st->comm), prev_comm);
+                st->wait_since = now;
+                st->wait_attributed_until = now;
+                st->wait_kind = WAIT_PREEMPTED;
+                st->wait_cpu = cpu;
+                st->wait_other_tid = next;
+                st->wait_other_tgid = nst ? nst->tgid : next;
+                bpf_probe_read_kernel(&st->wait_other_comm, sizeof(st->wait_other_comm),
+                                      next_comm);
+            } else {
+                st->wait_since = 0; /* a wake-up that came while it still ran started none */
             }
         }
     }
 
-    if (next != 0)
-        finish_wait(next, now, cpu, h, prev, prev ? tgid : 0, args->prev_comm);
+    if (nst)
+        finish_wait(nst, next, now, cpu, h, prev, prev ? tgid : 0, prev_comm);
 
     /* next's slice starts now (after the walk above, which ends at prev's slice). */
     if (h) {
@@ -401,43 +396,40 @@ int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
     return 0;
 }
 
-/* A tracked thread became runnable: its wait starts, on target_cpu's queue. */
+/* A tracked thread became runnable: its wait starts, on target_cpu's queue. Kept to stores
+ * into the thread's own entry: who woke it and who held the CPU are named (their tgid and comm
+ * looked up) only when an over-threshold event is sent. A wake-up of a thread that is still
+ * running (woken before it switched out) leaves a wait that its switch-out then clears. */
 static __always_inline int start_wakeup_wait(u32 tid, u32 target_cpu)
 {
     struct thread_stats *st = threads.lookup(&tid);
     if (!st)
         return 0; /* filtered out, or never seen (and not created while wasmtop ran) */
-    struct waiting *old = waiting.lookup(&tid);
-    if (old && old->kind == WAIT_PREEMPTED)
+    if (st->wait_since && st->wait_kind == WAIT_PREEMPTED)
         return 0; /* already runnable, waiting since its preemption */
-    struct waiting w = {};
+    u32 holder_tid = 0;
     if (target_cpu < MAX_CPUS) {
         struct cpu_history *h = cpu_history.lookup(&target_cpu);
-        if (h) {
-            struct slice *cur = &h->s[h->head & HISTORY_MASK];
-            if (cur->tid == tid)
-                return 0; /* woken while still on its CPU (it had not switched out yet) */
-            w.holder_tid = cur->tid;
-            w.holder_tgid = cur->tgid;
-            if (!w.holder_tgid && w.holder_tid) {
-                struct thread_stats *hs = threads.lookup(&w.holder_tid);
-                w.holder_tgid = hs ? hs->tgid : w.holder_tid;
-            }
-        }
+        if (h)
+            holder_tid = h->s[h->head & HISTORY_MASK].tid;
     }
-    u64 now = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
-    w.since = now;
-    w.attributed_until = now;
-    w.tgid = st->tgid;
-    w.cpu = target_cpu;
-    w.kind = WAIT_WOKEN;
-    w.other_tid = (u32)id;
-    w.other_tgid = id >> 32;
-    bpf_get_current_comm(&w.other_comm, sizeof(w.other_comm));
-    if (waiting.update(&tid, &w))
-        count_event(CTR_MAP_FULL);
+    st->wait_since = bpf_ktime_get_ns();
+    st->wait_attributed_until = st->wait_since;
+    st->wait_kind = WAIT_WOKEN;
+    st->wait_cpu = target_cpu;
+    st->wait_other_tid = (u32)id;
+    st->wait_other_tgid = id >> 32;
+    st->wait_holder_tid = holder_tid;
     return 0;
+}
+
+int wasmtop_sched_switch(struct tracepoint__sched__sched_switch *args)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is still prev here */
+    return on_switch(args->prev_pid, tgid, args->next_pid,
+                     (args->prev_state & PREV_STATE_MASK) == 0, args->prev_comm,
+                     args->next_comm);
 }
 
 int wasmtop_sched_wakeup(struct tracepoint__sched__sched_wakeup *args)
@@ -480,15 +472,14 @@ int wasmtop_sched_migrate(struct tracepoint__sched__sched_migrate_task *args)
 
     /* Pulled from one run queue to another while waiting: what it waited on the old queue is
      * split among that CPU's tasks now (its run-queue lock is held), the rest on the new one. */
-    struct waiting *w = waiting.lookup(&tid);
     u32 orig = args->orig_cpu;
-    if (w && w->cpu == orig) {
+    if (st->wait_since && st->wait_cpu == orig) {
         u64 now = bpf_ktime_get_ns();
         struct cpu_history *h = cpu_history.lookup(&orig);
-        if (h && w->attributed_until < now)
-            attribute_wait(h, w->tgid, w->attributed_until, now);
-        w->attributed_until = now;
-        w->cpu = args->dest_cpu;
+        if (h && st->wait_attributed_until < now)
+            attribute_wait(h, st->tgid, st->wait_attributed_until, now);
+        st->wait_attributed_until = now;
+        st->wait_cpu = args->dest_cpu;
     }
     return 0;
 }

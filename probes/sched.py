@@ -230,7 +230,7 @@ class SchedProbe(Probe):
         return [
             *super().required_maps(), "threads", "cpu_time_ns", "migration_matrix",
             "preempt_delay_hist", "preempt_delay_max_ns", "wakeup_delay_hist",
-            "wakeup_delay_max_ns", "cpu_history", "waiting", "waited_behind", "trace_ctx_slot",
+            "wakeup_delay_max_ns", "cpu_history", "waited_behind", "trace_ctx_slot",
         ]  # fmt: skip
 
     def verify_maps(self) -> None:

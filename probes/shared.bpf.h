@@ -4,25 +4,34 @@
  * Prepended by probes/runtime.py to the probes that list it in their `headers`, so both sides
  * compile the same layout. */
 
-/* Each field of a thread's stats has one writer at a time: switch-out, switch-in and migration
- * of a thread are serialised by the scheduler, so plain increments lose nothing. */
+/* Each field of a thread's stats has one writer at a time: switch-out, switch-in, wake-up and
+ * migration of a thread are serialised by the scheduler (under the run-queue lock of the queue
+ * it leaves, waits on or joins), so plain increments and stores lose nothing. */
 struct thread_stats {
+    /* What a switch and a wake-up touch come first, so that they share cache lines. */
     u32 tgid;
-    u32 _pad;
+    u32 wait_kind;             /* the wait in progress: WAIT_PREEMPTED or WAIT_WOKEN */
     u64 switches;              /* times switched out */
-    u64 involuntary;           /* switched out while still runnable */
-    u64 migrations;            /* sched_migrate_task of this thread */
-    u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
-    u64 preemptions;           /* completed preemption delays */
-    u64 over_threshold;        /* preemption delays >= THRESHOLD_NS */
+    u64 wait_since;            /* runnable and not running since (0: not waiting) */
+    u64 wait_attributed_until; /* the wait before this is already split among culprits */
+    u32 wait_cpu;              /* the run queue it waits on */
+    u32 wait_holder_tid;       /* wake-ups: on the target CPU when it was woken */
+    u32 wait_other_tid;        /* the preemptor, or the waker */
+    u32 wait_other_tgid;
     u64 wakeups;               /* completed wake-up waits: its wake-up sequence number */
     u64 wakeup_delay_ns;       /* cumulative: sched_wakeup(_new) -> next switch-in */
-    u64 wakeups_over_threshold;
     u64 last_wakeup_ns;        /* when the latest completed wake-up woke it */
     u64 last_wakeup_delay_ns;  /* how long that wake-up waited to run */
+    u64 involuntary;           /* switched out while still runnable */
+    u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
+    u64 preemptions;           /* completed preemption delays */
+    u64 migrations;            /* sched_migrate_task of this thread */
+    u64 over_threshold;        /* preemption delays >= THRESHOLD_NS */
+    u64 wakeups_over_threshold;
     u64 wakeup_charged;        /* written by the trace-context probe only (in the thread's own
                                 * syscalls): the latest wake-up number charged to a request */
     char comm[16];
+    char wait_other_comm[16];  /* the preemptor's (a waker's is looked up when it is sent) */
 };
 
 /* /sys/fs/bpf/wasmtop/trace_ctx: thread id -> the request it is working on (docs/tracing.md). */
