@@ -79,8 +79,8 @@ def add_collector_arguments(p: argparse.ArgumentParser) -> None:
         type=non_negative_ms,
         default=50.0,
         metavar="T",
-        help="preemption delays of at least T ms are reported one by one with the "
-        "preempting task (default 50)",
+        help="preemption delays and wake-up waits of at least T ms are reported one by one, "
+        "with the task that preempted the thread or held its CPU (default 50)",
     )
     p.add_argument(
         "--scheduling",
