@@ -161,14 +161,18 @@ def _pack_request(**over):
     return struct.pack("<QQQQQQQQQIIIiIHHBBBB4x16s8s512s", *f.values())
 
 
+# The request of _pack_request() as decoded: only the captured bytes are kept; scheduler figures
+# at both ends, no trace context, no wake-up charged.
+ANSWERED = RequestRecord(100, 7, 5, 9, 101, 101, 7_000, 9_000, 2, 3, 200, b"GET ", None, None,
+                         queued_ns=0)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "data, expected",
     [
         (  # only the captured bytes are kept; stats at both ends, no trace context
             _pack_request(),
-            RequestRecord(
-                100, 7, 5, 9, 101, 101, 7_000, 9_000, 2, 3, 200, b"GET ", None, None, queued_ns=0
-            ),  # fmt: skip
+            ANSWERED,
         ),
         (  # no scheduler entry at the read: unknown there, not zero; a trace context; no status
             _pack_request(start_flags=0, end_flags=3, status=0, fd=-1, end_tid=102),
@@ -191,47 +195,11 @@ def _pack_request(**over):
         ),
         (  # the read blocked: woken at 4 after 3 ns on the run queue, its thread's wake-up 6
             _pack_request(wake=4, queued=3, seq=6),
-            RequestRecord(
-                100,
-                7,
-                5,
-                9,
-                101,
-                101,
-                7_000,
-                9_000,
-                2,
-                3,
-                200,
-                b"GET ",
-                None,
-                None,
-                wake_ns=4,
-                queued_ns=3,
-                wakeup_seq=6,
-            ),  # fmt: skip
+            ANSWERED._replace(wake_ns=4, queued_ns=3, wakeup_seq=6),
         ),
         (  # not blocked, but charged the thread's uncharged wake-up (an event loop), 0 ns queued
             _pack_request(queued=0, seq=2),
-            RequestRecord(
-                100,
-                7,
-                5,
-                9,
-                101,
-                101,
-                7_000,
-                9_000,
-                2,
-                3,
-                200,
-                b"GET ",
-                None,
-                None,
-                wake_ns=None,
-                queued_ns=0,
-                wakeup_seq=2,
-            ),  # fmt: skip
+            ANSWERED._replace(queued_ns=0, wakeup_seq=2),
         ),
     ],
 )
