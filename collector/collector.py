@@ -642,7 +642,7 @@ class Collector:
             wakeup_delay_hist=wake_hist,
             wakeups_over_threshold=c["wakeups_over_threshold"],
             runq_delay_total_us=runq_ns / 1000,
-            waited_behind=self._waited_behind(act.behind, runq_ns),
+            waited_behind=self._waited_behind({**act.behind, 0: c["idle_wait_ns"]}, runq_ns),
         )
         kind = "wasm" if runtime else wid.kind
         return Workload(

@@ -24,6 +24,7 @@ class ThreadSched:
     wakeups: int = 0
     wakeup_delay_ns: int = 0
     wakeups_over_threshold: int = 0
+    idle_wait_ns: int = 0  # of its waits, the time its CPU ran the idle task
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ struct cpu_history {
 BPF_ARRAY(cpu_history, struct cpu_history, MAX_CPUS);
 #define HISTORY_MASK (HISTORY_LEN - 1)
 
-/* Run-queue wait per (waiting process, process that held the CPU), cumulative ns. Culprit 0 is
- * the idle task; CULPRIT_HISTORY_SHORT is wait older than the CPU's history reached. Wait that
+/* Run-queue wait per (waiting process, process that held the CPU), cumulative ns. Wait behind
+ * the idle task is kept per thread instead (thread_stats.idle_wait_ns); CULPRIT_HISTORY_SHORT is wait older than the CPU's history reached. Wait that
  * found the map full is only counted (CTR_BEHIND_FULL_NS): userspace takes it, with anything
  * else not split, as the difference between a process's total wait and its entries here. */
 struct behind_key {
@@ -222,10 +222,22 @@ static __always_inline void add_behind(u32 victim, u32 culprit, u64 ns)
     }
 }
 
+/* Wait behind the idle task (the wake-up still on its way to an idle CPU: the common case of a
+ * wake-up to another CPU) is summed in the thread's own entry, which needs no map update. */
+static __always_inline void add_run(struct thread_stats *st, u32 culprit, u64 ns)
+{
+    if (culprit)
+        add_behind(st->tgid, culprit, ns);
+    else
+        st->idle_wait_ns += ns;
+}
+
 /* Split [from, to) of a wait on this history's CPU among the processes that ran in it, newest
  * slice first; runs of one process are added up before they touch the map. */
-static __always_inline void attribute_wait(struct cpu_history *h, u32 victim, u64 from, u64 to)
+static __always_inline void attribute_wait(struct cpu_history *h, struct thread_stats *st,
+                                           u64 from, u64 to)
 {
+    u32 victim = st->tgid;
     u64 end = to;
     u32 head = h->head;
     u32 run_tgid = 0;
@@ -244,7 +256,7 @@ static __always_inline void attribute_wait(struct cpu_history *h, u32 victim, u6
             tgid = ts ? ts->tgid : CULPRIT_HISTORY_SHORT;
         }
         if (run_ns && tgid != run_tgid) {
-            add_behind(victim, run_tgid, run_ns);
+            add_run(st, run_tgid, run_ns);
             run_ns = 0;
         }
         run_tgid = tgid;
@@ -252,7 +264,7 @@ static __always_inline void attribute_wait(struct cpu_history *h, u32 victim, u6
         end = start;
     }
     if (run_ns)
-        add_behind(victim, run_tgid, run_ns);
+        add_run(st, run_tgid, run_ns);
     if (end > from) /* older than the history reaches */
         add_behind(victim, CULPRIT_HISTORY_SHORT, end - from);
 }
@@ -296,7 +308,7 @@ static __always_inline void finish_wait(struct thread_stats *st, u32 tid, u64 no
     u64 delay = now - since;
     u64 from = st->wait_attributed_until;
     if (h && st->wait_cpu == cpu && from < now)
-        attribute_wait(h, st->tgid, from, now);
+        attribute_wait(h, st, from, now);
     else if (from < now) /* moved between queues unseen: not split, never guessed */
         add_behind(st->tgid, CULPRIT_HISTORY_SHORT, now - from);
 
@@ -477,7 +489,7 @@ int wasmtop_sched_migrate(struct tracepoint__sched__sched_migrate_task *args)
         u64 now = bpf_ktime_get_ns();
         struct cpu_history *h = cpu_history.lookup(&orig);
         if (h && st->wait_attributed_until < now)
-            attribute_wait(h, st->tgid, st->wait_attributed_until, now);
+            attribute_wait(h, st, st->wait_attributed_until, now);
         st->wait_attributed_until = now;
         st->wait_cpu = args->dest_cpu;
     }

@@ -33,7 +33,7 @@ CULPRIT_HISTORY_SHORT = 0xFFFFFFFF
 THREAD_FIELDS = (
     "tgid", "switches", "involuntary", "migrations", "preempt_delay_ns", "preemptions",
     "over_threshold", "wakeups", "wakeup_delay_ns", "wakeups_over_threshold", "last_wakeup_ns",
-    "last_wakeup_delay_ns", "wakeup_charged", "comm",
+    "last_wakeup_delay_ns", "wakeup_charged", "idle_wait_ns", "comm",
 )  # fmt: skip
 
 
@@ -260,6 +260,7 @@ class SchedProbe(Probe):
                 wakeups=v.wakeups,
                 wakeup_delay_ns=v.wakeup_delay_ns,
                 wakeups_over_threshold=v.wakeups_over_threshold,
+                idle_wait_ns=v.idle_wait_ns,
             )
         cpu_time = {
             (k.value, cpu): int(ns)

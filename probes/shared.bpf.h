@@ -22,6 +22,7 @@ struct thread_stats {
     u64 wakeup_delay_ns;       /* cumulative: sched_wakeup(_new) -> next switch-in */
     u64 last_wakeup_ns;        /* when the latest completed wake-up woke it */
     u64 last_wakeup_delay_ns;  /* how long that wake-up waited to run */
+    u64 idle_wait_ns;          /* of its waits, the part its CPU spent in the idle task */
     u64 involuntary;           /* switched out while still runnable */
     u64 preempt_delay_ns;      /* cumulative: involuntary switch-out -> next switch-in */
     u64 preemptions;           /* completed preemption delays */

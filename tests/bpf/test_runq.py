@@ -143,3 +143,20 @@ def test_wait_is_split_between_two_hogs_by_the_cpu_time_the_kernel_gave_each():
     assert sum(b.share for b in w.sched.waited_behind) == pytest.approx(1.0, abs=0.01)
     unattributed = sum(b.share for b in w.sched.waited_behind if b.kind == "unattributed")
     assert unattributed < 0.02
+
+
+def test_a_napper_alone_on_its_cpu_waits_behind_the_idle_task_only():
+    other = {"POLICY": "os.SCHED_OTHER", "CPU": {1}}
+    with workloads(("napper", other)) as (napper,):
+        snap, kernel = bounded((napper,), 1.0)
+    s = by_pid(snap, napper.pid).sched
+    assert s.wakeups == pytest.approx(kernel[napper.pid].voluntary, rel=0.01)
+    shares: dict[str, float] = {}
+    for b in s.waited_behind:
+        shares[b.kind] = shares.get(b.kind, 0) + b.share
+    # Each nap ends with a timer wake-up on an idle CPU: until the napper runs, the CPU mostly
+    # runs its idle task (kernel threads that run on CPU 1 meanwhile, such as kdamond here, are
+    # named as what they are).
+    assert shares.get("idle", 0) > 0.5, s.waited_behind
+    assert max(s.waited_behind, key=lambda b: b.share).kind == "idle"
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.01)
