@@ -70,8 +70,8 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
             flags = ["--no-trace"] if config == "sched" else ["--trace-pid", str(server.pid)]
             pin = ["taskset", "-c", str(WASMTOP_CPU)] if WASMTOP_CPU is not None else []
             tool = subprocess.Popen(
-                [*pin, WASMTOP, "snapshot", "--bypass", "off", "--seconds", str(seconds + 2),
-                 *flags],
+                [*pin, WASMTOP, "snapshot", "--probe-stats", "--bypass", "off", "--seconds",
+                 str(seconds + 2), *flags],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             line = tool.stderr.readline()

@@ -466,8 +466,13 @@ class ProbeSet:
         *,
         handle_signals: bool = True,
         cpu: CpuShare | None = None,
+        run_stats: bool = False,
     ) -> None:
+        """``run_stats``: time the probes' programs in the kernel (BPF_ENABLE_STATS) for their
+        run_count/run_time_ns. Off by default: while it is on, the kernel times every BPF program
+        on the host, not only wasmtop's (two clock reads per run), a tax on the whole node."""
         self.probes = list(probes)
+        self.run_stats = run_stats
         self.cpu = cpu or CpuShare("normal")
         self.handle_signals = handle_signals
         self._saved_handlers: dict[int, Any] = {}
@@ -477,16 +482,23 @@ class ProbeSet:
         if self.handle_signals:
             self._install_signal_handlers()
         try:
-            self._stats_fd = features.enable_bpf_stats()
-            if self._stats_fd < 0 and not features.bpf_stats_enabled():
-                why = errno.errorcode.get(-self._stats_fd, str(-self._stats_fd))
-                for (
-                    probe
-                ) in self.probes:  # run_count and run_time_ns stay 0: say they are not measured
-                    probe.run_stats = {
-                        "run_stats": f"off: BPF_ENABLE_STATS refused ({why}); it needs "
-                        "CAP_SYS_ADMIN, or sysctl kernel.bpf_stats_enabled=1 on the host"
-                    }
+            why = ""
+            if self.run_stats:
+                self._stats_fd = features.enable_bpf_stats()
+                if self._stats_fd < 0:
+                    err = errno.errorcode.get(-self._stats_fd, str(-self._stats_fd))
+                    why = (
+                        f"off: BPF_ENABLE_STATS refused ({err}); it needs CAP_SYS_ADMIN, or "
+                        "sysctl kernel.bpf_stats_enabled=1 on the host"
+                    )
+            else:
+                why = (
+                    "off: not asked for (--probe-stats, collector.probe_stats): while on, the "
+                    "kernel times every BPF program on the host, not only wasmtop's"
+                )
+            if why and not features.bpf_stats_enabled():
+                for probe in self.probes:  # run_count/run_time_ns stay 0: say they are not measured
+                    probe.run_stats = {"run_stats": why}
             for probe in self.probes:
                 # A signal during an attach would interrupt it between the kernel call and its
                 # record, leaving something attached that detach does not know of: hold

@@ -72,8 +72,8 @@ comm_arg = checked_arg(config.comm_name)
 
 
 def add_collector_arguments(p: argparse.ArgumentParser) -> None:
-    """--threshold-ms, --scheduling and --rules, alike wherever the collector runs in this
-    process."""
+    """--threshold-ms, --scheduling, --probe-stats and --rules, alike wherever the collector
+    runs in this process."""
     p.add_argument(
         "--threshold-ms",
         type=non_negative_ms,
@@ -90,6 +90,13 @@ def add_collector_arguments(p: argparse.ArgumentParser) -> None:
         "only CPU time the workloads leave, and returns to normal scheduling while a ring buffer "
         "fills past 25%% between two drains or a drain runs late (counted as "
         "collector_priority_raised); normal: always normal scheduling",
+    )
+    p.add_argument(
+        "--probe-stats",
+        action="store_true",
+        help="measure the probes' own kernel run time (probes.NAME.run_time_ns, ns_per_run); "
+        "off by default because while it is on the kernel times every BPF program on the host, "
+        "not only wasmtop's",
     )
     p.add_argument(
         "--rules",
@@ -381,7 +388,9 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         )
     )
     try:
-        with ProbeSet(selected, cpu=CpuShare(args.scheduling)) as probes:
+        with ProbeSet(
+            selected, cpu=CpuShare(args.scheduling), run_stats=args.probe_stats
+        ) as probes:
             if not any(p.status == OK for p in probes):
                 for p in probes:
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)

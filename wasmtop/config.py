@@ -205,6 +205,7 @@ SCHEMA: dict[str, Any] = {
         "scheduling": Key("idle", choice("idle", "normal"), "collector thread policy"),
         "growth_window_s": Key(300.0, number(float, 1), "RSS growth slope window"),
         "max_events": Key(1000, number(int, 0), "over-threshold events kept per Snapshot"),
+        "probe_stats": Key(False, _bool, "time the probes in the kernel (taxes every program)"),
     },
     "metrics": {
         "listen": Key("127.0.0.1:9464", host_port, "address of /metrics, /healthz, /readyz"),

@@ -494,7 +494,9 @@ class Daemon:
 
         c = self.config["collector"]
         selected, selector = build_probes(ProbeOptions.from_config(self.config))
-        with ProbeSet(selected, cpu=CpuShare(c["scheduling"])) as probes:
+        with ProbeSet(
+            selected, cpu=CpuShare(c["scheduling"]), run_stats=c["probe_stats"]
+        ) as probes:
             self.probe_status = {p.name: {"status": p.status, "reason": p.reason} for p in probes}
             attached = any(p.status == OK for p in probes) and not any(
                 p.status == FAILED for p in probes

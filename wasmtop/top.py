@@ -152,7 +152,9 @@ class Embedded:
         from .probes.runtime import ProbeSet, sleep_draining
 
         selected, selector = build_probes(ProbeOptions(threshold_ms=self.args.threshold_ms))
-        with ProbeSet(selected, cpu=CpuShare(self.args.scheduling)) as probes:
+        with ProbeSet(
+            selected, cpu=CpuShare(self.args.scheduling), run_stats=self.args.probe_stats
+        ) as probes:
             collector = Collector(probes, trace_selector=selector)
             last_observe = 0.0
 

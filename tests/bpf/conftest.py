@@ -17,12 +17,13 @@ def observe(
     start: Callable[[], None] = lambda: None,
     until: Callable[[], None] | None = None,
     drain: bool = True,
+    run_stats: bool = False,
     **probe_options: object,
 ) -> tuple[Snapshot, SchedProbe]:
     """Attach a real scheduler probe, run ``start`` (let workloads go), watch for ``seconds``
     (or until ``until`` returns), detach, and return the Snapshot of that window."""
     probe = SchedProbe(**probe_options)
-    with ProbeSet([probe], handle_signals=False) as probes:
+    with ProbeSet([probe], handle_signals=False, run_stats=run_stats) as probes:
         assert probe.status == OK, probe.reason
         collector = Collector(probes)
         start()

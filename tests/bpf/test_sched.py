@@ -142,14 +142,27 @@ def test_flooded_tiny_ring_buffer_counts_losses_and_the_books_balance():
     assert over == health["attempts"]
 
 
-def test_probe_cost_is_reported_from_bpf_stats():
+def test_probe_cost_is_reported_from_bpf_stats_when_asked_for():
     with workloads(("hog", {"CPU": {1}}), ("hog", {"CPU": {1}})) as hogs:
-        snap, _ = observe(1.0, start=go_all(hogs), pids=[h.pid for h in hogs])
+        snap, _ = observe(1.0, start=go_all(hogs), pids=[h.pid for h in hogs], run_stats=True)
     health = snap.probes["sched"]
     assert health["run_count"] > 100
     assert health["run_time_ns"] > 0
     assert 0 < health["ns_per_run"] < 100_000
+    assert "run_stats" not in health
     assert Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == "0"  # left as found
+
+
+def test_by_default_no_bpf_program_on_the_host_is_timed():
+    """Timing (BPF_ENABLE_STATS) would tax every BPF program on the node: off unless asked."""
+    probe = SchedProbe()
+    with ProbeSet([probe], handle_signals=False):
+        assert probe.status == OK, probe.reason
+        enabled = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+        health = probe.health().as_dict()
+    assert enabled == "0"
+    assert health["run_count"] == health["run_time_ns"] == 0
+    assert health["run_stats"].startswith("off: not asked for (--probe-stats")
 
 
 class _BrokenProbe(Probe):

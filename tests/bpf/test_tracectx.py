@@ -49,7 +49,7 @@ def tracing(
 ) -> Iterator[tuple[ProbeSet, Collector]]:
     sched = SchedProbe(trace_ctx=True, threshold_ns=threshold_ns)
     tracectx = TraceCtxProbe(sched, cgroups=cgroups)
-    with ProbeSet([sched, tracectx], handle_signals=False) as probes:
+    with ProbeSet([sched, tracectx], handle_signals=False, run_stats=True) as probes:
         assert sched.status == OK, sched.reason
         assert tracectx.status == OK, tracectx.reason
         selector = TraceSelector(pids=frozenset(pids), cgroups=cgroups)

@@ -336,6 +336,7 @@ def live(tmp_path_factory):
             },
             "alerts": {"rule_files": ["rules.yaml"], "max_alerts_per_rule": 3},
             "alertmanager": {"urls": [am.url], "resend_interval_s": 1},
+            "collector": {"probe_stats": True},  # the probe run-time panel has data
         }
         with daemon(tmp, config) as d:
             yield from _running(d, tmp)
