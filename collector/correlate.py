@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -21,8 +22,27 @@ from .quantiles import exact_quantile
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_WINDOW_REQUESTS = 100_000  # per workload; beyond it the oldest leave early (said so)
-DEFAULT_MAX_PATHS = 100  # distinct paths per workload; the rest count as "other"
+DEFAULT_MAX_PATHS = 100  # named routes per workload at once; the rest count as "other"
 OTHER_ROUTE = "other"
+# Methods a route may name; any other (the kernel only checks a request's first 4 bytes, so
+# "POSTAAB /" reaches here) is counted under OTHER_ROUTE, whatever its path.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                     "PATCH"))  # fmt: skip
+ID_SEGMENT = ":id"
+# A path segment that names one thing rather than a route: a number, a UUID, a long hex string,
+# or a long token of letters and digits (an id, a session, a reset-password secret). Folded to
+# ":id" so that neither it nor the count of distinct ones leaves the node.
+_ID_LIKE = re.compile(
+    r"[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}|(?=[A-Za-z0-9_\-=.~%]*[0-9])[A-Za-z0-9_\-=.~%]{20,}"
+)
+
+
+def route_path(path: str) -> str:
+    """The route of a request path: id-like segments folded to ":id"."""
+    return "/".join(ID_SEGMENT if _ID_LIKE.fullmatch(seg) else seg for seg in path.split("/"))
+
+
 _SPAN_IDS = random.Random(os.urandom(16))
 _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
 
@@ -67,7 +87,11 @@ class _Window:
     pids: set[int] = field(default_factory=set)  # processes that answered them
     routes: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
-    paths: set[str] = field(default_factory=set)  # distinct paths seen (for the cap)
+    # Named routes holding a place under the cap: taken by a route's first request, given back
+    # when its last request leaves the window (or when the route was named but its requests
+    # not yet taken in), so a route that keeps getting traffic keeps its name and one that
+    # stopped makes room, whoever came first.
+    named: set[str] = field(default_factory=set)
     evicted: int = 0  # left the window early because of the cap
     evicted_until_ns: int = 0  # end time of the newest of those
     ended: list[int] = field(default_factory=list)  # durations added since the last figures
@@ -89,6 +113,8 @@ class _Window:
             counter[key] -= 1
             if not counter[key]:
                 del counter[key]
+        if route not in self.routes:
+            self.named.discard(route)
         return entry
 
     def expire(self, since_ns: int) -> None:
@@ -116,6 +142,7 @@ class RequestTracker:
         # Since start: every header problem by reason, and requests not fully attributed.
         self.counters: Counter = Counter({f"trace_header_{r}": 0 for r in REASONS})
         self.counters["requests_paths_other"] = 0
+        self.counters["requests_method_other"] = 0
         self.counters["requests_cross_thread"] = 0
 
     # -- feeding --------------------------------------------------------------------------
@@ -142,14 +169,17 @@ class RequestTracker:
             self._done.append(self._request(rec, head, workload, bypassed_of(rec.tgid, rec.fd)))
 
     def _route(self, workload: str | None, head: Head) -> str:
+        if head.method not in METHODS:
+            self.counters["requests_method_other"] += 1
+            return OTHER_ROUTE
+        route = f"{head.method} {route_path(head.path or '')}"
         win = self._window(workload)
-        path = head.path or ""
-        if path not in win.paths:
-            if len(win.paths) >= self.max_paths:
+        if route not in win.named:
+            if len(win.named) >= self.max_paths:
                 self.counters["requests_paths_other"] += 1
                 return OTHER_ROUTE
-            win.paths.add(path)
-        return f"{head.method} {path}"
+            win.named.add(route)
+        return route
 
     def _window(self, workload: str | None) -> _Window:
         win = self._windows.get(workload or "")

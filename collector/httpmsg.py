@@ -37,6 +37,9 @@ REASONS = (
     "traceid_bytes_bad_base64",
     # decodes to other than exactly 16 bytes
     "traceid_bytes_wrong_length",
+    # a tracestate value with a byte outside printable ASCII (W3C allows 0x20-0x7e and tab):
+    # dropped, so no control byte reaches a span or a terminal
+    "tracestate_bad_chars",
 )
 
 TRACE_SOURCE_TRACEPARENT = "traceparent"
@@ -56,6 +59,7 @@ _RESPONSE_PREFIXES = ("HTTP/1.0 ", "HTTP/1.1 ")
 
 # The common case, version 00 and well formed, in one match; anything else takes the checks that
 # name the fault.
+_TRACESTATE_CHARS = re.compile(r"[\t -~]*\Z")
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE_ID, _ZERO_PARENT_ID = "0" * 32, "0" * 16
 
@@ -259,6 +263,9 @@ def parse_head(data: bytes) -> Head | str:
         trace_source = TRACE_SOURCE_TRACEPARENT
         # tracestate is only meaningful alongside the traceparent it extends
         tracestate = ",".join(tracestates) or None
+        if tracestate is not None and not _TRACESTATE_CHARS.match(tracestate):
+            problem("tracestate_bad_chars")
+            tracestate = None
     elif traceid_bytes is not None:
         trace_id = traceid_bytes
         trace_source = TRACE_SOURCE_TRACEID_BYTES

@@ -117,6 +117,54 @@ def test_distinct_paths_are_capped_per_workload():
     assert tracker.counters["requests_paths_other"] == 3
 
 
+def test_a_method_outside_the_known_set_is_one_route_whatever_it_is():
+    tracker = RequestTracker(max_paths=100)
+    junk = [f"POST{a}{b}{c}" for a in "AB" for b in "AB" for c in "AB"]  # the kernel sees "POST"
+    records = [
+        pair(2 * i, 2 * i + 1, data=f"{m} / HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        for i, m in enumerate(junk)
+    ]
+    run(tracker, [*records, pair(100, 101, "/real")])
+    fig = tracker.figures(200)["pid:10"]
+    assert fig.by_route == {"other": len(junk), "GET /real": 1}
+    assert tracker.counters["requests_method_other"] == len(junk)
+    assert tracker.counters["requests_paths_other"] == 0
+
+
+@pytest.mark.parametrize(
+    "path, route",
+    [
+        ("/users/12345/orders", "GET /users/:id/orders"),
+        ("/reset-password/Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5", "GET /reset-password/:id"),
+        ("/item/0af7651916cd43dd8448eb211c80319c", "GET /item/:id"),
+        ("/o/123e4567-e89b-12d3-a456-426614174000/x", "GET /o/:id/x"),
+        ("/api/v2/health", "GET /api/v2/health"),  # short words with a digit stay
+        ("/static/application-bundle.js", "GET /static/application-bundle.js"),  # no digit
+    ],
+)
+def test_id_like_path_segments_never_leave_the_node(path, route):
+    tracker = RequestTracker()
+    (r,) = run(tracker, [pair(1, 2, path)])
+    assert r.route == route
+
+
+def test_the_route_cap_gives_room_back_when_a_route_stops_getting_traffic():
+    """Junk sent first must not push the real routes into "other" once it stops."""
+    second = 1_000_000_000
+    tracker = RequestTracker(window_s=10, max_paths=3)
+    run(tracker, [pair(i, i + 1, f"/junk-path-{chr(97 + i)}") for i in range(3)])
+    (early,) = run(tracker, [pair(10, 11, "/real")])
+    assert early.route == "other"  # the cap is full of junk
+    tracker.figures(11 * second)  # the junk's requests leave the window
+    (late,) = run(tracker, [pair(12 * second, 12 * second + 1, "/real")])
+    assert late.route == "GET /real"
+    # A route that keeps getting traffic keeps its name while newcomers go to other.
+    run(tracker, [pair(13 * second + i, 13 * second + i + 1, f"/n{chr(97 + i)}") for i in range(3)])
+    (again,) = run(tracker, [pair(14 * second, 14 * second + 1, "/real")])
+    assert again.route == "GET /real"
+    assert tracker.figures(14 * second + 2)["pid:10"].by_route["other"] == 1
+
+
 @pytest.mark.parametrize(
     "selector, pid, comm, kind, wanted",
     [

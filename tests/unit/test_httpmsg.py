@@ -448,7 +448,21 @@ def test_request_path(target, path):
 def test_constants():
     assert CAPTURE_BYTES == 512
     assert PATH_MAX_CHARS == 64
-    assert len(set(REASONS)) == len(REASONS) == 11
+    assert len(set(REASONS)) == len(REASONS) == 12
+
+
+def test_a_tracestate_with_control_bytes_is_dropped_and_counted_the_trace_kept():
+    head = parse_head(
+        b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        b"\r\ntracestate: a=b\x1b[2J\r\n\r\n"
+    )
+    assert head.trace_id is not None and head.tracestate is None
+    assert head.problems == ("tracestate_bad_chars",)
+    ok = parse_head(
+        b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        b"\r\ntracestate: a=b,\tc=d\r\n\r\n"
+    )
+    assert ok.tracestate == "a=b,\tc=d" and ok.problems == ()
 
 
 # --- robustness ----------------------------------------------------------------------------------
