@@ -22,6 +22,7 @@ from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
 from .correlate import RequestTracker, TraceSelector, trace_of
+from .incarnation import Incarnations
 from .lifecycle import LifecycleAccounting, empty_calls
 from .model import (
     DelayQuantiles,
@@ -197,12 +198,12 @@ class Collector:
         self.requests = requests or RequestTracker()
         self._traces: list = []
         self._traces_total = 0
-        self._considered: set[int] = set()  # pids the selector has judged
+        self._considered = Incarnations(proc_root)  # processes the trace selector has judged
         self.runtime = RuntimeTracker(RuntimeReader(proc_root), growth_window_s=growth_window_s)
         self.life = LifecycleAccounting()
         # pid -> (the runtime library its uprobes are on, its path as the process sees it)
         self._libraries: dict[int, tuple[Library, str]] = {}
-        self._library_checked: set[int] = set()
+        self._library_checked = Incarnations(proc_root)
         if self.tracectx is not None or self.lifecycle is not None:
             self._scan_proc()
         self._window_start_ns = time.monotonic_ns()  # the window starts once set up
@@ -504,6 +505,12 @@ class Collector:
             )
             for key, act in sorted(per_workload.items(), key=lambda kv: kv[0])
         )
+        if self._ticks % self.gc_every == 0:
+            self._forget_exited()
+        forgotten = self._considered.forgotten + self._library_checked.forgotten
+        counters["processes_forgotten"] = forgotten
+        counters["runtime_workloads_forgotten"] = self.runtime.evicted
+        counters["cold_start_books_evicted"] = self.life.evicted
         counters["processes_vanished"] = self.reader.vanished
         counters["runtime_files_vanished"] = self.runtime.reader.vanished
         counters["runtime_files_unreadable"] = self.runtime.reader.unreadable
@@ -775,3 +782,15 @@ class Collector:
         dead_tgids = [g for g in tgids if not (self.proc_root / str(g)).exists()]
         self.sched.forget(dead_tids, dead_tgids)
         self.resolver.forget(set(dead_tgids))
+
+    def _forget_exited(self) -> None:
+        """Every few ticks: processes that exited, or whose pid a new process took, are
+        forgotten by the trace selector (a new process on a reused pid is judged afresh and never
+        inherits tracing; the kernel already untraced the old one when it exited) and by the
+        runtime-library bookkeeping."""
+        gone = self._considered.forget_gone()
+        probe = self.tracectx
+        if probe is not None and gone:
+            probe.set_pids(probe.pids - set(gone))
+        for pid in self._library_checked.forget_gone():
+            self._libraries.pop(pid, None)

@@ -4,7 +4,7 @@ the kernel and turned into per-window figures here."""
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
 
 from ..probes.records import ColdStartRecord, LifecycleReading, WasmCalls
@@ -12,6 +12,7 @@ from .model import CallFigures, ColdStarts
 from .quantiles import bucket_bounds, exact_quantile, histogram_quantile
 
 MAX_COLD_STARTS = 1000  # per workload and kind
+MAX_COLD_WORKLOADS = 10_000  # (workload, kind) books kept
 
 
 def cold_starts(
@@ -49,9 +50,16 @@ def call_figures(count: int, total_ns: int, hist: dict[int, int], max_ns: int) -
 
 
 class LifecycleAccounting:
-    def __init__(self, max_cold_starts: int = MAX_COLD_STARTS) -> None:
+    def __init__(
+        self, max_cold_starts: int = MAX_COLD_STARTS, max_workloads: int = MAX_COLD_WORKLOADS
+    ) -> None:
+        """Cold starts of at most ``max_workloads`` (workload, kind) books; the one that went
+        longest without a cold start is forgotten first (counted in ``evicted``)."""
         self.max_cold_starts = max_cold_starts
-        self._cold: dict[tuple[str, str], deque[int]] = {}  # (workload, kind) -> ns
+        self.max_workloads = max_workloads
+        self.evicted = 0
+        # (workload, kind) -> ns; in order of their latest cold start, oldest first
+        self._cold: OrderedDict[tuple[str, str], deque[int]] = OrderedDict()
         self._total: dict[tuple[str, str], int] = defaultdict(int)
         self._window: dict[tuple[str, str], list[int]] = defaultdict(list)  # since end_window
         self._prev: dict[tuple[int, str], WasmCalls] = {}
@@ -63,10 +71,17 @@ class LifecycleAccounting:
             key = workload_of(r.tgid)
             if key is None:
                 continue
-            q = self._cold.setdefault((key, r.kind), deque(maxlen=self.max_cold_starts))
+            book = (key, r.kind)
+            q = self._cold.setdefault(book, deque(maxlen=self.max_cold_starts))
+            self._cold.move_to_end(book)
             q.append(r.cold_start_ns)
-            self._total[(key, r.kind)] += 1
-            self._window[(key, r.kind)].append(r.cold_start_ns)
+            self._total[book] += 1
+            self._window[book].append(r.cold_start_ns)
+            while len(self._cold) > self.max_workloads:
+                old, _ = self._cold.popitem(last=False)
+                self._total.pop(old, None)
+                self._window.pop(old, None)
+                self.evicted += 1
 
     def cold(self, workload: str) -> tuple[ColdStarts | None, ColdStarts | None]:
         """(exec -> first listen, exec -> first accept) of the workload's processes."""

@@ -251,6 +251,9 @@ def growth_slope_per_min(samples: Sequence[tuple[float, float]]) -> float | None
     return covariance / spread * 60.0
 
 
+DEFAULT_STALE_S = 300.0
+
+
 @dataclass
 class _Track:
     """What the tracker remembers about one workload between samples."""
@@ -282,10 +285,15 @@ class RuntimeTracker:
         *,
         growth_window_s: float = DEFAULT_GROWTH_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
+        stale_s: float = DEFAULT_STALE_S,
     ) -> None:
+        """``stale_s``: a workload with no live process for this long is forgotten (its last
+        figures are shown until then), so churned pods do not pile up."""
         self.reader = reader
         self.growth_window_s = growth_window_s
         self.clock = clock
+        self.stale_s = stale_s
+        self.evicted = 0  # workloads forgotten after stale_s without a live process
         self._tracks: dict[str, _Track] = {}
 
     def sample(self, workloads: Mapping[str, Iterable[int]]) -> None:
@@ -300,6 +308,14 @@ class RuntimeTracker:
                 continue  # all gone: keep the last figures rather than report a zero RSS
             track = self._tracks.setdefault(key, _Track())
             track.figures = self._figures(track, live, now)
+        stale = [
+            k
+            for k, t in self._tracks.items()
+            if t.last_t is not None and t.last_t < now - self.stale_s
+        ]
+        for key in stale:
+            del self._tracks[key]
+        self.evicted += len(stale)
 
     def _figures(self, track: _Track, live: list[ProcessSample], now: float) -> RuntimeFigures:
         rss = sum(s.rss_bytes for s in live)

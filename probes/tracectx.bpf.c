@@ -10,6 +10,7 @@
  *
  * Compiled in by probes/tracectx.py:
  *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
+ *           EXIT_GROUP_DEAD (sched_process_exit has group_dead),
  *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
  *           thread without an entry has not been switched out since it started: zero so far
  *
@@ -444,5 +445,24 @@ int wasmtop_enter_writev(struct tracepoint__syscalls__sys_enter_writev *args)
     struct uiovec iov;
     if (!first_iovec((u64)args->vec, &iov))
         capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0);
+    return 0;
+}
+
+/* A traced process that exits stops being traced at once: a new process that gets its pid is
+ * judged afresh by userspace, never traced by inheritance. EXIT_GROUP_DEAD: the tracepoint says
+ * when the last thread of the group exits (Linux 6.9+); before that, the leader's exit ends it. */
+int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+#if EXIT_GROUP_DEAD
+    if (!args->group_dead)
+        return 0;
+#else
+    if ((u32)id != tgid)
+        return 0;
+#endif
+    if (traced_tgids.delete(&tgid) == 0)
+        count_event(CTR_EXITED);
     return 0;
 }

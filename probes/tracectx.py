@@ -31,15 +31,26 @@ _READS = ("read", "recvfrom", "recvmsg")
 _WRITES = ("write", "sendto", "sendmsg", "writev")
 
 
+def exit_has_group_dead() -> bool:
+    """sched_process_exit says when a thread group dies (Linux 6.9+)."""
+    root = features.tracefs_root()
+    try:
+        fmt = (root / "events/sched/sched_process_exit/format").read_text() if root else ""
+    except OSError:
+        return False
+    return "field:bool group_dead;" in fmt
+
+
 class TraceCtxProbe(Probe):
     name = "tracectx"
     tracepoints = (
         *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _READS),
         *((f"syscalls:sys_exit_{s}", f"wasmtop_exit_{s}") for s in _READS),
         *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _WRITES),
+        ("sched:sched_process_exit", "wasmtop_process_exit"),
     )
     ringbuffers = (("request_events", "request_event"),)
-    counters = ("NOT_HTTP", "READ_FAILED", "UNANSWERED", "UNMATCHED", "CLIENT")
+    counters = ("NOT_HTTP", "READ_FAILED", "UNANSWERED", "UNMATCHED", "CLIENT", "EXITED")
     headers = ("shared.bpf.h",)
 
     def __init__(
@@ -97,6 +108,7 @@ class TraceCtxProbe(Probe):
             "CGROUP_LEVELS": CGROUP_LEVELS,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "THREADS_COMPLETE": int(self._sched_complete()),
+            "EXIT_GROUP_DEAD": int(exit_has_group_dead()),
         }
 
     def _sched_complete(self) -> bool:
@@ -135,7 +147,8 @@ class TraceCtxProbe(Probe):
 
     # -- who is traced --------------------------------------------------------------------
     def set_pids(self, pids: Iterable[int]) -> None:
-        """Trace exactly these processes (besides the cgroups), from the next syscall on."""
+        """Trace exactly these processes (besides the cgroups), from the next syscall on. (The
+        kernel itself stops tracing a process that exits; this set keeps it until told.)"""
         if self.bpf is None:
             self._initial_pids = tuple(pids)
             return
@@ -174,6 +187,7 @@ class TraceCtxProbe(Probe):
             "requests_unanswered": c.get("UNANSWERED", 0),
             "responses_unmatched": c.get("UNMATCHED", 0),
             "requests_expired": self.expired,
+            "traced_exited": c.get("EXITED", 0),
         }
 
     # -- reading --------------------------------------------------------------------------

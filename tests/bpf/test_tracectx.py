@@ -547,3 +547,30 @@ def test_an_event_loop_charges_each_wake_up_to_one_request_at_most():
         (t.start_ns, t.read_end_ns, t.queued_wakeup, t.queued_ms, t.tid) for t in moved
     ]
     assert len(moved) < 0.1 * len(traces), len(moved)
+
+
+def test_an_exited_process_is_untraced_at_once_and_forgotten_by_the_collector():
+    """A pid is not a process: when a traced process exits, the kernel drops it from the traced
+    set at once (a new process on its pid must not inherit tracing), and the collector forgets
+    it at its next sweep, so the new process is judged afresh."""
+    with (
+        http_server() as (server, port),
+        http_server() as (stays, _),
+        tracing(pids=(server.pid, stays.pid)) as (probes, collector),
+    ):
+        tracectx = probes.probes[1]
+        collector.observe()
+        table = tracectx.table("traced_tgids")
+        assert {k.value for k in table.keys()} >= {server.pid, stays.pid}
+        assert tracectx.pids >= {server.pid, stays.pid}
+        server.kill()
+        server.wait()
+        assert server.pid not in {k.value for k in table.keys()}  # no sweep has run yet
+        assert stays.pid in {k.value for k in table.keys()}
+        assert tracectx.details()["traced_exited"] == 1
+        collector.gc_every = 1  # the next tick sweeps
+        snap = collector.tick()
+        assert server.pid not in tracectx.pids and stays.pid in tracectx.pids
+        assert server.pid not in collector._considered
+        assert snap.counters["processes_forgotten"] >= 1
+        probes.detach()

@@ -61,3 +61,16 @@ def test_call_figures_are_per_window_deltas_per_workload():
     assert acc.wasm_window(r2, lambda pid: "w") == {}
     r3 = LifecycleReading(0, [], {(7, "instantiate"): calls(7, "instantiate", [1_000])})
     assert acc.wasm_window(r3, lambda pid: "w")["w"]["instantiate"].count == 1
+
+
+def test_cold_start_books_are_bounded_and_the_quietest_is_forgotten_first():
+    acc = LifecycleAccounting(max_workloads=3)
+
+    def cold(key: str) -> None:
+        acc.add_cold_starts([ColdStartRecord(1, "x", "listen", 0, 5_000_000)], lambda _: key)
+
+    for key in ("a", "b", "c", "a", "d"):  # "a" cold-starts again before "d" arrives
+        cold(key)
+    assert acc.evicted == 1
+    assert acc.cold("b") == (None, None)  # the one that went longest without a cold start
+    assert acc.cold("a")[0].total == 2 and acc.cold("d")[0].count == 1

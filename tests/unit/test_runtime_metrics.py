@@ -609,3 +609,21 @@ def test_real_proc_for_this_process():
     figures = reader.cgroup(os.getpid())
     assert isinstance(figures, CgroupFigures)
     assert reader.vanished == 0
+
+
+def test_a_workload_without_live_processes_is_forgotten_after_stale_s(tmp_path):
+    """Churned pods must not pile up: 20,000 short-lived workloads leave nothing behind."""
+    host = Host(tmp_path)
+    clock = Clock()
+    tracker = RuntimeTracker(host.reader(), clock=clock, stale_s=300)
+    host.process(10, rss_pages=100)
+    for i in range(200):  # 200 churned workloads, each one sample then gone
+        host.process(1000 + i, rss_pages=1)
+        tracker.sample({f"pod-{i}": [1000 + i], "keeper": [10]})
+        shutil.rmtree(host.proc / str(1000 + i))
+        clock.now += 1
+    assert len(tracker.figures()) == 201  # the gone ones keep their last figures for a while
+    clock.now += 301
+    tracker.sample({"keeper": [10]})
+    assert set(tracker.figures()) == {"keeper"}
+    assert tracker.evicted == 200
