@@ -104,7 +104,7 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
                     headers = {"X-TraceID-Bytes": base64.b64encode(trace_id).decode()}
                     kind = ("x-traceid-bytes", None)
                 t0 = time.perf_counter_ns()
-                conn.request("GET", f"/item/{i % 5}?q={i}", headers=headers)
+                conn.request("GET", f"/item/{'abcde'[i % 5]}?q={i}", headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 elapsed = time.perf_counter_ns() - t0
