@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv crd-validator run test lint format bench clean
+.PHONY: setup system venv crd-validator run test fuzz lint format bench clean
 
 setup: system venv crd-validator
 
@@ -42,6 +42,12 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The loaders' property-based tests with many more examples (minutes, not seconds): any
+# malformed config, web config or rule file must give a ConfigError, never another exception.
+fuzz: venv
+	WASMTOP_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/unit/test_loaders_fuzz.py
 
 bench: setup
 	$(BIN)/python bench/sched_overhead.py

@@ -7,6 +7,7 @@ Checking reuses the config walker (wasmtop/config.py), so the messages read the 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..config import (
     nonempty_text,
     number,
     read_tree,
+    shown,
 )
 from ..config import walk as walk_map
 from .quantities import QUANTITIES, Quantity
@@ -95,15 +97,27 @@ def below_reporting_floor(rules: Sequence[Rule], floor_ms: float) -> list[Rule]:
     ]
 
 
+MAX_DURATION_S = 8760 * 3600  # a year: longer is a mistake (and Prometheus stops at 292 y)
+
+
 def duration(v: Any) -> float:
-    """Seconds from a Prometheus duration (``30s``, ``5m``, ``1h30m``, ``500ms``) or a number."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+    """Seconds from a Prometheus duration (``30s``, ``5m``, ``1h30m``, ``500ms``) or a number
+    of seconds; finite, from 0 to MAX_DURATION_S."""
+    in_range = "expected a duration from 0 to 8760h (a year)"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not (isinstance(v, int) or math.isfinite(v)) or not 0 <= v <= MAX_DURATION_S:
+            raise ValueError(f"{in_range}, got {shown(v)}")
         return float(v)
     m = _DURATION.fullmatch(v) if isinstance(v, str) and v else None
     if not m or not any(m.groups()):
-        raise ValueError(f"expected a duration such as 30s, 5m or 1h30m, got {v!r}")
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h30m, got {shown(v)}")
+    if any(len(g or "") > 12 for g in m.groups()):  # int() of 5000 digits is an error
+        raise ValueError(f"{in_range}, got {shown(v)}")
     h, mi, s, ms = (int(g or 0) for g in m.groups())
-    return h * 3600 + mi * 60 + s + ms / 1000
+    seconds = h * 3600 + mi * 60 + s + ms / 1000
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{in_range}, got {shown(v)}")
+    return seconds
 
 
 def prometheus_duration(seconds: float) -> str:
@@ -121,19 +135,19 @@ def prometheus_duration(seconds: float) -> str:
 
 def _name(v: Any) -> str:
     if not isinstance(v, str) or not _NAME.fullmatch(v):
-        raise ValueError(f"expected a name of letters, digits and _ (not first), got {v!r}")
+        raise ValueError(f"expected a name of letters, digits and _ (not first), got {shown(v)}")
     return v
 
 
 def _quantity(v: Any) -> Quantity:
-    if v not in QUANTITIES:
-        raise ValueError(f"expected one of {', '.join(QUANTITIES)}, got {v!r}")
+    if not isinstance(v, str) or v not in QUANTITIES:
+        raise ValueError(f"expected one of {', '.join(QUANTITIES)}, got {shown(v)}")
     return QUANTITIES[v]
 
 
 def _label_value(v: Any) -> str:
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-        raise ValueError(f"expected a string, got {v!r}")
+        raise ValueError(f"expected a string, got {shown(v)}")
     return str(v)
 
 
@@ -141,16 +155,16 @@ def template(v: Any) -> str:
     text = nonempty_text(v)
     for m in _TEMPLATE.finditer(text):
         if not _FORMS.fullmatch(m.group(1)):
-            raise ValueError(f"expected {TEMPLATE_FORMS} inside {{{{ }}}}, got {m.group(0)!r}")
+            raise ValueError(f"expected {TEMPLATE_FORMS} inside {{{{ }}}}, got {shown(m.group(0))}")
     if "{{" in _TEMPLATE.sub("", text) or "}}" in _TEMPLATE.sub("", text):
-        raise ValueError(f"expected {{{{ and }}}} in pairs, got {text!r}")
+        raise ValueError(f"expected {{{{ and }}}} in pairs, got {shown(text)}")
     return text
 
 
 def _runbook(v: Any) -> str:
     text = template(v)
     if not re.match(r"(https?://\S+|docs/\S+\.md(#\S*)?)$", text):
-        raise ValueError(f"expected an http(s):// URL or a docs/*.md path, got {v!r}")
+        raise ValueError(f"expected an http(s):// URL or a docs/*.md path, got {shown(v)}")
     return text
 
 
@@ -160,7 +174,9 @@ RULE_SCHEMA: dict[str, Any] = {
     "comparator": Key(">", choice(*COMPARATORS), "how the value is compared to the threshold"),
     "threshold": Key(_REQUIRED, number(float), "in the quantity's unit"),
     "for": Key(None, lambda v: None if v is None else duration(v), "active this long first"),
-    "consecutive": Key(None, lambda v: None if v is None else number(int, 1)(v), "N in a row"),
+    "consecutive": Key(
+        None, lambda v: None if v is None else number(int, 1, 1_000_000)(v), "N in a row"
+    ),
     "keep_firing_for": Key(0.0, duration, "stay firing this long after the condition clears"),
     "severity": Key(_REQUIRED, _name, "its severity label, e.g. critical, warning, info"),
     "labels": {},  # filled per rule: any label names (checked), string values
@@ -201,13 +217,22 @@ def parse(text: str, name: str = "<rules>") -> list[Rule]:
 def _checked(root: yaml.Node | None, name: str) -> list[Rule]:
     if root is None:
         raise ConfigError(f"{name}:1: the file is empty: expected a map with a `rules:` list")
-    top = {"rules": None}
-    walk_map(root, {"rules": Key(None, lambda v: v, "")}, top, (), name)
+    if isinstance(root, yaml.MappingNode):  # the top level's keys, not yet their values
+        keys_only = [(k, yaml.ScalarNode("tag:yaml.org,2002:null", "")) for k, _ in root.value]
+        walk_map(
+            yaml.MappingNode(root.tag, keys_only), {"rules": Key(None, _any, "")}, {}, (), name
+        )
+    else:
+        walk_map(root, {}, {}, (), name)  # ConfigError: expected a map of keys
     items = child(root, "rules")
     if not isinstance(items, yaml.SequenceNode):
         where = node_where(name, items if items is not None else root)
         raise ConfigError(f"{where}: rules: expected a list of rules")
     return _unique([_rule(node, f"rules[{i}]", name) for i, node in enumerate(items.value)])
+
+
+def _any(v: Any) -> Any:
+    return v
 
 
 def _free_map(node: yaml.Node | None, parse: Callable[[Any], Any]) -> dict[str, Key]:

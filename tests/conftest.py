@@ -9,6 +9,25 @@ import pytest
 
 REQUIRE_BPF = os.environ.get("WASMTOP_REQUIRE_BPF") == "1"
 
+try:  # Property-based tests (tests/unit/test_loaders_fuzz.py): a few seconds by default;
+    # WASMTOP_HYPOTHESIS_PROFILE=fuzz (`make fuzz`) runs them with many more examples.
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "quick", max_examples=100, deadline=None, database=None, print_blob=True
+    )
+    settings.register_profile(
+        "fuzz",
+        max_examples=20_000,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.load_profile(os.environ.get("WASMTOP_HYPOTHESIS_PROFILE", "quick"))
+except ImportError:  # hypothesis is in the test extra; without it those tests skip
+    pass
+
 
 def bpf_missing() -> str | None:
     """Why kernel tests cannot run here, or None."""

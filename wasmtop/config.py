@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import math
 import re
+import reprlib
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -21,7 +23,27 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A bad config: ``str()`` is ``FILE:LINE: key.path: what was expected, got what``."""
+    """A bad config: ``str()`` is ``FILE:LINE: key.path: what was expected, got what``.
+
+    The one exception the loaders (here, the web config's and the alert rules') raise for a
+    bad file, whatever is wrong with it: unreadable, not UTF-8, not YAML, a tag or an alias
+    YAML cannot construct, a wrong type, a number out of range or not finite."""
+
+
+# Deeper than this is no config (the schema is 3 levels deep, a rule file 4): refused before
+# anything recursive (PyYAML's constructor, repr) walks it.
+MAX_DEPTH = 50
+# The largest integer accepted where a key names no upper bound (a signed 64-bit integer).
+MAX_INT = 2**63 - 1
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 80, 80, 40
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 6
+
+
+def shown(v: Any) -> str:
+    """``repr(v)`` cut short: a message never quotes a huge value whole (aliases can make a
+    small file construct a huge one)."""
+    return _SHOWN.repr(v)
 
 
 @dataclass(frozen=True)
@@ -32,35 +54,51 @@ class Key:
 
 
 def number(kind: type, low: float | None = None, high: float | None = None) -> Callable:
+    """A finite number (an integer: at most MAX_INT when no ``high`` is given) in range."""
     words = "an integer" if kind is int else "a number"
     if low is not None and high is not None:
-        expected = f"{words} from {low:g} to {high:g}"
+        expected = f"{words} from {_plain(low)} to {_plain(high)}"
     elif low is not None:
-        expected = f"{words} >= {low:g}"
+        expected = f"{words} >= {_plain(low)}"
     else:
         expected = words
 
     def parse(v: Any) -> Any:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise ValueError(f"expected {expected}, got {shown(v)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"expected {expected}, got {shown(v)} (not a finite number)")
+        if kind is int and not (isinstance(v, int) or v.is_integer()):
+            raise ValueError(f"expected {expected}, got {shown(v)}")
+        if (low is not None and v < low) or (high is not None and v > high):
+            raise ValueError(f"expected {expected}, got {shown(v)}")
         if kind is int:
-            ok = ok and float(v).is_integer()
-        if not ok or (low is not None and v < low) or (high is not None and v > high):
-            raise ValueError(f"expected {expected}, got {v!r}")
-        return kind(v)
+            if high is None and v > MAX_INT:
+                raise ValueError(f"expected {expected} up to {MAX_INT}, got {shown(v)}")
+            return int(v)
+        try:
+            return float(v)
+        except OverflowError:  # an integer literal beyond any float
+            raise ValueError(f"expected {expected}, got {shown(v)} (too large)") from None
 
     return parse
 
 
+def _plain(x: float) -> str:
+    """3600000 rather than 3.6e+06; 0.1 as 0.1."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {v!r}")
+        raise ValueError(f"expected true or false, got {shown(v)}")
     return v
 
 
 def choice(*choices: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         if v not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
+            raise ValueError(f"expected one of {', '.join(choices)}, got {shown(v)}")
         return v
 
     return parse
@@ -68,7 +106,7 @@ def choice(*choices: str) -> Callable[[Any], str]:
 
 def nonempty_text(v: Any) -> str:
     if not isinstance(v, str) or not v:
-        raise ValueError(f"expected a non-empty string, got {v!r}")
+        raise ValueError(f"expected a non-empty string, got {shown(v)}")
     return v
 
 
@@ -79,7 +117,7 @@ def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _list(parse: Callable[[Any], Any]) -> Callable[[Any], list]:
     def parse_list(v: Any) -> list:
         if not isinstance(v, list):
-            raise ValueError(f"expected a list, got {v!r}")
+            raise ValueError(f"expected a list, got {shown(v)}")
         out = []
         for i, item in enumerate(v):
             try:
@@ -96,7 +134,7 @@ def str_map(v: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(x, (str, int)) and not isinstance(x, bool)
         for k, x in v.items()
     ):
-        raise ValueError(f"expected a map of names to strings, got {v!r}")
+        raise ValueError(f"expected a map of names to strings, got {shown(v)}")
     return {k: str(x) for k, x in v.items()}
 
 
@@ -104,25 +142,28 @@ def host_port(v: Any) -> str:
     """``HOST:PORT`` with a literal IP (v6 in brackets) or a name, port 0-65535."""
     m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s\[\]]+):(\d{1,5})", v if isinstance(v, str) else "")
     if not m or int(m.group(2)) > 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {v!r}")
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {shown(v)}")
     host = m.group(1).strip("[]")
     if m.group(1).startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"expected an IPv6 address in brackets, got {v!r}") from None
+            raise ValueError(f"expected an IPv6 address in brackets, got {shown(v)}") from None
     return v
 
 
 def _url(v: Any) -> str:
-    parts = urllib.parse.urlsplit(v) if isinstance(v, str) else None
+    try:
+        parts = urllib.parse.urlsplit(v) if isinstance(v, str) else None
+    except ValueError:  # e.g. an unclosed [ in the host
+        parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        raise ValueError(f"expected an http:// or https:// URL, got {shown(v)}")
     return v.rstrip("/")
 
 
 def _https_url(v: Any) -> str:
-    expected = f"expected an https:// URL such as https://10.43.0.1:443, got {v!r}"
+    expected = f"expected an https:// URL such as https://10.43.0.1:443, got {shown(v)}"
     try:
         parts = urllib.parse.urlsplit(v) if isinstance(v, str) else None
         port_ok = parts is not None and parts.port != 0  # .port raises when out of range
@@ -136,20 +177,24 @@ def _https_url(v: Any) -> str:
 def _auto_bool(v: Any) -> str | bool:
     if v == "auto" or isinstance(v, bool):
         return v
-    raise ValueError(f"expected auto, true or false, got {v!r}")
+    raise ValueError(f"expected auto, true or false, got {shown(v)}")
 
 
 def cidr(v: Any) -> str:
     try:
+        if not isinstance(v, str):
+            raise TypeError(v)
         return str(ipaddress.ip_network(v, strict=False))
     except (TypeError, ValueError):
-        raise ValueError(f"expected an address range such as 10.42.0.0/16, got {v!r}") from None
+        raise ValueError(
+            f"expected an address range such as 10.42.0.0/16, got {shown(v)}"
+        ) from None
 
 
 def comm_name(v: Any) -> str:
-    if not isinstance(v, str) or not v or len(v.encode()) > 15:
+    if not isinstance(v, str) or not v or len(v.encode("utf-8", "surrogatepass")) > 15:
         raise ValueError(
-            f"expected a command name of 1 to 15 bytes (as in /proc/PID/comm), got {v!r}"
+            f"expected a command name of 1 to 15 bytes (as in /proc/PID/comm), got {shown(v)}"
         )
     return v
 
@@ -157,29 +202,41 @@ def comm_name(v: Any) -> str:
 def _cgroup(v: Any) -> str:
     from .probes.features import cgroup_dir
 
-    cgroup_dir(nonempty_text(v))  # ValueError: "cgroup X not found under /sys/fs/cgroup"
+    if "\0" in nonempty_text(v):
+        raise ValueError(f"expected a cgroup path, got {shown(v)}")
+    try:
+        cgroup_dir(v)  # ValueError: "cgroup X not found under /sys/fs/cgroup"
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"expected a cgroup path, got {shown(v)}: {exc.strerror}") from None
     return v
 
 
 def _interface(v: Any) -> str:
-    if not Path(f"/sys/class/net/{nonempty_text(v)}").exists() or "/" in v:
-        raise ValueError(f"expected a network interface of this host, got {v!r}")
+    name = nonempty_text(v)
+    try:
+        ok = not any(c in name for c in "/\0") and Path(f"/sys/class/net/{name}").exists()
+    except OSError:  # e.g. a name too long for the file system
+        ok = False
+    if not ok:
+        raise ValueError(f"expected a network interface of this host, got {shown(v)}")
     return v
 
 
 def _power_of_two(v: Any) -> int:
-    n = number(int, 1)(v)
+    n = number(int, 1, 262_144)(v)  # 1 GiB of 4 KiB pages
     if n & (n - 1):
-        raise ValueError(f"expected a power of two, got {v!r}")
+        raise ValueError(f"expected a power of two, got {shown(v)}")
     return n
 
 
-_pid = number(int, 1)
+_pid = number(int, 1, 4_194_304)  # the kernel's PID_MAX_LIMIT
 
 SCHEMA: dict[str, Any] = {
     "probes": {
         "sched": {
-            "threshold_ms": Key(50.0, number(float, 0), "preemption delay that makes an event"),
+            "threshold_ms": Key(
+                50.0, number(float, 0, 3_600_000), "preemption delay that makes an event"
+            ),
             "pids": Key([], _list(_pid), "only these processes (empty: all)"),
             "cgroup": Key(None, optional(_cgroup), "only this cgroup subtree (path)"),
             "ringbuf_pages": Key(64, _power_of_two, "ring buffer size in pages"),
@@ -203,7 +260,7 @@ SCHEMA: dict[str, Any] = {
     "collector": {
         "tick_s": Key(1.0, number(float, 0.1, 60), "seconds between Snapshots"),
         "scheduling": Key("idle", choice("idle", "normal"), "collector thread policy"),
-        "growth_window_s": Key(300.0, number(float, 1), "RSS growth slope window"),
+        "growth_window_s": Key(300.0, number(float, 1, 86400), "RSS growth slope window"),
         "max_events": Key(1000, number(int, 0), "over-threshold events kept per Snapshot"),
         "probe_stats": Key(False, _bool, "time the probes in the kernel (taxes every program)"),
     },
@@ -244,7 +301,7 @@ SCHEMA: dict[str, Any] = {
     },
     "alertmanager": {
         "urls": Key([], _list(_url), "Alertmanagers to post alerts to (each one)"),
-        "resend_interval_s": Key(60.0, number(float, 1), "firing alerts re-sent this often"),
+        "resend_interval_s": Key(60.0, number(float, 1, 86400), "firing alerts re-sent this often"),
     },
     "kubernetes": {
         "enabled": Key("auto", _auto_bool, "pod names from the API; auto: when in a pod"),
@@ -279,23 +336,82 @@ def load(path: str | Path) -> Config:
 
 
 def read_tree(path: str | Path, what: str = "") -> yaml.Node | None:
-    """A YAML file's node tree; ConfigError naming the file when it cannot be read or parsed."""
+    """A YAML file's node tree; ConfigError naming the file when it cannot be read, is not
+    UTF-8 or not YAML."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read{what}: {exc.strerror}") from None
+        data = Path(path).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{path}: cannot read{what}: {why}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: expected UTF-8 text, got byte 0x{data[exc.start]:02x}"
+        ) from None
     return compose(text, str(path))
 
 
 def compose(text: str, name: str) -> yaml.Node | None:
-    """The YAML node tree (nodes know their lines); ConfigError on a syntax error."""
+    """The YAML node tree (nodes know their lines); ConfigError on a syntax error, on nesting
+    deeper than MAX_DEPTH and on an alias inside the node it names (recursive)."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = f"{mark.line + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        if mark is not None:
+            line = f"{mark.line + 1}:"
+        elif isinstance(getattr(exc, "position", None), int):  # ReaderError: a bad character
+            line = f"{text[: exc.position].count(chr(10)) + 1}:"
+        else:
+            line = ""
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
         raise ConfigError(f"{name}:{line} not valid YAML: {problem}") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError(
+            f"{name}: expected at most {MAX_DEPTH} levels of nesting, got far more"
+        ) from None
+    if root is not None:
+        _check_shape(root, name)
+    return root
+
+
+def _check_shape(root: yaml.Node, name: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and recursive aliases (``&a [*a]``), without
+    recursion and in time linear in the nodes (aliases share nodes: each is measured once)."""
+    height: dict[int, int] = {}  # levels of nesting from a node down, once measured
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        subs = _subnodes(node)
+        if leaving:
+            on_path.discard(id(node))
+            height[id(node)] = 1 + max((height[id(n)] for n in subs), default=0)
+            if height[id(node)] > MAX_DEPTH:
+                for _ in range(MAX_DEPTH):  # down to the level past the limit, for the line
+                    node = max(_subnodes(node), key=lambda n: height[id(n)])
+                raise ConfigError(
+                    f"{node_where(name, node)}: expected at most {MAX_DEPTH} levels of nesting"
+                )
+            continue
+        if id(node) in on_path:
+            raise ConfigError(
+                f"{node_where(name, node)}: an alias inside the node it names: expected no "
+                "recursive alias"
+            )
+        if id(node) in height:
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((n, False) for n in subs if id(n) not in height)
+
+
+def _subnodes(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.ScalarNode):
+        return []
+    return [n for item in node.value for n in (item if isinstance(item, tuple) else (item,))]
 
 
 def parse(text: str, name: str = "<config>") -> Config:
@@ -322,9 +438,14 @@ def walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, nam
         raise ConfigError(f"{node_where(name, node)}: {dotted}: expected a map of keys")
     seen: set[str] = set()
     for key_node, value_node in node.value:
-        key = key_node.value
         where = node_where(name, key_node)
-        full = ".".join((*path, str(key)))
+        if not isinstance(key_node, yaml.ScalarNode):  # "? [a]\n: 1"
+            raise ConfigError(
+                f"{where}: {dotted}: expected a key name (one of: {', '.join(schema)}), "
+                "got a list or a map as a key"
+            )
+        key = key_node.value
+        full = ".".join((*path, key))
         if key not in schema:
             raise ConfigError(
                 f"{where}: {full}: unknown key (expected one of: {', '.join(schema)})"
@@ -338,11 +459,54 @@ def walk(node: yaml.Node, schema: Mapping[str, Any], out: dict, path: tuple, nam
                 continue  # "section:" with nothing under it: all defaults
             walk(value_node, spec, out[key], (*path, key), name)
             continue
-        value = yaml.SafeLoader("").construct_object(value_node, deep=True)
+        value = construct(value_node, full, name)
         try:
             out[key] = spec.parse(value)
         except ValueError as exc:
             raise ConfigError(f"{node_where(name, value_node)}: {full}: {exc}") from None
+
+
+_CONSTRUCT_ERRORS = (ValueError, KeyError, AttributeError, TypeError, OverflowError)
+
+
+def construct(node: yaml.Node, full: str, name: str) -> Any:
+    """The Python value of a node; ConfigError when YAML cannot make one (a tag it does not
+    know, ``!!bool x``, ``!!timestamp x``, a date such as 2001-13-45, ``<<`` merging a non-map,
+    an integer of more digits than Python converts)."""
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        at = getattr(exc, "problem_mark", None)
+        where = f"{name}:{at.line + 1}" if at is not None else node_where(name, node)
+        raise ConfigError(f"{where}: {full}: expected a value YAML can read: {problem}") from None
+    # What PyYAML's scalar constructors let through on a malformed scalar with an explicit tag
+    # or a date-like form: !!bool x (KeyError), !!timestamp x (AttributeError), 2001-13-45,
+    # !!int x and 5000 digits (ValueError), !!float on an integer too large (OverflowError).
+    except _CONSTRUCT_ERRORS:
+        bad = _first_bad_scalar(node)
+        tag = (bad or node).tag.replace("tag:yaml.org,2002:", "!!")
+        text = f"{tag} {shown(bad.value)}" if bad is not None else tag
+        where = node_where(name, bad if bad is not None else node)
+        raise ConfigError(f"{where}: {full}: expected a value YAML can read, got {text}") from None
+
+
+def _first_bad_scalar(node: yaml.Node) -> yaml.ScalarNode | None:
+    """The first scalar under ``node`` that does not construct alone, for the message."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.ScalarNode):
+            try:
+                yaml.SafeLoader("").construct_object(n)
+            except (yaml.YAMLError, *_CONSTRUCT_ERRORS):
+                return n
+        else:
+            stack.extend(reversed(_subnodes(n)))
+    return None
 
 
 def _cross_checks(config: Config, root: yaml.Node, name: str) -> None:
@@ -371,7 +535,7 @@ def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
     paths = {}
     for k in ("tls_cert_file", "tls_key_file"):
         p = config_relative(g[k], name)
-        if not p.is_file():
+        if not is_file(p):
             raise ConfigError(
                 f"{name}:{_line_of(root, ('grpc', k))}: grpc.{k}: expected a readable file, "
                 f"got {g[k]!r}"
@@ -386,6 +550,15 @@ def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
             f"{name}:{_line_of(root, ('grpc', 'tls_cert_file'))}: grpc.tls_cert_file: cannot "
             f"load the certificate with grpc.tls_key_file: {exc}"
         ) from None
+
+
+def is_file(p: Path) -> bool:
+    """``p.is_file()``, False rather than an error for a name the system refuses (too long,
+    a NUL byte)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def config_relative(value: str, config_name: str) -> Path:

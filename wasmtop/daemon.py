@@ -424,10 +424,11 @@ class Daemon:
         try:
             new, web, rules = load_all(self.config_path)
         except ConfigError as exc:
-            self.reloads["failed"] += 1
-            self.last_reload_ok = False
-            log(f"reload refused, the running config stays: {exc}")
-            return False
+            return self.refuse_reload(str(exc))
+        except Exception as exc:  # a bug in a loader must not end the daemon
+            # The loaders raise ConfigError for any bad file (tests/unit/test_loaders_fuzz.py);
+            # anything else is a bug in them, and still no reason to stop watching the node.
+            return self.refuse_reload(f"unexpected {type(exc).__name__} reading the config: {exc}")
         old, self.config = self.config, new
         self.reloads["ok"] += 1
         self.last_reload_ok = True
@@ -465,6 +466,13 @@ class Daemon:
         restart = new["probes"] != old["probes"] or new["collector"] != old["collector"]
         log("config reloaded" + ("; restarting the probes" if restart else ""))
         return restart
+
+    def refuse_reload(self, why: str) -> bool:
+        """Count and log a refused reload; the running config stays. False: no restart."""
+        self.reloads["failed"] += 1
+        self.last_reload_ok = False
+        log(f"reload refused, the running config stays: {why}")
+        return False
 
     def reload_grpc(self, old: Config) -> None:
         """Rebuild the gRPC API for a changed ``grpc`` section: its streams end (clients

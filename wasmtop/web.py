@@ -19,6 +19,7 @@ import hmac
 import http.server
 import json
 import os
+import re
 import socket
 import ssl
 import threading
@@ -32,6 +33,7 @@ from .config import (
     Key,
     choice,
     defaults,
+    is_file,
     nonempty_text,
     optional,
     read_tree,
@@ -92,7 +94,7 @@ def load_web_config(path: str | Path | None) -> WebConfig:
         if value is None:
             return None
         p = Path(value) if Path(value).is_absolute() else path.parent / value
-        if not p.is_file():
+        if not is_file(p):
             raise ConfigError(f"{where}.{name}: expected a readable file, got {value!r}")
         return p
 
@@ -127,15 +129,28 @@ def _ssl_context(config: WebConfig) -> ssl.SSLContext:
     return ctx
 
 
+def _dummy_hash(users: dict[str, str]) -> bytes:
+    """A bcrypt hash no password matches, at the highest cost among the users' hashes: an
+    unknown user is checked against it, so the answer takes as long as for a known one."""
+    import bcrypt
+
+    costs = [int(m.group(1)) for h in users.values() if (m := re.match(r"\$2[aby]\$(\d\d)\$", h))]
+    cost = min(max(max(costs, default=10), 4), 31)
+    return bcrypt.hashpw(b"wasmtop: no such user", bcrypt.gensalt(rounds=cost))
+
+
 class _Auth:
     """Basic auth against bcrypt hashes. bcrypt is slow on purpose (~0.2 s at cost 12), so a
-    pair that checked out is remembered, keyed by an HMAC of it, as exporter-toolkit does."""
+    pair that checked out is remembered, keyed by an HMAC of it, as exporter-toolkit does.
+    An unknown user costs one bcrypt check too (against a dummy hash, as exporter-toolkit
+    does): otherwise the quick refusal tells which user names exist."""
 
     def __init__(self, users: dict[str, str]) -> None:
         self.users = users
         self._key = os.urandom(32)
         self._good: set[bytes] = set()
         self._lock = threading.Lock()
+        self._dummy = _dummy_hash(users) if users else b""
 
     def check(self, header: str | None) -> bool:
         if not self.users:
@@ -148,23 +163,28 @@ class _Auth:
             return False
         hashed = self.users.get(user)
         if hashed is None:
+            self._bcrypt(password, self._dummy)  # as slow as a known user's wrong password
             return False
         token = hmac.new(self._key, f"{user}\0{password}".encode(), "sha256").digest()
         with self._lock:
             if token in self._good:
                 return True
-        import bcrypt
-
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed.encode())
-        except ValueError:
-            ok = False
+        ok = self._bcrypt(password, hashed.encode())
         if ok:
             with self._lock:
                 if len(self._good) > 1000:
                     self._good.clear()
                 self._good.add(token)
         return ok
+
+    @staticmethod
+    def _bcrypt(password: str, hashed: bytes) -> bool:
+        import bcrypt
+
+        try:
+            return bcrypt.checkpw(password.encode(), hashed)
+        except ValueError:
+            return False
 
 
 class Endpoints:

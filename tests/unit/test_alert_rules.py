@@ -58,7 +58,7 @@ BAD = [
     ("for and consecutive", GOOD.replace("    for: 30s\n", "    for: 30s\n    consecutive: 3\n"),
      "FILE:6: rules[0].consecutive: expected either for (a duration) or consecutive, not both"),
     ("consecutive zero", GOOD.replace("for: 30s", "consecutive: 0"),
-     "FILE:5: rules[0].consecutive: expected an integer >= 1, got 0"),
+     "FILE:5: rules[0].consecutive: expected an integer from 1 to 1000000, got 0"),
     ("for on events", GOOD.replace("requests.latency_ms.p99", "sched.preempt_delay_ms"),
      "FILE:5: rules[0].for: expected consecutive: sched.preempt_delay_ms counts events, not time"),
     ("< on events", GOOD.replace("requests.latency_ms.p99", "runtime.cold_start_ms")

@@ -38,7 +38,7 @@ def test_a_config_naming_only_metrics_listen_is_complete():
         ("collector:\n  max_events: 1.5\n", "w.yaml:2: collector.max_events: expected an integer"),
         ("probes:\n  trace:\n    enabled: yes please\n", "w.yaml:3: probes.trace.enabled: expected true or false"),
         ("probes:\n  bypass:\n    mode: fast\n", "w.yaml:3: probes.bypass.mode: expected one of observe, accelerate, off"),
-        ("probes:\n  sched:\n    pids: [1, -2]\n", "w.yaml:3: probes.sched.pids: item 1: expected an integer >= 1"),
+        ("probes:\n  sched:\n    pids: [1, -2]\n", "w.yaml:3: probes.sched.pids: item 1: expected an integer from 1 to 4194304"),
         ("probes:\n  sched:\n    ringbuf_pages: 48\n", "w.yaml:3: probes.sched.ringbuf_pages: expected a power of two"),
         ("probes:\n  trace:\n    comms: [averyveryverylongname]\n", "w.yaml:3: probes.trace.comms: item 0: expected a command name"),
         ("probes:\n  trace:\n    cgroups: [/no/such/cgroup]\n", "w.yaml:3: probes.trace.cgroups: item 0: cgroup /no/such/cgroup not found"),
