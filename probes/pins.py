@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,31 @@ class PinUnavailable(RuntimeError):
     """No trace-context map for this wasmtop; the message says why."""
 
 
+def safe_dir(directory: Path) -> None:
+    """Make ``directory`` (mode 0755) or check the one there: a real directory, not a symlink,
+    owned by this user and writable by no one else. Another user must not be able to put the
+    lock or the pin where wasmtop looks (``/sys/fs/bpf`` is often world-writable, sticky), or
+    swap them later. Raises PinUnavailable saying what is wrong."""
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o755, parents=True)
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise PinUnavailable(f"{directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PinUnavailable(f"{directory} is not a directory (a symlink?): refusing to use it")
+    if st.st_uid != os.geteuid():
+        raise PinUnavailable(
+            f"{directory} belongs to uid {st.st_uid}, not to wasmtop (uid {os.geteuid()}): "
+            "refusing to use it; remove it"
+        )
+    if st.st_mode & 0o022:
+        raise PinUnavailable(
+            f"{directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
+            "refusing to use it; chmod go-w it"
+        )
+
+
 class OwnerLock:
     """An exclusive flock on a lock file, held by the pin's owner. The file is removed by the
     holder on release; a taker checks that the file it locked is still the one at the path (a
@@ -63,9 +89,11 @@ class OwnerLock:
         """True: this process holds it now. False: another process holds it. OSError: the
         lock file cannot be made (no /run/wasmtop, read-only)."""
         while True:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            safe_dir(self.path.parent)
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+                )
             except FileNotFoundError:  # the directory was removed meanwhile: again
                 continue
             try:
@@ -153,7 +181,7 @@ class TraceCtxMap:
     def open(self) -> None:
         """Make and pin the map, or share a live wasmtop's. Raises PinConflict (a map of another
         layout is pinned there and may be in use: left alone) or PinUnavailable."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        safe_dir(self.path.parent)
         try:
             self._open()
         except BaseException:
