@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,8 @@ class Daemon:
         self.probe_status: dict[str, dict[str, str]] = {}
         self.ready = False
         self.http: HttpServer | None = None
+        # connections the /metrics server dropped, by why, from servers closed on reloads
+        self.http_dropped_before: Counter = Counter()
         self.grpc: Any = None  # grpcapi.SnapshotServer, when grpc.enabled
         self.otlp: Any = None
         self.pods = PodCache()  # what the pod watcher learnt; read by every collector
@@ -167,6 +170,19 @@ class Daemon:
                 [Sample((), 1.0 if self.last_reload_ok else 0.0)],
             ),
         ]
+        dropped = Counter(self.http_dropped_before)
+        if self.http is not None:
+            dropped.update(self.http.refused)
+        fams.append(
+            Family(
+                "wasmtop_http_connections_dropped",
+                "counter",
+                "Connections the /metrics server closed: busy (all its connection slots taken), "
+                "slow (a request head still incomplete after its deadline), timeout (silent).",
+                ("reason",),
+                [Sample((r,), float(dropped[r])) for r in ("busy", "slow", "timeout")],
+            )
+        )
         fams += self._alert_families()
         fams += self._grpc_families()
         fams += self._kubernetes_families()
@@ -402,6 +418,7 @@ class Daemon:
 
     def stop_exporters(self) -> None:
         if self.http is not None:
+            self.http_dropped_before.update(self.http.refused)
             self.http.close()
             self.http = None
         if self.grpc is not None:
@@ -437,6 +454,7 @@ class Daemon:
         if new["metrics"] != old["metrics"] or web != self.web:
             self.web = web
             assert self.http is not None
+            self.http_dropped_before.update(self.http.refused)
             self.http.close()
             try:
                 self.start_http()

@@ -14,6 +14,7 @@ configured by a web config file in the format of Prometheus' exporter-toolkit:
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import hmac
 import http.server
@@ -197,6 +198,16 @@ class Endpoints:
         self.ready = ready
 
 
+# A scraper needs one connection, a few at most: past MAX_CONNECTIONS a new connection is closed
+# at once. A connection waits READ_TIMEOUT_S at most for its next bytes, and a request's head
+# must arrive within HEAD_DEADLINE_S however it is dripped; its line and headers are bounded by
+# http.server (64 KiB a line, 100 headers). So no client, slow, half-open or hostile, holds a
+# thread or memory for long.
+MAX_CONNECTIONS = 16
+READ_TIMEOUT_S = 10.0
+HEAD_DEADLINE_S = 15.0
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -208,7 +219,23 @@ class _Server(http.server.ThreadingHTTPServer):
         self.endpoints = endpoints
         self.auth = _Auth(web.users)
         self.ssl_context = _ssl_context(web) if web.tls else None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = {"busy": 0, "slow": 0, "timeout": 0}  # connections dropped, by why
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused["busy"] += 1
+            self.shutdown_request(request)
+            return
+
+        def serve() -> None:
+            try:
+                self.process_request_thread(request, client_address)
+            finally:
+                self._slots.release()
+
+        threading.Thread(target=serve, name="wasmtop-http-conn", daemon=True).start()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
@@ -224,11 +251,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "wasmtop"
+    timeout = READ_TIMEOUT_S  # every read of the connection, TLS handshake included
 
     def setup(self) -> None:
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.settimeout(10)
             try:
                 self.connection.do_handshake()
             except (ssl.SSLError, OSError):
@@ -238,11 +265,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (ssl.SSLError, ConnectionError, TimeoutError):
+        except TimeoutError:  # in the TLS handshake (http.server counts a request's own)
+            self.server.refused["timeout"] += 1
+        except (ssl.SSLError, ConnectionError):
             pass  # a client that failed TLS or went away: nothing to answer
+
+    def handle_one_request(self) -> None:
+        # A head dripped a byte at a time never times out a read: cut it at the deadline.
+        timer = threading.Timer(HEAD_DEADLINE_S, self._too_slow)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def _too_slow(self) -> None:
+        self.server.refused["slow"] += 1
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         pass  # scrapes every few seconds would flood the log
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        # http.server reports a read timeout here, and swallows it
+        if format.startswith("Request timed out"):
+            self.server.refused["timeout"] += 1
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
@@ -289,6 +339,12 @@ class HttpServer:
             target=self._server.serve_forever, name="wasmtop-http", daemon=True
         )
         self._thread.start()
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Connections dropped since start: busy (MAX_CONNECTIONS open), slow (the head did not
+        arrive within HEAD_DEADLINE_S), timeout (no bytes for READ_TIMEOUT_S)."""
+        return dict(self._server.refused)
 
     def close(self) -> None:
         self._server.shutdown()

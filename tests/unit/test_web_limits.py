@@ -1,0 +1,111 @@
+"""The /metrics server under slow, silent and too many clients: every one costs a bounded
+thread for a bounded time, and each drop is counted (real sockets on loopback)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from wasmtop import web
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(web._Handler, "timeout", 0.5)  # READ_TIMEOUT_S, shortened for the test
+    monkeypatch.setattr(web, "HEAD_DEADLINE_S", 1.0)
+    endpoints = web.Endpoints(lambda: b"# metrics\n", lambda: (True, {"ready": True}))
+    srv = web.HttpServer("127.0.0.1:0", endpoints, web.load_web_config(None))
+    yield srv
+    srv.close()
+
+
+def connect(srv: web.HttpServer) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    return s
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """True once the server has closed the connection (EOF or reset), waiting at most 30 s."""
+    try:
+        while True:
+            data = s.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def scrape(srv: web.HttpServer) -> bytes:
+    with connect(srv) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+    return out
+
+
+def test_a_silent_connection_is_closed_after_the_read_timeout(server):
+    with connect(server) as s:
+        assert closed_by_server(s)
+    assert wait(lambda: server.refused["timeout"] == 1)
+
+
+def test_a_head_dripped_byte_by_byte_is_cut_at_its_deadline(server):
+    with connect(server) as s:
+        head = b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 100
+        stop = threading.Event()
+
+        def drip() -> None:  # a byte every 0.1 s: never a read timeout, never a whole head
+            for b in head:
+                if stop.is_set():
+                    return
+                try:
+                    s.send(bytes([b]))
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+        t = threading.Thread(target=drip)
+        t.start()
+        try:
+            assert closed_by_server(s)
+        finally:
+            stop.set()
+            t.join()
+    assert wait(lambda: server.refused["slow"] == 1)
+    assert scrape(server).startswith(b"HTTP/1.1 200")  # the server still answers others
+
+
+def test_past_max_connections_new_ones_are_closed_at_once_and_counted(server, monkeypatch):
+    monkeypatch.setattr(web._Handler, "timeout", 20.0)  # the held ones must outlive the checks
+    monkeypatch.setattr(web, "HEAD_DEADLINE_S", 20.0)
+    held = [connect(server) for _ in range(web.MAX_CONNECTIONS)]
+    try:
+        for s in held:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a head: each holds a slot
+        assert wait(lambda: server._server._slots._value == 0)
+        with connect(server) as extra:
+            assert closed_by_server(extra)
+        assert server.refused["busy"] >= 1
+    finally:
+        for s in held:
+            s.close()
+    # Once they are gone, scrapes are served again.
+    assert wait(lambda: scrape(server).startswith(b"HTTP/1.1 200"))
+
+
+def wait(predicate, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
