@@ -335,14 +335,20 @@ def load(path: str | Path) -> Config:
     return _checked(read_tree(path), str(path))
 
 
+MAX_FILE_BYTES = 1 << 20  # a config, web config or rule file: 1 MiB is far more than any needs
+
+
 def read_tree(path: str | Path, what: str = "") -> yaml.Node | None:
     """A YAML file's node tree; ConfigError naming the file when it cannot be read, is not
     UTF-8 or not YAML."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:  # at most one byte past the cap: /dev/zero ends here too
+            data = f.read(MAX_FILE_BYTES + 1)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         why = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{path}: cannot read{what}: {why}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: expected at most {MAX_FILE_BYTES} bytes, got more")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -463,3 +463,14 @@ def test_the_rule_loader_gives_rules_or_a_config_error(workdir, data):
             render.alerting_rule(rule, 30.0, 60.0)
         except render.RenderError:
             pass
+
+
+def test_a_file_past_the_size_cap_is_refused_without_reading_it_all(tmp_path):
+    from wasmtop.config import MAX_FILE_BYTES, ConfigError, load
+
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * MAX_FILE_BYTES + "\n")
+    with pytest.raises(ConfigError, match=f"{big}: expected at most {MAX_FILE_BYTES} bytes"):
+        load(big)
+    with pytest.raises(ConfigError, match="expected at most"):
+        load("/dev/zero")  # endless: read up to the cap, then refused
