@@ -41,12 +41,20 @@ _SCOPE = re.compile(
     + _HEX64
     + r")\.scope(?:/|$)"
 )
+# A pod's cgroup: the kubelet's QoS tree at the root of the cgroup hierarchy (cgroupfs driver:
+# /kubepods[/burstable|/besteffort]/pod<uid>; systemd driver: /kubepods.slice[/kubepods-<qos>.slice]
+# /kubepods[-<qos>]-pod<uid>.slice), optionally under the cgroup of a node that is itself a
+# container (kind, k3d: /docker/<id>/, /system.slice/docker-<id>.scope/) or kind's kubelet cgroup
+# root (/kubelet/). Anchored: anyone with a delegated subtree (systemd's user@UID.service) can
+# make ".../kubepods/pod<uid>/..." under it, and must not pass for that pod.
 _KUBE_POD = re.compile(
-    r"kubepods(?:[./-](?P<qos>burstable|besteffort|guaranteed))?"  # cgroupfs or systemd slice
-    r"(?:\.slice)?/(?:kubepods-(?:burstable-|besteffort-|guaranteed-)?)?pod(?P<uid>" + _UID + r")"
-    r"(?:\.slice)?(?:/(?P<rest>[^/]+))?"
+    r"^(?:/docker/" + _HEX64 + r"|/system\.slice/docker-" + _HEX64 + r"\.scope)?"  # node
+    r"(?:/kubelet)?"
+    r"/kubepods(?:\.slice)?"
+    r"(?:/(?:kubepods-)?(?P<qos>burstable|besteffort|guaranteed)(?:\.slice)?)?"
+    r"/(?:kubepods-(?:(?P<slice_qos>burstable|besteffort|guaranteed)-)?)?pod(?P<uid>" + _UID + r")"
+    r"(?:\.slice)?(?:/(?P<rest>[^/]+))?(?:/|$)"
 )
-_QOS_SEGMENT = re.compile(r"kubepods[./-](burstable|besteffort|guaranteed)")
 _PLAIN_ID = re.compile(r"^(?:[^/]*-)?(?P<id>" + _HEX64 + r")(?:\.scope)?$")
 _DOCKER_CGROUPFS = re.compile(r"/docker/(?P<id>" + _HEX64 + r")(?:/|$)")
 _LXC = re.compile(r"/lxc(?:\.payload\.|/)(?P<name>[^/]+)")
@@ -74,12 +82,15 @@ class ContainerRef:
 
 def parse_cgroup_path(path: str) -> ContainerRef | None:
     """Container identity from a cgroup path, for the systemd and cgroupfs drivers and the
-    containerd, CRI-O, Docker and podman forms; None for a plain host process."""
-    pod = _KUBE_POD.search(path)
+    containerd, CRI-O, Docker and podman forms; None for a plain host process. A pod only where
+    the kubelet puts pods (``_KUBE_POD``): kubepods nested deeper, e.g. in a user's delegated
+    cgroup, is at most a plain container. Never raises, whatever the string."""
+    if not isinstance(path, str):
+        return None
+    pod = _KUBE_POD.match(path)
     if pod:
         uid = pod.group("uid").replace("_", "-")
-        qos_match = _QOS_SEGMENT.search(path)
-        qos = qos_match.group(1) if qos_match else "guaranteed"
+        qos = pod.group("qos") or pod.group("slice_qos") or "guaranteed"
         rest = pod.group("rest")
         engine, cid = "kubernetes", None
         if rest:

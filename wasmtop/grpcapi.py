@@ -13,7 +13,6 @@ when the stream breaks.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
@@ -31,15 +30,18 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402 - after GRPC_VERBOSITY
 
 from .collector.model import SCHEMA, Snapshot
-from .collector.snapshot_json import snapshot_from_dict
+from .collector.snapshot_json import snapshot_from_json
 from .proto.wasmtop.v1 import snapshots_pb2 as pb
 from .proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
+from .safe import safe
 
 DEFAULT_LISTEN = "127.0.0.1:9465"
 METHOD = "wasmtop.v1.Snapshots/Watch"
 # A Snapshot of a busy node (1,000 workloads, 10,000 traces) is several MB: above gRPC's
-# default 4 MB limit for a received message.
+# default 4 MB limit for a received message. Also the client's bound on what a daemon can make
+# it parse; the JSON's nesting is bounded too (snapshot_json.MAX_JSON_DEPTH).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+ERROR_CHARS = 200  # the longest ``error`` a client shows (a daemon's words may be longer)
 _SERVER_OPTIONS = [
     # Never share the port with another process (gRPC sets SO_REUSEPORT by default): a second
     # daemon on the same address must fail to start, not take half the clients.
@@ -237,6 +239,11 @@ class RemoteSnapshots:
     last stream failed, for a person: "connection refused", "daemon stopped", ...), ``since_s``
     (``time.monotonic()`` when ``connected`` last changed) and ``reconnects`` (attempts after a
     failure) say how the connection is; they are plain attributes, read without a lock.
+
+    A message that does not decode into a Snapshot (not JSON, nested too deeply, a value of the
+    wrong type: snapshot_json.py) is counted in ``unreadable`` and ends the stream with ``error``
+    "unreadable Snapshot ...", so the UI's banner says so while the client reconnects; the
+    Snapshot shown stays the last good one. Nothing a daemon sends ends the receiving thread.
     """
 
     def __init__(
@@ -251,6 +258,7 @@ class RemoteSnapshots:
         self.reconnects = 0
         self.sequence = 0  # the server's number of the newest Snapshot received
         self.received = 0
+        self.unreadable = 0  # messages that did not decode into a Snapshot
         self._latest: Snapshot | None = None
         self._returned = 0  # self.received when latest() last returned one
         self._cond = threading.Condition()
@@ -309,7 +317,11 @@ class RemoteSnapshots:
     def _run(self) -> None:
         backoff_s = 0.2
         while not self._stop.is_set():
-            got_one = self._watch_once()
+            try:
+                got_one = self._watch_once()
+            except Exception as exc:  # a bug, never the daemon's data: say so, and go on
+                self._set_connected(False, f"client error: {type(exc).__name__}: {exc}")
+                got_one = False
             if self._stop.is_set():
                 break
             if got_one:
@@ -333,7 +345,15 @@ class RemoteSnapshots:
                 if any(k == "wasmtop-schema" for k, _ in call.initial_metadata() or ()):
                     self._set_connected(True)
                 for message in call:
-                    snapshot = snapshot_from_dict(json.loads(message.json))
+                    try:
+                        snapshot = snapshot_from_json(message.json)
+                    except Exception as exc:  # ValueError from the decoder; anything else too
+                        self.unreadable += 1
+                        why = exc if isinstance(exc, ValueError) else repr(exc)
+                        self._set_connected(
+                            False, f"unreadable Snapshot ({self.unreadable} so far): {why}"
+                        )
+                        return got_one
                     with self._cond:
                         self._latest = snapshot
                         self.sequence = message.sequence
@@ -343,8 +363,6 @@ class RemoteSnapshots:
                 self._set_connected(False, "the daemon ended the stream")
             except grpc.RpcError as err:
                 self._set_connected(False, describe(err))
-            except ValueError as exc:  # not JSON, or not a Snapshot this client can read
-                self._set_connected(False, f"unreadable Snapshot: {exc}")
             finally:
                 self._call = None
                 call.cancel()
@@ -355,6 +373,10 @@ class RemoteSnapshots:
             return
         if connected != self.connected:
             self.since_s = time.monotonic()
+        if error is not None:  # may hold the daemon's words: shown on a terminal
+            error = safe(error)
+            if len(error) > ERROR_CHARS:
+                error = error[: ERROR_CHARS - 3] + "..."
         self.error = error
         self.connected = connected
 

@@ -1,4 +1,6 @@
-"""Model-to-row conversion, in one place: every table (CLI, TUI) shows a workload the same way."""
+"""Model-to-row conversion, in one place: every table (CLI, TUI) shows a workload the same way.
+Every name in a cell has been through ``safe()``: comms, pod names and keys are chosen by whoever
+runs the workload, and a control character in one would reach the terminal."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 from .alerts.quantities import QUANTITIES, attribute
 from .collector.model import Snapshot, Workload
+from .safe import safe
 
 # (header with unit, width) in display order.
 COLUMNS = (
@@ -40,12 +43,13 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def workload_name(w: Workload) -> str:
+    """The workload's name for a person, safe to print."""
     if w.pod and w.pod.name:
         # namespace/pod, and /container when known: two containers of a pod are two rows.
-        return "/".join(p for p in (w.pod.namespace, w.pod.name, w.pod.container) if p)
+        return safe("/".join(p for p in (w.pod.namespace, w.pod.name, w.pod.container) if p))
     if w.key.startswith("pid:"):
-        return f"{w.comm}[{w.pids[0] if w.pids else '?'}]"
-    return f"{w.comm} ({w.key.split(':', 1)[0]})"
+        return safe(f"{w.comm}[{w.pids[0] if w.pids else '?'}]")
+    return safe(f"{w.comm} ({w.key.split(':', 1)[0]})")
 
 
 def workload_row(w: Workload) -> tuple[str, ...]:
@@ -96,11 +100,13 @@ def net_cells(w: Workload) -> tuple[str, str]:
 
 def header_lines(snap: Snapshot) -> list[str]:
     probes = "  ".join(
-        f"{name}:{p['status']} events={p['events']} lost={p['lost']}"
+        f"{safe(name)}:{safe(p.get('status', '?'))} events={safe(p.get('events', '-'))} "
+        f"lost={safe(p.get('lost', '-'))}"
         for name, p in snap.probes.items()
     )
     return [
-        f"host {snap.host}  kernel {snap.kernel}  cpus {snap.cpus}  window {snap.window_s:.1f}s",
+        f"host {safe(snap.host)}  kernel {safe(snap.kernel)}  cpus {snap.cpus}  "
+        f"window {snap.window_s:.1f}s",
         f"probes  {probes}",
     ]
 
@@ -157,7 +163,7 @@ def _fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
 
 
 def kind_text(w: Workload) -> str:
-    return f"{w.kind}/{w.runtime}" if w.runtime else w.kind
+    return safe(f"{w.kind}/{w.runtime}" if w.runtime else w.kind)
 
 
 # At 80 columns: WORKLOAD, MIGR/s, INVOL/s, PRE p99 ms, RUNQ p99 ms, REQ p99 ms.

@@ -4,6 +4,10 @@
 anything else, so it can be tested by printing it into a string console; ``wasmtop/top.py``
 owns the terminal, the keys and the source of Snapshots. Colour appears only where a value
 crosses the threshold of an alert rule on its quantity.
+
+Every string from the Snapshot is shown through ``safe()`` (or a rows.py helper that applies it):
+comms, pod names, routes and keys are the workloads' own choice, and a Snapshot may come from a
+remote daemon. Bars are clamped to their width, whatever the figures say.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from rich.text import Text
 
 from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
 from .rows import TOP_COLUMNS, Column, columns_for, workload_name
+from .safe import safe
 
 HELP = (
     ("q", "quit (probes are detached)"),
@@ -103,18 +108,30 @@ def _crossing(col: Column, value: Any, rules: Sequence[Any]) -> bool:
     return any(r.quantity.name in col.quantities and r.crosses(value) for r in rules)
 
 
+def _bar(share: float, width: int) -> str:
+    """A bar of ``share`` (0..1, clamped; NaN empty) of ``width`` characters."""
+    if not share > 0:
+        return ""
+    return BAR * round(min(share, 1.0) * max(0, width))
+
+
+def _count(value: Any) -> int:
+    """A probe's counter as an int (0 when absent or not an integer)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def header(snap: Snapshot, state: ViewState) -> list[Text]:
     firing = sum(1 for a in snap.alerts if a.state == "firing")
     pending = len(snap.alerts) - firing
-    lost = sum(int(p.get("lost") or 0) for p in snap.probes.values())
-    first = Text(f"wasmtop  {snap.host}  kernel {snap.kernel}  cpus {snap.cpus}  ")
+    lost = sum(_count(p.get("lost")) for p in snap.probes.values())
+    first = Text(f"wasmtop  {safe(snap.host)}  kernel {safe(snap.kernel)}  cpus {snap.cpus}  ")
     first.append(f"window {snap.window_s:.1f}s")
     if state.paused:
         first.append("  PAUSED", style="bold yellow")
     probes = Text("probes ")
     for name, p in snap.probes.items():
-        status = p.get("status", "?")
-        probes.append(f"{name}:")
+        status = safe(p.get("status", "?"))
+        probes.append(f"{safe(name)}:")
         probes.append(status, style="" if status == "ok" else "bold red")
         probes.append(" ")
     tail = Text(" lost ")
@@ -167,9 +184,10 @@ def alerts_pane(snap: Snapshot, lines: int) -> list[Text]:
     out = [Text("ALERTS", style="bold")]
     order = sorted(snap.alerts, key=lambda a: (a.state != "firing", a.name, a.workload or ""))
     for a in order[: lines - 1]:
-        t = Text(f"{a.state:<8}", style="bold red" if a.state == "firing" else "yellow")
+        t = Text(f"{safe(a.state):<8}", style="bold red" if a.state == "firing" else "yellow")
         value = "-" if a.value is None else f"{a.value:.3g}"
-        t.append(f"{a.name} {a.workload or a.probe or ''} {value} {a.comparator} {a.threshold:g}")
+        t.append(safe(f"{a.name} {a.workload or a.probe or ''} {value} {a.comparator} "
+                      f"{a.threshold:g}"))  # fmt: skip
         if a.incomplete_data:
             t.append(" (incomplete data)", style="yellow")
         out.append(t)
@@ -177,7 +195,7 @@ def alerts_pane(snap: Snapshot, lines: int) -> list[Text]:
 
 
 def _task(comm: str | None, tid: int) -> str:
-    return "idle" if tid == 0 else f"{comm or '?'}[{tid}]"
+    return "idle" if tid == 0 else safe(f"{comm or '?'}[{tid}]")
 
 
 def waits_pane(snap: Snapshot, lines: int, key: str | None = None) -> list[Text]:
@@ -192,18 +210,19 @@ def waits_pane(snap: Snapshot, lines: int, key: str | None = None) -> list[Text]
                 f"{ev.wakeup_waits_total} woken in window)", style="bold")]  # fmt: skip
     items: list[tuple[float, Text]] = []
     for e in pre:
-        t = Text(f"{e.delay_us / 1e3:8.2f} ms  preempted  {e.comm}[{e.tid}] cpu{e.cpu} by ")
-        t.append(f"{e.preemptor_comm}[{e.preemptor_tid}]")
+        t = Text(f"{e.delay_us / 1e3:8.2f} ms  preempted  {safe(e.comm)}[{e.tid}] cpu{e.cpu} by ")
+        t.append(safe(f"{e.preemptor_comm}[{e.preemptor_tid}]"))
         items.append((e.delay_us, _traced(t, e.trace_id)))
     for w in woken:
-        t = Text(f"{w.delay_us / 1e3:8.2f} ms  woken      {w.comm}[{w.tid}] cpu{w.cpu} behind ")
+        t = Text(f"{w.delay_us / 1e3:8.2f} ms  woken      {safe(w.comm)}[{w.tid}] cpu{w.cpu} "
+                 "behind ")  # fmt: skip
         t.append(_task(w.replaced_comm, w.replaced_tid))
         if w.replaced_workload:
-            t.append(f" {w.replaced_workload}")
+            t.append(f" {safe(w.replaced_workload)}")
         if w.holder_tid != w.replaced_tid:
             t.append(f"  held at wake-up by {_task(w.holder_comm, w.holder_tid)}")
             if w.holder_workload:
-                t.append(f" {w.holder_workload}")
+                t.append(f" {safe(w.holder_workload)}")
         items.append((w.delay_us, _traced(t, w.trace_id)))
     for _, t in sorted(items, key=lambda item: -item[0])[: lines - 1]:
         t.no_wrap, t.overflow = True, "ellipsis"  # one line each: the pane's height is counted
@@ -213,7 +232,7 @@ def waits_pane(snap: Snapshot, lines: int, key: str | None = None) -> list[Text]
 
 def _traced(t: Text, trace_id: str | None) -> Text:
     if trace_id:
-        t.append(f"  trace {trace_id}", style="cyan")
+        t.append(f"  trace {safe(trace_id)}", style="cyan")
     return t
 
 
@@ -226,17 +245,18 @@ def _histogram(title: str, buckets: Sequence[HistogramBucket], bar_w: int) -> li
     top = max(b.count for b in hist)
     for b in hist[-8:]:
         label = f"<{b.high_us / 1e3:.2f} ms" if b.high_us < 1e6 else f"<{b.high_us / 1e6:.1f} s"
-        out.append(Text(f"{label:>11} {b.count:6d} {BAR * round(b.count / top * bar_w)}"))
+        share = b.count / top if top > 0 else 0.0
+        out.append(Text(f"{label:>11} {b.count:6d} {_bar(share, bar_w)}"))
     return out
 
 
 def _culprit(wb: WaitedBehind, w: Workload) -> str:
     if wb.kind != "workload":
-        return {"idle": "idle (wake-up path)"}.get(wb.kind, wb.kind)
+        return safe({"idle": "idle (wake-up path)"}.get(wb.kind, wb.kind))
     name = wb.culprit or "?"
     if wb.comm and wb.comm not in name:
         name += f" {wb.comm}"
-    return name + (" (itself)" if wb.culprit == w.key else "")
+    return safe(name + (" (itself)" if wb.culprit == w.key else ""))
 
 
 def waited_behind(w: Workload, width: int) -> list[Text]:
@@ -253,7 +273,7 @@ def waited_behind(w: Workload, width: int) -> list[Text]:
     for wb, name in sorted(zip(s.waited_behind, names), key=lambda p: -p[0].wait_ms):
         name = name if len(name) <= name_w else name[: name_w - 1] + "…"
         t = Text(f"{name:<{name_w}} {wb.wait_ms:9.2f} ms {100 * wb.share:5.1f} % ")
-        t.append(BAR * round(wb.share * bar_w))
+        t.append(_bar(wb.share, bar_w))
         t.no_wrap = True
         out.append(t)
     return out
@@ -265,7 +285,7 @@ def detail(snap: Snapshot, state: ViewState, w: Workload | None) -> list[Rendera
     width = max(20, state.width)
     out: list[RenderableType] = [
         Text(
-            f"{workload_name(w)}  {w.key}  {w.kind}" + (f"/{w.runtime}" if w.runtime else ""),
+            safe(f"{workload_name(w)}  {w.key}  {w.kind}" + (f"/{w.runtime}" if w.runtime else "")),
             style="bold",
         ),  # fmt: skip
         Text(f"pids {' '.join(map(str, w.pids[:12]))}" + (" ..." if len(w.pids) > 12 else "")),
@@ -275,9 +295,9 @@ def detail(snap: Snapshot, state: ViewState, w: Workload | None) -> list[Rendera
         out.append(Text("CPU time by CPU", style="bold"))
         total = sum(s.cpu_time_ns_by_cpu.values()) or 1
         bar_w = max(10, width - 24)
-        for cpu, ns in sorted(s.cpu_time_ns_by_cpu.items(), key=lambda kv: int(kv[0])):
+        for cpu, ns in sorted(s.cpu_time_ns_by_cpu.items(), key=lambda kv: _cpu_order(kv[0])):
             share = ns / total
-            out.append(Text(f"cpu{cpu:<3} {ns / 1e6:9.1f} ms {BAR * round(share * bar_w)}"))
+            out.append(Text(f"cpu{safe(cpu):<3} {ns / 1e6:9.1f} ms {_bar(share, bar_w)}"))
         # The two delay histograms side by side (one under the other when narrow).
         half = width // 2 - 1
         pre = _histogram("preemption delay", s.preempt_delay_hist, max(4, half - 19))
@@ -300,23 +320,31 @@ def detail(snap: Snapshot, state: ViewState, w: Workload | None) -> list[Rendera
             queued = "-" if t.queued_ms is None else f"{t.queued_ms:.2f}"
             out.append(
                 Text(
-                    f"{t.trace_id[:16]} {t.duration_ms:8.2f} ms  preempted {pre} ms  "
+                    f"{safe(t.trace_id[:16])} {t.duration_ms:8.2f} ms  preempted {pre} ms  "
                     f"queued {queued} ms  "
                     f"migrations {t.migrations if t.migrations is not None else '-'}  "
-                    f"{t.method or ''} {t.route}"
+                    f"{safe(t.method or '')} {safe(t.route)}"
                 )  # fmt: skip
             )
     out += waits_pane(snap, 4, w.key)
     return out
 
 
+def _cpu_order(cpu: str) -> tuple[int, int, str]:
+    """CPUs in numeric order ("2" before "10"); a key that is not a number after them."""
+    try:
+        return (0, int(cpu), "")
+    except ValueError:
+        return (1, 0, cpu)
+
+
 def footer(state: ViewState) -> Text:
     if state.editing_filter:
-        return Text(f"filter: {state.filter}█  (enter apply, esc clear)", style="bold")
+        return Text(f"filter: {safe(state.filter)}█  (enter apply, esc clear)", style="bold")
     t = Text("q quit  ↑↓ select  enter detail  s sort  r reverse  / filter  p pause  ? help",
              style="dim")  # fmt: skip
     if state.filter:
-        t.append(f"   filter: {state.filter}", style="bold")
+        t.append(f"   filter: {safe(state.filter)}", style="bold")
     return t
 
 
@@ -324,7 +352,7 @@ def render(snap: Snapshot | None, state: ViewState, rules: Sequence[Any] = ()) -
     """The whole screen for ``state.width`` x ``state.height``."""
     parts: list[RenderableType] = []
     if state.banner:
-        parts.append(Text(state.banner, style="bold white on red"))
+        parts.append(Text(safe(state.banner), style="bold white on red"))
     if snap is None:
         parts.append(Text("waiting for the first Snapshot ..."))
         return Group(*parts)
@@ -350,7 +378,7 @@ def render(snap: Snapshot | None, state: ViewState, rules: Sequence[Any] = ()) -
         parts += alerts_pane(snap, alert_lines)
         parts += waits_pane(snap, pre_lines)
     for note in state.notes[-2:]:
-        parts.append(Text(note, style="yellow"))
+        parts.append(Text(safe(note), style="yellow"))
     parts.append(footer(state))
     return Group(*parts)
 

@@ -1,15 +1,19 @@
 """The way back from a Snapshot's JSON to its records (collector/snapshot_json.py), which the gRPC
 client relies on: exact after a round trip, every record type of model.py rebuilt, keys of a
-newer server ignored, keys an older one lacks defaulted."""
+newer server ignored, keys an older one lacks defaulted; and hostile input (wrong types, NaN,
+deep nesting) refused with a ValueError naming the place, never another exception."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wasmtop.collector import model
 from wasmtop.collector.model import (
@@ -27,7 +31,12 @@ from wasmtop.collector.model import (
     WaitedBehind,
     WakeupWaitEvent,
 )
-from wasmtop.collector.snapshot_json import from_dict, snapshot_from_dict
+from wasmtop.collector.snapshot_json import (
+    check_json_depth,
+    from_dict,
+    snapshot_from_dict,
+    snapshot_from_json,
+)
 from wasmtop.collector.workloads import Pod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -246,10 +255,232 @@ def test_a_missing_required_key_or_a_wrong_shape_names_where():
         snapshot_from_dict({**d, "schema": "x/v2"})
 
 
-def test_null_stays_none_and_integers_of_float_fields_become_floats():
+def test_null_only_where_optional_and_integers_of_float_fields_become_floats():
     d = json.loads(trip(full_snapshot()).to_json())
     d["window_s"] = 2
-    d["workloads"][0]["sched"]["affinity_stability"] = None  # to_dict writes NaN as null
+    d["workloads"][0]["sched"]["cpu_skew_ratio"] = None  # float | None
     got = snapshot_from_dict(d)
     assert got.window_s == 2.0 and isinstance(got.window_s, float)
-    assert got.workloads[0].sched.affinity_stability is None
+    assert got.workloads[0].sched.cpu_skew_ratio is None
+    d["workloads"][0]["sched"]["affinity_stability"] = None  # a float, never null
+    with pytest.raises(
+        ValueError, match=r"workloads\[0\]\.sched\.affinity_stability: expected a number, got null"
+    ):
+        snapshot_from_dict(d)
+
+
+# -- hostile or broken input: a value of the wrong type is refused where it is -------------------
+def _set(d, path, value):
+    *parents, last = path
+    for p in parents:
+        d = d[p]
+    d[last] = value
+
+
+WRONG = [
+    # (where, value, message): each a crash site in the UI before the decoder checked types
+    (("cpus",), "4", r"snapshot\.cpus: expected an integer, got a string"),
+    (("cpus",), True, r"snapshot\.cpus: expected an integer, got a boolean"),
+    (("cpus",), 4.5, r"snapshot\.cpus: expected an integer, got a number"),
+    (("cpus",), 2**64, r"snapshot\.cpus: integer out of 64-bit range"),
+    (("window_s",), "1.0", r"snapshot\.window_s: expected a number, got a string"),
+    (("window_s",), float("nan"), r"snapshot\.window_s: nan is not a finite number"),
+    (("window_s",), float("inf"), r"snapshot\.window_s: inf is not a finite number"),
+    (("window_s",), 10**400, r"snapshot\.window_s: integer out of 64-bit range"),
+    (("host",), 7, r"snapshot\.host: expected a string, got a number"),
+    (("host",), "a\ud800b", r"snapshot\.host: a lone UTF-16 surrogate"),
+    (("host",), None, r"snapshot\.host: expected a string, got null"),
+    (("workloads",), {}, r"snapshot\.workloads: expected a list, got an object"),
+    (("workloads",), None, r"snapshot\.workloads: expected a list, got null"),
+    (("workloads", 0, "pids"), [1, "2"], r"snapshot\.workloads\[0\]\.pids\[1\]: expected an int"),
+    (("workloads", 0, "comm"), ["x"], r"snapshot\.workloads\[0\]\.comm: expected a string"),
+    (("workloads", 0, "sched", "preempt_delay_us", "p99"), "9",
+     r"preempt_delay_us\.p99: expected a number, got a string"),
+    (("workloads", 0, "sched", "cpu_time_ns_by_cpu", "0"), -1.5,
+     r"cpu_time_ns_by_cpu\.0: expected an integer"),
+    (("workloads", 0, "pod", "uid"), None, r"pod\.uid: expected a string, got null"),
+    (("workloads", 0, "sched", "waited_behind", 0, "share"), [],
+     r"waited_behind\[0\]\.share: expected a number, got a list"),
+    (("events",), None, r"snapshot\.events: expected a Events object, got null"),
+    (("traces", 0, "status"), "200", r"traces\[0\]\.status: expected an integer"),
+    (("traces", 0, "bypassed"), 1, r"traces\[0\]\.bypassed: expected true or false, got a number"),
+    (("alerts", 0, "labels", "x\x1b[2J"), 5, r"labels\.'x\\x1b\[2J': expected a string"),
+    (("counters", "processes_vanished"), "2", r"counters\.processes_vanished: expected an int"),
+    (("probes", "sched"), "ok", r"probes\.sched: expected an object, got a string"),
+    (("probes", "sched", "lost"), "many", r"probes\.sched\.lost: expected an integer"),
+    (("probes", "sched", "status"), 0, r"probes\.sched\.status: expected a string"),
+    (("schema",), ["x"], r"expected schema 'wasmtop\.snapshot/v1', got a list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path, value, message", WRONG)
+def test_a_value_of_the_wrong_type_is_refused_naming_the_place(path, value, message):
+    d = json.loads(trip(full_snapshot()).to_json())
+    _set(d, path, value)
+    with pytest.raises(ValueError, match=message):
+        snapshot_from_dict(d)
+
+
+def test_deep_nesting_and_non_json_numbers_are_refused_before_parsing():
+    for text in ("[" * 996, "[" * 100_000 + "]" * 100_000, '{"a":' * 5000 + "1" + "}" * 5000):
+        with pytest.raises(ValueError, match="JSON nested deeper than 64 levels"):
+            snapshot_from_json(text)
+    # Brackets inside strings are not nesting.
+    s = trip(full_snapshot())
+    deep_name = dataclasses.replace(s, host="[" * 500 + "{" * 500 + '"\\' + "]" * 3)
+    assert snapshot_from_json(deep_name.to_json()) == deep_name
+    assert snapshot_from_json(s.to_json(indent=None).encode()) == s
+    check_json_depth("[" * 64 + "]" * 64)
+    with pytest.raises(ValueError, match="nested deeper"):
+        check_json_depth("[" * 65)
+    for text, why in (
+        ('{"cpus": NaN}', "NaN is not JSON"),
+        ('{"cpus": -Infinity}', "-Infinity is not JSON"),
+        ("{", "Expecting property name"),
+        (b"\xff", "not UTF-8"),
+        ("[]", "expected a Snapshot object, got list"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            snapshot_from_json(text)
+
+
+# -- properties: a Snapshot or ValueError, never another exception -------------------------------
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()  # NaN and infinities included
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+VALID = json.loads(trip(full_snapshot()).to_json())
+
+
+def _paths(value, path=()):
+    """Every place in a JSON value (its root included), as a path of keys and indexes."""
+    yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*path, i))
+
+
+def mutated_snapshots(base=VALID):
+    """The valid Snapshot dict ``base`` with one to four places replaced by an arbitrary JSON
+    value, set to null, or deleted."""
+    places = [p for p in _paths(base) if p]
+
+    @st.composite
+    def mutate(draw):
+        d = copy.deepcopy(base)
+        for _ in range(draw(st.integers(1, 4))):
+            path = draw(st.sampled_from(places))
+            how = draw(st.sampled_from(["replace", "null", "delete"]))
+            try:
+                parent = d
+                for p in path[:-1]:
+                    parent = parent[p]
+                if how == "delete" and isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = None if how == "null" else draw(json_values)
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier mutation removed or replaced the place
+        return d
+
+    return mutate()
+
+
+def _depth(value):
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+@given(
+    st.recursive(
+        st.integers() | st.text(st.sampled_from('[]{}"\\x\u00e9,:')),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=30,
+    ),
+    st.integers(0, 6),
+    st.booleans(),
+)
+def test_the_depth_check_agrees_with_the_parsed_depth(value, limit, ascii_only):
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    if _depth(value) > limit:
+        with pytest.raises(ValueError, match=f"nested deeper than {limit} levels"):
+            check_json_depth(text, limit)
+    else:
+        check_json_depth(text, limit)
+
+
+def decodes_or_refuses(value):
+    try:
+        snap = snapshot_from_dict(value)
+    except ValueError:
+        return None
+    assert isinstance(snap, Snapshot)
+    return snap
+
+
+@given(json_values)
+def test_any_json_value_is_a_snapshot_or_a_value_error(value):
+    decodes_or_refuses(value)
+    decodes_or_refuses({**VALID, "workloads": value})
+    decodes_or_refuses({**VALID, "events": value, "traces": value, "alerts": value})
+
+
+@given(mutated_snapshots())
+def test_a_mutated_snapshot_is_a_snapshot_or_a_value_error(d):
+    decodes_or_refuses(d)
+
+
+# -- the client of `wasmtop --connect`: a hostile daemon's messages --------------------------------
+class _Raw:
+    """What SnapshotServer.publish() needs of a Snapshot, with JSON chosen by the test."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.schema, self.host, self.window_s, self.workloads = text, "", "x", 1.0, ()
+
+    def to_json(self, indent=None) -> str:
+        return self.text
+
+
+def test_the_client_counts_and_shows_an_unreadable_snapshot_and_keeps_receiving():
+    from peers import free_port
+    from support import wait_for
+    from wasmtop.grpcapi import RemoteSnapshots, SnapshotServer
+
+    server = SnapshotServer(f"127.0.0.1:{free_port()}")
+    try:
+        server.publish(_Raw("[" * 996))
+        with RemoteSnapshots(f"127.0.0.1:{server.port}", reconnect_max_s=0.2) as remote:
+            assert wait_for(lambda: remote.unreadable >= 1, timeout_s=10)
+            assert wait_for(lambda: not remote.connected, timeout_s=10)
+            assert remote.error.startswith("unreadable Snapshot (")
+            assert "nested deeper than 64" in remote.error
+            # A string where an int belongs, and a name made to clear the screen.
+            d = json.loads(trip(full_snapshot()).to_json())
+            d["cpus"] = "\x1b[2J"
+            server.publish(_Raw(json.dumps(d)))
+            assert wait_for(lambda: "snapshot.cpus: expected an integer" in (remote.error or ""))
+            assert "\x1b" not in remote.error
+            good = full_snapshot()
+            server.publish(good)
+            got = remote.latest(10.0)
+            assert got is not None and got.to_dict() == good.to_dict()
+            assert remote.connected and remote._thread.is_alive()
+            assert remote.unreadable >= 2
+    finally:
+        server.close(0.5)

@@ -1,28 +1,40 @@
 """The terminal UI's screen as a pure function: width, order, filter, colour only past a rule's
-threshold, detail view, keys."""
+threshold, detail view, keys; control characters in names escaped, and any Snapshot the decoder
+accepts rendered without an exception (property tests)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import io
 import re
 import sys
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rich.console import Console
+from test_snapshot_json import VALID, decodes_or_refuses, json_values, mutated_snapshots
 
 from wasmtop.alerts.rules import load_all
+from wasmtop.collector import snapshot_json as sj
 from wasmtop.collector.model import (
+    SCHEMA,
     DelayQuantiles,
     Events,
     HistogramBucket,
     PreemptionEvent,
+    Snapshot,
     Trace,
     WaitedBehind,
     WakeupWaitEvent,
 )
-from wasmtop.rows import TOP_COLUMNS, columns_for
+from wasmtop.collector.snapshot_json import snapshot_from_dict
+from wasmtop.rows import TOP_COLUMNS, columns_for, header_lines, plain_lines, plain_table
+from wasmtop.safe import safe
 from wasmtop.top import Keys, handle, parse_keys
-from wasmtop.view import ViewState, render, visible, workload_table
+from wasmtop.view import ViewState, keep_selection, render, visible, workload_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from synthetic import snapshot  # noqa: E402 - the benchmark's Snapshot builder
@@ -271,3 +283,168 @@ def test_help_names_the_delay_columns_the_histograms_and_waited_behind():
     for words in ("RUNQ p99 ms", "wake-up delay", "preemption and wake-up delay histograms",
                   "waited behind", "sort by the next column"):  # fmt: skip
         assert words in " ".join(text.split()), words
+
+
+# -- hostile names: nothing a workload names itself reaches the terminal as a control byte -------
+EVIL = "\x1b[2J\x1b]0;owned\x07\x9b31m\x00\x7f\u202e\u2028"
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+# The Snapshot's objects whose keys are data (names, CPUs, routes), not field names.
+FREE_KEYS = {"probes", "cpu_time_ns_by_cpu", "fallbacks", "by_status", "by_route", "labels",
+             "annotations", "counters"}  # fmt: skip
+
+
+def _evil(value, free=False):
+    """Every string of a Snapshot dict (data keys included) wrapped in control characters."""
+    if isinstance(value, dict):
+        return {
+            (_evil(k) if free else k): (v if k == "schema" else _evil(v, k in FREE_KEYS))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_evil(v) for v in value]
+    if isinstance(value, str):
+        return EVIL + value + EVIL
+    return value
+
+
+def hostile_snapshot():
+    return snapshot_from_dict(_evil(runq_snapshot_dict()))
+
+
+def runq_snapshot_dict():
+    """The full Snapshot of test_snapshot_json with this file's waits and traces added."""
+    runq = runq_snapshot().to_dict()
+    d = copy.deepcopy(VALID)
+    d["events"]["wakeup_waits"] += runq["events"]["wakeup_waits"]
+    d["events"]["preemptions"] += runq["events"]["preemptions"]
+    d["traces"] += runq["traces"]
+    d["workloads"].append(runq["workloads"][0])
+    return d
+
+
+def every_screen(snap):
+    """The text of every view of ``snap``: table at three sizes, help, detail of each workload,
+    and the plain tables, with a hostile banner, filter and note too."""
+    states = [
+        ViewState(width=80, height=24),
+        ViewState(width=600, height=80, paused=True, banner=EVIL, notes=[EVIL]),
+        ViewState(width=20, height=6, filter=EVIL, editing_filter=True),
+        ViewState(width=80, height=24, help=True),
+        *(ViewState(width=w, height=60, detail=True, selected=k)
+          for k in [x.key for x in snap.workloads][:4] + ["gone"] for w in (50, 600)),
+    ]  # fmt: skip
+    for state in states:
+        keep_selection(snap, state)
+        console = Console(width=state.width, height=state.height, file=io.StringIO(),
+                          record=True, color_system=None, force_terminal=False)  # fmt: skip
+        console.print(render(snap, state, RULES))
+        yield console.export_text()
+        yield console.file.getvalue()  # what a terminal would get, minus colours
+    yield plain_table(snap)
+    yield "\n".join(plain_lines(snap, visible(snap, ViewState())))
+    yield "\n".join(header_lines(snap))
+
+
+def test_control_characters_in_every_name_never_reach_the_terminal():
+    snap = hostile_snapshot()
+    w = snap.workloads[0]
+    assert w.comm.startswith("\x1b[2J") and w.pod.name.startswith("\x1b[2J")  # kept as sent
+    assert snap.events.wakeup_waits and snap.traces and snap.alerts
+    shown = list(every_screen(snap))
+    for text in shown:
+        assert not CONTROL.search(text), repr(CONTROL.search(text))
+    joined = "".join(shown)
+    # Shown, escaped: the comm, the pod's name, routes, culprits, preemptors and holders.
+    for name in ("wasmtime", "hog", "postgres", "kworker", "stress", "GET", "/x", "pod-0"):
+        assert f"\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\x00\\x7f\\u202e\\u2028{name}" in joined, name
+
+
+def test_safe_escapes_control_characters_visibly_and_leaves_the_rest():
+    assert safe("\x1b[2Jtop") == "\\x1b[2Jtop"
+    assert safe("a\tb\nc\x7f\x85\u202e") == "a\\x09b\\x0ac\\x7f\\x85\\u202e"
+    assert safe("wasmtime-sp/in ü 日本 ✓") == "wasmtime-sp/in ü 日本 ✓"
+    assert safe("\ud800") == "\\ud800" and safe(None) == "None" and safe(7) == "7"
+
+
+@given(st.text(st.characters(exclude_categories=())))  # lone surrogates included
+def test_safe_text_never_holds_a_control_character(text):
+    out = safe(text)
+    assert not CONTROL.search(out)
+    out.encode("utf-8")  # raises on a lone surrogate
+    if text.isprintable() and text.isascii():
+        assert out == text
+
+
+# -- any Snapshot the decoder accepts renders ------------------------------------------------------
+def _names():
+    return st.sampled_from(["pid:1", "pid:2", "ok", "workload", "idle", "firing", "0", "1"]) | (
+        st.text(max_size=10)
+    )
+
+
+def _for_hint(hint):
+    kind = hint[0]
+    if kind == "any":
+        return json_values
+    if kind == "scalar":
+        t = hint[1]
+        if t is bool:
+            return st.booleans()
+        if t is int:
+            return st.integers(-3, 3) | st.integers(sj.INT_MIN, sj.INT_MAX)
+        if t is float:
+            return st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63)
+        return _names()
+    if kind == "optional":
+        return st.none() | _for_hint(hint[1])
+    if kind == "record":
+        return _for_record(hint[1])
+    if kind in ("tuple", "list"):
+        item = hint[1][0] if kind == "tuple" else hint[1]
+        return st.lists(st.deferred(lambda: _for_hint(item)), max_size=3)
+    if kind == "dict":
+        return st.dictionaries(_names(), _for_hint(hint[1]), max_size=3)
+    raise AssertionError(hint)
+
+
+@functools.cache
+def _for_record(cls):
+    """JSON of a record of ``cls`` with every field present and of its hint's type."""
+    if dataclasses.is_dataclass(cls):
+        spec = [(f.name, f.type) for f in dataclasses.fields(cls)]
+    else:
+        spec = [(n, cls.__annotations__[n]) for n in cls._fields]
+    fields = {}
+    for name, annotation in spec:
+        if cls is Snapshot and name == "schema":
+            fields[name] = st.just(SCHEMA)
+        elif cls is Snapshot and name == "probes":
+            probe = st.fixed_dictionaries(
+                {"status": _names(), "events": st.integers(0, 2**64 - 1)},
+                optional={"lost": st.integers(-(2**63), 2**64 - 1), "mode": json_values},
+            )
+            fields[name] = st.dictionaries(_names(), probe, max_size=3)
+        else:
+            hint = sj._resolve(annotation, cls)
+            fields[name] = st.deferred(lambda hint=hint: _for_hint(hint))
+    return st.fixed_dictionaries(fields)
+
+
+def renders(snap):
+    for _ in every_screen(snap):
+        pass
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])  # examples: tests/conftest.py's profile
+@given(st.deferred(lambda: _for_record(Snapshot)))
+def test_any_snapshot_of_the_right_types_is_accepted_and_renders(d):
+    renders(snapshot_from_dict(d))
+
+
+@given(st.deferred(lambda: mutated_snapshots(runq_snapshot_dict())))
+def test_a_mutated_snapshot_the_decoder_accepts_renders(d):
+    snap = decodes_or_refuses(d)
+    if snap is not None:
+        renders(snap)

@@ -1,8 +1,11 @@
-"""cgroup path parsing (real-world samples) and /proc reading against fixture trees."""
+"""cgroup path parsing (real-world samples; kubepods only where the kubelet puts it; never an
+exception) and /proc reading against fixture trees."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wasmtop.collector.workloads import (
     ContainerRef,
@@ -67,12 +70,87 @@ PATHS = [
     ("/user.slice/user-0.slice/session-3.scope", None),
     ("/system.slice/sshd.service", None),
     ("/kubepods.slice", None),  # the QoS parent, no pod
+    # kubepods where the kubelet puts it, under a node that is itself a container (kind, k3d)
+    (
+        f"/system.slice/docker-{CID}.scope/kubepods/burstable/pod{UID}/{CID}",
+        ContainerRef("kubernetes", CID, UID, "burstable"),
+    ),
+    (f"/kubelet/kubepods/pod{UID}/{CID}", ContainerRef("kubernetes", CID, UID, "guaranteed")),
+    (
+        f"/kubepods/burstable/pod{UID}/{CID}/init",  # a container's own sub-cgroup
+        ContainerRef("kubernetes", CID, UID, "burstable"),
+    ),
+]
+
+# kubepods anywhere else is not a pod: a user with a delegated cgroup (user@UID.service) can make
+# these, and must not be counted as the pod whose UID it wrote.
+REFUSED = [
+    (
+        f"/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/cri-containerd-{CID}.scope",
+        ContainerRef("containerd", CID),  # a plain container of that user's, not the pod
+    ),
+    (f"/user.slice/user-1000.slice/user@1000.service/kubepods/burstable/pod{UID}/{CID}", None),
+    (
+        f"/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods.slice/"
+        f"kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice",
+        None,
+    ),
+    (f"/system.slice/evil.service/kubepods/pod{UID}/{CID}", None),
+    (f"/docker/{CID}/x/kubepods/pod{UID}/{CID}", ContainerRef("docker", CID)),  # not the node's
+    (f"/kubepods/pod{UID}x/{CID}", None),  # not a pod UID
+    (f"kubepods/pod{UID}/{CID}", None),  # relative
+    (f"//kubepods/pod{UID}/{CID}", None),
+    (f"/mykubepods/pod{UID}/{CID}", None),
 ]
 
 
 @pytest.mark.parametrize("path, expected", PATHS)
 def test_parse_cgroup_path(path, expected):
     assert parse_cgroup_path(path) == expected
+
+
+@pytest.mark.parametrize("path, expected", REFUSED)
+def test_kubepods_away_from_the_root_is_not_a_pod(path, expected):
+    ref = parse_cgroup_path(path)
+    assert ref == expected
+    assert ref is None or ref.pod_uid is None
+
+
+@given(
+    st.text(max_size=200)
+    | st.lists(
+        st.sampled_from(
+            [
+                "kubepods",
+                "kubepods.slice",
+                f"pod{UID}",
+                f"kubepods-pod{UID_}.slice",
+                "burstable",
+                "kubepods-besteffort.slice",
+                CID,
+                f"docker-{CID}.scope",
+                f"crio-{CID}.scope",
+                "docker",
+                "lxc",
+                "lxc.payload.x",
+                "user@1000.service",
+                "",
+                ".",
+                "..",
+                "\x00",
+                "kubelet",
+            ]
+        )  # fmt: skip
+        | st.text(max_size=12),
+        max_size=8,
+    ).map(lambda parts: "/" + "/".join(parts))
+)
+def test_parse_cgroup_path_never_raises(path):
+    ref = parse_cgroup_path(path)
+    assert ref is None or isinstance(ref, ContainerRef)
+    if ref is not None and ref.pod_uid is not None:  # a pod only at a place the kubelet uses
+        assert path.startswith(("/kubepods", "/kubelet/kubepods", "/docker/", "/system.slice/"))
+    assert cgroup_identity(f"0::{path}\n1:cpu:{path}\n") is not None
 
 
 def test_hybrid_host_finds_the_container_in_a_v1_hierarchy():
