@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,52 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def churn(
+    exe: Path,
+    cg_root: Path,
+    seconds: float,
+    rate: float,
+    cgroup_every: int,
+    sample: Callable[[float], None] = lambda t: None,
+) -> tuple[int, int]:
+    """Start short-lived processes of ``exe`` (``exe SECONDS``) at ``rate`` per second for
+    ``seconds``, one in ``cgroup_every`` in a fresh cgroup under ``cg_root`` removed when it
+    exits; ``sample(t)`` every 10 s. Returns (processes, cgroups) started; all have ended."""
+    started = cgroups = 0
+    live: list[tuple[subprocess.Popen, Path | None]] = []
+    t0 = time.monotonic()
+    next_sample = t0
+    while (now := time.monotonic()) - t0 < seconds:
+        if now >= next_sample:
+            sample(now - t0)
+            next_sample += 10
+        # Each lives 0.05-0.5 s: long enough to be seen and judged, then gone.
+        life = 0.05 + (started % 10) * 0.05
+        cg = None
+        if started % cgroup_every == 0:
+            cg = cg_root / f"c{started}"
+            cg.mkdir()
+            cgroups += 1
+        proc = subprocess.Popen([str(exe), f"{life:.2f}"])
+        if cg is not None:
+            (cg / "cgroup.procs").write_text(str(proc.pid))
+        live.append((proc, cg))
+        started += 1
+        still = []
+        for p, c in live:
+            if p.poll() is None:
+                still.append((p, c))
+            elif c is not None:
+                c.rmdir()  # its process has ended
+        live = still
+        time.sleep(1 / rate)
+    for p, c in live:
+        p.wait()
+        if c is not None:
+            c.rmdir()
+    return started, cgroups
 
 
 def main() -> int:
@@ -76,42 +123,14 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    started = cgroups = 0
     samples: list[tuple[float, int]] = []
-    live: list[tuple[subprocess.Popen, Path | None]] = []
     try:
         time.sleep(8)  # compile and attach
-        t0 = time.monotonic()
-        next_sample = t0
-        while (now := time.monotonic()) - t0 < args.seconds:
-            if now >= next_sample:
-                samples.append((now - t0, rss_kib(daemon.pid)))
-                next_sample += 10
-            # Each lives 0.05-0.5 s: long enough to be seen and judged, then gone.
-            life = 0.05 + (started % 10) * 0.05
-            cg = None
-            if started % args.cgroup_every == 0:
-                cg = cg_root / f"c{started}"
-                cg.mkdir()
-                cgroups += 1
-            proc = subprocess.Popen([str(exe), f"{life:.2f}"])
-            if cg is not None:
-                (cg / "cgroup.procs").write_text(str(proc.pid))
-            live.append((proc, cg))
-            started += 1
-            still = []
-            for p, c in live:
-                if p.poll() is None:
-                    still.append((p, c))
-                elif c is not None:
-                    c.rmdir()
-            live = still
-            time.sleep(1 / args.rate)
-        samples.append((time.monotonic() - t0, rss_kib(daemon.pid)))
-        for p, c in live:
-            p.wait()
-            if c is not None:
-                c.rmdir()
+        started, cgroups = churn(
+            exe, cg_root, args.seconds, args.rate, args.cgroup_every,
+            sample=lambda t: samples.append((t, rss_kib(daemon.pid))),
+        )  # fmt: skip
+        samples.append((args.seconds, rss_kib(daemon.pid)))
         time.sleep(2)
         with RemoteSnapshots(f"127.0.0.1:{grpc_port}").start() as remote:
             snap = remote.latest(timeout_s=10)
