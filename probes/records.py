@@ -82,10 +82,10 @@ class SchedReading:
     wakeup_hist: dict[tuple[int, int], int] = field(default_factory=dict)  # (tgid, bucket)
     window_max_wakeup_ns: dict[int, int] = field(default_factory=dict)  # tgid -> max
     wakeup_events: list[WakeupRecord] = field(default_factory=list)
-    # (waiting tgid, tgid that held the CPU meanwhile) -> ns, cumulative. Culprit 0: idle;
-    # CULPRIT_HISTORY_SHORT: older than the CPU's switch history reached.
+    # (waiting tgid, tgid that held the CPU meanwhile) -> ns, cumulative (wait behind the idle
+    # task is per thread: ThreadSched.idle_wait_ns); CULPRIT_HISTORY_SHORT: older than the CPU's
+    # switch history reached.
     waited_behind: dict[tuple[int, int], int] = field(default_factory=dict)
-    behind_full_ns: int = 0  # wait not split because the waited_behind map was full
 
 
 # -- socket bypass -----------------------------------------------------------------------------

@@ -62,9 +62,10 @@ BPF_ARRAY(cpu_history, struct cpu_history, MAX_CPUS);
 #define HISTORY_MASK (HISTORY_LEN - 1)
 
 /* Run-queue wait per (waiting process, process that held the CPU), cumulative ns. Wait behind
- * the idle task is kept per thread instead (thread_stats.idle_wait_ns); CULPRIT_HISTORY_SHORT is wait older than the CPU's history reached. Wait that
- * found the map full is only counted (CTR_BEHIND_FULL_NS): userspace takes it, with anything
- * else not split, as the difference between a process's total wait and its entries here. */
+ * the idle task is kept per thread instead (thread_stats.idle_wait_ns); CULPRIT_HISTORY_SHORT
+ * is wait older than the CPU's history reached. Wait that finds the map full is counted in
+ * CTR_MAP_FULL; userspace takes it, with anything else not split, as the difference between a
+ * process's total wait and what was split. */
 struct behind_key {
     u32 victim;
     u32 culprit;
@@ -210,16 +211,7 @@ static __always_inline void add_behind(u32 victim, u32 culprit, u64 ns)
 {
     struct behind_key key = {.victim = victim, .culprit = culprit};
     u64 zero = 0;
-    u64 *slot = waited_behind.lookup_or_try_init(&key, &zero);
-    if (slot) {
-        __sync_fetch_and_add(slot, ns);
-    } else {
-        count_event(CTR_MAP_FULL);
-        u32 idx = CTR_BEHIND_FULL_NS;
-        u64 *c = counters.lookup(&idx);
-        if (c)
-            *c += ns;
-    }
+    add_or_count_full(waited_behind.lookup_or_try_init(&key, &zero), ns);
 }
 
 /* Wait behind the idle task (the wake-up still on its way to an idle CPU: the common case of a

@@ -121,7 +121,7 @@ class SchedProbe(Probe):
         ("sched:sched_migrate_task", "wasmtop_sched_migrate"),
     )
     ringbuffers = (("preempt_events", "preempt_event"), ("wakeup_events", "wakeup_event"))
-    counters = ("MIGRATIONS_UNTRACKED", "BEHIND_FULL_NS")
+    counters = ("MIGRATIONS_UNTRACKED",)
     headers = ("shared.bpf.h",)
 
     def __init__(
@@ -279,7 +279,6 @@ class SchedProbe(Probe):
             for k, v in self.table("migration_matrix").items()
         }
         events = self.take_events()
-        counters = self.counter_values()
         return SchedReading(
             ts_ns=now,
             threads=threads,
@@ -288,14 +287,13 @@ class SchedProbe(Probe):
             delay_hist=self._hist("preempt_delay_hist"),
             window_max_delay_ns=self._pop_all("preempt_delay_max_ns"),
             events=[e for e in events if isinstance(e, PreemptionRecord)],
-            migrations_untracked=counters["MIGRATIONS_UNTRACKED"],
+            migrations_untracked=self.counter_values()["MIGRATIONS_UNTRACKED"],
             wakeup_hist=self._hist("wakeup_delay_hist"),
             window_max_wakeup_ns=self._pop_all("wakeup_delay_max_ns"),
             wakeup_events=[e for e in events if isinstance(e, WakeupRecord)],
             waited_behind={
                 (k.victim, k.culprit): v.value for k, v in self.table("waited_behind").items()
             },
-            behind_full_ns=counters["BEHIND_FULL_NS"],
         )
 
     def _hist(self, name: str) -> dict[tuple[int, int], int]:
