@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .workloads import stat_fields
+
 
 def start_ticks(proc_root: Path, pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None when
     it is gone."""
     try:
-        stat = (proc_root / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(stat[stat.rindex(")") + 2 :].split()[19])
-    except (ValueError, IndexError):
+        return int(stat_fields((proc_root / str(pid) / "stat").read_text())[19])
+    except (OSError, ValueError, IndexError):
         return None
 
 
