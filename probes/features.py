@@ -71,6 +71,17 @@ def tracefs_root() -> Path | None:
     return None
 
 
+def tracepoint_format(tracepoint: str) -> str:
+    """The `format` file of a tracepoint ("category:event"), or "" when it cannot be read."""
+    root = tracefs_root()
+    try:
+        return (
+            (root / "events" / tracepoint.replace(":", "/") / "format").read_text() if root else ""
+        )
+    except OSError:
+        return ""
+
+
 def cgroup2_mount(mounts: str = "/proc/mounts") -> Path | None:
     """The cgroup v2 mount point, wherever this host put it (hybrid layouts differ)."""
     try:

@@ -163,11 +163,9 @@ class SchedProbe(Probe):
     # -- compiled in ----------------------------------------------------------------------
     def state_mask(self) -> int:
         if self._state_mask is None:
-            root = features.tracefs_root()
-            fmt = root / "events/sched/sched_switch/format" if root else None
             try:
-                self._state_mask = prev_state_mask(fmt.read_text()) if fmt else 0xFF
-            except (OSError, ValueError):
+                self._state_mask = prev_state_mask(features.tracepoint_format("sched:sched_switch"))
+            except ValueError:  # unreadable or unexpected format
                 self._state_mask = 0xFF  # TASK_REPORT_MAX - 1 on every kernel since 4.14
         return self._state_mask
 

@@ -33,12 +33,7 @@ _WRITES = ("write", "sendto", "sendmsg", "writev")
 
 def exit_has_group_dead() -> bool:
     """sched_process_exit says when a thread group dies (Linux 6.9+)."""
-    root = features.tracefs_root()
-    try:
-        fmt = (root / "events/sched/sched_process_exit/format").read_text() if root else ""
-    except OSError:
-        return False
-    return "field:bool group_dead;" in fmt
+    return "field:bool group_dead;" in features.tracepoint_format("sched:sched_process_exit")
 
 
 class TraceCtxProbe(Probe):
