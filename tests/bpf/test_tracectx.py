@@ -496,11 +496,22 @@ def test_a_blocking_server_behind_a_hog_is_charged_its_wake_up_waits():
     # together at least 90 % of all the handler thread waited.
     charged_ms = sum(t.queued_ms + t.preempted_ms for t in traces)
     assert charged_ms >= 0.9 * kernel_wait_ms, (charged_ms, kernel_wait_ms)
-    assert len({t.queued_wakeup for t in traces}) == requests  # one wake-up each, none twice
-    # The read blocked each time: the span starts at the wake-up, and covers what the client
-    # waited for the server (the rest is the client's own side and the loopback).
-    assert all(t.start_ns < t.read_end_ns for t in traces)
-    assert sum(t.duration_ms for t in traces) >= 0.8 * sum(latencies) * 1e3
+    # Each read blocked and was charged the wake-up that ended it, none twice. (Now and then
+    # the hog holds the handler off the CPU between its send and its next recv for longer than
+    # the client's 5 ms pause: that request is already there, the read does not block, and no
+    # new wake-up is charged.)
+    charged = [t for t in traces if t.queued_wakeup is not None]
+    assert len({t.queued_wakeup for t in charged}) == len(charged) >= 0.95 * requests, [
+        (t.queued_wakeup, t.start_ns - t.read_end_ns) for t in traces
+    ]
+    # A blocked read's span starts at its wake-up, and the spans cover what the client waited
+    # for the server (the rest is the client's own side and the loopback).
+    moved = [t for t in traces if t.start_ns < t.read_end_ns]
+    assert len(moved) >= 0.95 * requests
+    assert all(t.queued_wakeup is not None for t in moved)
+    assert all(t.start_ns <= t.read_end_ns for t in traces)
+    spans_ms, client_ms = sum(t.duration_ms for t in traces), sum(latencies) * 1e3
+    assert spans_ms >= 0.8 * client_ms, (spans_ms, client_ms)
 
 
 def test_an_event_loop_charges_each_wake_up_to_one_request_at_most():
