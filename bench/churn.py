@@ -111,10 +111,10 @@ def main() -> int:
     shutil.copy("/bin/sleep", exe)
     cg_root = features.cgroup2_mount() / f"wasmtop-churn-{os.getpid()}"
     cg_root.mkdir()
-    grpc_port = free_port()
+    grpc_target = f"unix:{tmp}/grpc.sock"
     config = {
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-        "grpc": {"listen": f"127.0.0.1:{grpc_port}"},
+        "grpc": {"listen": grpc_target},
         "probes": {"trace": {"comms": ["churnwasm"]}, "bypass": {"mode": "off"}},
     }
     (tmp / "wasmtop.yaml").write_text(yaml.safe_dump(config))
@@ -132,7 +132,7 @@ def main() -> int:
         )  # fmt: skip
         samples.append((args.seconds, rss_kib(daemon.pid)))
         time.sleep(2)
-        with RemoteSnapshots(f"127.0.0.1:{grpc_port}").start() as remote:
+        with RemoteSnapshots(grpc_target).start() as remote:
             snap = remote.latest(timeout_s=10)
     finally:
         daemon.terminate()

@@ -4,6 +4,8 @@ them they skip, except under WASMTOP_REQUIRE_BPF=1 (CI), where a skipped kernel 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,51 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory):
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA, a server certificate it signed (127.0.0.1, localhost), two client certificates it
+    signed (``oncall``, ``dashboard``), and a client certificate of another CA (``stranger``)."""
+
+    ca: Path
+    server: tuple[Path, Path]  # (certificate, key)
+    oncall: tuple[Path, Path]
+    dashboard: tuple[Path, Path]
+    stranger: tuple[Path, Path]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Real openssl: the certificates of a gRPC API with client certificates required."""
+    import subprocess
+
+    d = tmp_path_factory.mktemp("pki")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    def self_signed(name: str) -> tuple[Path, Path]:
+        cert, key = d / f"{name}.crt", d / f"{name}.key"
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert))  # fmt: skip
+        return cert, key
+
+    def signed(name: str, san: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+        cert, key, csr, ext = (d / f"{name}.{x}" for x in ("crt", "key", "csr", "ext"))
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", str(key), "-out", str(csr))  # fmt: skip
+        ext.write_text(f"subjectAltName={san}\n")
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+                "-CAcreateserial", "-days", "2", "-out", str(cert),
+                "-extfile", str(ext))  # fmt: skip
+        return cert, key
+
+    ca, other_ca = self_signed("ca"), self_signed("other-ca")
+    return Pki(
+        ca=ca[0],
+        server=signed("server", "IP:127.0.0.1,DNS:localhost", ca),
+        oncall=signed("oncall", "DNS:oncall.example", ca),
+        dashboard=signed("dashboard", "DNS:dashboard.example", ca),
+        stranger=signed("stranger", "DNS:oncall.example", other_ca),
+    )

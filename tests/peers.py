@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,11 +50,14 @@ def get(
 
 
 class Daemon:
-    def __init__(self, proc: subprocess.Popen, config: Path, port: int, scheme: str) -> None:
+    def __init__(
+        self, proc: subprocess.Popen, config: Path, port: int, scheme: str, grpc_target: str
+    ) -> None:
         self.proc = proc
         self.config = config
         self.port = port
         self.base = f"{scheme}://127.0.0.1:{port}"
+        self.grpc_target = grpc_target  # its grpc.listen, for RemoteSnapshots
 
     def stderr_so_far(self) -> str:
         return Path(str(self.config) + ".stderr").read_text()
@@ -89,8 +93,11 @@ def daemon(
     port = free_port()
     cfg = {**(config or {})}
     cfg["metrics"] = {"listen": f"127.0.0.1:{port}", **cfg.get("metrics", {})}
-    # The gRPC API on a free port too, so daemons of different tests never share 9465.
-    cfg["grpc"] = {"listen": f"127.0.0.1:{free_port()}", **cfg.get("grpc", {})}
+    # The gRPC API on a socket of its own, so daemons of different tests never share one (a
+    # short directory: a socket's path holds 107 bytes, more than a test's tmp_path may).
+    sock_dir = Path(tempfile.mkdtemp(prefix="wt-"))
+    cfg["grpc"] = {"listen": f"unix:{sock_dir}/grpc.sock", **cfg.get("grpc", {})}
+    grpc_socket = sock_dir / "grpc.sock"
     path = tmp_path / "wasmtop.yaml"
     path.write_text(yaml.safe_dump(cfg))
     err = open(str(path) + ".stderr", "w")
@@ -100,7 +107,7 @@ def daemon(
         stderr=err,
         env=env,
     )
-    d = Daemon(proc, path, port, scheme)
+    d = Daemon(proc, path, port, scheme, cfg["grpc"]["listen"])
 
     def ready_or_dead() -> bool:
         if proc.poll() is not None:
@@ -118,6 +125,8 @@ def daemon(
         err.close()
         assert code == 0, f"daemon exit {code}: {d.stderr_so_far()}"
         assert no_programs_left() == []
+        assert not grpc_socket.exists(), "the gRPC socket outlived the daemon"
+        sock_dir.rmdir()
 
 
 def _listening(port: int) -> bool:

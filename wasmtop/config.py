@@ -8,6 +8,7 @@ key in it appears there and in ``deploy/wasmtop.yaml``.
 from __future__ import annotations
 
 import copy
+import grp
 import ipaddress
 import math
 import re
@@ -152,6 +153,32 @@ def host_port(v: Any) -> str:
     return v
 
 
+GRPC_SOCKET = "unix:/run/wasmtop/grpc.sock"  # grpc.listen's default, --connect's too
+
+
+def grpc_listen(v: Any) -> str:
+    """``unix:/ABSOLUTE/PATH`` (at most 107 bytes, a socket's limit) or ``HOST:PORT``."""
+    if isinstance(v, str) and v.startswith("unix:"):
+        path = v[len("unix:") :]
+        if not path.startswith("/") or len(path.encode("utf-8", "replace")) > 107 or "\0" in path:
+            raise ValueError(f"expected unix:/ABSOLUTE/PATH of at most 107 bytes, got {shown(v)}")
+        return v
+    try:
+        return host_port(v)
+    except ValueError:
+        raise ValueError(
+            f"expected unix:/PATH or HOST:PORT such as unix:/run/wasmtop/grpc.sock or "
+            f"127.0.0.1:9465, got {shown(v)}"
+        ) from None
+
+
+def _group(v: Any) -> int | str:
+    """A group name or a gid (checked to exist in the cross checks)."""
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32:
+        return v
+    return nonempty_text(v)
+
+
 def _url(v: Any) -> str:
     try:
         parts = urllib.parse.urlsplit(v) if isinstance(v, str) else None
@@ -274,12 +301,24 @@ SCHEMA: dict[str, Any] = {
     },
     "grpc": {
         "enabled": Key(True, _bool, "the Snapshot stream wasmtop.v1.Snapshots/Watch"),
-        "listen": Key("127.0.0.1:9465", host_port, "address of the gRPC API"),
+        "listen": Key(GRPC_SOCKET, grpc_listen, "unix:PATH or HOST:PORT"),
+        "socket_group": Key(
+            None, optional(_group), "group allowed on the unix socket (0660); null: 0600"
+        ),
         "tls_cert_file": Key(
             None, optional(nonempty_text), "server certificate (PEM); null: plaintext"
         ),
         "tls_key_file": Key(None, optional(nonempty_text), "its private key (PEM)"),
+        "client_ca_file": Key(
+            None, optional(nonempty_text), "require client certificates signed by this CA"
+        ),
+        "allow_unauthenticated": Key(
+            False, _bool, "serve TCP without client certificates (anyone who reaches it)"
+        ),
         "max_streams": Key(16, number(int, 1, 1000), "Watch streams served at once"),
+        "max_streams_per_peer": Key(
+            4, number(int, 1, 1000), "streams of one client address or certificate"
+        ),
     },
     "otlp": {
         "endpoint": Key(None, optional(host_port), "OTLP/gRPC receiver; null: off"),
@@ -526,36 +565,88 @@ def _cross_checks(config: Config, root: yaml.Node, name: str) -> None:
 
 
 def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
-    """Both TLS files or neither; each a readable file (relative to the config file's
-    directory), and together a certificate with its key."""
+    """Who may connect is decided: a unix socket (its file mode, its group existing), or TCP
+    with client certificates, or TCP explicitly open to whoever reaches it. Both TLS files or
+    neither; every file readable (relative to the config file's directory), the certificate
+    loading with its key, the client CA loading as certificates."""
     g = config["grpc"]
+
+    def fail(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{name}:{_line_of(root, ('grpc', key))}: grpc.{key}: {what}")
+
     cert, key = g["tls_cert_file"], g["tls_key_file"]
     if (cert is None) != (key is None):
         given = "tls_cert_file" if cert is not None else "tls_key_file"
-        raise ConfigError(
-            f"{name}:{_line_of(root, ('grpc', given))}: grpc.{given}: expected both "
-            "grpc.tls_cert_file and grpc.tls_key_file, or neither"
-        )
-    if cert is None:
-        return
+        raise fail(given, "expected both grpc.tls_cert_file and grpc.tls_key_file, or neither")
+    on_unix = g["listen"].startswith("unix:")
+    if on_unix:
+        for k in ("tls_cert_file", "client_ca_file"):
+            if g[k] is not None:
+                raise fail(
+                    k,
+                    f"TLS is for a TCP grpc.listen ({g['listen']} is a unix socket, guarded by "
+                    "its file mode and grpc.socket_group): expected null",
+                )
+        if g["socket_group"] is not None:
+            _group_id(g["socket_group"], fail)
+    else:
+        if g["socket_group"] is not None:
+            raise fail("socket_group", f"for a unix: grpc.listen only, not {g['listen']}")
+        if g["client_ca_file"] is not None and cert is None:
+            raise fail(
+                "client_ca_file",
+                "client certificates need TLS: expected grpc.tls_cert_file and "
+                "grpc.tls_key_file too",
+            )
+        if g["client_ca_file"] is None and g["enabled"] and not g["allow_unauthenticated"]:
+            raise fail(
+                "listen",
+                f"{g['listen']} would serve the node's requests (trace ids, paths, pod names) "
+                "to every process and host that can reach it: expected grpc.client_ca_file "
+                "(client certificates, with grpc.tls_cert_file and grpc.tls_key_file), or a "
+                "unix:PATH, or grpc.allow_unauthenticated: true to accept that",
+            )
     paths = {}
-    for k in ("tls_cert_file", "tls_key_file"):
+    for k in ("tls_cert_file", "tls_key_file", "client_ca_file"):
+        if g[k] is None:
+            continue
         p = config_relative(g[k], name)
         if not is_file(p):
-            raise ConfigError(
-                f"{name}:{_line_of(root, ('grpc', k))}: grpc.{k}: expected a readable file, "
-                f"got {g[k]!r}"
-            )
+            raise fail(k, f"expected a readable file, got {g[k]!r}")
         paths[k] = p
+    if cert is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                str(paths["tls_cert_file"]), str(paths["tls_key_file"])
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise fail(
+                "tls_cert_file", f"cannot load the certificate with grpc.tls_key_file: {exc}"
+            ) from None
+    if "client_ca_file" in paths:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(
+                cafile=str(paths["client_ca_file"])
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise fail("client_ca_file", f"expected PEM CA certificates: {exc}") from None
+
+
+def _group_id(group: int | str, fail: Callable[[str, str], ConfigError]) -> int:
+    """The gid of a group name or number that exists on this host."""
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
-            str(paths["tls_cert_file"]), str(paths["tls_key_file"])
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"{name}:{_line_of(root, ('grpc', 'tls_cert_file'))}: grpc.tls_cert_file: cannot "
-            f"load the certificate with grpc.tls_key_file: {exc}"
-        ) from None
+        return grp.getgrgid(group).gr_gid if isinstance(group, int) else grp.getgrnam(group).gr_gid
+    except (KeyError, OverflowError):
+        raise fail("socket_group", f"no group {group!r} on this host") from None
+
+
+def group_id(group: int | str) -> int:
+    """grpc.socket_group as a gid (the config check has seen that it exists)."""
+
+    def fail(_key: str, what: str) -> ConfigError:
+        return ConfigError(f"grpc.socket_group: {what}")
+
+    return _group_id(group, fail)
 
 
 def is_file(p: Path) -> bool:

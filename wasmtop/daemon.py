@@ -68,15 +68,15 @@ def web_config_path(config: Config, config_path: Path) -> Path | None:
     return None if value is None else config_relative(value, str(config_path))
 
 
-def grpc_tls_files(config: Config, config_path: Path) -> tuple[str | None, str | None]:
-    """grpc.tls_cert_file and tls_key_file, relative to the config file's directory when
-    relative (config.py has checked that both exist, or that neither is given)."""
+def grpc_tls_files(config: Config, config_path: Path) -> tuple[str | None, str | None, str | None]:
+    """grpc.tls_cert_file, tls_key_file and client_ca_file, relative to the config file's
+    directory when relative (config.py has checked that they exist and go together)."""
     g = config["grpc"]
 
     def resolved(key: str) -> str | None:
         return None if g[key] is None else str(config_relative(g[key], str(config_path)))
 
-    return resolved("tls_cert_file"), resolved("tls_key_file")
+    return resolved("tls_cert_file"), resolved("tls_key_file"), resolved("client_ca_file")
 
 
 def kubernetes_settings(
@@ -272,9 +272,10 @@ class Daemon:
             Family(
                 "wasmtop_grpc_streams_rejected",
                 "counter",
-                "Watch streams refused because grpc.max_streams were open.",
-                (),
-                [Sample((), float(g.rejected))],
+                "Watch streams refused, by reason: busy (grpc.max_streams were open), "
+                "peer_busy (grpc.max_streams_per_peer of that client were open).",
+                ("reason",),
+                [Sample((why,), float(n)) for why, n in sorted(g.rejected.items())],
             ),
         ]
 
@@ -339,15 +340,32 @@ class Daemon:
         if not g["enabled"]:
             self.grpc = None
             return
-        from .grpcapi import METHOD, SnapshotServer
+        from .config import group_id
+        from .grpcapi import METHOD, SnapshotServer, unix_path
 
-        cert, key = grpc_tls_files(self.config, self.config_path)
+        cert, key, client_ca = grpc_tls_files(self.config, self.config_path)
+        try:
+            group = None if g["socket_group"] is None else group_id(g["socket_group"])
+        except ConfigError as exc:  # the group was removed since the config was checked
+            raise OSError(f"cannot listen on {g['listen']}: {exc}") from None
         self.grpc = SnapshotServer(
-            g["listen"], tls_cert_file=cert, tls_key_file=key, max_streams=g["max_streams"]
+            g["listen"],
+            tls_cert_file=cert,
+            tls_key_file=key,
+            client_ca_file=client_ca,
+            socket_group=group,
+            max_streams=g["max_streams"],
+            max_streams_per_peer=g["max_streams_per_peer"],
         )
         if old is not None:
             self.grpc.carry_over(old)
-        log(f"serving gRPC {METHOD} on {g['listen']}" + (" (TLS)" if cert else ""))
+        if unix_path(g["listen"]) is not None:
+            how = f"mode 0660, group {g['socket_group']}" if group is not None else "mode 0600"
+        elif client_ca:
+            how = "TLS, client certificates required"
+        else:
+            how = "TLS, no client authentication" if cert else "plaintext, no authentication"
+        log(f"serving gRPC {METHOD} on {g['listen']} ({how})")
 
     def start_otlp(self) -> None:
         o = self.config["otlp"]

@@ -6,6 +6,12 @@ once, by the first stream that sends it (with no client watching, nothing is enc
 stream sends the newest Snapshot whenever it is ready for one, so a slow client skips Snapshots
 (counted) instead of building up a queue.
 
+The API is request data (trace ids, paths, pod names), so who may connect is decided before
+a stream starts: by default it listens on a Unix socket only its owner (root) can open
+(``unix:/run/wasmtop/grpc.sock``, mode 0600, or 0660 for one group); on TCP it can require
+client certificates signed by a CA. Every peer is bounded: a handshake deadline, a small request
+size, a number of connections, streams in all and streams per peer (counted when refused).
+
 ``RemoteSnapshots`` is the client (``wasmtop --connect``): a background thread that watches,
 decodes each message back into a Snapshot, and reconnects with exponential backoff and jitter
 when the stream breaks.
@@ -13,9 +19,12 @@ when the stream breaks.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import socket
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,18 +40,27 @@ import grpc  # noqa: E402 - after GRPC_VERBOSITY
 
 from .collector.model import SCHEMA, Snapshot
 from .collector.snapshot_json import snapshot_from_json
+from .config import GRPC_SOCKET
 from .proto.wasmtop.v1 import snapshots_pb2 as pb
 from .proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
 from .safe import safe
 
-DEFAULT_LISTEN = "127.0.0.1:9465"
+DEFAULT_LISTEN = GRPC_SOCKET
+UNIX_PREFIX = "unix:"
+MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes with its NUL
 METHOD = "wasmtop.v1.Snapshots/Watch"
 # A Snapshot of a busy node (1,000 workloads, 10,000 traces) is several MB: above gRPC's
 # default 4 MB limit for a received message. Also the client's bound on what a daemon can make
 # it parse; the JSON's nesting is bounded too (snapshot_json.MAX_JSON_DEPTH).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 ERROR_CHARS = 200  # the longest ``error`` a client shows (a daemon's words may be longer)
+# What one peer can hold, beside the streams (grpc.max_streams, grpc.max_streams_per_peer):
+HANDSHAKE_TIMEOUT_S = 10  # TCP accepted to HTTP/2 settings (and TLS) done, or closed
+MAX_REQUEST_BYTES = 4096  # a WatchRequest is 2 bytes
+IDLE_CONNECTION_S = 60  # a connection with no stream open is closed after this
 _SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
     # Never share the port with another process (gRPC sets SO_REUSEPORT by default): a second
     # daemon on the same address must fail to start, not take half the clients.
     ("grpc.so_reuseport", 0),
@@ -89,8 +107,10 @@ class _Published:
 
 
 class SnapshotServer(pb_grpc.SnapshotsServicer):
-    """``wasmtop.v1.Snapshots`` on ``listen`` (``HOST:PORT``), TLS when given a certificate and
-    its key (PEM files). Raises OSError when the address cannot be bound."""
+    """``wasmtop.v1.Snapshots`` on ``listen``: ``unix:PATH`` (a socket of mode 0600, or 0660
+    with ``socket_group``) or ``HOST:PORT``, with TLS when given a certificate and its key (PEM
+    files) and client certificates required when given ``client_ca_file``. Raises OSError when
+    the address cannot be bound (or the socket's directory is not safe to use)."""
 
     def __init__(
         self,
@@ -98,39 +118,83 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
         *,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        client_ca_file: str | None = None,
+        socket_group: int | None = None,
         max_streams: int = 16,
+        max_streams_per_peer: int | None = None,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("expected both tls_cert_file and tls_key_file, or neither")
+        if client_ca_file is not None and tls_cert_file is None:
+            raise ValueError("client_ca_file needs tls_cert_file and tls_key_file")
         self.listen = listen
         self.tls = tls_cert_file is not None
+        self.client_auth = client_ca_file is not None
         self.max_streams = max_streams
+        self.max_streams_per_peer = max_streams_per_peer or max_streams
+        # Connections: one per client normally; the rest of the room is for clients being
+        # refused or reconnecting. One without a stream is closed after IDLE_CONNECTION_S.
+        self.max_connections = 2 * max_streams + 4
         self.streams = 0  # Watch streams open now
         self.sent = 0  # Snapshots sent, over all streams
         self.dropped = 0  # Snapshots a stream skipped because it read slower than they came
-        self.rejected = 0  # streams refused: max_streams were open
+        # Streams refused, by why: "busy" (max_streams open), "peer_busy" (that peer's share).
+        self.rejected: dict[str, int] = {"busy": 0, "peer_busy": 0}
+        self._per_peer: dict[str, int] = {}  # open streams by peer (address or identity)
         self._latest: _Published | None = None
         self._sequence = 0
         self._closed = False
         self._cond = threading.Condition()
+        self._socket: tuple[Path, int, int] | None = None  # (path, st_dev, st_ino) we made
         # Every stream holds a worker for its life; two more answer those beyond the limit.
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_streams + 2, thread_name_prefix="wasmtop-grpc"),
-            options=_SERVER_OPTIONS,
+            options=[
+                *_SERVER_OPTIONS,
+                ("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000)),
+                ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ],
             maximum_concurrent_rpcs=max_streams + 2,
         )
         pb_grpc.add_SnapshotsServicer_to_server(self, self._server)
+        path = unix_path(listen)
+        if path is not None:
+            if self.tls:
+                raise ValueError("TLS is for a TCP listen; a unix socket has its file mode")
+            _prepare_socket_path(path)
         try:
             if self.tls:
                 pair = (Path(tls_key_file).read_bytes(), Path(tls_cert_file).read_bytes())
-                port = self._server.add_secure_port(listen, grpc.ssl_server_credentials([pair]))
+                credentials = grpc.ssl_server_credentials(
+                    [pair],
+                    root_certificates=(
+                        Path(client_ca_file).read_bytes() if client_ca_file is not None else None
+                    ),
+                    require_client_auth=client_ca_file is not None,
+                )
+                port = self._server.add_secure_port(listen, credentials)
+            elif path is not None:
+                # Made owner-only from its first instant (umask), then given its group.
+                old_umask = os.umask(0o177)
+                try:
+                    port = self._server.add_insecure_port(listen)
+                finally:
+                    os.umask(old_umask)
             else:
                 port = self._server.add_insecure_port(listen)
         except RuntimeError:  # grpcio >= 1.59 raises where older ones returned 0
             port = 0
         if port == 0:
             self._server.stop(None)
-            raise OSError(f"cannot listen on {listen}: {_why_unbindable(listen)}")
+            why = _why_unbindable(listen) if path is None else "cannot bind the socket"
+            raise OSError(f"cannot listen on {listen}: {why}")
+        if path is not None:
+            try:
+                self._socket = _own_socket(path, socket_group)
+            except OSError:
+                self._server.stop(None)
+                raise
         self.port = port
         self._server.start()
 
@@ -153,7 +217,8 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
         with self._cond:
             self.sent += old.sent
             self.dropped += old.dropped
-            self.rejected += old.rejected
+            for why, n in old.rejected.items():
+                self.rejected[why] = self.rejected.get(why, 0) + n
             self._sequence = max(self._sequence, old._sequence)
             if self._latest is None and old._latest is not None:
                 self._latest = old._latest
@@ -164,6 +229,9 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
             self._closed = True
             self._cond.notify_all()
         self._server.stop(grace_s).wait(grace_s + 1.0)
+        if self._socket is not None:
+            _remove_socket(*self._socket)
+            self._socket = None
 
     # -- one stream each -----------------------------------------------------------------------
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -173,12 +241,22 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
             if self._closed:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
             if self.streams >= self.max_streams:
-                self.rejected += 1
+                self.rejected["busy"] += 1
                 context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{self.streams} streams open: the daemon's limit (grpc.max_streams)",
                 )
+            peer = peer_key(context)
+            if peer is not None and self._per_peer.get(peer, 0) >= self.max_streams_per_peer:
+                self.rejected["peer_busy"] += 1
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self._per_peer[peer]} streams open from {safe(peer)}: the daemon's limit "
+                    "per peer (grpc.max_streams_per_peer)",
+                )
             self.streams += 1
+            if peer is not None:
+                self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
             last = self._sequence if request.only_new else 0
 
         def wake() -> None:
@@ -209,7 +287,88 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
         finally:
             with self._cond:
                 self.streams -= 1
+                if peer is not None:
+                    left = self._per_peer.pop(peer) - 1
+                    if left:
+                        self._per_peer[peer] = left
         context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
+
+
+def unix_path(listen: str) -> Path | None:
+    """The socket's path of a ``unix:PATH`` listen or target; None for ``HOST:PORT``."""
+    return Path(listen[len(UNIX_PREFIX) :]) if listen.startswith(UNIX_PREFIX) else None
+
+
+def peer_key(context: grpc.ServicerContext) -> str | None:
+    """Whose stream this is, for the per-peer limit: the client certificate's names when TLS
+    authenticated it, else its IP address (any port). None on a Unix socket: every client there
+    passed the socket's file mode, and gRPC does not say which user it is."""
+    identities = context.peer_identities()
+    if identities:
+        return ",".join(i.decode("utf-8", "replace") for i in identities)
+    peer = context.peer() or ""
+    kind, _, address = peer.partition(":")
+    if kind == "ipv4":
+        return address.rpartition(":")[0] or address
+    if kind == "ipv6":
+        return address.rpartition(":")[0].strip("[]") or address
+    return None
+
+
+def _prepare_socket_path(path: Path) -> None:
+    """The socket's directory made or checked (wasmtop's own, writable by no one else), and a
+    socket left there by a daemon that is gone removed; a socket another daemon serves is
+    "Address already in use" (gRPC would silently unlink it and take its place)."""
+    from .probes.pins import PinUnavailable, safe_dir
+
+    if not path.is_absolute() or len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        raise OSError(
+            f"cannot listen on unix:{path}: expected an absolute path of at most "
+            f"{MAX_UNIX_PATH_BYTES} bytes"
+        )
+    try:
+        safe_dir(path.parent)
+    except PinUnavailable as exc:
+        raise OSError(f"cannot listen on unix:{path}: {exc}") from None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"cannot listen on unix:{path}: it exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise OSError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+        else:
+            raise OSError(f"cannot listen on unix:{path}: Address already in use")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # nobody listens: a stale socket of a daemon that was killed
+
+
+def _own_socket(path: Path, group: int | None) -> tuple[Path, int, int]:
+    """Give the socket gRPC made its mode (0600; 0660 and ``group``); its identity, so that
+    close() removes this socket and never a successor's."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(f"cannot listen on unix:{path}: the socket was replaced")
+        if group is not None:
+            os.chown(path, -1, group, follow_symlinks=False)
+        os.chmod(path, 0o660 if group is not None else 0o600)
+        return path, st.st_dev, st.st_ino
+    finally:
+        os.close(fd)
+
+
+def _remove_socket(path: Path, dev: int, ino: int) -> None:
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            path.unlink()
 
 
 def _why_unbindable(listen: str) -> str:
@@ -232,8 +391,10 @@ def _why_unbindable(listen: str) -> str:
 
 
 class RemoteSnapshots:
-    """A daemon's Snapshots (``target``: ``HOST:PORT`` of its ``grpc.listen``), TLS verified
-    against ``ca_file`` when given, plaintext otherwise.
+    """A daemon's Snapshots (``target``: its ``grpc.listen``, ``unix:PATH`` or ``HOST:PORT``).
+    TLS when ``ca_file`` or a client certificate is given: the daemon's certificate verified
+    against ``ca_file`` (gRPC's own roots without it), and ``cert_file`` with ``key_file``
+    presented to a daemon that requires client certificates. Plaintext otherwise.
 
     ``latest()`` returns the newest Snapshot not yet returned. ``connected``, ``error`` (why the
     last stream failed, for a person: "connection refused", "daemon stopped", ...), ``since_s``
@@ -247,10 +408,19 @@ class RemoteSnapshots:
     """
 
     def __init__(
-        self, target: str, *, ca_file: str | None = None, reconnect_max_s: float = 5.0
+        self,
+        target: str,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        reconnect_max_s: float = 5.0,
     ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("expected both cert_file and key_file, or neither")
         self.target = target
         self.ca_file = ca_file
+        self.client_cert = cert_file is not None
         self.reconnect_max_s = reconnect_max_s
         self.connected = False
         self.error: str | None = None
@@ -265,11 +435,17 @@ class RemoteSnapshots:
         self._stop = threading.Event()
         self._call: Any = None
         self._thread: threading.Thread | None = None
-        self._credentials = (
-            grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
-            if ca_file is not None
-            else None
-        )
+        self._credentials = None
+        if ca_file is not None or cert_file is not None:
+
+            def read(name: str | None) -> bytes | None:
+                return None if name is None else Path(name).read_bytes()
+
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(ca_file),
+                private_key=read(key_file),
+                certificate_chain=read(cert_file),
+            )
 
     def start(self) -> RemoteSnapshots:
         if self._thread is None:
@@ -362,7 +538,9 @@ class RemoteSnapshots:
                     got_one = True
                 self._set_connected(False, "the daemon ended the stream")
             except grpc.RpcError as err:
-                self._set_connected(False, describe(err))
+                self._set_connected(
+                    False, describe(err, tls=self._credentials is not None, cert=self.client_cert)
+                )
             finally:
                 self._call = None
                 call.cancel()
@@ -383,6 +561,8 @@ class RemoteSnapshots:
 
 _UNAVAILABLE = (  # (in the details, for a person), first match wins
     ("connection refused", "connection refused"),
+    ("no such file or directory", "no socket there (is the daemon running?)"),
+    ("permission denied", "permission denied on the socket (root, or grpc.socket_group)"),
     ("certificate_verify_failed", "TLS: the daemon's certificate is not signed by the CA file"),
     ("wrong_version_number", "TLS handshake failed: the daemon does not serve TLS"),
     ("handshake", "TLS handshake failed"),
@@ -401,8 +581,9 @@ _UNAVAILABLE = (  # (in the details, for a person), first match wins
 )
 
 
-def describe(err: grpc.RpcError) -> str:
-    """A failed call's reason for a person: "connection refused", "daemon stopped", ..."""
+def describe(err: grpc.RpcError, *, tls: bool = False, cert: bool = False) -> str:
+    """A failed call's reason for a person: "connection refused", "daemon stopped", ...;
+    ``tls``: the client spoke TLS, ``cert``: with a client certificate."""
     code = err.code() if hasattr(err, "code") else None
     details = (err.details() if hasattr(err, "details") else None) or ""
     lowered = details.lower()
@@ -411,7 +592,14 @@ def describe(err: grpc.RpcError) -> str:
         for needle, text in _UNAVAILABLE:
             if needle in lowered:
                 if text == "connection lost" and at_setup:
-                    return "connection closed during setup (does the daemon want TLS?)"
+                    if not tls:
+                        return "connection closed during setup (does the daemon want TLS?)"
+                    if not cert:
+                        return (
+                            "TLS handshake refused (does the daemon require a client "
+                            "certificate? --cert-file, --key-file)"
+                        )
+                    return "TLS handshake refused: the daemon does not accept this certificate"
                 return text
         if details and "\n" not in details and len(details) <= 80:
             return details  # the daemon's own words, e.g. "daemon stopped"

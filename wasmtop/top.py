@@ -1,5 +1,5 @@
 """`wasmtop` / `wasmtop top`: the terminal UI, fed by the embedded collector or, with
-``--connect HOST:PORT``, by a daemon's gRPC stream of Snapshots.
+``--connect``, by a daemon's gRPC stream of Snapshots.
 
 One thread owns everything: it drains the probes, ticks the collector, reads keys and draws
 (bpftop's shape); drawing is ``view.render`` of the latest Snapshot. The terminal is put back
@@ -18,24 +18,41 @@ import time
 import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .collector.model import Snapshot
 
 EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
+ONCE_REMOTE_WAIT_S = 10.0  # --once --connect: how long to wait for a daemon's Snapshot
 ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1bOA": "up", "\x1bOB": "down"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cli import add_collector_arguments, positive_seconds
+    from .config import GRPC_SOCKET
 
     p.add_argument(
         "--connect",
-        metavar="HOST:PORT",
+        nargs="?",
+        const=GRPC_SOCKET,
+        metavar="unix:PATH|HOST:PORT",
         help="show a daemon's Snapshots (its gRPC API, grpc.listen) instead of running the "
-        "probes here; a lost connection shows a banner and is retried",
+        f"probes here; alone: this host's daemon ({GRPC_SOCKET}, root or "
+        "grpc.socket_group); a lost connection shows a banner and is retried",
     )
-    p.add_argument("--ca-file", metavar="PEM", help="with --connect: verify the daemon's TLS")
+    p.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="with --connect HOST:PORT: TLS, the daemon's certificate checked against this CA",
+    )
+    p.add_argument(
+        "--cert-file",
+        metavar="PEM",
+        help="with --connect HOST:PORT: TLS with this client certificate (a daemon with "
+        "grpc.client_ca_file requires one); with --key-file",
+    )
+    p.add_argument("--key-file", metavar="PEM", help="the client certificate's private key")
     p.add_argument(
         "--refresh",
         type=positive_seconds,
@@ -185,7 +202,12 @@ class Remote:
     def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
         from .grpcapi import RemoteSnapshots
 
-        remote = RemoteSnapshots(self.args.connect, ca_file=self.args.ca_file)
+        remote = RemoteSnapshots(
+            self.args.connect,
+            ca_file=self.args.ca_file,
+            cert_file=self.args.cert_file,
+            key_file=self.args.key_file,
+        )
         remote.start()
 
         def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
@@ -202,6 +224,32 @@ class Remote:
             yield next_snapshot
         finally:
             remote.close()
+
+
+def connect_arguments_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with --connect and its TLS files, for a person; None when nothing."""
+    from .config import grpc_listen, is_file
+
+    tls_files = {
+        "--ca-file": args.ca_file,
+        "--cert-file": args.cert_file,
+        "--key-file": args.key_file,
+    }
+    given = [flag for flag, value in tls_files.items() if value is not None]
+    if not args.connect:
+        return f"argument {given[0]}: only with --connect" if given else None
+    try:
+        grpc_listen(args.connect)
+    except ValueError as exc:
+        return f"argument --connect: {exc}"
+    if given and args.connect.startswith("unix:"):
+        return f"argument {given[0]}: TLS is for --connect HOST:PORT, not a unix socket"
+    if (args.cert_file is None) != (args.key_file is None):
+        return "argument --cert-file: expected both --cert-file and --key-file, or neither"
+    for flag in given:
+        if not is_file(Path(tls_files[flag])):
+            return f"argument {flag}: expected a readable file, got {tls_files[flag]!r}"
+    return None
 
 
 @contextmanager
@@ -228,13 +276,10 @@ def main(args: argparse.Namespace) -> int:
         evaluator = snapshot_evaluator(args.rules, args.threshold_ms)
     except ConfigError as exc:
         return fail(str(exc), EXIT_USAGE)
+    why = connect_arguments_error(args)
+    if why is not None:
+        return fail(why, EXIT_USAGE)
     if args.connect:
-        from .config import host_port
-
-        try:
-            host_port(args.connect)
-        except ValueError as exc:
-            return fail(f"argument --connect: {exc}", EXIT_USAGE)
         source: Any = Remote(args)
     else:
         code = preflight()
@@ -256,12 +301,23 @@ def _plain(source: Any, once: bool) -> int:
     from .view import ViewState, visible
 
     state = ViewState()
+    shown: str | None = None
+    # --once from a daemon that does not answer: say why and give up rather than hang.
+    give_up = time.monotonic() + ONCE_REMOTE_WAIT_S if once and isinstance(source, Remote) else None
     with source.running() as next_snapshot:
         while True:
             snap = next_snapshot(time.sleep)
-            if source.banner:
+            if source.banner and source.banner != shown:  # each change once, not each retry
                 print(source.banner.strip(), file=sys.stderr, flush=True)
+            shown = source.banner
             if snap is None:
+                if give_up is not None and time.monotonic() > give_up:
+                    print(
+                        f"wasmtop: no Snapshot from {source.args.connect} within "
+                        f"{ONCE_REMOTE_WAIT_S:g} s",
+                        file=sys.stderr,
+                    )
+                    return EXIT_ENV
                 continue
             lines = header_lines(snap)
             firing = [a for a in snap.alerts if a.state == "firing"]

@@ -111,6 +111,10 @@ def test_the_config_the_pod_sees_is_valid(build, tmp_path):
     assert "7 alert rules" in check.stdout + check.stderr
     config = yaml.safe_load(cm["data"]["wasmtop.yaml"])
     assert config["metrics"]["listen"] == "0.0.0.0:9464"  # scraped from the node's address
+    # The gRPC API: a socket in the /run/wasmtop mount, not a port on the node's network.
+    mounts = {m["mountPath"] for m in container(kustomize(build))["volumeMounts"]}
+    listen = config["grpc"]["listen"]
+    assert listen.startswith("unix:") and str(Path(listen[5:]).parent) in mounts
 
 
 def container(docs: list[dict]) -> dict:
@@ -183,7 +187,7 @@ def test_resources_cover_the_measured_memory():
 def test_service_servicemonitor_and_container_name_the_same_ports():
     docs = base_files()
     ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
-    assert ports == {"metrics": 9464, "grpc": 9465}
+    assert ports == {"metrics": 9464}  # gRPC: a Unix socket in /run/wasmtop, no port
     svc = one(docs, "Service")["spec"]
     assert svc["clusterIP"] == "None"  # headless: one endpoint per node
     assert {p["name"]: p["port"] for p in svc["ports"]} == ports

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from peers import daemon, free_port
+from peers import daemon
 from wasmtop.grpcapi import RemoteSnapshots
 from wasmtop.probes import features
 
@@ -23,16 +23,14 @@ def test_churned_processes_are_untraced_at_exit_and_forgotten(tmp_path):
     shutil.copy("/bin/sleep", exe)
     cg_root = features.cgroup2_mount() / f"wasmtop-test-churn-{os.getpid()}"
     cg_root.mkdir()
-    grpc_port = free_port()
     config = {
-        "grpc": {"listen": f"127.0.0.1:{grpc_port}"},
         "probes": {"trace": {"comms": ["churnwasm"]}, "bypass": {"mode": "off"}},
     }
     try:
-        with daemon(tmp_path, config):
+        with daemon(tmp_path, config) as d:
             started, cgroups = churn(exe, cg_root, seconds=40, rate=40, cgroup_every=4)
             time.sleep(12)  # one sweep (every 10 ticks of 1 s) after the last one exited
-            with RemoteSnapshots(f"127.0.0.1:{grpc_port}").start() as remote:
+            with RemoteSnapshots(d.grpc_target).start() as remote:
                 snap = remote.latest(timeout_s=10)
     finally:
         for c in cg_root.iterdir():

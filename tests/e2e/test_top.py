@@ -9,13 +9,14 @@ import re
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from peers import daemon, free_port
+from peers import daemon
 from support import no_programs_left, wait_for, wasmtop_cmd, workloads
 from wasmtop.rows import columns_for
 
@@ -187,20 +188,21 @@ def test_piped_output_is_plain_tables_and_once_prints_one(tmp_path):
 
 
 def test_connect_shows_a_daemons_workloads_a_banner_when_it_dies_and_recovers(tmp_path):
-    port = free_port()
-    config = {"grpc": {"listen": f"127.0.0.1:{port}"}, "probes": {"bypass": {"mode": "off"}}}
+    sock_dir = Path(tempfile.mkdtemp(prefix="wt-"))  # one socket for both daemons
+    target = f"unix:{sock_dir}/grpc.sock"
+    config = {"grpc": {"listen": target}, "probes": {"bypass": {"mode": "off"}}}
     with workloads(("hog", {"CPU": {1}})) as (hog,):
         hog.go()
         first, second = tmp_path / "first", tmp_path / "second"
         first.mkdir()
         second.mkdir()
-        tmux = Tmux(tmp_path, f"--connect 127.0.0.1:{port}")
+        tmux = Tmux(tmp_path, f"--connect {target}")
         try:
             with daemon(first, config) as d:
                 screen = tmux.wait_screen(lambda s: row_of(s, hog.pid))
                 assert "reconnecting" not in screen
                 assert d.stop() == 0  # the daemon goes away
-                tmux.wait_screen(lambda s: f"127.0.0.1:{port}:" in s and "reconnecting" in s)
+                tmux.wait_screen(lambda s: f"{target}:" in s and "reconnecting" in s)
             with daemon(second, config):
                 # Back: the banner goes and the rows are fresh from the new daemon.
                 tmux.wait_screen(lambda s: "reconnecting" not in s and row_of(s, hog.pid))
@@ -209,3 +211,4 @@ def test_connect_shows_a_daemons_workloads_a_banner_when_it_dies_and_recovers(tm
             assert tmux.rc.read_text().strip() == "0"
         finally:
             tmux.kill()
+            sock_dir.rmdir()

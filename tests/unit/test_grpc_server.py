@@ -95,7 +95,8 @@ def test_streams_beyond_max_streams_are_refused_with_resource_exhausted(server):
     with pytest.raises(grpc.RpcError) as err:
         next(third)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "grpc.max_streams" in err.value.details() and server.rejected == 1
+    assert "grpc.max_streams" in err.value.details()
+    assert server.rejected == {"busy": 1, "peer_busy": 0}
     calls[0].cancel()
     assert wait_for(lambda: server.streams == 1)
     assert next(watch(target)).sequence == 1  # a place came free
@@ -221,29 +222,33 @@ def test_a_config_names_both_tls_files_or_neither_and_resolves_them_beside_itsel
     tmp_path, tls_files
 ):
     cert, key = tls_files
+    tcp = "grpc:\n  listen: 127.0.0.1:9999\n  allow_unauthenticated: true\n"
     with pytest.raises(ConfigError) as err:
-        parse(f"grpc:\n  listen: 127.0.0.1:9999\n  tls_cert_file: {cert}\n", "w.yaml")
+        parse(f"{tcp}  tls_cert_file: {cert}\n", "w.yaml")
     assert str(err.value).startswith(
-        "w.yaml:3: grpc.tls_cert_file: expected both grpc.tls_cert_file and grpc.tls_key_file"
+        "w.yaml:4: grpc.tls_cert_file: expected both grpc.tls_cert_file and grpc.tls_key_file"
     )
-    with pytest.raises(ConfigError, match=r"w.yaml:3: grpc.tls_key_file: expected a readable file"):
-        parse(f"grpc:\n  tls_cert_file: {cert}\n  tls_key_file: nope.key\n", "w.yaml")
-    with pytest.raises(ConfigError, match=r"w.yaml:2: grpc.tls_cert_file: cannot load"):
-        parse(f"grpc:\n  tls_cert_file: {key}\n  tls_key_file: {key}\n", "w.yaml")
-    with pytest.raises(ConfigError, match=r"w.yaml:2: grpc.listen: expected HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"w.yaml:5: grpc.tls_key_file: expected a readable file"):
+        parse(f"{tcp}  tls_cert_file: {cert}\n  tls_key_file: nope.key\n", "w.yaml")
+    with pytest.raises(ConfigError, match=r"w.yaml:4: grpc.tls_cert_file: cannot load"):
+        parse(f"{tcp}  tls_cert_file: {key}\n  tls_key_file: {key}\n", "w.yaml")
+    with pytest.raises(ConfigError, match=r"w.yaml:2: grpc.listen: expected unix:/PATH or HOST"):
         parse("grpc:\n  listen: 9465\n", "w.yaml")
     (tmp_path / "tls").mkdir()
     (tmp_path / "tls/c.pem").write_bytes(cert.read_bytes())
     (tmp_path / "tls/k.pem").write_bytes(key.read_bytes())
     path = tmp_path / "wasmtop.yaml"
-    path.write_text("grpc:\n  tls_cert_file: tls/c.pem\n  tls_key_file: tls/k.pem\n")
+    path.write_text(f"{tcp}  tls_cert_file: tls/c.pem\n  tls_key_file: tls/k.pem\n")
     config = parse(path.read_text(), str(path))
-    assert config["grpc"]["listen"] == "127.0.0.1:9465" and config["grpc"]["enabled"] is True
     assert grpc_tls_files(config, path) == (
         str(tmp_path / "tls/c.pem"),
         str(tmp_path / "tls/k.pem"),
+        None,
     )
-    assert grpc_tls_files(parse("", str(path)), path) == (None, None)
+    defaults = parse("", str(path))
+    assert defaults["grpc"]["listen"] == "unix:/run/wasmtop/grpc.sock"
+    assert defaults["grpc"]["enabled"] is True
+    assert grpc_tls_files(defaults, path) == (None, None, None)
 
 
 def test_a_reload_onto_a_port_that_cannot_be_bound_keeps_the_old_one(tmp_path):
