@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .features import _SYS_BPF, _libc
+from .features import SYS_BPF, libc
 
 _BPF_MAP_CREATE = 0
 _BPF_OBJ_PIN = 6
@@ -38,7 +38,7 @@ class BpfError(OSError):
 
 
 def _call(cmd: int, attr: ctypes.Structure) -> int:
-    res = _libc().syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    res = libc().syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if res < 0:
         err = ctypes.get_errno()
         raise BpfError(err, os.strerror(err))

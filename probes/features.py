@@ -18,7 +18,7 @@ CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 _BPF_MAP_CREATE = 0
 _BPF_ENABLE_STATS = 32
 _BPF_MAP_TYPE_RINGBUF = 27
@@ -36,14 +36,14 @@ class Feature:
         return self.status == OK
 
 
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
 def bpf_syscall(cmd: int, attr: bytes) -> int:
     """Raw bpf(2). Returns the result, or -errno."""
     buf = ctypes.create_string_buffer(attr, max(len(attr), 128))
-    res = _libc().syscall(_SYS_BPF, cmd, buf, ctypes.sizeof(buf))
+    res = libc().syscall(SYS_BPF, cmd, buf, ctypes.sizeof(buf))
     return res if res >= 0 else -ctypes.get_errno()
 
 
