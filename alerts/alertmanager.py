@@ -307,6 +307,25 @@ class Notifier:
             for s in self._senders:
                 s.enqueue(out)
 
+    def families(self) -> list[Any]:
+        """Its figures for /metrics (exporters/series.py families)."""
+        from ..exporters.series import Family, Sample
+
+        return [
+            Family(
+                "wasmtop_alertmanager",
+                "counter",
+                "Posts to each Alertmanager by outcome (posts_ok, posts_failed, retries, "
+                "rejected) and alerts_sent, since start.",
+                ("url", "outcome"),
+                [
+                    Sample((url, k), float(v))
+                    for url, by in sorted(self.stats().items())
+                    for k, v in sorted(by.items())
+                ],
+            )
+        ]
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Cumulative per-Alertmanager counters, for the daemon's own metrics: ``posts_failed``
         counts transient failures (retried), ``rejected`` the batches refused with a 4xx and

@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..collector.model import Alert, Snapshot, Workload
 from ..exporters.series import WORKLOAD_LABELS, workload_labels
 from .notice import Notice, rfc3339
 from .quantities import Events
-from .rules import Rule, expand
+from .rules import Rule, below_reporting_floor, expand
 
 MAX_THREADS_PER_ALERT = 4096  # per-thread event numbers kept for one workload's run
 
@@ -58,6 +58,13 @@ class Evaluation:
     resolved: list[Notice]  # alerts that stopped firing at this evaluation
 
 
+def reporting_threshold_ms(snap: Snapshot) -> float | None:
+    """The scheduler probe's reporting threshold the Snapshot was taken with, or None (no
+    scheduler probe, or a Snapshot of a daemon that did not say)."""
+    value = snap.probes.get("sched", {}).get("threshold_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def default_node(env: Mapping[str, str] = os.environ) -> str:
     """The node's name when the config names none: the downward API's NODE_NAME, else the host
     name."""
@@ -77,8 +84,17 @@ class Evaluator:
         node: str,
         loss_ratio: float = 0.0,
         max_per_rule: int = 100,
+        say: Callable[[str], None] | None = None,
     ) -> None:
+        """``say``: told once per rule that cannot be evaluated (below), e.g. a log line."""
         self.rules = list(rules)
+        self.say = say
+        # Rules left out of the last evaluation, name -> why: a rule on preemption events
+        # below the scheduler probe's reporting threshold, which the Snapshot carries in
+        # probes.sched.threshold_ms (the kernel only counts those preemptions, so the rule
+        # could never fire). One policy for `wasmtop snapshot`, `wasmtop` and the daemon.
+        self.unevaluated: dict[str, str] = {}
+        self._said: set[str] = set()
         self.node = node
         self.loss_ratio = loss_ratio
         self.max_per_rule = max_per_rule
@@ -108,7 +124,10 @@ class Evaluator:
         firing: list[Notice] = []
         resolved: list[Notice] = []
         self.suppressed = {}
+        self.unevaluated = self._unevaluable(snap)
         for rule in self.rules:
+            if rule.name in self.unevaluated:
+                continue
             q = rule.quantity
             states = self._state[rule.identity]
             if q.kind == "probe":
@@ -167,6 +186,44 @@ class Evaluator:
                     if not inst.streak:
                         del states[key]
         return Evaluation(dataclasses.replace(snap, alerts=tuple(alerts)), firing, resolved)
+
+    def families(self) -> list[Any]:
+        """Its figures for /metrics (exporters/series.py families)."""
+        from ..exporters.series import Family, Sample
+
+        return [
+            Family(
+                "wasmtop_alert_rules",
+                "gauge",
+                "Alert rules being evaluated on the node (0: alerts.enabled is false; a rule "
+                "below probes.sched.threshold_ms is loaded but not evaluated, and not counted).",
+                (),
+                [Sample((), float(len(self.rules) - len(self.unevaluated)))],
+            ),
+            Family(
+                "wasmtop_alerts_suppressed",
+                "gauge",
+                "Alert instances left out at the last evaluation by alerts.max_alerts_per_rule.",
+                ("alertname",),
+                [Sample((n,), float(c)) for n, c in sorted(self.suppressed.items())],
+            ),
+        ]
+
+    def _unevaluable(self, snap: Snapshot) -> dict[str, str]:
+        floor = reporting_threshold_ms(snap)
+        out = {
+            r.name: (
+                f"its threshold {r.threshold:g} ms is below the scheduler probe's reporting "
+                f"threshold {floor:g} ms (probes.sched.threshold_ms, --threshold-ms): shorter "
+                "preemptions are counted, not reported one by one"
+            )
+            for r in below_reporting_floor(self.rules, floor)
+        } if floor is not None else {}  # fmt: skip
+        for name, why in out.items():
+            if name not in self._said and self.say is not None:
+                self.say(f"rule {name} not evaluated: {why}")
+        self._said = set(out)
+        return out
 
     # -- steps -------------------------------------------------------------------------------
     def _step_gauge(

@@ -510,6 +510,50 @@ class PodWatcher:
             raise _Failure(BAD_RESPONSE, f"{resp.what}: an event of more than {MAX_BODY_BYTES}")
         return line
 
+    def families(self) -> list[Any]:
+        """Its figures and its cache's for /metrics (exporters/series.py families)."""
+        from ..exporters.series import Family, Sample
+
+        k = self
+        requests = dict(k.requests)  # the watcher thread adds keys: iterate a copy
+        return [
+            Family(
+                "wasmtop_kubernetes_requests",
+                "counter",
+                "Requests to the Kubernetes API (list, watch) by outcome, counted when each ends.",
+                ("request", "outcome"),
+                [Sample(key, float(n)) for key, n in sorted(requests.items())],
+            ),
+            Family(
+                "wasmtop_kubernetes_watch_events",
+                "counter",
+                "Pod watch events applied to the cache, by type.",
+                ("type",),
+                [Sample((t,), float(n)) for t, n in k.events.items()],
+            ),
+            Family(
+                "wasmtop_kubernetes_malformed",
+                "counter",
+                "Pods of a list and lines of a watch stream that could not be read (ignored).",
+                ("request",),
+                [Sample((r,), float(n)) for r, n in k.malformed.items()],
+            ),
+            Family(
+                "wasmtop_kubernetes_pods",
+                "gauge",
+                "Pods of this node whose metadata is cached.",
+                (),
+                [Sample((), float(len(self.cache)))],
+            ),
+            Family(
+                "wasmtop_kubernetes_cache_synced",
+                "gauge",
+                "1 when the pod cache was listed and the watch since then is up.",
+                (),
+                [Sample((), 1.0 if self.cache.synced else 0.0)],
+            ),
+        ]
+
 
 class _Response:
     """A 200 response and its connection, closed on leaving the ``with``."""

@@ -21,7 +21,10 @@ from . import bpfobj, features, pins
 from .records import PreemptionRecord, SchedReading, ThreadSched, WakeupRecord
 from .runtime import Probe, ProbeUnavailable
 
-DEFAULT_THRESHOLD_NS = 50_000_000  # DESIGN.md: preemption delay > 50 ms
+# Preemption delays and wake-up waits above this are reported one by one (shorter ones are
+# counted): the one default of `--threshold-ms` and `probes.sched.threshold_ms`.
+DEFAULT_THRESHOLD_MS = 50.0
+DEFAULT_THRESHOLD_NS = round(DEFAULT_THRESHOLD_MS * 1e6)
 DEFAULT_MAX_THREADS = 16_384
 DEFAULT_RINGBUF_PAGES = 64  # 256 KiB with 4 KiB pages: ~3,600 events between two drains
 # Switches remembered per CPU to split a wait among the tasks that ran during it: a wait that
@@ -222,7 +225,15 @@ class SchedProbe(Probe):
 
     def details(self) -> dict[str, object]:
         path = str(self.trace_ctx_map.path) if self.trace_ctx_map else None
-        return {"trace_ctx_map": path, "trace_ctx_reason": self.trace_ctx_reason}
+        return {
+            # The settings it runs with, so a Snapshot's reader knows them.
+            "threshold_ms": self.threshold_ns / 1e6,
+            "pids": list(self.pids),
+            "cgroup": self.cgroup,
+            "ringbuf_pages": self.ringbuf_pages,
+            "trace_ctx_map": path,
+            "trace_ctx_reason": self.trace_ctx_reason,
+        }
 
     def required_maps(self) -> list[str]:
         return [

@@ -1,111 +1,30 @@
-"""wasmtop command line.
+"""wasmtop command line: the parser, `wasmtop snapshot`, `wasmtop doctor`, and the dispatch to
+`wasmtop`/`top` (top.py), `daemon` (daemon.py) and `rules` (rulescmd.py). Those import the
+engine (engine.py) and the argument types (args.py), never this module.
 
-Exit codes: 0 done; 1 this host cannot run it (capability, kernel feature, headers: the message
-says which); 2 bad input; 128+N stopped by signal N (probes detached first).
+Exit codes (engine.py): 0 done; 1 this host cannot run it (capability, kernel feature, headers:
+the message says which); 2 bad input; 128+N stopped by signal N (probes detached first).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import __version__, config
-
-EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
-
-
-def number_arg(
-    convert: Callable[[str], float], valid: Callable[[float], bool], expected: str
-) -> Callable[[str], float]:
-    """An argparse type: convert, check, and say what was expected when either fails."""
-
-    def parse(text: str) -> float:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or not valid(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_seconds = number_arg(float, lambda v: v > 0, "seconds > 0")
-non_negative_ms = number_arg(float, lambda v: v >= 0, "milliseconds >= 0")
-pid_arg = number_arg(int, lambda v: v > 0, "a process id > 0")
-power_of_two = number_arg(int, lambda v: v >= 1 and not int(v) & (int(v) - 1), "a power of two")
-
-
-def checked_arg(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
-    """An argparse type from a config check (wasmtop/config.py), so a flag and its config key
-    accept the same values and say the same thing about a bad one."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
-def probe_list(text: str) -> frozenset[str]:
-    from .pipeline import PROBE_NAMES
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PROBE_NAMES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected probe names from {', '.join(PROBE_NAMES)}, got {text!r}"
-        )
-    return frozenset(names)
-
-
-cidr_arg = checked_arg(config.cidr)
-comm_arg = checked_arg(config.comm_name)
-
-
-def add_collector_arguments(p: argparse.ArgumentParser) -> None:
-    """--threshold-ms, --scheduling, --probe-stats and --rules, alike wherever the collector
-    runs in this process."""
-    p.add_argument(
-        "--threshold-ms",
-        type=non_negative_ms,
-        default=50.0,
-        metavar="T",
-        help="preemption delays and wake-up waits of at least T ms are reported one by one, "
-        "with the task that preempted the thread or held its CPU (default 50)",
-    )
-    p.add_argument(
-        "--scheduling",
-        choices=("idle", "normal"),
-        default="idle",
-        help="idle (default): the thread draining the ring buffers runs as SCHED_IDLE, taking "
-        "only CPU time the workloads leave, and returns to normal scheduling while a ring buffer "
-        "fills past 25%% between two drains or a drain runs late (counted as "
-        "collector_priority_raised); normal: always normal scheduling",
-    )
-    p.add_argument(
-        "--probe-stats",
-        action="store_true",
-        help="measure the probes' own kernel run time (probes.NAME.run_time_ns, ns_per_run); "
-        "off by default because while it is on the kernel times every BPF program on the host, "
-        "not only wasmtop's",
-    )
-    p.add_argument(
-        "--rules",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="alert rule file evaluated on each Snapshot, into its alerts[] (repeatable; "
-        "default: the shipped alerts/rules/default.yaml; see docs/alerts.md)",
-    )
+from . import args as argtypes
+from .engine import (
+    EXIT_ENV,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROBE_NAMES,
+    Engine,
+    ProbeOptions,
+    fail,
+    preflight,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--seconds",
-        type=positive_seconds,
+        type=argtypes.positive_seconds,
         default=5.0,
         metavar="N",
         help="length of the observation window in seconds (default 5)",
@@ -152,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--pid",
-        type=pid_arg,
+        type=argtypes.pid_arg,
         action="append",
         default=[],
         metavar="P",
@@ -165,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--ringbuf-pages",
-        type=power_of_two,
+        type=argtypes.power_of_two,
         default=None,
         metavar="N",
         help="ring-buffer size in pages, a power of two (default 64)",
     )
     snap.add_argument(
         "--probes",
-        type=probe_list,
+        type=argtypes.probe_list,
         default=None,
         metavar="LIST",
         help="load only these probes, comma-separated, of sched (scheduler: switches, "
@@ -191,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--local-cidr",
-        type=cidr_arg,
+        type=argtypes.cidr_arg,
         action="append",
         default=[],
         metavar="CIDR",
@@ -213,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--trace-pid",
-        type=pid_arg,
+        type=argtypes.pid_arg,
         action="append",
         default=[],
         metavar="P",
@@ -223,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument(
         "--trace-comm",
         action="append",
-        type=comm_arg,
+        type=argtypes.comm_arg,
         default=[],
         metavar="NAME",
         help="capture HTTP requests of processes with this command name (repeatable)",
@@ -243,13 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--growth-window-s",
-        type=positive_seconds,
+        type=argtypes.positive_seconds,
         default=300.0,
         metavar="S",
         help="RSS growth (MB/min) is the least-squares slope over the last S seconds of "
         "samples, one a second (default 300; a snapshot shorter than S covers its own length)",
     )
-    add_collector_arguments(snap)
+    argtypes.add_collector_arguments(snap)
     snap.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules")
     snap.add_argument(
         "--max-events",
@@ -298,28 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fail(message: str, code: int) -> int:
-    print(f"wasmtop: {message}", file=sys.stderr)
-    return code
-
-
-def preflight() -> int | None:
-    """Reasons this host cannot load probes, as an exit code (after printing), or None."""
-    from .probes import features
-
-    missing = features.missing_capabilities()
-    if missing:
-        return fail(
-            f"missing capability {' and '.join(missing)}: run as root, or grant "
-            f"{', '.join(missing)} (CAP_SYS_ADMIN on kernels older than 5.8)",
-            EXIT_ENV,
-        )
-    headers = features.check_kernel_headers()
-    if not headers.ok:
-        return fail(f"no kernel headers: {headers.reason}", EXIT_ENV)
-    return None
-
-
 def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .probes import features
 
@@ -339,8 +236,6 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             parser.error(f"argument --trace-pid: no process {pid}")
     if args.no_trace and (args.trace_pid or args.trace_comm or args.trace_cgroup):
         parser.error("argument --no-trace: not allowed with the --trace-* flags")
-    from .pipeline import PROBE_NAMES
-
     wanted = args.probes if args.probes is not None else frozenset(PROBE_NAMES)
     if "tracectx" not in wanted and (args.trace_pid or args.trace_comm or args.trace_cgroup):
         parser.error("argument --probes: the --trace-* flags need tracectx")
@@ -356,65 +251,54 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error("argument --no-alerts: not allowed with --rules")
     if not args.no_alerts:
         try:
-            evaluator = snapshot_evaluator(args.rules, args.threshold_ms)
+            evaluator = rules_evaluator_for_cli(args.rules)
         except config.ConfigError as exc:
             return fail(str(exc), EXIT_USAGE)
     code = preflight()
     if code is not None:
         return code
 
-    from .collector.collector import Collector
-    from .pipeline import ProbeOptions, build_probes
-    from .probes.cpushare import CpuShare
-    from .probes.runtime import OK, ProbeSet, Terminated, sleep_draining
+    from .probes.runtime import OK, Terminated
     from .rows import plain_table
 
-    selected, selector = build_probes(
-        ProbeOptions(
-            sched="sched" in wanted,
-            threshold_ms=args.threshold_ms,
-            pids=tuple(args.pid),
-            cgroup=args.cgroup,
-            ringbuf_pages=args.ringbuf_pages,
-            bypass_mode=args.bypass if "sockbypass" in wanted else "off",
-            local_cidrs=tuple(args.local_cidr),
-            interfaces=tuple(args.bypass_interface),
-            bypass_cgroup=args.bypass_cgroup,
-            trace=not args.no_trace and "tracectx" in wanted,
-            trace_pids=tuple(args.trace_pid),
-            trace_comms=tuple(args.trace_comm),
-            trace_cgroups=tuple(args.trace_cgroup),
-            lifecycle="lifecycle" in wanted,
-        )
+    options = ProbeOptions(
+        sched="sched" in wanted,
+        threshold_ms=args.threshold_ms,
+        pids=tuple(args.pid),
+        cgroup=args.cgroup,
+        ringbuf_pages=args.ringbuf_pages,
+        bypass_mode=args.bypass if "sockbypass" in wanted else "off",
+        local_cidrs=tuple(args.local_cidr),
+        interfaces=tuple(args.bypass_interface),
+        bypass_cgroup=args.bypass_cgroup,
+        trace=not args.no_trace and "tracectx" in wanted,
+        trace_pids=tuple(args.trace_pid),
+        trace_comms=tuple(args.trace_comm),
+        trace_cgroups=tuple(args.trace_cgroup),
+        lifecycle="lifecycle" in wanted,
+    )
+    engine = Engine(
+        options,
+        tick_s=args.seconds,
+        scheduling=args.scheduling,
+        probe_stats=args.probe_stats,
+        max_events=args.max_events,
+        growth_window_s=args.growth_window_s,
     )
     try:
-        with ProbeSet(
-            selected, cpu=CpuShare(args.scheduling), run_stats=args.probe_stats
-        ) as probes:
+        with engine:
+            probes = engine.probes
             if not any(p.status == OK for p in probes):
                 for p in probes:
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
                 return EXIT_ENV
-            collector = Collector(
-                probes,
-                max_events=args.max_events,
-                trace_selector=selector,
-                growth_window_s=args.growth_window_s,
-            )
             status = ", ".join(
                 f"{p.name} {p.status}" + (f" ({mode})" if (mode := p.details().get("mode")) else "")
                 for p in probes
             )
             print(f"wasmtop: attached: {status}; watching for {args.seconds:g} s", file=sys.stderr)
-            remaining = args.seconds
-            while remaining > 0:  # learn process identities every second
-                step = min(1.0, remaining)
-                sleep_draining(probes, step, drain=collector.poll)
-                collector.observe()
-                remaining -= step
-            end_ns = time.monotonic_ns()  # detaching takes a while: the window ends here
-            probes.detach()  # stop the kernel side first, so the books close exactly
-            snapshot = collector.tick(end_ns)
+            engine.drain_for(args.seconds)
+            snapshot = engine.last_snapshot()
     except Terminated as stop:
         return stop.exit_code
     if evaluator is not None:
@@ -426,23 +310,11 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return EXIT_OK
 
 
-def snapshot_evaluator(files: Sequence[str], threshold_ms: float) -> Any:
-    """An evaluator of the given rule files (the shipped ones by default) for a Snapshot taken
-    with --threshold-ms; rules that need preemptions the kernel will not report are left out,
-    with a note."""
-    from .alerts.evaluate import Evaluator, default_node
-    from .alerts.rules import below_reporting_floor, load_all
+def rules_evaluator_for_cli(files: Sequence[str]) -> object:
+    """The rule files' evaluator for a command run at a terminal: notes on stderr."""
+    from .engine import rules_evaluator
 
-    rules = load_all(files)
-    skipped = below_reporting_floor(rules, threshold_ms)
-    for r in skipped:
-        print(
-            f"wasmtop: note: rule {r.name} not evaluated: its threshold {r.threshold:g} ms is "
-            f"below --threshold-ms {threshold_ms:g}",
-            file=sys.stderr,
-        )
-    kept = [r for r in rules if r not in skipped]
-    return Evaluator(kept, node=default_node())
+    return rules_evaluator(files, say=lambda note: print(f"wasmtop: note: {note}", file=sys.stderr))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

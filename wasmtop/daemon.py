@@ -20,14 +20,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight
 from .config import Config, ConfigError, config_relative, load
+from .engine import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight
 from .web import Endpoints, HttpServer, MetricsCache, WebConfig, load_web_config
 
 
@@ -44,22 +43,15 @@ def load_all(path: Path) -> tuple[Config, WebConfig, list[Any]]:
 
 
 def load_rules(config: Config, config_path: Path) -> list[Any]:
-    from .alerts.rules import below_reporting_floor
+    """The rule files ``alerts.rule_files`` names (relative to the config file), or none when
+    alerts are off. A rule the kernel cannot feed is loaded and left out of evaluation, said in
+    the log (alerts/evaluate.py: one policy for every command)."""
     from .alerts.rules import load_all as load_rule_files
 
     a = config["alerts"]
     if not a["enabled"]:
         return []
-    rules = load_rule_files([config_relative(p, str(config_path)) for p in a["rule_files"]])
-    floor = config["probes"]["sched"]["threshold_ms"]
-    for r in below_reporting_floor(rules, floor):
-        raise ConfigError(
-            f"{r.where}: {r.name}: threshold {r.threshold:g} ms is below "
-            f"probes.sched.threshold_ms ({floor:g} ms), under which the kernel counts "
-            "preemptions without reporting them: expected a threshold of at least "
-            f"{floor:g}, or a lower probes.sched.threshold_ms in {config_path}"
-        )
-    return rules
+    return load_rule_files([config_relative(p, str(config_path)) for p in a["rule_files"]])
 
 
 def web_config_path(config: Config, config_path: Path) -> Path | None:
@@ -183,9 +175,11 @@ class Daemon:
                 [Sample((r,), float(dropped[r])) for r in ("busy", "slow", "timeout")],
             )
         )
+        # Each component says what it counts (a prometheus_client custom collector's way).
         fams += self._alert_families()
-        fams += self._grpc_families()
-        fams += self._kubernetes_families()
+        for component in (self.grpc, self.kube):
+            if component is not None:
+                fams += component.families()
         if self.otlp is not None:
             stats = self.otlp.stats()
             fams.append(
@@ -200,129 +194,17 @@ class Daemon:
         return fams
 
     def _alert_families(self) -> list[Any]:
+        from .alerts.evaluate import Evaluator
         from .exporters.series import Family, Sample
 
-        fams = [
-            Family(
-                "wasmtop_alert_rules",
-                "gauge",
-                "Alert rules being evaluated on the node (0: alerts.enabled is false).",
-                (),
-                [Sample((), float(len(self.evaluator.rules) if self.evaluator else 0))],
-            )
-        ]
-        if self.evaluator is not None:
-            fams.append(
-                Family(
-                    "wasmtop_alerts_suppressed",
-                    "gauge",
-                    "Alert instances left out at the last evaluation by "
-                    "alerts.max_alerts_per_rule.",
-                    ("alertname",),
-                    [Sample((n,), float(c)) for n, c in sorted(self.evaluator.suppressed.items())],
-                )
-            )
+        if self.evaluator is None:  # alerts.enabled: false: the same family, 0
+            rules_help = Evaluator([], node="").families()[0].help
+            fams = [Family("wasmtop_alert_rules", "gauge", rules_help, (), [Sample((), 0.0)])]
+        else:
+            fams = self.evaluator.families()
         if self.notifier is not None:
-            stats = self.notifier.stats()
-            fams.append(
-                Family(
-                    "wasmtop_alertmanager",
-                    "counter",
-                    "Posts to each Alertmanager by outcome (posts_ok, posts_failed, retries, "
-                    "rejected) and alerts_sent, since start.",
-                    ("url", "outcome"),
-                    [
-                        Sample((url, k), float(v))
-                        for url, by in sorted(stats.items())
-                        for k, v in sorted(by.items())
-                    ],
-                )
-            )
+            fams += self.notifier.families()
         return fams
-
-    def _grpc_families(self) -> list[Any]:
-        from .exporters.series import Family, Sample
-
-        g = self.grpc
-        if g is None:
-            return []
-        return [
-            Family(
-                "wasmtop_grpc_streams",
-                "gauge",
-                "Watch streams of the gRPC API open now.",
-                (),
-                [Sample((), float(g.streams))],
-            ),
-            Family(
-                "wasmtop_grpc_snapshots_sent",
-                "counter",
-                "Snapshots sent over the gRPC API, all streams added up.",
-                (),
-                [Sample((), float(g.sent))],
-            ),
-            Family(
-                "wasmtop_grpc_snapshots_skipped",
-                "counter",
-                "Snapshots a gRPC stream skipped because its client read slower than they came "
-                "(it got the newest one instead).",
-                (),
-                [Sample((), float(g.dropped))],
-            ),
-            Family(
-                "wasmtop_grpc_streams_rejected",
-                "counter",
-                "Watch streams refused, by reason: busy (grpc.max_streams were open), "
-                "peer_busy (grpc.max_streams_per_peer of that client were open).",
-                ("reason",),
-                [Sample((why,), float(n)) for why, n in sorted(g.rejected.items())],
-            ),
-        ]
-
-    def _kubernetes_families(self) -> list[Any]:
-        from .exporters.series import Family, Sample
-
-        k = self.kube
-        if k is None:
-            return []
-        requests = dict(k.requests)  # the watcher thread adds keys: iterate a copy
-        return [
-            Family(
-                "wasmtop_kubernetes_requests",
-                "counter",
-                "Requests to the Kubernetes API (list, watch) by outcome, counted when each ends.",
-                ("request", "outcome"),
-                [Sample(key, float(n)) for key, n in sorted(requests.items())],
-            ),
-            Family(
-                "wasmtop_kubernetes_watch_events",
-                "counter",
-                "Pod watch events applied to the cache, by type.",
-                ("type",),
-                [Sample((t,), float(n)) for t, n in k.events.items()],
-            ),
-            Family(
-                "wasmtop_kubernetes_malformed",
-                "counter",
-                "Pods of a list and lines of a watch stream that could not be read (ignored).",
-                ("request",),
-                [Sample((r,), float(n)) for r, n in k.malformed.items()],
-            ),
-            Family(
-                "wasmtop_kubernetes_pods",
-                "gauge",
-                "Pods of this node whose metadata is cached.",
-                (),
-                [Sample((), float(len(self.pods)))],
-            ),
-            Family(
-                "wasmtop_kubernetes_cache_synced",
-                "gauge",
-                "1 when the pod cache was listed and the watch since then is up.",
-                (),
-                [Sample((), 1.0 if self.pods.synced else 0.0)],
-            ),
-        ]
 
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.ready, {"ready": self.ready, "probes": self.probe_status}
@@ -417,6 +299,7 @@ class Daemon:
             node=node_name(self.config),
             loss_ratio=a["incomplete_data_loss_ratio"],
             max_per_rule=a["max_alerts_per_rule"],
+            say=log,
         )
         if old is not None:
             self.evaluator.carry_over(old)
@@ -531,47 +414,35 @@ class Daemon:
     def run_pipeline(self) -> bool:
         """Start the probes and tick until a reload needs new probes (True) or a signal stops
         everything (Terminated propagates, after every probe is detached)."""
-        from .collector.collector import Collector
-        from .pipeline import ProbeOptions, build_probes
-        from .probes.cpushare import CpuShare
-        from .probes.runtime import FAILED, OK, ProbeSet, sleep_draining
+        from .engine import Engine
 
-        c = self.config["collector"]
-        selected, selector = build_probes(ProbeOptions.from_config(self.config))
-        with ProbeSet(
-            selected, cpu=CpuShare(c["scheduling"]), run_stats=c["probe_stats"]
-        ) as probes:
+        restart = False
+
+        def stop() -> bool:
+            nonlocal restart
+            if self.reload_requested and self.reload():
+                restart = True
+            return restart
+
+        with Engine.from_config(self.config, pods=self.pods) as engine:
+            probes = engine.probes
             self.probe_status = {p.name: {"status": p.status, "reason": p.reason} for p in probes}
-            attached = any(p.status == OK for p in probes) and not any(
-                p.status == FAILED for p in probes
-            )
+            attached = engine.attached
             log(
                 "attached: "
                 + ", ".join(f"{p.name} {p.status}" for p in probes)
                 + ("" if attached else " (not ready)")
             )
-            collector = Collector(
-                probes,
-                max_events=c["max_events"],
-                trace_selector=selector,
-                growth_window_s=c["growth_window_s"],
-                pods=self.pods,
-            )
-            tick_s = c["tick_s"]
-            next_tick = time.monotonic() + tick_s
+
+            def on_snapshot(snapshot: Any) -> None:
+                self.publish(snapshot)
+                self.ready = attached  # ready once /metrics holds a Snapshot
+
             try:
-                while True:
-                    step = max(0.0, min(1.0, next_tick - time.monotonic()))
-                    sleep_draining(probes, step, drain=collector.poll)
-                    collector.observe()
-                    if time.monotonic() >= next_tick:
-                        self.publish(collector.tick())
-                        self.ready = attached  # ready once /metrics holds a Snapshot
-                        next_tick = max(next_tick + tick_s, time.monotonic())
-                    if self.reload_requested and self.reload():
-                        return True
+                engine.run(on_snapshot, stop=stop)
             finally:
                 self.ready = False
+        return restart
 
     def publish(self, snapshot: Any) -> None:
         if self.evaluator is not None:
@@ -593,7 +464,17 @@ def check(config_path: str) -> int:
     except ConfigError as exc:
         print(f"wasmtop: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from .alerts.rules import below_reporting_floor
+
     web_path = web_config_path(config, path)
+    floor = config["probes"]["sched"]["threshold_ms"]
+    for r in below_reporting_floor(rules, floor):
+        print(
+            f"wasmtop: note: {r.where}: rule {r.name} will not be evaluated: its threshold "
+            f"{r.threshold:g} ms is below probes.sched.threshold_ms ({floor:g} ms), under which "
+            "the kernel counts preemptions without reporting them",
+            file=sys.stderr,
+        )
     print(
         f"{path}: valid"
         + (f" (web config {web_path})" if web_path else "")

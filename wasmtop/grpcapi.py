@@ -233,6 +233,44 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
             _remove_socket(*self._socket)
             self._socket = None
 
+    def families(self) -> list[Any]:
+        """Its figures for /metrics (exporters/series.py families)."""
+        from .exporters.series import Family, Sample
+
+        g = self
+        return [
+            Family(
+                "wasmtop_grpc_streams",
+                "gauge",
+                "Watch streams of the gRPC API open now.",
+                (),
+                [Sample((), float(g.streams))],
+            ),
+            Family(
+                "wasmtop_grpc_snapshots_sent",
+                "counter",
+                "Snapshots sent over the gRPC API, all streams added up.",
+                (),
+                [Sample((), float(g.sent))],
+            ),
+            Family(
+                "wasmtop_grpc_snapshots_skipped",
+                "counter",
+                "Snapshots a gRPC stream skipped because its client read slower than they came "
+                "(it got the newest one instead).",
+                (),
+                [Sample((), float(g.dropped))],
+            ),
+            Family(
+                "wasmtop_grpc_streams_rejected",
+                "counter",
+                "Watch streams refused, by reason: busy (grpc.max_streams were open), "
+                "peer_busy (grpc.max_streams_per_peer of that client were open).",
+                ("reason",),
+                [Sample((why,), float(n)) for why, n in sorted(g.rejected.items())],
+            ),
+        ]
+
     # -- one stream each -----------------------------------------------------------------------
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         # A generator from the first line: a stream whose first message is never asked for (the

@@ -106,9 +106,18 @@ def header_lines(snap: Snapshot) -> list[str]:
     )
     return [
         f"host {safe(snap.host)}  kernel {safe(snap.kernel)}  cpus {snap.cpus}  "
-        f"window {snap.window_s:.1f}s",
+        f"window {snap.window_s:.1f}s{reporting(snap)}",
         f"probes  {probes}",
     ]
+
+
+def reporting(snap: Snapshot) -> str:
+    """ "  reports >= T ms": the threshold above which the scheduler probe reported each
+    preemption and wake-up wait (the Snapshot says it, also from a daemon), or ""."""
+    from .alerts.evaluate import reporting_threshold_ms
+
+    t = reporting_threshold_ms(snap)
+    return "" if t is None else f"  reports >= {t:g} ms"
 
 
 def plain_table(snap: Snapshot, sort_key: str = "involuntary_per_s") -> str:

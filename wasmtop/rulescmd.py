@@ -15,7 +15,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import positive_seconds
+    from .args import positive_seconds
 
     p = sub.add_parser(
         "rules",

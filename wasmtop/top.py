@@ -22,14 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from .collector.model import Snapshot
+from .engine import (
+    EXIT_ENV,
+    EXIT_OK,
+    EXIT_USAGE,
+    Engine,
+    ProbeOptions,
+    fail,
+    preflight,
+    rules_evaluator,
+)
 
-EXIT_OK, EXIT_ENV, EXIT_USAGE = 0, 1, 2
 ONCE_REMOTE_WAIT_S = 10.0  # --once --connect: how long to wait for a daemon's Snapshot
 ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1bOA": "up", "\x1bOB": "down"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_collector_arguments, positive_seconds
+    from .args import add_collector_arguments, positive_seconds
     from .config import GRPC_SOCKET
 
     p.add_argument(
@@ -154,7 +163,7 @@ def handle(key: str, snap: Snapshot | None, state: Any) -> bool:
 
 # -- sources -----------------------------------------------------------------------------------
 class Embedded:
-    """Probes and collector in this process: a Snapshot every refresh."""
+    """Probes and collector in this process (the engine): a Snapshot every refresh."""
 
     def __init__(self, args: argparse.Namespace, evaluator: Any) -> None:
         self.args = args
@@ -163,31 +172,19 @@ class Embedded:
 
     @contextmanager
     def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
-        from .collector.collector import Collector
-        from .pipeline import ProbeOptions, build_probes
-        from .probes.cpushare import CpuShare
-        from .probes.runtime import ProbeSet, sleep_draining
-
-        selected, selector = build_probes(ProbeOptions(threshold_ms=self.args.threshold_ms))
-        with ProbeSet(
-            selected, cpu=CpuShare(self.args.scheduling), run_stats=self.args.probe_stats
-        ) as probes:
-            collector = Collector(probes, trace_selector=selector)
-            last_observe = 0.0
+        engine = Engine(
+            ProbeOptions(threshold_ms=self.args.threshold_ms),
+            tick_s=self.args.refresh,
+            scheduling=self.args.scheduling,
+            probe_stats=self.args.probe_stats,
+        )
+        with engine:
 
             def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
                 """Drain and wait (reading keys) until the next Snapshot is due."""
-                nonlocal last_observe
-                sleep_draining(probes, 0.1, drain=collector.poll, wait=wait)
-                if time.monotonic() - last_observe >= 1.0:
-                    collector.observe()
-                    last_observe = time.monotonic()
-                if time.monotonic() < self.due:
-                    return None
-                self.due = max(self.due + self.args.refresh, time.monotonic())
-                return self.evaluator.evaluate(collector.tick()).snapshot
+                snap = engine.poll(wait)
+                return None if snap is None else self.evaluator.evaluate(snap).snapshot
 
-            self.due = time.monotonic() + self.args.refresh
             yield next_snapshot
 
 
@@ -268,12 +265,20 @@ def terminated_on_sigterm() -> Iterator[None]:
 
 # -- the loop ----------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> int:
-    from .cli import fail, preflight, snapshot_evaluator
     from .config import ConfigError
     from .probes.runtime import Terminated
 
+    interactive = not args.once and sys.stdin.isatty() and sys.stdout.isatty()
+    notes: list[str] = []  # the live screen shows them under the table
+
+    def say(note: str) -> None:
+        if interactive:
+            notes.append(note)
+        else:
+            print(f"wasmtop: note: {note}", file=sys.stderr)
+
     try:
-        evaluator = snapshot_evaluator(args.rules, args.threshold_ms)
+        evaluator = rules_evaluator(args.rules, say=say)
     except ConfigError as exc:
         return fail(str(exc), EXIT_USAGE)
     why = connect_arguments_error(args)
@@ -286,11 +291,10 @@ def main(args: argparse.Namespace) -> int:
         if code is not None:
             return code
         source = Embedded(args, evaluator)
-    interactive = not args.once and sys.stdin.isatty() and sys.stdout.isatty()
     try:
         with terminated_on_sigterm():
             if interactive:
-                return _interactive(source, evaluator.rules)
+                return _interactive(source, evaluator.rules, notes)
             return _plain(source, args.once)
     except Terminated as stop:
         return stop.exit_code
@@ -328,14 +332,14 @@ def _plain(source: Any, once: bool) -> int:
                 return EXIT_OK
 
 
-def _interactive(source: Any, rules: Any) -> int:
+def _interactive(source: Any, rules: Any, notes: list[str]) -> int:
     from rich.console import Console
     from rich.live import Live
 
     from .view import ViewState, keep_selection, render
 
     console = Console()
-    state = ViewState()
+    state = ViewState(notes=notes)
     snap: Snapshot | None = None
     with Keys(sys.stdin.fileno()) as keys, source.running() as next_snapshot:
         with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
-from .rows import TOP_COLUMNS, Column, columns_for, workload_name
+from .rows import TOP_COLUMNS, Column, columns_for, reporting, workload_name
 from .safe import safe
 
 HELP = (
@@ -125,7 +125,7 @@ def header(snap: Snapshot, state: ViewState) -> list[Text]:
     pending = len(snap.alerts) - firing
     lost = sum(_count(p.get("lost")) for p in snap.probes.values())
     first = Text(f"wasmtop  {safe(snap.host)}  kernel {safe(snap.kernel)}  cpus {snap.cpus}  ")
-    first.append(f"window {snap.window_s:.1f}s")
+    first.append(f"window {snap.window_s:.1f}s{reporting(snap)}")
     if state.paused:
         first.append("  PAUSED", style="bold yellow")
     probes = Text("probes ")

@@ -58,6 +58,9 @@ def test_a_client_gets_consecutive_snapshots_of_this_host_with_a_process_it_star
                 sleeping = snap.workload(key)
                 assert sleeping.kind == "process" and sleeper.pid in sleeping.pids
                 assert sleeping.sched.switches > 0
+                # The settings the probes run with travel in the Snapshot: a --connect UI and
+                # the rules read the daemon's reporting threshold there.
+                assert snap.probes["sched"]["threshold_ms"] == 50.0
             text = get(f"{d.base}/metrics")[1]
             assert metric_value(text, "wasmtop_grpc_streams") == 1
             assert metric_value(text, "wasmtop_grpc_snapshots_sent_total") >= 2

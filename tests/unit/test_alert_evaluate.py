@@ -361,3 +361,32 @@ def test_reload_keeps_the_state_of_unchanged_rules(rules):
     new.carry_over(old)
     r = new.evaluate(snap(workload("w", p99=12.0)), now=31)
     assert {a.name: a.state for a in r.snapshot.alerts}["WasmtopRequestLatencyP99"] == "firing"
+
+
+def test_a_rule_below_the_snapshots_reporting_threshold_is_left_out_and_said_once():
+    """One policy for every command: the threshold comes with the Snapshot
+    (probes.sched.threshold_ms), and a preemption rule under it, which could never fire, is
+    not evaluated; ``say`` hears it once, and again only after it became evaluable."""
+    said: list[str] = []
+    e = Evaluator(
+        [r for r in parse(RULES) if r.name in ("Preempted", "SlowP99Thrice")],
+        node="n",
+        say=said.append,
+    )
+    w = workload("pid:7", preemptions=3, over=3, p99=20)
+    events = [preemption("pid:7", 7, i, 60, i) for i in (1, 2, 3)]
+    above = {"sched": {"events": 3, "lost": 0, "threshold_ms": 55.0}}
+    for now in (100, 101):
+        r = e.evaluate(snap(w, events=events, probes=above), now=now)
+        assert e.unevaluated.keys() == {"Preempted"}
+        assert {a.name for a in r.snapshot.alerts} == {"SlowP99Thrice"}
+    assert said == [
+        "rule Preempted not evaluated: its threshold 50 ms is below the scheduler probe's "
+        "reporting threshold 55 ms (probes.sched.threshold_ms, --threshold-ms): shorter "
+        "preemptions are counted, not reported one by one"
+    ]
+    at = {"sched": {"events": 3, "lost": 0, "threshold_ms": 50.0}}  # a rule at the floor is fed
+    r = e.evaluate(snap(w, events=events, probes=at), now=102)
+    assert e.unevaluated == {} and "Preempted" in {a.name for a in r.snapshot.alerts}
+    e.evaluate(snap(w, events=events, probes=above), now=103)
+    assert len(said) == 2

@@ -108,6 +108,27 @@ def test_daemon_refuses_a_bad_config_with_exit_2_and_file_line(tmp_path):
     assert out.returncode == 0 and "valid" in out.stdout
 
 
+def test_check_notes_a_rule_the_reporting_threshold_leaves_out_and_passes(tmp_path, capsys):
+    from wasmtop.cli import main
+
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: Early\n    quantity: sched.preempt_delay_ms\n    threshold: 10\n"
+        "    severity: page\n    annotations: {summary: s}\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "probes:\n  sched:\n    threshold_ms: 25\nalerts:\n  rule_files: [rules.yaml]\n"
+    )
+    assert main(["daemon", "--check", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert "valid, 1 alert rules" in out
+    assert err == (
+        f"wasmtop: note: {tmp_path / 'rules.yaml'}:2: rule Early will not be evaluated: its "
+        "threshold 10 ms is below probes.sched.threshold_ms (25 ms), under which the kernel "
+        "counts preemptions without reporting them\n"
+    )
+
+
 # -- web config (exporter-toolkit format) -------------------------------------------------------
 
 

@@ -220,7 +220,7 @@ def test_a_reload_onto_a_port_that_cannot_be_bound_keeps_the_old_one(tmp_path):
         assert d.config["grpc"] == old["grpc"] and d.grpc is not first
         with RemoteSnapshots(old["grpc"]["listen"]) as remote:  # the old address, at once
             assert remote.latest(30) is not None and remote.sequence == 1
-        families = {f.name: f.samples[0].value for f in d._grpc_families()}
+        families = {f.name: f.samples[0].value for f in d.grpc.families()}
         assert families["wasmtop_grpc_snapshots_sent"] >= 1
         assert families["wasmtop_grpc_streams"] in (0.0, 1.0)
     finally:

@@ -448,3 +448,19 @@ def test_a_mutated_snapshot_the_decoder_accepts_renders(d):
     snap = decodes_or_refuses(d)
     if snap is not None:
         renders(snap)
+
+
+def test_the_header_says_the_reporting_threshold_the_snapshot_was_taken_with():
+    """From the Snapshot, so a --connect UI shows the daemon's threshold, not its own flag."""
+    snap = snapshot(2)
+    taken = dataclasses.replace(
+        snap,
+        probes={**snap.probes, "sched": {**snap.probes.get("sched", {}), "threshold_ms": 20.0}},
+    )
+    text, _ = screen(taken, ViewState(width=120, height=30))
+    assert "reports >= 20 ms" in text.splitlines()[0]
+    assert "reports >= 20 ms" in header_lines(taken)[0]
+    without = dataclasses.replace(
+        snap, probes={k: v for k, v in snap.probes.items() if k != "sched"}
+    )
+    assert "reports" not in screen(without, ViewState(width=120, height=30))[0].splitlines()[0]
