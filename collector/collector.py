@@ -21,7 +21,7 @@ from ..probes.runtime import Probe, ProbeSet
 from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
-from .correlate import RequestTracker, TraceSelector, trace_of
+from .correlate import RequestTracker, TraceSelector, attach_events, trace_of
 from .incarnation import Incarnations
 from .lifecycle import LifecycleAccounting, empty_calls
 from .model import (
@@ -476,7 +476,8 @@ class Collector:
         if self.tracectx is not None:
             self._feed_requests()
             request_figures = self.requests.figures(end_ns)
-            traces, traces_total = tuple(self._traces), self._traces_total
+            # Each carrying its thread's events of this Snapshot (the OTLP span events).
+            traces, traces_total = attach_events(self._traces, events), self._traces_total
             self._traces, self._traces_total = [], 0
             counters.update(self.requests.counters)
             tracectx = self.tracectx

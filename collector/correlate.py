@@ -1,7 +1,8 @@
 """Trace attribution: parse the requests the trace-context probe paired in the kernel (request
 head read -> response write on one connection), join each with its trace id and the exact kernel
-interference its thread suffered in between, and keep a sliding window of request latencies per
-workload for exact quantiles."""
+interference its thread suffered in between (and, per Snapshot, with its thread's over-threshold
+events: ``attach_events``), and keep a sliding window of request latencies per workload for exact
+quantiles."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, Union
 
 from ..probes.records import RequestRecord
 from .httpmsg import REASONS, Head, parse_head
-from .model import DURATION_BOUNDS_MS, LatencyQuantiles, RequestFigures, Trace
+from .model import (
+    DURATION_BOUNDS_MS,
+    Events,
+    LatencyQuantiles,
+    PreemptionEvent,
+    RequestFigures,
+    Trace,
+    WakeupWaitEvent,
+)
 from .quantiles import exact_quantile
 
 DEFAULT_WINDOW_S = 60.0
@@ -320,6 +329,43 @@ def trace_of(r: Request) -> Trace:
         queued_wakeup=r.queued_wakeup,
         read_end_ns=r.read_end_ns,
     )
+
+
+_Event = TypeVar("_Event", bound=Union[PreemptionEvent, WakeupWaitEvent])
+
+
+def attach_events(traces: Iterable[Trace], events: Events) -> tuple[Trace, ...]:
+    """The traces of a Snapshot, each carrying its thread's over-threshold events of the same
+    Snapshot (``Trace.preemptions``, ``Trace.wakeup_waits``): the entries of
+    ``events.preemptions`` and ``events.wakeup_waits`` of its process and thread whose ``ts_ns``
+    lies between the request's start and end (``start_ns + duration_ms``, both included), in the
+    order ``events`` lists them. Only the events the Snapshot kept (``max_events``) can be
+    attached; an event may belong to more than one trace (requests of one thread that overlap)."""
+    preempted = _by_tid(events.preemptions)
+    waited = _by_tid(events.wakeup_waits)
+    out = []
+    for t in traces:
+        p = _within(t, preempted.get(t.tid))
+        w = _within(t, waited.get(t.tid))
+        if p != t.preemptions or w != t.wakeup_waits:  # most traces have none: kept as they are
+            t = t._replace(preemptions=p, wakeup_waits=w)
+        out.append(t)
+    return tuple(out)
+
+
+def _by_tid(events: Iterable[_Event]) -> dict[int, list[_Event]]:
+    out: dict[int, list[_Event]] = {}
+    for ev in events:
+        out.setdefault(ev.tid, []).append(ev)
+    return out
+
+
+def _within(t: Trace, candidates: list[_Event] | None) -> tuple[_Event, ...]:
+    """The events of the trace's process and thread between its start and its end."""
+    if not candidates:
+        return ()
+    end = t.start_ns + round(t.duration_ms * 1e6)  # the end of the span OTLP sends
+    return tuple(e for e in candidates if e.pid == t.pid and t.start_ns <= e.ts_ns <= end)
 
 
 @dataclass

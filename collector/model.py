@@ -205,6 +205,11 @@ class Trace(NamedTuple):
     queued_ms: float | None = None
     queued_wakeup: int | None = None  # that wake-up's number in its thread (tid, n) is unique
     read_end_ns: int | None = None  # when the read that brought the request returned
+    # Its thread's over-threshold events of the same Snapshot (entries of events.preemptions and
+    # events.wakeup_waits): same process and thread, ts_ns from start_ns to the end of the
+    # request, in the order the Snapshot lists them. Joined by the collector (correlate.py).
+    preemptions: tuple[PreemptionEvent, ...] = ()
+    wakeup_waits: tuple[WakeupWaitEvent, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wasmtop.collector.correlate import RequestTracker, TraceSelector, trace_of
+from wasmtop.collector.correlate import RequestTracker, TraceSelector, attach_events, trace_of
+from wasmtop.collector.model import Events, PreemptionEvent, Trace, WakeupWaitEvent
 from wasmtop.probes.records import RequestRecord
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -178,3 +179,70 @@ def test_the_route_cap_gives_room_back_when_a_route_stops_getting_traffic():
 )
 def test_trace_selector(selector, pid, comm, kind, wanted):
     assert selector.wants(pid, comm, kind) is wanted
+
+
+# -- a Snapshot's traces carry their thread's events ----------------------------------------------
+def _trace(*, pid=10, tid=11, start_ns=1_000_000, duration_ms=2.0):
+    return Trace(
+        trace_id="ab" * 16, span_id="cd" * 8, parent_span_id=None, source="traceparent",
+        trace_flags=1, tracestate=None, pid=pid, tid=tid, workload="pid:10", start_ns=start_ns,
+        duration_ms=duration_ms, preempted_ms=None, migrations=None, bypassed=None, method="GET",
+        route="GET /a", status=200,
+    )  # fmt: skip
+
+
+def _preemption(ts_ns, *, pid=10, tid=11):
+    return PreemptionEvent(
+        ts_ns=ts_ns, pid=pid, tid=tid, cpu=1, comm="srv", delay_us=1500.0, preemptor_pid=99,
+        preemptor_tid=99, preemptor_comm="hog", workload="pid:10",
+    )  # fmt: skip
+
+
+def _wait(ts_ns, *, pid=10, tid=11):
+    return WakeupWaitEvent(
+        ts_ns=ts_ns, pid=pid, tid=tid, cpu=1, comm="srv", delay_us=1200.0, workload="pid:10",
+        waker_pid=7, waker_tid=7, waker_comm="cli", holder_pid=0, holder_tid=0, holder_comm=None,
+        holder_workload=None, replaced_pid=0, replaced_tid=0, replaced_comm="swapper/1",
+        replaced_workload=None,
+    )  # fmt: skip
+
+
+def test_a_trace_carries_the_events_of_its_thread_within_its_interval_and_no_others():
+    t = _trace()  # 1.0 ms .. 3.0 ms
+    start, end = t.start_ns, t.start_ns + 2_000_000
+    inside = (_preemption(start), _preemption(start + 1_000_000), _preemption(end))  # ends count
+    outside = (
+        _preemption(start - 1),  # before the request
+        _preemption(end + 1),  # after it
+        _preemption(start + 500_000, tid=12),  # another thread
+        _preemption(start + 500_000, pid=20),  # the same tid in another process
+    )
+    wait_in, wait_out = _wait(start + 700_000), _wait(start + 700_000, tid=12)
+    events = Events(
+        preemptions=(outside[0], inside[0], outside[2], inside[1], outside[3], inside[2],
+                     outside[1]),
+        wakeup_waits=(wait_out, wait_in),
+    )  # fmt: skip
+    other = _trace(tid=13)  # a thread without events
+    (got, got_other) = attach_events([t, other], events)
+    assert got.preemptions == inside  # in the Snapshot's order
+    assert got.wakeup_waits == (wait_in,)
+    assert got._replace(preemptions=(), wakeup_waits=()) == t  # nothing else changed
+    assert got_other is other and got_other.preemptions == () and got_other.wakeup_waits == ()
+    # Requests of one thread that overlap both carry an event inside both.
+    a, b = attach_events([_trace(), _trace(start_ns=2_000_000)], events)
+    assert inside[1] in a.preemptions and inside[1] in b.preemptions
+    # Joined from the Snapshot's events only: without events, nothing (and again, the same).
+    assert attach_events([got], Events()) == (t,)
+    assert attach_events([got], events) == (got,)
+
+
+def test_a_request_becomes_a_trace_whose_events_are_joined_by_the_span_it_exports():
+    """trace_of's start and duration give the interval: an event at the response write's start
+    (the span's end) is its, one a nanosecond later is not."""
+    (r,) = run(RequestTracker(), [pair(1_000, 4_000_000, headers=[f"traceparent: {TP}"])])
+    t = trace_of(r)
+    assert t.preemptions == () and t.wakeup_waits == ()
+    at_end, after = _preemption(r.end_ns, tid=r.tid), _preemption(r.end_ns + 1, tid=r.tid)
+    (got,) = attach_events([t], Events(preemptions=(at_end, after)))
+    assert got.preemptions == (at_end,)

@@ -100,6 +100,7 @@ def full_snapshot() -> Snapshot:
         tid=1001, workload=w0.key, start_ns=99, duration_ms=3.25, preempted_ms=1.5,
         migrations=0, bypassed=None, method="GET", route="GET /", status=200, queued_ms=0.75,
         queued_wakeup=17, read_end_ns=100,
+        preemptions=(preemption,), wakeup_waits=(wait,),  # its thread's, within it (correlate.py)
     )  # fmt: skip
     connection = Connection(
         local="127.0.0.1:8080", remote="127.0.0.1:50000", pid=None, workload=None,
@@ -178,6 +179,14 @@ def test_a_full_snapshot_survives_json_exactly_after_the_first_rounding():
     assert record_types(once, set()) == expected
     assert once.alerts[0] == s.alerts[0] and isinstance(once.alerts[0], Alert)
     assert isinstance(once.traces[0], Trace) and once.traces[0] == s.traces[0]
+    # A trace's events come back as the records they are, the same as the Snapshot's own.
+    t0 = once.traces[0]
+    assert t0.preemptions == once.events.preemptions and t0.wakeup_waits == once.events.wakeup_waits
+    assert isinstance(t0.preemptions, tuple) and isinstance(t0.preemptions[0], PreemptionEvent)
+    assert isinstance(t0.wakeup_waits[0], WakeupWaitEvent)
+    d = s.to_dict()  # JSON: lists of the objects events.preemptions / events.wakeup_waits hold
+    assert d["traces"][0]["preemptions"] == d["events"]["preemptions"]
+    assert d["traces"][0]["wakeup_waits"] == d["events"]["wakeup_waits"]
     assert once.workloads[0].pod == s.workloads[0].pod and isinstance(once.workloads[0].pod, Pod)
     assert once.to_dict()["workloads"][0]["pod"]["runtime_class"] == "wasmtime-spin-v2"
     w = once.workloads[0]
@@ -235,6 +244,8 @@ def test_keys_an_older_server_lacks_take_their_defaults_or_null():
     t = json.loads(s.to_json())["traces"][0]
     del t["parent_span_id"]
     assert from_dict(Trace, t).parent_span_id is None
+    del t["preemptions"], t["wakeup_waits"]  # a server from before traces carried their events
+    assert from_dict(Trace, t).preemptions == () and from_dict(Trace, t).wakeup_waits == ()
     del t["route"]
     with pytest.raises(ValueError, match=r"snapshot\.route: missing \(a Trace needs it\)"):
         from_dict(Trace, t)
@@ -304,6 +315,11 @@ WRONG = [
     (("events",), None, r"snapshot\.events: expected a Events object, got null"),
     (("traces", 0, "status"), "200", r"traces\[0\]\.status: expected an integer"),
     (("traces", 0, "bypassed"), 1, r"traces\[0\]\.bypassed: expected true or false, got a number"),
+    (("traces", 0, "preemptions"), None, r"traces\[0\]\.preemptions: expected a list, got null"),
+    (("traces", 0, "preemptions", 0, "ts_ns"), "1",
+     r"traces\[0\]\.preemptions\[0\]\.ts_ns: expected an integer"),
+    (("traces", 0, "wakeup_waits", 0), 5,
+     r"traces\[0\]\.wakeup_waits\[0\]: expected a WakeupWaitEvent object, got a number"),
     (("alerts", 0, "labels", "x\x1b[2J"), 5, r"labels\.'x\\x1b\[2J': expected a string"),
     (("counters", "processes_vanished"), "2", r"counters\.processes_vanished: expected an int"),
     (("probes", "sched"), "ok", r"probes\.sched: expected an object, got a string"),
