@@ -1,6 +1,7 @@
 """OTLP/gRPC export: the SeriesBook's families as OTLP metrics, and one SERVER span per traced
-request (``Snapshot.traces``) with its thread's over-threshold preemptions and wake-up waits as
-span events.
+request (``Snapshot.traces``) with the over-threshold preemptions and wake-up waits the trace
+carries (``Trace.preemptions``, ``Trace.wakeup_waits``: joined by the collector, mapped here as
+they are) as span events.
 
 Nothing here runs on the caller's thread but ``submit``, which only puts lightweight records
 into a bounded queue. Two threads of our own do the network work with the OpenTelemetry SDK's
@@ -60,7 +61,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
 from .. import __version__
-from ..collector.model import PreemptionEvent, Snapshot, Trace, WakeupWaitEvent, Workload
+from ..collector.model import Snapshot, Trace, Workload
 from .series import Family, Histogram, SeriesBook, Summary
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,6 @@ class _Pending(NamedTuple):
     trace: Trace
     offset_ns: int  # Unix epoch ns - CLOCK_MONOTONIC ns, measured at submit
     workload_attrs: Optional[dict[str, Any]]
-    events: tuple[PreemptionEvent, ...]  # its thread's preemptions within the request
-    wakeup_waits: tuple[WakeupWaitEvent, ...] = ()  # its thread's wake-up waits within it
 
 
 class OtlpExporter:
@@ -211,23 +210,13 @@ class OtlpExporter:
         if not traces:
             return
         offset = time.time_ns() - time.monotonic_ns()
-        preempted = _by_tid(snap.events.preemptions)
-        waited = _by_tid(snap.events.wakeup_waits)
         workloads = {w.key: w for w in snap.workloads}
         wl_attrs: dict[str, Optional[dict[str, Any]]] = {}
         pending = []
         for t in traces:
             if t.workload is not None and t.workload not in wl_attrs:
                 wl_attrs[t.workload] = _workload_attributes(workloads.get(t.workload))
-            pending.append(
-                _Pending(
-                    t,
-                    offset,
-                    wl_attrs.get(t.workload) if t.workload else None,
-                    _within(t, preempted.get(t.tid)),
-                    _within(t, waited.get(t.tid)),
-                )
-            )
+            pending.append(_Pending(t, offset, wl_attrs.get(t.workload) if t.workload else None))
         with self._lock:
             if self._closed or self._closing:
                 self._stats["spans_dropped"] += len(pending)
@@ -396,9 +385,9 @@ class OtlpExporter:
                 },
                 timestamp=e.ts_ns + p.offset_ns,
             )
-            for e in p.events
+            for e in t.preemptions
         ]
-        for w in p.wakeup_waits:
+        for w in t.wakeup_waits:
             wait_attrs: dict[str, Any] = {
                 "delay_ms": w.delay_us / 1e3,
                 "cpu": w.cpu,
@@ -417,7 +406,7 @@ class OtlpExporter:
                 if value is not None:
                     wait_attrs[key] = value
             events.append(Event("wakeup_wait", wait_attrs, timestamp=w.ts_ns + p.offset_ns))
-        if p.events and p.wakeup_waits:
+        if t.preemptions and t.wakeup_waits:
             events.sort(key=lambda e: e.timestamp)  # one timeline
         # HTTP server spans: 5xx is an error of this span, 4xx is the client's.
         status = Status(StatusCode.ERROR) if t.status is not None and t.status >= 500 else Status()
@@ -525,21 +514,6 @@ class OtlpExporter:
         if fam.kind == "histogram":
             return [Metric(fam.name, fam.help, unit, OtelHistogram(dps, CUMULATIVE))]
         return [Metric(fam.name, fam.help, unit, Sum(dps, CUMULATIVE, is_monotonic=True))]
-
-
-def _by_tid(events: Iterable[Any]) -> dict[int, list[Any]]:
-    out: dict[int, list[Any]] = {}
-    for ev in events:
-        out.setdefault(ev.tid, []).append(ev)
-    return out
-
-
-def _within(t: Trace, candidates: list[Any] | None) -> tuple[Any, ...]:
-    """The events of the trace's process and thread between its span's start and end."""
-    if not candidates:
-        return ()
-    end = t.start_ns + round(t.duration_ms * 1e6)
-    return tuple(e for e in candidates if e.pid == t.pid and t.start_ns <= e.ts_ns <= end)
 
 
 def _gauge_points(fam: Family, now: int) -> list[NumberDataPoint]:

@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otlp_receiver import OtlpReceiver, attrs, wait_until
+from wasmtop.collector.correlate import attach_events
 from wasmtop.collector.model import (
     DelayQuantiles,
     Events,
@@ -153,6 +154,13 @@ def snapshot(
     switches: int = 100,
     wakeup_waits: tuple[WakeupWaitEvent, ...] = (),
 ) -> Snapshot:
+    """A Snapshot as the collector makes it: each trace carries its thread's events."""
+    events = Events(
+        preemptions=preemptions,
+        preemptions_total=len(preemptions),
+        wakeup_waits=wakeup_waits,
+        wakeup_waits_total=len(wakeup_waits),
+    )
     return Snapshot(
         host="node-a",
         kernel="6.1.0",
@@ -160,13 +168,8 @@ def snapshot(
         window_s=1.0,
         probes={"sched": {"status": "ok", "events": 10, "lost": 0, "malformed": 0}},
         workloads=workloads(switches),
-        events=Events(
-            preemptions=preemptions,
-            preemptions_total=len(preemptions),
-            wakeup_waits=wakeup_waits,
-            wakeup_waits_total=len(wakeup_waits),
-        ),
-        traces=traces,
+        events=events,
+        traces=attach_events(traces, events),
         traces_total=len(traces),
     )
 
@@ -396,6 +399,38 @@ def test_spans_carry_the_queued_wakeup_and_the_threads_wakeup_waits(receiver, ma
     assert "wasmtop.queued_ms" not in attrs(p.attributes)
     assert "wasmtop.queued_wakeup" not in attrs(p.attributes)
     assert list(p.events) == []  # another thread: none of these waits are its
+
+
+def test_span_events_are_the_ones_the_trace_carries_and_no_others(receiver, make_exporter):
+    """The exporter joins nothing itself: a trace's span events are its ``preemptions`` and
+    ``wakeup_waits`` (the collector's join), whatever ``Snapshot.events`` holds."""
+    exp = make_exporter(receiver.endpoint)
+    bare = trace(duration_ms=10.0)  # carries none, though the Snapshot has its thread's events
+    inside = (preemption(bare.start_ns + 2_000_000), wakeup_wait(bare.start_ns + 1_000_000))
+    carrying = trace(duration_ms=10.0)
+    carried = (preemption(carrying.start_ns + 4_000_000), wakeup_wait(carrying.start_ns + 3_000))
+    carrying = carrying._replace(preemptions=carried[:1], wakeup_waits=carried[1:])
+    snap = Snapshot(
+        host="node-a",
+        kernel="6.1.0",
+        cpus=2,
+        window_s=1.0,
+        probes={},
+        workloads=workloads(),
+        events=Events(preemptions=inside[:1], wakeup_waits=inside[1:]),  # not carried's
+        traces=(bare, carrying),
+        traces_total=2,
+    )
+    exp.submit(snap)
+    want = {bare.span_id, carrying.span_id}
+    assert wait_until(lambda: want <= received_ids(receiver), 10), receiver.spans()
+    spans = {s.span_id.hex(): s for _, s in receiver.spans()}
+    assert list(spans[bare.span_id].events) == []
+    s = spans[carrying.span_id]
+    assert [(e.name, e.time_unix_nano - s.start_time_unix_nano) for e in s.events] == [
+        ("wakeup_wait", 3_000),
+        ("preemption", 4_000_000),
+    ]
 
 
 # -- 2. metrics ----------------------------------------------------------------------------
