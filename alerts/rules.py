@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..config import (
+from ..yamlcheck import (
     ConfigError,
     Key,
     child,
@@ -29,7 +29,7 @@ from ..config import (
     read_tree,
     shown,
 )
-from ..config import walk as walk_map
+from ..yamlcheck import walk as walk_map
 from .quantities import QUANTITIES, Quantity
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "default.yaml"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from .yamlcheck import (
     ConfigError,
     Key,
     choice,
