@@ -2,7 +2,7 @@
 
 The format is documented in docs/alerts.md. A file is checked whole before any of it is used:
 one bad rule refuses the file, and a daemon that is reloading keeps the rules it had.
-Checking reuses the config walker (wasmtop/config.py), so the messages read the same.
+Checking reuses the YAML checker (wasmtop/yamlcheck.py), so the messages read the same.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ RESERVED_LABELS = ("alertname", "severity", "node", "workload", "namespace", "po
 
 
 class _Required:
-    def __deepcopy__(self, memo: dict) -> _Required:  # config.defaults() deep-copies defaults
+    def __deepcopy__(self, memo: dict) -> _Required:  # yamlcheck.defaults() deep-copies defaults
         return self
 
 
