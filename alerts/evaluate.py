@@ -30,8 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..collector.model import Alert, Snapshot, Workload
-from ..exporters.series import WORKLOAD_LABELS, workload_labels
+from ..collector.model import (
+    WORKLOAD_LABELS,
+    Alert,
+    Snapshot,
+    Workload,
+    reporting_threshold_ms,
+    workload_labels,
+)
 from .notice import Notice, rfc3339
 from .quantities import Events
 from .rules import Rule, below_reporting_floor, expand
@@ -56,13 +62,6 @@ class Evaluation:
     snapshot: Snapshot  # with alerts[] filled
     firing: list[Notice]  # every firing alert
     resolved: list[Notice]  # alerts that stopped firing at this evaluation
-
-
-def reporting_threshold_ms(snap: Snapshot) -> float | None:
-    """The scheduler probe's reporting threshold the Snapshot was taken with, or None (no
-    scheduler probe, or a Snapshot of a daemon that did not say)."""
-    value = snap.probes.get("sched", {}).get("threshold_ms")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def default_node(env: Mapping[str, str] = os.environ) -> str:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
+from ..collector.model import DELAY_BOUNDS_S as PREEMPT_BOUNDS_S
 from ..collector.model import Snapshot, Workload
-from ..exporters.series import PREEMPT_BOUNDS_S
 
 # The labels a rendered alert keeps: the same ones the node puts on its alerts, so Alertmanager
 # sees one alert whichever side sent it.

@@ -16,6 +16,12 @@ SCHEMA = "wasmtop.snapshot/v1"
 # the default alert thresholds (P99 10 ms, P999 20 ms) exactly.
 DURATION_BOUNDS_MS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
                       2500.0, 5000.0, 10000.0)  # fmt: skip
+# Scheduler delay buckets (seconds): preemption and wake-up delay, as exported and as the
+# rendered alert rules read them. The kernel's log-linear buckets are re-binned by their upper
+# bound: a delay counts under the first bound at or above its kernel bucket's top.
+DELAY_BOUNDS_S = (1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# The labels that name a workload wherever it is exported or alerted on, in this order.
+WORKLOAD_LABELS = ("workload", "namespace", "pod", "container", "runtime")
 
 
 @dataclass(frozen=True)
@@ -411,3 +417,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return None if not math.isfinite(value) else round(value, 6)
     return value
+
+
+def workload_labels(w: Workload) -> tuple[str, ...]:
+    """The values of WORKLOAD_LABELS for ``w`` ("" where unknown)."""
+    pod = w.pod
+    return (
+        w.key,
+        (pod.namespace or "") if pod else "",
+        (pod.name or "") if pod else "",
+        (pod.container or "") if pod else "",
+        w.runtime or "",
+    )
+
+
+def reporting_threshold_ms(snap: Snapshot) -> float | None:
+    """The scheduler probe's reporting threshold the Snapshot was taken with
+    (``probes.sched.threshold_ms``), or None (no scheduler probe, or a Snapshot of a daemon that
+    did not say)."""
+    value = snap.probes.get("sched", {}).get("threshold_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

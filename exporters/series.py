@@ -23,17 +23,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
-from ..collector.model import DURATION_BOUNDS_MS, HistogramBucket, Snapshot, Workload
+from ..collector.model import (
+    DELAY_BOUNDS_S,
+    DURATION_BOUNDS_MS,
+    WORKLOAD_LABELS,
+    HistogramBucket,
+    Snapshot,
+    Workload,
+    workload_labels,
+)
 
-WORKLOAD_LABELS = ("workload", "namespace", "pod", "container", "runtime")
 OTHER = ("other", "", "", "", "")
 DEFAULT_MAX_WORKLOADS = 1000
 DEFAULT_STALE_AFTER_S = 300.0
-# Scheduler delay buckets (seconds): preemption and wake-up delay. The kernel's log-linear
-# buckets are re-binned by their upper bound (``rebin``): a delay counts under the first bound at
-# or above its kernel bucket's top.
-DELAY_BOUNDS_S = (1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-PREEMPT_BOUNDS_S = DELAY_BOUNDS_S  # the name alerts/quantities.py and tests know
+PREEMPT_BOUNDS_S = DELAY_BOUNDS_S  # collector/model.py's, re-binned here (``rebin``)
 REQUEST_BOUNDS_S = tuple(b / 1e3 for b in DURATION_BOUNDS_MS)
 # Run-queue wait by who held the CPU: the culprit label's values besides a workload key.
 CULPRIT_KINDS = ("idle", "other", "unattributed")
@@ -225,17 +228,6 @@ HOST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "wasmtop_exporter_max_workloads": ("gauge", "The series limit: workloads named at most.", ()),
 }
-
-
-def workload_labels(w: Workload) -> tuple[str, ...]:
-    pod = w.pod
-    return (
-        w.key,
-        (pod.namespace or "") if pod else "",
-        (pod.name or "") if pod else "",
-        (pod.container or "") if pod else "",
-        w.runtime or "",
-    )
 
 
 class _Series:

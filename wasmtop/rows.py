@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .alerts.quantities import QUANTITIES, attribute
-from .collector.model import Snapshot, Workload
+from .collector.model import Snapshot, Workload, reporting_threshold_ms
 from .safe import safe
 
 # (header with unit, width) in display order.
@@ -114,8 +114,6 @@ def header_lines(snap: Snapshot) -> list[str]:
 def reporting(snap: Snapshot) -> str:
     """ "  reports >= T ms": the threshold above which the scheduler probe reported each
     preemption and wake-up wait (the Snapshot says it, also from a daemon), or ""."""
-    from .alerts.evaluate import reporting_threshold_ms
-
     t = reporting_threshold_ms(snap)
     return "" if t is None else f"  reports >= {t:g} ms"
 
