@@ -62,7 +62,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from .. import __version__
 from ..collector.model import Snapshot, Trace, Workload
-from .series import Family, Histogram, SeriesBook, Summary
+from .series import Family, Histogram, Sample, SeriesBook, Summary
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,18 @@ class OtlpExporter:
         """Spans held now: queued plus the batch in flight (at most ``max_queue_spans``)."""
         with self._lock:
             return len(self._queue) + self._inflight_n
+
+    def families(self) -> list[Family]:
+        """Its figures for /metrics."""
+        return [
+            Family(
+                "wasmtop_otlp",
+                "counter",
+                "OTLP export outcomes since start (spans_dropped: lost for good).",
+                ("outcome",),
+                [Sample((k,), float(v)) for k, v in sorted(self.stats().items())],
+            )
+        ]
 
     def stats(self) -> dict[str, int]:
         """Cumulative counts since start."""

@@ -177,20 +177,9 @@ class Daemon:
         )
         # Each component says what it counts (a prometheus_client custom collector's way).
         fams += self._alert_families()
-        for component in (self.grpc, self.kube):
+        for component in (self.grpc, self.kube, self.otlp):
             if component is not None:
                 fams += component.families()
-        if self.otlp is not None:
-            stats = self.otlp.stats()
-            fams.append(
-                Family(
-                    "wasmtop_otlp",
-                    "counter",
-                    "OTLP export outcomes since start (spans_dropped: lost for good).",
-                    ("outcome",),
-                    [Sample((k,), float(v)) for k, v in sorted(stats.items())],
-                )
-            )
         return fams
 
     def _alert_families(self) -> list[Any]:
