@@ -135,7 +135,11 @@ class Daemon:
         self.otlp: Any = None
         self.pods = PodCache()  # what the pod watcher learnt; read by every collector
         self.kube: Any = None  # collector.kubernetes.PodWatcher, while the API is watched
-        self.metrics = MetricsCache(self._render, lambda: self.book.snapshots)
+        # Rendered again for each Snapshot, and after each reload (its counters, the new
+        # config's figures) even before the next Snapshot.
+        self.metrics = MetricsCache(
+            self._render, lambda: (self.book.snapshots, self.reloads["ok"], self.reloads["failed"])
+        )
 
     # -- what the endpoints read -------------------------------------------------------------
     def _render(self) -> bytes:

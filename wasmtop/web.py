@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,11 +357,11 @@ class MetricsCache:
     the text is hundreds of thousands of short-lived strings and no cycles, and a collection
     in the middle costs more than the render (docs/benchmarks.md)."""
 
-    def __init__(self, render: Callable[[], bytes], generation: Callable[[], int]) -> None:
+    def __init__(self, render: Callable[[], bytes], generation: Callable[[], Hashable]) -> None:
         self._render = render
         self._generation = generation
         self._lock = threading.Lock()
-        self._cached: tuple[int, bytes] | None = None
+        self._cached: tuple[Hashable, bytes] | None = None
 
     def __call__(self) -> bytes:
         with self._lock:
