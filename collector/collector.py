@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..probes.lifecycle import COMPILE, INSTANTIATE, Library, LifecycleProbe
+from ..probes.probeset import Probe, ProbeSet
 from ..probes.records import SchedReading, ThreadSched, WakeupRecord
-from ..probes.runtime import Probe, ProbeSet
 from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
@@ -44,7 +44,7 @@ from .model import (
 )
 from .net import NetAccounting, NetWindow, empty_net
 from .quantiles import bucket_bounds, histogram_quantile
-from .runtime import DEFAULT_GROWTH_WINDOW_S, RuntimeFigures, RuntimeReader, RuntimeTracker
+from .resources import DEFAULT_GROWTH_WINDOW_S, ResourceFigures, ResourceReader, ResourceTracker
 from .sockets import SocketOwners
 from .topology import Topology
 from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver
@@ -199,7 +199,7 @@ class Collector:
         self._traces: list = []
         self._traces_total = 0
         self._considered = Incarnations(proc_root)  # processes the trace selector has judged
-        self.runtime = RuntimeTracker(RuntimeReader(proc_root), growth_window_s=growth_window_s)
+        self.resources = ResourceTracker(ResourceReader(proc_root), growth_window_s=growth_window_s)
         self.life = LifecycleAccounting()
         # pid -> (the runtime library its uprobes are on, its path as the process sees it)
         self._libraries: dict[int, tuple[Library, str]] = {}
@@ -292,14 +292,14 @@ class Collector:
                 key = self._workload_key(pid)
                 if key is not None:
                     groups[key].append(pid)
-        self.runtime.sample(groups)
+        self.resources.sample(groups)
 
     def _runtime_metrics(
         self,
         key: str,
         runtime: str | None,
         pids: set[int],
-        fig: RuntimeFigures | None,
+        fig: ResourceFigures | None,
         calls: dict,
     ) -> RuntimeMetrics | None:
         cold, accept = self.life.cold(key)
@@ -469,7 +469,7 @@ class Collector:
             self.life.add_cold_starts(life.cold_starts, self._workload_key)
             wasm_calls = self.life.wasm_window(life, self._workload_key)
         self._sample_runtime()
-        runtime_figures = self.runtime.figures()
+        runtime_figures = self.resources.figures()
         request_figures: dict[str, RequestFigures] = {}
         traces: tuple[Trace, ...] = ()
         traces_total = 0
@@ -510,11 +510,11 @@ class Collector:
             self._forget_exited()
         forgotten = self._considered.forgotten + self._library_checked.forgotten
         counters["processes_forgotten"] = forgotten
-        counters["runtime_workloads_forgotten"] = self.runtime.evicted
+        counters["runtime_workloads_forgotten"] = self.resources.evicted
         counters["cold_start_books_evicted"] = self.life.evicted
         counters["processes_vanished"] = self.reader.vanished
-        counters["runtime_files_vanished"] = self.runtime.reader.vanished
-        counters["runtime_files_unreadable"] = self.runtime.reader.unreadable
+        counters["runtime_files_vanished"] = self.resources.reader.vanished
+        counters["runtime_files_unreadable"] = self.resources.reader.unreadable
         counters["collector_priority_raised"] = self.probes.cpu.raised
         counters["collector_priority_failed"] = self.probes.cpu.failed
 
@@ -613,7 +613,7 @@ class Collector:
         window_s: float,
         net: NetFigures | None,
         requests: RequestFigures | None,
-        runtime_figures: RuntimeFigures | None,
+        runtime_figures: ResourceFigures | None,
         wasm_calls: dict,
     ) -> Workload:
         allowed: set[int] = set()

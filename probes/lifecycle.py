@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import features
+from .probeset import Probe, ProbeUnavailable, capturing
 from .records import LifecycleReading, WasmCalls
-from .runtime import Probe, ProbeUnavailable, capturing
 
 DEFAULT_MAX_PROCS = 16_384
 DEFAULT_MAX_CALLS = 16_384

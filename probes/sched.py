@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from . import bpfobj, features, pins
+from .probeset import Probe, ProbeUnavailable
 from .records import PreemptionRecord, SchedReading, ThreadSched, WakeupRecord
-from .runtime import Probe, ProbeUnavailable
 
 # Preemption delays and wake-up waits above this are reported one by one (shorter ones are
 # counted): the one default of `--threshold-ms` and `probes.sched.threshold_ms`.

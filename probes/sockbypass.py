@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 from . import bpfobj, features
 from .decoders import FALLBACK_REASONS, ip_text
+from .probeset import Probe, ProbeUnavailable, capturing, fentry_feature
 from .records import BypassReading, ConnRecord
-from .runtime import Probe, ProbeUnavailable, capturing, fentry_feature
 
 OBSERVE, ACCELERATE = "observe", "accelerate"
 MODES = (OBSERVE, ACCELERATE)

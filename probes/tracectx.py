@@ -16,8 +16,8 @@ from typing import Any
 
 from . import features
 from .decoders import CAPTURE_BYTES
+from .probeset import Probe, ProbeUnavailable
 from .records import RequestRecord
-from .runtime import Probe, ProbeUnavailable
 from .sched import SchedProbe, fill_slot
 
 DEFAULT_MAX_TRACED = 4096  # processes, and cgroup subtrees, traced at once

@@ -258,8 +258,8 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if code is not None:
         return code
 
-    from .probes.runtime import OK, Terminated
-    from .rows import plain_table
+    from .columns import plain_table
+    from .probes.probeset import OK, Terminated
 
     options = ProbeOptions(
         sched="sched" in wanted,
@@ -320,7 +320,7 @@ def rules_evaluator_for_cli(files: Sequence[str]) -> object:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .probes import features
     from .probes.catalog import fentry_feature, probe_variants
-    from .probes.runtime import OK, ProbeSet
+    from .probes.probeset import OK, ProbeSet
 
     if args.print_bpf:
         for label, probe in probe_variants():

@@ -477,7 +477,7 @@ def check(config_path: str) -> int:
 
 
 def run(config_path: str) -> int:
-    from .probes.runtime import Terminated
+    from .probes.probeset import Terminated
 
     path = Path(config_path)
     try:

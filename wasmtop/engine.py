@@ -197,7 +197,7 @@ class Engine:
             self._collector_args["max_events"] = max_events
         if growth_window_s is not None:
             self._collector_args["growth_window_s"] = growth_window_s
-        self.probes: Any = None  # probes.runtime.ProbeSet, once entered
+        self.probes: Any = None  # probes.probeset.ProbeSet, once entered
         self.collector: Any = None
         self._probe_set: Any = None
         self._due = 0.0
@@ -219,7 +219,7 @@ class Engine:
     def __enter__(self) -> Engine:
         from .collector.collector import Collector
         from .probes.cpushare import CpuShare
-        from .probes.runtime import ProbeSet
+        from .probes.probeset import ProbeSet
 
         selected, selector = build_probes(self.options)
         self._probe_set = ProbeSet(
@@ -241,7 +241,7 @@ class Engine:
     @property
     def attached(self) -> bool:
         """At least one probe runs and none failed to load."""
-        from .probes.runtime import FAILED, OK
+        from .probes.probeset import FAILED, OK
 
         return any(p.status == OK for p in self.probes) and not any(
             p.status == FAILED for p in self.probes
@@ -251,7 +251,7 @@ class Engine:
         """Drain the ring buffers every DRAIN_EVERY_S for ``seconds`` (``wait`` does the
         waiting: the terminal UI reads keys meanwhile), learning process identities every
         OBSERVE_EVERY_S."""
-        from .probes.runtime import sleep_draining
+        from .probes.probeset import sleep_draining
 
         deadline = time.monotonic() + seconds
         while True:

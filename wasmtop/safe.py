@@ -4,7 +4,7 @@ Much of what wasmtop shows is chosen by whoever runs a process: its comm (``prct
 pod and namespace names, cgroup paths, request routes, and everything a remote daemon sends. A
 name holding ``\\x1b[2J`` would clear the screen, move the cursor or set the window title of the
 person watching. ``safe()`` is applied to every such string where it reaches the terminal (the
-terminal UI in view.py, the tables in rows.py, the client's connection banner).
+terminal UI in view.py, the tables in columns.py, the client's connection banner).
 """
 
 from __future__ import annotations

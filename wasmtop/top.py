@@ -254,7 +254,7 @@ def terminated_on_sigterm() -> Iterator[None]:
     """SIGTERM, SIGINT and SIGHUP (the terminal closed) raise Terminated here too (the probes'
     ProbeSet does the same for the first two while it runs), so every exit path goes through
     the ``finally`` blocks: the terminal is restored and the probes detached."""
-    from .probes.runtime import STOP_SIGNALS, raise_terminated_on, restore_handlers
+    from .probes.probeset import STOP_SIGNALS, raise_terminated_on, restore_handlers
 
     saved = raise_terminated_on(*STOP_SIGNALS)
     try:
@@ -266,7 +266,7 @@ def terminated_on_sigterm() -> Iterator[None]:
 # -- the loop ----------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> int:
     from .config import ConfigError
-    from .probes.runtime import Terminated
+    from .probes.probeset import Terminated
 
     interactive = not args.once and sys.stdin.isatty() and sys.stdout.isatty()
     notes: list[str] = []  # the live screen shows them under the table
@@ -301,7 +301,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _plain(source: Any, once: bool) -> int:
-    from .rows import header_lines, plain_lines
+    from .columns import header_lines, plain_lines
     from .view import ViewState, visible
 
     state = ViewState()

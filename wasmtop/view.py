@@ -5,7 +5,7 @@ anything else, so it can be tested by printing it into a string console; ``wasmt
 owns the terminal, the keys and the source of Snapshots. Colour appears only where a value
 crosses the threshold of an alert rule on its quantity.
 
-Every string from the Snapshot is shown through ``safe()`` (or a rows.py helper that applies it):
+Every string from the Snapshot is shown through ``safe()`` (or a columns.py helper that applies it):
 comms, pod names, routes and keys are the workloads' own choice, and a Snapshot may come from a
 remote daemon. Bars are clamped to their width, whatever the figures say.
 """
@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
-from .rows import TOP_COLUMNS, Column, columns_for, reporting, workload_name
+from .columns import TOP_COLUMNS, Column, columns_for, reporting, workload_name
 from .safe import safe
 
 HELP = (

@@ -18,7 +18,7 @@ import sys
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.probes import bpfobj, features, pins
-from wasmtop.probes.runtime import ProbeSet
+from wasmtop.probes.probeset import ProbeSet
 from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
 

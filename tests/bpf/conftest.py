@@ -7,7 +7,7 @@ import pytest
 
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.model import Snapshot
-from wasmtop.probes.runtime import OK, ProbeSet, sleep_draining
+from wasmtop.probes.probeset import OK, ProbeSet, sleep_draining
 from wasmtop.probes.sched import SchedProbe
 
 

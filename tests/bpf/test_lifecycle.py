@@ -1,5 +1,5 @@
 """Runtime metrics and Wasm awareness on the real kernel with real wasmtime (issue: runtime
-metrics, tests 1-4; test 5, fixture /proc trees, is in tests/unit/test_runtime_metrics.py)."""
+metrics, tests 1-4; test 5, fixture /proc trees, is in tests/unit/test_resources.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from support import EDGE_SERVICE, http_server, no_programs_left, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.model import Snapshot
-from wasmtop.collector.runtime import parse_mounts
+from wasmtop.collector.resources import parse_mounts
 from wasmtop.probes.lifecycle import LifecycleProbe
-from wasmtop.probes.runtime import OK, ProbeSet
+from wasmtop.probes.probeset import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
 

@@ -25,7 +25,7 @@ import pytest
 
 from support import http_server, no_programs_left, workloads
 from wasmtop.probes import bpfobj, pins
-from wasmtop.probes.runtime import OK, ProbeSet
+from wasmtop.probes.probeset import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
 
 pytestmark = pytest.mark.bpf

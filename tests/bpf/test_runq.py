@@ -16,7 +16,7 @@ from conftest import by_pid
 from support import Workload, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.model import Snapshot
-from wasmtop.probes.runtime import OK, ProbeSet, sleep_draining
+from wasmtop.probes.probeset import OK, ProbeSet, sleep_draining
 from wasmtop.probes.sched import SchedProbe
 
 pytestmark = pytest.mark.usefixtures("two_cpus")

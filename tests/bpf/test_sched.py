@@ -11,7 +11,7 @@ import pytest
 from conftest import by_pid, go_all, observe
 from support import workloads
 from wasmtop.probes import features
-from wasmtop.probes.runtime import FAILED, OK, UNAVAILABLE, Probe, ProbeSet
+from wasmtop.probes.probeset import FAILED, OK, UNAVAILABLE, Probe, ProbeSet
 from wasmtop.probes.sched import SchedProbe
 
 pytestmark = pytest.mark.usefixtures("two_cpus")

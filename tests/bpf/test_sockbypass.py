@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 from support import no_programs_left, wait_for
+from wasmtop.probes.probeset import OK, ProbeSet
 from wasmtop.probes.records import ConnRecord
-from wasmtop.probes.runtime import OK, ProbeSet
 from wasmtop.probes.sockbypass import (
     ACCELERATE,
     OBSERVE,
@@ -350,7 +350,7 @@ def test_a_killed_wasmtop_leaves_no_sockops_attached():
     """The sockops attachment is a BPF link: it ends with the process, even on SIGKILL."""
     code = (
         "from wasmtop.probes.sockbypass import SockBypassProbe\n"
-        "from wasmtop.probes.runtime import ProbeSet\n"
+        "from wasmtop.probes.probeset import ProbeSet\n"
         "import time\n"
         "p = SockBypassProbe()\n"
         "with ProbeSet([p]):\n"

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from support import workloads
-from wasmtop.probes.runtime import ProbeSet, Terminated, raise_terminated_on, restore_handlers
+from wasmtop.probes.probeset import ProbeSet, Terminated, raise_terminated_on, restore_handlers
 from wasmtop.probes.sched import SchedProbe
 
 pytestmark = pytest.mark.usefixtures("two_cpus")

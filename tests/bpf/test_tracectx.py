@@ -27,7 +27,7 @@ from wasmtop.collector.httpmsg import REASONS
 from wasmtop.collector.model import Snapshot
 from wasmtop.collector.quantiles import exact_quantile
 from wasmtop.probes import bpfobj, features, pins
-from wasmtop.probes.runtime import OK, ProbeSet
+from wasmtop.probes.probeset import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
 

@@ -258,7 +258,7 @@ def test_doctor_print_bpf_renders_every_variant_with_no_placeholder_left():
 
 def test_every_printed_variant_compiles_and_loads():
     from wasmtop.probes.catalog import probe_variants
-    from wasmtop.probes.runtime import OK, ProbeSet
+    from wasmtop.probes.probeset import OK, ProbeSet
 
     variants = probe_variants()
     with ProbeSet([p for _, p in variants], handle_signals=False) as probes:

@@ -18,7 +18,7 @@ import pytest
 
 from peers import daemon
 from support import no_programs_left, wait_for, wasmtop_cmd, workloads
-from wasmtop.rows import columns_for
+from wasmtop.columns import columns_for
 
 pytestmark = pytest.mark.bpf
 WASMTOP = " ".join(shlex.quote(a) for a in wasmtop_cmd())

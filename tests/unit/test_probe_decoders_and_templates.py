@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from wasmtop.probes.decoders import CAPTURE_BYTES, DECODERS, DecodeError, comm
+from wasmtop.probes.probeset import placeholders_in, render
 from wasmtop.probes.records import PreemptionRecord, RequestRecord, WakeupRecord
-from wasmtop.probes.runtime import placeholders_in, render
 from wasmtop.probes.sched import SchedProbe, prev_state_mask
 from wasmtop.probes.tracectx import TraceCtxProbe
 

@@ -31,7 +31,7 @@ from wasmtop.collector.model import (
     WakeupWaitEvent,
 )
 from wasmtop.collector.snapshot_json import snapshot_from_dict
-from wasmtop.rows import TOP_COLUMNS, columns_for, header_lines, plain_lines, plain_table
+from wasmtop.columns import TOP_COLUMNS, columns_for, header_lines, plain_lines, plain_table
 from wasmtop.safe import safe
 from wasmtop.top import Keys, handle, parse_keys
 from wasmtop.view import ViewState, keep_selection, render, visible, workload_table

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wasmtop.collector.model import DelayQuantiles, LatencyQuantiles, RequestFigures, Workload
-from wasmtop.rows import COLUMNS, workload_row
+from wasmtop.columns import COLUMNS, workload_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from synthetic import snapshot  # noqa: E402 - the benchmark's Snapshot builder
@@ -36,7 +36,7 @@ def test_a_pods_containers_are_named_apart_and_an_unnamed_pod_by_its_process():
     from dataclasses import replace
 
     from wasmtop.collector.workloads import Pod
-    from wasmtop.rows import workload_name
+    from wasmtop.columns import workload_name
 
     w = workload(None)
     pod = Pod("shop", "cart-7d9", "uid-1", "app", "c" * 64, "wasmtime")

@@ -1,4 +1,5 @@
-"""Runtime metrics per workload: RSS and its growth, CPU use, cgroup memory and CPU throttling.
+"""Resource figures per workload (the Snapshot's runtime_metrics block): RSS and its growth,
+CPU use, cgroup memory and CPU throttling.
 
 Everything is read from /proc and the cgroup filesystems through roots given at construction,
 so tests can point them at a fixture tree. Both cgroup layouts are handled: pure v2, and hybrid
@@ -45,7 +46,7 @@ class ProcessSample:
 
 
 @dataclass(frozen=True)
-class RuntimeFigures:
+class ResourceFigures:
     rss_bytes: int
     rss_growth_mb_per_min: float | None  # MB = 10**6 bytes
     growth_window_s: float  # the time span the slope covers now
@@ -105,7 +106,7 @@ def _int(text: str) -> int:
     return int(text.strip())
 
 
-class RuntimeReader:
+class ResourceReader:
     """Reads process and cgroup figures. Never raises on bad or missing files: a process gone
     mid-read counts in ``vanished``, a file present but unreadable or garbled in
     ``unreadable``, and the read yields None."""
@@ -263,7 +264,7 @@ class _Track:
     last_t: float | None = None
     throttled_us_base: int | None = None
     nr_throttled_base: int | None = None
-    figures: RuntimeFigures | None = None
+    figures: ResourceFigures | None = None
 
 
 def _increase(current: int | None, base: int | None) -> tuple[int | None, int | None]:
@@ -276,12 +277,12 @@ def _increase(current: int | None, base: int | None) -> tuple[int | None, int | 
     return current - base, base
 
 
-class RuntimeTracker:
-    """Samples workloads over time and turns the samples into RuntimeFigures."""
+class ResourceTracker:
+    """Samples workloads over time and turns the samples into ResourceFigures."""
 
     def __init__(
         self,
-        reader: RuntimeReader,
+        reader: ResourceReader,
         *,
         growth_window_s: float = DEFAULT_GROWTH_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
@@ -317,7 +318,7 @@ class RuntimeTracker:
             del self._tracks[key]
         self.evicted += len(stale)
 
-    def _figures(self, track: _Track, live: list[ProcessSample], now: float) -> RuntimeFigures:
+    def _figures(self, track: _Track, live: list[ProcessSample], now: float) -> ResourceFigures:
         rss = sum(s.rss_bytes for s in live)
         track.rss.append((now, rss))
         while track.rss[0][0] < now - self.growth_window_s:
@@ -333,7 +334,7 @@ class RuntimeTracker:
         nr_throttled, track.nr_throttled_base = _increase(
             cgroup.nr_throttled if cgroup else None, track.nr_throttled_base
         )
-        return RuntimeFigures(
+        return ResourceFigures(
             rss_bytes=rss,
             rss_growth_mb_per_min=slope / 1e6 if slope is not None else None,
             growth_window_s=span,
@@ -368,7 +369,7 @@ class RuntimeTracker:
                 return figures
         return None
 
-    def figures(self) -> dict[str, RuntimeFigures]:
+    def figures(self) -> dict[str, ResourceFigures]:
         """The latest figures per workload sampled at least once."""
         return {key: t.figures for key, t in self._tracks.items() if t.figures is not None}
 

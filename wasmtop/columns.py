@@ -1,4 +1,4 @@
-"""Model-to-row conversion, in one place: every table (CLI, TUI) shows a workload the same way.
+"""The table columns, in one place: every table (CLI, TUI) shows a workload the same way.
 Every name in a cell has been through ``safe()``: comms, pod names and keys are chosen by whoever
 runs the workload, and a control character in one would reach the terminal."""
 

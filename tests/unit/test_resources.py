@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from wasmtop.collector.runtime import (
+from wasmtop.collector.resources import (
     CgroupFigures,
-    RuntimeReader,
-    RuntimeTracker,
+    ResourceReader,
+    ResourceTracker,
     growth_slope_per_min,
 )
 
@@ -40,8 +40,8 @@ class Host:
         (self.proc / "self").mkdir(parents=True)
         (self.proc / "self" / "mounts").write_text("\n".join(mounts or []) + "\n")
 
-    def reader(self) -> RuntimeReader:
-        return RuntimeReader(self.proc, page_size=PAGE, clk_tck=TCK)
+    def reader(self) -> ResourceReader:
+        return ResourceReader(self.proc, page_size=PAGE, clk_tck=TCK)
 
     def process(
         self,
@@ -159,7 +159,7 @@ def test_rss_summed_across_processes(tmp_path):
     host.process(10, rss_pages=100)
     host.process(11, rss_pages=250)
     host.process(12, rss_pages=999)  # another workload's process
-    tracker = RuntimeTracker(host.reader(), clock=Clock())
+    tracker = ResourceTracker(host.reader(), clock=Clock())
     tracker.sample({"w": [10, 11], "other": [12]})
     figures = tracker.figures()
     assert figures["w"].rss_bytes == 350 * PAGE
@@ -171,7 +171,7 @@ def test_cpu_percent_from_tick_deltas(tmp_path):
     clock = Clock()
     host.process(10, utime=100, stime=100)
     host.process(11, utime=500, stime=0)
-    tracker = RuntimeTracker(host.reader(), clock=clock)
+    tracker = ResourceTracker(host.reader(), clock=clock)
     tracker.sample({"w": [10, 11]})
     assert tracker.figures()["w"].cpu_percent is None  # nothing to compare with yet
 
@@ -191,7 +191,7 @@ def test_process_new_to_workload_starts_from_its_current_ticks(tmp_path):
     host = Host(tmp_path)
     clock = Clock()
     host.process(10, utime=100)
-    tracker = RuntimeTracker(host.reader(), clock=clock)
+    tracker = ResourceTracker(host.reader(), clock=clock)
     tracker.sample({"w": [10]})
     clock.now += 1.0
     host.process(11, utime=90000)  # long-running process joining the workload
@@ -208,8 +208,8 @@ def test_page_size_and_clock_tick_come_from_the_constructor(tmp_path):
     host = Host(tmp_path)
     clock = Clock()
     host.process(10, utime=0, rss_pages=10)
-    reader = RuntimeReader(host.proc, page_size=16384, clk_tck=250)
-    tracker = RuntimeTracker(reader, clock=clock)
+    reader = ResourceReader(host.proc, page_size=16384, clk_tck=250)
+    tracker = ResourceTracker(reader, clock=clock)
     tracker.sample({"w": [10]})
     assert tracker.figures()["w"].rss_bytes == 10 * 16384
     host.process(10, utime=125, rss_pages=10)
@@ -224,7 +224,7 @@ def test_page_size_and_clock_tick_come_from_the_constructor(tmp_path):
 def test_growth_reaches_expected_rate_and_needs_one_second(tmp_path):
     host = Host(tmp_path)
     clock = Clock()
-    tracker = RuntimeTracker(host.reader(), clock=clock)
+    tracker = ResourceTracker(host.reader(), clock=clock)
     host.process(10, rss_pages=1000)
     tracker.sample({"w": [10]})
     first = tracker.figures()["w"]
@@ -251,7 +251,7 @@ def test_growth_reaches_expected_rate_and_needs_one_second(tmp_path):
 def test_old_samples_leave_the_growth_window(tmp_path):
     host = Host(tmp_path)
     clock = Clock()
-    tracker = RuntimeTracker(host.reader(), growth_window_s=10.0, clock=clock)
+    tracker = ResourceTracker(host.reader(), growth_window_s=10.0, clock=clock)
     pages = 5000
     for _ in range(20):  # flat for 19 s
         host.process(10, rss_pages=pages)
@@ -368,7 +368,7 @@ def test_mounts_file_argument_overrides_proc_self_mounts(tmp_path):
     host.process(10, cgroup="0::/w\n")
     host.cgroup_dir("cg2", "/w", {"memory.current": "88\n"})
     assert host.reader().cgroup(10).memory_current_bytes is None
-    reader = RuntimeReader(host.proc, mounts_file=mounts, page_size=PAGE, clk_tck=TCK)
+    reader = ResourceReader(host.proc, mounts_file=mounts, page_size=PAGE, clk_tck=TCK)
     assert reader.cgroup(10).memory_current_bytes == 88
 
 
@@ -387,7 +387,7 @@ def test_tracker_uses_lowest_live_pid_cgroup(tmp_path):
     host.process(20, cgroup="0::/high\n")
     host.cgroup_dir("cg2", "/low", {"memory.current": "1000\n"})
     host.cgroup_dir("cg2", "/high", {"memory.current": "2000\n"})
-    tracker = RuntimeTracker(host.reader(), clock=Clock())
+    tracker = ResourceTracker(host.reader(), clock=Clock())
     tracker.sample({"w": [20, 10]})
     assert tracker.figures()["w"].memory_current_bytes == 1000
     shutil.rmtree(host.proc / "10")
@@ -400,7 +400,7 @@ def test_throttling_is_the_increase_since_the_first_sample_v2(tmp_path):
     host.process(10, cgroup="0::/w\n")
     cg = host.cgroup_dir("cg2", "/w", {"cpu.stat": v2_cpu_stat(100, 10, 50_000)})
     clock = Clock()
-    tracker = RuntimeTracker(host.reader(), clock=clock)
+    tracker = ResourceTracker(host.reader(), clock=clock)
     tracker.sample({"w": [10]})
     assert (tracker.figures()["w"].throttled_us, tracker.figures()["w"].nr_throttled) == (0, 0)
 
@@ -428,7 +428,7 @@ def test_throttling_increase_v1_in_microseconds(tmp_path):
     host.process(10, cgroup="3:cpu,cpuacct:/w\n0::/\n")
     cg = host.cgroup_dir("cg/cpu,cpuacct", "/w", {"cpu.stat": v1_cpu_stat(10, 2, 7_000_000)})
     clock = Clock()
-    tracker = RuntimeTracker(host.reader(), clock=clock)
+    tracker = ResourceTracker(host.reader(), clock=clock)
     tracker.sample({"w": [10]})
     (cg / "cpu.stat").write_text(v1_cpu_stat(20, 5, 19_000_000))
     clock.now += 1.0
@@ -441,7 +441,7 @@ def test_no_cpu_stat_gives_none_throttling(tmp_path):
     host = v2_host(tmp_path)
     host.process(10, cgroup="0::/w\n")
     host.cgroup_dir("cg2", "/w", {"memory.current": "5\n"})
-    tracker = RuntimeTracker(host.reader(), clock=Clock())
+    tracker = ResourceTracker(host.reader(), clock=Clock())
     tracker.sample({"w": [10]})
     figures = tracker.figures()["w"]
     assert (figures.throttled_us, figures.nr_throttled) == (None, None)
@@ -457,7 +457,7 @@ def test_vanished_process_between_samples(tmp_path):
     host.process(10, utime=100, rss_pages=100)
     host.process(11, utime=100, rss_pages=300)
     reader = host.reader()
-    tracker = RuntimeTracker(reader, clock=clock)
+    tracker = ResourceTracker(reader, clock=clock)
     tracker.sample({"w": [10, 11]})
     assert tracker.figures()["w"].rss_bytes == 400 * PAGE
 
@@ -478,7 +478,7 @@ def test_vanished_process_between_samples(tmp_path):
 def test_all_processes_gone_keeps_the_last_figures(tmp_path):
     host = Host(tmp_path)
     host.process(10, rss_pages=100)
-    tracker = RuntimeTracker(host.reader(), clock=Clock())
+    tracker = ResourceTracker(host.reader(), clock=Clock())
     tracker.sample({"w": [10]})
     before = tracker.figures()["w"]
     shutil.rmtree(host.proc / "10")
@@ -506,7 +506,7 @@ def test_unreadable_process_files_are_counted_and_skipped(tmp_path, damage):
     host.process(10, utime=100, rss_pages=100)
     host.process(11, utime=100, rss_pages=300)
     reader = host.reader()
-    tracker = RuntimeTracker(reader, clock=clock)
+    tracker = ResourceTracker(reader, clock=clock)
     tracker.sample({"w": [10, 11]})
 
     damage(host.proc / "11")
@@ -557,7 +557,7 @@ def test_pid_reuse_gives_no_negative_or_huge_cpu(tmp_path, new_ticks):
     clock = Clock()
     host.process(10, utime=5000, start=100)
     reader = host.reader()
-    tracker = RuntimeTracker(reader, clock=clock)
+    tracker = ResourceTracker(reader, clock=clock)
     tracker.sample({"w": [10]})
 
     host.process(10, utime=new_ticks, start=900)  # pid 10 is now another process
@@ -576,7 +576,7 @@ def test_forget_drops_the_workload_and_its_baselines(tmp_path):
     host = Host(tmp_path)
     clock = Clock()
     host.process(10, utime=100)
-    tracker = RuntimeTracker(host.reader(), clock=clock)
+    tracker = ResourceTracker(host.reader(), clock=clock)
     tracker.sample({"w": [10], "v": [10]})
     tracker.forget(["w", "never-seen"])
     assert set(tracker.figures()) == {"v"}
@@ -591,7 +591,7 @@ def test_forget_drops_the_workload_and_its_baselines(tmp_path):
 
 
 def test_real_proc_for_this_process():
-    reader = RuntimeReader()
+    reader = ResourceReader()
     before = os.times()
     sample = reader.process(os.getpid())
     after = os.times()
@@ -615,7 +615,7 @@ def test_a_workload_without_live_processes_is_forgotten_after_stale_s(tmp_path):
     """Churned pods must not pile up: 20,000 short-lived workloads leave nothing behind."""
     host = Host(tmp_path)
     clock = Clock()
-    tracker = RuntimeTracker(host.reader(), clock=clock, stale_s=300)
+    tracker = ResourceTracker(host.reader(), clock=clock, stale_s=300)
     host.process(10, rss_pages=100)
     for i in range(200):  # 200 churned workloads, each one sample then gone
         host.process(1000 + i, rss_pages=1)
