@@ -254,8 +254,8 @@ class WasmFigures:
 
 @dataclass(frozen=True)
 class RuntimeMetrics:
-    """The runtime block (DESIGN.md's ``runtime: {...}``, named ``runtime_metrics`` because
-    ``runtime`` already names the workload's WebAssembly runtime)."""
+    """The workload's resource figures (named ``runtime_metrics``, not ``runtime``, because
+    ``runtime`` names the workload's WebAssembly runtime); collector/resources.py reads them."""
 
     rss_bytes: int
     rss_growth_mb_per_min: float | None  # least-squares slope over the growth window

@@ -167,6 +167,7 @@ class TraceCtxProbe(Probe):
     def details(self) -> dict[str, Any]:
         c = self.counter_values()
         return {
+            "capture_bytes": CAPTURE_BYTES,  # of each request and response head, as compiled
             "traced_pids": sorted(self._pids),
             "traced_cgroups": list(self.cgroups),
             "pids_refused": self.pids_refused,

@@ -1,4 +1,4 @@
-"""Figures derived in the collector, exactly as DESIGN.md defines them."""
+"""Figures derived in the collector, exactly as docs/snapshot.md defines them."""
 
 from __future__ import annotations
 
