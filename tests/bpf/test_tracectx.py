@@ -487,7 +487,9 @@ def test_a_blocking_server_behind_a_hog_is_charged_its_wake_up_waits():
     kernel_wait_ms = (after[handler] - before[handler]).wait_ns / 1e6
     all_threads_ms = sum((after[t] - before[t]).wait_ns for t in after) / 1e6
     sched = snap.workload(f"pid:{server.pid}").sched
-    assert kernel_wait_ms > 50  # the hog makes it wait: a few ms now and then
+    # The hog makes it wait, a few ms now and then (49 ms over the run was seen once), so the
+    # figures below measure something.
+    assert kernel_wait_ms > 20, kernel_wait_ms
     # The workload's run-queue delay is its threads' run_delay (the handler's, and the accept
     # loop's few wake-ups), within 5 %.
     assert sched.runq_delay_total_us / 1e3 == pytest.approx(all_threads_ms, rel=0.05)
