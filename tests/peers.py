@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import socket
 import ssl
@@ -123,10 +124,11 @@ def daemon(
     finally:
         code = d.stop()
         err.close()
+        socket_left = grpc_socket.exists()
+        shutil.rmtree(sock_dir, ignore_errors=True)  # whatever happened, leave no directory
         assert code == 0, f"daemon exit {code}: {d.stderr_so_far()}"
         assert no_programs_left() == []
-        assert not grpc_socket.exists(), "the gRPC socket outlived the daemon"
-        sock_dir.rmdir()
+        assert not socket_left, "the gRPC socket outlived the daemon"
 
 
 def _listening(port: int) -> bool:
