@@ -35,12 +35,24 @@ class CpuShare:
         self.reason = ""  # why, the last time
         self.idle = False
         self._pressed_at = 0.0
+        self._started = self._stopped = False
 
     def start(self) -> None:
+        self._started = True
         if self.mode == "idle":
             self._set(idle=True)
 
+    def begin_draining(self) -> None:
+        """Before a drain: yield from the first drain on, not before. Attaching, building the
+        collector and whatever a command does before its loop run at normal priority, so a
+        saturated node does not hold them back."""
+        if not self._started and not self._stopped:
+            self.start()
+
     def stop(self) -> None:
+        """Normal priority from here on (the window's end, detaching, output), and no yielding
+        again."""
+        self._stopped = True
         if self.idle:
             self._set(idle=False)
 

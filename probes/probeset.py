@@ -505,7 +505,7 @@ class ProbeSet:
                 # SIGTERM/SIGINT until the probe is started, then let them stop everything.
                 with self._signals_held():
                     probe.start()
-            self.cpu.start()  # compiling ran at normal priority; draining may yield
+            # Compiling and attaching run at normal priority; the first drain may yield.
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -543,6 +543,7 @@ class ProbeSet:
         self.drain()
 
     def drain(self) -> None:
+        self.cpu.begin_draining()
         fill = 0.0
         for probe in self.probes:
             fill = max(fill, probe.drain())

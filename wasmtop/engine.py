@@ -292,5 +292,6 @@ class Engine:
         """The window ends now: the probes are detached (their books close exactly), then the
         collector takes its Snapshot."""
         end_ns = time.monotonic_ns()  # detaching takes a while: the window ends here
+        self.probes.cpu.stop()  # the window's end, detaching and output at normal priority
         self.probes.detach()
         return self.collector.tick(end_ns)

@@ -413,7 +413,7 @@ def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_id
     scheduling (small ring: 16 pages hold ~105 request events)."""
     from wasmtop.probes.cpushare import CpuShare
 
-    def run() -> tuple[int, int, int, int]:
+    def run() -> tuple[int, int, int, int, int]:
         sched = SchedProbe(trace_ctx=True)
         tracectx = TraceCtxProbe(sched, ringbuf_pages=16)
         share = CpuShare("idle")
@@ -423,6 +423,8 @@ def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_id
         ):
             assert tracectx.status == OK, tracectx.reason
             tracectx.set_pids([server.pid])
+            attached = os.sched_getscheduler(0)  # attaching ran at normal priority
+            probes.drain()  # the first drain yields from here on
             before = os.sched_getscheduler(0)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             for i in range(40):  # ~26 KiB of events, 40 % of the ring, between two drains
@@ -432,15 +434,15 @@ def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_id
             probes.drain()
             after = os.sched_getscheduler(0)
             probes.detach()
-            return before, after, share.raised, tracectx.received
+            return attached, before, after, share.raised, tracectx.received
 
-    out: list[tuple[int, int, int, int]] = []
+    out: list[tuple[int, int, int, int, int]] = []
     worker = threading.Thread(target=lambda: out.append(run()))
     worker.start()
     worker.join()
-    before, after, raised, received = out[0]
+    attached, before, after, raised, received = out[0]
     assert received == 40
-    assert (before, after, raised) == (os.SCHED_IDLE, os.SCHED_OTHER, 1)
+    assert (attached, before, after, raised) == (os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_OTHER, 1)
 
 
 def test_a_blocking_server_behind_a_hog_is_charged_its_wake_up_waits():

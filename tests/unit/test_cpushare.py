@@ -129,3 +129,29 @@ def test_without_cap_sys_nice_leaving_idle_is_refused_counted_and_survived():
         "2",
         "cannot set SCHED_OTHER: Operation not permitted\n",
     ]
+
+
+def test_only_the_draining_yields_not_what_comes_before_the_first_drain_or_after_stop():
+    """Attaching and building the collector run before the first drain; the window's end,
+    detaching and output after stop(): all at normal priority."""
+
+    def run() -> list[int]:
+        share = CpuShare("idle")
+        seen = [policy()]  # constructed: nothing changed
+        share.begin_draining()
+        seen.append(policy())  # the first drain yields
+        share.begin_draining()
+        seen.append(policy())
+        share.stop()
+        seen.append(policy())  # the window's end
+        share.begin_draining()  # detach drains once more: it must not yield again
+        seen.append(policy())
+        return seen
+
+    assert in_thread(run) == [
+        os.SCHED_OTHER,
+        os.SCHED_IDLE,
+        os.SCHED_IDLE,
+        os.SCHED_OTHER,
+        os.SCHED_OTHER,
+    ]
