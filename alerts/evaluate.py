@@ -64,6 +64,12 @@ class Evaluation:
     resolved: list[Notice]  # alerts that stopped firing at this evaluation
 
 
+RULES_HELP = (
+    "Alert rules being evaluated on the node (0: alerts.enabled is false; a rule below "
+    "probes.sched.threshold_ms is loaded but not evaluated, and not counted)."
+)
+
+
 def default_node(env: Mapping[str, str] = os.environ) -> str:
     """The node's name when the config names none: the downward API's NODE_NAME, else the host
     name."""
@@ -194,8 +200,7 @@ class Evaluator:
             Family(
                 "wasmtop_alert_rules",
                 "gauge",
-                "Alert rules being evaluated on the node (0: alerts.enabled is false; a rule "
-                "below probes.sched.threshold_ms is loaded but not evaluated, and not counted).",
+                RULES_HELP,
                 (),
                 [Sample((), float(len(self.rules) - len(self.unevaluated)))],
             ),

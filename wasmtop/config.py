@@ -12,7 +12,7 @@ import ipaddress
 import re
 import ssl
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,20 @@ def host_port(v: Any) -> str:
 GRPC_SOCKET = "unix:/run/wasmtop/grpc.sock"  # grpc.listen's default, --connect's too
 
 
+UNIX_PREFIX = "unix:"  # a grpc.listen or --connect target that is a Unix socket's path
+MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes with its NUL
+
+
 def grpc_listen(v: Any) -> str:
     """``unix:/ABSOLUTE/PATH`` (at most 107 bytes, a socket's limit) or ``HOST:PORT``."""
-    if isinstance(v, str) and v.startswith("unix:"):
-        path = v[len("unix:") :]
-        if not path.startswith("/") or len(path.encode("utf-8", "replace")) > 107 or "\0" in path:
-            raise ValueError(f"expected unix:/ABSOLUTE/PATH of at most 107 bytes, got {shown(v)}")
+    if isinstance(v, str) and v.startswith(UNIX_PREFIX):
+        path = v[len(UNIX_PREFIX) :]
+        too_long = len(path.encode("utf-8", "replace")) > MAX_UNIX_PATH_BYTES
+        if not path.startswith("/") or too_long or "\0" in path:
+            raise ValueError(
+                f"expected unix:/ABSOLUTE/PATH of at most {MAX_UNIX_PATH_BYTES} bytes, "
+                f"got {shown(v)}"
+            )
         return v
     try:
         return host_port(v)
@@ -313,7 +321,7 @@ def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
     if (cert is None) != (key is None):
         given = "tls_cert_file" if cert is not None else "tls_key_file"
         raise fail(given, "expected both grpc.tls_cert_file and grpc.tls_key_file, or neither")
-    on_unix = g["listen"].startswith("unix:")
+    on_unix = g["listen"].startswith(UNIX_PREFIX)
     if on_unix:
         for k in ("tls_cert_file", "client_ca_file"):
             if g[k] is not None:
@@ -322,8 +330,8 @@ def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
                     f"TLS is for a TCP grpc.listen ({g['listen']} is a unix socket, guarded by "
                     "its file mode and grpc.socket_group): expected null",
                 )
-        if g["socket_group"] is not None:
-            _group_id(g["socket_group"], fail)
+        if g["socket_group"] is not None and group_id(g["socket_group"]) is None:
+            raise fail("socket_group", f"no group {g['socket_group']!r} on this host")
     else:
         if g["socket_group"] is not None:
             raise fail("socket_group", f"for a unix: grpc.listen only, not {g['listen']}")
@@ -367,21 +375,13 @@ def _grpc_checks(config: Config, root: yaml.Node, name: str) -> None:
             raise fail("client_ca_file", f"expected PEM CA certificates: {exc}") from None
 
 
-def _group_id(group: int | str, fail: Callable[[str, str], ConfigError]) -> int:
-    """The gid of a group name or number that exists on this host."""
+def group_id(group: int | str) -> int | None:
+    """The gid of grpc.socket_group (a name or a number), None when no such group exists on this
+    host."""
     try:
         return grp.getgrgid(group).gr_gid if isinstance(group, int) else grp.getgrnam(group).gr_gid
     except (KeyError, OverflowError):
-        raise fail("socket_group", f"no group {group!r} on this host") from None
-
-
-def group_id(group: int | str) -> int:
-    """grpc.socket_group as a gid (the config check has seen that it exists)."""
-
-    def fail(_key: str, what: str) -> ConfigError:
-        return ConfigError(f"grpc.socket_group: {what}")
-
-    return _group_id(group, fail)
+        return None
 
 
 def schema_keys(schema: Mapping[str, Any] = SCHEMA, prefix: str = "") -> list[str]:

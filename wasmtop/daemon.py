@@ -187,12 +187,11 @@ class Daemon:
         return fams
 
     def _alert_families(self) -> list[Any]:
-        from .alerts.evaluate import Evaluator
+        from .alerts.evaluate import RULES_HELP
         from .exporters.series import Family, Sample
 
         if self.evaluator is None:  # alerts.enabled: false: the same family, 0
-            rules_help = Evaluator([], node="").families()[0].help
-            fams = [Family("wasmtop_alert_rules", "gauge", rules_help, (), [Sample((), 0.0)])]
+            fams = [Family("wasmtop_alert_rules", "gauge", RULES_HELP, (), [Sample((), 0.0)])]
         else:
             fams = self.evaluator.families()
         if self.notifier is not None:
@@ -219,10 +218,12 @@ class Daemon:
         from .grpcapi import METHOD, SnapshotServer, unix_path
 
         cert, key, client_ca = grpc_tls_files(self.config, self.config_path)
-        try:
-            group = None if g["socket_group"] is None else group_id(g["socket_group"])
-        except ConfigError as exc:  # the group was removed since the config was checked
-            raise OSError(f"cannot listen on {g['listen']}: {exc}") from None
+        group = None if g["socket_group"] is None else group_id(g["socket_group"])
+        if g["socket_group"] is not None and group is None:  # removed since the config check
+            raise OSError(
+                f"cannot listen on {g['listen']}: grpc.socket_group: no group "
+                f"{g['socket_group']!r} on this host"
+            )
         self.grpc = SnapshotServer(
             g["listen"],
             tls_cert_file=cert,

@@ -40,14 +40,12 @@ import grpc  # noqa: E402 - after GRPC_VERBOSITY
 
 from .collector.model import SCHEMA, Snapshot
 from .collector.snapshot_json import snapshot_from_json
-from .config import GRPC_SOCKET
+from .config import GRPC_SOCKET, MAX_UNIX_PATH_BYTES, UNIX_PREFIX
 from .proto.wasmtop.v1 import snapshots_pb2 as pb
 from .proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
 from .safe import safe
 
 DEFAULT_LISTEN = GRPC_SOCKET
-UNIX_PREFIX = "unix:"
-MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes with its NUL
 METHOD = "wasmtop.v1.Snapshots/Watch"
 # A Snapshot of a busy node (1,000 workloads, 10,000 traces) is several MB: above gRPC's
 # default 4 MB limit for a received message. Also the client's bound on what a daemon can make

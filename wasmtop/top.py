@@ -225,7 +225,7 @@ class Remote:
 
 def connect_arguments_error(args: argparse.Namespace) -> str | None:
     """What is wrong with --connect and its TLS files, for a person; None when nothing."""
-    from .config import grpc_listen, is_file
+    from .config import UNIX_PREFIX, grpc_listen, is_file
 
     tls_files = {
         "--ca-file": args.ca_file,
@@ -239,7 +239,7 @@ def connect_arguments_error(args: argparse.Namespace) -> str | None:
         grpc_listen(args.connect)
     except ValueError as exc:
         return f"argument --connect: {exc}"
-    if given and args.connect.startswith("unix:"):
+    if given and args.connect.startswith(UNIX_PREFIX):
         return f"argument {given[0]}: TLS is for --connect HOST:PORT, not a unix socket"
     if (args.cert_file is None) != (args.key_file is None):
         return "argument --cert-file: expected both --cert-file and --key-file, or neither"
