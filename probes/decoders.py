@@ -136,7 +136,7 @@ def bypass_event(f: tuple) -> BypassRecord:
 
 CAPTURE_BYTES = 512  # bytes of an HTTP message's start copied by tracectx.bpf.c
 HTTP_SYSCALLS = {1: "read", 2: "recvfrom", 3: "recvmsg", 4: "write", 5: "sendto", 6: "sendmsg",
-                 7: "writev"}  # fmt: skip
+                 7: "writev", 8: "readv"}  # fmt: skip
 _HAVE_STATS, _HAVE_CTX = 1, 2
 
 

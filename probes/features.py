@@ -7,6 +7,7 @@ import errno
 import gzip
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,29 @@ def tracepoint_format(tracepoint: str) -> str:
         )
     except OSError:
         return ""
+
+
+def has_tracepoints(*tracepoints: str) -> bool:
+    """Every one of these tracepoints ("category:event") exists on this kernel."""
+    root = tracefs_root()
+    return root is not None and all(
+        (root / "events" / tp.replace(":", "/")).is_dir() for tp in tracepoints
+    )
+
+
+def user_regs() -> bool:
+    """A tracepoint program can read the calling thread's syscall registers: bpf_task_pt_regs
+    and bpf_get_current_task_btf (Linux 5.15+, kernel BTF), with the x86-64 register layout
+    probes/shared.bpf.h declares."""
+    if platform.machine() != "x86_64" or not Path("/sys/kernel/btf/vmlinux").exists():
+        return False
+    return kernel_version() >= (5, 15)
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the running kernel (or of ``release``); (0, 0) if unreadable."""
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def cgroup2_mount(mounts: str = "/proc/mounts") -> Path | None:

@@ -174,6 +174,8 @@ class Probe:
         flags["WASMTOP_NR_COUNTERS"] = len(self.counter_names())
         for _, dec in self.ringbuffers:
             flags[f"{dec.upper()}_SIZE"] = DECODERS[dec].size
+        if "shared.bpf.h" in self.headers:
+            flags["USER_REGS"] = int(features.user_regs())
         flags.update(self.defines())
         return [f"-D{k}={v}" for k, v in flags.items()]
 

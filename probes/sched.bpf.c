@@ -382,6 +382,12 @@ static __always_inline int on_switch(u32 prev, u32 tgid, u32 next, int involunta
                                       next_comm);
             } else {
                 st->wait_since = 0; /* a wake-up that came while it still ran started none */
+#if USER_REGS
+                /* A thread of a traced process goes to sleep: in which syscall (the trace-context
+                 * probe tells a read that blocked from one that found its data waiting). */
+                if (st->note_sleep)
+                    st->sleep_nr = user_syscall_nr();
+#endif
             }
         }
     }
@@ -454,8 +460,13 @@ int wasmtop_task_newtask(struct tracepoint__task__task_newtask *args)
     u32 tgid = (args->clone_flags & 0x00010000 /* CLONE_THREAD */)
                    ? (u32)(bpf_get_current_pid_tgid() >> 32)
                    : tid;
-    if (!(@@FILTER_TGID@@) && !(@@FILTER_CGROUP@@))
-        thread_entry(tid, tgid, args->comm);
+    if ((@@FILTER_TGID@@) || (@@FILTER_CGROUP@@))
+        return 0;
+    struct thread_stats *st = thread_entry(tid, tgid, args->comm);
+    u32 parent = (u32)bpf_get_current_pid_tgid();
+    struct thread_stats *pst = st ? threads.lookup(&parent) : 0;
+    if (pst && pst->note_sleep) /* a new thread (or child) of a traced process */
+        st->note_sleep = 1;
     return 0;
 }
 

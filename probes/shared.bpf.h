@@ -1,7 +1,7 @@
 /* Structures of maps shared between probes: the scheduler probe's per-thread statistics (read by
  * the trace-context probe at each captured request) and the pinned trace-context map (written by
  * runtimes and sidecars, read by both), with the slot through which both reach the latter.
- * Prepended by probes/runtime.py to the probes that list it in their `headers`, so both sides
+ * Prepended by probes/probeset.py to the probes that list it in their `headers`, so both sides
  * compile the same layout. */
 
 /* Each field of a thread's stats has one writer at a time: switch-out, switch-in, wake-up and
@@ -31,6 +31,10 @@ struct thread_stats {
     u64 wakeups_over_threshold;
     u64 wakeup_charged;        /* written by the trace-context probe only (in the thread's own
                                 * syscalls): the latest wake-up number charged to a request */
+    u32 note_sleep;            /* set by the trace-context probe on threads of traced processes
+                                * (and inherited by their new threads): record sleep_nr */
+    u32 sleep_nr;              /* 1 + the syscall it last went to sleep in (0: none noted since
+                                * the trace-context probe last looked); written at switch-out */
     char comm[16];
     char wait_other_comm[16];  /* the preemptor's (a waker's is looked up when it is sent) */
 };
@@ -55,3 +59,29 @@ static __always_inline struct trace_ctx *trace_ctx_of(u32 tid)
     void *map = trace_ctx_slot.lookup(&zero);
     return map ? bpf_map_lookup_elem(map, &tid) : NULL;
 }
+
+/* The calling thread's user registers as saved at syscall entry (x86-64 struct pt_regs): which
+ * syscall is in progress and its arguments. Read through bpf_task_pt_regs (Linux 5.15+, BTF),
+ * so a tracepoint inside a syscall sees that syscall's arguments without a syscall tracepoint.
+ * Only compiled where USER_REGS is 1 (x86-64 with BTF). */
+#if USER_REGS
+struct user_regs {
+    u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax;
+};
+
+static __always_inline int user_regs(struct user_regs *r)
+{
+    void *regs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+    return regs ? bpf_probe_read_kernel(r, sizeof(*r), regs) : -1;
+}
+
+/* 1 + the number of the syscall the calling thread is in; 0 when it cannot be read. */
+static __always_inline u32 user_syscall_nr(void)
+{
+    u64 nr = 0;
+    void *regs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+    if (!regs || bpf_probe_read_kernel(&nr, sizeof(nr), regs + offsetof(struct user_regs, orig_ax)))
+        return 0;
+    return (u32)nr + 1;
+}
+#endif

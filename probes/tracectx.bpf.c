@@ -4,12 +4,22 @@
  * preemption delay and migrations at both ends, so a request's kernel interference is the exact
  * difference: no sampling, no time windows.
  *
- * Syscall tracepoints only; reads are captured at exit (the data is there then), writes at
- * entry. User memory is read with bpf_probe_read_user, user structures (msghdr, iovec) by their
+ * Two ways in, chosen at load (SOCK_IO):
+ *   1  the socket tracepoints sock:sock_recv_length and sock:sock_send_length (Linux 6.3+). They
+ *      fire inside a socket receive or send, after the data moved, in the caller's context; the
+ *      syscall in progress and its arguments (fd, buffer) come from the thread's saved user
+ *      registers (user_regs, shared.bpf.h). Nothing else on the node pays: a process that does
+ *      not touch a socket never runs this code, and the syscall path stays the fast one.
+ *   0  the syscall tracepoints of read/recvfrom/recvmsg (entry and exit) and
+ *      write/sendto/sendmsg/writev (entry), where the kernel lacks those: attaching any syscall
+ *      tracepoint puts every task of the node on the slow syscall path.
+ * Either way, reads are captured once the data is there, writes from the buffer handed to the
+ * kernel. User memory is read with bpf_probe_read_user, user structures (msghdr, iovec) by their
  * stable ABI layout, never kernel structures.
  *
  * Compiled in by probes/tracectx.py:
- *   cflags  CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
+ *   cflags  SOCK_IO, USER_REGS, CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS,
+ *           RINGBUF_PAGES, CTR_*,
  *           EXIT_GROUP_DEAD (sched_process_exit has group_dead),
  *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
  *           thread without an entry has not been switched out since it started: zero so far
@@ -49,10 +59,12 @@ BPF_ARRAY(control, u32, 1);
 #define SYS_SENDTO 5
 #define SYS_SENDMSG 6
 #define SYS_WRITEV 7
+#define SYS_READV 8
 
 #define F_HAVE_STATS 1 /* the thread had an entry in the scheduler probe's map */
 #define F_HAVE_CTX 2   /* the thread had an entry in the trace-context map */
 
+#if !SOCK_IO
 /* A read in flight: where its data will land, until the syscall returns. */
 struct pending_read {
     u64 buf;
@@ -62,6 +74,7 @@ struct pending_read {
     u32 syscall;
 };
 BPF_HASH(pending_reads, u32, struct pending_read, MAX_PENDING);
+#endif
 
 /* A request read on a connection and not yet answered, keyed by (tgid << 32 | fd). The kernel
  * pairs it with the response written on the same connection, so one event per request crosses
@@ -329,6 +342,127 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
         count_event(CTR_CLIENT);
 }
 
+/* The first iovec of a user msghdr or iovec array: where the message starts. */
+static __always_inline int first_iovec(u64 iov_ptr, struct uiovec *out)
+{
+    if (!iov_ptr || bpf_probe_read_user(out, sizeof(*out), (void *)iov_ptr)) {
+        count_event(CTR_READ_FAILED);
+        return -1;
+    }
+    return 0;
+}
+
+static __always_inline int msghdr_iovec(u64 msg_ptr, struct uiovec *out)
+{
+    struct umsghdr m = {};
+    if (!msg_ptr || bpf_probe_read_user(&m, sizeof(m), (void *)msg_ptr)) {
+        count_event(CTR_READ_FAILED);
+        return -1;
+    }
+    if (!m.iovlen)
+        return -1;
+    return first_iovec(m.iov, out);
+}
+
+#if SOCK_IO
+/* x86-64 syscall numbers (the only layout user_regs knows) */
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+
+#define MSG_PEEK 2
+
+/* Where the syscall in progress put (or took) its bytes: the buffer, how much it holds, the fd
+ * and which call it is. Other ways into a socket (sendfile, splice, recvmmsg, io_uring, the
+ * kernel's own sockets) are counted and left alone. */
+static __always_inline int user_buffer(struct user_regs *r, int dir, u64 *buf, u64 *cap, u8 *sys)
+{
+    struct uiovec iov = {};
+    u64 nr = r->orig_ax;
+    if (dir == DIR_READ && (nr == NR_READ || nr == NR_RECVFROM)) {
+        *buf = r->si;
+        *cap = r->dx;
+        *sys = nr == NR_READ ? SYS_READ : SYS_RECVFROM;
+    } else if (dir == DIR_WRITE && (nr == NR_WRITE || nr == NR_SENDTO)) {
+        *buf = r->si;
+        *cap = r->dx;
+        *sys = nr == NR_WRITE ? SYS_WRITE : SYS_SENDTO;
+    } else if ((dir == DIR_READ && nr == NR_RECVMSG) || (dir == DIR_WRITE && nr == NR_SENDMSG)) {
+        if (msghdr_iovec(r->si, &iov))
+            return -1;
+        *buf = iov.base;
+        *cap = iov.len;
+        *sys = dir == DIR_READ ? SYS_RECVMSG : SYS_SENDMSG;
+    } else if ((dir == DIR_READ && nr == NR_READV) || (dir == DIR_WRITE && nr == NR_WRITEV)) {
+        if (!r->dx || first_iovec(r->si, &iov))
+            return -1;
+        *buf = iov.base;
+        *cap = iov.len;
+        *sys = dir == DIR_READ ? SYS_READV : SYS_WRITEV;
+    } else {
+        count_event(CTR_OTHER_CALL);
+        return -1;
+    }
+    return 0;
+}
+
+/* Data received by a traced thread: a request head opens. Whether this read blocked is told by
+ * the scheduler probe, which notes the syscall each thread of a traced process went to sleep in
+ * (note_sleep is set here, at the thread's first socket call, and inherited by new threads). */
+int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
+{
+    if (args->ret <= 0 || (args->flags & MSG_PEEK) || !traced())
+        return 0;
+    struct user_regs r;
+    if (user_regs(&r)) {
+        count_event(CTR_READ_FAILED);
+        return 0;
+    }
+    u64 buf = 0, cap = 0;
+    u8 sys = 0;
+    if (user_buffer(&r, DIR_READ, &buf, &cap, &sys))
+        return 0;
+    u64 entry_wakeups = ~0ULL; /* did not block: no wake-up came during it */
+    struct thread_stats *st = thread_stats_of((u32)bpf_get_current_pid_tgid());
+    if (st) {
+        if (st->sleep_nr == (u32)r.orig_ax + 1)
+            entry_wakeups = 0; /* it slept in this read: its latest wake-up ended it */
+        st->sleep_nr = 0;
+        st->note_sleep = 1;
+    }
+    u64 ret = (u64)args->ret;
+    capture(buf, ret < cap ? ret : cap, ret, (s32)r.di, DIR_READ, sys, entry_wakeups);
+    return 0;
+}
+
+/* Data sent by a traced thread: a response head closes its request. */
+int wasmtop_sock_send(struct tracepoint__sock__sock_send_length *args)
+{
+    if (args->ret <= 0 || !traced())
+        return 0;
+    struct user_regs r;
+    if (user_regs(&r)) {
+        count_event(CTR_READ_FAILED);
+        return 0;
+    }
+    u64 buf = 0, cap = 0;
+    u8 sys = 0;
+    if (user_buffer(&r, DIR_WRITE, &buf, &cap, &sys))
+        return 0;
+    struct thread_stats *st = thread_stats_of((u32)bpf_get_current_pid_tgid());
+    if (st) {
+        st->sleep_nr = 0;
+        st->note_sleep = 1;
+    }
+    capture(buf, cap, cap, (s32)r.di, DIR_WRITE, sys, 0);
+    return 0;
+}
+#else
 static __always_inline int remember_read(s32 fd, u64 buf, u64 cap, u32 sys)
 {
     if (!traced())
@@ -355,28 +489,6 @@ static __always_inline int finish_read(long ret)
     u64 n = (u64)ret < r.cap ? (u64)ret : r.cap;
     capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall, r.wakeups);
     return 0;
-}
-
-/* The first iovec of a user msghdr or iovec array: where the message starts. */
-static __always_inline int first_iovec(u64 iov_ptr, struct uiovec *out)
-{
-    if (!iov_ptr || bpf_probe_read_user(out, sizeof(*out), (void *)iov_ptr)) {
-        count_event(CTR_READ_FAILED);
-        return -1;
-    }
-    return 0;
-}
-
-static __always_inline int msghdr_iovec(u64 msg_ptr, struct uiovec *out)
-{
-    struct umsghdr m = {};
-    if (!msg_ptr || bpf_probe_read_user(&m, sizeof(m), (void *)msg_ptr)) {
-        count_event(CTR_READ_FAILED);
-        return -1;
-    }
-    if (!m.iovlen)
-        return -1;
-    return first_iovec(m.iov, out);
 }
 
 int wasmtop_enter_read(struct tracepoint__syscalls__sys_enter_read *args)
@@ -447,6 +559,8 @@ int wasmtop_enter_writev(struct tracepoint__syscalls__sys_enter_writev *args)
         capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0);
     return 0;
 }
+
+#endif /* SOCK_IO */
 
 /* A traced process that exits stops being traced at once: a new process that gets its pid is
  * judged afresh by userspace, never traced by inheritance. EXIT_GROUP_DEAD: the tracepoint says

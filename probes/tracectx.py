@@ -2,7 +2,9 @@
 head read -> response write on the same connection), each with the first bytes of the request
 and the thread's cumulative preemption delay and migrations at both ends.
 
-Kernel side: ``tracectx.bpf.c`` on the read and write syscall tracepoints. It reads the
+Kernel side: ``tracectx.bpf.c`` on the socket tracepoints sock_recv_length/sock_send_length
+where the kernel has them (no cost to the node's other syscalls), else on the read and write
+syscall tracepoints (see ``capture_mode``). It reads the
 scheduler probe's per-thread map and the pinned trace-context map through map-in-map slots
 filled at attach, so it is started after the scheduler probe.
 """
@@ -31,6 +33,23 @@ _READS = ("read", "recvfrom", "recvmsg")
 _WRITES = ("write", "sendto", "sendmsg", "writev")
 
 
+SOCKET_TRACEPOINTS = ("sock:sock_recv_length", "sock:sock_send_length")
+CAPTURE_MODES = ("auto", "socket", "syscalls")
+
+
+def capture_mode(wanted: str = "auto") -> str:
+    """How requests are captured: "socket" (the socket tracepoints and the caller's syscall
+    registers: Linux 6.3+ on x86-64 with BTF) or "syscalls" (syscall tracepoints, which put every
+    task on the slow syscall path). "auto" takes the first this kernel supports."""
+    if wanted not in CAPTURE_MODES:
+        raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}")
+    if wanted != "auto":
+        return wanted
+    if features.user_regs() and features.has_tracepoints(*SOCKET_TRACEPOINTS):
+        return "socket"
+    return "syscalls"
+
+
 def exit_has_group_dead() -> bool:
     """sched_process_exit says when a thread group dies (Linux 6.9+)."""
     return "field:bool group_dead;" in features.tracepoint_format("sched:sched_process_exit")
@@ -38,14 +57,18 @@ def exit_has_group_dead() -> bool:
 
 class TraceCtxProbe(Probe):
     name = "tracectx"
-    tracepoints = (
+    syscall_tracepoints = (
         *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _READS),
         *((f"syscalls:sys_exit_{s}", f"wasmtop_exit_{s}") for s in _READS),
         *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _WRITES),
-        ("sched:sched_process_exit", "wasmtop_process_exit"),
+    )
+    socket_tracepoints = (
+        ("sock:sock_recv_length", "wasmtop_sock_recv"),
+        ("sock:sock_send_length", "wasmtop_sock_send"),
     )
     ringbuffers = (("request_events", "request_event"),)
-    counters = ("NOT_HTTP", "READ_FAILED", "UNANSWERED", "UNMATCHED", "CLIENT", "EXITED")
+    counters = ("NOT_HTTP", "READ_FAILED", "UNANSWERED", "UNMATCHED", "CLIENT", "EXITED",
+                "OTHER_CALL")  # fmt: skip
     headers = ("shared.bpf.h",)
 
     def __init__(
@@ -58,12 +81,19 @@ class TraceCtxProbe(Probe):
         max_pending: int = DEFAULT_MAX_PENDING,
         max_open: int = DEFAULT_MAX_OPEN,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        capture: str = "auto",
     ) -> None:
         """``sched``: the scheduler probe whose per-thread maps charge each request its
         interference (without it, requests are captured but their interference is unknown).
         ``pids`` and ``cgroups`` (cgroup v2 directories, subtrees included) are traced from the
-        start; ``set_pids()`` changes the process set while running."""
+        start; ``set_pids()`` changes the process set while running. ``capture``: see
+        ``capture_mode``."""
         super().__init__()
+        self.capture = capture_mode(capture)
+        self.tracepoints = (  # type: ignore[misc]
+            *(self.socket_tracepoints if self.capture == "socket" else self.syscall_tracepoints),
+            ("sched:sched_process_exit", "wasmtop_process_exit"),
+        )
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise ValueError("ringbuf_pages must be a power of two")
         self.sched = sched
@@ -96,6 +126,7 @@ class TraceCtxProbe(Probe):
 
     def defines(self) -> dict[str, int | str]:
         return {
+            "SOCK_IO": int(self.capture == "socket"),
             "CAPTURE_BYTES": CAPTURE_BYTES,
             "MAX_TRACED": self.max_traced,
             "MAX_PENDING": self.max_pending,
@@ -115,10 +146,17 @@ class TraceCtxProbe(Probe):
         super().check_kernel()
         if not features.check_ringbuf().ok:
             raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+        if self.capture == "socket" and not features.user_regs():
+            raise ProbeUnavailable(
+                "socket capture needs bpf_task_pt_regs (Linux >= 5.15, BTF) on x86-64"
+            )
 
     def required_maps(self) -> list[str]:
-        return [*super().required_maps(), "threads_slot", "trace_ctx_slot", "traced_tgids",
-                "traced_cgroups", "control", "pending_reads", "open_requests"]  # fmt: skip
+        maps = ["threads_slot", "trace_ctx_slot", "traced_tgids", "traced_cgroups", "control",
+                "open_requests"]  # fmt: skip
+        if self.capture == "syscalls":
+            maps.append("pending_reads")
+        return [*super().required_maps(), *maps]
 
     def _fill_slots(self) -> None:
         """Give the programs the scheduler probe's maps: the very maps, checked by id."""
@@ -167,6 +205,7 @@ class TraceCtxProbe(Probe):
     def details(self) -> dict[str, Any]:
         c = self.counter_values()
         return {
+            "capture": self.capture,
             "capture_bytes": CAPTURE_BYTES,  # of each request and response head, as compiled
             "traced_pids": sorted(self._pids),
             "traced_cgroups": list(self.cgroups),
@@ -184,6 +223,7 @@ class TraceCtxProbe(Probe):
             "responses_unmatched": c.get("UNMATCHED", 0),
             "requests_expired": self.expired,
             "traced_exited": c.get("EXITED", 0),
+            "other_calls": c.get("OTHER_CALL", 0),
         }
 
     # -- reading --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ started paused so a test can attach its probes first and then let them go."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,6 +98,18 @@ def our_programs() -> list[str]:
     """Names of BPF programs of ours (every wasmtop program is named wasmtop_*) now loaded."""
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True)
     return [line for line in out.stdout.splitlines() if " name wasmtop_" in line]
+
+
+def attached_tracepoints(pid: int) -> set[str]:
+    """The tracepoints (event names) BPF programs are attached to through ``pid``'s perf events,
+    as bpftool sees them."""
+    out = subprocess.run(["bpftool", "perf", "show", "-j"], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    return {
+        e["tracepoint"]
+        for e in json.loads(out.stdout or "[]")
+        if e.get("pid") == pid and e.get("fd_type") == "tracepoint"
+    }
 
 
 def no_programs_left(timeout_s: float = 10) -> list[str]:

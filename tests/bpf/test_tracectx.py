@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from books import books, task_ids
-from support import http_server, no_programs_left, workloads
+from support import attached_tracepoints, http_server, no_programs_left, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.httpmsg import REASONS
@@ -29,10 +29,22 @@ from wasmtop.collector.quantiles import exact_quantile
 from wasmtop.probes import bpfobj, features, pins
 from wasmtop.probes.probeset import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
-from wasmtop.probes.tracectx import TraceCtxProbe
+from wasmtop.probes.tracectx import TraceCtxProbe, capture_mode
 
 WRITER = str(Path(__file__).resolve().parents[2] / "examples/trace_ctx/trace_ctx_writer.py")
 RNG = random.Random(4)
+
+
+# Every test runs with each way of capturing this kernel supports: the socket tracepoints (the
+# default where they exist) and the syscall tracepoints (the fallback for older kernels).
+CAPTURES = ("socket", "syscalls") if capture_mode() == "socket" else ("syscalls",)
+_capture = {"mode": CAPTURES[0]}
+
+
+@pytest.fixture(autouse=True, params=CAPTURES)
+def capture(request: pytest.FixtureRequest) -> str:
+    _capture["mode"] = request.param
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +60,7 @@ def tracing(
     pids: tuple[int, ...] = (), cgroups: tuple[str, ...] = (), threshold_ns: int = 50_000_000
 ) -> Iterator[tuple[ProbeSet, Collector]]:
     sched = SchedProbe(trace_ctx=True, threshold_ns=threshold_ns)
-    tracectx = TraceCtxProbe(sched, cgroups=cgroups)
+    tracectx = TraceCtxProbe(sched, cgroups=cgroups, capture=_capture["mode"])
     with ProbeSet([sched, tracectx], handle_signals=False, run_stats=True) as probes:
         assert sched.status == OK, sched.reason
         assert tracectx.status == OK, tracectx.reason
@@ -415,7 +427,7 @@ def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_id
 
     def run() -> tuple[int, int, int, int, int]:
         sched = SchedProbe(trace_ctx=True)
-        tracectx = TraceCtxProbe(sched, ringbuf_pages=16)
+        tracectx = TraceCtxProbe(sched, ringbuf_pages=16, capture=_capture["mode"])
         share = CpuShare("idle")
         with (
             http_server() as (server, port),
@@ -589,3 +601,82 @@ def test_an_exited_process_is_untraced_at_once_and_forgotten_by_the_collector():
         assert server.pid not in collector._considered
         assert snap.counters["processes_forgotten"] >= 1
         probes.detach()
+
+
+def test_socket_capture_puts_no_program_on_any_syscall(capture):
+    """The socket tracepoints instead of the syscall ones: nothing on the node's syscall path
+    (any syscall tracepoint would put every task on the slow path), same traces."""
+    with http_server() as (server, port), tracing(pids=(server.pid,)) as (probes, collector):
+        names = attached_tracepoints(os.getpid())
+
+        def hit() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for _ in range(5):
+                conn.request("GET", "/", headers={
+                    "traceparent": traceparent(RNG.randbytes(16), RNG.randbytes(8))})  # fmt: skip
+                conn.getresponse().read()
+            conn.close()
+
+        while_draining(probes, collector, hit)
+        snap = finish(probes, collector)
+    assert len(snap.traces) == 5 and all(t.status == 200 for t in snap.traces)
+    assert snap.probes["tracectx"]["capture"] == capture
+    on_syscalls = {n for n in names if n.startswith(("sys_enter_", "sys_exit_"))}
+    if capture == "socket":
+        assert on_syscalls == set(), on_syscalls
+        assert {"sock_recv_length", "sock_send_length"} <= names
+    else:  # the fallback does attach them: the check above can see them
+        assert {"sys_enter_read", "sys_exit_read", "sys_enter_write"} <= on_syscalls
+
+
+# Reads with readv, answers with writev, then with sendfile (the response from a file).
+VECTOR_SERVER = r"""
+import os, socket, sys, tempfile
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4)
+print("ready", s.getsockname()[1], flush=True)
+head = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+with tempfile.TemporaryFile() as f:
+    f.write(head.replace(b"201 Created", b"202 Accepted")); f.flush()
+    for i in range(2):
+        c, _ = s.accept()
+        buf = bytearray(4096)
+        n = os.readv(c.fileno(), [buf])
+        if i == 0:
+            os.writev(c.fileno(), [head[:20], head[20:]])
+        else:
+            c.sendfile(f, 0)
+        c.close()
+sys.stdin.read()
+"""
+
+
+def test_vectored_reads_and_writes_are_captured_and_sendfile_is_counted(capture):
+    proc = subprocess.Popen([sys.executable, "-c", VECTOR_SERVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        with tracing(pids=(proc.pid,)) as (probes, collector):
+            tracectx = probes.probes[1]
+
+            def hit() -> None:
+                for _ in range(2):
+                    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                        tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                        c.sendall(f"GET /vec HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
+                        assert c.recv(4096).startswith(b"HTTP/1.1 20")
+
+            while_draining(probes, collector, hit)
+            details = tracectx.health().details
+            still_open = tracectx.open_requests
+            snap = finish(probes, collector)
+    finally:
+        proc.kill()
+        proc.wait()
+    if capture == "socket":
+        # readv brought the request, writev started the response: one trace, its status read
+        # from the first iovec; the sendfile answer is not a user buffer: counted, no trace.
+        assert [(t.route, t.status) for t in snap.traces] == [("GET /vec", 201)], details
+        assert details["other_calls"] >= 1
+        assert still_open == 1  # the second request, read and answered out of sight
+    else:  # readv has no tracepoint in the fallback's set: nothing is captured, nothing invented
+        assert len(snap.traces) == 0
