@@ -1,12 +1,18 @@
 /* wasmtop lifecycle probe: process cold start (exec -> first listen, exec -> first accepted
  * connection) and the latency of WebAssembly runtimes' compile and instantiate calls.
  *
- * Tracepoints: sched_process_exec/fork/exit, sys_exit_listen, sys_exit_accept4/accept.
+ * Tracepoints: sched_process_exec/fork/exit, and for listen and accept (SOCK_STATE):
+ *   1  sock:inet_sock_set_state (a TCP socket entering LISTEN, in the listening process's
+ *      context) and sock:sk_data_ready on that listening socket (the kernel completed a
+ *      connection and queued it for accept(); Linux 6.4+). Nothing on the syscall path.
+ *   0  the sys_exit_listen / sys_exit_accept4 / sys_exit_accept syscall tracepoints, which put
+ *      every task of the node on the slow syscall path.
  * Uprobes/uretprobes on a runtime's C API (attached by probes/lifecycle.py to the library a
  * workload maps): the entry records the time per (thread, call kind), the return aggregates
  * per (process, kind) in the kernel: count, sum, max and a log-linear histogram.
  *
- * Compiled in by probes/lifecycle.py: MAX_PROCS, MAX_CALLS, RINGBUF_PAGES, CTR_*.
+ * Compiled in by probes/lifecycle.py: SOCK_STATE, MAX_PROCS, MAX_LISTENERS, MAX_CALLS,
+ * RINGBUF_PAGES, CTR_*.
  */
 
 /* A process exec'd while wasmtop runs: when, and whether it has listened / accepted yet.
@@ -89,13 +95,9 @@ int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
     return 0;
 }
 
-static __always_inline void first(u32 kind)
+/* The first listen or accept of process tgid (whose entry is p): one event, then never again. */
+static __always_inline void first_of(u32 tgid, struct proc_life *p, u32 kind, const char *comm)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    struct proc_life *p = procs.lookup(&tgid);
-    if (!p)
-        return; /* exec'd before wasmtop started: no cold start to measure */
     u64 now = bpf_ktime_get_ns();
     u64 *slot = kind == KIND_LISTEN ? &p->listen_ns : &p->accept_ns;
     if (*slot)
@@ -111,8 +113,71 @@ static __always_inline void first(u32 kind)
     ev->ts_ns = now;
     ev->tgid = tgid;
     ev->kind = kind;
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    if (comm)
+        bpf_probe_read_kernel(ev->comm, sizeof(ev->comm), comm);
+    else
+        bpf_get_current_comm(ev->comm, sizeof(ev->comm));
     life_events.ringbuf_submit(ev, 0);
+}
+
+#if SOCK_STATE
+#define TCP_LISTEN 10
+#define PROTO_TCP 6
+
+/* A listening socket of a process still waiting for its first connection. */
+struct listener {
+    u32 tgid;
+    char comm[16];
+};
+BPF_HASH(listeners, u64, struct listener, MAX_LISTENERS);
+
+int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
+{
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate != TCP_LISTEN) {
+        if (args->oldstate == TCP_LISTEN) /* a listener closed (or a child was cloned from one) */
+            listeners.delete(&sk);
+        return 0;
+    }
+    if (args->protocol != PROTO_TCP)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_life *p = procs.lookup(&tgid);
+    if (!p)
+        return 0; /* exec'd before wasmtop started: no cold start to measure */
+    first_of(tgid, p, KIND_LISTEN, 0);
+    if (p->accept_ns)
+        return 0;
+    struct listener l = {.tgid = tgid};
+    bpf_get_current_comm(l.comm, sizeof(l.comm));
+    if (listeners.update(&sk, &l))
+        count_event(CTR_MAP_FULL);
+    return 0;
+}
+
+/* Data ready on a listening socket: the kernel has a connection for accept(). In softirq
+ * context: the process is the one that listened, not current. */
+int wasmtop_sk_data_ready(struct tracepoint__sock__sk_data_ready *args)
+{
+    u64 sk = (u64)args->skaddr;
+    struct listener *l = listeners.lookup(&sk);
+    if (!l)
+        return 0;
+    struct listener who = *l;
+    listeners.delete(&sk);
+    struct proc_life *p = procs.lookup(&who.tgid);
+    if (p)
+        first_of(who.tgid, p, KIND_ACCEPT, who.comm);
+    return 0;
+}
+#else
+static __always_inline void first(u32 kind)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_life *p = procs.lookup(&tgid);
+    if (!p)
+        return; /* exec'd before wasmtop started: no cold start to measure */
+    first_of(tgid, p, kind, 0);
 }
 
 int wasmtop_listen(struct tracepoint__syscalls__sys_exit_listen *args)
@@ -135,6 +200,7 @@ int wasmtop_accept(struct tracepoint__syscalls__sys_exit_accept *args)
         first(KIND_ACCEPT);
     return 0;
 }
+#endif /* SOCK_STATE */
 
 static __always_inline int call_entry(u32 kind)
 {

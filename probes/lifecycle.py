@@ -1,9 +1,11 @@
 """Lifecycle probe: process cold start (exec -> first listen, exec -> first accepted connection)
 and the latency of WebAssembly runtimes' compile and instantiate calls.
 
-Kernel side: ``lifecycle.bpf.c`` on sched_process_exec/fork/exit and the listen/accept syscall
-tracepoints, plus uprobes on a runtime's C API, attached per library file as workloads that map
-one are found (``attach_library``).
+Kernel side: ``lifecycle.bpf.c`` on sched_process_exec/fork/exit and, for listen and accept,
+the socket tracepoints inet_sock_set_state and sk_data_ready where the kernel has them (else the
+listen/accept syscall tracepoints, which tax every syscall on the node), plus uprobes on a
+runtime's C API, attached per library file as workloads that map one are found
+(``attach_library``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .records import LifecycleReading, WasmCalls
 
 DEFAULT_MAX_PROCS = 16_384
 DEFAULT_MAX_CALLS = 16_384
+DEFAULT_MAX_LISTENERS = 4096  # listening sockets of processes not yet past their first accept
+SOCKET_TRACEPOINTS = ("sock:inet_sock_set_state", "sock:sk_data_ready")
 DEFAULT_RINGBUF_PAGES = 8  # cold starts are rare: 32 KiB holds ~800 between two drains
 
 COMPILE, INSTANTIATE = "compile", "instantiate"
@@ -55,13 +59,19 @@ class Library:
 
 class LifecycleProbe(Probe):
     name = "lifecycle"
-    tracepoints = (
+    process_tracepoints = (
         ("sched:sched_process_exec", "wasmtop_process_exec"),
         ("sched:sched_process_fork", "wasmtop_process_fork"),
         ("sched:sched_process_exit", "wasmtop_process_exit"),
+    )
+    syscall_tracepoints = (
         ("syscalls:sys_exit_listen", "wasmtop_listen"),
         ("syscalls:sys_exit_accept4", "wasmtop_accept4"),
         ("syscalls:sys_exit_accept", "wasmtop_accept"),
+    )
+    socket_tracepoints = (
+        ("sock:inet_sock_set_state", "wasmtop_sock_state"),
+        ("sock:sk_data_ready", "wasmtop_sk_data_ready"),
     )
     ringbuffers = (("life_events", "life_event"),)
 
@@ -71,8 +81,24 @@ class LifecycleProbe(Probe):
         max_procs: int = DEFAULT_MAX_PROCS,
         max_calls: int = DEFAULT_MAX_CALLS,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        max_listeners: int = DEFAULT_MAX_LISTENERS,
+        capture: str = "auto",
     ) -> None:
+        """``capture``: "socket" (listen and the first connection seen on socket tracepoints:
+        TCP only), "syscalls" (the listen/accept syscall tracepoints: any socket family, at the
+        cost of the slow syscall path for every task) or "auto" (socket where the kernel has
+        the tracepoints)."""
         super().__init__()
+        if capture not in ("auto", "socket", "syscalls"):
+            raise ValueError("capture must be one of auto, socket, syscalls")
+        if capture == "auto":
+            capture = "socket" if features.has_tracepoints(*SOCKET_TRACEPOINTS) else "syscalls"
+        self.capture = capture
+        self.tracepoints = (  # type: ignore[misc]
+            *self.process_tracepoints,
+            *(self.socket_tracepoints if capture == "socket" else self.syscall_tracepoints),
+        )
+        self.max_listeners = max_listeners
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise ValueError("ringbuf_pages must be a power of two")
         self.max_procs = max_procs
@@ -83,7 +109,9 @@ class LifecycleProbe(Probe):
 
     def defines(self) -> dict[str, int | str]:
         return {
+            "SOCK_STATE": int(self.capture == "socket"),
             "MAX_PROCS": self.max_procs,
+            "MAX_LISTENERS": self.max_listeners,
             "MAX_CALLS": self.max_calls,
             "RINGBUF_PAGES": self.ringbuf_pages,
         }
@@ -154,6 +182,7 @@ class LifecycleProbe(Probe):
 
     def details(self) -> dict[str, Any]:
         return {
+            "capture": self.capture,
             "libraries": [
                 {
                     "path": lib.path,
@@ -163,7 +192,7 @@ class LifecycleProbe(Probe):
                     "error": lib.error,
                 }
                 for lib in self.libraries.values()
-            ]  # fmt: skip
+            ],  # fmt: skip
         }
 
     # -- reading --------------------------------------------------------------------------

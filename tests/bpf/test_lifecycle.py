@@ -37,9 +37,9 @@ def nothing_of_ours_left_behind():
 
 
 @contextlib.contextmanager
-def watching(trace: bool = False) -> Iterator[tuple[ProbeSet, Collector]]:
+def watching(trace: bool = False, capture: str = "auto") -> Iterator[tuple[ProbeSet, Collector]]:
     sched = SchedProbe()
-    probes = [sched, LifecycleProbe()] + ([TraceCtxProbe(sched)] if trace else [])
+    probes = [sched, LifecycleProbe(capture=capture)] + ([TraceCtxProbe(sched)] if trace else [])
     with ProbeSet(probes, handle_signals=False) as ps:
         for p in ps:
             assert p.status == OK, f"{p.name}: {p.reason}"
@@ -63,18 +63,30 @@ def by_pid(snap: Snapshot, pid: int):
     return next(w for w in snap.workloads if pid in w.pids)
 
 
-def test_cold_start_is_exec_to_first_listen(tmp_path):
+# listen and accept are seen on the socket tracepoints where the kernel has them, else on the
+# syscall tracepoints: the cold start is the same either way.
+CAPTURES = ("socket", "syscalls") if LifecycleProbe().capture == "socket" else ("syscalls",)
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
     exe = tmp_path / "listen_after"
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(LISTEN_AFTER)], check=True)
-    with watching() as (ps, collector):
+    with watching(capture=capture) as (ps, collector):
         proc = subprocess.Popen([str(exe), "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True)  # fmt: skip
         try:
             port = int(proc.stdout.readline().split()[1])
+            life = ps.probes[1]
+            if capture == "socket":  # its listening socket waits for the first connection
+                assert [v.tgid for v in life.table("listeners").values()] == [proc.pid]
             time.sleep(0.1)
             socket.create_connection(("127.0.0.1", port)).close()  # its first accept
             collector.observe()
             snap = watch_for(ps, collector, 0.5)
+            assert life.details()["capture"] == capture
+            if capture == "socket":  # and is forgotten at its first connection
+                assert proc.pid not in [v.tgid for v in life.table("listeners").values()]
         finally:
             proc.kill()
             proc.wait()
