@@ -4,6 +4,9 @@
 For each configuration below, in rotating order over ``--rounds`` rounds (medians printed):
 - ``write()``: ns per call of a Python loop of one-byte ``os.write`` to /dev/null, in a process
   nothing traces (the syscall path every process of the node takes);
+- ``socket``: ns per one-byte ``send`` + ``recv`` over a Unix stream socket pair, in a process
+  nothing traces (what a socket call of an untraced process pays: the socket tracepoints' programs
+  run for it and return at the first lookup);
 - ``pipe``: `perf bench sched pipe` ops/s, unpinned and pinned to one CPU (the scheduler path).
 
 Configurations: nothing attached; bcc's ``runqlat-bpfcc``; ``wasmtop snapshot`` as shipped
@@ -17,6 +20,7 @@ attachments for capturing requests without the node-wide tax, each as an empty B
   same uprobe in every process, what a traced process would pay per call.
 
 Usage: .venv/bin/python bench/untraced_tax.py [--rounds 3] [--writes 300000] [--loops 100000]
+       [--only CONFIG ...]
 Needs root, perf, runqlat-bpfcc. Targets (issue: cheap at the edge): ``write()`` of an
 untraced process <= 1.05x the baseline with wasmtop as shipped; the pipe ratio >= runqlat's.
 Run on a quiet machine: the load average is printed beside the results.
@@ -46,6 +50,18 @@ for _ in range(10_000):
 t0 = time.perf_counter_ns()
 for _ in range(n):
     w(fd, b)
+print((time.perf_counter_ns() - t0) / n)
+"""
+
+SOCKET_LOOP = """
+import socket, sys, time
+a, b = socket.socketpair()
+n = int(sys.argv[1]); x = b"x"; send = a.send; recv = b.recv
+for _ in range(10_000):
+    send(x); recv(1)
+t0 = time.perf_counter_ns()
+for _ in range(n):
+    send(x); recv(1)
 print((time.perf_counter_ns() - t0) / n)
 """
 
@@ -144,6 +160,13 @@ def write_ns(writes: int) -> float:
     return float(out.stdout)
 
 
+def socket_ns(rounds: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", SOCKET_LOOP, str(rounds)], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout)
+
+
 def pipe_ops(loops: int, pinned: bool) -> float:
     cmd = ["perf", "bench", "sched", "pipe", "-l", str(loops)]
     if pinned:
@@ -166,7 +189,7 @@ def main() -> int:
     print(f"load before: {os.getloadavg()[0]:.2f}  cpus: {os.cpu_count()}", flush=True)
     other = subprocess.Popen(["sleep", "infinity"])  # the uprobe's filter target
     results: dict[str, dict[str, list[float]]] = {
-        c: {"write": [], "pipe": [], "pipe_pinned": []} for c in configs
+        c: {"write": [], "socket": [], "pipe": [], "pipe_pinned": []} for c in configs
     }
     try:
         for r in range(args.rounds):
@@ -175,6 +198,7 @@ def main() -> int:
                 tool = Tool(name, other.pid)
                 try:
                     results[name]["write"].append(write_ns(args.writes))
+                    results[name]["socket"].append(socket_ns(args.writes // 3))
                     results[name]["pipe"].append(pipe_ops(args.loops, pinned=False))
                     results[name]["pipe_pinned"].append(pipe_ops(args.loops, pinned=True))
                 finally:
@@ -184,14 +208,19 @@ def main() -> int:
         other.kill()
     base = {k: statistics.median(v) for k, v in results.get("nothing", {}).items() if v}
     print(f"\nmedians of {args.rounds} rounds; load after: {os.getloadavg()[0]:.2f}")
-    print(f"{'attached':<34} {'write() ns':>10} {'ratio':>6} {'pipe':>7} {'pinned':>7}")
+    print(
+        f"{'attached':<34} {'write() ns':>10} {'ratio':>6} {'socket ns':>9} {'ratio':>6}"
+        f" {'pipe':>7} {'pinned':>7}"
+    )
     for name in configs:
         m = {k: statistics.median(v) for k, v in results[name].items()}
-        w = m["write"]
-        wr = w / base["write"] if base else float("nan")
-        pr = m["pipe"] / base["pipe"] if base else float("nan")
-        pp = m["pipe_pinned"] / base["pipe_pinned"] if base else float("nan")
-        print(f"{name:<34} {w:>10.0f} {wr:>5.2f}x {pr:>6.3f}x {pp:>6.3f}x")
+        w, so = m["write"], m["socket"]
+        nan = float("nan")
+        wr = w / base["write"] if base else nan
+        sr = so / base["socket"] if base else nan
+        pr = m["pipe"] / base["pipe"] if base else nan
+        pp = m["pipe_pinned"] / base["pipe_pinned"] if base else nan
+        print(f"{name:<34} {w:>10.0f} {wr:>5.2f}x {so:>9.0f} {sr:>5.2f}x {pr:>6.3f}x {pp:>6.3f}x")
     return 0
 
 

@@ -135,8 +135,9 @@ def bypass_event(f: tuple) -> BypassRecord:
 
 
 CAPTURE_BYTES = 512  # bytes of an HTTP message's start copied by tracectx.bpf.c
-HTTP_SYSCALLS = {1: "read", 2: "recvfrom", 3: "recvmsg", 4: "write", 5: "sendto", 6: "sendmsg",
-                 7: "writev", 8: "readv"}  # fmt: skip
+# The calls tracectx.bpf.c (SYS_*) reads a request with, and writes a response with.
+READ_SYSCALLS = {1: "read", 2: "recvfrom", 3: "recvmsg", 8: "readv"}
+WRITE_SYSCALLS = {4: "write", 5: "sendto", 6: "sendmsg", 7: "writev"}
 _HAVE_STATS, _HAVE_CTX = 1, 2
 
 
@@ -146,7 +147,7 @@ def request_event(f: tuple) -> RequestRecord:
     (start, end, wake, queued, seq, p_start, p_end, m_start, m_end, tgid, tid, end_tid, fd, _nbytes,
      captured, status, start_flags, end_flags, read_sys, write_sys, ctx_trace, ctx_span,
      data) = f  # fmt: skip
-    if read_sys not in HTTP_SYSCALLS or write_sys not in HTTP_SYSCALLS or captured > CAPTURE_BYTES:
+    if read_sys not in READ_SYSCALLS or write_sys not in WRITE_SYSCALLS or captured > CAPTURE_BYTES:
         raise DecodeError(f"request_event: syscalls {read_sys}/{write_sys}, {captured} bytes")
     s0, s1 = start_flags & _HAVE_STATS, end_flags & _HAVE_STATS
     ctx = end_flags & _HAVE_CTX

@@ -276,6 +276,21 @@ def check_bpf_stats() -> Feature:
     return Feature("bpf_stats", UNAVAILABLE, f"BPF_ENABLE_STATS: {errno.errorcode.get(-fd)}", False)
 
 
+def check_socket_capture() -> Feature:
+    """Requests and cold starts can be captured without any syscall tracepoint (which would put
+    every task of the node on the slow syscall path)."""
+    sock_io = ("sock:sock_recv_length", "sock:sock_send_length")
+    if not has_tracepoints(*sock_io):
+        why = "no sock_recv_length/sock_send_length tracepoints (Linux < 6.3)"
+    elif not user_regs():
+        why = "no bpf_task_pt_regs with BTF on x86-64 (Linux >= 5.15)"
+    elif not has_tracepoints("sock:inet_sock_set_state", "sock:sk_data_ready"):
+        why = "no sk_data_ready tracepoint (Linux < 6.4)"
+    else:
+        return Feature("socket_capture", OK, "socket tracepoints + syscall registers", False)
+    return Feature("socket_capture", UNAVAILABLE, f"{why}: syscall tracepoints instead", False)
+
+
 def detect() -> list[Feature]:
     """Every feature check that needs no compiler. fentry is checked by loading (see runtime)."""
     return [
@@ -287,4 +302,5 @@ def detect() -> list[Feature]:
         check_bpffs(),
         check_bpf_stats(),
         check_kprobes(),
+        check_socket_capture(),
     ]

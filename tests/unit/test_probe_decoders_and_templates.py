@@ -207,7 +207,9 @@ def test_request_event_decoder(data, expected):
     assert DECODERS["request_event"](data) == expected
 
 
-@pytest.mark.parametrize("over", [dict(read_sys=0), dict(write_sys=8), dict(captured=513)])
+@pytest.mark.parametrize(
+    "over", [dict(read_sys=0), dict(read_sys=4), dict(write_sys=8), dict(captured=513)]
+)
 def test_request_event_decoder_refuses_impossible_fields(over):
     with pytest.raises(DecodeError):
         DECODERS["request_event"](_pack_request(**over))
