@@ -7,7 +7,9 @@ request per connection, with 1 and with 32 concurrent connections. Each round ru
 against a fresh server process and fresh connections (established after wasmtop attached).
 Prints p50/p99 round trip and requests/s per mode (medians over rounds) and the ratios.
 
-Usage: sudo .venv/bin/python bench/bypass_latency.py [--rounds 3] [--seconds 3]
+Usage: sudo .venv/bin/python bench/bypass_latency.py [--rounds 3] [--seconds 3] [--conns 1 32]
+                                                    [--configs plain observe accelerate ...]
+(configurations: see CONFIGS; the partial ones attribute observe mode's cost)
 Targets (issue 3): accelerate p50 <= 0.95x plain TCP; throughput never below plain TCP.
 """
 
@@ -113,30 +115,51 @@ def run_load(port: int, conns: int, seconds: float) -> tuple[list[int], float]:
     return rtts, done / elapsed
 
 
-def start_wasmtop(mode: str) -> subprocess.Popen:
+# What each configuration runs: `wasmtop snapshot` with these flags (every probe it loads by
+# default, the scheduler probe always). The partial ones say where observe mode's cost is.
+CONFIGS = {
+    "plain": None,
+    "observe": ["--bypass", "observe"],  # as shipped
+    "accelerate": ["--bypass", "accelerate"],
+    "sched": ["--bypass", "off", "--no-trace"],  # scheduler + lifecycle probes
+    "observe-notrace": ["--bypass", "observe", "--no-trace"],  # + sockops and tc
+    # + sockops alone: the same, with wasmtop's tc filters on lo deleted once it attached
+    "observe-notc": ["--bypass", "observe", "--no-trace"],
+}
+TC_PRIO = 0x7761  # probes/sockbypass.py
+
+
+def start_wasmtop(flags: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [WASMTOP, "snapshot", "--seconds", "3600", "--bypass", mode],
+        [WASMTOP, "snapshot", "--seconds", "3600", *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     line = proc.stderr.readline()  # "wasmtop: attached: ..." once every probe is started
-    if f"sockbypass ok ({mode})" not in line:
+    mode = flags[flags.index("--bypass") + 1]
+    if mode != "off" and f"sockbypass ok ({mode})" not in line:
         proc.kill()
         raise RuntimeError(f"wasmtop did not attach in {mode} mode: {line.strip()}")
     return proc
 
 
 def one_round(mode: str, conns: int, seconds: float) -> tuple[float, float, float]:
-    tool = start_wasmtop(mode) if mode != "plain" else None
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    flags = CONFIGS[mode]
+    tool = start_wasmtop(flags) if flags is not None else None
+    server = None
     try:
+        if mode == "observe-notc":  # on lo, packets are counted at egress only
+            subprocess.run(["tc", "filter", "del", "dev", "lo", "egress", "protocol", "all",
+                            "pref", str(TC_PRIO), "bpf"], check=True)  # fmt: skip
+        server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
         port = int(server.stdout.readline())
         run_load(port, conns, 0.5)  # warm-up
         rtts, rps = run_load(port, conns, seconds)
     finally:
-        server.kill()
-        server.wait()
+        if server is not None:
+            server.kill()
+            server.wait()
         if tool is not None:
             tool.terminate()
             tool.wait(timeout=30)
@@ -148,24 +171,34 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="load per measurement")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=["plain", "observe", "accelerate"],
+        help="what to compare (plain is always included)",
+    )
+    ap.add_argument("--conns", type=int, nargs="+", default=[1, 32], help="connection counts")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1
-    modes = ["plain", "observe", "accelerate"]
+    modes = ["plain", *(c for c in args.configs if c != "plain")]
+    print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
     results: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
-    for conns in (1, 32):
+    for conns in args.conns:
         for r in range(args.rounds):
             k = r % len(modes)
             for mode in modes[k:] + modes[:k]:
                 res = one_round(mode, conns, args.seconds)
                 results.setdefault((conns, mode), []).append(res)
                 print(
-                    f"conns {conns:2d} round {r + 1} {mode:10s} p50 {res[0]:7.1f} us  "
+                    f"conns {conns:2d} round {r + 1} {mode:15s} p50 {res[0]:7.1f} us  "
                     f"p99 {res[1]:7.1f} us  {res[2]:9.0f} req/s",
                     flush=True,
                 )
-    for conns in (1, 32):
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    for conns in args.conns:
         print(f"\n{conns} connection(s), 1 KiB request/response, median of {args.rounds} rounds")
         med = {
             m: tuple(statistics.median(x[i] for x in results[conns, m]) for i in range(3))
@@ -174,7 +207,7 @@ def main() -> int:
         for m in modes:
             p50, p99, rps = med[m]
             print(
-                f"  {m:10s} p50 {p50:7.1f} us ({p50 / med['plain'][0]:.3f}x)  "
+                f"  {m:15s} p50 {p50:7.1f} us ({p50 / med['plain'][0]:.3f}x)  "
                 f"p99 {p99:7.1f} us ({p99 / med['plain'][1]:.3f}x)  "
                 f"{rps:9.0f} req/s ({rps / med['plain'][2]:.3f}x)"
             )
