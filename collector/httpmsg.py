@@ -187,8 +187,77 @@ def _parse_start_line(line: str) -> tuple[str, str | None, str | None, int | Non
     return "request", request.group(1), _request_path(request.group(2)), None
 
 
+# The common case, read straight from the bytes: a request line with an origin-form target
+# ("GET /path HTTP/1.1"), at most one traceparent (version 00, well formed) and no tracestate or
+# X-TraceID-Bytes header. Anything else (and anything these checks are not sure of) takes the
+# general parser below; a property test holds the two to the same answer on arbitrary heads.
+# "METHOD /path[?query] HTTP/1.x": the path up to the first "?" or "#" in its own group
+_FAST_START = re.compile(
+    rb"([A-Z]{3,16}) (/[!-\x22\x24-\x3e\x40-~]*)(?:[?#][!-~]*)? HTTP/1\.[01]\r?\n"
+)
+_FAST_BLANK_LINE = re.compile(rb"\n\r?\n")
+_FAST_TRACEPARENT_LINE = re.compile(rb"\ntraceparent:", re.IGNORECASE)
+_FAST_OTHER_TRACE_LINE = re.compile(rb"\n(?:tracestate|x-traceid-bytes):", re.IGNORECASE)
+_FAST_TRACEPARENT = re.compile(rb"[ \t]*00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})[ \t]*\r?\Z")
+_ZERO_TRACE_ID_B, _ZERO_PARENT_ID_B = b"0" * 32, b"0" * 16
+_METHOD_TEXT: dict[bytes, str] = {}  # method bytes -> str, bounded by _MAX_METHODS
+_MAX_METHODS = 64
+_TRUNCATED = ("head_truncated",)
+_new_head = tuple.__new__  # a Head from its fields without NamedTuple.__new__'s Python call
+
+
+def _fast_head(data: bytes) -> Head | None:
+    """The Head of a common request head, or None when the general parser must decide."""
+    start = _FAST_START.match(data)
+    if start is None or _FAST_OTHER_TRACE_LINE.search(data) is not None:
+        return None
+    first_end = start.end() - 1  # the start line's "\n"
+    # the end of the header lines: through the "\n" that starts the blank line, or through the
+    # last complete line when the capture cut the head
+    blank = _FAST_BLANK_LINE.search(data, first_end)
+    headers_end = blank.start() + 1 if blank is not None else data.rfind(b"\n") + 1
+    trace_id = parent_id = flags = source = None
+    tp = _FAST_TRACEPARENT_LINE.search(data, first_end)
+    if tp is not None:
+        at = tp.start()
+        eol = data.find(b"\n", at + 1)
+        if eol < 0 or eol >= headers_end or _FAST_TRACEPARENT_LINE.search(data, eol) is not None:
+            return None  # after the head, unterminated, or several: for the general parser
+        value = _FAST_TRACEPARENT.match(data, at + 13, eol)
+        if value is None:
+            return None
+        tid, pid, fl = value.groups()
+        if tid == _ZERO_TRACE_ID_B or pid == _ZERO_PARENT_ID_B:
+            return None
+        trace_id, parent_id = bytes.fromhex(tid.decode()), bytes.fromhex(pid.decode())
+        flags, source = int(fl, 16), TRACE_SOURCE_TRACEPARENT
+    raw_method = start.group(1)
+    method = _METHOD_TEXT.get(raw_method)
+    if method is None:
+        method = raw_method.decode()
+        if len(_METHOD_TEXT) < _MAX_METHODS:
+            _METHOD_TEXT[raw_method] = method
+    complete = blank is not None
+    problems = () if complete or trace_id is not None else _TRUNCATED
+    path = start.group(2)[:PATH_MAX_CHARS].decode()
+    return _new_head(  # type: ignore[no-any-return]
+        Head,
+        ("request", method, path, None, complete, trace_id, parent_id, flags, source, None,
+         problems),
+    )  # fmt: skip
+
+
 def parse_head(data: bytes) -> Head | str:
     """The Head of captured bytes, or "bad_start_line" when they are not an HTTP/1.x head."""
+    if type(data) is bytes:
+        fast = _fast_head(data)
+        if fast is not None:
+            return fast
+    return parse_head_general(data)
+
+
+def parse_head_general(data: bytes) -> Head | str:
+    """parse_head for every input: the reference the fast path is held to."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return "bad_start_line"
     # latin-1 maps every byte to one character, so decoding cannot fail and offsets stay bytes

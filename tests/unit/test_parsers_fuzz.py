@@ -14,7 +14,9 @@ from wasmtop.collector.httpmsg import (
     REASONS,
     Head,
     TraceParent,
+    _fast_head,
     parse_head,
+    parse_head_general,
     parse_traceid_bytes,
     parse_traceparent,
 )
@@ -99,3 +101,69 @@ def test_ring_buffer_decoders_give_a_record_or_decode_error(name, data):
         pass
     else:
         raise AssertionError(f"{name} decoded {wrong} bytes (expects {decode.size})")
+
+
+# The fast path of parse_head (the common request head, read from the bytes) against the general
+# parser: on every head it answers, the same Head; on the rest, None. The generator leans on the
+# cases where they could differ: targets with a query, fragment or absolute form, traceparent
+# values with spaces, tabs, a stray CR, uppercase, zero ids, a second copy, one after the head,
+# and cuts at any byte.
+FAST_TARGETS = [b"/", b"/item", b"/a?b#c", b"/a#b?c", b"/" + b"p" * 80, b"*", b"http://h/p",
+                b"/%7e?x=1", b"/\xe9"]  # fmt: skip
+TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+FAST_VALUES = [TP, b" " + TP, TP + b" \t", b"\t" + TP + b"\r", TP.upper(), TP + b"-00",
+               TP.replace(b"0af7", b"0000", 1), b"00-" + b"0" * 32 + TP[35:],
+               TP[:36] + b"0" * 16 + b"-01", TP[:-1], b""]  # fmt: skip
+FAST_NAMES = [b"traceparent", b"Traceparent", b"TRACEPARENT", b"tracestate", b"x-traceid-bytes",
+              b"host", b"traceparent ", b"xtraceparent"]  # fmt: skip
+
+
+@st.composite
+def request_heads(draw):
+    method = draw(st.sampled_from([b"GET", b"POST", b"DELETE", b"get", b"GE", b"A" * 17]))
+    target = draw(st.sampled_from(FAST_TARGETS) | st.binary(max_size=20))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]))
+    eol = draw(st.sampled_from([b"\r\n", b"\n", b"\r\r\n"]))
+    lines = [method + b" " + target + b" " + version]
+    for _ in range(draw(st.integers(0, 5))):
+        name = draw(st.sampled_from(FAST_NAMES))
+        sep = draw(st.sampled_from([b": ", b":", b":\t"]))
+        value = draw(st.sampled_from(FAST_VALUES) | st.binary(max_size=30))
+        lines.append(name + sep + value)
+    data = eol.join(lines) + eol + draw(st.sampled_from([b"\r\n", b"\n", b""]))
+    data += draw(st.sampled_from([b"", b"body", b"\ntraceparent: " + TP + b"\r\n"]))
+    return data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+
+
+@given(request_heads())
+def test_the_fast_path_answers_exactly_as_the_general_parser_or_not_at_all(data):
+    fast = _fast_head(data)
+    assert fast is None or fast == parse_head_general(data), (fast, parse_head_general(data))
+    assert parse_head(data) == parse_head_general(data)
+
+
+def test_the_fast_path_answers_as_the_general_parser_on_every_combination_of_the_pieces():
+    """Every target, header name and value above (and a second header line), whole and cut
+    after the header line: no luck needed to reach a case."""
+    checked = taken = 0
+    for target in FAST_TARGETS:
+        for name in FAST_NAMES:
+            for value in FAST_VALUES:
+                for extra in (b"", b"Host: a\r\n", b"traceparent: " + TP + b"\r\n"):
+                    line = name + b": " + value + b"\r\n"
+                    head = b"GET " + target + b" HTTP/1.1\r\n" + line + extra
+                    for data in (head + b"\r\n", head, head[:-1]):
+                        fast = _fast_head(data)
+                        assert fast is None or fast == parse_head_general(data), data
+                        checked += 1
+                        taken += fast is not None
+    assert checked == len(FAST_TARGETS) * len(FAST_NAMES) * len(FAST_VALUES) * 9
+    assert taken > checked // 10  # the fast path is exercised, not always declined
+
+
+def test_the_fast_path_takes_the_common_heads():
+    for data in (b"GET /item?x=1 HTTP/1.1\r\nHost: a\r\ntraceparent: " + TP + b"\r\n\r\n",
+                 b"POST / HTTP/1.0\r\n\r\n", b"GET /a HTTP/1.1\r\nHost: a\r\nUser-Ag"):  # fmt: skip
+        fast = _fast_head(data)
+        assert fast is not None and fast == parse_head_general(data)
+    assert _fast_head(b"GET /a HTTP/1.1\r\ntracestate: k=v\r\n\r\n") is None
