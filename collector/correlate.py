@@ -52,7 +52,26 @@ def route_path(path: str) -> str:
     return "/".join(ID_SEGMENT if _ID_LIKE.fullmatch(seg) else seg for seg in path.split("/"))
 
 
+# "METHOD route" by (method, path): the same few paths come again and again, and folding one
+# costs a regular-expression match per segment. Emptied when full (any path may come, so it is
+# bounded, and emptying keeps the common ones coming back at once).
+MAX_ROUTE_CACHE = 4096
+_route_cache: dict[tuple[str, str], str] = {}
+
+
+def method_route(method: str, path: str) -> str:
+    """ "METHOD route" of a request (``route_path`` of its path)."""
+    key = (method, path)
+    route = _route_cache.get(key)
+    if route is None:
+        if len(_route_cache) >= MAX_ROUTE_CACHE:
+            _route_cache.clear()
+        route = _route_cache[key] = f"{method} {route_path(path)}"
+    return route
+
+
 _SPAN_IDS = random.Random(os.urandom(16))
+_new_tuple = tuple.__new__
 _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
 
 
@@ -86,6 +105,25 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+
+# Request and Trace are built positionally (tuple.__new__) once per request: their field order
+# is part of that code, so a change to it must fail here, at import, not misplace a figure.
+_ORDERS = {
+    Request: ("pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status",
+              "trace_id", "parent_id", "span_id", "trace_source", "trace_flags", "tracestate",
+              "preempted_ns", "migrations", "bypassed", "queued_ns", "queued_wakeup",
+              "read_end_ns"),
+    Trace: ("trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid",
+            "tid", "workload", "start_ns", "duration_ms", "preempted_ms", "migrations",
+            "bypassed", "method", "route", "status", "queued_ms", "queued_wakeup", "read_end_ns",
+            "preemptions", "wakeup_waits"),
+}  # fmt: skip
+for _cls, _order in _ORDERS.items():
+    if _cls._fields != _order:
+        raise ImportError(
+            f"{_cls.__name__} fields changed: update correlate.py's positional builds"
+        )
 
 
 @dataclass
@@ -181,7 +219,7 @@ class RequestTracker:
         if head.method not in METHODS:
             self.counters["requests_method_other"] += 1
             return OTHER_ROUTE
-        route = f"{head.method} {route_path(head.path or '')}"
+        route = method_route(head.method, head.path or "")
         win = self._window(workload)
         if route not in win.named:
             if len(win.named) >= self.max_paths:
@@ -211,29 +249,19 @@ class RequestTracker:
             span_id = rec.ctx_span_id
             if trace_id is None:
                 trace_id, source = rec.ctx_trace_id, "trace_ctx"
-        return Request(
-            pid=rec.tgid,
-            tid=rec.tid,
-            fd=rec.fd,
-            workload=workload,
-            start_ns=rec.wake_ns if rec.wake_ns and rec.wake_ns <= rec.start_ns else rec.start_ns,
-            end_ns=rec.end_ns,
-            method=head.method,
-            route=self._route(workload, head),
-            status=rec.status,
-            trace_id=trace_id,
-            parent_id=head.parent_id,
-            span_id=span_id,
-            trace_source=source,
-            trace_flags=head.trace_flags,
-            tracestate=head.tracestate,
-            preempted_ns=preempted,
-            migrations=migrations,
-            bypassed=bypassed,
-            queued_ns=rec.queued_ns,
-            queued_wakeup=rec.wakeup_seq,
-            read_end_ns=rec.start_ns,
-        )
+        wake = rec.wake_ns
+        # Fields in Request's order, built without NamedTuple.__new__'s Python call (one per
+        # request): pid, tid, fd, workload, start_ns, end_ns, method, route, status, trace_id,
+        # parent_id, span_id, trace_source, trace_flags, tracestate, preempted_ns, migrations,
+        # bypassed, queued_ns, queued_wakeup, read_end_ns.
+        return _new_tuple(  # type: ignore[no-any-return]
+            Request,
+            (rec.tgid, rec.tid, rec.fd, workload,
+             wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
+             self._route(workload, head), rec.status, trace_id, head.parent_id, span_id, source,
+             head.trace_flags, head.tracestate, preempted, migrations, bypassed, rec.queued_ns,
+             rec.wakeup_seq, rec.start_ns),
+        )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
     def take(self) -> list[Request]:
@@ -307,28 +335,18 @@ def trace_of(r: Request) -> Trace:
     # wasmtop's own span for this request when none was given (random, as W3C asks; not a
     # secret, so not a getrandom syscall per request).
     span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
-    return Trace(
-        trace_id=r.trace_id.hex(),
-        span_id=span.hex(),
-        parent_span_id=r.parent_id.hex() if r.parent_id else None,
-        source=r.trace_source or "",
-        trace_flags=r.trace_flags,
-        tracestate=r.tracestate,
-        pid=r.pid,
-        tid=r.tid,
-        workload=r.workload,
-        start_ns=r.start_ns,
-        duration_ms=r.duration_ns / 1e6,
-        preempted_ms=None if r.preempted_ns is None else r.preempted_ns / 1e6,
-        migrations=r.migrations,
-        bypassed=r.bypassed,
-        method=r.method,
-        route=r.route,
-        status=r.status,
-        queued_ms=None if r.queued_ns is None else r.queued_ns / 1e6,
-        queued_wakeup=r.queued_wakeup,
-        read_end_ns=r.read_end_ns,
-    )
+    (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
+     _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
+     queued_wakeup, read_end_ns) = r  # fmt: skip
+    # Fields in Trace's order (checked at import), without NamedTuple.__new__'s Python call.
+    return _new_tuple(  # type: ignore[no-any-return]
+        Trace,
+        (trace_id.hex(), span.hex(), parent_id.hex() if parent_id else None, source or "",
+         flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,
+         None if preempted_ns is None else preempted_ns / 1e6, migrations, bypassed, method,
+         route, status, None if queued_ns is None else queued_ns / 1e6, queued_wakeup,
+         read_end_ns, (), ()),
+    )  # fmt: skip
 
 
 _Event = TypeVar("_Event", bound=Union[PreemptionEvent, WakeupWaitEvent])

@@ -151,25 +151,26 @@ def request_event(f: tuple) -> RequestRecord:
         raise DecodeError(f"request_event: syscalls {read_sys}/{write_sys}, {captured} bytes")
     s0, s1 = start_flags & _HAVE_STATS, end_flags & _HAVE_STATS
     ctx = end_flags & _HAVE_CTX
-    return RequestRecord(
-        tgid=tgid,
-        fd=fd,
-        start_ns=start,
-        end_ns=end,
-        tid=tid,
-        end_tid=end_tid,
-        preempt_start_ns=p_start if s0 else None,
-        preempt_end_ns=p_end if s1 else None,
-        migrations_start=m_start if s0 else None,
-        migrations_end=m_end if s1 else None,
-        status=status or None,
-        data=data[:captured],
-        ctx_trace_id=ctx_trace if ctx else None,
-        ctx_span_id=ctx_span if ctx else None,
-        wake_ns=wake or None,
-        queued_ns=queued if seq else (0 if s0 else None),  # none charged; None: not known
-        wakeup_seq=seq or None,
-    )
+    # RequestRecord's fields in order (one per request: no NamedTuple.__new__ Python call):
+    # tgid, fd, start_ns, end_ns, tid, end_tid, preempt_start_ns, preempt_end_ns,
+    # migrations_start, migrations_end, status, data, ctx_trace_id, ctx_span_id, wake_ns,
+    # queued_ns (0: none charged; None: not known), wakeup_seq.
+    return _new_tuple(  # type: ignore[no-any-return]
+        RequestRecord,
+        (tgid, fd, start, end, tid, end_tid, p_start if s0 else None, p_end if s1 else None,
+         m_start if s0 else None, m_end if s1 else None, status or None, data[:captured],
+         ctx_trace if ctx else None, ctx_span if ctx else None, wake or None,
+         queued if seq else (0 if s0 else None), seq or None),
+    )  # fmt: skip
+
+
+_new_tuple = tuple.__new__
+if RequestRecord._fields != (
+    "tgid", "fd", "start_ns", "end_ns", "tid", "end_tid", "preempt_start_ns", "preempt_end_ns",
+    "migrations_start", "migrations_end", "status", "data", "ctx_trace_id", "ctx_span_id",
+    "wake_ns", "queued_ns", "wakeup_seq",
+):  # fmt: skip
+    raise ImportError("RequestRecord fields changed: update request_event's positional build")
 
 
 LIFE_KINDS = {1: "listen", 2: "accept"}
