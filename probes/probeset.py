@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 from . import features
 from .cpushare import CpuShare
 from .decoders import DECODERS, DecodeError
+from .ringbuf import RingReader
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 
@@ -158,6 +159,7 @@ class Probe:
         self._pending: list[Any] = []
         self._attached: list[str] = []
         self._final_counters: dict[str, int] | None = None
+        self._rings: list[tuple[RingReader, Any]] = []  # (reader, decoder) per ring buffer
 
     # -- what gets compiled ---------------------------------------------------------------
     def placeholders(self) -> dict[str, str]:
@@ -221,7 +223,8 @@ class Probe:
             )
             self.verify_maps()
             for map_name, dec in self.ringbuffers:
-                self.table(map_name).open_ring_buffer(self._ring_callback(DECODERS[dec]))
+                fd = self.table(map_name).map_fd
+                self._rings.append((RingReader(fd), DECODERS[dec]))
             capturing("load/attach failed", self.attach)
         except ProbeUnavailable as exc:
             self.status, self.reason = UNAVAILABLE, str(exc)
@@ -263,6 +266,9 @@ class Probe:
         self._release()
 
     def _release(self) -> None:
+        while self._rings:
+            reader, _ = self._rings.pop()
+            reader.close()
         if self.bpf is not None:
             with contextlib.suppress(Exception):
                 self._final_counters = self._read_counters()
@@ -276,46 +282,30 @@ class Probe:
         return self.bpf is not None and self.status == OK
 
     # -- ring buffers -------------------------------------------------------------------
-    def _ring_callback(self, dec: Any) -> Callable[[Any, Any, int], int]:
-        import ctypes
-
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            try:
-                record = dec(ctypes.string_at(data, size))
-            except DecodeError:
-                self.malformed += 1
-                return 0
-            self.received += 1
-            if len(self._pending) >= MAX_PENDING_EVENTS:
-                self.dropped += 1
-            else:
-                self._pending.append(record)
-            return 0
-
-        return on_record
-
     def drain(self) -> float:
         """Consume whatever the ring buffers hold; called on a timer, never per event.
 
         Returns the fraction of the ring buffer those records filled (how close it came to
         losing events between two drains)."""
-        if self.bpf is None or not self.ringbuffers:
+        if self.bpf is None or not self._rings:
             return 0.0
-        before = self.received + self.malformed
-        with _callbacks_running():
-            self.bpf.ring_buffer_consume()
-        taken = self.received + self.malformed - before
-        return taken * self._ring_slot / self._ring_bytes if taken else 0.0
-
-    @property
-    def _ring_slot(self) -> int:
-        """Bytes a record takes in the ring: an 8-byte header, rounded up to 8."""
-        size = max(DECODERS[dec].size for _, dec in self.ringbuffers)
-        return (size + 8 + 7) // 8 * 8
-
-    @property
-    def _ring_bytes(self) -> int:
-        return getattr(self, "ringbuf_pages", 1) * os.sysconf("SC_PAGE_SIZE")
+        fill = 0.0
+        pending = self._pending
+        with _callbacks_running():  # a stop signal waits for the batch to be taken
+            for reader, dec in self._rings:
+                fill = max(fill, reader.pending_bytes() / reader.size)
+                for raw in reader.consume():
+                    try:
+                        record = dec(raw)
+                    except DecodeError:
+                        self.malformed += 1
+                        continue
+                    self.received += 1
+                    if len(pending) >= MAX_PENDING_EVENTS:
+                        self.dropped += 1
+                    else:
+                        pending.append(record)
+        return fill
 
     def take_events(self) -> list[Any]:
         events, self._pending = self._pending, []
@@ -396,11 +386,11 @@ def ignore_stop_signals() -> None:
             return
 
 
-# A stop signal that arrived while BCC was calling our ring-buffer callbacks. Python runs the
-# handler inside whatever callback runs next, and an exception raised in a ctypes callback is
-# printed and dropped, so the signal would be lost (with further ones already ignored) and the
-# process killed later with its probes attached. Inside those calls the handler only records
-# the signal; Terminated is raised once ring_buffer_consume() has returned.
+# A stop signal that arrives while a drain takes a batch of records. Raised in the middle, it
+# would leave records decoded but the ring's consumer position not moved past them (the final
+# drain would take them twice), or, while BCC calls Python back (ctypes callbacks print and drop
+# exceptions), be lost with further signals already ignored. Inside a drain the handler only
+# records the signal; Terminated is raised once the batch is taken.
 _in_callbacks = 0
 _deferred_signal: int | None = None
 
