@@ -1,53 +1,76 @@
-"""How much CPU the collector thread may take from the workloads it watches.
+"""How much CPU the collector thread may take from the workloads it watches, and when.
 
-In ``idle`` mode (the default) the thread that drains the ring buffers runs as ``SCHED_IDLE``:
-it gets the CPU time the workloads leave, so a burst of decoding never delays a request. When
-that is not enough (a ring buffer filled past ``RAISE_AT_FILL`` of its size between two drains,
-or a sleep between drains overran by ``LATE_S``: runnable, but not run), the thread returns to
-normal scheduling until ``CALM_S`` pass without either; each raise is counted. ``normal`` never
-yields.
+Only the bulk decoding yields. In ``idle`` mode (the default) the thread that drains the ring
+buffers runs a drain (with the decoding and joining that follows it) as ``SCHED_IDLE`` when the
+rings hold at least ``BULK_BYTES`` at its start: then it gets the CPU time the workloads leave,
+and a burst of decoding never delays a request. Everything else runs at normal priority:
+attaching, the waits between drains (so a deadline or a key is noticed on time), small drains
+(microseconds of work: not worth two policy switches, and a starved small drain is what made a
+saturated node's wasmtop late), the window's end, detaching and output.
 
-Measured (docs/benchmarks.md): the example Wasm edge service on a 2-CPU machine served 0.915x
-its requests/s with every probe on and normal scheduling, because each 100 ms drain delays the
-load generator's next requests; with ``idle``, 0.958x, with no event lost.
+Under pressure the thread stops yielding until ``CALM_S`` pass without any: a ring buffer filled
+past ``RAISE_AT_FILL`` of its size between two drains, or a yielding drain took ``LATE_S`` of
+wall time (runnable, but not run: the CPUs are full). Each episode is counted (``raised``).
+``normal`` never yields.
+
+Measured (docs/benchmarks.md): the example edge service served 0.985x its requests/s with
+every probe on (yielding only bulk drains), 0.996x yielding throughout, 0.951x never yielding;
+on a node saturated by CPU-bound processes, ``snapshot --seconds 3`` took 1.22x its idle time
+(yielding only bulk drains), 1.77x yielding throughout.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 MODES = ("idle", "normal")
+BULK_BYTES = 64 * 1024  # records waiting in the rings that make a drain worth yielding for
 RAISE_AT_FILL = 0.25  # fraction of a ring buffer filled between two drains
-LATE_S = 0.5  # a sleep overrunning by this much: the thread is being starved
-CALM_S = 5.0  # back to idle after this long without either
+LATE_S = 0.5  # a yielding drain that took this long: the thread is being starved
+CALM_S = 5.0  # yield again after this long without pressure
 
 
 class CpuShare:
-    """Set and adapt the calling thread's scheduling policy (Linux applies it per thread)."""
+    """Set the calling thread's scheduling policy around bulk drains (Linux applies it per
+    thread: other threads keep theirs)."""
 
     def __init__(self, mode: str = "idle") -> None:
         if mode not in MODES:
             raise ValueError(f"scheduling mode {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
-        self.raised = 0  # times the thread left SCHED_IDLE to keep up
+        self.raised = 0  # episodes of pressure that stopped the yielding (for CALM_S)
         self.failed = 0  # times the policy could not be set
         self.reason = ""  # why, the last time
         self.idle = False
-        self._pressed_at = 0.0
-        self._started = self._stopped = False
+        self._pressed_at = -CALM_S
+        self._stopped = False
 
-    def start(self) -> None:
-        self._started = True
-        if self.mode == "idle":
-            self._set(idle=True)
+    @contextmanager
+    def bulk(self, pending_bytes: int) -> Iterator[None]:
+        """Around a drain and the work on what it took: ``SCHED_IDLE`` for its duration when
+        ``pending_bytes`` (what the rings hold) make it a bulk and nothing presses."""
+        yielding = (
+            self.mode == "idle"
+            and not self._stopped
+            and pending_bytes >= BULK_BYTES
+            and time.monotonic() - self._pressed_at >= CALM_S
+            and (self.idle or self._set(idle=True))
+        )
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            if yielding:
+                starved = time.monotonic() - t0 > LATE_S  # runnable, and not run
+                self._leave_idle(pressed=starved)
 
-    def begin_draining(self) -> None:
-        """Before a drain: yield from the first drain on, not before. Attaching, building the
-        collector and whatever a command does before its loop run at normal priority, so a
-        saturated node does not hold them back."""
-        if not self._started and not self._stopped:
-            self.start()
+    def after_drain(self, fill: float) -> None:
+        """Called after each drain with the largest fraction of a ring buffer it consumed."""
+        if fill >= RAISE_AT_FILL:
+            self._leave_idle(pressed=True)
 
     def stop(self) -> None:
         """Normal priority from here on (the window's end, detaching, output), and no yielding
@@ -56,24 +79,19 @@ class CpuShare:
         if self.idle:
             self._set(idle=False)
 
-    def after_drain(self, fill: float) -> None:
-        """Called after each drain with the largest fraction of a ring buffer it consumed."""
-        self._update(pressed=fill >= RAISE_AT_FILL)
-
-    def after_sleep(self, asked_s: float, slept_s: float) -> None:
-        """Called after each sleep between drains: oversleeping means the thread is starved."""
-        self._update(pressed=slept_s - asked_s > LATE_S)
-
-    def _update(self, *, pressed: bool) -> None:
-        if self.mode != "idle":
-            return
-        now = time.monotonic()
-        if pressed:
+    def _leave_idle(self, *, pressed: bool) -> None:
+        """Back to normal scheduling (without CAP_SYS_NICE the kernel refuses: counted, and the
+        thread stays idle); ``pressed``: and no yielding for CALM_S, counted once per episode."""
+        new_episode = False
+        if pressed and self.mode == "idle":
+            now = time.monotonic()
+            new_episode = now - self._pressed_at >= CALM_S
             self._pressed_at = now
-            if self.idle and self._set(idle=False):
-                self.raised += 1
-        elif not self.idle and not self.reason and now - self._pressed_at >= CALM_S:
-            self._set(idle=True)
+        if self.idle and self.reason:
+            return  # refused before: do not ask (and count) again on every drain
+        left = not self.idle or self._set(idle=False)
+        if new_episode and left:
+            self.raised += 1
 
     def _set(self, *, idle: bool) -> bool:
         policy = os.SCHED_IDLE if idle else os.SCHED_OTHER

@@ -307,6 +307,10 @@ class Probe:
                         pending.append(record)
         return fill
 
+    def pending_bytes(self) -> int:
+        """Bytes of records waiting in this probe's ring buffers."""
+        return sum(reader.pending_bytes() for reader, _ in self._rings)
+
     def take_events(self) -> list[Any]:
         events, self._pending = self._pending, []
         return events
@@ -534,8 +538,11 @@ class ProbeSet:
             probe.detach()
         self.drain()
 
+    def pending_bytes(self) -> int:
+        """Bytes of records waiting in the probes' ring buffers."""
+        return sum(probe.pending_bytes() for probe in self.probes)
+
     def drain(self) -> None:
-        self.cpu.begin_draining()
         fill = 0.0
         for probe in self.probes:
             fill = max(fill, probe.drain())
@@ -570,7 +577,6 @@ def sleep_draining(
         if remaining <= 0:
             break
         asked = min(interval_s, remaining)
-        t0 = time.monotonic()
         wait(asked)
-        probes.cpu.after_sleep(asked, time.monotonic() - t0)
-        (drain or probes.drain)()
+        with probes.cpu.bulk(probes.pending_bytes()):  # only a bulk drain yields the CPU
+            (drain or probes.drain)()

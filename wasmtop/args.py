@@ -80,10 +80,11 @@ def add_collector_arguments(p: argparse.ArgumentParser) -> None:
         "--scheduling",
         choices=("idle", "normal"),
         default="idle",
-        help="idle (default): the thread draining the ring buffers runs as SCHED_IDLE, taking "
-        "only CPU time the workloads leave, and returns to normal scheduling while a ring buffer "
-        "fills past 25%% between two drains or a drain runs late (counted as "
-        "collector_priority_raised); normal: always normal scheduling",
+        help="idle (default): the thread draining the ring buffers decodes a batch of 64 KiB "
+        "or more as SCHED_IDLE, taking only CPU time the workloads leave, and does everything "
+        "else (waits, keys, small batches, output) at normal priority; it stops yielding for 5 s "
+        "when a ring buffer fills past 25%% between two drains or a yielding batch is starved "
+        "(counted as collector_priority_raised); normal: never yields",
     )
     p.add_argument(
         "--probe-stats",

@@ -257,7 +257,8 @@ class Engine:
         while True:
             now = time.monotonic()
             if now - self._observed >= OBSERVE_EVERY_S:
-                self.collector.observe()
+                with self.probes.cpu.bulk(self.probes.pending_bytes()):
+                    self.collector.observe()
                 self._observed = now
             left = deadline - now
             if left <= 0:

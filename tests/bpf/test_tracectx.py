@@ -420,12 +420,14 @@ def test_a_traced_cgroup_covers_every_process_in_it_and_nothing_else():
 
 
 def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_idle():
-    """SCHED_IDLE yields to workloads, but not at the price of lost events: a quarter of the
+    """A bulk drain yields to workloads, but not at the price of lost events: a quarter of the
     request ring filled in one drain interval puts the draining thread back on normal
-    scheduling (small ring: 16 pages hold ~105 request events)."""
-    from wasmtop.probes.cpushare import CpuShare
+    scheduling, and the next bulks do not yield (small ring: 16 pages hold ~105 request
+    events)."""
+    from wasmtop.probes.cpushare import BULK_BYTES, CpuShare
+    from wasmtop.probes.decoders import DECODERS
 
-    def run() -> tuple[int, int, int, int, int]:
+    def run() -> tuple[int, int, int, int, int, int, int]:
         sched = SchedProbe(trace_ctx=True)
         tracectx = TraceCtxProbe(sched, ringbuf_pages=16, capture=_capture["mode"])
         share = CpuShare("idle")
@@ -436,25 +438,30 @@ def test_a_ring_buffer_filling_between_drains_raises_the_collector_from_sched_id
             assert tracectx.status == OK, tracectx.reason
             tracectx.set_pids([server.pid])
             attached = os.sched_getscheduler(0)  # attaching ran at normal priority
-            probes.drain()  # the first drain yields from here on
-            before = os.sched_getscheduler(0)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            for i in range(40):  # ~26 KiB of events, 40 % of the ring, between two drains
+            for i in range(40):  # ~25 KiB of events, 38 % of the ring, between two drains
                 conn.request("GET", f"/r/{i}")
                 conn.getresponse().read()
             conn.close()
-            probes.drain()
-            after = os.sched_getscheduler(0)
+            waiting = tracectx.pending_bytes()  # read from the ring's own positions
+            with share.bulk(BULK_BYTES):
+                inside = os.sched_getscheduler(0)
+                probes.drain()
+                after = os.sched_getscheduler(0)
+            with share.bulk(BULK_BYTES):  # pressed: the next bulk does not yield
+                next_bulk = os.sched_getscheduler(0)
             probes.detach()
-            return attached, before, after, share.raised, tracectx.received
+            return attached, waiting, inside, after, next_bulk, share.raised, tracectx.received
 
-    out: list[tuple[int, int, int, int, int]] = []
+    out: list[tuple[int, int, int, int, int, int, int]] = []
     worker = threading.Thread(target=lambda: out.append(run()))
     worker.start()
     worker.join()
-    attached, before, after, raised, received = out[0]
+    attached, waiting, inside, after, next_bulk, raised, received = out[0]
     assert received == 40
-    assert (attached, before, after, raised) == (os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_OTHER, 1)
+    assert waiting == 40 * (DECODERS["request_event"].size + 8)  # 8-byte header each
+    assert (attached, inside, after, next_bulk, raised) == (
+        os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER, 1)  # fmt: skip
 
 
 def test_a_blocking_server_behind_a_hog_is_charged_its_wake_up_waits():

@@ -181,8 +181,8 @@ def test_sys_ptrace_is_needed_to_tell_which_process_owns_a_socket():
 CPU_SHARE = """
 from wasmtop.probes.cpushare import CpuShare
 share = CpuShare("idle")
-share.start()
-share.after_drain(1.0)  # a full ring buffer: the collector must leave SCHED_IDLE
+with share.bulk(1 << 20):  # a bulk drain yields
+    share.after_drain(1.0)  # a full ring buffer: the collector must leave SCHED_IDLE
 print(share.raised, share.failed)
 """
 

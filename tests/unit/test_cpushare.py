@@ -1,4 +1,5 @@
-"""The collector thread's scheduling policy: SCHED_IDLE by default, raised under pressure.
+"""The collector thread's scheduling policy: SCHED_IDLE for bulk drains only, none under
+pressure.
 
 Real threads and real scheduling policies (read back with sched_getscheduler), and the kernel's
 refusal to leave SCHED_IDLE without CAP_SYS_NICE.
@@ -43,43 +44,71 @@ def policy() -> int:
     return os.sched_getscheduler(0)
 
 
-def test_idle_mode_yields_only_the_calling_thread_and_rises_when_a_ring_fills():
+BIG, SMALL = cpushare.BULK_BYTES, cpushare.BULK_BYTES - 1
+
+
+def test_idle_mode_yields_only_bulk_drains_of_the_calling_thread():
+    def run() -> list[int]:
+        share = CpuShare("idle")
+        seen = [policy()]  # waiting between drains: normal
+        with share.bulk(SMALL):  # a few records: microseconds, not worth yielding
+            seen.append(policy())
+        with share.bulk(BIG):  # the bulk decoding
+            seen.append(policy())
+        seen.append(policy())  # and back for the wait
+        return seen
+
+    assert in_thread(run) == [os.SCHED_OTHER, os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_OTHER]
+    assert policy() == os.SCHED_OTHER  # the test's own thread was never touched
+
+
+def test_a_filling_ring_stops_the_yielding_until_calm():
     def run() -> list[tuple[int, int]]:
         share = CpuShare("idle")
         seen = []
-        share.start()
-        seen.append((policy(), share.raised))
-        share.after_drain(0.1)  # a quiet drain: stays idle
-        seen.append((policy(), share.raised))
-        share.after_drain(cpushare.RAISE_AT_FILL)  # a quarter of a ring in one interval
-        seen.append((policy(), share.raised))
-        share.after_drain(0.0)  # calm, but not for CALM_S yet
-        seen.append((policy(), share.raised))
-        share._pressed_at -= cpushare.CALM_S
-        share.after_drain(0.0)
-        seen.append((policy(), share.raised))
-        share.stop()
-        seen.append((policy(), share.raised))
+        with share.bulk(BIG):
+            share.after_drain(0.1)  # a quiet drain: still yielding
+            seen.append((policy(), share.raised))
+            share.after_drain(cpushare.RAISE_AT_FILL)  # a quarter of a ring in one interval
+            seen.append((policy(), share.raised))
+        with share.bulk(BIG):  # pressed: the next bulks do not yield
+            seen.append((policy(), share.raised))
+        share._pressed_at -= cpushare.CALM_S  # CALM_S without pressure
+        with share.bulk(BIG):
+            seen.append((policy(), share.raised))
         return seen
 
     assert in_thread(run) == [
         (os.SCHED_IDLE, 0),
-        (os.SCHED_IDLE, 0),
         (os.SCHED_OTHER, 1),
         (os.SCHED_OTHER, 1),
         (os.SCHED_IDLE, 1),
-        (os.SCHED_OTHER, 1),
     ]
-    assert policy() == os.SCHED_OTHER  # the test's own thread was never touched
+
+
+def test_a_starved_bulk_stops_the_yielding(monkeypatch):
+    """A yielding drain that took LATE_S of wall time was runnable and not run: the CPUs are
+    full, and the next drains run at normal priority."""
+    monkeypatch.setattr(cpushare, "LATE_S", 0.0)  # any yielding drain counts as starved
+
+    def run() -> list[tuple[int, int]]:
+        share = CpuShare("idle")
+        seen = []
+        with share.bulk(BIG):
+            seen.append((policy(), share.raised))
+        with share.bulk(BIG):
+            seen.append((policy(), share.raised))
+        return seen
+
+    assert in_thread(run) == [(os.SCHED_IDLE, 0), (os.SCHED_OTHER, 1)]
 
 
 def test_normal_mode_never_changes_the_policy():
     def run() -> tuple[int, int]:
         share = CpuShare("normal")
-        share.start()
-        share.after_drain(1.0)
-        share.after_sleep(0.1, 5.0)
-        return policy(), share.raised
+        with share.bulk(BIG):
+            share.after_drain(1.0)
+            return policy(), share.raised
 
     assert in_thread(run) == (os.SCHED_OTHER, 0)
 
@@ -89,23 +118,19 @@ def test_an_unknown_mode_is_refused_with_the_choices():
         CpuShare("low")
 
 
-def test_an_overrun_sleep_means_starvation_and_raises_the_thread():
-    """A sleep between drains that overran by more than LATE_S: the thread was runnable and not
-    run (under SCHED_IDLE, the CPUs are full). Seen for real in bench/tracectx_overhead.py with
-    both CPUs saturated: the collector raised itself once per round and lost nothing."""
+def test_after_stop_nothing_yields():
+    """The window's end, detaching (which drains once more) and output: normal priority."""
 
-    def run() -> list[tuple[int, int]]:
+    def run() -> list[int]:
         share = CpuShare("idle")
-        share.start()
-        seen = []
-        share.after_sleep(0.1, 0.1 + cpushare.LATE_S * 0.9)  # late, not starved
-        seen.append((policy(), share.raised))
-        share.after_sleep(0.1, 0.1 + cpushare.LATE_S * 1.1)
-        seen.append((policy(), share.raised))
-        share.stop()
+        with share.bulk(BIG):
+            share.stop()
+            seen = [policy()]
+        with share.bulk(BIG):
+            seen.append(policy())
         return seen
 
-    assert in_thread(run) == [(os.SCHED_IDLE, 0), (os.SCHED_OTHER, 1)]
+    assert in_thread(run) == [os.SCHED_OTHER, os.SCHED_OTHER]
 
 
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
@@ -114,7 +139,11 @@ def test_without_cap_sys_nice_leaving_idle_is_refused_counted_and_survived():
     EPERM, and wasmtop counts it and keeps draining at idle."""
     script = (
         "from wasmtop.probes.cpushare import CpuShare\n"
-        "s = CpuShare('idle'); s.start(); s.after_drain(1.0); s.after_drain(1.0)\n"
+        "s = CpuShare('idle')\n"
+        "with s.bulk(1 << 20):\n"
+        "    s.after_drain(1.0); s.after_drain(1.0)\n"
+        "with s.bulk(1 << 20):\n"
+        "    pass\n"
         "print(s.idle, s.raised, s.failed, s.reason)\n"
     )
     out = subprocess.run(
@@ -123,35 +152,9 @@ def test_without_cap_sys_nice_leaving_idle_is_refused_counted_and_survived():
         capture_output=True, text=True, check=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NICE, (0, 0)),
     ).stdout  # fmt: skip
-    assert out.split(maxsplit=3) == [
+    assert out.split(maxsplit=3) == [  # asked once, not on every drain
         "True",
         "0",
-        "2",
+        "1",
         "cannot set SCHED_OTHER: Operation not permitted\n",
-    ]
-
-
-def test_only_the_draining_yields_not_what_comes_before_the_first_drain_or_after_stop():
-    """Attaching and building the collector run before the first drain; the window's end,
-    detaching and output after stop(): all at normal priority."""
-
-    def run() -> list[int]:
-        share = CpuShare("idle")
-        seen = [policy()]  # constructed: nothing changed
-        share.begin_draining()
-        seen.append(policy())  # the first drain yields
-        share.begin_draining()
-        seen.append(policy())
-        share.stop()
-        seen.append(policy())  # the window's end
-        share.begin_draining()  # detach drains once more: it must not yield again
-        seen.append(policy())
-        return seen
-
-    assert in_thread(run) == [
-        os.SCHED_OTHER,
-        os.SCHED_IDLE,
-        os.SCHED_IDLE,
-        os.SCHED_OTHER,
-        os.SCHED_OTHER,
     ]
