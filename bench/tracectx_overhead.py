@@ -135,7 +135,7 @@ def measure(handler: str, args: argparse.Namespace) -> None:
     seen = sum(x["traced"] for x in results["tracectx"])
     lost = sum(x["lost"] for x in results["tracectx"])
     raised = sum(x["raised"] for x in results["tracectx"])
-    print(f"  collector left SCHED_IDLE to keep up: {raised:.0f} times")
+    print(f"  collector stopped yielding to keep up: {raised:.0f} times")
     measured = sum(x["wrk_total"] for x in results["tracectx"])
     print(f"  requests traced: {seen} (wrk completed {measured} in the measured part, plus its "
           f"warm-up); events lost: {lost:.0f}")  # fmt: skip
