@@ -364,15 +364,20 @@ class Collector:
         if bypass.mode != ACCELERATE:
             return lambda pid, fd: False
         pairs: dict | None = None
+        seen: dict[tuple[int, int], bool | None] = {}  # per batch: one readlink per connection
 
         def lookup(pid: int, fd: int) -> bool | None:
             nonlocal pairs
+            if (pid, fd) in seen:
+                return seen[pid, fd]
             pair = self.owners.pair_of_fd(pid, fd)
             if pair is None:
+                seen[pid, fd] = None
                 return None
             if pairs is None:
                 pairs = bypass.redirecting_pairs()
-            return pairs.get(pair)
+            seen[pid, fd] = found = pairs.get(pair)
+            return found
 
         return lookup
 
