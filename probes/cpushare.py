@@ -47,6 +47,7 @@ class CpuShare:
         self.idle = False
         self._pressed_at = -CALM_S
         self._stopped = False
+        self._refused = {True: False, False: False}  # the kernel said no to entering / leaving
 
     @contextmanager
     def bulk(self, pending_bytes: int) -> Iterator[None]:
@@ -57,6 +58,7 @@ class CpuShare:
             and not self._stopped
             and pending_bytes >= BULK_BYTES
             and time.monotonic() - self._pressed_at >= CALM_S
+            and not self._refused[True]
             and (self.idle or self._set(idle=True))
         )
         t0 = time.monotonic()
@@ -87,7 +89,7 @@ class CpuShare:
             now = time.monotonic()
             new_episode = now - self._pressed_at >= CALM_S
             self._pressed_at = now
-        if self.idle and self.reason:
+        if self.idle and self._refused[False]:
             return  # refused before: do not ask (and count) again on every drain
         left = not self.idle or self._set(idle=False)
         if new_episode and left:
@@ -100,6 +102,7 @@ class CpuShare:
         except OSError as exc:  # e.g. leaving SCHED_IDLE without CAP_SYS_NICE or RLIMIT_NICE
             self.failed += 1
             self.reason = f"cannot set {'SCHED_IDLE' if idle else 'SCHED_OTHER'}: {exc.strerror}"
+            self._refused[idle] = True  # asked once: the answer will not change
             return False
         self.idle = idle
         return True

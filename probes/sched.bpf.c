@@ -386,7 +386,7 @@ static __always_inline int on_switch(u32 prev, u32 tgid, u32 next, int involunta
                 /* A thread of a traced process goes to sleep: in which syscall (the trace-context
                  * probe tells a read that blocked from one that found its data waiting). */
                 if (st->note_sleep)
-                    st->sleep_nr = user_syscall_nr();
+                    st->sleep_nr = user_syscall(&st->sleep_fd);
 #endif
             }
         }
@@ -463,9 +463,15 @@ int wasmtop_task_newtask(struct tracepoint__task__task_newtask *args)
     if ((@@FILTER_TGID@@) || (@@FILTER_CGROUP@@))
         return 0;
     struct thread_stats *st = thread_entry(tid, tgid, args->comm);
-    u32 parent = (u32)bpf_get_current_pid_tgid();
-    struct thread_stats *pst = st ? threads.lookup(&parent) : 0;
-    if (pst && pst->note_sleep) /* a new thread (or child) of a traced process */
+    if (!st)
+        return 0;
+    st->note_sleep = 0; /* a reused tid starts unmarked */
+    st->sleep_nr = 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 parent = (u32)id, leader = id >> 32;
+    struct thread_stats *pst = threads.lookup(&parent);
+    struct thread_stats *lst = pst && pst->note_sleep ? pst : threads.lookup(&leader);
+    if (lst && lst->note_sleep) /* a new thread (or child) of a traced process */
         st->note_sleep = 1;
     return 0;
 }

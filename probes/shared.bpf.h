@@ -32,9 +32,11 @@ struct thread_stats {
     u64 wakeup_charged;        /* written by the trace-context probe only (in the thread's own
                                 * syscalls): the latest wake-up number charged to a request */
     u32 note_sleep;            /* set by the trace-context probe on threads of traced processes
-                                * (and inherited by their new threads): record sleep_nr */
+                                * (and on their process's leader), inherited by new threads of
+                                * either: record sleep_nr and sleep_fd */
     u32 sleep_nr;              /* 1 + the syscall it last went to sleep in (0: none noted since
                                 * the trace-context probe last looked); written at switch-out */
+    u64 sleep_fd;              /* that syscall's first argument (the fd, for reads) */
     char comm[16];
     char wait_other_comm[16];  /* the preemptor's (a waker's is looked up when it is sent) */
 };
@@ -75,13 +77,15 @@ static __always_inline int user_regs(struct user_regs *r)
     return regs ? bpf_probe_read_kernel(r, sizeof(*r), regs) : -1;
 }
 
-/* 1 + the number of the syscall the calling thread is in; 0 when it cannot be read. */
-static __always_inline u32 user_syscall_nr(void)
+/* The syscall the calling thread is in: 1 + its number (0 when it cannot be read), and its
+ * first argument. */
+static __always_inline u32 user_syscall(u64 *arg0)
 {
-    u64 nr = 0;
+    u64 nr_arg[2] = {}; /* orig_ax follows di in struct user_regs */
     void *regs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
-    if (!regs || bpf_probe_read_kernel(&nr, sizeof(nr), regs + offsetof(struct user_regs, orig_ax)))
+    if (!regs || bpf_probe_read_kernel(nr_arg, sizeof(nr_arg), regs + offsetof(struct user_regs, di)))
         return 0;
-    return (u32)nr + 1;
+    *arg0 = nr_arg[0];
+    return (u32)nr_arg[1] + 1;
 }
 #endif

@@ -101,7 +101,8 @@ BPF_PERCPU_ARRAY(scratch, struct open_request, 1);
 
 struct request_event {
     u64 start_ns;              /* end of the read that brought the request head */
-    u64 end_ns;                /* start of the write that began the response */
+    u64 end_ns;                /* the write that began the response: its start (syscall
+                                * tracepoints) or its return (socket tracepoints) */
     u64 wake_ns;               /* the read blocked: the wake-up that ended it; else 0 */
     u64 queued_ns;             /* run-queue wait of the wake-up charged to this request */
     u64 wakeup_seq;            /* that wake-up's number in the reading thread; 0: none */
@@ -411,9 +412,31 @@ static __always_inline int user_buffer(struct user_regs *r, int dir, u64 *buf, u
     return 0;
 }
 
-/* Data received by a traced thread: a request head opens. Whether this read blocked is told by
- * the scheduler probe, which notes the syscall each thread of a traced process went to sleep in
- * (note_sleep is set here, at the thread's first socket call, and inherited by new threads). */
+/* A socket call of a traced thread: the syscall it last slept in (1 + its number, 0: none since
+ * the last call) and that syscall's fd, which the scheduler probe noted; forgotten now. The
+ * thread and its process's leader are marked, so that the scheduler probe notes the sleeps of
+ * the thread and of every thread either creates from now on (a thread-per-connection server's
+ * acceptor never reads: its new threads are marked through the leader). */
+static __always_inline u32 take_sleep(u64 *fd)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct thread_stats *st = thread_stats_of((u32)id);
+    if (!st)
+        return 0;
+    u32 nr = st->sleep_nr;
+    *fd = st->sleep_fd;
+    st->sleep_nr = 0;
+    st->note_sleep = 1;
+    if ((u32)id != id >> 32) {
+        struct thread_stats *leader = thread_stats_of(id >> 32);
+        if (leader && !leader->note_sleep)
+            leader->note_sleep = 1;
+    }
+    return nr;
+}
+
+/* Data received by a traced thread: a request head opens. It blocked if the thread's last
+ * sleep was in this very call (same syscall, same fd, noted at switch-out). */
 int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
 {
     if (args->ret <= 0 || (args->flags & MSG_PEEK) || !traced())
@@ -427,20 +450,17 @@ int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
     u8 sys = 0;
     if (user_buffer(&r, DIR_READ, &buf, &cap, &sys))
         return 0;
-    u64 entry_wakeups = ~0ULL; /* did not block: no wake-up came during it */
-    struct thread_stats *st = thread_stats_of((u32)bpf_get_current_pid_tgid());
-    if (st) {
-        if (st->sleep_nr == (u32)r.orig_ax + 1)
-            entry_wakeups = 0; /* it slept in this read: its latest wake-up ended it */
-        st->sleep_nr = 0;
-        st->note_sleep = 1;
-    }
+    u64 slept_fd = 0;
+    u32 slept = take_sleep(&slept_fd);
+    /* it slept in this read: its latest wake-up ended it; else no wake-up came during it */
+    u64 entry_wakeups = slept == (u32)r.orig_ax + 1 && slept_fd == r.di ? 0 : ~0ULL;
     u64 ret = (u64)args->ret;
     capture(buf, ret < cap ? ret : cap, ret, (s32)r.di, DIR_READ, sys, entry_wakeups);
     return 0;
 }
 
-/* Data sent by a traced thread: a response head closes its request. */
+/* Data sent by a traced thread: a response head closes its request. The send has returned
+ * here: a response's end is when its first send returned (a blocking send's wait included). */
 int wasmtop_sock_send(struct tracepoint__sock__sock_send_length *args)
 {
     if (args->ret <= 0 || !traced())
@@ -454,11 +474,8 @@ int wasmtop_sock_send(struct tracepoint__sock__sock_send_length *args)
     u8 sys = 0;
     if (user_buffer(&r, DIR_WRITE, &buf, &cap, &sys))
         return 0;
-    struct thread_stats *st = thread_stats_of((u32)bpf_get_current_pid_tgid());
-    if (st) {
-        st->sleep_nr = 0;
-        st->note_sleep = 1;
-    }
+    u64 slept_fd;
+    take_sleep(&slept_fd);
     capture(buf, cap, cap, (s32)r.di, DIR_WRITE, sys, 0);
     return 0;
 }

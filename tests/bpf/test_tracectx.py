@@ -687,3 +687,92 @@ def test_vectored_reads_and_writes_are_captured_and_sendfile_is_counted(capture)
         assert still_open == 1  # the second request, read and answered out of sight
     else:  # readv has no tracepoint in the fallback's set: nothing is captured, nothing invented
         assert len(snap.traces) == 0
+
+
+# A thread per connection (as http.server.ThreadingHTTPServer): the acceptor never reads, each
+# connection's thread blocks in its first read until the request comes.
+THREAD_PER_CONNECTION = r"""
+import socket, sys, threading
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print("ready", s.getsockname()[1], flush=True)
+def serve(c):
+    with c:
+        if c.recv(4096):
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def test_a_thread_per_connection_server_has_its_blocked_reads_told(capture):
+    """Each connection's thread is new and blocks in its first read: its span starts at the
+    wake-up that ended that read. With socket capture the sleep is noted only for threads of a
+    process already seen on a socket (a new thread inherits it from its creator or the leader),
+    so the very first connection's thread may be missed; none after it."""
+    proc = subprocess.Popen([sys.executable, "-c", THREAD_PER_CONNECTION], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        with tracing(pids=(proc.pid,)) as (probes, collector):
+
+            def hit() -> None:
+                for _ in range(12):
+                    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                        time.sleep(0.03)  # the server's new thread is blocked in its read
+                        tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                        c.sendall(f"GET /t HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
+                        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+
+            while_draining(probes, collector, hit)
+            snap = finish(probes, collector)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(snap.traces) == 12 and len({t.tid for t in snap.traces}) == 12
+    ordered = sorted(snap.traces, key=lambda t: t.read_end_ns)
+    moved = [t.start_ns < t.read_end_ns and t.queued_wakeup is not None for t in ordered]
+    assert all(moved[1:]), moved
+
+
+# One thread: it sleeps in read() on its stdin until told, then reads a request that is already
+# waiting on its socket with read() too, and answers.
+READ_AFTER_OTHER_SLEEP = r"""
+import os, socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print("ready", s.getsockname()[1], flush=True)
+c, _ = s.accept()
+while os.read(0, 1):
+    if not os.read(c.fileno(), 4096):
+        break
+    os.write(c.fileno(), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+"""
+
+
+def test_a_read_that_found_its_request_waiting_is_not_taken_for_blocked(capture):
+    """The thread's last sleep was in a read() of another fd (its stdin): the socket read that
+    follows did not block, and its span is not moved to the wake-up that ended the other sleep
+    (socket capture compares the fd too, not only the syscall)."""
+    proc = subprocess.Popen([sys.executable, "-c", READ_AFTER_OTHER_SLEEP], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        with tracing(pids=(proc.pid,)) as (probes, collector):
+
+            def hit() -> None:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                    for _ in range(6):
+                        tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                        c.sendall(f"GET /w HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
+                        time.sleep(0.03)  # the request waits; the server sleeps on stdin
+                        proc.stdin.write(b"x")
+                        proc.stdin.flush()
+                        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+
+            while_draining(probes, collector, hit)
+            snap = finish(probes, collector)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(snap.traces) == 6
+    assert [t.start_ns for t in snap.traces] == [t.read_end_ns for t in snap.traces]

@@ -158,3 +158,30 @@ def test_without_cap_sys_nice_leaving_idle_is_refused_counted_and_survived():
         "1",
         "cannot set SCHED_OTHER: Operation not permitted\n",
     ]
+
+
+def test_a_refused_entry_is_asked_once_and_never_leaves_the_thread_idle(monkeypatch):
+    """Entering SCHED_IDLE is never refused on this machine (a seccomp filter could): a
+    stand-in for sched_setscheduler refuses the first entry. The thread then never yields (and
+    is not asked again), and is never left idle by a stale refusal."""
+    real = os.sched_setscheduler
+    calls: list[int] = []
+
+    def refuse_first_idle(pid: int, policy: int, param: os.sched_param) -> None:
+        calls.append(policy)
+        if policy == os.SCHED_IDLE and calls.count(os.SCHED_IDLE) == 1:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse_first_idle)
+
+    def run() -> list[int]:
+        share = CpuShare("idle")
+        seen = []
+        for _ in range(3):
+            with share.bulk(BIG):
+                seen.append(policy())
+        seen.append(policy())
+        return [*seen, share.failed, len(calls)]
+
+    assert in_thread(run) == [os.SCHED_OTHER] * 4 + [1, 1]
