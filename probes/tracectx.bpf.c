@@ -43,11 +43,12 @@ static __always_inline struct thread_stats *thread_stats_of(u32 tid)
 }
 
 /* Who is traced, kept current by userspace: processes by tgid, and cgroup v2 subtrees by the id
- * of their top directory. control[0] holds the number of traced cgroups, so the ancestor walk
- * costs nothing while none is. */
+ * of their top directory. control[0] holds the number of traced cgroups, control[1] the number
+ * of traced processes (set after the map changed: zero only when it is empty), so a socket call
+ * on a node where nothing is traced costs two array reads and no hash lookup. */
 BPF_HASH(traced_tgids, u32, u8, MAX_TRACED);
 BPF_HASH(traced_cgroups, u64, u8, MAX_TRACED);
-BPF_ARRAY(control, u32, 1);
+BPF_ARRAY(control, u32, 2);
 
 #define DIR_READ 1
 #define DIR_WRITE 2
@@ -143,10 +144,13 @@ struct uiovec {
 
 static __always_inline int traced(void)
 {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (traced_tgids.lookup(&tgid))
-        return 1;
-    u32 zero = 0;
+    u32 zero = 0, one = 1;
+    u32 *nproc = control.lookup(&one);
+    if (nproc && *nproc) {
+        u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        if (traced_tgids.lookup(&tgid))
+            return 1;
+    }
     u32 *ncg = control.lookup(&zero);
     if (!ncg || !*ncg)
         return 0;

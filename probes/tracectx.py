@@ -197,6 +197,8 @@ class TraceCtxProbe(Probe):
                 self.pids_refused += 1
                 wanted.discard(pid)
         self._pids = wanted
+        control = self.table("control")  # after the map changed: zero only when it is empty
+        control[control.Key(1)] = control.Leaf(len(wanted))
 
     @property
     def pids(self) -> frozenset[int]:

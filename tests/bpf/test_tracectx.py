@@ -379,6 +379,8 @@ def test_untraced_processes_produce_no_events_at_all():
                 conn.getresponse().read()
             conn.close()
 
+        control = tracectx.table("control")  # [cgroups, processes] traced, for the fast "no"
+        assert [control[control.Key(i)].value for i in (0, 1)] == [0, 1]
         runs_before = tracectx.health().run_count
         while_draining(probes, collector, lambda: hit(port_o, 50))
         health = tracectx.health()
