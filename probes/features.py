@@ -8,6 +8,7 @@ import gzip
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,34 @@ def tracepoint_format(tracepoint: str) -> str:
         )
     except OSError:
         return ""
+
+
+# Where requests (trace context) and cold starts (lifecycle) are captured without a syscall
+# tracepoint, which would put every task of the node on the slow syscall path.
+SOCK_IO_TRACEPOINTS = ("sock:sock_recv_length", "sock:sock_send_length")  # Linux 6.3+
+SOCK_STATE_TRACEPOINTS = ("sock:inet_sock_set_state", "sock:sk_data_ready")  # Linux 6.4+
+CAPTURE_MODES = ("auto", "socket", "syscalls")
+
+
+def capture_mode(wanted: str, socket_ok: Callable[[], bool]) -> str:
+    """A probe's way of capturing: "socket", "syscalls", or for "auto" the first this kernel
+    supports (``socket_ok`` says whether it supports socket capture)."""
+    if wanted not in CAPTURE_MODES:
+        raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}")
+    if wanted != "auto":
+        return wanted
+    return "socket" if socket_ok() else "syscalls"
+
+
+def socket_io_capture() -> bool:
+    """The trace-context probe can capture on the socket tracepoints: they exist, and the
+    caller's syscall registers can be read there."""
+    return user_regs() and has_tracepoints(*SOCK_IO_TRACEPOINTS)
+
+
+def socket_state_capture() -> bool:
+    """The lifecycle probe can see listen and the first connection on socket tracepoints."""
+    return has_tracepoints(*SOCK_STATE_TRACEPOINTS)
 
 
 def has_tracepoints(*tracepoints: str) -> bool:
@@ -224,8 +253,8 @@ def check_tracepoints() -> Feature:
             "tracefs not mounted: mount -t tracefs nodev /sys/kernel/tracing",
             True,
         )
-    needed = ["sched/sched_switch", "sched/sched_migrate_task"]
-    absent = [tp for tp in needed if not (root / "events" / tp / "format").exists()]
+    needed = ["sched:sched_switch", "sched:sched_migrate_task"]
+    absent = [tp for tp in needed if not has_tracepoints(tp)]
     if absent:
         return Feature("tracepoints", UNAVAILABLE, f"missing in {root}: {', '.join(absent)}", True)
     return Feature("tracepoints", OK, f"{root}/events", True)
@@ -279,12 +308,11 @@ def check_bpf_stats() -> Feature:
 def check_socket_capture() -> Feature:
     """Requests and cold starts can be captured without any syscall tracepoint (which would put
     every task of the node on the slow syscall path)."""
-    sock_io = ("sock:sock_recv_length", "sock:sock_send_length")
-    if not has_tracepoints(*sock_io):
+    if not has_tracepoints(*SOCK_IO_TRACEPOINTS):
         why = "no sock_recv_length/sock_send_length tracepoints (Linux < 6.3)"
     elif not user_regs():
         why = "no bpf_task_pt_regs with BTF on x86-64 (Linux >= 5.15)"
-    elif not has_tracepoints("sock:inet_sock_set_state", "sock:sk_data_ready"):
+    elif not socket_state_capture():
         why = "no sk_data_ready tracepoint (Linux < 6.4)"
     else:
         return Feature("socket_capture", OK, "socket tracepoints + syscall registers", False)

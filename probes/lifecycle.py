@@ -24,7 +24,6 @@ from .records import LifecycleReading, WasmCalls
 DEFAULT_MAX_PROCS = 16_384
 DEFAULT_MAX_CALLS = 16_384
 DEFAULT_MAX_LISTENERS = 4096  # listening sockets of processes not yet past their first accept
-SOCKET_TRACEPOINTS = ("sock:inet_sock_set_state", "sock:sk_data_ready")
 DEFAULT_RINGBUF_PAGES = 8  # cold starts are rare: 32 KiB holds ~800 between two drains
 
 COMPILE, INSTANTIATE = "compile", "instantiate"
@@ -69,9 +68,8 @@ class LifecycleProbe(Probe):
         ("syscalls:sys_exit_accept4", "wasmtop_accept4"),
         ("syscalls:sys_exit_accept", "wasmtop_accept"),
     )
-    socket_tracepoints = (
-        ("sock:inet_sock_set_state", "wasmtop_sock_state"),
-        ("sock:sk_data_ready", "wasmtop_sk_data_ready"),
+    socket_tracepoints = tuple(
+        zip(features.SOCK_STATE_TRACEPOINTS, ("wasmtop_sock_state", "wasmtop_sk_data_ready"))
     )
     ringbuffers = (("life_events", "life_event"),)
 
@@ -89,14 +87,10 @@ class LifecycleProbe(Probe):
         cost of the slow syscall path for every task) or "auto" (socket where the kernel has
         the tracepoints)."""
         super().__init__()
-        if capture not in ("auto", "socket", "syscalls"):
-            raise ValueError("capture must be one of auto, socket, syscalls")
-        if capture == "auto":
-            capture = "socket" if features.has_tracepoints(*SOCKET_TRACEPOINTS) else "syscalls"
-        self.capture = capture
+        self.capture = features.capture_mode(capture, features.socket_state_capture)
         self.tracepoints = (  # type: ignore[misc]
             *self.process_tracepoints,
-            *(self.socket_tracepoints if capture == "socket" else self.syscall_tracepoints),
+            *(self.socket_tracepoints if self.capture == "socket" else self.syscall_tracepoints),
         )
         self.max_listeners = max_listeners
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):

@@ -204,10 +204,8 @@ class Probe:
 
     def check_kernel(self) -> None:
         """Raise ProbeUnavailable when the kernel lacks what this probe attaches to."""
-        root = features.tracefs_root()
         for tp, _ in self.tracepoints:
-            category, event = tp.split(":")
-            if root is None or not (root / "events" / category / event).is_dir():
+            if not features.has_tracepoints(tp):
                 raise ProbeUnavailable(f"tracepoint {tp} not found (is tracefs mounted?)")
 
     # -- lifecycle ------------------------------------------------------------------------

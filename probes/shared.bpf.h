@@ -71,9 +71,14 @@ struct user_regs {
     u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax;
 };
 
+static __always_inline void *saved_regs(void)
+{
+    return (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+}
+
 static __always_inline int user_regs(struct user_regs *r)
 {
-    void *regs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+    void *regs = saved_regs();
     return regs ? bpf_probe_read_kernel(r, sizeof(*r), regs) : -1;
 }
 
@@ -82,7 +87,7 @@ static __always_inline int user_regs(struct user_regs *r)
 static __always_inline u32 user_syscall(u64 *arg0)
 {
     u64 nr_arg[2] = {}; /* orig_ax follows di in struct user_regs */
-    void *regs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+    void *regs = saved_regs();
     if (!regs || bpf_probe_read_kernel(nr_arg, sizeof(nr_arg), regs + offsetof(struct user_regs, di)))
         return 0;
     *arg0 = nr_arg[0];

@@ -439,27 +439,43 @@ static __always_inline u32 take_sleep(u64 *fd)
     return nr;
 }
 
+/* A socket call of a traced thread in direction dir (DIR_READ or DIR_WRITE): its registers,
+ * the user buffer it moved (and how much that holds), and the sleep the scheduler probe noted.
+ * Non-zero when there is nothing to capture (not traced, registers unreadable, another way in). */
+struct socket_call {
+    struct user_regs regs;
+    u64 buf;
+    u64 cap;
+    u64 slept_fd;
+    u32 slept;
+    u8 sys;
+};
+
+static __always_inline int socket_call(int dir, struct socket_call *c)
+{
+    if (!traced())
+        return -1;
+    if (user_regs(&c->regs)) {
+        count_event(CTR_READ_FAILED);
+        return -1;
+    }
+    if (user_buffer(&c->regs, dir, &c->buf, &c->cap, &c->sys))
+        return -1;
+    c->slept = take_sleep(&c->slept_fd);
+    return 0;
+}
+
 /* Data received by a traced thread: a request head opens. It blocked if the thread's last
  * sleep was in this very call (same syscall, same fd, noted at switch-out). */
 int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
 {
-    if (args->ret <= 0 || (args->flags & MSG_PEEK) || !traced())
+    struct socket_call c = {};
+    if (args->ret <= 0 || (args->flags & MSG_PEEK) || socket_call(DIR_READ, &c))
         return 0;
-    struct user_regs r;
-    if (user_regs(&r)) {
-        count_event(CTR_READ_FAILED);
-        return 0;
-    }
-    u64 buf = 0, cap = 0;
-    u8 sys = 0;
-    if (user_buffer(&r, DIR_READ, &buf, &cap, &sys))
-        return 0;
-    u64 slept_fd = 0;
-    u32 slept = take_sleep(&slept_fd);
     /* it slept in this read: its latest wake-up ended it; else no wake-up came during it */
-    u64 entry_wakeups = slept == (u32)r.orig_ax + 1 && slept_fd == r.di ? 0 : ~0ULL;
+    u64 entry_wakeups = c.slept == (u32)c.regs.orig_ax + 1 && c.slept_fd == c.regs.di ? 0 : ~0ULL;
     u64 ret = (u64)args->ret;
-    capture(buf, ret < cap ? ret : cap, ret, (s32)r.di, DIR_READ, sys, entry_wakeups);
+    capture(c.buf, ret < c.cap ? ret : c.cap, ret, (s32)c.regs.di, DIR_READ, c.sys, entry_wakeups);
     return 0;
 }
 
@@ -467,20 +483,10 @@ int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
  * here: a response's end is when its first send returned (a blocking send's wait included). */
 int wasmtop_sock_send(struct tracepoint__sock__sock_send_length *args)
 {
-    if (args->ret <= 0 || !traced())
+    struct socket_call c = {};
+    if (args->ret <= 0 || socket_call(DIR_WRITE, &c))
         return 0;
-    struct user_regs r;
-    if (user_regs(&r)) {
-        count_event(CTR_READ_FAILED);
-        return 0;
-    }
-    u64 buf = 0, cap = 0;
-    u8 sys = 0;
-    if (user_buffer(&r, DIR_WRITE, &buf, &cap, &sys))
-        return 0;
-    u64 slept_fd;
-    take_sleep(&slept_fd);
-    capture(buf, cap, cap, (s32)r.di, DIR_WRITE, sys, 0);
+    capture(c.buf, c.cap, c.cap, (s32)c.regs.di, DIR_WRITE, c.sys, 0);
     return 0;
 }
 #else

@@ -33,21 +33,11 @@ _READS = ("read", "recvfrom", "recvmsg")
 _WRITES = ("write", "sendto", "sendmsg", "writev")
 
 
-SOCKET_TRACEPOINTS = ("sock:sock_recv_length", "sock:sock_send_length")
-CAPTURE_MODES = ("auto", "socket", "syscalls")
-
-
 def capture_mode(wanted: str = "auto") -> str:
     """How requests are captured: "socket" (the socket tracepoints and the caller's syscall
     registers: Linux 6.3+ on x86-64 with BTF) or "syscalls" (syscall tracepoints, which put every
     task on the slow syscall path). "auto" takes the first this kernel supports."""
-    if wanted not in CAPTURE_MODES:
-        raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}")
-    if wanted != "auto":
-        return wanted
-    if features.user_regs() and features.has_tracepoints(*SOCKET_TRACEPOINTS):
-        return "socket"
-    return "syscalls"
+    return features.capture_mode(wanted, features.socket_io_capture)
 
 
 def exit_has_group_dead() -> bool:
@@ -62,9 +52,8 @@ class TraceCtxProbe(Probe):
         *((f"syscalls:sys_exit_{s}", f"wasmtop_exit_{s}") for s in _READS),
         *((f"syscalls:sys_enter_{s}", f"wasmtop_enter_{s}") for s in _WRITES),
     )
-    socket_tracepoints = (
-        ("sock:sock_recv_length", "wasmtop_sock_recv"),
-        ("sock:sock_send_length", "wasmtop_sock_send"),
+    socket_tracepoints = tuple(
+        zip(features.SOCK_IO_TRACEPOINTS, ("wasmtop_sock_recv", "wasmtop_sock_send"))
     )
     ringbuffers = (("request_events", "request_event"),)
     counters = ("NOT_HTTP", "READ_FAILED", "UNANSWERED", "UNMATCHED", "CLIENT", "EXITED",

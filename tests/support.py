@@ -143,11 +143,12 @@ EDGE_SERVICE = os.path.join(
 
 @contextmanager
 def http_server(
-    *args: str, exe: str = sys.executable, script: str = HTTP_SERVER
+    *args: str, exe: str = sys.executable, script: str = HTTP_SERVER, stdin: int | None = None
 ) -> Iterator[tuple[subprocess.Popen, int]]:
-    """An HTTP server script (tests/http_server.py, or the example edge service) in a
-    subprocess: yields (process, port) once it prints "ready PORT"."""
-    proc = subprocess.Popen([exe, script, *args], stdout=subprocess.PIPE, text=True)
+    """An HTTP server script (tests/http_server.py, or the example edge service; or a program
+    given as text with ``script="-c"``) in a subprocess: yields (process, port) once it prints
+    "ready PORT". ``stdin``: as subprocess.Popen takes it."""
+    proc = subprocess.Popen([exe, script, *args], stdout=subprocess.PIPE, stdin=stdin, text=True)
     try:
         word, port = proc.stdout.readline().split()
         assert word == "ready"

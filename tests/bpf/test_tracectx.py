@@ -660,27 +660,23 @@ sys.stdin.read()
 
 
 def test_vectored_reads_and_writes_are_captured_and_sendfile_is_counted(capture):
-    proc = subprocess.Popen([sys.executable, "-c", VECTOR_SERVER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        port = int(proc.stdout.readline().split()[1])
-        with tracing(pids=(proc.pid,)) as (probes, collector):
-            tracectx = probes.probes[1]
+    with (
+        http_server(VECTOR_SERVER, script="-c", stdin=subprocess.PIPE) as (proc, port),
+        tracing(pids=(proc.pid,)) as (probes, collector),
+    ):
+        tracectx = probes.probes[1]
 
-            def hit() -> None:
-                for _ in range(2):
-                    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                        tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
-                        c.sendall(f"GET /vec HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
-                        assert c.recv(4096).startswith(b"HTTP/1.1 20")
+        def hit() -> None:
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                    tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                    c.sendall(f"GET /vec HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
+                    assert c.recv(4096).startswith(b"HTTP/1.1 20")
 
-            while_draining(probes, collector, hit)
-            details = tracectx.health().details
-            still_open = tracectx.open_requests
-            snap = finish(probes, collector)
-    finally:
-        proc.kill()
-        proc.wait()
+        while_draining(probes, collector, hit)
+        details = tracectx.health().details
+        still_open = tracectx.open_requests
+        snap = finish(probes, collector)
     if capture == "socket":
         # readv brought the request, writev started the response: one trace, its status read
         # from the first iovec; the sendfile answer is not a user buffer: counted, no trace.
@@ -712,25 +708,21 @@ def test_a_thread_per_connection_server_has_its_blocked_reads_told(capture):
     wake-up that ended that read. With socket capture the sleep is noted only for threads of a
     process already seen on a socket (a new thread inherits it from its creator or the leader),
     so the very first connection's thread may be missed; none after it."""
-    proc = subprocess.Popen([sys.executable, "-c", THREAD_PER_CONNECTION], stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    try:
-        port = int(proc.stdout.readline().split()[1])
-        with tracing(pids=(proc.pid,)) as (probes, collector):
+    with (
+        http_server(THREAD_PER_CONNECTION, script="-c") as (proc, port),
+        tracing(pids=(proc.pid,)) as (probes, collector),
+    ):
 
-            def hit() -> None:
-                for _ in range(12):
-                    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                        time.sleep(0.03)  # the server's new thread is blocked in its read
-                        tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
-                        c.sendall(f"GET /t HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
-                        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        def hit() -> None:
+            for _ in range(12):
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                    time.sleep(0.03)  # the server's new thread is blocked in its read
+                    tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                    c.sendall(f"GET /t HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
+                    assert c.recv(4096).startswith(b"HTTP/1.1 200")
 
-            while_draining(probes, collector, hit)
-            snap = finish(probes, collector)
-    finally:
-        proc.kill()
-        proc.wait()
+        while_draining(probes, collector, hit)
+        snap = finish(probes, collector)
     assert len(snap.traces) == 12 and len({t.tid for t in snap.traces}) == 12
     ordered = sorted(snap.traces, key=lambda t: t.read_end_ns)
     moved = [t.start_ns < t.read_end_ns and t.queued_wakeup is not None for t in ordered]
@@ -755,26 +747,22 @@ def test_a_read_that_found_its_request_waiting_is_not_taken_for_blocked(capture)
     """The thread's last sleep was in a read() of another fd (its stdin): the socket read that
     follows did not block, and its span is not moved to the wake-up that ended the other sleep
     (socket capture compares the fd too, not only the syscall)."""
-    proc = subprocess.Popen([sys.executable, "-c", READ_AFTER_OTHER_SLEEP], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)  # fmt: skip
-    try:
-        port = int(proc.stdout.readline().split()[1])
-        with tracing(pids=(proc.pid,)) as (probes, collector):
+    with (
+        http_server(READ_AFTER_OTHER_SLEEP, script="-c", stdin=subprocess.PIPE) as (proc, port),
+        tracing(pids=(proc.pid,)) as (probes, collector),
+    ):
 
-            def hit() -> None:
-                with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                    for _ in range(6):
-                        tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
-                        c.sendall(f"GET /w HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
-                        time.sleep(0.03)  # the request waits; the server sleeps on stdin
-                        proc.stdin.write(b"x")
-                        proc.stdin.flush()
-                        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        def hit() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                for _ in range(6):
+                    tp = traceparent(RNG.randbytes(16), RNG.randbytes(8))
+                    c.sendall(f"GET /w HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n".encode())
+                    time.sleep(0.03)  # the request waits; the server sleeps on stdin
+                    proc.stdin.write("x")  # text mode, as http_server opens it
+                    proc.stdin.flush()
+                    assert c.recv(4096).startswith(b"HTTP/1.1 200")
 
-            while_draining(probes, collector, hit)
-            snap = finish(probes, collector)
-    finally:
-        proc.kill()
-        proc.wait()
+        while_draining(probes, collector, hit)
+        snap = finish(probes, collector)
     assert len(snap.traces) == 6
     assert [t.start_ns for t in snap.traces] == [t.read_end_ns for t in snap.traces]
