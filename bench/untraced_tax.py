@@ -153,16 +153,11 @@ class Tool:
                 self.proc.wait()
 
 
-def write_ns(writes: int) -> float:
+def loop_ns(loop: str, n: int) -> float:
+    """ns per round of a timing loop (WRITE_LOOP, SOCKET_LOOP) run ``n`` times in a new process
+    that nothing traces."""
     out = subprocess.run(
-        [sys.executable, "-c", WRITE_LOOP, str(writes)], capture_output=True, text=True, check=True
-    )
-    return float(out.stdout)
-
-
-def socket_ns(rounds: int) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", SOCKET_LOOP, str(rounds)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", loop, str(n)], capture_output=True, text=True, check=True
     )
     return float(out.stdout)
 
@@ -197,8 +192,8 @@ def main() -> int:
             for name in order:
                 tool = Tool(name, other.pid)
                 try:
-                    results[name]["write"].append(write_ns(args.writes))
-                    results[name]["socket"].append(socket_ns(args.writes // 3))
+                    results[name]["write"].append(loop_ns(WRITE_LOOP, args.writes))
+                    results[name]["socket"].append(loop_ns(SOCKET_LOOP, args.writes // 3))
                     results[name]["pipe"].append(pipe_ops(args.loops, pinned=False))
                     results[name]["pipe_pinned"].append(pipe_ops(args.loops, pinned=True))
                 finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import NamedTuple, TypeVar, Union
 
-from ..probes.records import RequestRecord
+from ..probes.records import RequestRecord, fields_in_order, new_record
 from .httpmsg import REASONS, Head, parse_head
 from .model import (
     DURATION_BOUNDS_MS,
@@ -71,7 +71,6 @@ def method_route(method: str, path: str) -> str:
 
 
 _SPAN_IDS = random.Random(os.urandom(16))
-_new_tuple = tuple.__new__
 _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
 
 
@@ -107,23 +106,17 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
         return self.end_ns - self.start_ns
 
 
-# Request and Trace are built positionally (tuple.__new__) once per request: their field order
-# is part of that code, so a change to it must fail here, at import, not misplace a figure.
-_ORDERS = {
-    Request: ("pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status",
-              "trace_id", "parent_id", "span_id", "trace_source", "trace_flags", "tracestate",
-              "preempted_ns", "migrations", "bypassed", "queued_ns", "queued_wakeup",
-              "read_end_ns"),
-    Trace: ("trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid",
-            "tid", "workload", "start_ns", "duration_ms", "preempted_ms", "migrations",
-            "bypassed", "method", "route", "status", "queued_ms", "queued_wakeup", "read_end_ns",
-            "preemptions", "wakeup_waits"),
-}  # fmt: skip
-for _cls, _order in _ORDERS.items():
-    if _cls._fields != _order:
-        raise ImportError(
-            f"{_cls.__name__} fields changed: update correlate.py's positional builds"
-        )
+# Request and Trace are built positionally once per request (``_request``, ``trace_of``).
+fields_in_order(Request, (
+    "pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status", "trace_id",
+    "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
+    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns"),
+    "correlate.RequestTracker._request")  # fmt: skip
+fields_in_order(Trace, (
+    "trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid", "tid",
+    "workload", "start_ns", "duration_ms", "preempted_ms", "migrations", "bypassed", "method",
+    "route", "status", "queued_ms", "queued_wakeup", "read_end_ns", "preemptions",
+    "wakeup_waits"), "correlate.trace_of")  # fmt: skip
 
 
 @dataclass
@@ -254,7 +247,7 @@ class RequestTracker:
         # request): pid, tid, fd, workload, start_ns, end_ns, method, route, status, trace_id,
         # parent_id, span_id, trace_source, trace_flags, tracestate, preempted_ns, migrations,
         # bypassed, queued_ns, queued_wakeup, read_end_ns.
-        return _new_tuple(  # type: ignore[no-any-return]
+        return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
              wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
@@ -338,8 +331,8 @@ def trace_of(r: Request) -> Trace:
     (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
      _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
      queued_wakeup, read_end_ns) = r  # fmt: skip
-    # Fields in Trace's order (checked at import), without NamedTuple.__new__'s Python call.
-    return _new_tuple(  # type: ignore[no-any-return]
+    # Fields in Trace's order (checked at import, above).
+    return new_record(  # type: ignore[no-any-return]
         Trace,
         (trace_id.hex(), span.hex(), parent_id.hex() if parent_id else None, source or "",
          flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,

@@ -13,6 +13,7 @@ import re
 from typing import NamedTuple
 
 from ..probes.decoders import CAPTURE_BYTES  # noqa: F401  (the kernel's capture size)
+from ..probes.records import fields_in_order, new_record
 
 PATH_MAX_CHARS = 64  # paths longer than this are truncated (query string dropped first)
 
@@ -94,6 +95,12 @@ class Head(NamedTuple):
     trace_source: str | None  # "traceparent" | "x-traceid-bytes" | None
     tracestate: str | None  # verbatim, only with a valid traceparent; several lines joined by ","
     problems: tuple[str, ...]  # reasons from REASONS, each at most once, in order found
+
+
+# The fast path builds a Head positionally (``_fast_head``).
+fields_in_order(Head, ("kind", "method", "path", "status", "complete", "trace_id", "parent_id",
+                       "trace_flags", "trace_source", "tracestate", "problems"),
+                "httpmsg._fast_head")  # fmt: skip
 
 
 def _is_lower_hex(text: str) -> bool:
@@ -203,7 +210,6 @@ _ZERO_TRACE_ID_B, _ZERO_PARENT_ID_B = b"0" * 32, b"0" * 16
 _METHOD_TEXT: dict[bytes, str] = {}  # method bytes -> str, bounded by _MAX_METHODS
 _MAX_METHODS = 64
 _TRUNCATED = ("head_truncated",)
-_new_head = tuple.__new__  # a Head from its fields without NamedTuple.__new__'s Python call
 
 
 def _fast_head(data: bytes) -> Head | None:
@@ -240,7 +246,7 @@ def _fast_head(data: bytes) -> Head | None:
     complete = blank is not None
     problems = () if complete or trace_id is not None else _TRUNCATED
     path = start.group(2)[:PATH_MAX_CHARS].decode()
-    return _new_head(  # type: ignore[no-any-return]
+    return new_record(  # type: ignore[no-any-return]
         Head,
         ("request", method, path, None, complete, trace_id, parent_id, flags, source, None,
          problems),

@@ -10,7 +10,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .records import BypassRecord, ColdStartRecord, PreemptionRecord, RequestRecord, WakeupRecord
+from .records import (
+    BypassRecord,
+    ColdStartRecord,
+    PreemptionRecord,
+    RequestRecord,
+    WakeupRecord,
+    fields_in_order,
+    new_record,
+)
 
 
 class DecodeError(ValueError):
@@ -155,7 +163,7 @@ def request_event(f: tuple) -> RequestRecord:
     # tgid, fd, start_ns, end_ns, tid, end_tid, preempt_start_ns, preempt_end_ns,
     # migrations_start, migrations_end, status, data, ctx_trace_id, ctx_span_id, wake_ns,
     # queued_ns (0: none charged; None: not known), wakeup_seq.
-    return _new_tuple(  # type: ignore[no-any-return]
+    return new_record(  # type: ignore[no-any-return]
         RequestRecord,
         (tgid, fd, start, end, tid, end_tid, p_start if s0 else None, p_end if s1 else None,
          m_start if s0 else None, m_end if s1 else None, status or None, data[:captured],
@@ -164,13 +172,10 @@ def request_event(f: tuple) -> RequestRecord:
     )  # fmt: skip
 
 
-_new_tuple = tuple.__new__
-if RequestRecord._fields != (
+fields_in_order(RequestRecord, (
     "tgid", "fd", "start_ns", "end_ns", "tid", "end_tid", "preempt_start_ns", "preempt_end_ns",
     "migrations_start", "migrations_end", "status", "data", "ctx_trace_id", "ctx_span_id",
-    "wake_ns", "queued_ns", "wakeup_seq",
-):  # fmt: skip
-    raise ImportError("RequestRecord fields changed: update request_event's positional build")
+    "wake_ns", "queued_ns", "wakeup_seq"), "decoders.request_event")  # fmt: skip
 
 
 LIFE_KINDS = {1: "listen", 2: "accept"}

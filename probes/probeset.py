@@ -540,6 +540,11 @@ class ProbeSet:
         """Bytes of records waiting in the probes' ring buffers."""
         return sum(probe.pending_bytes() for probe in self.probes)
 
+    def bulk(self) -> contextlib.AbstractContextManager[None]:
+        """Around a drain and the work on what it took: yields the CPU when the rings hold a
+        bulk (CpuShare.bulk)."""
+        return self.cpu.bulk(self.pending_bytes())
+
     def drain(self) -> None:
         fill = 0.0
         for probe in self.probes:
@@ -576,5 +581,5 @@ def sleep_draining(
             break
         asked = min(interval_s, remaining)
         wait(asked)
-        with probes.cpu.bulk(probes.pending_bytes()):  # only a bulk drain yields the CPU
+        with probes.bulk():  # only a bulk drain yields the CPU
             (drain or probes.drain)()

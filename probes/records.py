@@ -7,7 +7,19 @@ figures. Times are nanoseconds of CLOCK_MONOTONIC (bpf_ktime_get_ns).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+# A NamedTuple from all its fields in order, without NamedTuple.__new__'s Python-level call: for
+# the records built once per request. Who builds one so declares the order with
+# ``fields_in_order``, so that a change to the class fails at import instead of misplacing a
+# figure.
+new_record = tuple.__new__
+
+
+def fields_in_order(cls: Any, fields: tuple[str, ...], builder: str) -> None:
+    """Raise ImportError unless ``cls`` has exactly ``fields``, in this order."""
+    if cls._fields != fields:
+        raise ImportError(f"{cls.__name__} fields changed: update {builder}'s positional build")
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,7 @@ class Engine:
         while True:
             now = time.monotonic()
             if now - self._observed >= OBSERVE_EVERY_S:
-                with self.probes.cpu.bulk(self.probes.pending_bytes()):
+                with self.probes.bulk():
                     self.collector.observe()
                 self._observed = now
             left = deadline - now
