@@ -122,11 +122,8 @@ CONFIGS = {
     "observe": ["--bypass", "observe"],  # as shipped
     "accelerate": ["--bypass", "accelerate"],
     "sched": ["--bypass", "off", "--no-trace"],  # scheduler + lifecycle probes
-    "observe-notrace": ["--bypass", "observe", "--no-trace"],  # + sockops and tc
-    # + sockops alone: the same, with wasmtop's tc filters on lo deleted once it attached
-    "observe-notc": ["--bypass", "observe", "--no-trace"],
+    "observe-notrace": ["--bypass", "observe", "--no-trace"],  # + the sockops callbacks
 }
-TC_PRIO = 0x7761  # probes/sockbypass.py
 
 
 def start_wasmtop(flags: list[str]) -> subprocess.Popen:
@@ -149,9 +146,6 @@ def one_round(mode: str, conns: int, seconds: float) -> tuple[float, float, floa
     tool = start_wasmtop(flags) if flags is not None else None
     server = None
     try:
-        if mode == "observe-notc":  # on lo, packets are counted at egress only
-            subprocess.run(["tc", "filter", "del", "dev", "lo", "egress", "protocol", "all",
-                            "pref", str(TC_PRIO), "bpf"], check=True)  # fmt: skip
         server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
         port = int(server.stdout.readline())
         run_load(port, conns, 0.5)  # warm-up

@@ -183,7 +183,6 @@ class NetAccounting:
             for reason, n in reading.fallbacks.items()
         }
         self._fallbacks_prev = dict(reading.fallbacks)
-        counters["stack_bytes_untracked_connections"] = reading.untracked_stack_bytes
         counters["connections_omitted"] = max(0, len(views) - self.max_connections)
         return NetWindow(
             per_workload={k: g.figures() for k, g in groups.items()},

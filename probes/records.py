@@ -127,8 +127,7 @@ class ConnRecord:
     bytes_passed: int
     msgs_failed: int
     bytes_failed: int
-    stack_bytes: int  # TCP payload this end sent through the stack (tc)
-    stack_packets: int
+    stack_bytes: int  # TCP payload this end sent through the stack, acknowledged
     tcp_bytes_acked: int
     tcp_bytes_received: int
 
@@ -160,7 +159,6 @@ class BypassReading:
     conns: dict[int, ConnRecord]  # cookie -> record; closed ones appear in one reading only
     events: list[BypassRecord] = field(default_factory=list)
     fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> count, cumulative
-    untracked_stack_bytes: int = 0  # through the stack on connections without a record
 
 
 # -- trace context -----------------------------------------------------------------------------

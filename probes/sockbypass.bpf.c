@@ -6,19 +6,18 @@
  *                     accelerate mode enrolment of eligible sockets in sock_hash
  *   wasmtop_sk_msg    sk_msg verdict on sock_hash (accelerate mode only): redirect each sendmsg
  *                     to the peer socket's ingress queue, or let it go the normal way, counted
- *   wasmtop_tc_stack  tc clsact: TCP payload bytes that went through the stack, per direction
  *
- * Uses only the bpf_sock_ops / sk_msg_md / __sk_buff contexts and helpers (no kernel struct
+ * Bytes that went through the stack are the TCP stack's own counters (bytes_acked, as of the
+ * last RTT or state callback, less the SYN and FIN), read per connection: nothing runs per
+ * packet.
+ *
+ * Uses only the bpf_sock_ops / sk_msg_md contexts and helpers (no kernel struct
  * layouts: the headers BCC compiles against may be of another kernel version).
  *
  * Compiled in (cflags): MAX_CONNS, MAX_BYPASS, MAX_NETS, RINGBUF_PAGES, ACCELERATE (0/1),
- *   LOOPBACK_IFINDEX, REASON_*, KIND_*, CTR_*.
+ *   REASON_*, KIND_*, CTR_*.
  */
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
-#include <uapi/linux/pkt_cls.h>
 
 /* One direction of a connection, seen from the socket that sends: addresses as IPv6 (IPv4 as
  * ::ffff:a.b.c.d, so a dual-stack server and an IPv4 client name the same pair), ports in host
@@ -42,8 +41,10 @@ struct conn {
     u8 eligible;         /* both ends local */
     u8 enrolled;         /* in sock_hash (accelerate mode) */
     u8 fallback_reason;  /* REASON_*: why this side's messages go the normal way */
-    u32 _pad;
-    u64 tcp_bytes_acked;    /* the TCP stack's own counters, as of the last callback */
+    u8 fin_acked;        /* this side's FIN was acknowledged (bytes_acked counts it as 1) */
+    u8 _pad[3];
+    u64 tcp_bytes_acked;    /* the TCP stack's own counters, as of the last callback; */
+                            /* bytes_acked counts the connecting side's SYN, and the FIN */
     u64 tcp_bytes_received;
     u64 msgs_redirected;
     u64 bytes_redirected;
@@ -55,12 +56,6 @@ struct conn {
 BPF_HASH(conns, u64, struct conn, MAX_CONNS);          /* socket cookie -> record */
 BPF_HASH(conn_cookie, struct sock_key, u64, MAX_CONNS); /* for sk_msg, which has no cookie */
 BPF_TABLE("lru_hash", u64, u32, connect_pid, MAX_CONNS); /* cookie -> pid at connect() */
-
-struct stack_bytes_val {
-    u64 bytes;
-    u64 packets;
-};
-BPF_HASH(stack_bytes, struct sock_key, struct stack_bytes_val, MAX_CONNS);
 
 struct net_key {
     u32 prefixlen;
@@ -263,7 +258,13 @@ int wasmtop_sockops(struct bpf_sock_ops *skops)
         c->srtt_us = skops->srtt_us >> 3; /* the kernel keeps srtt scaled by 8 */
         return 1;
     }
-    if (skops->args[1] == BPF_TCP_CLOSE && !c->closed_ns) {
+    /* This side's FIN is acknowledged when it reaches FIN_WAIT2, or leaves CLOSING or LAST_ACK
+     * for CLOSE (the kernel moves it there after the ACK that bytes_acked already counted). */
+    u32 old = skops->args[0], now = skops->args[1];
+    if (now == BPF_TCP_FIN_WAIT2 ||
+        (now == BPF_TCP_CLOSE && (old == BPF_TCP_CLOSING || old == BPF_TCP_LAST_ACK)))
+        c->fin_acked = 1;
+    if (now == BPF_TCP_CLOSE && !c->closed_ns) {
         c->closed_ns = bpf_ktime_get_ns();
         if (c->enrolled)
             conn_cookie.delete(&c->key); /* the kernel drops the socket from sock_hash itself */
@@ -314,57 +315,4 @@ int wasmtop_sk_msg(struct sk_msg_md *msg)
     count_event(CTR_FALLBACK_PEER_MISSING);
     emit(KIND_FALLBACK, ck, c, size);
     return SK_PASS;
-}
-
-/* TCP payload bytes through the stack, keyed by the sending socket's view of the pair. On the
- * loopback device a packet passes egress and then ingress: it is counted at egress only. */
-int wasmtop_tc_stack(struct __sk_buff *skb)
-{
-    struct sock_key k = {};
-    u32 l3 = ETH_HLEN, l4;
-    u8 proto;
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        struct iphdr ip;
-        if (bpf_skb_load_bytes(skb, l3, &ip, sizeof(ip)))
-            goto unparsed;
-        if (ip.protocol != IPPROTO_TCP)
-            return TC_ACT_OK;
-        v4_mapped(k.local_ip, ip.saddr);
-        v4_mapped(k.remote_ip, ip.daddr);
-        l4 = l3 + ip.ihl * 4;
-    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        struct ipv6hdr ip6;
-        if (bpf_skb_load_bytes(skb, l3, &ip6, sizeof(ip6)))
-            goto unparsed;
-        if (ip6.nexthdr != IPPROTO_TCP)
-            return TC_ACT_OK; /* extension headers: not followed */
-        __builtin_memcpy(k.local_ip, &ip6.saddr, sizeof(k.local_ip));
-        __builtin_memcpy(k.remote_ip, &ip6.daddr, sizeof(k.remote_ip));
-        l4 = l3 + sizeof(ip6);
-    } else {
-        return TC_ACT_OK;
-    }
-    if (skb->ingress_ifindex == LOOPBACK_IFINDEX)
-        return TC_ACT_OK; /* loopback ingress: already counted at its egress */
-    struct tcphdr th;
-    if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)))
-        goto unparsed;
-    u32 hdrs = l4 + th.doff * 4;
-    if (skb->len <= hdrs)
-        return TC_ACT_OK; /* no payload: handshake, pure ACK */
-    u64 payload = skb->len - hdrs; /* skb->len, not tot_len: GSO packets carry many segments */
-    k.local_port = bpf_ntohs(th.source);
-    k.remote_port = bpf_ntohs(th.dest);
-    struct stack_bytes_val zero = {};
-    struct stack_bytes_val *v = stack_bytes.lookup_or_try_init(&k, &zero);
-    if (!v) {
-        count_event(CTR_MAP_FULL);
-        return TC_ACT_OK;
-    }
-    __sync_fetch_and_add(&v->bytes, payload);
-    __sync_fetch_and_add(&v->packets, 1);
-    return TC_ACT_OK;
-unparsed:
-    count_event(CTR_TC_UNPARSED);
-    return TC_ACT_OK;
 }

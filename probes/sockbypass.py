@@ -1,9 +1,10 @@
 """Socket-bypass probe: local TCP connections, and the bytes that skip or cross the stack.
 
 Kernel side: ``sockbypass.bpf.c``. A sockops program on a cgroup v2 directory (through a BPF
-link, so the attachment ends with this process even if it is killed), tc clsact filters on
-``lo`` and configured interfaces (through pyroute2), and in accelerate mode an sk_msg verdict
-program on the SOCKHASH that redirects each sendmsg to the peer socket.
+link, so the attachment ends with this process even if it is killed), and in accelerate mode an
+sk_msg verdict program on the SOCKHASH that redirects each sendmsg to the peer socket. The bytes
+a connection sent through the stack are its TCP counters, as the sockops callbacks last saw them:
+no program runs per packet.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import errno
 import fcntl
 import hashlib
 import ipaddress
-import itertools
 import os
 import select
 import socket
@@ -39,21 +39,19 @@ DEFAULT_RINGBUF_PAGES = 16
 LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
 SOCKET_PROG_TYPES = frozenset({"sock_ops", "sk_msg", "sk_skb"})
 
-# tc: our filters sit at one priority, each probe instance under its own handle (process id
-# and a counter), so detach removes exactly its own and two instances can run side by side.
-TC_PRIO = 0x7761  # "wa"
-_instances = itertools.count(1)
-# clsact qdiscs this process added, and how many of its probes use each (by ifindex): the last
-# one to detach removes the qdisc, whichever probe added it.
-_OWNED_QDISCS: dict[int, int] = {}
-TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
-ETH_P_ALL = 0x0003
 SO_COOKIE = 57
 
 KINDS = {"ENROL": 1, "FIRST_REDIRECT": 2, "FALLBACK": 3, "CLOSE": 4}
 
 # The kernel's redirect path, where a program counting other agents' redirects would attach.
 FOREIGN_REDIRECT_FN = "tcp_bpf_sendmsg_redir"
+
+
+def stack_payload(bytes_acked: int, active: bool, fin_acked: bool) -> int:
+    """Payload bytes a connection end sent through the TCP stack and had acknowledged: the
+    kernel's bytes_acked (RFC 4898 HCThruOctetsAcked) less the sequence numbers that carry no
+    payload, the connecting side's SYN and an acknowledged FIN. Retransmissions count once."""
+    return max(0, bytes_acked - active - fin_acked)
 
 
 def socket_cookie(sock: socket.socket) -> int:
@@ -157,7 +155,7 @@ class SockBypassProbe(Probe):
     ringbuffers = (("bypass_events", "bypass_event"),)
     counters = (
         "FALLBACK_MAP_FULL", "FALLBACK_PEER_MISSING", "FALLBACK_DATA_BEFORE_ENROL",
-        "FALLBACK_ENROL_FAILED", "MSG_UNTRACKED", "TC_UNPARSED",
+        "FALLBACK_ENROL_FAILED", "MSG_UNTRACKED",
     )  # fmt: skip
 
     def __init__(
@@ -166,7 +164,6 @@ class SockBypassProbe(Probe):
         mode: str = OBSERVE,
         cgroup: str | None = None,
         local_cidrs: Sequence[str] = (),
-        interfaces: Sequence[str] = (),
         include_host_addresses: bool = True,
         max_conns: int = DEFAULT_MAX_CONNS,
         max_bypass: int = DEFAULT_MAX_BYPASS,
@@ -185,7 +182,6 @@ class SockBypassProbe(Probe):
         self.mode_reason = "observe mode (default): nothing is redirected"
         self.cgroup = cgroup
         self.local_cidrs = tuple(local_cidrs)
-        self.interfaces = tuple(i for i in interfaces if i != "lo")
         self.include_host_addresses = include_host_addresses
         self.max_conns = max_conns
         self.max_bypass = max_bypass
@@ -197,10 +193,7 @@ class SockBypassProbe(Probe):
         self.foreign_redirects = {"status": "unavailable", "reason": "not checked"}
         self._links: list[int] = []
         self._skmsg: tuple[Any, int] | None = None
-        self._tc: list[tuple[int, str, int, bool]] = []  # (ifindex, name, parent, added qdisc)
         self._ignored: set[int] = set()
-        self._stack_prev: dict[tuple, int] = {}
-        self.tc_handle = 0x77000000 | (os.getpid() & 0xFFFF) << 8 | next(_instances) & 0xFF
 
     # -- compiled in ----------------------------------------------------------------------
     def defines(self) -> dict[str, int | str]:
@@ -210,7 +203,6 @@ class SockBypassProbe(Probe):
             "MAX_NETS": 1024,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "ACCELERATE": int(self.requested_mode == ACCELERATE),
-            "LOOPBACK_IFINDEX": socket.if_nametoindex("lo"),
             "AF_INET": socket.AF_INET,
             "AF_INET6": socket.AF_INET6,
             "IPPROTO_TCP": socket.IPPROTO_TCP,
@@ -234,8 +226,8 @@ class SockBypassProbe(Probe):
         return features.cgroup_dir(self.cgroup, root)
 
     def required_maps(self) -> list[str]:
-        return [*super().required_maps(), "conns", "conn_cookie", "stack_bytes", "local_nets",
-                "mode", "connect_pid"]  # fmt: skip
+        return [*super().required_maps(), "conns", "conn_cookie", "local_nets", "mode",
+                "connect_pid"]  # fmt: skip
 
     # -- attach / detach ------------------------------------------------------------------
     def attach(self) -> None:
@@ -273,9 +265,6 @@ class SockBypassProbe(Probe):
             map_fd = lib.bpf_table_fd(self.bpf.module, b"sock_hash")
             self.bpf.attach_func(msg, map_fd, BPFAttachType.SK_MSG_VERDICT)
             self._skmsg = (msg, map_fd)
-        tc = self.bpf.load_func(b"wasmtop_tc_stack", BPF.SCHED_CLS)
-        for ifname in ("lo", *self.interfaces):
-            self._tc_attach(ifname, tc.fd, tc.name.decode())
         self.foreign_redirects = self._foreign_redirects()
         if self.requested_mode == ACCELERATE:
             self._accelerate()
@@ -304,69 +293,6 @@ class SockBypassProbe(Probe):
             table[key] = ctypes.c_uint8(1)
         self.local_nets = list(dict.fromkeys(nets))
 
-    def _tc_attach(self, ifname: str, fd: int, prog_name: str) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
-                raise RuntimeError(f"no network interface {ifname!r}")
-            idx = found[0]
-            added = idx in _OWNED_QDISCS
-            try:
-                ipr.tc("add", "clsact", idx)
-                added = True
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise RuntimeError(f"tc clsact on {ifname}: {exc}") from None
-            if added:
-                _OWNED_QDISCS[idx] = _OWNED_QDISCS.get(idx, 0) + 1
-            self._tc.append((idx, ifname, 0, added))  # the qdisc: undone after its filters
-            parents = (TC_EGRESS,) if ifname == "lo" else (TC_EGRESS, TC_INGRESS)
-            for parent in parents:
-                try:
-                    ipr.tc(
-                        "add-filter", "bpf", idx, handle=self.tc_handle, fd=fd, name=prog_name,
-                        parent=parent, prio=TC_PRIO, protocol=ETH_P_ALL, direct_action=True,
-                    )  # fmt: skip
-                except NetlinkError as exc:
-                    hook = "egress" if parent == TC_EGRESS else "ingress"
-                    hint = ""
-                    if exc.code == errno.EEXIST:
-                        hint = (
-                            f" (handle {self.tc_handle:#x} is taken; a filter left by a killed "
-                            f"wasmtop goes with `tc filter del dev {ifname} {hook} prio {TC_PRIO}`)"
-                        )
-                    raise RuntimeError(f"tc filter on {ifname}: {exc}{hint}") from None
-                self._tc.append((idx, ifname, parent, False))
-
-    def _tc_detach(self) -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            while self._tc:
-                idx, _name, parent, added = self._tc.pop()
-                with contextlib.suppress(Exception):
-                    if parent:
-                        ipr.tc("del-filter", "bpf", idx, handle=self.tc_handle, parent=parent,
-                               prio=TC_PRIO, protocol=ETH_P_ALL)  # fmt: skip
-                    elif added:
-                        _OWNED_QDISCS[idx] -= 1
-                        if not _OWNED_QDISCS[idx]:
-                            del _OWNED_QDISCS[idx]
-                            if not self._filters_left(ipr, idx):
-                                ipr.tc("del", "clsact", idx)  # ours, and nobody else uses it
-
-    @staticmethod
-    def _filters_left(ipr: Any, idx: int) -> bool:
-        # A priority whose last filter was just deleted can still be listed, with handle 0.
-        return any(
-            f["handle"]
-            for p in (TC_INGRESS, TC_EGRESS)
-            for f in ipr.get_filters(index=idx, parent=p)
-        )
-
     def _detach_skmsg(self) -> None:
         """Stop redirecting, and leave enrolled sockets where they are.
 
@@ -391,7 +317,6 @@ class SockBypassProbe(Probe):
         while self._links:
             os.close(self._links.pop())
         self._detach_skmsg()
-        self._tc_detach()
 
     def _foreign_redirects(self) -> dict[str, str]:
         """Other agents' redirects can only be counted from the kernel's redirect path
@@ -425,7 +350,7 @@ class SockBypassProbe(Probe):
             value = table[table.Key(cookie)]
         except KeyError:
             return None
-        return self._record(cookie, value, {})
+        return self._record(cookie, value)
 
     def redirecting_pairs(self) -> dict[tuple[tuple[str, int], tuple[str, int]], bool]:
         """(local, remote) of every connection end -> whether its sends go socket to socket
@@ -442,13 +367,8 @@ class SockBypassProbe(Probe):
             (ip_text(bytes(key.remote_ip)), key.remote_port),
         )
 
-    @staticmethod
-    def _pair(key: Any) -> tuple:
-        return bytes(key.local_ip), bytes(key.remote_ip), key.local_port, key.remote_port
-
-    def _record(self, cookie: int, v: Any, stack: dict[tuple, tuple[int, int]]) -> ConnRecord:
+    def _record(self, cookie: int, v: Any) -> ConnRecord:
         local, remote = self._endpoints(v.key)
-        sbytes, spackets = stack.get(self._pair(v.key), (0, 0))
         return ConnRecord(
             cookie=cookie,
             local=local,
@@ -467,8 +387,7 @@ class SockBypassProbe(Probe):
             bytes_passed=v.bytes_passed,
             msgs_failed=v.msgs_failed,
             bytes_failed=v.bytes_failed,
-            stack_bytes=sbytes,
-            stack_packets=spackets,
+            stack_bytes=stack_payload(v.tcp_bytes_acked, bool(v.active), bool(v.fin_acked)),
             tcp_bytes_acked=v.tcp_bytes_acked,
             tcp_bytes_received=v.tcp_bytes_received,
         )
@@ -479,45 +398,16 @@ class SockBypassProbe(Probe):
         self.drain()
         now = time.monotonic_ns()
         events = [e for e in self.take_events() if e.cookie not in self._ignored]
-        stack_table = self.table("stack_bytes")
-        stack_items = list(stack_table.items())
-        stack = {self._pair(k): (v.bytes, v.packets) for k, v in stack_items}
         conns_table = self.table("conns")
         conns: dict[int, ConnRecord] = {}
-        closed = []
-        matched: set[tuple] = set()
         for k, v in list(conns_table.items()):
             cookie = k.value
-            pair = self._pair(v.key)
-            matched.add(pair)
-            if v.closed_ns:
-                closed.append((k, pair))
-            if cookie in self._ignored:
-                continue
-            conns[cookie] = self._record(cookie, v, stack)
-        stack_keys = {self._pair(sk): sk for sk, _ in stack_items}
-        for k, pair in closed:
-            with contextlib.suppress(KeyError):
-                del conns_table[k]
-            if pair in stack_keys:
+            if cookie not in self._ignored:
+                conns[cookie] = self._record(cookie, v)
+            if v.closed_ns:  # reported once, now
                 with contextlib.suppress(KeyError):
-                    del stack_table[stack_keys[pair]]
-            self._ignored.discard(k.value)
-        # Stack bytes of connections without a record (opened before wasmtop started): counted
-        # in total; their entries go once they stop changing.
-        untracked = 0
-        seen: dict[tuple, int] = {}
-        for sk, v in stack_items:
-            pair = self._pair(sk)
-            if pair in matched:
-                continue
-            untracked += v.bytes
-            if self._stack_prev.get(pair) == v.bytes:
-                with contextlib.suppress(KeyError):
-                    del stack_table[sk]
-            else:
-                seen[pair] = v.bytes
-        self._stack_prev = seen
+                    del conns_table[k]
+                self._ignored.discard(cookie)
         ctr = self.counter_values()
         fallbacks = {r: ctr.get(f"FALLBACK_{r.upper()}", 0) for r in FALLBACK_REASONS.values()}
         return BypassReading(
@@ -526,7 +416,6 @@ class SockBypassProbe(Probe):
             conns=conns,
             events=events,
             fallbacks=fallbacks,
-            untracked_stack_bytes=untracked,
         )
 
     def details(self) -> dict[str, Any]:
@@ -534,7 +423,6 @@ class SockBypassProbe(Probe):
             "mode": self.mode,
             "mode_reason": self.mode_reason,
             "local_nets": self.local_nets,
-            "interfaces": ["lo", *self.interfaces],
             "other_programs": [
                 {"id": p.id, "type": p.type, "name": p.name} for p in self.other_programs
             ],

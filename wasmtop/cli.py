@@ -124,13 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
         "under the cgroup2 mount) instead of the root: only its sockets are seen",
     )
     snap.add_argument(
-        "--bypass-interface",
-        action="append",
-        default=[],
-        metavar="IF",
-        help="also count stack bytes on this interface (repeatable; lo is always counted)",
-    )
-    snap.add_argument(
         "--trace-pid",
         type=argtypes.pid_arg,
         action="append",
@@ -243,9 +236,6 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error("argument --probes: --bypass accelerate needs sockbypass")
     if args.max_events < 0:
         parser.error("argument --max-events: expected a count >= 0")
-    for ifname in args.bypass_interface:
-        if not os.path.exists(f"/sys/class/net/{ifname}"):
-            parser.error(f"argument --bypass-interface: no network interface {ifname!r}")
     evaluator = None
     if args.rules and args.no_alerts:
         parser.error("argument --no-alerts: not allowed with --rules")
@@ -269,7 +259,6 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         ringbuf_pages=args.ringbuf_pages,
         bypass_mode=args.bypass if "sockbypass" in wanted else "off",
         local_cidrs=tuple(args.local_cidr),
-        interfaces=tuple(args.bypass_interface),
         bypass_cgroup=args.bypass_cgroup,
         trace=not args.no_trace and "tracectx" in wanted,
         trace_pids=tuple(args.trace_pid),

@@ -151,17 +151,6 @@ def _cgroup(v: Any) -> str:
     return v
 
 
-def _interface(v: Any) -> str:
-    name = nonempty_text(v)
-    try:
-        ok = not any(c in name for c in "/\0") and Path(f"/sys/class/net/{name}").exists()
-    except OSError:  # e.g. a name too long for the file system
-        ok = False
-    if not ok:
-        raise ValueError(f"expected a network interface of this host, got {shown(v)}")
-    return v
-
-
 def _power_of_two(v: Any) -> int:
     n = number(int, 1, 262_144)(v)  # 1 GiB of 4 KiB pages
     if n & (n - 1):
@@ -184,7 +173,6 @@ SCHEMA: dict[str, Any] = {
         "bypass": {
             "mode": Key("observe", choice("observe", "accelerate", "off"), "socket bypass"),
             "local_cidrs": Key([], _list(cidr), "extra local address ranges"),
-            "interfaces": Key([], _list(_interface), "extra interfaces for stack byte counts"),
             "cgroup": Key(None, optional(_cgroup), "cgroup whose sockets are watched"),
         },
         "trace": {

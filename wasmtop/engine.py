@@ -67,7 +67,6 @@ class ProbeOptions:
     ringbuf_pages: int | None = None
     bypass_mode: str = "observe"  # observe | accelerate | off
     local_cidrs: tuple[str, ...] = ()
-    interfaces: tuple[str, ...] = ()
     bypass_cgroup: str | None = None
     trace: bool = True
     trace_pids: tuple[int, ...] = ()
@@ -86,7 +85,6 @@ class ProbeOptions:
             ringbuf_pages=sched["ringbuf_pages"],
             bypass_mode=bypass["mode"],
             local_cidrs=tuple(bypass["local_cidrs"]),
-            interfaces=tuple(bypass["interfaces"]),
             bypass_cgroup=bypass["cgroup"],
             trace=trace["enabled"],
             trace_pids=tuple(trace["pids"]),
@@ -119,7 +117,6 @@ def build_probes(opts: ProbeOptions) -> tuple[list[Any], Any]:
                 mode=opts.bypass_mode,
                 cgroup=opts.bypass_cgroup,
                 local_cidrs=list(opts.local_cidrs),
-                interfaces=list(opts.interfaces),
             )
         )
     selector = None

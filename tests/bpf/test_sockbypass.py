@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -24,7 +25,6 @@ from wasmtop.probes.records import ConnRecord
 from wasmtop.probes.sockbypass import (
     ACCELERATE,
     OBSERVE,
-    TC_PRIO,
     SockBypassProbe,
     accelerate_self_test,
     fionread,
@@ -126,18 +126,30 @@ def exchange(a: socket.socket, b: socket.socket, count: int, seed: int) -> dict[
     return result
 
 
-def tcp_bytes_sent(sock: socket.socket) -> int:
-    """The kernel's own count of payload bytes this socket sent, retransmissions included
-    (tcp_info.tcpi_bytes_sent, RFC 4898 HCDataOctetsOut)."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-    return struct.unpack_from("<Q", info, 200)[0]
+def tcp_bytes_acked(sock: socket.socket) -> int:
+    """The kernel's own count of this socket's sequence space the peer acknowledged
+    (tcp_info.tcpi_bytes_acked, RFC 4898 HCThruOctetsAcked: payload, plus 1 for the SYN of the
+    connecting side), once nothing is left unacknowledged (tcpi_unacked, a delayed ACK)."""
+
+    def info() -> bytes:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+
+    assert wait_for(lambda: struct.unpack_from("<I", info(), 24)[0] == 0, timeout_s=5)
+    return struct.unpack_from("<Q", info(), 120)[0]
 
 
-def assert_stack_bytes(counted: int, payload: int, tcp_sent: int) -> None:
-    """tc counted every payload byte once, plus retransmissions (a full loopback backlog
-    drops packets under two-way load): exactly what TCP says it sent."""
-    assert counted >= payload
-    assert counted == tcp_sent, (counted, payload)
+def assert_stack_bytes(counted: int, payload: int, acked: int, active: bool) -> None:
+    """Stack bytes are the payload, to the byte (retransmissions once), and agree with what
+    the TCP stack says was acknowledged, less the connecting side's SYN."""
+    assert counted == payload, (counted, payload)
+    assert counted == acked - active, (counted, acked)
+
+
+def nothing_per_packet() -> list[str]:
+    """Programs of ours on a per-packet hook (tc, XDP, flow dissector, netfilter), by name."""
+    out = subprocess.run(["bpftool", "-j", "net", "show"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [name for name in re.findall(r'"name":\s*"([^"]*)"', out.stdout) if "wasmtop" in name]
 
 
 def record(probe: SockBypassProbe, sock: socket.socket) -> ConnRecord:
@@ -173,18 +185,46 @@ def test_accelerate_redirects_every_sendmsg_and_delivers_every_byte():
 def test_observe_redirects_nothing_and_counts_stack_bytes():
     with bypass(mode=OBSERVE) as probe, loopback_pair() as (cli, srv):
         sent = exchange(cli, srv, 500, seed=2)
-        tcp_sent = tcp_bytes_sent(cli), tcp_bytes_sent(srv)
+        acked = tcp_bytes_acked(cli), tcp_bytes_acked(srv)
         reading = probe.read()
         c, s = reading.conns[socket_cookie(cli)], reading.conns[socket_cookie(srv)]
+        per_packet = nothing_per_packet()
     assert c.eligible and s.eligible, "a loopback pair is eligible for the bypass"
     assert not c.enrolled and not s.enrolled
     assert c.msgs_redirected == s.msgs_redirected == 0
-    # Stack bytes ~ payload bytes: every payload byte once, plus any retransmission (a full
-    # loopback backlog drops packets under two-way load).
-    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], tcp_sent[0])
-    assert_stack_bytes(s.stack_bytes, sent["ba_bytes"], tcp_sent[1])
-    # The TCP stack's own counter (as of the last RTT callback) never exceeds what tc saw.
-    assert 0 < c.tcp_bytes_received <= s.stack_bytes
+    # Every payload byte once, from the TCP stack's own books (as the last callback saw them).
+    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], acked[0], active=True)
+    assert_stack_bytes(s.stack_bytes, sent["ba_bytes"], acked[1], active=False)
+    # Counting them runs nothing per packet: no tc, XDP or other network hook of ours.
+    assert per_packet == []
+
+
+def test_a_closed_connection_reports_its_payload_without_the_fin():
+    """A closed end is reported once, with the payload it sent: its acknowledged FIN (and the
+    connecting side's SYN) take sequence space but carry no bytes."""
+    with bypass(mode=OBSERVE) as probe:
+        with loopback_pair() as (cli, srv):
+            cli.sendall(POOL[:70_000])
+            assert recv_exact(srv, 70_000) == POOL[:70_000]
+            srv.sendall(POOL[:1234])
+            assert recv_exact(cli, 1234) == POOL[:1234]
+            cookies = socket_cookie(cli), socket_cookie(srv)
+            cli.shutdown(socket.SHUT_WR)  # the client's FIN first: it closes actively
+            assert srv.recv(1) == b""
+        # Both ends reached CLOSE: the client from FIN_WAIT2 (TIME_WAIT), the server from
+        # LAST_ACK once its FIN was acknowledged.
+        assert wait_for(
+            lambda: all((r := probe.conn(k)) is not None and r.closed_ns for k in cookies),
+            timeout_s=5,
+        )
+        reading = probe.read()
+        again = probe.read()
+    c, s = (reading.conns[k] for k in cookies)
+    assert c.closed_ns and s.closed_ns
+    assert (c.stack_bytes, s.stack_bytes) == (70_000, 1234)
+    # bytes_acked holds the SYN and FIN of the client, the FIN of the server.
+    assert (c.tcp_bytes_acked, s.tcp_bytes_acked) == (70_002, 1235)
+    assert not set(cookies) & set(again.conns), "a closed connection is reported once"
 
 
 def test_ipv6_loopback_is_accelerated_too():
@@ -248,26 +288,16 @@ def test_a_peer_outside_the_local_set_is_not_enrolled():
         )
         try:
             assert server.stdout.readline().strip() == "ready"
-            with bypass(
-                mode=ACCELERATE, local_cidrs=["10.99.0.0/16"], interfaces=[host_if]
-            ) as probe:
+            with bypass(mode=ACCELERATE, local_cidrs=["10.99.0.0/16"]) as probe:
                 assert probe.mode == ACCELERATE, probe.mode_reason
                 assert f"{peer_ip}/32" not in probe.local_nets
                 cli = socket.create_connection((peer_ip, port), timeout=10)
                 payload = POOL[:300_000]
                 cli.sendall(payload)
                 echoed = recv_exact(cli, len(payload))
-                tcp_sent = tcp_bytes_sent(cli)
+                acked = tcp_bytes_acked(cli)
                 c = read_record(probe, cli)
                 cli.close()
-                filters = subprocess.run(
-                    ["tc", "filter", "show", "dev", host_if, "egress"],
-                    capture_output=True, text=True,
-                ).stdout  # fmt: skip
-                assert "wasmtop_tc_stack" in filters
-            after = subprocess.run(
-                ["tc", "qdisc", "show", "dev", host_if], capture_output=True, text=True
-            ).stdout
         finally:
             server.kill()
             server.wait()
@@ -275,9 +305,8 @@ def test_a_peer_outside_the_local_set_is_not_enrolled():
     assert not c.eligible and not c.enrolled
     assert c.msgs_redirected == 0
     assert c.remote == (peer_ip, port)
-    # Counted on the configured interface: what went through the stack.
-    assert_stack_bytes(c.stack_bytes, len(payload), tcp_sent)
-    assert "clsact" not in after, "the clsact qdisc we added was not removed"
+    # Counted whatever the interface (here a veth): what went through the stack.
+    assert_stack_bytes(c.stack_bytes, len(payload), acked, active=True)
 
 
 def test_a_full_bypass_map_falls_back_with_the_reason_and_delivers_every_byte():
@@ -329,13 +358,7 @@ def test_stop_leaves_nothing_attached_and_open_sockets_keep_working():
             assert record(probe, cli).msgs_redirected == 2
         tree = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True)
         assert "wasmtop" not in tree.stdout
-        for hook in ("ingress", "egress"):
-            tc = subprocess.run(
-                ["tc", "filter", "show", "dev", "lo", hook], capture_output=True, text=True
-            )
-            assert "wasmtop" not in tc.stdout and f"pref {TC_PRIO}" not in tc.stdout
-        qdisc = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True)
-        assert "clsact" not in qdisc.stdout
+        assert nothing_per_packet() == []
         # Sockets open at stop keep working: the bytes redirected before the stop are still
         # there, and what is sent after it goes through the stack, in order, both ways.
         cli.sendall(b"after stop")
@@ -376,9 +399,6 @@ def test_a_killed_wasmtop_leaves_no_sockops_attached():
         ),
         timeout_s=10,
     )
-    # tc filters outlive a killed process; the next start names the way to remove them.
-    subprocess.run(["tc", "filter", "del", "dev", "lo", "egress", "prio", str(TC_PRIO)])
-    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "clsact"])
 
 
 def test_foreign_redirect_counting_is_unavailable_here_and_the_probe_is_ok():
@@ -479,10 +499,10 @@ def test_a_failed_self_test_refuses_accelerate_and_traffic_still_flows():
         assert probe.mode_reason.startswith("accelerate refused: FIONREAD reported 0")
         assert probe.health().as_dict()["mode_reason"] == probe.mode_reason
         sent = exchange(cli, srv, 100, seed=4)
-        tcp_sent = tcp_bytes_sent(cli)
+        acked = tcp_bytes_acked(cli)
         c = read_record(probe, cli)
     assert not c.enrolled and c.msgs_redirected == 0
-    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], tcp_sent)
+    assert_stack_bytes(c.stack_bytes, sent["ab_bytes"], acked, active=True)
 
 
 def test_a_configured_cgroup_sees_only_its_own_sockets():

@@ -125,7 +125,7 @@ def test_socket_owners_from_a_fixture_proc(tmp_path):
 def conn(cookie, local, remote, pid, **counts) -> ConnRecord:
     base = dict(
         msgs_redirected=0, bytes_redirected=0, msgs_passed=0, bytes_passed=0, msgs_failed=0,
-        bytes_failed=0, stack_bytes=0, stack_packets=0, tcp_bytes_acked=0, tcp_bytes_received=0,
+        bytes_failed=0, stack_bytes=0, tcp_bytes_acked=0, tcp_bytes_received=0,
         active=True, eligible=True, enrolled=True, fallback_reason=None, srtt_us=0,
         established_ns=1, closed_ns=0,
     )  # fmt: skip

@@ -42,7 +42,7 @@ def test_a_config_naming_only_metrics_listen_is_complete():
         ("probes:\n  sched:\n    ringbuf_pages: 48\n", "w.yaml:3: probes.sched.ringbuf_pages: expected a power of two"),
         ("probes:\n  trace:\n    comms: [averyveryverylongname]\n", "w.yaml:3: probes.trace.comms: item 0: expected a command name"),
         ("probes:\n  trace:\n    cgroups: [/no/such/cgroup]\n", "w.yaml:3: probes.trace.cgroups: item 0: cgroup /no/such/cgroup not found"),
-        ("probes:\n  bypass:\n    interfaces: [nosuch0]\n", "w.yaml:3: probes.bypass.interfaces: item 0: expected a network interface"),
+        ("probes:\n  bypass:\n    interfaces: [lo]\n", "w.yaml:3: probes.bypass.interfaces: unknown key (expected one of: mode, local_cidrs, cgroup)"),
         ("alertmanager:\n  urls: [localhost:9093]\n", "w.yaml:2: alertmanager.urls: item 0: expected an http:// or https:// URL"),
         ("otlp:\n  headers: [a, b]\n", "w.yaml:2: otlp.headers: expected a map of names to strings"),
         ("metrics: [1, 2]\n", "w.yaml:1: metrics: expected a map of keys"),

@@ -68,8 +68,6 @@ CONFIG_FINDINGS: list[tuple[str, str | bytes, dict[str, str | bytes], str]] = [
      f"grpc:\n  listen: 127.0.0.1:9465\n  tls_cert_file: {LONG}\n  tls_key_file: {LONG}\n"
      "  allow_unauthenticated: true\n", {},
      "c.yaml:3: grpc.tls_cert_file: expected a readable file, got 'xxx"),
-    ("300-character interface name (OSError)", f"probes:\n  bypass:\n    interfaces: [{LONG}]\n",
-     {}, "c.yaml:3: probes.bypass.interfaces: item 0: expected a network interface"),
     ("300-character cgroup (OSError)", f"probes:\n  sched:\n    cgroup: /{LONG}\n", {},
      "c.yaml:3: probes.sched.cgroup: "),
     ("threshold_ms .nan", "probes: {sched: {threshold_ms: .nan}}\n", {},
