@@ -388,11 +388,10 @@ class Collector:
         records = probe.read()
         if records:
             self.requests.feed(records, self._workload_key, self._bypassed_of())
-        for r in self.requests.take():
-            if r.trace_id is not None:
-                self._traces_total += 1
-                if len(self._traces) < self.max_traces:
-                    self._traces.append(trace_of(r))
+        # every request enters its window; a Request and a Trace only for the traces kept
+        kept, traced = self.requests.take_traced(self.max_traces - len(self._traces))
+        self._traces_total += traced
+        self._traces += map(trace_of, kept)
 
     def poll(self) -> None:
         """Drain ring buffers and take in captured requests while their sockets are still open

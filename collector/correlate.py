@@ -17,7 +17,7 @@ from itertools import accumulate
 from typing import NamedTuple, TypeVar, Union
 
 from ..probes.records import RequestRecord, fields_in_order, new_record
-from .httpmsg import REASONS, Head, parse_head
+from .httpmsg import REASONS, Head, fast_head, parse_head_general
 from .model import (
     DURATION_BOUNDS_MS,
     Events,
@@ -112,6 +112,11 @@ fields_in_order(Request, (
     "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
     "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns"),
     "correlate.RequestTracker._request")  # fmt: skip
+# feed and _enter unpack RequestRecords by position.
+fields_in_order(RequestRecord, (
+    "tgid", "fd", "start_ns", "end_ns", "tid", "end_tid", "preempt_start_ns", "preempt_end_ns",
+    "migrations_start", "migrations_end", "status", "data", "ctx_trace_id", "ctx_span_id",
+    "wake_ns", "queued_ns", "wakeup_seq"), "correlate.RequestTracker.feed")  # fmt: skip
 fields_in_order(Trace, (
     "trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid", "tid",
     "workload", "start_ns", "duration_ms", "preempted_ms", "migrations", "bypassed", "method",
@@ -137,10 +142,15 @@ class _Window:
     ended: list[int] = field(default_factory=list)  # durations added since the last figures
 
     def add(self, end_ns: int, duration_ns: int, route: str, status: int | None, cap: int) -> None:
+        # RequestTracker._enter does this inline, a batch at a time
         self.entries.append((end_ns, duration_ns, route, status))
         self.ended.append(duration_ns)
         self.routes[route] += 1
         self.statuses[status] += 1
+        self.evict(cap)
+
+    def evict(self, cap: int) -> None:
+        """The oldest entries beyond ``cap`` leave early (counted)."""
         while len(self.entries) > cap:
             end, *_ = self._pop()
             self.evicted += 1
@@ -177,7 +187,8 @@ class RequestTracker:
         self.window_ns = int(window_s * 1e9)
         self.max_window_requests = max_window_requests
         self.max_paths = max_paths
-        self._done: list[Request] = []
+        # fed, not yet taken: (record, head, workload, route, bypassed_of) each
+        self._done: list[tuple] = []
         self._windows: dict[str, _Window] = {}
         # Since start: every header problem by reason, and requests not fully attributed.
         self.counters: Counter = Counter({f"trace_header_{r}": 0 for r in REASONS})
@@ -192,21 +203,43 @@ class RequestTracker:
         workload_of: Callable[[int], str | None],
         bypassed_of: Callable[[int, int], bool | None] = lambda pid, fd: None,
     ) -> None:
+        """Parse and attribute captured requests (counting every header problem); they wait,
+        as small tuples, for ``take`` or ``take_traced``, which make Requests of them.
+        ``bypassed_of(pid, fd)`` is asked then, only for the Requests made."""
         workloads: dict[int, str | None] = {}
+        # "METHOD route" of (workload, method, path) in this batch, once named: a route named
+        # stays named until a take (only a window's expiry gives a name back), so the answer
+        # is the same as _route's, without its work. Routes not named are asked each time.
+        named: dict[tuple, str] = {}
+        counters = self.counters
+        done = self._done
         for rec in records:
-            head = parse_head(rec.data)
-            if isinstance(head, str):
-                self.counters[f"trace_header_{head}"] += 1
-                continue
-            if head.kind != "request":  # the kernel paired it by its first bytes only
-                self.counters["trace_header_bad_start_line"] += 1
-                continue
+            # RequestRecord's fields by position: no attribute lookup per field and request
+            (tgid, _fd, _start, _end, tid, end_tid, _p0, _p1, _m0, _m1, _status, data, _ctx,
+             _span, _wake, _queued, _seq) = rec  # fmt: skip
+            head = fast_head(data) if type(data) is bytes else None
+            if head is None:
+                head = parse_head_general(data)
+                if isinstance(head, str):
+                    counters[f"trace_header_{head}"] += 1
+                    continue
+                if head.kind != "request":  # the kernel paired it by its first bytes only
+                    counters["trace_header_bad_start_line"] += 1
+                    continue
             for problem in head.problems:
-                self.counters[f"trace_header_{problem}"] += 1
-            workload = workloads.get(rec.tgid, "")
+                counters[f"trace_header_{problem}"] += 1
+            workload = workloads.get(tgid, "")
             if workload == "":  # once per process and batch: identifying is not free
-                workload = workloads[rec.tgid] = workload_of(rec.tgid)
-            self._done.append(self._request(rec, head, workload, bypassed_of(rec.tgid, rec.fd)))
+                workload = workloads[tgid] = workload_of(tgid)
+            if tid != end_tid:
+                counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
+            key = (workload, head.method, head.path)
+            route = named.get(key)
+            if route is None:
+                route = self._route(workload, head)
+                if route != OTHER_ROUTE:
+                    named[key] = route
+            done.append((rec, head, workload, route, bypassed_of))
 
     def _route(self, workload: str | None, head: Head) -> str:
         if head.method not in METHODS:
@@ -227,13 +260,16 @@ class RequestTracker:
             win = self._windows[workload or ""] = _Window()
         return win
 
+    @staticmethod
     def _request(
-        self, rec: RequestRecord, head: Head, workload: str | None, bypassed: bool | None
+        rec: RequestRecord,
+        head: Head,
+        workload: str | None,
+        route: str,
+        bypassed_of: Callable[[int, int], bool | None],
     ) -> Request:
         preempted = migrations = None
-        if rec.tid != rec.end_tid:
-            self.counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
-        elif rec.preempt_end_ns is not None:
+        if rec.tid == rec.end_tid and rec.preempt_end_ns is not None:
             # No entry at the read, one at the write: the first switch-out fell inside.
             preempted = rec.preempt_end_ns - (rec.preempt_start_ns or 0)
             migrations = rec.migrations_end - (rec.migrations_start or 0)  # type: ignore[operator]
@@ -243,28 +279,64 @@ class RequestTracker:
             if trace_id is None:
                 trace_id, source = rec.ctx_trace_id, "trace_ctx"
         wake = rec.wake_ns
-        # Fields in Request's order, built without NamedTuple.__new__'s Python call (one per
-        # request): pid, tid, fd, workload, start_ns, end_ns, method, route, status, trace_id,
-        # parent_id, span_id, trace_source, trace_flags, tracestate, preempted_ns, migrations,
-        # bypassed, queued_ns, queued_wakeup, read_end_ns.
+        # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
+        # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
+        # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
+        # queued_wakeup, read_end_ns.
         return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
              wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
-             self._route(workload, head), rec.status, trace_id, head.parent_id, span_id, source,
-             head.trace_flags, head.tracestate, preempted, migrations, bypassed, rec.queued_ns,
-             rec.wakeup_seq, rec.start_ns),
+             route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
+             head.tracestate, preempted, migrations, bypassed_of(rec.tgid, rec.fd),
+             rec.queued_ns, rec.wakeup_seq, rec.start_ns),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
     def take(self) -> list[Request]:
         """Requests completed since the previous take; each enters its workload's window."""
         done, self._done = self._done, []
-        for r in done:
-            win = self._window(r.workload)
-            win.pids.add(r.pid)
-            win.add(r.end_ns, r.end_ns - r.start_ns, r.route, r.status, self.max_window_requests)
-        return done
+        self._enter(done)
+        request = self._request
+        return [request(*entry) for entry in done]
+
+    def take_traced(self, limit: int) -> tuple[list[Request], int]:
+        """``take`` for who keeps only the requests with a trace id, at most ``limit`` of them:
+        those Requests (the first ones, in take's order) and how many there were in all. Every
+        request enters its window as with ``take``; no Request is made for the rest."""
+        done, self._done = self._done, []
+        self._enter(done)
+        kept: list[Request] = []
+        traced = 0
+        for entry in done:
+            if entry[1].trace_id is not None or entry[0].ctx_trace_id is not None:
+                traced += 1
+                if len(kept) < limit:
+                    kept.append(self._request(*entry))
+        return kept, traced
+
+    def _enter(self, done: list[tuple]) -> None:
+        """Each fed request into its workload's window, in order (_Window.add, inline)."""
+        cap = self.max_window_requests
+        last: object = self  # no workload is the tracker
+        for rec, _head, workload, route, _ in done:
+            if workload is not last:
+                last = workload
+                win = self._window(workload)
+                entries, ended, routes, statuses, pids = (
+                    win.entries, win.ended, win.routes, win.statuses, win.pids
+                )  # fmt: skip
+            (tgid, _fd, start, end, _tid, _end_tid, _p0, _p1, _m0, _m1, status, _data, _ctx,
+             _span, wake, _queued, _seq) = rec  # fmt: skip
+            if wake and wake <= start:
+                start = wake
+            pids.add(tgid)
+            entries.append((end, end - start, route, status))
+            ended.append(end - start)
+            routes[route] += 1
+            statuses[status] += 1
+            if len(entries) > cap:
+                win.evict(cap)
 
     def figures(self, now_ns: int) -> dict[str, RequestFigures]:
         """Per workload: exact latency quantiles over the requests that ended in the window."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import NamedTuple
+from functools import partial
+from typing import Callable, NamedTuple
 
 from ..probes.decoders import CAPTURE_BYTES  # noqa: F401  (the kernel's capture size)
+from ..probes.fastpath import tracefast
 from ..probes.records import fields_in_order, new_record
 
 PATH_MAX_CHARS = 64  # paths longer than this are truncated (query string dropped first)
@@ -253,10 +255,17 @@ def _fast_head(data: bytes) -> Head | None:
     )  # fmt: skip
 
 
+# fast_head(data: bytes) -> Head | None: _fast_head, compiled when _tracefast is built (the same
+# answers, held to parse_head_general by the same property test).
+fast_head: Callable[[bytes], Head | None] = (
+    _fast_head if tracefast is None else partial(tracefast.fast_head, Head)
+)
+
+
 def parse_head(data: bytes) -> Head | str:
     """The Head of captured bytes, or "bad_start_line" when they are not an HTTP/1.x head."""
     if type(data) is bytes:
-        fast = _fast_head(data)
+        fast = fast_head(data)
         if fast is not None:
             return fast
     return parse_head_general(data)

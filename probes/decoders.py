@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .fastpath import tracefast
 from .records import (
     BypassRecord,
     ColdStartRecord,
@@ -19,6 +20,7 @@ from .records import (
     fields_in_order,
     new_record,
 )
+from .ringbuf import RingReader
 
 
 class DecodeError(ValueError):
@@ -170,6 +172,34 @@ def request_event(f: tuple) -> RequestRecord:
          ctx_trace if ctx else None, ctx_span if ctx else None, wake or None,
          queued if seq else (0 if s0 else None), seq or None),
     )  # fmt: skip
+
+
+_READ_MASK = sum(1 << s for s in READ_SYSCALLS)
+_WRITE_MASK = sum(1 << s for s in WRITE_SYSCALLS)
+
+
+def take_request_events(reader: RingReader) -> tuple[list[RequestRecord], int]:
+    """The ``request_event`` records a ring holds, decoded, and how many were malformed (those
+    ``request_event`` refuses); the ring's consumer position moves past all of them. In one
+    compiled call when _tracefast is built (no bytes object per record), else through
+    ``RingReader.consume`` and ``request_event``: the same records, the same count."""
+    if tracefast is None:
+        records: list[RequestRecord] = []
+        malformed = 0
+        for raw in reader.consume():
+            try:
+                records.append(request_event(raw))
+            except DecodeError:
+                malformed += 1
+        return records, malformed
+
+    def take(ring: Any, page: int, mask: int, cons: int, prod: int) -> tuple[int, Any]:
+        cons, records, malformed = tracefast.take_requests(  # type: ignore[union-attr]
+            ring, page, mask, cons, prod, RequestRecord, CAPTURE_BYTES, _READ_MASK, _WRITE_MASK
+        )
+        return cons, (records, malformed)
+
+    return reader.consume_with(take)
 
 
 fields_in_order(RequestRecord, (

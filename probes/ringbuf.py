@@ -18,8 +18,11 @@ writes the record before it clears BUSY).
 from __future__ import annotations
 
 import mmap
+from typing import Callable, TypeVar
 
 from . import bpfobj
+
+T = TypeVar("T")
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -73,6 +76,17 @@ class RingReader:
                 start = off + HEADER_BYTES
                 append(data[start : start + n])
             cons += (n + HEADER_BYTES + 7) & ~7
+        self._consumer_view[0] = cons
+        return out
+
+    def consume_with(self, take: Callable[[mmap.mmap, int, int, int, int], tuple[int, T]]) -> T:
+        """What ``take(ring, page, mask, consumer, producer)`` makes of the records between the
+        two positions, in one call (``ring``: the mapping from the producer's page on, ``mask``:
+        the data size - 1); it returns the new consumer position with its answer, and the
+        consumer position moves there. ``consume`` in compiled code: _tracefast.take_requests."""
+        cons, out = take(
+            self._data, self._page, self._mask, self._consumer_view[0], self._producer_view[0]
+        )
         self._consumer_view[0] = cons
         return out
 

@@ -1,0 +1,346 @@
+"""The compiled trace-context path (probes/_tracefast.c) against the Python it replaces, on the
+same inputs, hostile ones included: ring-buffer records (right, truncated, too long, garbage,
+discarded, still busy, wrapping past the end of the ring) and captured heads. Every field must be
+equal, every malformed record counted the same, and nothing may raise. Also: the batch-at-a-time
+feed of RequestTracker against a request-at-a-time reference."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_parsers_fuzz import FAST_NAMES, FAST_TARGETS, FAST_VALUES, TP, request_heads
+
+from wasmtop.collector import httpmsg
+from wasmtop.collector.correlate import OTHER_ROUTE, RequestTracker
+from wasmtop.collector.httpmsg import Head, _fast_head, parse_head, parse_head_general
+from wasmtop.probes import decoders, probeset
+from wasmtop.probes.decoders import (
+    _READ_MASK,
+    _WRITE_MASK,
+    CAPTURE_BYTES,
+    DECODERS,
+    DecodeError,
+    request_event,
+    take_request_events,
+)
+from wasmtop.probes.fastpath import tracefast
+from wasmtop.probes.records import RequestRecord
+from wasmtop.probes.ringbuf import BUSY_BIT, DISCARD_BIT, RingReader
+
+pytestmark = pytest.mark.skipif(tracefast is None, reason="probes/_tracefast.c not built")
+
+FMT = "<QQQQQQQQQIIIiIHHBBBB4x16s8s512s"
+SIZE = struct.calcsize(FMT)
+HEAD = b"GET /item HTTP/1.1\r\nHost: h\r\ntraceparent: " + TP + b"\r\n\r\n"
+
+
+def c_head(data: bytes) -> Head | None:
+    return tracefast.fast_head(Head, data)
+
+
+def c_record(data: bytes) -> RequestRecord | None:
+    return tracefast.request_record(data, RequestRecord, CAPTURE_BYTES, _READ_MASK, _WRITE_MASK)
+
+
+def py_record(data: bytes) -> RequestRecord | None:
+    try:
+        return request_event(data)
+    except DecodeError:
+        return None
+
+
+def pack(rng: random.Random, **over: object) -> bytes:
+    """A request_event with random figures: flags, syscalls and captured length mostly valid."""
+    head = over.pop("head", HEAD)
+    f = dict(
+        start=rng.getrandbits(64), end=rng.getrandbits(64),
+        wake=rng.choice([0, rng.getrandbits(64)]), queued=rng.getrandbits(64),
+        seq=rng.choice([0, 1, rng.getrandbits(64)]), p0=rng.getrandbits(64),
+        p1=rng.getrandbits(64), m0=rng.getrandbits(64), m1=rng.getrandbits(64),
+        tgid=rng.getrandbits(32), tid=rng.getrandbits(32), end_tid=rng.getrandbits(32),
+        fd=rng.randint(-(2**31), 2**31 - 1), nbytes=rng.getrandbits(32),
+        captured=rng.choice([0, len(head), CAPTURE_BYTES, CAPTURE_BYTES + 1, 65535,
+                             rng.getrandbits(16)]),
+        status=rng.choice([0, 200, 404, 65535]), start_flags=rng.getrandbits(8),
+        end_flags=rng.getrandbits(8), read_sys=rng.choice([1, 2, 3, 8, 0, 4, 63, 64, 255]),
+        write_sys=rng.choice([4, 5, 6, 7, 0, 1, 8, 64, 255]), ctx_trace=rng.randbytes(16),
+        ctx_span=rng.randbytes(8), data=head + rng.randbytes(CAPTURE_BYTES - len(head)),
+    )  # fmt: skip
+    f.update(over)
+    return struct.pack(FMT, *f.values())
+
+
+# -- one record ----------------------------------------------------------------------------------
+
+
+def test_the_layout_is_the_decoders():
+    assert DECODERS["request_event"].size == SIZE == 128 + CAPTURE_BYTES
+
+
+def test_records_decode_to_the_same_fields_or_are_refused_alike():
+    rng = random.Random(19)
+    decoded = refused = 0
+    for _ in range(5000):
+        data = pack(rng)
+        c, py = c_record(data), py_record(data)
+        assert c == py and type(c) is type(py), data
+        if c is not None:
+            assert all(type(a) is type(b) for a, b in zip(c, py))
+        decoded += c is not None
+        refused += c is None
+    assert decoded > 300 and refused > 300  # both branches, often
+
+
+@given(st.binary(min_size=SIZE, max_size=SIZE))
+def test_garbage_of_the_right_length_decodes_alike(data):
+    assert c_record(data) == py_record(data)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 127, 128, SIZE - 1, SIZE + 1, SIZE + 8, 2 * SIZE])
+def test_a_record_of_the_wrong_length_is_refused_alike(n):
+    data = (pack(random.Random(n)) * 3)[:n]
+    assert c_record(data) is None and py_record(data) is None
+
+
+# -- heads ---------------------------------------------------------------------------------------
+
+
+@given(request_heads() | st.binary(max_size=CAPTURE_BYTES))
+def test_the_compiled_head_fast_path_answers_as_the_python_one(data):
+    c = c_head(data)
+    assert c == _fast_head(data)
+    assert c is None or c == parse_head_general(data)
+    if c is not None:
+        assert all(type(a) is type(b) for a, b in zip(c, _fast_head(data)))
+
+
+def test_the_compiled_head_fast_path_on_every_combination_of_the_pieces():
+    taken = 0
+    for target in FAST_TARGETS:
+        for name in FAST_NAMES:
+            for value in FAST_VALUES:
+                for extra in (b"", b"Host: a\r\n", b"traceparent: " + TP + b"\r\n"):
+                    head = b"GET " + target + b" HTTP/1.1\r\n" + name + b": " + value + b"\r\n"
+                    for data in (head + extra + b"\r\n", head + extra, (head + extra)[:-1]):
+                        for cut in range(0, len(data) + 1, 7):
+                            assert c_head(data[:cut]) == _fast_head(data[:cut]), data[:cut]
+                        c = c_head(data)
+                        assert c == _fast_head(data), data
+                        taken += c is not None
+    assert taken > 100
+
+
+def test_the_compiled_head_fast_path_is_bounded_on_large_hostile_input():
+    for data in (b"GET / HTTP/1.1\r\n" + b"\n" * (1 << 20), b"GET /" + b"a" * (1 << 20),
+                 b"GET / HTTP/1.1\r\n" + bytes(range(256)) * 4096,
+                 b"GET / HTTP/1.1\r\n" + b"\ntraceparent:" * 50_000):  # fmt: skip
+        assert c_head(data) == _fast_head(data)
+    with pytest.raises(TypeError):
+        c_head("GET / HTTP/1.1\r\n\r\n")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        tracefast.fast_head(tuple, b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_parse_head_uses_the_compiled_path():
+    assert httpmsg.fast_head.func is tracefast.fast_head  # type: ignore[attr-defined]
+    assert parse_head(HEAD) == parse_head_general(HEAD)
+
+
+# -- a ring --------------------------------------------------------------------------------------
+
+
+class Ring:
+    """A memfd laid out as a BPF ring buffer map (consumer page, producer page, data twice)."""
+
+    def __init__(self, pages: int = 4) -> None:
+        self.page = mmap.PAGESIZE
+        self.size = pages * self.page
+        self.fd = os.memfd_create("ring")
+        os.ftruncate(self.fd, 2 * self.page + 2 * self.size)
+        self.map = mmap.mmap(self.fd, 2 * self.page + 2 * self.size)
+        self.prod = 0
+
+    def put(self, raw: bytes, flags: int = 0, length: int | None = None) -> None:
+        """A record at the producer position (written in both copies of the data, as the
+        kernel's double mapping shows it)."""
+        n = len(raw) if length is None else length
+        rec = struct.pack("<II", n | flags, 0) + raw
+        rec += bytes(-len(rec) % 8)
+        for copy in (0, self.size):
+            for i, b in enumerate(rec):
+                at = (self.prod + i) % self.size + copy
+                if at < 2 * self.size:
+                    self.map[2 * self.page + at] = b
+        self.prod += len(rec) if length is None else (n + 8 + 7) & ~7
+        self.map[self.page : self.page + 8] = struct.pack("<Q", self.prod)
+
+    def set_positions(self, cons: int) -> None:
+        self.map[0:8] = struct.pack("<Q", cons)
+        self.prod = cons
+        self.map[self.page : self.page + 8] = struct.pack("<Q", cons)
+
+    def consumer(self) -> int:
+        return struct.unpack("<Q", self.map[0:8])[0]
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+def valid(rng: random.Random) -> bytes:
+    return pack(rng, read_sys=2, write_sys=5, captured=len(HEAD))
+
+
+def fill(ring: Ring, rng: random.Random) -> None:
+    for _ in range(8):
+        kind = rng.random()
+        if kind < 0.4:
+            ring.put(valid(rng))
+        elif kind < 0.5:
+            ring.put(pack(rng))  # refused by its fields, often
+        elif kind < 0.6:
+            ring.put(pack(rng), DISCARD_BIT)
+        elif kind < 0.8:
+            ring.put(pack(rng)[: rng.randint(0, SIZE + 1)])  # truncated, or one byte too few
+        else:
+            ring.put(pack(rng) + rng.randbytes(rng.randint(1, 64)))  # too long
+
+
+def take_both(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """take_request_events compiled and in Python on the same ring: records, malformed counts
+    and where each left the consumer position."""
+    out = []
+    start = ring.consumer()
+    for compiled in (True, False):
+        ring.map[0:8] = struct.pack("<Q", start)
+        reader = RingReader(ring.fd, ring.size)
+        with monkeypatch.context() as m:
+            if not compiled:
+                m.setattr(decoders, "tracefast", None)
+            records, malformed = take_request_events(reader)
+        out.append((records, malformed, ring.consumer()))
+        reader.close()
+    return tuple(out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_ring_of_mixed_records_is_taken_alike(seed, monkeypatch):
+    rng = random.Random(seed)
+    ring = Ring()
+    try:
+        # start anywhere, so that records wrap past the end of the data pages
+        ring.set_positions(rng.randrange(0, 3 * ring.size, 8))
+        fill(ring, rng)
+        if rng.random() < 0.5:
+            ring.put(pack(rng), BUSY_BIT)  # not yet submitted: both stop before it
+            fill(ring, rng)
+        compiled, python = take_both(ring, monkeypatch)
+        assert compiled == python
+        assert compiled[2] <= ring.prod
+    finally:
+        ring.close()
+
+
+def test_a_length_past_the_mapping_is_malformed_not_a_crash(monkeypatch):
+    ring = Ring(pages=1)
+    try:
+        ring.put(valid(random.Random(1)))
+        ring.put(b"x" * 16, length=(1 << 30) - 1)  # a header no kernel writes
+        compiled, python = take_both(ring, monkeypatch)
+        assert compiled == python and compiled[1] == 1 and len(compiled[0]) == 1
+    finally:
+        ring.close()
+
+
+def test_take_requests_refuses_what_is_not_a_ring():
+    with pytest.raises(ValueError):
+        tracefast.take_requests(bytes(100), 4096, 4095, 0, 8, RequestRecord, CAPTURE_BYTES, 0, 0)
+    with pytest.raises(TypeError):
+        tracefast.take_requests(bytes(3 * 4096), 4096, 4095, 0, 8, tuple, CAPTURE_BYTES, 0, 0)
+
+
+def test_the_probe_drain_counts_as_the_generic_one(monkeypatch):
+    """TraceCtxProbe.drain (a ring at a time) against Probe.drain (a record at a time) on the
+    same ring: the same records pending, received, malformed and dropped."""
+    from wasmtop.probes.tracectx import TraceCtxProbe
+
+    monkeypatch.setattr(probeset, "MAX_PENDING_EVENTS", 5)
+    monkeypatch.setattr("wasmtop.probes.tracectx.MAX_PENDING_EVENTS", 5)
+    rng = random.Random(7)
+    ring = Ring()
+    try:
+        fill(ring, rng)
+        fill(ring, rng)
+        seen = []
+        for drain in (TraceCtxProbe.drain, probeset.Probe.drain):
+            ring.map[0:8] = struct.pack("<Q", 0)
+            probe = TraceCtxProbe(capture="syscalls")
+            probe.bpf = object()
+            reader = RingReader(ring.fd, ring.size)
+            probe._rings = [(reader, DECODERS["request_event"])]
+            fill_fraction = drain(probe)
+            seen.append((probe.take_events(), probe.received, probe.malformed, probe.dropped,
+                         fill_fraction, ring.consumer()))  # fmt: skip
+            reader.close()
+        assert seen[0] == seen[1]
+        assert seen[0][3] > 0  # some were dropped: the cap was reached
+    finally:
+        ring.close()
+
+
+# -- the tracker, a batch at a time --------------------------------------------------------------
+
+
+def record(i: int, rng: random.Random) -> RequestRecord:
+    path = rng.choice(["/a", "/b", "/c/1", "/c/2", "/d", "/e?q", "/f#x"])
+    method = rng.choice(["GET", "GET", "POST", "BREW"])
+    headers = rng.choice(["", f"traceparent: {TP.decode()}\r\n", "tracestate: a=b\r\n"])
+    data = f"{method} {path} HTTP/1.1\r\nHost: h\r\n{headers}\r\n".encode()
+    if rng.random() < 0.1:
+        data = data[: rng.randint(0, len(data))]
+    tid = 10 + i % 3
+    return RequestRecord(
+        tgid=rng.choice([100, 200, 300]), fd=5, start_ns=1000 * i, end_ns=1000 * i + 500,
+        tid=tid, end_tid=rng.choice([tid, tid, tid + 1]), preempt_start_ns=rng.choice([None, 5]),
+        preempt_end_ns=rng.choice([None, 50]), migrations_start=1, migrations_end=2,
+        status=rng.choice([200, 404, None]), data=data,
+        ctx_trace_id=rng.choice([None, bytes(range(16))]), ctx_span_id=bytes(range(8)),
+        wake_ns=rng.choice([None, 1000 * i - 100, 1000 * i + 100]),
+    )  # fmt: skip
+
+
+def workload_of(pid: int) -> str | None:
+    return None if pid == 300 else f"pid:{pid}"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_feed_names_routes_as_one_request_at_a_time_would(seed):
+    """A batch fed at once (its route cache) against the same requests fed one at a time (no
+    cache: RequestTracker._route for each), with a tight cap on named routes and on the window;
+    and take_traced against take."""
+    rng = random.Random(seed)
+    batches = [[record(100 * b + i, rng) for i in range(60)] for b in range(4)]
+    fast, slow, traced = (RequestTracker(max_paths=3, max_window_requests=50) for _ in range(3))
+    others = 0
+    for batch in batches:
+        fast.feed(batch, workload_of)
+        taken = fast.take()
+        for rec in batch:
+            slow.feed([rec], workload_of)
+        assert taken == slow.take()
+        traced.feed(batch, workload_of)
+        kept, n = traced.take_traced(7)
+        assert kept == [r for r in taken if r.trace_id is not None][:7]
+        assert n == sum(r.trace_id is not None for r in taken)
+        now = batch[-1].end_ns
+        assert fast.figures(now) == slow.figures(now) == traced.figures(now)
+        assert fast.counters == slow.counters == traced.counters
+        others += sum(r.route == OTHER_ROUTE for r in taken)
+    assert others and fast.counters["requests_paths_other"]
+    assert fast.counters["requests_method_other"]
