@@ -11,7 +11,7 @@
  * workload maps): the entry records the time per (thread, call kind), the return aggregates
  * per (process, kind) in the kernel: count, sum, max and a log-linear histogram.
  *
- * Compiled in by probes/lifecycle.py: SOCK_STATE, MAX_PROCS, MAX_LISTENERS, MAX_CALLS,
+ * Compiled in by probes/lifecycle.py: SOCK_STATE, EEXIST, MAX_PROCS, MAX_LISTENERS, MAX_CALLS,
  * RINGBUF_PAGES, CTR_*.
  */
 
@@ -131,12 +131,31 @@ struct listener {
 };
 BPF_HASH(listeners, u64, struct listener, MAX_LISTENERS);
 
+/* Index 0: how many entries `listeners` holds. sk_data_ready fires for every socket that gets
+ * data, and nearly always no listener waits: one array load (inlined by the verifier) then
+ * answers instead of a hash lookup. Kept with atomics beside each insert and delete. */
+BPF_ARRAY(waiting, s64, 1);
+
+static __always_inline void count_waiting(s64 n)
+{
+    u32 zero = 0;
+    s64 *w = waiting.lookup(&zero);
+    if (w)
+        __sync_fetch_and_add(w, n);
+}
+
+static __always_inline void forget_listener(u64 sk)
+{
+    if (listeners.delete(&sk) == 0)
+        count_waiting(-1);
+}
+
 int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
 {
     u64 sk = (u64)args->skaddr;
     if (args->newstate != TCP_LISTEN) {
         if (args->oldstate == TCP_LISTEN) /* a listener closed (or a child was cloned from one) */
-            listeners.delete(&sk);
+            forget_listener(sk);
         return 0;
     }
     if (args->protocol != PROTO_TCP)
@@ -150,7 +169,10 @@ int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
         return 0;
     struct listener l = {.tgid = tgid};
     bpf_get_current_comm(l.comm, sizeof(l.comm));
-    if (listeners.update(&sk, &l))
+    long err = listeners.insert(&sk, &l); /* listen() again on a listener: already there */
+    if (err == 0)
+        count_waiting(1);
+    else if (err != -EEXIST)
         count_event(CTR_MAP_FULL);
     return 0;
 }
@@ -159,12 +181,16 @@ int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
  * context: the process is the one that listened, not current. */
 int wasmtop_sk_data_ready(struct tracepoint__sock__sk_data_ready *args)
 {
+    u32 zero = 0;
+    s64 *w = waiting.lookup(&zero);
+    if (!w || *w <= 0)
+        return 0;
     u64 sk = (u64)args->skaddr;
     struct listener *l = listeners.lookup(&sk);
     if (!l)
         return 0;
     struct listener who = *l;
-    listeners.delete(&sk);
+    forget_listener(sk);
     struct proc_life *p = procs.lookup(&who.tgid);
     if (p)
         first_of(who.tgid, p, KIND_ACCEPT, who.comm);

@@ -11,6 +11,7 @@ runtime's C API, attached per library file as workloads that map one are found
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections import defaultdict
@@ -104,6 +105,7 @@ class LifecycleProbe(Probe):
     def defines(self) -> dict[str, int | str]:
         return {
             "SOCK_STATE": int(self.capture == "socket"),
+            "EEXIST": errno.EEXIST,
             "MAX_PROCS": self.max_procs,
             "MAX_LISTENERS": self.max_listeners,
             "MAX_CALLS": self.max_calls,

@@ -59,6 +59,12 @@ def service(*args: str) -> contextlib.AbstractContextManager[tuple[subprocess.Po
     return http_server("--port", "0", *args, script=EDGE_SERVICE)
 
 
+def waiting_listeners(life: LifecycleProbe) -> int:
+    """The kernel's count of listeners waiting for a first connection (sk_data_ready's test)."""
+    table = life.table("waiting")
+    return table[table.Key(0)].value
+
+
 def by_pid(snap: Snapshot, pid: int):
     return next(w for w in snap.workloads if pid in w.pids)
 
@@ -80,6 +86,8 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
             life = ps.probes[1]
             if capture == "socket":  # its listening socket waits for the first connection
                 assert [v.tgid for v in life.table("listeners").values()] == [proc.pid]
+                # and is counted, so data on every other socket costs no hash lookup
+                assert waiting_listeners(life) == 1
             time.sleep(0.1)
             socket.create_connection(("127.0.0.1", port)).close()  # its first accept
             collector.observe()
@@ -87,6 +95,7 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
             assert life.details()["capture"] == capture
             if capture == "socket":  # and is forgotten at its first connection
                 assert proc.pid not in [v.tgid for v in life.table("listeners").values()]
+                assert waiting_listeners(life) == len(life.table("listeners"))
         finally:
             proc.kill()
             proc.wait()
@@ -95,6 +104,45 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
     assert rt.cold_start.count == 1
     assert rt.first_accept_ms >= rt.cold_start_ms + 100  # it connected 100 ms after "ready"
     assert rt.wasm is None  # not a WebAssembly runtime
+
+
+LISTEN_TWICE_THEN_CLOSE = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4)
+s.listen(8)  # again on a listener: one waiting listener still
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+s.close()  # never connected to
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif("socket" not in CAPTURES, reason="no socket capture on this kernel")
+def test_a_listener_closed_unconnected_is_forgotten_and_uncounted():
+    """The waiting-listener count sk_data_ready reads is kept exact: a second listen() on one
+    socket adds nothing, and a listener closed before any connection takes its count away."""
+    with watching(capture="socket") as (ps, _collector):
+        life = ps.probes[1]
+        before = waiting_listeners(life)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LISTEN_TWICE_THEN_CLOSE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            proc.stdout.readline()
+            assert [v.tgid for v in life.table("listeners").values()].count(proc.pid) == 1
+            assert waiting_listeners(life) == before + 1
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "closed"
+            assert proc.pid not in [v.tgid for v in life.table("listeners").values()]
+            assert waiting_listeners(life) == before
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def test_the_wasm_service_shows_every_instantiation():
