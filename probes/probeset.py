@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -158,6 +159,8 @@ class Probe:
         self.dropped = 0
         self._pending: list[Any] = []
         self._attached: list[str] = []
+        self._attach_lock = threading.Lock()  # attach_points may run beside a stop
+        self._stopped = False
         self._final_counters: dict[str, int] | None = None
         self._rings: list[tuple[RingReader, Any]] = []  # (reader, decoder) per ring buffer
 
@@ -234,16 +237,36 @@ class Probe:
             self.status, self.reason = OK, "attached"
 
     def attach(self) -> None:
-        for tp, fn in self.tracepoints:
-            self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-            self._attached.append(tp)
+        self.attach_points(self.tracepoints)
+
+    def attach_points(self, points: Sequence[tuple[str, str]]) -> None:
+        """Attach these (tracepoint, function) pairs, those not attached yet; nothing once the
+        probe was detached (a late call from another thread cannot undo a stop)."""
+        with self._attach_lock:
+            if self._stopped:
+                return
+            for tp, fn in points:
+                if tp not in self._attached:
+                    self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                    self._attached.append(tp)
+
+    def detach_points(self, points: Sequence[tuple[str, str]]) -> None:
+        """Detach these tracepoints while the rest of the probe runs on."""
+        with self._attach_lock:
+            for tp, _ in points:
+                if tp in self._attached:
+                    self._attached.remove(tp)
+                    with contextlib.suppress(Exception):
+                        self.bpf.detach_tracepoint(tp.encode())
 
     def detach(self) -> None:
         """Undo every attachment; maps stay readable for a final drain and read."""
-        while self._attached:
-            tp = self._attached.pop()
-            with contextlib.suppress(Exception):
-                self.bpf.detach_tracepoint(tp.encode())
+        with self._attach_lock:
+            self._stopped = True
+            while self._attached:
+                tp = self._attached.pop()
+                with contextlib.suppress(Exception):
+                    self.bpf.detach_tracepoint(tp.encode())
 
     def table(self, name: str) -> Any:
         return self.bpf[name.encode()]

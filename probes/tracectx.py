@@ -83,10 +83,13 @@ class TraceCtxProbe(Probe):
         ``capture_mode``."""
         super().__init__()
         self.capture = capture_mode(capture)
-        self.tracepoints = (  # type: ignore[misc]
-            *(self.socket_tracepoints if self.capture == "socket" else self.syscall_tracepoints),
-            ("sched:sched_process_exit", "wasmtop_process_exit"),
+        # The capture programs run on every socket call (or syscall) of the node: attached only
+        # while something is traced (set_pids), so a node with nothing traced pays nothing.
+        self.capture_points = (
+            self.socket_tracepoints if self.capture == "socket" else self.syscall_tracepoints
         )
+        self.exit_points = (("sched:sched_process_exit", "wasmtop_process_exit"),)
+        self.tracepoints = (*self.capture_points, *self.exit_points)  # type: ignore[misc]
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise ValueError("ringbuf_pages must be a power of two")
         self.sched = sched
@@ -168,8 +171,8 @@ class TraceCtxProbe(Probe):
                 table[table.Key(cg)] = table.Leaf(1)
             control = self.table("control")
             control[control.Key(0)] = control.Leaf(len(self._cgroup_ids))
+        self.attach_points(self.exit_points)
         self.set_pids(self._initial_pids)
-        super().attach()
 
     # -- who is traced --------------------------------------------------------------------
     def set_pids(self, pids: Iterable[int]) -> None:
@@ -180,6 +183,8 @@ class TraceCtxProbe(Probe):
             return
         table = self.table("traced_tgids")
         wanted = set(pids)
+        if wanted - self._pids or self._cgroup_ids:  # before the kernel looks for them
+            self.attach_points(self.capture_points)
         for pid in self._pids - wanted:
             with contextlib.suppress(KeyError):
                 del table[table.Key(pid)]
@@ -192,6 +197,13 @@ class TraceCtxProbe(Probe):
         self._pids = wanted
         control = self.table("control")  # after the map changed: zero only when it is empty
         control[control.Key(1)] = control.Leaf(len(wanted))
+        if not wanted and not self._cgroup_ids:
+            self.detach_points(self.capture_points)
+
+    @property
+    def capturing(self) -> bool:
+        """The capture programs are attached (something is traced)."""
+        return any(tp in self._attached for tp, _ in self.capture_points)
 
     @property
     def pids(self) -> frozenset[int]:
@@ -201,6 +213,7 @@ class TraceCtxProbe(Probe):
         c = self.counter_values()
         return {
             "capture": self.capture,
+            "capture_attached": self.capturing,
             "capture_bytes": CAPTURE_BYTES,  # of each request and response head, as compiled
             "traced_pids": sorted(self._pids),
             "traced_cgroups": list(self.cgroups),

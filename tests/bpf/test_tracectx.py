@@ -616,7 +616,6 @@ def test_socket_capture_puts_no_program_on_any_syscall(capture):
     """The socket tracepoints instead of the syscall ones: nothing on the node's syscall path
     (any syscall tracepoint would put every task on the slow path), same traces."""
     with http_server() as (server, port), tracing(pids=(server.pid,)) as (probes, collector):
-        names = attached_tracepoints(os.getpid())
 
         def hit() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -627,6 +626,7 @@ def test_socket_capture_puts_no_program_on_any_syscall(capture):
             conn.close()
 
         while_draining(probes, collector, hit)
+        names = attached_tracepoints(os.getpid())  # while the server is traced
         snap = finish(probes, collector)
     assert len(snap.traces) == 5 and all(t.status == 200 for t in snap.traces)
     assert snap.probes["tracectx"]["capture"] == capture
@@ -636,6 +636,40 @@ def test_socket_capture_puts_no_program_on_any_syscall(capture):
         assert {"sock_recv_length", "sock_send_length"} <= names
     else:  # the fallback does attach them: the check above can see them
         assert {"sys_enter_read", "sys_exit_read", "sys_enter_write"} <= on_syscalls
+
+
+def test_capture_programs_are_attached_only_while_something_is_traced(capture):
+    """With nothing traced, no capture program runs on the node's socket calls (or syscalls):
+    they are attached when a first process is traced, before the kernel looks for it, and
+    detached when the last one goes. Requests in between are traced as ever."""
+
+    def one_request(port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/", headers={
+            "traceparent": traceparent(RNG.randbytes(16), RNG.randbytes(8))})  # fmt: skip
+        conn.getresponse().read()
+        conn.close()
+
+    with http_server() as (server, port), tracing() as (probes, collector):
+        tracectx = probes.probes[1]
+        capture_names = {tp.split(":")[1] for tp, _ in tracectx.capture_points}
+        idle = attached_tracepoints(os.getpid()), tracectx.details()["capture_attached"]
+        one_request(port)  # not traced: nothing to capture it with
+        tracectx.set_pids([server.pid])
+        on = attached_tracepoints(os.getpid()), tracectx.details()["capture_attached"]
+        one_request(port)
+        collector.observe()
+        traced = [t for t in collector.tick().traces if t.pid == server.pid]
+        tracectx.set_pids([])
+        off = attached_tracepoints(os.getpid()), tracectx.details()["capture_attached"]
+        one_request(port)
+        snap = finish(probes, collector)
+    assert not capture_names & idle[0] and idle[1] is False
+    assert "sched_process_exit" in idle[0]  # the rest of the probe runs on
+    assert capture_names <= on[0] and on[1] is True
+    assert not capture_names & off[0] and off[1] is False
+    assert len(traced) == 1, "the request made while traced"
+    assert [t for t in snap.traces if t.pid == server.pid] == []
 
 
 # Reads with readv, answers with writev, then with sendfile (the response from a file).
