@@ -42,8 +42,9 @@ venv: $(STAMP)
 
 # Debian's bcc module (pure Python over libbcc.so) is linked into the venv by name only:
 # the PyPI package called "bcc" is unrelated and must never be installed.
-# setup.py generates the gRPC modules from the .proto files at install: a changed one reinstalls.
-$(STAMP): pyproject.toml setup.py $(wildcard wasmtop/proto/*/*/*.proto)
+# setup.py generates the gRPC modules from the .proto files and builds probes/_tracefast.c at
+# install: a changed one reinstalls.
+$(STAMP): pyproject.toml setup.py probes/_tracefast.c $(wildcard wasmtop/proto/*/*/*.proto)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@ln -sfn /usr/lib/python3/dist-packages/bcc \
 	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"

@@ -26,7 +26,7 @@ import struct
 import sys
 import time
 
-REQUEST_FMT = "<QQQQQQQQQIIIiIHHBBBB4x16s8s512s"
+REQUEST_FMT = "<QQQQQQQQQIIIiIHHBBBB4x16s8s"  # then the captured head (as tracectx.bpf.c sends)
 HEAD = (
     b"GET /item HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
     b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
@@ -37,8 +37,8 @@ def record(i: int, head: bytes = HEAD) -> bytes:
     start = 1_000_000_000 + i * 60_000
     return struct.pack(
         REQUEST_FMT, start, start + 20_000, 0, 1_500, 1 + i, 7_000 + i, 7_500 + i, 2, 2, 4242,
-        4243, 4243, 7, len(head), len(head), 200, 1, 1, 2, 5, b"\0" * 16, b"\0" * 8, head,
-    )  # fmt: skip
+        4243, 4243, 7, len(head), len(head), 200, 1, 1, 2, 5, b"\0" * 16, b"\0" * 8,
+    ) + head  # fmt: skip
 
 
 class FakeRing:

@@ -358,12 +358,13 @@ static inline PyObject *u64_or_none(uint64_t v, int have) {
 static PyObject *request_record(const unsigned char *r, Py_ssize_t n, PyTypeObject *type,
                                 Py_ssize_t capture, unsigned long read_mask,
                                 unsigned long write_mask) {
-    if (n != OFF_DATA + capture)
+    /* the fixed part, then exactly `captured` bytes of data (at most capture_bytes) */
+    if (n < OFF_DATA || n > OFF_DATA + capture)
         Py_RETURN_NONE;
     unsigned read_sys = r[OFF_READ_SYS], write_sys = r[OFF_WRITE_SYS];
     Py_ssize_t captured = u16_at(r + OFF_CAPTURED);
     if (read_sys >= 64 || !(read_mask >> read_sys & 1) || write_sys >= 64 ||
-        !(write_mask >> write_sys & 1) || captured > capture)
+        !(write_mask >> write_sys & 1) || captured != n - OFF_DATA)
         Py_RETURN_NONE;
     int s0 = r[OFF_START_FLAGS] & HAVE_STATS, s1 = r[OFF_END_FLAGS] & HAVE_STATS;
     int ctx = r[OFF_END_FLAGS] & HAVE_CTX;

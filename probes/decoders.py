@@ -1,7 +1,9 @@
 """Ring-buffer record decoders: one small function each, registered by name.
 
 A decoder's ``size`` is compiled into the BPF program (``-D<NAME>_SIZE``) and checked there with
-``_Static_assert``, so a C struct that drifts from its decoder fails at load time.
+``_Static_assert``, so a C struct that drifts from its decoder fails at load time. A record may
+end in a variable-length tail (``tail``: at most that many bytes, sent only as far as used): the
+fixed part is the layout, the tail is handed to the build as its last field.
 """
 
 from __future__ import annotations
@@ -32,23 +34,32 @@ class Decoder:
     name: str
     layout: struct.Struct
     build: Callable[[tuple], Any]
+    tail: int = 0  # at most this many bytes after the layout (the C struct's last array)
 
     @property
     def size(self) -> int:
-        return self.layout.size
+        """The C struct's size: the layout and a full tail."""
+        return self.layout.size + self.tail
 
     def __call__(self, data: bytes) -> Any:
-        if len(data) != self.layout.size:
-            raise DecodeError(f"{self.name}: {len(data)} bytes, expected {self.layout.size}")
+        fixed = self.layout.size
+        if self.tail:
+            if not fixed <= len(data) <= fixed + self.tail:
+                raise DecodeError(
+                    f"{self.name}: {len(data)} bytes, expected {fixed} to {fixed + self.tail}"
+                )
+            return self.build((*self.layout.unpack_from(data), data[fixed:]))
+        if len(data) != fixed:
+            raise DecodeError(f"{self.name}: {len(data)} bytes, expected {fixed}")
         return self.build(self.layout.unpack(data))
 
 
 DECODERS: dict[str, Decoder] = {}
 
 
-def decoder(name: str, fmt: str) -> Callable[[Callable[[tuple], Any]], Decoder]:
+def decoder(name: str, fmt: str, tail: int = 0) -> Callable[[Callable[[tuple], Any]], Decoder]:
     def register(build: Callable[[tuple], Any]) -> Decoder:
-        dec = Decoder(name, struct.Struct(fmt), build)
+        dec = Decoder(name, struct.Struct(fmt), build, tail)
         if name in DECODERS:
             raise ValueError(f"decoder {name!r} registered twice")
         DECODERS[name] = dec
@@ -151,13 +162,13 @@ WRITE_SYSCALLS = {4: "write", 5: "sendto", 6: "sendmsg", 7: "writev"}
 _HAVE_STATS, _HAVE_CTX = 1, 2
 
 
-# struct request_event in tracectx.bpf.c
-@decoder("request_event", f"<QQQQQQQQQIIIiIHHBBBB4x16s8s{CAPTURE_BYTES}s")
+# struct request_event in tracectx.bpf.c: sent up to its `captured` bytes of data[] only
+@decoder("request_event", "<QQQQQQQQQIIIiIHHBBBB4x16s8s", tail=CAPTURE_BYTES)
 def request_event(f: tuple) -> RequestRecord:
     (start, end, wake, queued, seq, p_start, p_end, m_start, m_end, tgid, tid, end_tid, fd, _nbytes,
      captured, status, start_flags, end_flags, read_sys, write_sys, ctx_trace, ctx_span,
      data) = f  # fmt: skip
-    if read_sys not in READ_SYSCALLS or write_sys not in WRITE_SYSCALLS or captured > CAPTURE_BYTES:
+    if read_sys not in READ_SYSCALLS or write_sys not in WRITE_SYSCALLS or captured != len(data):
         raise DecodeError(f"request_event: syscalls {read_sys}/{write_sys}, {captured} bytes")
     s0, s1 = start_flags & _HAVE_STATS, end_flags & _HAVE_STATS
     ctx = end_flags & _HAVE_CTX
@@ -168,7 +179,7 @@ def request_event(f: tuple) -> RequestRecord:
     return new_record(  # type: ignore[no-any-return]
         RequestRecord,
         (tgid, fd, start, end, tid, end_tid, p_start if s0 else None, p_end if s1 else None,
-         m_start if s0 else None, m_end if s1 else None, status or None, data[:captured],
+         m_start if s0 else None, m_end if s1 else None, status or None, data,
          ctx_trace if ctx else None, ctx_span if ctx else None, wake or None,
          queued if seq else (0 if s0 else None), seq or None),
     )  # fmt: skip

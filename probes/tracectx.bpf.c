@@ -125,9 +125,12 @@ struct request_event {
     u32 _pad;
     u8 ctx_trace_id[16];
     u8 ctx_span_id[8];
-    char data[CAPTURE_BYTES];
+    char data[CAPTURE_BYTES];  /* sent only up to `captured`: a record is as long as its head */
 };
 BPF_RINGBUF_OUTPUT(request_events, RINGBUF_PAGES);
+/* Events are built here and copied into the ring as far as their data goes: a reservation must
+ * have a constant size, and a typical request head is a quarter of CAPTURE_BYTES. */
+BPF_PERCPU_ARRAY(event_scratch, struct request_event, 1);
 
 /* User ABI layouts (struct user_msghdr, struct iovec on 64-bit). */
 struct umsghdr {
@@ -273,7 +276,8 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
         return;
     }
     count_event(CTR_RB_ATTEMPTS);
-    struct request_event *ev = request_events.ringbuf_reserve(sizeof(*ev));
+    u32 zero = 0;
+    struct request_event *ev = event_scratch.lookup(&zero);
     if (!ev) {
         count_event(CTR_RB_LOST);
         open_requests.delete(&key);
@@ -315,10 +319,16 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
         __builtin_memset(ev->ctx_trace_id, 0, sizeof(ev->ctx_trace_id));
         __builtin_memset(ev->ctx_span_id, 0, sizeof(ev->ctx_span_id));
     }
-    bpf_probe_read_kernel(ev->data, sizeof(ev->data), r->data);
+    u32 n = r->captured;
+    if (n > CAPTURE_BYTES)
+        n = CAPTURE_BYTES;
+    ev->captured = n;
+    bpf_probe_read_kernel(ev->data, n, r->data);
     open_requests.delete(&key);
     /* No wakeup: userspace drains on a timer. */
-    request_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+    if (request_events.ringbuf_output(ev, offsetof(struct request_event, data) + n,
+                                      BPF_RB_NO_WAKEUP))
+        count_event(CTR_RB_LOST);
 }
 
 /* The start of a read or written buffer: a request read opens, a response written closes;

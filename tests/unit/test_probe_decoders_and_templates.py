@@ -156,12 +156,13 @@ def _pack_request(**over):
     f = dict(start=5, end=9, wake=0, queued=0, seq=0, p0=7_000, p1=9_000, m0=2, m1=3, tgid=100,
              tid=101, end_tid=101, fd=7, nbytes=40, captured=4, status=200, start_flags=1,
              end_flags=1, read_sys=2, write_sys=5, ctx_trace=b"\x03" * 16, ctx_span=b"\x04" * 8,
-             data=b"GET /" + b"\xee" * 507)  # fmt: skip
+             data=b"GET ")  # fmt: skip
     f.update(over)
-    return struct.pack("<QQQQQQQQQIIIiIHHBBBB4x16s8s512s", *f.values())
+    data = f.pop("data")  # sent as far as it goes: `captured` bytes
+    return struct.pack("<QQQQQQQQQIIIiIHHBBBB4x16s8s", *f.values()) + data
 
 
-# The request of _pack_request() as decoded: only the captured bytes are kept; scheduler figures
+# The request of _pack_request() as decoded: the captured bytes; scheduler figures
 # at both ends, no trace context, no wake-up charged.
 ANSWERED = RequestRecord(100, 7, 5, 9, 101, 101, 7_000, 9_000, 2, 3, 200, b"GET ", None, None,
                          queued_ns=0)  # fmt: skip
@@ -208,7 +209,16 @@ def test_request_event_decoder(data, expected):
 
 
 @pytest.mark.parametrize(
-    "over", [dict(read_sys=0), dict(read_sys=4), dict(write_sys=8), dict(captured=513)]
+    "over",
+    [
+        dict(read_sys=0),
+        dict(read_sys=4),
+        dict(write_sys=8),
+        dict(captured=513),
+        dict(captured=3),
+        dict(captured=5),
+        dict(data=b"GET /" + bytes(508), captured=513),
+    ],
 )
 def test_request_event_decoder_refuses_impossible_fields(over):
     with pytest.raises(DecodeError):
