@@ -9,10 +9,12 @@ arch=$(dpkg --print-architecture)
 # python3-bpfcc: BCC's Python module; bpfcc-tools: runqlat-bpfcc for the benchmark;
 # bpftool: the tests list programs; stress-ng, linux-perf: workloads; iproute2, libcap2-bin:
 # network namespaces and capability tools used by tests; wrk, hey: HTTP load for the
-# benchmarks; gcc: the cold-start test builds a tiny native program; prometheus (promtool),
+# benchmarks; gcc, python3-dev: the trace-context fast path (probes/_tracefast.c) and the
+# cold-start test's tiny native program; prometheus (promtool),
 # prometheus-alertmanager: the integration tests run them on loopback; openssl: test certificates.
 packages=(python3-bpfcc bpfcc-tools "linux-headers-$arch" bpftool stress-ng linux-perf iproute2
-          libcap2-bin python3-venv wrk hey gcc prometheus prometheus-alertmanager openssl)
+          libcap2-bin python3-venv python3-dev wrk hey gcc prometheus prometheus-alertmanager
+          openssl)
 
 missing=()
 for p in "${packages[@]}"; do
