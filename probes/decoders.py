@@ -189,20 +189,26 @@ _READ_MASK = sum(1 << s for s in READ_SYSCALLS)
 _WRITE_MASK = sum(1 << s for s in WRITE_SYSCALLS)
 
 
+def decode_all(reader: RingReader, dec: Decoder) -> tuple[list[Any], int]:
+    """Every record a ring holds, decoded, and how many ``dec`` refused (malformed); the ring's
+    consumer position moves past all of them."""
+    records: list[Any] = []
+    malformed = 0
+    for raw in reader.consume():
+        try:
+            records.append(dec(raw))
+        except DecodeError:
+            malformed += 1
+    return records, malformed
+
+
 def take_request_events(reader: RingReader) -> tuple[list[RequestRecord], int]:
     """The ``request_event`` records a ring holds, decoded, and how many were malformed (those
     ``request_event`` refuses); the ring's consumer position moves past all of them. In one
     compiled call when _tracefast is built (no bytes object per record), else through
     ``RingReader.consume`` and ``request_event``: the same records, the same count."""
     if tracefast is None:
-        records: list[RequestRecord] = []
-        malformed = 0
-        for raw in reader.consume():
-            try:
-                records.append(request_event(raw))
-            except DecodeError:
-                malformed += 1
-        return records, malformed
+        return decode_all(reader, request_event)
 
     def take(ring: Any, page: int, mask: int, cons: int, prod: int) -> tuple[int, Any]:
         cons, records, malformed = tracefast.take_requests(  # type: ignore[union-attr]

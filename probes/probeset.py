@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar
 
 from . import features
 from .cpushare import CpuShare
-from .decoders import DECODERS, DecodeError
+from .decoders import DECODERS, decode_all
 from .ringbuf import RingReader
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
@@ -315,18 +315,20 @@ class Probe:
         with _callbacks_running():  # a stop signal waits for the batch to be taken
             for reader, dec in self._rings:
                 fill = max(fill, reader.pending_bytes() / reader.size)
-                for raw in reader.consume():
-                    try:
-                        record = dec(raw)
-                    except DecodeError:
-                        self.malformed += 1
-                        continue
-                    self.received += 1
-                    if len(pending) >= MAX_PENDING_EVENTS:
-                        self.dropped += 1
-                    else:
-                        pending.append(record)
+                records, malformed = self.take_records(reader, dec)
+                self.malformed += malformed
+                self.received += len(records)
+                room = max(0, MAX_PENDING_EVENTS - len(pending))
+                if len(records) > room:  # the newest beyond the cap are dropped, counted
+                    self.dropped += len(records) - room
+                    del records[room:]
+                pending += records
         return fill
+
+    def take_records(self, reader: RingReader, dec: Any) -> tuple[list[Any], int]:
+        """The records a ring holds, decoded, and how many were malformed; the ring's consumer
+        position moves past all of them. A probe with a faster way for its records says so."""
+        return decode_all(reader, dec)
 
     def pending_bytes(self) -> int:
         """Bytes of records waiting in this probe's ring buffers."""

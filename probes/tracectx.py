@@ -19,8 +19,9 @@ from typing import Any
 
 from . import features
 from .decoders import CAPTURE_BYTES, request_event, take_request_events
-from .probeset import MAX_PENDING_EVENTS, Probe, ProbeUnavailable, _callbacks_running
+from .probeset import Probe, ProbeUnavailable
 from .records import RequestRecord
+from .ringbuf import RingReader
 from .sched import SchedProbe, fill_slot
 
 DEFAULT_MAX_TRACED = 4096  # processes, and cgroup subtrees, traced at once
@@ -235,27 +236,11 @@ class TraceCtxProbe(Probe):
         }
 
     # -- reading --------------------------------------------------------------------------
-    def drain(self) -> float:
-        """Probe.drain for the one ring of request_event records, a ring at a time rather than a
-        record at a time (``take_request_events``): the same records pending, the same
-        ``received``, ``malformed`` and ``dropped``."""
-        if self.bpf is None or not self._rings:
-            return 0.0
-        fill = 0.0
-        pending = self._pending
-        with _callbacks_running():  # a stop signal waits for the batch to be taken
-            for reader, dec in self._rings:
-                assert dec is request_event
-                fill = max(fill, reader.pending_bytes() / reader.size)
-                records, malformed = take_request_events(reader)
-                self.malformed += malformed
-                self.received += len(records)
-                room = max(0, MAX_PENDING_EVENTS - len(pending))
-                if len(records) > room:
-                    self.dropped += len(records) - room
-                    del records[room:]
-                pending += records
-        return fill
+    def take_records(self, reader: RingReader, dec: Any) -> tuple[list[Any], int]:
+        """The one ring of request_event records, a ring at a time (``take_request_events``):
+        the records and malformed count Probe.take_records would give."""
+        assert dec is request_event
+        return take_request_events(reader)
 
     def read(self) -> list[RequestRecord]:
         """The requests answered since the previous read, in the order they ended."""

@@ -10,6 +10,7 @@ import mmap
 import os
 import random
 import struct
+import types
 
 import pytest
 from hypothesis import given
@@ -280,25 +281,26 @@ def test_take_requests_refuses_what_is_not_a_ring():
 
 
 def test_the_probe_drain_counts_as_the_generic_one(monkeypatch):
-    """TraceCtxProbe.drain (a ring at a time) against Probe.drain (a record at a time) on the
-    same ring: the same records pending, received, malformed and dropped."""
+    """Probe.drain with TraceCtxProbe.take_records (a ring at a time) and with
+    Probe.take_records (a record at a time) on the same ring: the same records pending,
+    received, malformed and dropped."""
     from wasmtop.probes.tracectx import TraceCtxProbe
 
     monkeypatch.setattr(probeset, "MAX_PENDING_EVENTS", 5)
-    monkeypatch.setattr("wasmtop.probes.tracectx.MAX_PENDING_EVENTS", 5)
     rng = random.Random(7)
     ring = Ring(pages=8)
     try:
         for _ in range(3):
             fill(ring, rng)
         seen = []
-        for drain in (TraceCtxProbe.drain, probeset.Probe.drain):
+        for take in (TraceCtxProbe.take_records, probeset.Probe.take_records):
             ring.map[0:8] = struct.pack("<Q", 0)
             probe = TraceCtxProbe(capture="syscalls")
             probe.bpf = object()
+            probe.take_records = types.MethodType(take, probe)  # type: ignore[method-assign]
             reader = RingReader(ring.fd, ring.size)
             probe._rings = [(reader, DECODERS["request_event"])]
-            fill_fraction = drain(probe)
+            fill_fraction = probe.drain()
             seen.append((probe.take_events(), probe.received, probe.malformed, probe.dropped,
                          fill_fraction, ring.consumer()))  # fmt: skip
             reader.close()
