@@ -6,10 +6,10 @@ with a ``traceparent``: ``GET /item HTTP/1.1``, ``Host``, the header), writes th
 buffer laid out as the kernel's (a memfd standing in for the map: consumer page, producer page,
 data), and takes them the way the collector does, in drains of ``--batch`` records (100 ms at
 ~17,000 requests/s by default), with the collector's own calls timed one after the other:
-TraceCtxProbe.drain (ring -> RequestRecords), TraceCtxProbe.read (in end order),
-RequestTracker.feed (head parse, attribution), the rest of Collector._feed_requests (windows,
-the traces kept: at most ``--max-traces`` a snapshot) and RequestTracker.figures once per
-snapshot of ``--snapshot`` records; then parse_head alone.
+Probe.drain (ring -> RequestRecords, through TraceCtxProbe.take_records), TraceCtxProbe.read
+(in end order), RequestTracker.feed (head parse, attribution), the rest of
+Collector._feed_requests (windows, the traces kept: at most ``--max-traces`` a snapshot) and
+RequestTracker.figures once per snapshot of ``--snapshot`` records; then parse_head alone.
 
 Prints microseconds per request (best of ``--repeat``). ``--python`` forces the pure-Python
 path (WASMTOP_PURE_PYTHON=1) where a compiled one exists.
@@ -169,7 +169,7 @@ def main() -> None:
     n = len(records)
     runs = [run(records, args.batch, args.snapshot, args.max_traces) for _ in range(args.repeat)]
     labels = {
-        "drain": "ring -> RequestRecords (TraceCtxProbe.drain)",
+        "drain": "ring -> RequestRecords (Probe.drain)",
         "read": "in end order (TraceCtxProbe.read)",
         "feed": "head parse, attribution (RequestTracker.feed)",
         "take": "window, Requests and Traces kept (Collector._feed_requests)",
