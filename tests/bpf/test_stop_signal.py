@@ -21,13 +21,18 @@ pytestmark = pytest.mark.usefixtures("two_cpus")
 
 
 class SignalOnFirstRecord(list):
-    """The probe's pending-record list: the first record appended sends this process SIGTERM,
-    so the handler runs inside the ring-buffer callback."""
+    """The probe's pending-record list: the first records added (one at a time or a batch)
+    send this process SIGTERM, so the handler runs in the middle of the drain."""
 
     def append(self, item: object) -> None:
         if not self:
             os.kill(os.getpid(), signal.SIGTERM)
         super().append(item)
+
+    def __iadd__(self, items: object) -> SignalOnFirstRecord:  # type: ignore[override]
+        if not self and items:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__iadd__(items)  # type: ignore[arg-type]
 
 
 def test_sigterm_during_a_ring_buffer_callback_stops_after_the_drain():
