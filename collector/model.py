@@ -111,7 +111,7 @@ class NetFigures:
     bypass_connections: int  # enrolled in the bypass map (accelerate mode)
     bypass_msgs: int  # sendmsg calls redirected to the peer socket
     bypass_bytes: int
-    stack_bytes: int  # TCP payload through the stack (tc)
+    stack_bytes: int  # TCP payload through the stack (the connections' bytes_acked)
     eligible_stack_bytes: int  # of which on eligible connections: what a bypass would save
     passed_msgs: int  # went the normal way: this end fell back earlier
     failed_msgs: int  # redirect tried, peer not enrolled: went the normal way

@@ -421,7 +421,7 @@ static PyObject *py_take_requests(PyObject *self, PyObject *args) {
     if (!check_tuple_type(type, RECORD_FIELDS, "record_type"))
         goto done;
     /* the data pages follow one page (the producer's) and are mapped twice in a row */
-    if (page < 8 || mask == 0 || (mask & (mask + 1)) != 0 ||
+    if (page < 8 || mask < 7 || (mask & (mask + 1)) != 0 ||
         (unsigned long long)ring.len < (unsigned long long)page + 2 * (mask + 1) || capture < 0) {
         PyErr_SetString(PyExc_ValueError, "take_requests: not a ring buffer's mapping");
         goto done;
@@ -432,6 +432,8 @@ static PyObject *py_take_requests(PyObject *self, PyObject *args) {
     const unsigned char *base = ring.buf;
     while (cons < prod) {
         unsigned long long off = (unsigned long long)page + (cons & mask);
+        if (off + HEADER_BYTES > (unsigned long long)ring.len)
+            break; /* cannot happen with a ring's mapping (checked above); never read past it */
         uint32_t length = __atomic_load_n((const uint32_t *)(base + off), __ATOMIC_ACQUIRE);
         if (length & BUSY_BIT)
             break;

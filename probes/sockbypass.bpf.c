@@ -259,10 +259,12 @@ int wasmtop_sockops(struct bpf_sock_ops *skops)
         return 1;
     }
     /* This side's FIN is acknowledged when it reaches FIN_WAIT2, or leaves CLOSING or LAST_ACK
-     * for CLOSE (the kernel moves it there after the ACK that bytes_acked already counted). */
+     * for CLOSE after the ACK that bytes_acked already counted; a reset or a timeout takes the
+     * same way to CLOSE with the FIN unacknowledged: then snd_una is still short of snd_nxt. */
     u32 old = skops->args[0], now = skops->args[1];
-    if (now == BPF_TCP_FIN_WAIT2 ||
-        (now == BPF_TCP_CLOSE && (old == BPF_TCP_CLOSING || old == BPF_TCP_LAST_ACK)))
+    if ((now == BPF_TCP_FIN_WAIT2 ||
+         (now == BPF_TCP_CLOSE && (old == BPF_TCP_CLOSING || old == BPF_TCP_LAST_ACK))) &&
+        skops->snd_una == skops->snd_nxt)
         c->fin_acked = 1;
     if (now == BPF_TCP_CLOSE && !c->closed_ns) {
         c->closed_ns = bpf_ktime_get_ns();

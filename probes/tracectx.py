@@ -105,6 +105,8 @@ class TraceCtxProbe(Probe):
         self._pids: set[int] = set()
         self._printing = False
         self.pids_refused = 0  # processes not traced because the map was full
+        self.capture_failed = 0  # times the capture programs could not be attached
+        self.capture_reason = ""  # why, the last time
 
     # -- compiled in ----------------------------------------------------------------------
     def _shares_sched(self) -> bool:
@@ -174,6 +176,8 @@ class TraceCtxProbe(Probe):
             control[control.Key(0)] = control.Leaf(len(self._cgroup_ids))
         self.attach_points(self.exit_points)
         self.set_pids(self._initial_pids)
+        if self.capture_failed:  # at start a failure is the probe's (reported in its status)
+            raise RuntimeError(self.capture_reason)
 
     # -- who is traced --------------------------------------------------------------------
     def set_pids(self, pids: Iterable[int]) -> None:
@@ -185,7 +189,13 @@ class TraceCtxProbe(Probe):
         table = self.table("traced_tgids")
         wanted = set(pids)
         if wanted - self._pids or self._cgroup_ids:  # before the kernel looks for them
-            self.attach_points(self.capture_points)
+            try:
+                self.attach_points(self.capture_points)
+            except Exception as exc:  # e.g. EMFILE from perf_event_open: the daemon runs on
+                self.detach_points(self.capture_points)
+                self.capture_failed += 1
+                self.capture_reason = f"attaching the capture programs: {exc}"
+                wanted &= self._pids  # nothing could see the new ones; asked again next time
         for pid in self._pids - wanted:
             with contextlib.suppress(KeyError):
                 del table[table.Key(pid)]
@@ -215,6 +225,8 @@ class TraceCtxProbe(Probe):
         return {
             "capture": self.capture,
             "capture_attached": self.capturing,
+            "capture_failed": self.capture_failed,
+            "capture_reason": self.capture_reason,
             "capture_bytes": CAPTURE_BYTES,  # of each request and response head, as compiled
             "traced_pids": sorted(self._pids),
             "traced_cgroups": list(self.cgroups),

@@ -151,6 +151,17 @@ def _cgroup(v: Any) -> str:
     return v
 
 
+def _no_interfaces(v: Any) -> list:
+    """probes.bypass.interfaces, from when a tc program counted stack bytes per interface: an
+    empty list (what the sample config had) still loads; naming any interface is refused."""
+    if v is None or v == []:
+        return []
+    raise ValueError(
+        "no longer used (stack bytes now come from each connection's TCP counters, on every "
+        "interface): remove the key"
+    )
+
+
 def _power_of_two(v: Any) -> int:
     n = number(int, 1, 262_144)(v)  # 1 GiB of 4 KiB pages
     if n & (n - 1):
@@ -173,6 +184,7 @@ SCHEMA: dict[str, Any] = {
         "bypass": {
             "mode": Key("observe", choice("observe", "accelerate", "off"), "socket bypass"),
             "local_cidrs": Key([], _list(cidr), "extra local address ranges"),
+            "interfaces": Key([], _no_interfaces, "no longer used: leave empty or remove"),
             "cgroup": Key(None, optional(_cgroup), "cgroup whose sockets are watched"),
         },
         "trace": {

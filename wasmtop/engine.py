@@ -175,13 +175,22 @@ def rules_evaluator(
 GC_GEN0_THRESHOLD = 20_000
 
 
-def settle_garbage_collector() -> None:
-    """Once everything is loaded: what start-up made lives as long as the process, so it leaves
-    the collector's books (gc.freeze), and collections come every 20,000 new objects."""
+def settle_garbage_collector() -> tuple[int, int, int]:
+    """Once everything is loaded: what start-up made lives as long as the probes run, so it
+    leaves the collector's books (gc.freeze), and collections come every 20,000 new objects.
+    Returns the thresholds before, for ``unsettle_garbage_collector``."""
+    before = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    gc.set_threshold(GC_GEN0_THRESHOLD, before[1], before[2])
+    return before  # type: ignore[return-value]
+
+
+def unsettle_garbage_collector(before: tuple[int, int, int]) -> None:
+    """When the probes stop (a reload starts new ones): what was frozen can be collected
+    again, and the thresholds are as they were."""
+    gc.unfreeze()
+    gc.set_threshold(*before)
 
 
 class Engine:
@@ -246,13 +255,16 @@ class Engine:
         except BaseException:
             self._probe_set.__exit__(*sys.exc_info())
             raise
-        settle_garbage_collector()
+        self._gc_before = settle_garbage_collector()
         self._due = time.monotonic() + self.tick_s
         self._observed = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._probe_set.__exit__(*exc)
+        try:
+            self._probe_set.__exit__(*exc)
+        finally:
+            unsettle_garbage_collector(self._gc_before)
 
     @property
     def attached(self) -> bool:

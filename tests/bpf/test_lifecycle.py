@@ -111,7 +111,7 @@ import socket, sys
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 s.listen(4)
-s.listen(8)  # again on a listener: one waiting listener still
+s.listen(8)  # again on a listener (no state change: nothing fires): one waiting listener still
 print(s.getsockname()[1], flush=True)
 sys.stdin.readline()
 s.close()  # never connected to

@@ -668,13 +668,42 @@ def test_capture_programs_are_attached_only_while_something_is_traced(capture):
         tracectx.set_pids([])
         off = attached_tracepoints(os.getpid()), tracectx.details()["capture_attached"]
         one_request(port)
+        untraced = [t for t in collector.tick().traces if t.pid == server.pid]
+        tracectx.set_pids([server.pid])  # and once more: attached again, traced again
+        again = attached_tracepoints(os.getpid())
+        one_request(port)
         snap = finish(probes, collector)
     assert not capture_names & idle[0] and idle[1] is False
     assert "sched_process_exit" in idle[0]  # the rest of the probe runs on
     assert capture_names <= on[0] and on[1] is True
     assert not capture_names & off[0] and off[1] is False
     assert len(traced) == 1, "the request made while traced"
-    assert [t for t in snap.traces if t.pid == server.pid] == []
+    assert untraced == []
+    assert capture_names <= again
+    assert len([t for t in snap.traces if t.pid == server.pid]) == 1
+
+
+def test_a_capture_that_cannot_attach_while_running_is_counted_not_fatal(capture):
+    """Attaching the capture programs when a first process is to be traced can fail (no file
+    descriptors left, say): the daemon goes on, the process is not traced, the failure is
+    counted with its reason, and the next call tries again."""
+    with http_server() as (server, _port), tracing() as (probes, _collector):
+        tracectx = probes.probes[1]
+        real = tracectx.bpf.attach_tracepoint
+
+        def refuse(**_kw: object) -> None:
+            raise OSError(24, "Too many open files")
+
+        tracectx.bpf.attach_tracepoint = refuse
+        tracectx.set_pids([server.pid])
+        failed = tracectx.details()
+        tracectx.bpf.attach_tracepoint = real
+        tracectx.set_pids([server.pid])
+        retried = tracectx.details()
+        probes.detach()
+    assert failed["traced_pids"] == [] and failed["capture_attached"] is False
+    assert failed["capture_failed"] == 1 and "Too many open files" in failed["capture_reason"]
+    assert retried["traced_pids"] == [server.pid] and retried["capture_attached"] is True
 
 
 # Reads with readv, answers with writev, then with sendfile (the response from a file).

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gc
 
-from wasmtop.engine import GC_GEN0_THRESHOLD, settle_garbage_collector
+from wasmtop.engine import (
+    GC_GEN0_THRESHOLD,
+    settle_garbage_collector,
+    unsettle_garbage_collector,
+)
 
 
 def test_start_up_objects_leave_the_books_and_gen0_waits_longer():
@@ -22,6 +26,27 @@ def test_start_up_objects_leave_the_books_and_gen0_waits_longer():
         cycle.append(cycle)
         del cycle
         assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_a_stop_gives_the_frozen_objects_back_to_the_collector():
+    """A reload stops the probes and starts new ones: what the old engine left in cycles must
+    be collectable, and the thresholds are restored."""
+    before = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        saved = settle_garbage_collector()
+        cycle: list = []
+        cycle.append(cycle)
+        gc.collect()
+        gc.freeze()  # as if it had been there at start
+        del cycle
+        unsettle_garbage_collector(saved)
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
+        assert gc.collect() >= 1  # the old cycle goes
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

@@ -278,6 +278,8 @@ def test_take_requests_refuses_what_is_not_a_ring():
         tracefast.take_requests(bytes(100), 4096, 4095, 0, 8, RequestRecord, CAPTURE_BYTES, 0, 0)
     with pytest.raises(TypeError):
         tracefast.take_requests(bytes(3 * 4096), 4096, 4095, 0, 8, tuple, CAPTURE_BYTES, 0, 0)
+    with pytest.raises(ValueError):  # a mask too small for one record header
+        tracefast.take_requests(bytes(12), 8, 1, 1, 8, RequestRecord, CAPTURE_BYTES, 0, 0)
 
 
 def test_the_probe_drain_counts_as_the_generic_one(monkeypatch):
