@@ -480,7 +480,17 @@ static __always_inline int socket_call(int dir, struct socket_call *c)
 int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
 {
     struct socket_call c = {};
-    if (args->ret <= 0 || (args->flags & MSG_PEEK) || socket_call(DIR_READ, &c))
+    if (args->flags & MSG_PEEK)
+        return 0; /* the read that follows takes the sleep (the data's arrival ended it) */
+    if (args->ret <= 0) {
+        /* Interrupted, or nothing to read: the sleep it noted ended here, and must not be
+         * taken for the wait of a later read on the same fd that did not sleep. */
+        u64 fd;
+        if (traced())
+            take_sleep(&fd);
+        return 0;
+    }
+    if (socket_call(DIR_READ, &c))
         return 0;
     /* it slept in this read: its latest wake-up ended it; else no wake-up came during it */
     u64 entry_wakeups = c.slept == (u32)c.regs.orig_ax + 1 && c.slept_fd == c.regs.di ? 0 : ~0ULL;
