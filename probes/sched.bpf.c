@@ -75,8 +75,7 @@ BPF_HASH(waited_behind, struct behind_key, u64, BEHIND_ENTRIES);
 
 /* A thread's wait in progress lives in its thread_stats entry (wait_* fields, shared.bpf.h):
  * one lookup serves the counters and the wait. */
-#define WAIT_PREEMPTED 1
-#define WAIT_WOKEN 2
+/* WAIT_PREEMPTED, WAIT_WOKEN: shared.bpf.h (the trace-context probe reads them too) */
 
 struct preempt_event {
     u64 ts_ns;

@@ -214,7 +214,13 @@ static __always_inline void charge_wakeup(u32 tid, u64 entry_wakeups, struct ope
         return;
     r->wakeup_seq = st->wakeups;
     r->queued_ns = st->last_wakeup_delay_ns;
-    if (st->wakeups > entry_wakeups) /* it came while this read was blocked */
+    /* It came while this read was blocked; unless a later wake-up came while the thread still
+     * ran (it never waited: its wait is still open), e.g. woken by an ACK, back on the CPU and
+     * about to sleep again when the data came. The data came with that later one, so the
+     * completed one is older than the request: the read's own end is the start then. */
+    int woken_running = st->wait_since && st->wait_kind == WAIT_WOKEN &&
+                        st->wait_since > st->last_wakeup_ns;
+    if (st->wakeups > entry_wakeups && !woken_running)
         r->wake_ns = st->last_wakeup_ns;
     st->wakeup_charged = st->wakeups;
 }
