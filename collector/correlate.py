@@ -17,7 +17,7 @@ from itertools import accumulate
 from typing import NamedTuple, TypeVar, Union
 
 from ..probes.records import RequestRecord, fields_in_order, new_record
-from .httpmsg import REASONS, Head, fast_head, parse_head_general
+from .httpmsg import REASONS, Head, parse_head
 from .model import (
     DURATION_BOUNDS_MS,
     Events,
@@ -141,14 +141,6 @@ class _Window:
     evicted_until_ns: int = 0  # end time of the newest of those
     ended: list[int] = field(default_factory=list)  # durations added since the last figures
 
-    def add(self, end_ns: int, duration_ns: int, route: str, status: int | None, cap: int) -> None:
-        # RequestTracker._enter does this inline, a batch at a time
-        self.entries.append((end_ns, duration_ns, route, status))
-        self.ended.append(duration_ns)
-        self.routes[route] += 1
-        self.statuses[status] += 1
-        self.evict(cap)
-
     def evict(self, cap: int) -> None:
         """The oldest entries beyond ``cap`` leave early (counted)."""
         while len(self.entries) > cap:
@@ -217,15 +209,13 @@ class RequestTracker:
             # RequestRecord's fields by position: no attribute lookup per field and request
             (tgid, _fd, _start, _end, tid, end_tid, _p0, _p1, _m0, _m1, _status, data, _ctx,
              _span, _wake, _queued, _seq) = rec  # fmt: skip
-            head = fast_head(data) if type(data) is bytes else None
-            if head is None:
-                head = parse_head_general(data)
-                if isinstance(head, str):
-                    counters[f"trace_header_{head}"] += 1
-                    continue
-                if head.kind != "request":  # the kernel paired it by its first bytes only
-                    counters["trace_header_bad_start_line"] += 1
-                    continue
+            head = parse_head(data)
+            if isinstance(head, str):
+                counters[f"trace_header_{head}"] += 1
+                continue
+            if head.kind != "request":  # the kernel paired it by its first bytes only
+                counters["trace_header_bad_start_line"] += 1
+                continue
             for problem in head.problems:
                 counters[f"trace_header_{problem}"] += 1
             workload = workloads.get(tgid, "")
@@ -316,7 +306,9 @@ class RequestTracker:
         return kept, traced
 
     def _enter(self, done: list[tuple]) -> None:
-        """Each fed request into its workload's window, in order (_Window.add, inline)."""
+        """Each fed request into its workload's window, in order: its entry, its duration among
+        those ended since the last figures, its route and status counted; the oldest beyond the
+        cap evicted."""
         cap = self.max_window_requests
         last: object = self  # no workload is the tracker
         for rec, _head, workload, route, _ in done:

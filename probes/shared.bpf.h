@@ -4,13 +4,13 @@
  * Prepended by probes/probeset.py to the probes that list it in their `headers`, so both sides
  * compile the same layout. */
 
-/* Each field of a thread's stats has one writer at a time: switch-out, switch-in, wake-up and
- * migration of a thread are serialised by the scheduler (under the run-queue lock of the queue
- * it leaves, waits on or joins), so plain increments and stores lose nothing. */
 /* thread_stats.wait_kind */
 #define WAIT_PREEMPTED 1
 #define WAIT_WOKEN 2
 
+/* Each field of a thread's stats has one writer at a time: switch-out, switch-in, wake-up and
+ * migration of a thread are serialised by the scheduler (under the run-queue lock of the queue
+ * it leaves, waits on or joins), so plain increments and stores lose nothing. */
 struct thread_stats {
     /* What a switch and a wake-up touch come first, so that they share cache lines. */
     u32 tgid;

@@ -32,9 +32,8 @@ OPEN_TIMEOUT_NS = 60_000_000_000  # a request unanswered this long is given up (
 CGROUP_LEVELS = 16  # depth of the ancestor walk for cgroup subtrees
 
 _READS = ("read", "recvfrom", "recvmsg")
-_END_NS = operator.itemgetter(3)  # RequestRecord.end_ns, without a Python call per record
-if RequestRecord._fields[3] != "end_ns":
-    raise ImportError("RequestRecord fields changed: update tracectx._END_NS")
+# RequestRecord.end_ns, without a Python call per record
+_END_NS = operator.itemgetter(RequestRecord._fields.index("end_ns"))
 _WRITES = ("write", "sendto", "sendmsg", "writev")
 
 

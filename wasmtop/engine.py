@@ -171,7 +171,7 @@ def rules_evaluator(
 # traced request allocates a few objects that live for the request window, so at the default a
 # busy node ran a gen-0 pass every ~200 requests and full passes over the windows and everything
 # loaded at start (BCC, the compiled programs' tables): 152 ms of collections per 105,000
-# requests, 30 ms with this and the freeze (docs/benchmarks.md).
+# requests, 38 ms with this and the freeze (docs/benchmarks.md).
 GC_GEN0_THRESHOLD = 20_000
 
 
