@@ -171,7 +171,10 @@ class Collector:
         requests: RequestTracker | None = None,
         growth_window_s: float = DEFAULT_GROWTH_WINDOW_S,
         pods: PodDirectory | None = None,
+        own_pid: int | None = None,
     ) -> None:
+        """``own_pid``: the process whose workload (with the processes it starts) is marked as
+        wasmtop's own; default this process."""
         self.probes = probes
         self.proc_root = Path(proc_root)
         self.reader = ProcReader(proc_root)
@@ -179,7 +182,7 @@ class Collector:
         # thread); without it pods are known by UID only.
         self.pods = pods
         self._pods_generation = pods.generation if pods is not None else 0
-        self.resolver = WorkloadResolver(self.reader, pods=pods)
+        self.resolver = WorkloadResolver(self.reader, pods=pods, own_pid=own_pid)
         self.topology = topology or Topology.from_sysfs()
         self.max_events = max_events
         self.max_culprits = max_culprits  # waited_behind: culprits named per workload
@@ -671,6 +674,8 @@ class Collector:
             runtime_metrics=self._runtime_metrics(
                 wid.key, runtime, act.pids, runtime_figures, wasm_calls
             ),
+            wasmtop=any(self.resolver.own(pid) for pid in act.pids),
+            kernel_thread=wid.kernel_thread,
         )
 
     def _waited_behind(self, behind: Mapping[int, int], total_ns: int) -> tuple[WaitedBehind, ...]:

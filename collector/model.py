@@ -285,6 +285,12 @@ class Workload:
     net: NetFigures | None = None  # null: the socket-bypass probe is not running
     requests: RequestFigures | None = None  # null: no request of it traced in the window
     runtime_metrics: RuntimeMetrics | None = None  # null: not measured
+    # wasmtop's own processes (the one the collector runs in and those it started): never
+    # alerted on; the terminal UI shows their cost in its header instead of a row.
+    wasmtop: bool = False
+    # A kernel thread (PF_KTHREAD: kworker, ksoftirqd, migration ...): the terminal UI folds
+    # them into one row unless asked (K).
+    kernel_thread: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from .kubernetes import PodMeta
 
 WASM, CONTAINER, PROCESS = "wasm", "container", "process"
+# /proc/PID/stat field 9 (flags): the task is a kernel thread (kthreadd and everything it
+# starts: kworker, ksoftirqd, migration, rcu_*). A flag of the task itself, so it holds in any pid
+# namespace, where "the parent is pid 2" would not.
+PF_KTHREAD = 0x00200000
+MAX_OWN_DEPTH = 8  # ancestors walked to tell whether a process descends from wasmtop's own
 
 _HEX64 = r"[0-9a-f]{64}"
 _UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
@@ -151,6 +156,8 @@ class ProcessInfo:
     runtime_library: str | None  # the runtime's shared library it maps (path in its mount ns)
     allowed_cpus: frozenset[int]
     read_at: float
+    ppid: int = 0  # /proc/PID/stat field 4
+    kernel_thread: bool = False  # PF_KTHREAD in /proc/PID/stat field 9
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,7 @@ class WorkloadId:
     comm: str
     cgroup: str | None
     pod: Pod | None
+    kernel_thread: bool = False  # a kernel thread (PF_KTHREAD): always a process of its own
 
 
 def runtime_library(maps: str | None) -> tuple[str, str] | None:
@@ -227,27 +235,34 @@ class ProcReader:
         return (self.root / str(pid) / name).read_text(errors="replace")
 
     def start_ticks(self, pid: int) -> int | None:
+        stat = self._stat(pid)
+        return stat[0] if stat else None
+
+    def _stat(self, pid: int) -> tuple[int, int, int] | None:
+        """(start ticks, ppid, flags) from /proc/PID/stat, or None."""
         try:
             stat = self._text(pid, "stat")
         except OSError:
             return None
         try:
-            return int(stat_fields(stat)[19])
+            fields = stat_fields(stat)
+            return int(fields[19]), int(fields[1]), int(fields[6])
         except (IndexError, ValueError):
             return None
 
     def read(self, pid: int) -> ProcessInfo | None:
         try:
-            start = self.start_ticks(pid)
+            stat = self._stat(pid)
             comm = self._text(pid, "comm").strip()
             cgroup_text = self._text(pid, "cgroup")
             status = self._text(pid, "status")
         except OSError:
             self.vanished += 1
             return None
-        if start is None:
+        if stat is None:
             self.vanished += 1
             return None
+        start, ppid, flags = stat
         try:
             exe: str | None = os.readlink(self.root / str(pid) / "exe")
         except OSError:
@@ -273,6 +288,8 @@ class ProcReader:
             runtime_library=lib[1] if (lib := runtime_library(maps)) else None,
             allowed_cpus=allowed,
             read_at=time.monotonic(),
+            ppid=ppid,
+            kernel_thread=bool(flags & PF_KTHREAD),
         )
 
 
@@ -294,11 +311,18 @@ class WorkloadResolver:
     had when last seen, so their final counts still land on the right workload."""
 
     def __init__(
-        self, reader: ProcReader, refresh_s: float = 10.0, pods: PodDirectory | None = None
+        self,
+        reader: ProcReader,
+        refresh_s: float = 10.0,
+        pods: PodDirectory | None = None,
+        own_pid: int | None = None,
     ) -> None:
+        """``own_pid``: the process wasmtop runs in (its collector's; default this process):
+        it and the processes it starts are wasmtop's own (``own``)."""
         self.reader = reader
         self.refresh_s = refresh_s
         self.pods = pods
+        self.own_pid = os.getpid() if own_pid is None else own_pid
         self._cache: dict[int, ProcessInfo] = {}
 
     def process(self, pid: int) -> ProcessInfo | None:
@@ -315,6 +339,19 @@ class WorkloadResolver:
         info = self.process(pid)
         return workload_of(info, self.pods) if info else None
 
+    def own(self, pid: int) -> bool:
+        """Whether ``pid`` is wasmtop's own process: the one it runs in, a child it started, or
+        a child of such a child it has seen. Only processes already read are walked (a
+        parent is never read for this), so asking costs no /proc read of its own."""
+        for _ in range(MAX_OWN_DEPTH):
+            if pid == self.own_pid:
+                return True
+            info = self._cache.get(pid)
+            if info is None or info.ppid <= 1:
+                return False
+            pid = info.ppid
+        return False
+
     def forget(self, pids: set[int]) -> None:
         for pid in pids:
             self._cache.pop(pid, None)
@@ -330,7 +367,8 @@ def workload_of(info: ProcessInfo, pods: PodDirectory | None = None) -> Workload
     ref = info.container
     if ref is None:
         kind = WASM if info.runtime else PROCESS
-        return WorkloadId(f"pid:{info.pid}", kind, info.runtime, info.comm, info.cgroup, None)
+        return WorkloadId(f"pid:{info.pid}", kind, info.runtime, info.comm, info.cgroup, None,
+                          info.kernel_thread)  # fmt: skip
     pod = None
     runtime = info.runtime
     if ref.pod_uid:
