@@ -17,19 +17,29 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .features import SYS_BPF, libc
 
 _BPF_MAP_CREATE = 0
+_BPF_MAP_LOOKUP_ELEM = 1
+_BPF_MAP_UPDATE_ELEM = 2
+_BPF_MAP_DELETE_ELEM = 3
+_BPF_MAP_GET_NEXT_KEY = 4
+_BPF_PROG_LOAD = 5
 _BPF_OBJ_PIN = 6
 _BPF_OBJ_GET = 7
 _BPF_PROG_GET_NEXT_ID = 11
 _BPF_PROG_GET_FD_BY_ID = 13
 _BPF_OBJ_GET_INFO_BY_FD = 15
+_BPF_PROG_ATTACH = 8
+_BPF_PROG_DETACH = 9
+_BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 _BPF_LINK_CREATE = 28
 
 # enum bpf_attach_type / enum bpf_prog_type (uapi/linux/bpf.h)
 ATTACH_CGROUP_SOCK_OPS = 3
+ATTACH_SK_MSG_VERDICT = 7
 PROG_TYPES = {3: "sched_cls", 13: "sock_ops", 14: "sk_skb", 16: "sk_msg"}
 
 
@@ -137,10 +147,196 @@ class MapInfo:
 MAP_TYPE_HASH = 1
 
 
-def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
-    """Make a map (no flags, no BTF); the caller closes the fd. Raises BpfError."""
-    attr = _MapCreate(map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
+def map_create(
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    name: str,
+    flags: int = 0,
+    inner_map_fd: int = 0,
+) -> int:
+    """Make a map (no BTF); the caller closes the fd. Raises BpfError."""
+    attr = _MapCreate(
+        map_type, key_size, value_size, max_entries, flags, inner_map_fd, 0, name.encode()[:15]
+    )
     return _call(_BPF_MAP_CREATE, attr)
+
+
+class _MapElem(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # next_key for BPF_MAP_GET_NEXT_KEY
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _MapBatch(ctypes.Structure):
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+def _elem(fd: int, key: Any, value: Any = None, flags: int = 0) -> _MapElem:
+    return _MapElem(
+        fd,
+        0,
+        ctypes.addressof(key) if key is not None else 0,
+        ctypes.addressof(value) if value is not None else 0,
+        flags,
+    )
+
+
+def map_lookup(fd: int, key: Any, value: Any) -> bool:
+    """Fill ``value`` (a ctypes object) with the entry at ``key``; False when there is none."""
+    try:
+        _call(_BPF_MAP_LOOKUP_ELEM, _elem(fd, key, value))
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_update(fd: int, key: Any, value: Any, flags: int = 0) -> None:
+    """Set the entry at ``key`` (BPF_ANY by default). Raises BpfError."""
+    _call(_BPF_MAP_UPDATE_ELEM, _elem(fd, key, value, flags))
+
+
+def map_delete(fd: int, key: Any) -> bool:
+    """Delete the entry at ``key``; False when there was none."""
+    try:
+        _call(_BPF_MAP_DELETE_ELEM, _elem(fd, key))
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_next_key(fd: int, key: Any, next_key: Any) -> bool:
+    """Fill ``next_key`` with the key after ``key`` (the first key when ``key`` is None);
+    False at the end."""
+    try:
+        _call(_BPF_MAP_GET_NEXT_KEY, _elem(fd, key, next_key))
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_lookup_and_delete_batch(fd: int, keys: Any, values: Any, count: int) -> int:
+    """Move up to ``count`` entries into the ``keys`` and ``values`` arrays, deleting them from
+    the map; returns how many (fewer than ``count`` once the map is empty). Raises BpfError
+    (EINVAL on map types without batch operations)."""
+    batch = ctypes.c_uint64(0)
+    attr = _MapBatch(0, ctypes.addressof(batch), ctypes.addressof(keys), ctypes.addressof(values),
+                     count, fd, 0, 0)  # fmt: skip
+    try:
+        _call(_BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
+    except BpfError as exc:
+        if exc.errno != errno.ENOENT:  # ENOENT: the map is now empty (count says how many)
+            raise
+    return attr.count
+
+
+class _ProgLoad(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("_rest", ctypes.c_uint8 * 64),
+    ]
+
+
+class VerifierError(BpfError):
+    """The kernel refused a program; ``log`` is the verifier's account of why."""
+
+    def __init__(self, err: int, name: str, log: str) -> None:
+        super().__init__(err, f"{name}: {os.strerror(err)}")
+        self.log = log
+
+    def __str__(self) -> str:
+        tail = "\n".join(self.log.strip().splitlines()[-12:])
+        return f"{super().__str__()}\n{tail}" if tail else super().__str__()
+
+
+LOG_BYTES = 4 << 20
+
+
+def prog_load(
+    prog_type: int,
+    insns: bytes,
+    license: str,
+    name: str,
+    kern_version: int = 0,
+    expected_attach_type: int = 0,
+) -> int:
+    """Load a program (its map references already patched to fds); the caller closes the fd.
+    A refusal is loaded again with the verifier's log on and raised as VerifierError."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+
+    def attr(log: Any) -> _ProgLoad:
+        return _ProgLoad(
+            prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic),
+            1 if log is not None else 0, len(log) if log is not None else 0,
+            ctypes.addressof(log) if log is not None else 0, kern_version, 0,
+            name.encode()[:15], 0, expected_attach_type,
+        )  # fmt: skip
+
+    try:
+        return _call(_BPF_PROG_LOAD, attr(None))
+    except BpfError as exc:
+        if exc.errno == errno.EPERM:
+            raise
+        first = exc
+    log = ctypes.create_string_buffer(LOG_BYTES)
+    try:
+        return _call(_BPF_PROG_LOAD, attr(log))  # loaded after all (a transient failure)
+    except BpfError as exc:
+        text = log.value.decode("utf-8", "replace")
+        raise VerifierError(exc.errno or first.errno, name, text) from None
+
+
+class _ProgAttach(ctypes.Structure):
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_bpf_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("replace_bpf_fd", ctypes.c_uint32),
+        ("_rest", ctypes.c_uint8 * 44),
+    ]
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """BPF_PROG_ATTACH (e.g. an sk_msg verdict on a sock map). Raises BpfError."""
+    _call(_BPF_PROG_ATTACH, _ProgAttach(target_fd, prog_fd, attach_type, 0, 0))
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """BPF_PROG_DETACH. Raises BpfError."""
+    _call(_BPF_PROG_DETACH, _ProgAttach(target_fd, prog_fd, attach_type, 0, 0))
 
 
 def obj_pin(fd: int, path: str) -> None:

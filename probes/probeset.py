@@ -11,15 +11,17 @@ import signal
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from . import features
+from .compiled import CompiledObject, ObjectCache, fentry_check, object_cache, obtain
 from .cpushare import CpuShare
 from .decoders import DECODERS, decode_all
+from .loader import LoadedObject
 from .ringbuf import RingReader
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
@@ -163,6 +165,10 @@ class Probe:
         self._stopped = False
         self._final_counters: dict[str, int] | None = None
         self._rings: list[tuple[RingReader, Any]] = []  # (reader, decoder) per ring buffer
+        self._compiled: CompiledObject | None = None
+        self._prepare_error: Exception | None = None
+        self.program_source = ""  # "cache" or "compiler": where the loaded program came from
+        self.progress: Callable[[str, str], None] | None = None  # (probe, stage) while starting
 
     # -- what gets compiled ---------------------------------------------------------------
     def placeholders(self) -> dict[str, str]:
@@ -212,16 +218,35 @@ class Probe:
                 raise ProbeUnavailable(f"tracepoint {tp} not found (is tracefs mounted?)")
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        """Compile, load and attach. Never raises: the outcome is in status and reason."""
+    def prepare(self, cache: ObjectCache | None = None) -> None:
+        """Check the kernel and find the compiled program: in the cache, else from a compiler
+        child (the slow part; probes prepare in parallel). An error is kept for start()."""
+        self._compiled, self._prepare_error = None, None
         try:
             self.check_kernel()
-            from bcc import BPF
-
-            self.bpf = capturing(
-                "compile failed",
-                lambda: BPF(text=self.rendered().encode(), cflags=self.cflags()),
+            cache = cache if cache is not None else object_cache()
+            self._compiled, self.program_source = obtain(
+                self.rendered(), self.cflags(), cache, lambda stage: self._report(stage)
             )
+        except Exception as exc:
+            self._prepare_error = exc
+
+    def _report(self, stage: str) -> None:
+        if self.progress is not None:
+            with contextlib.suppress(Exception):
+                self.progress(self.name, stage)
+
+    def start(self) -> None:
+        """Compile (or find in the cache), load and attach. Never raises: the outcome is in
+        status and reason."""
+        try:
+            if self._compiled is None and self._prepare_error is None:
+                self.prepare()
+            if self._prepare_error is not None:
+                raise self._prepare_error
+            assert self._compiled is not None
+            self._report("loading")
+            self.bpf = LoadedObject(self._compiled)
             self.verify_maps()
             for map_name, dec in self.ringbuffers:
                 fd = self.table(map_name).map_fd
@@ -235,6 +260,9 @@ class Probe:
             self.close()
         else:
             self.status, self.reason = OK, "attached"
+        finally:
+            self._compiled, self._prepare_error = None, None
+        self._report(self.status)
 
     def attach(self) -> None:
         self.attach_points(self.tracepoints)
@@ -269,7 +297,7 @@ class Probe:
                     self.bpf.detach_tracepoint(tp.encode())
 
     def table(self, name: str) -> Any:
-        return self.bpf[name.encode()]
+        return self.bpf[name]
 
     def verify_maps(self) -> None:
         """Fail at load time, not at read time, when a map the reader needs is missing."""
@@ -355,7 +383,7 @@ class Probe:
     def program_fds(self) -> list[int]:
         if self.bpf is None:
             return []
-        return [fn.fd for fn in self.bpf.funcs.values()]
+        return [fn.fd for fn in list(self.bpf.funcs.values())]
 
     def health(self) -> ProbeHealth:
         ctr = self.counter_values()
@@ -373,30 +401,15 @@ class Probe:
             map_full=ctr.get("MAP_FULL", 0),
             run_count=runs,
             run_time_ns=ns,
-            details={**self.details(), **self.run_stats},
+            details={**self.details(), **self.run_stats, "program": self.program_source},
         )
 
 
 def fentry_feature() -> features.Feature:
-    """fentry/fexit is optional: load a trivial program to see whether this kernel allows it."""
-    try:
-        from bcc import BPF
-    except ImportError as exc:
-        return features.Feature("fentry", features.UNAVAILABLE, f"bcc not importable: {exc}", False)
-    with warnings.catch_warnings():  # bcc 0.26 passes a str to its own byte-only helper
-        warnings.simplefilter("ignore", DeprecationWarning)
-        kfunc = BPF.support_kfunc()
-    if not kfunc:
-        return features.Feature("fentry", features.UNAVAILABLE, "no BPF trampoline", False)
-    try:
-        bpf = capturing("", lambda: BPF(text=b"KFUNC_PROBE(do_nanosleep) { return 0; }"))
-    except LibbccError as exc:
-        detail = "; ".join(exc.detail.splitlines()[-2:]) or str(exc)
-        return features.Feature(
-            "fentry", features.UNAVAILABLE, f"loading an fentry program failed: {detail}", False
-        )
-    bpf.cleanup()
-    return features.Feature("fentry", features.OK, "fentry program loaded", False)
+    """fentry/fexit is optional: a compiler child loads a trivial program to see whether this
+    kernel allows it (the answer is kept in the object cache)."""
+    ok, reason = fentry_check("do_nanosleep")
+    return features.Feature("fentry", features.OK if ok else features.UNAVAILABLE, reason, False)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -486,6 +499,8 @@ class ProbeSet:
         handle_signals: bool = True,
         cpu: CpuShare | None = None,
         run_stats: bool = False,
+        progress: Callable[[str, str], None] | None = None,
+        cache: ObjectCache | None = None,
     ) -> None:
         """``run_stats``: time the probes' programs in the kernel (BPF_ENABLE_STATS) for their
         run_count/run_time_ns. Off by default: while it is on, the kernel times every BPF program
@@ -494,6 +509,8 @@ class ProbeSet:
         self.run_stats = run_stats
         self.cpu = cpu or CpuShare("normal")
         self.handle_signals = handle_signals
+        self.progress = progress  # (probe name, stage): cached, compiling, loading, ok, ...
+        self.cache = cache
         self._saved_handlers: dict[int, Any] = {}
         self._stats_fd = -1
 
@@ -518,6 +535,7 @@ class ProbeSet:
             if why and not features.bpf_stats_enabled():
                 for probe in self.probes:  # run_count/run_time_ns stay 0: say they are not measured
                     probe.run_stats = {"run_stats": why}
+            self._prepare()
             for probe in self.probes:
                 # A signal during an attach would interrupt it between the kernel call and its
                 # record, leaving something attached that detach does not know of: hold
@@ -529,6 +547,20 @@ class ProbeSet:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _prepare(self) -> None:
+        """Find every probe's compiled program; compile the missing ones side by side (each in
+        its own child process, one per CPU at most)."""
+        cache = self.cache if self.cache is not None else object_cache()
+        for probe in self.probes:
+            probe.progress = self.progress
+        workers = max(1, min(len(self.probes), os.cpu_count() or 1))
+        if workers == 1:
+            for probe in self.probes:
+                probe.prepare(cache)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile") as pool:
+            list(pool.map(lambda p: p.prepare(cache), self.probes))
 
     @contextlib.contextmanager
     def _signals_held(self) -> Iterator[None]:

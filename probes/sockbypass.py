@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from . import bpfobj, features
+from . import bpfobj, features, loader
+from .compiled import fentry_check
 from .decoders import FALLBACK_REASONS, ip_text
-from .probeset import Probe, ProbeUnavailable, capturing, fentry_feature
+from .probeset import Probe, ProbeUnavailable, fentry_feature
 from .records import BypassReading, ConnRecord
 
 OBSERVE, ACCELERATE = "observe", "accelerate"
@@ -231,8 +232,6 @@ class SockBypassProbe(Probe):
 
     # -- attach / detach ------------------------------------------------------------------
     def attach(self) -> None:
-        from bcc import BPF
-
         # Before loading ours: everything of these types now loaded belongs to someone else.
         try:
             self.other_programs = bpfobj.programs(SOCKET_PROG_TYPES)
@@ -246,7 +245,7 @@ class SockBypassProbe(Probe):
         self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(
             int(self.requested_mode == ACCELERATE)
         )
-        ops = self.bpf.load_func(b"wasmtop_sockops", BPF.SOCK_OPS)
+        ops = self.bpf.load_func(b"wasmtop_sockops", loader.PROG_SOCK_OPS)
         path = self.cgroup_path()
         cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -258,12 +257,9 @@ class SockBypassProbe(Probe):
         finally:
             os.close(cg)
         if self.requested_mode == ACCELERATE:
-            from bcc import BPFAttachType
-            from bcc.libbcc import lib
-
-            msg = self.bpf.load_func(b"wasmtop_sk_msg", BPF.SK_MSG)
-            map_fd = lib.bpf_table_fd(self.bpf.module, b"sock_hash")
-            self.bpf.attach_func(msg, map_fd, BPFAttachType.SK_MSG_VERDICT)
+            msg = self.bpf.load_func(b"wasmtop_sk_msg", loader.PROG_SK_MSG)
+            map_fd = self.table("sock_hash").map_fd
+            self.bpf.attach_func(msg, map_fd, bpfobj.ATTACH_SK_MSG_VERDICT)
             self._skmsg = (msg, map_fd)
         self.foreign_redirects = self._foreign_redirects()
         if self.requested_mode == ACCELERATE:
@@ -303,13 +299,11 @@ class SockBypassProbe(Probe):
         The map and the verdict program are freed by the kernel when the last of them closes.
         """
         if self._skmsg is not None and self.bpf is not None:
-            from bcc import BPFAttachType
-
             with contextlib.suppress(Exception):
                 self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(0)
             msg, map_fd = self._skmsg
             with contextlib.suppress(Exception):
-                self.bpf.detach_func(msg, map_fd, BPFAttachType.SK_MSG_VERDICT)
+                self.bpf.detach_func(msg, map_fd, bpfobj.ATTACH_SK_MSG_VERDICT)
         self._skmsg = None
 
     def detach(self) -> None:
@@ -321,18 +315,13 @@ class SockBypassProbe(Probe):
     def _foreign_redirects(self) -> dict[str, str]:
         """Other agents' redirects can only be counted from the kernel's redirect path
         (fentry or kprobe on tcp_bpf_sendmsg_redir). Try both; report why not."""
-        from bcc import BPF
-
         reasons = []
         fentry = fentry_feature()
         if fentry.ok:
-            try:
-                text = f"KFUNC_PROBE({FOREIGN_REDIRECT_FN}) {{ return 0; }}".encode()
-                prog = capturing("fentry", lambda: BPF(text=text))
-                prog.cleanup()
+            ok, why = fentry_check(FOREIGN_REDIRECT_FN)
+            if ok:
                 return {"status": "unavailable", "reason": "fentry loads, counting not built"}
-            except Exception as exc:
-                reasons.append(f"fentry on {FOREIGN_REDIRECT_FN}: {str(exc).splitlines()[0]}")
+            reasons.append(f"fentry on {FOREIGN_REDIRECT_FN}: {why}")
         else:
             reasons.append(f"fentry: {fentry.reason}")
         kprobes = features.check_kprobes()

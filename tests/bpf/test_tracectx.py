@@ -577,7 +577,12 @@ def test_an_event_loop_charges_each_wake_up_to_one_request_at_most():
     charged = [t for t in traces if t.queued_wakeup is not None]
     assert len({(t.tid, t.queued_wakeup) for t in charged}) == len(charged)  # none twice
     assert len(charged) < len(traces)  # several requests were read after one wake-up
-    assert all(t.queued_ms == 0 for t in traces if t.queued_wakeup is None)
+    # Not charged: nothing (0), or not known (None) for the first round only, read before the
+    # idle server thread had run once since the probes attached (its first wake-up had no
+    # scheduler entry to time it with).
+    uncharged = [t.queued_ms for t in traces if t.queued_wakeup is None]
+    assert set(uncharged) <= {0, None}
+    assert uncharged.count(None) <= connections
     sched = snap.workload(f"pid:{server.pid}").sched
     assert sum(t.queued_ms for t in charged) <= sched.wakeup_delay_total_us / 1e3 + 1e-6
     assert len(charged) <= sched.wakeups

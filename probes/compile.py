@@ -1,0 +1,146 @@
+"""The compiler child: ``python -m probes.compile`` reads {"text", "cflags"} as JSON on stdin,
+compiles with BCC and writes the compiled object (probes/compiled.py) as JSON on stdout.
+
+With ``"try_load": [[function, prog_type], ...]`` it also loads those functions here and
+answers ``{"loads": {function: "ok" | reason}}`` instead: a feature check (can this kernel
+load an fentry program?) that needs the compiler, kept out of the parent like any compile.
+
+BCC writes its diagnostics to stderr, which the parent reads when the exit code is not 0. This
+is the only module of wasmtop that imports bcc in the running product.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import json
+import re
+import sys
+from typing import Any
+
+from .compiled import CompiledObject, MapSpec, ProgramSpec, relocations
+
+_INNER = re.compile(r"BPF_(?:ARRAY|HASH)_OF_MAPS\(\s*(\w+)\s*,[^;]*?\"(\w+)\"")
+
+
+def _declare(lib: Any) -> None:
+    sized = ct.c_size_t
+    for name, restype in (
+        ("bpf_num_tables", sized),
+        ("bpf_table_name", ct.c_char_p),
+        ("bpf_table_fd_id", ct.c_int),
+        ("bpf_table_type_id", ct.c_int),
+        ("bpf_table_max_entries_id", sized),
+        ("bpf_table_flags_id", ct.c_int),
+        ("bpf_table_key_size_id", sized),
+        ("bpf_table_leaf_size_id", sized),
+        ("bpf_table_key_desc_id", ct.c_char_p),
+        ("bpf_table_leaf_desc_id", ct.c_char_p),
+    ):
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = [ct.c_void_p] if name == "bpf_num_tables" else [ct.c_void_p, sized]
+
+
+def _desc(raw: bytes | None) -> Any:
+    if not raw:
+        return None
+    return json.loads(raw.decode("utf-8"))
+
+
+def extract(bpf: Any, text: str) -> CompiledObject:
+    """What the kernel needs to load this compiled module again, without BCC."""
+    from bcc.libbcc import lib
+
+    _declare(lib)
+    module = bpf.module
+    inner = dict(_INNER.findall(text))
+    maps, fds = [], {}
+    for i in range(lib.bpf_num_tables(module)):
+        name = lib.bpf_table_name(module, i).decode()
+        fds[lib.bpf_table_fd_id(module, i)] = name
+        maps.append(
+            MapSpec(
+                name=name,
+                type=lib.bpf_table_type_id(module, i),
+                key_size=lib.bpf_table_key_size_id(module, i),
+                value_size=lib.bpf_table_leaf_size_id(module, i),
+                max_entries=lib.bpf_table_max_entries_id(module, i),
+                flags=lib.bpf_table_flags_id(module, i),
+                key_desc=_desc(lib.bpf_table_key_desc_id(module, i)),
+                leaf_desc=_desc(lib.bpf_table_leaf_desc_id(module, i)),
+                inner=inner.get(name),
+            )
+        )
+    programs = []
+    for i in range(lib.bpf_num_functions(module)):
+        fn = lib.bpf_function_name(module, i)
+        size = lib.bpf_function_size(module, fn)
+        insns = ct.string_at(lib.bpf_function_start(module, fn), size)
+        programs.append(ProgramSpec(fn.decode(), insns, tuple(relocations(insns, fds))))
+    return CompiledObject(
+        license=lib.bpf_module_license(module).decode(),
+        kern_version=int(lib.bpf_module_kern_version(module)),
+        maps=tuple(maps),
+        programs=tuple(programs),
+    )
+
+
+def fentry(function: str) -> dict[str, Any]:
+    """Can this kernel load an fentry program on ``function``? (BCC loads KFUNC_PROBE
+    functions as it compiles them.)"""
+    import io
+    import os
+    import tempfile
+    import warnings
+
+    from bcc import BPF
+
+    with warnings.catch_warnings():  # bcc 0.26 passes a str to its own byte-only helper
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if not BPF.support_kfunc():
+            return {"ok": False, "reason": "no BPF trampoline"}
+    with tempfile.TemporaryFile() as err:  # BCC prints the verifier's words to fd 2
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            BPF(text=f"KFUNC_PROBE({function}) {{ return 0; }}".encode()).cleanup()
+            return {"ok": True, "reason": "fentry program loaded"}
+        except Exception as exc:
+            os.dup2(saved, 2)
+            err.seek(0)
+            lines = io.TextIOWrapper(err, errors="replace").read().strip().splitlines()
+            detail = "; ".join(lines[-2:]) or str(exc).strip().splitlines()[0]
+            return {"ok": False, "reason": f"loading an fentry program failed: {detail}"}
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.buffer.read())
+    if "fentry" in request:
+        sys.stdout.write(json.dumps(fentry(str(request["fentry"]))))
+        return 0
+    from bcc import BPF
+
+    bpf = BPF(text=request["text"].encode(), cflags=list(request.get("cflags", [])))
+    try:
+        if "try_load" in request:
+            loads = {}
+            for fn, prog_type in request["try_load"]:
+                try:
+                    bpf.load_func(fn.encode(), int(prog_type))
+                    loads[fn] = "ok"
+                except Exception as exc:
+                    loads[fn] = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+            out: Any = {"loads": loads}
+        else:
+            out = extract(bpf, request["text"]).to_json()
+    finally:
+        bpf.cleanup()
+    sys.stdout.write(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

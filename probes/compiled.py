@@ -1,0 +1,477 @@
+"""A probe's BPF program as BCC compiled it, kept so that later starts need no compiler.
+
+BCC compiles C with its embedded LLVM/clang, which takes seconds and about 150 MB resident for
+the life of the process that loads it. Here the compiler runs only in a short-lived child
+process (``python -m probes.compile``): it compiles the rendered C, and answers with what the
+kernel needs to load it: each map's type and sizes (with the key and value type descriptions
+the readers build their ctypes from), and each function's instructions with the places where a
+map's fd goes. The parent (daemon, UI, ``snapshot``) creates the maps and loads the programs
+itself through bpf(2) (probes/loader.py), so libbcc's LLVM is never mapped in it.
+
+The answer is stored in a cache directory, keyed by everything that can change it: the
+rendered C text, the cflags, the format files of the tracepoints it names (BCC generates their
+structs from them), the kernel release and build, the kernel headers BCC compiles against, the
+BCC version and this file's format. An entry is checked (its own key, a SHA-256 of its body,
+its structure) before use; one that fails is counted with its reason, removed and compiled
+again, never loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import features
+
+FORMAT = 1
+MAGIC = b"wasmtop-bpf-object"
+MAX_ENTRY_BYTES = 16 << 20
+DEFAULT_DIRS = (Path("/var/cache/wasmtop"),)
+BCC_VERSION_FILE = Path("/usr/lib/python3/dist-packages/bcc/version.py")
+
+# enum bpf_insn: ld_imm64 (opcode 0x18) whose src_reg says the immediate is a map's fd
+_LD_IMM64 = 0x18
+_PSEUDO_MAP_FD = 1
+
+
+class EntryError(ValueError):
+    """A cache entry that must not be loaded; the message says why."""
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    key_desc: Any  # BCC's type description (parsed JSON); None where the map has no keys
+    leaf_desc: Any
+    inner: str | None = None  # map-in-map: the map whose layout its slots take
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    insns: bytes
+    relocations: tuple[tuple[int, str], ...]  # (instruction index, map name)
+
+
+@dataclass(frozen=True)
+class CompiledObject:
+    license: str
+    kern_version: int
+    maps: tuple[MapSpec, ...]
+    programs: tuple[ProgramSpec, ...]
+
+    def program(self, name: str) -> ProgramSpec:
+        for p in self.programs:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    # -- serialised form --------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "license": self.license,
+            "kern_version": self.kern_version,
+            "maps": [m.__dict__ for m in self.maps],
+            "programs": [
+                {
+                    "name": p.name,
+                    "insns": base64.b64encode(p.insns).decode(),
+                    "relocations": [list(r) for r in p.relocations],
+                }
+                for p in self.programs
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> CompiledObject:
+        """Raises EntryError on anything but the structure to_json makes."""
+        try:
+            maps = tuple(_map_spec(m) for m in data["maps"])
+            names = {m.name for m in maps}
+            programs = []
+            for p in data["programs"]:
+                insns = base64.b64decode(p["insns"], validate=True)
+                if not insns or len(insns) % 8:
+                    raise EntryError(f"program {p['name']}: {len(insns)} bytes of instructions")
+                relocs = tuple((int(i), str(n)) for i, n in p["relocations"])
+                for i, n in relocs:
+                    if n not in names or not 0 <= i < len(insns) // 8 - 1:
+                        raise EntryError(f"program {p['name']}: relocation {i} -> {n!r}")
+                    if insns[i * 8] != _LD_IMM64:
+                        raise EntryError(f"program {p['name']}: relocation {i} not at ld_imm64")
+                programs.append(ProgramSpec(str(p["name"]), insns, relocs))
+            for m in maps:
+                if m.inner is not None and m.inner not in names:
+                    raise EntryError(f"map {m.name}: inner map {m.inner!r} missing")
+            obj = cls(str(data["license"]), int(data["kern_version"]), maps, tuple(programs))
+        except EntryError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EntryError(f"malformed: {type(exc).__name__}: {exc}") from None
+        return obj
+
+
+def _map_spec(m: Any) -> MapSpec:
+    ints = ("type", "key_size", "value_size", "max_entries", "flags")
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+        raise EntryError("malformed map")
+    for k in ints:
+        if not isinstance(m.get(k), int) or isinstance(m.get(k), bool) or m[k] < 0:
+            raise EntryError(f"map {m['name']}: {k} not a count")
+    inner = m.get("inner")
+    if inner is not None and not isinstance(inner, str):
+        raise EntryError(f"map {m['name']}: inner not a name")
+    return MapSpec(m["name"], *(m[k] for k in ints), m.get("key_desc"), m.get("leaf_desc"), inner)
+
+
+def relocations(insns: bytes, fds: dict[int, str]) -> list[tuple[int, str]]:
+    """Where the compiled instructions load a map's fd: (instruction index, map name)."""
+    out = []
+    for i in range(0, len(insns) - 8, 8):
+        if insns[i] == _LD_IMM64 and insns[i + 1] >> 4 == _PSEUDO_MAP_FD:
+            fd = int.from_bytes(insns[i + 4 : i + 8], "little", signed=True)
+            if fd not in fds:
+                raise EntryError(f"instruction {i // 8} loads fd {fd}, which is no map of ours")
+            out.append((i // 8, fds[fd]))
+    return out
+
+
+def patched(program: ProgramSpec, fds: dict[str, int]) -> bytes:
+    """The program's instructions with each map reference set to this process's fd."""
+    code = bytearray(program.insns)
+    for index, name in program.relocations:
+        code[index * 8 + 4 : index * 8 + 8] = fds[name].to_bytes(4, "little", signed=True)
+    return bytes(code)
+
+
+# -- the cache key ----------------------------------------------------------------------------
+_TRACEPOINT_STRUCT = re.compile(r"tracepoint__([a-z0-9_]+?)__([a-z0-9_]+)")
+
+
+def _file_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def environment() -> dict[str, str]:
+    """What, besides the source, decides what BCC produces on this machine."""
+    headers = features.check_kernel_headers()
+    autoconf = ""
+    for base in (os.environ.get("BCC_KERNEL_SOURCE"), str(features.headers_dir())):
+        if base:
+            autoconf = autoconf or _file_text(Path(base) / "include/generated/autoconf.h")
+    try:
+        st = features.KHEADERS.stat()
+        kheaders = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        kheaders = ""
+    return {
+        "format": str(FORMAT),
+        "release": platform.release(),
+        "build": _file_text(Path("/proc/sys/kernel/version")).strip(),
+        "machine": platform.machine(),
+        "headers": headers.reason,
+        "autoconf": hashlib.sha256(autoconf.encode()).hexdigest(),
+        "kheaders": kheaders,
+        "bcc": _file_text(BCC_VERSION_FILE).strip(),
+    }
+
+
+def cache_key(text: str, cflags: list[str], env: dict[str, str] | None = None) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted((env if env is not None else environment()).items()):
+        h.update(f"{k}={v}\0".encode())
+    for flag in cflags:
+        h.update(flag.encode() + b"\0")
+    h.update(text.encode())
+    for cat, event in sorted(set(_TRACEPOINT_STRUCT.findall(text))):
+        h.update(f"\0tp {cat}:{event}\0".encode())
+        h.update(features.tracepoint_format(f"{cat}:{event}").encode())
+    return h.hexdigest()
+
+
+# -- the cache ---------------------------------------------------------------------------------
+def default_dir() -> Path:
+    """WASMTOP_CACHE_DIR, else /var/cache/wasmtop where it can be written, else the user's
+    cache directory."""
+    env = os.environ.get("WASMTOP_CACHE_DIR")
+    if env:
+        return Path(env)
+    for d in DEFAULT_DIRS:
+        with contextlib.suppress(OSError):
+            d.mkdir(parents=True, exist_ok=True)
+        if os.access(d, os.W_OK | os.X_OK):
+            return d
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wasmtop"
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> count
+    stores: int = 0
+    store_failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "rejected": dict(self.rejected),
+            "stores": self.stores,
+            "store_failures": self.store_failures,
+        }
+
+
+class ObjectCache:
+    """Compiled objects on disk, one file per key (``<key>.bpfobj``). ``directory`` None: no
+    cache (every start compiles)."""
+
+    SUFFIX = ".bpfobj"
+
+    def __init__(self, directory: Path | None) -> None:
+        self.dir = directory
+        self.stats = CacheStats()
+        self.last_reason = ""
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        assert self.dir is not None
+        return self.dir / f"{key}{self.SUFFIX}"
+
+    def get(self, key: str) -> CompiledObject | None:
+        """The entry for key, checked; None on a miss or a rejected entry (removed)."""
+        if self.dir is None:
+            return None
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_ENTRY_BYTES + 1)
+        except FileNotFoundError:
+            with self._lock:
+                self.stats.misses += 1
+            self.last_reason = "miss"
+            return None
+        except OSError as exc:
+            self._reject(path, f"unreadable: {exc.strerror}")
+            return None
+        try:
+            obj = decode_entry(raw, key)
+        except EntryError as exc:
+            self._reject(path, str(exc))
+            return None
+        with self._lock:
+            self.stats.hits += 1
+        self.last_reason = "hit"
+        return obj
+
+    def _reject(self, path: Path, reason: str) -> None:
+        kind = reason.split(":")[0]
+        with self._lock:
+            self.stats.rejected[kind] += 1
+        self.last_reason = f"rejected: {reason}"
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def put(self, key: str, obj: CompiledObject) -> None:
+        """Store atomically (write a temporary file, rename); a failure is counted, never
+        raised: the cache only saves time."""
+        if self.dir is None:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(encode_entry(obj, key))
+                os.replace(tmp, self._path(key))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            with self._lock:
+                self.stats.store_failures += 1
+            return
+        with self._lock:
+            self.stats.stores += 1
+
+    def get_answer(self, key: str) -> dict[str, Any] | None:
+        """A small answer stored beside the objects (a feature check), or None."""
+        if self.dir is None:
+            return None
+        try:
+            with open(self.dir / f"{key}.answer", "rb") as f:
+                data = json.loads(f.read(65536))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put_answer(self, key: str, answer: dict[str, Any]) -> None:
+        if self.dir is None:
+            return
+        with contextlib.suppress(OSError):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f".tmp-{key}.answer"
+            tmp.write_text(json.dumps(answer))
+            os.replace(tmp, self.dir / f"{key}.answer")
+
+    def entries(self) -> list[Path]:
+        if self.dir is None or not self.dir.is_dir():
+            return []
+        return sorted(self.dir.glob(f"*{self.SUFFIX}"))
+
+    def clear(self) -> int:
+        """Remove every entry (and stored answer); returns how many objects."""
+        n = 0
+        if self.dir is not None and self.dir.is_dir():
+            for path in self.dir.glob("*.answer"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        for path in self.entries():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                n += 1
+        return n
+
+
+def encode_entry(obj: CompiledObject, key: str) -> bytes:
+    body = json.dumps({"key": key, "object": obj.to_json()}, separators=(",", ":")).encode()
+    digest = hashlib.sha256(body).hexdigest().encode()
+    return MAGIC + b" " + str(FORMAT).encode() + b" " + digest + b"\n" + body
+
+
+def decode_entry(raw: bytes, key: str) -> CompiledObject:
+    """Raises EntryError with the reason: truncated, garbled, another format or key."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise EntryError(f"too large: over {MAX_ENTRY_BYTES} bytes")
+    head, sep, body = raw.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 3 or parts[0] != MAGIC:
+        raise EntryError("garbled: no header")
+    if parts[1] != str(FORMAT).encode():
+        raise EntryError(f"stale: format {parts[1][:10]!r}, not {FORMAT}")
+    if hashlib.sha256(body).hexdigest().encode() != parts[2]:
+        raise EntryError("garbled: checksum does not match (truncated or changed)")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise EntryError("garbled: body is not JSON") from None
+    if not isinstance(data, dict) or data.get("key") != key:
+        raise EntryError("stale: made for another key")
+    return CompiledObject.from_json(data.get("object"))
+
+
+# -- the compiler child -------------------------------------------------------------------------
+class CompileError(RuntimeError):
+    """BCC refused the program (or the child failed); the message holds its output's tail."""
+
+
+COMPILE_TIMEOUT_S = 120
+
+
+def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
+    """Run the compiler child (python -m probes.compile) on one request."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", f"{__package__}.compile"],
+            input=json.dumps(request).encode(),
+            capture_output=True,
+            timeout=COMPILE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"compiler did not finish in {COMPILE_TIMEOUT_S} s") from None
+
+
+def compile_in_child(text: str, cflags: list[str]) -> CompiledObject:
+    """Compile in a short-lived child process that imports BCC; this process never does."""
+    proc = _child({"text": text, "cflags": cflags})
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = "\n".join(line for line in lines if "warning" not in line)[-2000:]
+        raise CompileError(f"compile failed (exit {proc.returncode}):\n{detail}")
+    try:
+        return CompiledObject.from_json(json.loads(proc.stdout))
+    except (ValueError, EntryError) as exc:
+        raise CompileError(f"compiler answered something unreadable: {exc}") from None
+
+
+_cache: ObjectCache | None = None
+_cache_lock = threading.Lock()
+
+
+def object_cache() -> ObjectCache:
+    """The process's cache, in default_dir() unless configure_cache() said otherwise."""
+    global _cache
+    with _cache_lock:
+        if _cache is None:
+            off = os.environ.get("WASMTOP_CACHE", "").lower() in ("0", "off", "no")
+            _cache = ObjectCache(None if off else default_dir())
+        return _cache
+
+
+def configure_cache(directory: Path | None) -> ObjectCache:
+    """Use this directory (None: no cache) from now on; the counts start again."""
+    global _cache
+    with _cache_lock:
+        _cache = ObjectCache(directory)
+        return _cache
+
+
+def obtain(
+    text: str, cflags: list[str], cache: ObjectCache, report: Any = None
+) -> tuple[CompiledObject, str]:
+    """The compiled object for this source: from the cache, else compiled in a child and
+    stored. Returns it and where it came from ("cache" or "compiler")."""
+    key = cache_key(text, cflags)
+    obj = cache.get(key)
+    if obj is not None:
+        if report:
+            report("cached")
+        return obj, "cache"
+    if report:
+        report("compiling")
+    obj = compile_in_child(text, cflags)
+    cache.put(key, obj)
+    return obj, "compiler"
+
+
+def fentry_check(function: str, cache: ObjectCache | None = None) -> tuple[bool, str]:
+    """Whether this kernel loads an fentry program on ``function``, and why not: asked of a
+    compiler child once per kernel and BCC version, then answered from the cache."""
+    cache = cache if cache is not None else object_cache()
+    key = cache_key(f"fentry {function}", [])
+    known = cache.get_answer(key)
+    if known is not None:
+        return bool(known.get("ok")), str(known.get("reason", ""))
+    try:
+        proc = _child({"fentry": function})
+        answer = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except (CompileError, ValueError):
+        answer = None
+    if not isinstance(answer, dict):
+        return False, "the compiler child failed to answer"
+    cache.put_answer(key, answer)
+    return bool(answer.get("ok")), str(answer.get("reason", ""))

@@ -1,0 +1,304 @@
+"""A compiled probe loaded into the kernel without BCC: maps created, programs loaded and
+attached through bpf(2) and perf_event_open(2), with the interface the probes use.
+
+``LoadedObject`` answers what the probes ask of a loaded module: ``obj["map"]`` (a
+probes/tables.py Table), ``load_func``, ``attach_tracepoint`` / ``detach_tracepoint``,
+``attach_uprobe`` / ``attach_uretprobe`` and their detach, ``attach_func`` / ``detach_func``
+(BPF_PROG_ATTACH), ``funcs`` and ``cleanup``. Every fd it opens it owns, and ``cleanup`` closes
+them all, attachments first; a killed process leaves nothing either, since the kernel drops a
+perf event's program when its fd closes.
+
+Uprobe symbols are resolved with libbcc_bpf (BCC's loader library, which has no LLVM in it),
+the same resolution BCC's own ``attach_uprobe`` uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import bpfobj, features, tables
+from .compiled import CompiledObject, patched
+
+# enum bpf_prog_type
+PROG_KPROBE = 2
+PROG_TRACEPOINT = 5
+PROG_SOCK_OPS = 13
+PROG_SK_MSG = 16
+PROG_TRACING = 26
+
+_PERF_TYPE_TRACEPOINT = 2
+_PERF_FLAG_FD_CLOEXEC = 8
+_PERF_EVENT_IOC_ENABLE = 0x2400
+_PERF_EVENT_IOC_SET_BPF = 0x40042408
+_SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+_UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
+
+
+class _PerfEventAttr(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64),
+        ("config2", ctypes.c_uint64),
+        ("_rest", ctypes.c_uint8 * 48),
+    ]
+
+
+def _perf_event_open(attr: _PerfEventAttr, pid: int, cpu: int) -> int:
+    import platform
+
+    nr = _SYS_PERF_EVENT_OPEN.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"perf_event_open on {platform.machine()}")
+    fd = _libc().syscall(nr, ctypes.byref(attr), pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+_own_libc: Any = None
+
+
+def _libc() -> Any:
+    """A libc handle of this module's own, so that setting a restype here changes no other
+    module's calls."""
+    global _own_libc
+    if _own_libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.syscall.restype = ctypes.c_long
+        _own_libc = lib
+    return _own_libc
+
+
+def _set_bpf(perf_fd: int, prog_fd: int) -> None:
+    import fcntl
+
+    try:
+        fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_ENABLE, 0)
+    except OSError:
+        os.close(perf_fd)
+        raise
+
+
+class _Symbol(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("demangle_name", ctypes.c_char_p),
+        ("module", ctypes.c_void_p),
+        ("offset", ctypes.c_uint64),
+    ]
+
+
+_libbcc_bpf: Any = None
+_libbcc_bpf_lock = threading.Lock()
+
+
+def _symbols_lib() -> Any:
+    global _libbcc_bpf
+    with _libbcc_bpf_lock:
+        if _libbcc_bpf is None:
+            lib = ctypes.CDLL("libbcc_bpf.so.0", use_errno=True)
+            lib.bcc_resolve_symname.argtypes = [
+                ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int,
+                ctypes.c_void_p, ctypes.POINTER(_Symbol),
+            ]  # fmt: skip
+            lib.bcc_resolve_symname.restype = ctypes.c_int
+            lib.bcc_procutils_free.argtypes = [ctypes.c_void_p]
+            _libbcc_bpf = lib
+        return _libbcc_bpf
+
+
+def resolve_symbol(path: str, symbol: str) -> tuple[str, int]:
+    """(file, file offset) of a symbol of an executable or library, as a uprobe takes it."""
+    lib = _symbols_lib()
+    sym = _Symbol()
+    if lib.bcc_resolve_symname(path.encode(), symbol.encode(), 0, 0, None, ctypes.byref(sym)) < 0:
+        raise LookupError(f"could not determine address of symbol {symbol} in {path}")
+    module = ctypes.cast(sym.module, ctypes.c_char_p).value or path.encode()
+    lib.bcc_procutils_free(sym.module)
+    return module.decode(), int(sym.offset)
+
+
+def _uprobe_pmu() -> tuple[int, int]:
+    """The uprobe PMU's perf type and the config bit that makes it a return probe."""
+    try:
+        pmu = int((_UPROBE_PMU / "type").read_text())
+        fmt = (_UPROBE_PMU / "format" / "retprobe").read_text().strip()  # "config:0"
+        return pmu, int(fmt.split(":")[1])
+    except (OSError, ValueError, IndexError):
+        raise OSError(errno.ENOENT, "no uprobe PMU in /sys/bus/event_source") from None
+
+
+@dataclass(frozen=True)
+class Function:
+    name: bytes
+    fd: int
+
+
+class LoadedObject:
+    """A compiled object's maps made and its programs loaded on demand, in this process."""
+
+    def __init__(self, obj: CompiledObject) -> None:
+        self.obj = obj
+        self.funcs: dict[bytes, Function] = {}
+        self._map_fds: dict[str, int] = {}
+        self._tables: dict[str, tables.Table] = {}
+        self._perf: dict[Any, int] = {}  # attachment key -> perf event fd
+        self._lock = threading.Lock()
+        try:
+            for spec in sorted(obj.maps, key=lambda m: m.inner is not None):
+                inner = self._map_fds[spec.inner] if spec.inner else 0
+                self._map_fds[spec.name] = bpfobj.map_create(
+                    spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.name,
+                    spec.flags, inner,
+                )  # fmt: skip
+        except BaseException:
+            self.cleanup()
+            raise
+
+    # -- maps ---------------------------------------------------------------------------
+    def __getitem__(self, name: bytes | str) -> tables.Table:
+        key = name.decode() if isinstance(name, bytes) else name
+        table = self._tables.get(key)
+        if table is None:
+            spec = next((m for m in self.obj.maps if m.name == key), None)
+            if spec is None:
+                raise KeyError(key)
+            key_type = tables.ctype_of(spec.key_desc) if spec.key_desc else ctypes.c_int
+            leaf_type = tables.ctype_of(spec.leaf_desc) if spec.leaf_desc else ctypes.c_int
+            table = tables.Table(
+                key, self._map_fds[key], spec.type, spec.max_entries, key_type, leaf_type
+            )
+            self._tables[key] = table
+        return table
+
+    def map_fd(self, name: str) -> int:
+        return self._map_fds[name]
+
+    # -- programs -----------------------------------------------------------------------
+    def load_func(self, name: bytes | str, prog_type: int) -> Function:
+        raw = name.encode() if isinstance(name, str) else name
+        with self._lock:
+            if raw in self.funcs:
+                return self.funcs[raw]
+            spec = self.obj.program(raw.decode())
+            fd = bpfobj.prog_load(
+                prog_type, patched(spec, self._map_fds), self.obj.license, spec.name,
+                self.obj.kern_version,
+            )  # fmt: skip
+            fn = Function(raw, fd)
+            self.funcs[raw] = fn
+            return fn
+
+    # -- tracepoints --------------------------------------------------------------------
+    def attach_tracepoint(self, tp: bytes | str, fn_name: bytes | str) -> None:
+        tp = tp.decode() if isinstance(tp, bytes) else tp
+        fn = self.load_func(fn_name, PROG_TRACEPOINT)
+        root = features.tracefs_root()
+        if root is None:
+            raise OSError(errno.ENOENT, "tracefs not mounted")
+        try:
+            tp_id = int((root / "events" / tp.replace(":", "/") / "id").read_text())
+        except (OSError, ValueError):
+            raise OSError(errno.ENOENT, f"tracepoint {tp} not found") from None
+        attr = _PerfEventAttr()
+        attr.type, attr.size, attr.config = _PERF_TYPE_TRACEPOINT, 112, tp_id
+        attr.sample_period, attr.wakeup_events = 1, 1
+        fd = _perf_event_open(attr, -1, 0)
+        _set_bpf(fd, fn.fd)
+        self._perf[("tp", tp)] = fd
+
+    def detach_tracepoint(self, tp: bytes | str) -> None:
+        tp = tp.decode() if isinstance(tp, bytes) else tp
+        fd = self._perf.pop(("tp", tp), None)
+        if fd is None:
+            raise KeyError(tp)
+        os.close(fd)
+
+    # -- uprobes ------------------------------------------------------------------------
+    def _attach_uprobe(self, name: Any, sym: Any, fn_name: Any, ret: bool, pid: int) -> None:
+        path = name.decode() if isinstance(name, bytes) else name
+        symbol = sym.decode() if isinstance(sym, bytes) else sym
+        fn = self.load_func(fn_name, PROG_KPROBE)
+        module, offset = resolve_symbol(path, symbol)
+        pmu, ret_bit = _uprobe_pmu()
+        target = ctypes.create_string_buffer(module.encode())
+        attr = _PerfEventAttr()
+        attr.type, attr.size = pmu, 112
+        attr.config = (1 << ret_bit) if ret else 0
+        attr.config1 = ctypes.addressof(target)
+        attr.config2 = offset
+        attr.sample_period, attr.wakeup_events = 1, 1
+        fd = _perf_event_open(attr, pid, 0 if pid == -1 else -1)
+        _set_bpf(fd, fn.fd)
+        self._perf[("uprobe", path, symbol, ret)] = fd
+
+    def attach_uprobe(self, name: Any, sym: Any, fn_name: Any, pid: int = -1) -> None:
+        self._attach_uprobe(name, sym, fn_name, False, pid)
+
+    def attach_uretprobe(self, name: Any, sym: Any, fn_name: Any, pid: int = -1) -> None:
+        self._attach_uprobe(name, sym, fn_name, True, pid)
+
+    def _detach_uprobe(self, name: Any, sym: Any, ret: bool) -> None:
+        path = name.decode() if isinstance(name, bytes) else name
+        symbol = sym.decode() if isinstance(sym, bytes) else sym
+        fd = self._perf.pop(("uprobe", path, symbol, ret), None)
+        if fd is None:
+            raise KeyError(f"{path}:{symbol}")
+        os.close(fd)
+
+    def detach_uprobe(self, name: Any, sym: Any) -> None:
+        self._detach_uprobe(name, sym, False)
+
+    def detach_uretprobe(self, name: Any, sym: Any) -> None:
+        self._detach_uprobe(name, sym, True)
+
+    # -- BPF_PROG_ATTACH ----------------------------------------------------------------
+    @staticmethod
+    def attach_func(fn: Function, target_fd: int, attach_type: int) -> None:
+        bpfobj.prog_attach(fn.fd, target_fd, attach_type)
+
+    @staticmethod
+    def detach_func(fn: Function, target_fd: int, attach_type: int) -> None:
+        bpfobj.prog_detach(fn.fd, target_fd, attach_type)
+
+    # -- the end ------------------------------------------------------------------------
+    def attachments(self) -> int:
+        return len(self._perf)
+
+    def cleanup(self) -> None:
+        """Close every attachment, program and map fd (attachments first)."""
+        while self._perf:
+            _, fd = self._perf.popitem()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for fn in list(self.funcs.values()):
+            try:
+                os.close(fn.fd)
+            except OSError:
+                pass
+        self.funcs.clear()
+        self._tables.clear()
+        while self._map_fds:
+            _, fd = self._map_fds.popitem()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
