@@ -15,6 +15,12 @@ inactive -> pending -> firing -> resolved, the way Prometheus moves its alerts.
 - ``keep_firing_for`` keeps a firing alert firing that long after its condition stopped holding.
 - When a probe feeding a rule lost more than ``loss_ratio`` of its events in the window, the
   alert says so (``incomplete_data``): its value may be missing events.
+- A gauge whose value covers less than the span its quantity needs (an RSS slope over 6 s of a
+  300 s growth window) is not judged: its condition does not hold (no streak, no ``for`` clock,
+  as for a missing value), and where the value as it stands would cross, the alert is listed as
+  ``not_enough_data`` with the span it covers and the span it needs. Such an alert is never sent
+  to Alertmanager (it is neither in ``firing`` nor in ``resolved``).
+- wasmtop's own workloads (``Workload.wasmtop``) are never evaluated.
 
 The result is a new Snapshot with ``alerts`` filled, plus what to tell Alertmanager.
 """
@@ -54,6 +60,7 @@ class _Instance:
     firing: bool = False
     value: float | None = None
     incomplete: str | None = None  # why the data is incomplete, when it is
+    data: tuple[float, float] | None = None  # (covered, needed) s of a quantity with a span
     last_seq: OrderedDict = field(default_factory=OrderedDict)  # thread -> its event number
 
 
@@ -140,9 +147,14 @@ class Evaluator:
                     (f"probe:{name}", {"probe": name}, float(lost[name][1]), None)
                     for name in snap.probes
                 ]
-            else:
-                subjects = [(w.key, _workload_labels(w), None, w) for w in snap.workloads]
+            else:  # wasmtop's own workloads never alert: their cost is not the node's problem
+                subjects = [
+                    (w.key, _workload_labels(w), None, w) for w in snap.workloads if not w.wasmtop
+                ]
             steps: dict[str, tuple[bool, bool]] = {}
+            # Gauges over too short a span that would cross as they stand: (value, covered,
+            # needed). Not judged; listed as not_enough_data.
+            waiting: dict[str, tuple[float, float, float]] = {}
             # A subject without state is stepped on a fresh instance, kept only if it crosses:
             # the cap counts alert instances, not the subjects looked at.
             fresh: dict[str, _Instance] = {}
@@ -160,6 +172,12 @@ class Evaluator:
                 else:
                     if w is not None:
                         value = q.value(snap, w)
+                        inst.data = q.data_span(w)
+                        short = q.short_of_data(w)
+                        if short is not None:
+                            if value is not None and rule.crosses(value):
+                                waiting[key] = (value, *short)
+                            value = None  # not enough data yet: the condition does not hold
                     steps[key] = self._step_gauge(rule, inst, value, now)
                 inst.incomplete = self._incomplete(q.probe, lost, complete)
             for key in states.keys() - steps.keys():
@@ -168,9 +186,12 @@ class Evaluator:
                     steps[key] = self._step_events(rule, inst, Events([], 0, True), now)
                 else:
                     steps[key] = self._step_gauge(rule, inst, None, now)
+            unjudged: list[tuple[str, _Instance]] = []  # listed as not_enough_data
             for key, (crossing, ready) in steps.items():
                 if key in fresh:
                     if not crossing:
+                        if key in waiting:
+                            unjudged.append((key, fresh[key]))
                         continue  # no state, no streak: nothing to remember
                     if len(states) >= self.max_per_rule:
                         self.suppressed[rule.name] = self.suppressed.get(rule.name, 0) + 1
@@ -187,9 +208,17 @@ class Evaluator:
                     resolved.append(self._notice(self._alert(rule, inst, "firing"), inst, now))
                 inst.firing = state == "firing"
                 if state is None:
+                    if key in waiting:
+                        unjudged.append((key, inst))
                     inst.active_since = None
                     if not inst.streak:
                         del states[key]
+            for key, inst in unjudged[: self.max_per_rule]:
+                alerts.append(self._unjudged(rule, inst, *waiting[key], now))
+            if len(unjudged) > self.max_per_rule:
+                self.suppressed[rule.name] = (
+                    self.suppressed.get(rule.name, 0) + len(unjudged) - self.max_per_rule
+                )
         return Evaluation(dataclasses.replace(snap, alerts=tuple(alerts)), firing, resolved)
 
     def families(self) -> list[Any]:
@@ -318,7 +347,29 @@ class Evaluator:
             return "events of the window were left out of the Snapshot (collector.max_events)"
         return None
 
-    def _alert(self, rule: Rule, inst: _Instance, state: str) -> Alert:
+    def _unjudged(
+        self, rule: Rule, inst: _Instance, value: float, covered: float, needed: float, now: float
+    ) -> Alert:
+        """The alert a value over too short a span would make: listed, never judged or sent."""
+        note = (
+            f"not enough data yet: the value covers {covered:.0f} s of the {needed:.0f} s "
+            f"{rule.quantity.name} is taken over; the rule judges it once it covers them"
+        )
+        return self._alert(
+            rule, inst, "not_enough_data", value=value, since=now, notes={"not_enough_data": note}
+        )
+
+    def _alert(
+        self,
+        rule: Rule,
+        inst: _Instance,
+        state: str,
+        *,
+        value: float | None = None,
+        since: float | None = None,
+        notes: dict[str, str] | None = None,
+    ) -> Alert:
+        """``value``, ``since``: instead of the instance's (an alert not judged)."""
         labels = {
             "alertname": rule.name,
             "severity": rule.severity,
@@ -326,23 +377,29 @@ class Evaluator:
             **{k: v for k, v in inst.labels.items() if v},
             **dict(rule.labels),
         }
-        notes = {k: expand(v, labels, inst.value) for k, v in rule.annotations}
+        value = inst.value if value is None else value
+        since = inst.active_since if since is None else since
+        annotations = {k: expand(v, labels, value) for k, v in rule.annotations}
         if inst.incomplete:
-            notes["incomplete_data"] = inst.incomplete
+            annotations["incomplete_data"] = inst.incomplete
+        annotations.update(notes or {})
+        data = inst.data
         return Alert(
             name=rule.name,
             state=state,
             workload=inst.labels.get("workload"),
-            value=inst.value,
+            value=value,
             threshold=rule.threshold,
-            since=rfc3339(inst.active_since if inst.active_since is not None else time.time()),
+            since=rfc3339(since if since is not None else time.time()),
             severity=rule.severity,
             quantity=rule.quantity.name,
             comparator=rule.comparator,
             probe=inst.labels.get("probe"),
             incomplete_data=inst.incomplete is not None,
             labels=dict(sorted(labels.items())),
-            annotations=notes,
+            annotations=annotations,
+            data_s=data[0] if data else None,
+            data_needed_s=data[1] if data else None,
         )
 
     def _notice(self, alert: Alert, inst: _Instance, resolved_at: float | None) -> Notice:

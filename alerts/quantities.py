@@ -11,6 +11,13 @@ Three kinds:
 
 Every PromQL expression yields the quantity in the unit its name says, so a rule's threshold
 means the same thing on the node and in Prometheus, and ``{{ $value }}`` reads the same.
+
+A quantity taken over a span of its own that its value's meaning depends on (the RSS growth
+slope: a slope over 6 s is not the 5-minute trend) says how much it covers and how much it needs
+(``coverage``); until it covers that, its value is "not enough data yet" and no rule compares it
+(alerts/evaluate.py). The others have no such span: the window quantities are over the Snapshot's
+own window, which each Snapshot covers whole; the request quantiles are over the requests of the
+sliding window, which bounds their age and extrapolates nothing; events are each complete.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class Quantity:
     window_total: Callable[[Workload], Optional[float]] | None = None
     events: Callable[[Snapshot, Workload, list[Any]], Events] | None = None
     bounds_s: tuple[float, ...] = ()  # event quantities rendered from a histogram: its bounds
+    # (span its value covers, span it needs) in seconds, for a quantity taken over a span of its
+    # own; None: it has no such span, or the Snapshot does not say.
+    coverage: Callable[[Workload], Optional[tuple[float, float]]] | None = None
 
     def value(self, snap: Snapshot, w: Workload) -> float | None:
         """A gauge's value for one workload of a Snapshot, as the rules read it (None: the
@@ -71,6 +81,20 @@ class Quantity:
             return total / snap.window_s
         return None
 
+    def short_of_data(self, w: Workload) -> tuple[float, float] | None:
+        """(covered, needed) seconds when the workload's value covers less than the span the
+        quantity needs ("not enough data yet": never compared to a threshold); else None."""
+        if self.coverage is None:
+            return None
+        have = self.coverage(w)
+        if have is None or have[0] >= have[1]:
+            return None
+        return have
+
+    def data_span(self, w: Workload) -> tuple[float, float] | None:
+        """(covered, needed) seconds, whether enough or not; None without such a span."""
+        return self.coverage(w) if self.coverage is not None else None
+
 
 def attribute(*path: str, scale: float = 1.0) -> Callable[[Workload], Optional[float]]:
     def read(w: Workload) -> float | None:
@@ -82,6 +106,14 @@ def attribute(*path: str, scale: float = 1.0) -> Callable[[Workload], Optional[f
         return float(value) * scale
 
     return read
+
+
+def _growth_coverage(w: Workload) -> tuple[float, float] | None:
+    """The RSS slope's span now, and the growth window it is taken over."""
+    rt = w.runtime_metrics
+    if rt is None or not rt.growth_window_full_s > 0:
+        return None
+    return rt.growth_window_s, rt.growth_window_full_s
 
 
 def _preemptions(snap: Snapshot, w: Workload, events: list[Any]) -> Events:
@@ -236,9 +268,11 @@ QUANTITIES: dict[str, Quantity] = {
             "gauge",
             "MB/min",
             None,
-            "Least-squares slope of the workload's RSS over `collector.growth_window_s`.",
+            "Least-squares slope of the workload's RSS over `collector.growth_window_s`; "
+            "not enough data (never compared) until that much has been sampled.",
             "max by ({by}) (wasmtop_rss_growth_bytes_per_second) * 60 / 1e6",
             gauge=attribute("runtime_metrics", "rss_growth_mb_per_min"),
+            coverage=_growth_coverage,
         ),
         Quantity(
             "runtime.cpu_percent",

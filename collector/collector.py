@@ -307,6 +307,7 @@ class Collector:
     ) -> RuntimeMetrics | None:
         cold, accept = self.life.cold(key)
         wasm = self._wasm(key, runtime, pids, calls)
+        full_s = fig.growth_window_full_s if fig else self.resources.growth_window_s
         if fig is None and cold is None and accept is None and wasm is None:
             return None
         return RuntimeMetrics(
@@ -323,6 +324,7 @@ class Collector:
             first_accept_ms=accept.last_ms if accept else None,
             first_accept=accept,
             wasm=wasm,
+            growth_window_full_s=full_s,
         )
 
     # -- trace context --------------------------------------------------------------------

@@ -270,6 +270,9 @@ class RuntimeMetrics:
     first_accept_ms: float | None  # last exec -> first accepted connection
     first_accept: ColdStarts | None
     wasm: WasmFigures | None  # null: not a WebAssembly runtime
+    # The window the growth slope is taken over (--growth-window-s); growth_window_s reaches it
+    # once that much has been sampled. 0: not said (a server that predates the field).
+    growth_window_full_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -361,10 +364,11 @@ class Unattributed:
 
 @dataclass(frozen=True)
 class Alert:
-    """A rule's alert for one workload (or probe) that is pending or firing (docs/alerts.md)."""
+    """A rule's alert for one workload (or probe) that is pending or firing, or that would be
+    pending if its quantity covered the span the rule needs (not_enough_data; docs/alerts.md)."""
 
     name: str  # the rule's name: the alertname label
-    state: str  # pending | firing
+    state: str  # pending | firing | not_enough_data
     workload: str | None  # None for a probe's alert
     value: float | None  # the value that made it active, in the quantity's unit
     threshold: float
@@ -376,6 +380,10 @@ class Alert:
     incomplete_data: bool  # a probe feeding the rule lost events in the window
     labels: dict[str, str]  # as sent to Alertmanager
     annotations: dict[str, str]
+    # For a quantity taken over a window of its own (the RSS growth slope): the span its value
+    # covers and the span the rule needs. Less than needed: state not_enough_data.
+    data_s: float | None = None
+    data_needed_s: float | None = None
 
 
 @dataclass(frozen=True)

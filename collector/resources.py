@@ -22,6 +22,10 @@ from .workloads import parse_proc_cgroup, stat_fields
 
 DEFAULT_GROWTH_WINDOW_S = 300.0
 MIN_GROWTH_SPAN_S = 1.0  # a slope over less than this is mostly noise
+# A workload not sampled for longer than this (no live process meanwhile, or a stalled
+# collector) starts its growth slope over: its samples are never further apart, so once one has
+# left the window the slope covers the whole window but for less than this at its start.
+MAX_SAMPLE_GAP_S = 10.0
 # v1 reports "no limit" as the largest page-aligned signed 64-bit value, which varies by arch.
 _V1_UNLIMITED = 2**62
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -55,6 +59,7 @@ class ResourceFigures:
     memory_limit_bytes: int | None
     throttled_us: int | None  # increase since the workload's first sample
     nr_throttled: int | None  # increase since the workload's first sample
+    growth_window_full_s: float = DEFAULT_GROWTH_WINDOW_S  # the window the slope is taken over
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,9 @@ class _Track:
     """What the tracker remembers about one workload between samples."""
 
     rss: deque[tuple[float, int]] = field(default_factory=deque)  # (t, rss_bytes)
+    # A sample has left the growth window: the samples reach back to its start, and the slope
+    # covers the whole window (its first sample is within one sampling interval of the start).
+    full: bool = False
     cpu_ticks: dict[tuple[int, int], int] = field(default_factory=dict)  # (pid, start) -> ticks
     last_t: float | None = None
     throttled_us_base: int | None = None
@@ -320,10 +328,14 @@ class ResourceTracker:
 
     def _figures(self, track: _Track, live: list[ProcessSample], now: float) -> ResourceFigures:
         rss = sum(s.rss_bytes for s in live)
+        if track.rss and now - track.rss[-1][0] > MAX_SAMPLE_GAP_S:
+            track.rss.clear()  # a gap: the slope starts over
+            track.full = False
         track.rss.append((now, rss))
         while track.rss[0][0] < now - self.growth_window_s:
             track.rss.popleft()
-        span = track.rss[-1][0] - track.rss[0][0]
+            track.full = True
+        span = self.growth_window_s if track.full else track.rss[-1][0] - track.rss[0][0]
         slope = growth_slope_per_min(track.rss) if span >= MIN_GROWTH_SPAN_S else None
 
         cpu_percent = self._cpu_percent(track, live, now)
@@ -343,6 +355,7 @@ class ResourceTracker:
             memory_limit_bytes=cgroup.memory_limit_bytes if cgroup else None,
             throttled_us=throttled_us,
             nr_throttled=nr_throttled,
+            growth_window_full_s=self.growth_window_s,
         )
 
     def _cpu_percent(self, track: _Track, live: list[ProcessSample], now: float) -> float | None:

@@ -492,6 +492,8 @@ class SeriesBook:
                     )
             host["wasmtop_window_seconds"].samples.append(Sample((), snap.window_s))
             for a in snap.alerts:
+                if a.state not in ("pending", "firing"):
+                    continue  # not_enough_data: not judged, so no alert series
                 host["wasmtop_alert_firing"].samples.append(
                     Sample(
                         tuple(a.labels.get(k, "") for k in ALERT_LABELS),

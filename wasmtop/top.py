@@ -302,7 +302,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _plain(source: Any, once: bool) -> int:
     from .columns import header_lines, plain_lines
-    from .view import ViewState, visible
+    from .view import ViewState, alerts_line, visible
 
     state = ViewState()
     shown: str | None = None
@@ -324,8 +324,7 @@ def _plain(source: Any, once: bool) -> int:
                     return EXIT_ENV
                 continue
             lines = header_lines(snap)
-            firing = [a for a in snap.alerts if a.state == "firing"]
-            lines.append(f"alerts  {len(firing)} firing, {len(snap.alerts) - len(firing)} pending")
+            lines.append(alerts_line(snap))
             lines += plain_lines(snap, visible(snap, state))
             print("\n".join(lines) + "\n", flush=True)
             if once:

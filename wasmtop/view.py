@@ -20,6 +20,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .alerts.quantities import QUANTITIES
 from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
 from .columns import TOP_COLUMNS, Column, columns_for, reporting, workload_name
 from .safe import safe
@@ -28,8 +29,7 @@ HELP = (
     ("q", "quit (probes are detached)"),
     ("↑ ↓", "select a workload"),
     ("enter", "detail of the selected workload / back"),
-    ("s", "sort by the next column"),
-    ("r", "reverse the order"),
+    ("s r", "sort by the next column; reverse the order"),
     ("/", "filter by name (enter applies, esc clears)"),
     ("p", "pause / resume (the probes keep counting)"),
     ("?", "this help / back"),
@@ -39,12 +39,14 @@ SHOWS = (
     ("PRE p99 ms", "preemption delay P99: preempted until it ran again"),
     ("RUNQ p99 ms", "wake-up delay P99: woken until it ran"),
     ("red", "a value past the threshold of an alert rule on it"),
-    ("waits", "the longest waits over the threshold: preempted (by whom) or woken (behind "
-              "whom: the task it replaced; the holder at wake-up when another)"),
+    ("dim", "not enough data yet (a slope over less than its window)"),
+    ("waits", "longest waits over the threshold: preempted (by whom), woken (behind the "
+              "task it replaced; the holder at wake-up when another)"),
     ("detail", "CPU time per CPU; preemption and wake-up delay histograms; who it waited "
                "behind (ms, share of its run-queue wait); traces, preempted and queued ms"),
 )  # fmt: skip
 BAR = "█"
+NOT_ENOUGH_DATA = "not_enough_data"  # an alert's state: listed, not judged (docs/alerts.md)
 
 
 @dataclass
@@ -108,6 +110,22 @@ def _crossing(col: Column, value: Any, rules: Sequence[Any]) -> bool:
     return any(r.quantity.name in col.quantities and r.crosses(value) for r in rules)
 
 
+def _short_of_data(col: Column, w: Workload) -> bool:
+    """The cell's quantity covers less than the span it is taken over (an RSS slope over 6 s
+    of a 300 s window): not enough data yet, shown dim and never judged."""
+    return any(
+        QUANTITIES[name].short_of_data(w) is not None
+        for name in col.quantities
+        if name in QUANTITIES
+    )
+
+
+def _cell_style(col: Column, w: Workload, value: Any, rules: Sequence[Any]) -> str:
+    if _short_of_data(col, w):
+        return "dim"
+    return "bold red" if _crossing(col, value, rules) else ""
+
+
 def _bar(share: float, width: int) -> str:
     """A bar of ``share`` (0..1, clamped; NaN empty) of ``width`` characters."""
     if not share > 0:
@@ -122,7 +140,8 @@ def _count(value: Any) -> int:
 
 def header(snap: Snapshot, state: ViewState) -> list[Text]:
     firing = sum(1 for a in snap.alerts if a.state == "firing")
-    pending = len(snap.alerts) - firing
+    pending = sum(1 for a in snap.alerts if a.state == "pending")
+    unjudged = sum(1 for a in snap.alerts if a.state == NOT_ENOUGH_DATA)
     lost = sum(_count(p.get("lost")) for p in snap.probes.values())
     first = Text(f"wasmtop  {safe(snap.host)}  kernel {safe(snap.kernel)}  cpus {snap.cpus}  ")
     first.append(f"window {snap.window_s:.1f}s{reporting(snap)}")
@@ -139,6 +158,8 @@ def header(snap: Snapshot, state: ViewState) -> list[Text]:
     tail.append("  alerts ")
     tail.append(f"{firing} firing", style="bold red" if firing else "")
     tail.append(f" {pending} pending")
+    if unjudged:
+        tail.append(f" {unjudged} not enough data", style="dim")
     # One line each, so the screen's height budget holds: too wide, losses and alerts go on a
     # line of their own.
     if len(probes) + len(tail) <= state.width:
@@ -173,21 +194,39 @@ def workload_table(snap: Snapshot, state: ViewState, rules: Sequence[Any], max_r
         cells = []
         for c in cols:
             v = c.value(w)
-            cells.append(Text(c.text(v), style="bold red" if _crossing(c, v, rules) else ""))
+            cells.append(Text(c.text(v), style=_cell_style(c, w, v, rules)))
         table.add_row(*cells, style="reverse" if w.key == state.selected else "")
     return table
+
+
+def alerts_line(snap: Snapshot) -> str:
+    """The alerts' count by state, for plain output."""
+    count = {state: sum(1 for a in snap.alerts if a.state == state)
+             for state in ("firing", "pending", NOT_ENOUGH_DATA)}  # fmt: skip
+    line = f"alerts  {count['firing']} firing, {count['pending']} pending"
+    if count[NOT_ENOUGH_DATA]:
+        line += f", {count[NOT_ENOUGH_DATA]} not enough data yet"
+    return line
 
 
 def alerts_pane(snap: Snapshot, lines: int) -> list[Text]:
     if not snap.alerts or lines <= 0:
         return []
     out = [Text("ALERTS", style="bold")]
-    order = sorted(snap.alerts, key=lambda a: (a.state != "firing", a.name, a.workload or ""))
+    rank = {"firing": 0, "pending": 1}
+    order = sorted(snap.alerts, key=lambda a: (rank.get(a.state, 2), a.name, a.workload or ""))
     for a in order[: lines - 1]:
-        t = Text(f"{safe(a.state):<8}", style="bold red" if a.state == "firing" else "yellow")
         value = "-" if a.value is None else f"{a.value:.3g}"
-        t.append(safe(f"{a.name} {a.workload or a.probe or ''} {value} {a.comparator} "
-                      f"{a.threshold:g}"))  # fmt: skip
+        what = safe(f"{a.name} {a.workload or a.probe or ''} {value} {a.comparator} "
+                    f"{a.threshold:g}")  # fmt: skip
+        if a.state == NOT_ENOUGH_DATA:  # listed, not judged: dim, and how much data there is
+            t = Text(f"{'waiting':<8}{what}", style="dim")
+            if a.data_s is not None and a.data_needed_s is not None:
+                t.append(f" (not enough data yet: {a.data_s:.0f} s of {a.data_needed_s:.0f} s)")
+            out.append(t)
+            continue
+        t = Text(f"{safe(a.state):<8}", style="bold red" if a.state == "firing" else "yellow")
+        t.append(what)
         if a.incomplete_data:
             t.append(" (incomplete data)", style="yellow")
         out.append(t)

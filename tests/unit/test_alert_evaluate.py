@@ -390,3 +390,100 @@ def test_a_rule_below_the_snapshots_reporting_threshold_is_left_out_and_said_onc
     assert e.unevaluated == {} and "Preempted" in {a.name for a in r.snapshot.alerts}
     e.evaluate(snap(w, events=events, probes=above), now=103)
     assert len(said) == 2
+
+
+# -- wasmtop's own workloads; a quantity over less than the span it needs ---------------------
+def growing(key: str, mb_per_min: float, covered_s: float, *, full_s: float = 300.0,
+            own: bool = False):  # fmt: skip
+    """A workload whose RSS grows ``mb_per_min``, the slope covering ``covered_s`` of a growth
+    window of ``full_s``."""
+    w = workload(key)
+    rt = dataclasses.replace(w.runtime_metrics, rss_growth_mb_per_min=mb_per_min,
+                             growth_window_s=covered_s, growth_window_full_s=full_s)  # fmt: skip
+    return dataclasses.replace(w, runtime_metrics=rt, wasmtop=own)
+
+
+def growth_rule() -> Evaluator:
+    (rule,) = [r for r in load_all([]) if r.name == "WasmtopMemoryGrowth"]  # > 2 MB/min for 2m
+    return Evaluator([rule], node="n1")
+
+
+def test_wasmtop_own_workloads_never_alert_whatever_their_figures():
+    rules = [r for r in parse(RULES) if r.name in ("Preempted", "SlowP99Thrice")]
+    own, other = Evaluator(rules, node="n1"), Evaluator(rules, node="n1")
+    growth_own, growth_other = growth_rule(), growth_rule()
+    for t in range(6):
+        events = [preemption("pid:7", 7, 3 * t + i, 900, 3 * t + i) for i in (1, 2, 3)]
+        w = workload("pid:7", p99=500.0, preemptions=3, over=3)
+        r_own = own.evaluate(snap(dataclasses.replace(w, wasmtop=True), events=events), now=t)
+        r_other = other.evaluate(snap(w, events=events), now=t)
+        g_own = growth_own.evaluate(snap(growing("pid:7", 80.0, 300.0, own=True)), now=60 * t)
+        g_other = growth_other.evaluate(snap(growing("pid:7", 80.0, 300.0)), now=60 * t)
+        assert r_own.snapshot.alerts == () and r_own.firing == [] and r_own.resolved == []
+        assert g_own.snapshot.alerts == () and g_own.firing == []
+    # The same figures on a workload that is not wasmtop's fire every rule.
+    assert {a.name: a.state for a in r_other.snapshot.alerts} == {
+        "Preempted": "firing",
+        "SlowP99Thrice": "firing",
+    }
+    assert states(g_other) == {"pid:7": "firing"}
+
+
+def test_a_workload_that_becomes_wasmtops_own_resolves_its_alerts():
+    e = evaluator("SlowP99")
+    e.evaluate(snap(workload("w", p99=12.0)), now=0)
+    assert len(e.evaluate(snap(workload("w", p99=12.0)), now=30).firing) == 1
+    r = e.evaluate(snap(dataclasses.replace(workload("w", p99=12.0), wasmtop=True)), now=31)
+    assert r.snapshot.alerts == () and len(r.resolved) == 1
+
+
+def test_a_growth_slope_over_a_short_span_is_not_judged_until_it_covers_the_window():
+    e = growth_rule()
+    seen = []
+    # 40 MB/min (20 times the threshold) from the first seconds on; one evaluation every 10 s.
+    for covered in (2.0, 6.0, 60.0, 150.0, 290.0):
+        r = e.evaluate(snap(growing("svc", 40.0, covered), growing("flat", 0.5, covered)),
+                       now=1000 + covered)  # fmt: skip
+        assert r.firing == [] and r.resolved == []  # nothing to post to Alertmanager
+        (alert,) = r.snapshot.alerts  # "flat" would not cross: not listed at all
+        seen.append((alert.workload, alert.state, alert.value, alert.data_s, alert.data_needed_s))
+        assert alert.annotations["not_enough_data"] == (
+            f"not enough data yet: the value covers {covered:.0f} s of the 300 s "
+            "runtime.rss_growth_mb_per_min is taken over; the rule judges it once it covers them"
+        )
+    assert seen == [("svc", "not_enough_data", 40.0, c, 300.0)
+                    for c in (2.0, 6.0, 60.0, 150.0, 290.0)]  # fmt: skip
+    # The window covered: judged from here on, pending, and firing after the rule's 2 minutes.
+    got = []
+    for t in (300, 360, 419, 420):
+        r = e.evaluate(snap(growing("svc", 40.0, 300.0), growing("flat", 0.5, 300.0)), now=1000 + t)
+        got.append((states(r), [a.data_s for a in r.snapshot.alerts], len(r.firing)))
+    assert got == [({"svc": "pending"}, [300.0], 0), ({"svc": "pending"}, [300.0], 0),
+                   ({"svc": "pending"}, [300.0], 0), ({"svc": "firing"}, [300.0], 1)]  # fmt: skip
+    assert r.firing[0].starts_at_s == 1300  # pending began when the window was covered
+
+
+def test_a_firing_growth_alert_whose_span_falls_short_again_resolves_and_waits():
+    """E.g. a collector restarted by a reload: its growth samples begin again."""
+    e = growth_rule()
+    e.evaluate(snap(growing("svc", 40.0, 300.0)), now=0)
+    assert len(e.evaluate(snap(growing("svc", 40.0, 300.0)), now=120).firing) == 1
+    r = e.evaluate(snap(growing("svc", 40.0, 5.0)), now=121)
+    assert [a.state for a in r.snapshot.alerts] == ["not_enough_data"] and r.firing == []
+    assert len(r.resolved) == 1 and r.resolved[0].resolved_at_s == 121
+
+
+def test_a_snapshot_that_does_not_say_the_growth_window_is_judged_as_before():
+    """A daemon from before growth_window_full_s (it reads 0): the slope is taken as covering."""
+    e = growth_rule()
+    r = e.evaluate(snap(growing("svc", 40.0, 6.0, full_s=0.0)), now=0)
+    assert states(r) == {"svc": "pending"}
+    assert r.snapshot.alerts[0].data_s is None and r.snapshot.alerts[0].data_needed_s is None
+
+
+def test_alerts_not_judged_are_capped_like_the_others():
+    (rule,) = [r for r in load_all([]) if r.name == "WasmtopMemoryGrowth"]
+    e = Evaluator([rule], node="n1", max_per_rule=2)
+    r = e.evaluate(snap(*(growing(f"w{i}", 40.0, 6.0) for i in range(5))), now=0)
+    assert [a.state for a in r.snapshot.alerts] == ["not_enough_data"] * 2
+    assert e.suppressed == {"WasmtopMemoryGrowth": 3}

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,12 @@ import pytest
 from peers import free_port
 from support import wait_for
 from wasmtop.alerts.alertmanager import Notifier
+from wasmtop.alerts.evaluate import Evaluator
 from wasmtop.alerts.notice import Notice, rfc3339
+from wasmtop.alerts.rules import load_all
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from synthetic import snapshot  # noqa: E402 - the benchmark's Snapshot builder
 
 T0 = 1_700_000_000.0
 RESEND = 60.0
@@ -341,3 +348,38 @@ def test_carry_over_keeps_the_resend_schedule_across_a_reload():
                 ("A", rfc3339(T0 + 81 + 240)),
                 ("B", rfc3339(T0 + 20)),
             ]
+
+
+def test_an_alert_without_enough_data_is_never_posted_until_the_rule_judges_it():
+    """The daemon's path: each evaluation's firing and resolved alerts go to the notifier. A
+    growth slope over a short span, twenty times the threshold, is listed in the Snapshot but
+    reaches no Alertmanager; once it covers its window and has held for the rule's 2 minutes,
+    it is posted, with startsAt when it was first judged."""
+    base = snapshot(1)
+    (rule,) = [r for r in load_all([]) if r.name == "WasmtopMemoryGrowth"]
+    evaluator = Evaluator([rule], node="node-a")
+
+    def growing(covered_s: float) -> Any:
+        w = base.workloads[0]
+        rt = replace(w.runtime_metrics, rss_growth_mb_per_min=40.0, growth_window_s=covered_s,
+                     growth_window_full_s=300.0)  # fmt: skip
+        return replace(base, workloads=(replace(w, runtime_metrics=rt),))
+
+    clock = Clock()
+    with recorder() as rec, notifier(rec.url, clock=clock) as n:
+        for covered in range(0, 300, 10):
+            clock.t = T0 + covered
+            ev = evaluator.evaluate(growing(float(covered) + 0.5), now=clock.t)
+            assert [a.state for a in ev.snapshot.alerts] == ["not_enough_data"]
+            n.observe(ev.firing, ev.resolved)
+        drain(n)
+        assert rec.posts == []
+        for t in range(300, 430, 10):
+            clock.t = T0 + t
+            ev = evaluator.evaluate(growing(300.0), now=clock.t)
+            n.observe(ev.firing, ev.resolved)
+        drain(n)
+        (posted,) = rec.alerts()
+        assert posted["labels"]["alertname"] == "WasmtopMemoryGrowth"
+        assert posted["startsAt"] == rfc3339(T0 + 300)
+        assert "not_enough_data" not in posted["annotations"]

@@ -279,6 +279,45 @@ def test_old_samples_leave_the_growth_window(tmp_path):
     assert figures.rss_growth_mb_per_min == pytest.approx(pure)  # no flat sample left
 
 
+def test_the_span_reaches_the_window_once_a_sample_has_left_it(tmp_path):
+    """Samples come about a second apart but not on the second: the first one kept is then a
+    little inside the window. Once one has left it, the slope covers the whole window, and says
+    so exactly (the alert rules compare the two)."""
+    host = Host(tmp_path)
+    clock = Clock()
+    tracker = ResourceTracker(host.reader(), growth_window_s=10.0, clock=clock)
+    host.process(10, rss_pages=5000)
+    seen = []
+    for _ in range(13):
+        tracker.sample({"w": [10]})
+        f = tracker.figures()["w"]
+        seen.append((round(f.growth_window_s, 2), f.growth_window_full_s))
+        clock.now += 0.97
+    assert [s for s, _ in seen] == [0.0, 0.97, 1.94, 2.91, 3.88, 4.85, 5.82, 6.79, 7.76, 8.73,
+                                    9.7, 10.0, 10.0]  # fmt: skip
+    assert {full for _, full in seen} == {10.0}
+
+
+def test_a_gap_in_the_samples_starts_the_slope_over(tmp_path):
+    """No live process for a while (or a stalled collector): the samples before the gap are not
+    the same story, and the window is not covered until it is covered again."""
+    host = Host(tmp_path)
+    clock = Clock()
+    tracker = ResourceTracker(host.reader(), growth_window_s=10.0, clock=clock)
+    for step in range(15):  # covered, growing
+        host.process(10, rss_pages=1000 + 100 * step)
+        tracker.sample({"w": [10]})
+        clock.now += 1.0
+    assert tracker.figures()["w"].growth_window_s == 10.0
+    clock.now += 10.5  # gone for longer than MAX_SAMPLE_GAP_S; back with a flat RSS
+    for _ in range(3):
+        host.process(10, rss_pages=900)
+        tracker.sample({"w": [10]})
+        clock.now += 1.0
+    figures = tracker.figures()["w"]
+    assert figures.growth_window_s == 2.0 and figures.rss_growth_mb_per_min == 0.0
+
+
 # --- cgroups -----------------------------------------------------------------------------------
 
 

@@ -309,3 +309,25 @@ def test_waited_behind_under_workload_other_names_no_culprit_workload():
     assert culprits(registry, WL_LABELS) == pytest.approx({"pid:7": 0.001})
     other = {"workload": "other", "namespace": "", "pod": "", "container": "", "runtime": ""}
     assert culprits(registry, other) == pytest.approx({"other": 0.0045, "idle": 0.00075})
+
+
+def test_an_alert_not_judged_for_lack_of_data_has_no_alert_series():
+    from wasmtop.collector.model import Alert
+
+    def alert(workload: str, state: str) -> Alert:
+        return Alert(name="WasmtopMemoryGrowth", state=state, workload=workload, value=40.0,
+                     threshold=2.0, since="2026-01-01T00:00:00Z", severity="warning",
+                     quantity="runtime.rss_growth_mb_per_min", comparator=">", probe=None,
+                     incomplete_data=False,
+                     labels={"alertname": "WasmtopMemoryGrowth", "severity": "warning",
+                             "workload": workload}, annotations={})  # fmt: skip
+
+    snap = dataclasses.replace(
+        snapshot(1),
+        alerts=(alert("a", "firing"), alert("b", "pending"), alert("c", "not_enough_data")),
+    )
+    book = SeriesBook()
+    book.add(snap)
+    got = {dict(k[1]).get("workload"): v for k, v in samples(encode(book.families())).items()
+           if k[0] == "wasmtop_alert_firing"}  # fmt: skip
+    assert got == {"a": 1.0, "b": 0.0}

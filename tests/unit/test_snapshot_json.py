@@ -72,14 +72,16 @@ def full_snapshot() -> Snapshot:
             ),
         ),
         runtime_metrics=dataclasses.replace(
-            w0.runtime_metrics, cold_start=cold, first_accept=cold, first_accept_ms=5.25
+            w0.runtime_metrics, cold_start=cold, first_accept=cold, first_accept_ms=5.25,
+            growth_window_s=290.5, growth_window_full_s=300.0,
         ),
-    )
+    )  # fmt: skip
     # A plain process beside the pods: no pod, no net, no runtime figures.
     w2 = dataclasses.replace(
         base.workloads[2], key="pid:4242", kind="process", runtime=None, pod=None, net=None,
-        requests=None, runtime_metrics=None, pids=(4242, 4243),
+        requests=None, runtime_metrics=None, pids=(4242, 4243), kernel_thread=True,
     )  # fmt: skip
+    w1 = dataclasses.replace(base.workloads[1], wasmtop=True)  # wasmtop's own
     preemption = PreemptionEvent(
         ts_ns=123, pid=1000, tid=1001, cpu=1, comm="wasmtime", delay_us=61234.5, preemptor_pid=9,
         preemptor_tid=9, preemptor_comm="hog", workload=w0.key, trace_id="ab" * 16,
@@ -115,6 +117,14 @@ def full_snapshot() -> Snapshot:
         labels={"alertname": "WasmtopPreemptionDelay", "workload": w0.key},
         annotations={"summary": "preempted"},
     )  # fmt: skip
+    waiting = Alert(
+        name="WasmtopMemoryGrowth", state="not_enough_data", workload=w0.key, value=40.5,
+        threshold=2.0, since="2026-01-02T03:04:05Z", severity="warning",
+        quantity="runtime.rss_growth_mb_per_min", comparator=">", probe=None,
+        incomplete_data=False, labels={"alertname": "WasmtopMemoryGrowth", "workload": w0.key},
+        annotations={"summary": "grows", "not_enough_data": "6 s of 300 s"}, data_s=6.0,
+        data_needed_s=300.0,
+    )  # fmt: skip
     probes = {
         **base.probes,
         "sockbypass": {"status": "ok", "mode": "observe"},
@@ -122,7 +132,7 @@ def full_snapshot() -> Snapshot:
     return dataclasses.replace(
         base,
         probes=probes,
-        workloads=(w0, base.workloads[1], w2),
+        workloads=(w0, w1, w2),
         events=Events(
             preemptions=(preemption,),
             bypass=(bypass,),
@@ -133,7 +143,7 @@ def full_snapshot() -> Snapshot:
         ),  # fmt: skip
         traces=(trace,),
         traces_total=1,
-        alerts=(alert,),
+        alerts=(alert, waiting),
         migrations=(migration,),
         connections=(connection,),
         unattributed=Unattributed(processes=1, switches=2, migrations=3, preemptions=4),
@@ -195,6 +205,13 @@ def test_a_full_snapshot_survives_json_exactly_after_the_first_rounding():
     assert w.runtime_metrics.cold_start.window_ms == (4.0, 4.5)
     assert w.net.peers[1].peer is None and w.net.peers[0].bypass_ratio == 0.987654
     assert once.workload("pid:4242").pod is None and once.workload("pid:4242").net is None
+    assert [(w.wasmtop, w.kernel_thread) for w in once.workloads] == [
+        (False, False), (True, False), (False, True)
+    ]  # fmt: skip
+    assert w.runtime_metrics.growth_window_full_s == 300.0
+    assert (once.alerts[1].state, once.alerts[1].data_s, once.alerts[1].data_needed_s) == (
+        "not_enough_data", 6.0, 300.0
+    )  # fmt: skip
 
 
 def test_a_snapshot_of_exact_values_is_equal_at_once():
@@ -230,7 +247,17 @@ def test_keys_an_older_server_lacks_take_their_defaults_or_null():
     del w["sched"]["cpu_skew_ratio"]  # no default, but may be null
     del w["pod"]["namespace"]
     del w["pod"]["runtime_class"]  # a server from before pod metadata
+    # A server from before the marks, the growth window's length and the alerts' data spans.
+    old_alert = json.loads(s.to_json())["alerts"][1]
+    for key in ("data_s", "data_needed_s"):
+        del old_alert[key]
+    assert from_dict(Alert, old_alert).data_s is None
+    w1 = d["workloads"][1]
+    del w1["wasmtop"], w1["runtime_metrics"]["growth_window_full_s"]
     got = snapshot_from_dict(d)
+    assert not got.workloads[1].wasmtop
+    assert got.workloads[1].runtime_metrics.growth_window_full_s == 0.0
+    got = dataclasses.replace(got, workloads=(got.workloads[0], *s.workloads[1:]))
     assert got.events == Events() and got.traces == () and got.alerts == ()
     assert got.unattributed == Unattributed() and got.counters == {}
     assert got.schema == model.SCHEMA

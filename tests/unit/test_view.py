@@ -464,3 +464,48 @@ def test_the_header_says_the_reporting_threshold_the_snapshot_was_taken_with():
         snap, probes={k: v for k, v in snap.probes.items() if k != "sched"}
     )
     assert "reports" not in screen(without, ViewState(width=120, height=30))[0].splitlines()[0]
+
+
+def test_an_alert_without_enough_data_is_dimmed_and_not_counted_as_pending():
+    from wasmtop.alerts.evaluate import Evaluator
+    from wasmtop.view import alerts_line, alerts_pane
+
+    base = with_p99(snapshot(2), [80.0, 1.0])
+    ws = []
+    for w, covered in zip(base.workloads, (6.0, 300.0)):
+        rt = dataclasses.replace(w.runtime_metrics, rss_growth_mb_per_min=40.0,
+                                 growth_window_s=covered, growth_window_full_s=300.0)  # fmt: skip
+        ws.append(dataclasses.replace(w, runtime_metrics=rt))
+    growth = [r for r in RULES if r.name == "WasmtopMemoryGrowth"]
+    snap = Evaluator(growth, node="n").evaluate(dataclasses.replace(base, workloads=tuple(ws)),
+                                                now=0).snapshot  # fmt: skip
+    assert [(a.workload, a.state) for a in snap.alerts] == [
+        ("pid:101", "pending"), ("pid:100", "not_enough_data")
+    ]  # fmt: skip
+    pane = alerts_pane(snap, 5)
+    assert [(t.plain, t.style) for t in pane[1:]] == [
+        ("pending WasmtopMemoryGrowth pid:101 40 > 2", "yellow"),
+        ("waiting WasmtopMemoryGrowth pid:100 40 > 2 (not enough data yet: 6 s of 300 s)", "dim"),
+    ]
+    text, _ = screen(snap, ViewState(width=160, height=30))
+    assert "alerts 0 firing 1 pending 1 not enough data" in text
+    assert alerts_line(snap) == "alerts  0 firing, 1 pending, 1 not enough data yet"
+
+
+def test_a_growth_cell_over_a_short_span_is_dim_and_never_red():
+    base = with_p99(snapshot(3), [1.0, 1.0, 1.0])
+    ws = []
+    for w, (grow, covered) in zip(base.workloads, ((40.0, 6.0), (40.0, 300.0), (0.5, 6.0))):
+        rt = dataclasses.replace(w.runtime_metrics, rss_growth_mb_per_min=grow,
+                                 growth_window_s=covered, growth_window_full_s=300.0)  # fmt: skip
+        ws.append(dataclasses.replace(w, runtime_metrics=rt))
+    snap = dataclasses.replace(base, workloads=tuple(ws))
+    table = workload_table(snap, ViewState(width=200), RULES, max_rows=10)
+    col = next(c for c in table.columns if str(c.header).startswith("GROW MB/m"))
+    name = next(c for c in table.columns if str(c.header).startswith("WORKLOAD"))
+    styles = {str(n): (str(t), t.style) for n, t in zip(name._cells, col._cells)}
+    assert styles == {
+        "ns0/pod-0/app": ("40.00", "dim"),  # 20 times the threshold, but over 6 s of 300 s
+        "ns1/pod-1/app": ("40.00", "bold red"),  # over the whole window: judged
+        "ns2/pod-2/app": ("0.50", "dim"),
+    }
