@@ -172,8 +172,10 @@ class LifecycleProbe(Probe):
             self._uprobes.remove((path, sym, ret))
 
     def detach(self) -> None:
-        for path, sym, ret in reversed(list(self._uprobes)):
-            self._detach_uprobe(path, sym, ret)
+        gone, self._uprobes = list(self._uprobes), []
+        if gone and self.bpf is not None:
+            with contextlib.suppress(Exception):
+                self.bpf.detach_uprobes(gone)
         super().detach()
 
     def details(self) -> dict[str, Any]:

@@ -281,20 +281,21 @@ class Probe:
     def detach_points(self, points: Sequence[tuple[str, str]]) -> None:
         """Detach these tracepoints while the rest of the probe runs on."""
         with self._attach_lock:
-            for tp, _ in points:
-                if tp in self._attached:
-                    self._attached.remove(tp)
-                    with contextlib.suppress(Exception):
-                        self.bpf.detach_tracepoint(tp.encode())
+            gone = [tp for tp, _ in points if tp in self._attached]
+            for tp in gone:
+                self._attached.remove(tp)
+            if gone and self.bpf is not None:
+                with contextlib.suppress(Exception):
+                    self.bpf.detach_tracepoints(gone)
 
     def detach(self) -> None:
         """Undo every attachment; maps stay readable for a final drain and read."""
         with self._attach_lock:
             self._stopped = True
-            while self._attached:
-                tp = self._attached.pop()
+            gone, self._attached = self._attached, []
+            if gone and self.bpf is not None:
                 with contextlib.suppress(Exception):
-                    self.bpf.detach_tracepoint(tp.encode())
+                    self.bpf.detach_tracepoints(gone)
 
     def table(self, name: str) -> Any:
         return self.bpf[name]
@@ -588,10 +589,23 @@ class ProbeSet:
         return iter(self.probes)
 
     def detach(self) -> None:
-        """Detach every program, then drain what the ring buffers still hold."""
-        for probe in self.probes:
-            probe.detach()
+        """Detach every program (the probes side by side: each detach waits for the kernel),
+        then drain what the ring buffers still hold."""
+        self._detach_all()
         self.drain()
+
+    def _detach_all(self) -> None:
+        def detach(probe: Probe) -> None:
+            with contextlib.suppress(Exception):
+                probe.detach()
+
+        threads = [
+            threading.Thread(target=detach, args=(p,), name=f"detach-{p.name}") for p in self.probes
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def pending_bytes(self) -> int:
         """Bytes of records waiting in the probes' ring buffers."""
@@ -609,6 +623,7 @@ class ProbeSet:
         self.cpu.after_drain(fill)
 
     def close(self) -> None:
+        self._detach_all()
         for probe in self.probes:
             with contextlib.suppress(Exception):
                 probe.close()

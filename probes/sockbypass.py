@@ -59,18 +59,31 @@ def socket_cookie(sock: socket.socket) -> int:
     return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
 
 
-def host_addresses() -> list[str]:
-    """This host's own addresses (init network namespace), as /32 and /128 networks."""
-    from pyroute2 import IPRoute
-
-    out = []
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr():
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if addr:
-                ip = ipaddress.ip_address(addr.split("%")[0])
-                out.append(f"{ip}/{ip.max_prefixlen}")
-    return out
+def host_addresses(proc_net: str = "/proc/net") -> list[str]:
+    """This host's own addresses (wasmtop's network namespace), as /32 and /128 networks: the
+    IPv4 ones are the kernel's local /32 routes (fib_trie), the IPv6 ones if_inet6's list."""
+    found: dict[str, None] = {}
+    try:
+        with open(f"{proc_net}/fib_trie") as f:
+            last = ""
+            for line in f:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif text == "/32 host LOCAL" and last:
+                    with contextlib.suppress(ValueError):
+                        found[f"{ipaddress.IPv4Address(last)}/32"] = None
+    except OSError:
+        pass
+    try:
+        with open(f"{proc_net}/if_inet6") as f:
+            for line in f:
+                raw = line.split()[0] if line.strip() else ""
+                with contextlib.suppress(ValueError):
+                    found[f"{ipaddress.IPv6Address(bytes.fromhex(raw))}/128"] = None
+    except OSError:
+        pass
+    return list(found)
 
 
 def lpm_key(net: str) -> tuple[int, bytes]:
