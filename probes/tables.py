@@ -58,6 +58,15 @@ class DescError(ValueError):
 
 def ctype_of(desc: Any) -> Any:
     """The ctypes type of a BCC type description (parsed JSON). Raises DescError."""
+    try:
+        return _ctype_of(desc)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # ctypes refused it
+        if isinstance(exc, DescError):
+            raise
+        raise DescError(f"not a C type: {exc}") from None
+
+
+def _ctype_of(desc: Any) -> Any:
     if isinstance(desc, str):
         try:
             return _BASE_TYPES[desc]
@@ -72,16 +81,16 @@ def ctype_of(desc: Any) -> Any:
             raise DescError(f"not a field: {str(field)[:80]}")
         name = field[0]
         if len(field) == 2:
-            fields.append((name, ctype_of(field[1])))
+            fields.append((name, _ctype_of(field[1])))
         elif isinstance(field[2], list) and len(field[2]) == 1 and isinstance(field[2][0], int):
-            fields.append((name, ctype_of(field[1]) * field[2][0]))
+            fields.append((name, _ctype_of(field[1]) * field[2][0]))
         elif isinstance(field[2], int) and not isinstance(field[2], bool):
-            fields.append((name, ctype_of(field[1]), field[2]))
+            fields.append((name, _ctype_of(field[1]), field[2]))
         elif field[2] in ("struct", "struct_packed", "union"):
             if not name:
                 name = f"__anon{len(anon)}"
                 anon.append(name)
-            fields.append((name, ctype_of(field)))
+            fields.append((name, _ctype_of(field)))
         else:
             raise DescError(f"not a field: {str(field)[:80]}")
     kind = desc[2] if len(desc) > 2 else "struct"

@@ -16,6 +16,19 @@ import pytest
 # CI: no test may skip (the variable kept its name from when only kernel tests were held to it).
 NO_SKIPS = os.environ.get("WASMTOP_REQUIRE_BPF") == "1"
 
+# Compiled probe programs go to a cache of this test session's own (inherited by the daemons and
+# commands the tests start): each probe variant is compiled by the compiler child the first time
+# it is loaded and taken from the cache after, so the suite runs both paths on a fresh machine
+# and on one where an earlier run filled /var/cache/wasmtop alike.
+if "WASMTOP_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _CACHE = tempfile.mkdtemp(prefix="wasmtop-test-cache-")
+    os.environ["WASMTOP_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
+
 try:  # Property-based tests (tests/unit/test_loaders_fuzz.py): a few seconds by default;
     # WASMTOP_HYPOTHESIS_PROFILE=fuzz (`make fuzz`) runs them with many more examples.
     from hypothesis import HealthCheck, settings

@@ -1,0 +1,101 @@
+"""Compile once, load many: every probe variant compiles in a child process into maps whose
+types match their sizes; a start from the cache maps no compiler into the process and counts
+what a compiling start counts; a damaged or stale entry is never loaded."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wasmtop.probes import tables
+from wasmtop.probes.catalog import probe_variants
+from wasmtop.probes.compiled import ObjectCache, cache_key, obtain
+from wasmtop.probes.loader import LoadedObject
+
+HERE = Path(__file__).resolve().parent
+
+
+def cached_start(cache_dir: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "cached_start.py"), str(cache_dir)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_every_variant_compiles_and_loads_with_map_types_of_the_right_size(tmp_path: Path):
+    cache = ObjectCache(tmp_path)
+    seen: set[str] = set()
+    for label, probe in probe_variants():
+        key = cache_key(probe.rendered(), probe.cflags())
+        obj, source = obtain(probe.rendered(), probe.cflags(), cache)
+        assert source == ("cache" if key in seen else "compiler"), label  # some render alike
+        seen.add(key)
+        for m in obj.maps:
+            if m.type == tables.RINGBUF:  # no keys or values: records
+                continue
+            if m.key_desc is not None:
+                assert ctypes.sizeof(tables.ctype_of(m.key_desc)) == m.key_size, (label, m.name)
+            if m.leaf_desc is not None:
+                assert ctypes.sizeof(tables.ctype_of(m.leaf_desc)) == m.value_size, (label, m.name)
+        again, source = obtain(probe.rendered(), probe.cflags(), cache)
+        assert (again, source) == (obj, "cache"), label
+        loaded = LoadedObject(again)  # every map made from the entry alone
+        try:
+            assert {m.name for m in obj.maps} <= {name for name in loaded._map_fds}
+        finally:
+            loaded.cleanup()
+    assert cache.stats.stores == len(seen)
+    assert cache.stats.hits == 2 * len(probe_variants()) - len(seen)
+
+
+def test_a_start_from_the_cache_maps_no_compiler_and_counts_the_same(tmp_path: Path):
+    cold = cached_start(tmp_path)
+    warm = cached_start(tmp_path)
+    for run, source in ((cold, "compiler"), (warm, "cache")):
+        assert run["status"] == "ok", run["reason"]
+        assert run["source"] == source
+        assert run["compiler_mapped"] == []  # not even while compiling: that is the child's
+        # The worker's 300 sleeps, counted by the probe as the kernel counted them.
+        assert run["kernel"] >= 300
+        assert run["ours"] == pytest.approx(run["kernel"], abs=2)
+    assert warm["cache"]["hits"] == 1 and warm["cache"]["misses"] == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_a_damaged_entry_is_refused_counted_and_compiled_again(tmp_path: Path, damage: str):
+    cached_start(tmp_path)
+    (entry,) = tmp_path.glob("*.bpfobj")
+    raw = entry.read_bytes()
+    entry.write_bytes(raw[: len(raw) // 3] if damage == "truncate" else raw.replace(b"A", b"B"))
+    run = cached_start(tmp_path)
+    assert run["status"] == "ok" and run["source"] == "compiler"
+    assert run["cache"]["rejected"] == {"garbled": 1}
+    assert run["ours"] == pytest.approx(run["kernel"], abs=2)
+    assert cached_start(tmp_path)["source"] == "cache"  # stored again, intact
+
+
+def test_an_entry_is_used_only_for_the_source_and_tracepoint_formats_it_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (label, probe), *_ = probe_variants()
+    cache = ObjectCache(tmp_path)
+    obtain(probe.rendered(), probe.cflags(), cache)
+    assert obtain(probe.rendered(), probe.cflags(), cache)[1] == "cache"
+    # The C text changed (another wasmtop version): not this entry.
+    assert obtain(probe.rendered() + "\n", probe.cflags(), cache)[1] == "compiler"
+    # A tracepoint's format changed (another kernel build): not this entry either.
+    from wasmtop.probes import compiled
+
+    real = compiled.features.tracepoint_format
+    monkeypatch.setattr(
+        compiled.features, "tracepoint_format",
+        lambda tp: real(tp) + ("\nfield:int added;" if tp == "sched:sched_switch" else ""),
+    )  # fmt: skip
+    key = cache_key(probe.rendered(), probe.cflags())
+    assert cache.get(key) is None, label
