@@ -24,6 +24,7 @@ from .engine import (
     ProbeOptions,
     fail,
     preflight,
+    progress_logger,
 )
 
 
@@ -207,7 +208,55 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the BPF C of every probe variant exactly as compiled",
     )
+
+    cache = sub.add_parser(
+        "cache",
+        help="show or empty the cache of compiled probe programs",
+        description="Probes are compiled once (by a short-lived compiler process) and kept, "
+        "keyed by their source, the kernel and BCC, in $WASMTOP_CACHE_DIR, else "
+        "/var/cache/wasmtop where writable, else ~/.cache/wasmtop. `show` lists the entries, "
+        "`clear` removes them (the next start compiles again). WASMTOP_CACHE=off: no cache.",
+    )
+    cache.add_argument("action", choices=("show", "clear"), help="what to do")
     return parser
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .probes.compiled import object_cache
+
+    cache = object_cache()
+    if cache.dir is None:
+        print("wasmtop cache: off (WASMTOP_CACHE=off)")
+        return EXIT_OK
+    entries = cache.entries()
+    if args.action == "clear":
+        n = cache.clear()
+        print(f"wasmtop cache: removed {n} compiled program(s) from {cache.dir}")
+        return EXIT_OK
+    size = sum(p.stat().st_size for p in entries if p.exists())
+    print(f"wasmtop cache: {cache.dir}: {len(entries)} compiled program(s), {size / 1024:.0f} KiB")
+    for p in entries:
+        print(f"  {p.name}  {p.stat().st_size / 1024:.0f} KiB")
+    return EXIT_OK
+
+
+def cache_line(width: int) -> str:
+    """doctor's line about the compiled-program cache."""
+    from .probes.compiled import object_cache
+
+    cache = object_cache()
+    if cache.dir is None:
+        return (
+            f"cache   {'programs':<{width}}  off          every start compiles (WASMTOP_CACHE=off)"
+        )
+    st = cache.stats
+    writable = os.access(cache.dir, os.W_OK) if cache.dir.exists() else False
+    rejected = ", ".join(f"{k} {v}" for k, v in st.rejected.items()) or "none"
+    return (
+        f"cache   {'programs':<{width}}  {'ok' if writable else 'read-only':<11}  {cache.dir}: "
+        f"{len(cache.entries())} entries; this run {st.hits} hits, {st.misses} compiled, "
+        f"rejected {rejected}"
+    )
 
 
 def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -273,6 +322,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         probe_stats=args.probe_stats,
         max_events=args.max_events,
         growth_window_s=args.growth_window_s,
+        progress=progress_logger(lambda line: print(f"wasmtop: {line}", file=sys.stderr)),
     )
     try:
         with engine:
@@ -332,11 +382,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             for p in probes:
                 h = p.health()
                 first = p.reason.splitlines()[0] if p.reason else ""
+                if h.status == OK:
+                    first += f" (program from the {p.program_source})"
                 print(f"probe   {p.name:<{width}}  {h.status:<11}  {first}")
                 for line in p.reason.splitlines()[1:]:
                     print(f"        {line}")
                 if h.status != OK:
                     missing.append(f"probe {p.name}")
+        print(cache_line(width))
     if missing:
         print(f"wasmtop doctor: not ready: {', '.join(missing)}", file=sys.stderr)
         return EXIT_ENV
@@ -350,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_snapshot(args, parser)
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "cache":
+        return cmd_cache(args)
     if args.command == "daemon":
         from . import daemon
 

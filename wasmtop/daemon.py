@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, config_relative, load
-from .engine import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight
+from .engine import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight, progress_logger
 from .web import Endpoints, HttpServer, MetricsCache, WebConfig, load_web_config
 
 
@@ -418,7 +418,9 @@ class Daemon:
                 restart = True
             return restart
 
-        with Engine.from_config(self.config, pods=self.pods) as engine:
+        with Engine.from_config(
+            self.config, pods=self.pods, progress=progress_logger(log)
+        ) as engine:
             probes = engine.probes
             self.probe_status = {p.name: {"status": p.status, "reason": p.reason} for p in probes}
             attached = engine.attached

@@ -211,8 +211,10 @@ class Engine:
         max_events: int | None = None,
         growth_window_s: float | None = None,
         pods: Any = None,
+        progress: Callable[[str, str], None] | None = None,
     ) -> None:
         self.options = options
+        self.progress = progress  # (probe, stage) while the probes load: see ProbeSet
         self.tick_s = tick_s
         self.scheduling = scheduling
         self.probe_stats = probe_stats
@@ -228,7 +230,9 @@ class Engine:
         self._observed = 0.0
 
     @classmethod
-    def from_config(cls, config: Any, *, pods: Any = None) -> Engine:
+    def from_config(
+        cls, config: Any, *, pods: Any = None, progress: Callable[[str, str], None] | None = None
+    ) -> Engine:
         c = config["collector"]
         return cls(
             ProbeOptions.from_config(config),
@@ -238,6 +242,7 @@ class Engine:
             max_events=c["max_events"],
             growth_window_s=c["growth_window_s"],
             pods=pods,
+            progress=progress,
         )
 
     def __enter__(self) -> Engine:
@@ -247,7 +252,10 @@ class Engine:
 
         selected, selector = build_probes(self.options)
         self._probe_set = ProbeSet(
-            selected, cpu=CpuShare(self.scheduling), run_stats=self.probe_stats
+            selected,
+            cpu=CpuShare(self.scheduling),
+            run_stats=self.probe_stats,
+            progress=self.progress,
         )
         self.probes = self._probe_set.__enter__()
         try:
@@ -324,3 +332,27 @@ class Engine:
         self.probes.cpu.stop()  # the window's end, detaching and output at normal priority
         self.probes.detach()
         return self.collector.tick(end_ns)
+
+
+PROGRESS_WORDS = {
+    "cached": "program from the cache",
+    "compiling": "compiling (not in the cache yet)",
+    "loading": "loading",
+    "ok": "attached",
+}
+
+
+def progress_text(probe: str, stage: str) -> str:
+    """One probe's loading step in words, for logs and the UI's start screen."""
+    return f"probe {probe}: {PROGRESS_WORDS.get(stage, stage)}"
+
+
+def progress_logger(say: Callable[[str], None]) -> Callable[[str, str], None]:
+    """A ProbeSet progress callback for a log: where each probe's program came from (cache or
+    compiler) and how its start ended; the steps in between are for the UI."""
+
+    def report(probe: str, stage: str) -> None:
+        if stage != "loading":
+            say(progress_text(probe, stage))
+
+    return report

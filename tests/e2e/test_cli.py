@@ -31,8 +31,13 @@ SCHED_FIELDS = {
 }  # fmt: skip
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*WASMTOP, *args], capture_output=True, text=True, timeout=timeout)
+def run(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env} if env else None
+    return subprocess.run(
+        [*WASMTOP, *args], capture_output=True, text=True, timeout=timeout, env=full
+    )
 
 
 HOG_RULE = """
@@ -214,6 +219,27 @@ def test_doctor_reports_this_machine():
     assert re.search(r"^probe\s+sockbypass\s+ok", lines["sockbypass"])
     assert re.search(r"^probe\s+tracectx\s+ok", lines["tracectx"])
     assert re.search(r"^probe\s+lifecycle\s+ok", lines["lifecycle"])
+    assert re.search(r"^cache\s+programs\s+ok\s+\S+: \d+ entries; this run", lines["programs"])
+    assert no_programs_left() == []
+
+
+def test_the_cache_is_filled_shown_used_and_cleared(tmp_path):
+    """A start compiles into the cache; doctor then loads every probe from it; `wasmtop cache
+    clear` empties it and the next start compiles again."""
+    env = {"WASMTOP_CACHE_DIR": str(tmp_path)}
+    first = run("doctor", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "this run 0 hits, 4 compiled, rejected none" in first.stdout
+    assert first.stdout.count("(program from the compiler)") == 4
+    shown = run("cache", "show", env=env)
+    assert f"{tmp_path}: 4 compiled program(s)" in shown.stdout
+    again = run("doctor", env=env)
+    assert "this run 4 hits, 0 compiled, rejected none" in again.stdout
+    assert again.stdout.count("(program from the cache)") == 4
+    cleared = run("cache", "clear", env=env)
+    assert cleared.returncode == 0 and "removed 4 compiled program(s)" in cleared.stdout
+    assert list(tmp_path.glob("*.bpfobj")) == []
+    assert "0 hits, 4 compiled" in run("doctor", env=env).stdout
     assert no_programs_left() == []
 
 
