@@ -10,6 +10,7 @@ from typing import Any
 
 from .alerts.quantities import QUANTITIES, attribute
 from .collector.model import Snapshot, Workload, reporting_threshold_ms
+from .fold import KERNEL_KEY
 from .safe import safe
 
 # (header with unit, width) in display order.
@@ -44,6 +45,8 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def workload_name(w: Workload) -> str:
     """The workload's name for a person, safe to print."""
+    if w.key == KERNEL_KEY and w.kernel_thread:  # the terminal UI's folded kernel threads
+        return f"kernel: {len(w.pids)} thread{'s' if len(w.pids) != 1 else ''} (K)"
     if w.pod and w.pod.name:
         # namespace/pod, and /container when known: two containers of a pod are two rows.
         return safe("/".join(p for p in (w.pod.namespace, w.pod.name, w.pod.container) if p))
@@ -104,11 +107,29 @@ def header_lines(snap: Snapshot) -> list[str]:
         f"lost={safe(p.get('lost', '-'))}"
         for name, p in snap.probes.items()
     )
-    return [
+    lines = [
         f"host {safe(snap.host)}  kernel {safe(snap.kernel)}  cpus {snap.cpus}  "
         f"window {snap.window_s:.1f}s{reporting(snap)}",
         f"probes  {probes}",
     ]
+    own = own_cost(snap, pids=True)
+    return lines + [own] if own is not None else lines
+
+
+def own_cost(snap: Snapshot, *, pids: bool = False) -> str | None:
+    """What wasmtop itself costs (its own workloads: ``Workload.wasmtop``), or None when the
+    Snapshot has none: "wasmtop itself: cpu 3.1 %  rss 228.4 MB" (and "  pids 4100 4150")."""
+    own = [w for w in snap.workloads if w.wasmtop]
+    if not own:
+        return None
+    figures = [w.runtime_metrics for w in own if w.runtime_metrics is not None]
+    cpu = [r.cpu_percent for r in figures if r.cpu_percent is not None]
+    rss = sum(r.rss_bytes for r in figures) / 1e6 if figures else None
+    text = f"wasmtop itself: cpu {_num(sum(cpu) if cpu else None)} %  rss {_num(rss)} MB"
+    if pids:
+        listed = sorted({p for w in own for p in w.pids})
+        text += "  pids " + " ".join(map(str, listed[:4])) + (" ..." if len(listed) > 4 else "")
+    return text
 
 
 def reporting(snap: Snapshot) -> str:
@@ -170,6 +191,11 @@ def _fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
 
 
 def kind_text(w: Workload) -> str:
+    """The KIND cell: wasmtop's own workloads and kernel threads say so."""
+    if w.wasmtop:
+        return "wasmtop"
+    if w.kernel_thread:
+        return "kernel"
     return safe(f"{w.kind}/{w.runtime}" if w.runtime else w.kind)
 
 

@@ -74,6 +74,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one plain table after the first refresh and exit 0",
     )
+    p.add_argument(
+        "--kernel-threads",
+        action="store_true",
+        help="list kernel threads (kworker, ksoftirqd, migration ...) one row each from the "
+        "start, instead of folded into one kernel row; the K key switches between the two",
+    )
     add_collector_arguments(p)
 
 
@@ -158,6 +164,8 @@ def handle(key: str, snap: Snapshot | None, state: Any) -> bool:
         state.editing_filter = True
     elif key == "p":
         state.paused = not state.paused
+    elif key == "K":
+        state.kernel_threads = not state.kernel_threads
     return True
 
 
@@ -293,18 +301,19 @@ def main(args: argparse.Namespace) -> int:
         source = Embedded(args, evaluator)
     try:
         with terminated_on_sigterm():
+            kernel_threads = args.kernel_threads
             if interactive:
-                return _interactive(source, evaluator.rules, notes)
-            return _plain(source, args.once)
+                return _interactive(source, evaluator.rules, notes, kernel_threads)
+            return _plain(source, args.once, kernel_threads)
     except Terminated as stop:
         return stop.exit_code
 
 
-def _plain(source: Any, once: bool) -> int:
+def _plain(source: Any, once: bool, kernel_threads: bool = False) -> int:
     from .columns import header_lines, plain_lines
     from .view import ViewState, alerts_line, visible
 
-    state = ViewState()
+    state = ViewState(kernel_threads=kernel_threads)
     shown: str | None = None
     # --once from a daemon that does not answer: say why and give up rather than hang.
     give_up = time.monotonic() + ONCE_REMOTE_WAIT_S if once and isinstance(source, Remote) else None
@@ -331,14 +340,14 @@ def _plain(source: Any, once: bool) -> int:
                 return EXIT_OK
 
 
-def _interactive(source: Any, rules: Any, notes: list[str]) -> int:
+def _interactive(source: Any, rules: Any, notes: list[str], kernel_threads: bool = False) -> int:
     from rich.console import Console
     from rich.live import Live
 
     from .view import ViewState, keep_selection, render
 
     console = Console()
-    state = ViewState(notes=notes)
+    state = ViewState(notes=notes, kernel_threads=kernel_threads)
     snap: Snapshot | None = None
     with Keys(sys.stdin.fileno()) as keys, source.running() as next_snapshot:
         with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:

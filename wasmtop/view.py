@@ -22,7 +22,8 @@ from rich.text import Text
 
 from .alerts.quantities import QUANTITIES
 from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
-from .columns import TOP_COLUMNS, Column, columns_for, reporting, workload_name
+from .columns import TOP_COLUMNS, Column, columns_for, own_cost, reporting, workload_name
+from .fold import fold_kernel_threads
 from .safe import safe
 
 HELP = (
@@ -32,6 +33,7 @@ HELP = (
     ("s r", "sort by the next column; reverse the order"),
     ("/", "filter by name (enter applies, esc clears)"),
     ("p", "pause / resume (the probes keep counting)"),
+    ("K", "kernel threads one by one / folded into one kernel row"),
     ("?", "this help / back"),
 )
 # What the screen shows, below the keys in the help.
@@ -64,12 +66,26 @@ class ViewState:
     banner: str | None = None  # e.g. connection lost
     refresh_s: float = 1.0
     notes: list[str] = field(default_factory=list)
+    kernel_threads: bool = False  # list kernel threads one by one (K), not as one kernel row
+
+
+def rows(snap: Snapshot, state: ViewState) -> list[Workload]:
+    """The table's rows before sorting: wasmtop's own workloads left out (the header shows
+    their cost), the workloads the filter matches, and the kernel threads among them folded into
+    one ``kernel`` row unless ``state.kernel_threads``."""
+    ws = [w for w in snap.workloads if not w.wasmtop and state.filter.lower() in _label(w).lower()]
+    if state.kernel_threads:
+        return ws
+    threads = [w for w in ws if w.kernel_thread]
+    if not threads:
+        return ws
+    return [w for w in ws if not w.kernel_thread] + [fold_kernel_threads(threads)]
 
 
 def visible(snap: Snapshot, state: ViewState) -> list[Workload]:
     """The workloads the table lists, filtered and in order."""
     col = TOP_COLUMNS[state.sort]
-    ws = [w for w in snap.workloads if state.filter.lower() in _label(w).lower()]
+    ws = rows(snap, state)
 
     def key(w: Workload) -> tuple:
         v = col.value(w)
@@ -81,7 +97,15 @@ def visible(snap: Snapshot, state: ViewState) -> list[Workload]:
 
 
 def _label(w: Workload) -> str:
-    return f"{workload_name(w)} {w.key} {w.comm}"
+    """What the filter (/) matches: names, key, comm, and "kernel" for a kernel thread."""
+    return f"{workload_name(w)} {w.key} {w.comm}" + (" kernel" if w.kernel_thread else "")
+
+
+def _selected(snap: Snapshot, state: ViewState) -> Workload | None:
+    """The selected workload: a row of the table (the kernel row included), or a workload of
+    the Snapshot no longer listed (folded or filtered after it was chosen)."""
+    listed = next((w for w in rows(snap, state) if w.key == state.selected), None)
+    return listed or next((w for w in snap.workloads if w.key == state.selected), None)
 
 
 def move(snap: Snapshot, state: ViewState, step: int) -> None:
@@ -160,12 +184,22 @@ def header(snap: Snapshot, state: ViewState) -> list[Text]:
     tail.append(f" {pending} pending")
     if unjudged:
         tail.append(f" {unjudged} not enough data", style="dim")
-    # One line each, so the screen's height budget holds: too wide, losses and alerts go on a
-    # line of their own.
-    if len(probes) + len(tail) <= state.width:
-        lines = [first, probes.append_text(tail)]
-    else:
-        lines = [first, probes, tail[1:]]
+    # One line each, so the screen's height budget holds: a part that does not fit on the line
+    # before goes on a line of its own. wasmtop's own cost goes beside the title when it fits.
+    lines = [first, probes]
+    own = own_cost(snap)
+    parts = [tail]
+    if own is not None:
+        own_text = Text("  " + own, style="cyan")
+        if len(first) + len(own_text) <= state.width:
+            first.append_text(own_text)
+        else:
+            parts.append(own_text)
+    for part in parts:
+        if len(lines[-1]) + len(part) <= state.width:
+            lines[-1].append_text(part)
+        else:
+            lines.append(part[len(part.plain) - len(part.plain.lstrip(" ")) :])
     for line in lines:
         line.no_wrap, line.overflow = True, "ellipsis"
     return lines
@@ -215,10 +249,14 @@ def alerts_pane(snap: Snapshot, lines: int) -> list[Text]:
     out = [Text("ALERTS", style="bold")]
     rank = {"firing": 0, "pending": 1}
     order = sorted(snap.alerts, key=lambda a: (rank.get(a.state, 2), a.name, a.workload or ""))
+    # A kernel thread has no row of its own while folded: its alert names it.
+    kthreads = {w.key: w.comm for w in snap.workloads if w.kernel_thread}
     for a in order[: lines - 1]:
         value = "-" if a.value is None else f"{a.value:.3g}"
-        what = safe(f"{a.name} {a.workload or a.probe or ''} {value} {a.comparator} "
-                    f"{a.threshold:g}")  # fmt: skip
+        subject = a.workload or a.probe or ""
+        if a.workload in kthreads:
+            subject += f" (kernel thread {kthreads[a.workload]})"
+        what = safe(f"{a.name} {subject} {value} {a.comparator} {a.threshold:g}")
         if a.state == NOT_ENOUGH_DATA:  # listed, not judged: dim, and how much data there is
             t = Text(f"{'waiting':<8}{what}", style="dim")
             if a.data_s is not None and a.data_needed_s is not None:
@@ -241,8 +279,15 @@ def waits_pane(snap: Snapshot, lines: int, key: str | None = None) -> list[Text]
     """The longest waits over the threshold, preemptions and wake-up waits together, each with
     its culprit: the preemptor, or the task a woken thread replaced when it finally ran."""
     ev = snap.events
-    pre = [e for e in ev.preemptions if key is None or e.workload == key]
-    woken = [e for e in ev.wakeup_waits if key is None or e.workload == key]
+    # On the main screen, not the waits of wasmtop's own threads (it is not a row either); the
+    # waits it made others suffer are listed like any (it is their preemptor or holder).
+    own = {w.key for w in snap.workloads if w.wasmtop}
+
+    def shown(workload: str | None) -> bool:
+        return workload == key if key is not None else workload not in own
+
+    pre = [e for e in ev.preemptions if shown(e.workload)]
+    woken = [e for e in ev.wakeup_waits if shown(e.workload)]
     if not (pre or woken) or lines <= 0:
         return []
     out = [Text(f"LONGEST WAITS over threshold ({ev.preemptions_total} preempted, "
@@ -405,8 +450,7 @@ def render(snap: Snapshot | None, state: ViewState, rules: Sequence[Any] = ()) -
             shows.add_row(Text(k, style="bold"), what)
         parts += [Text(""), table, Text(""), shows]
     elif state.detail:
-        w = next((w for w in snap.workloads if w.key == state.selected), None)
-        parts += detail(snap, state, w)
+        parts += detail(snap, state, _selected(snap, state))
     else:
         free = state.height - len(parts) - 2  # the table's header and the footer
         alert_lines = min(len(snap.alerts) + 1, max(0, free // 4)) if snap.alerts else 0

@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -24,6 +25,7 @@ from wasmtop.collector.model import (
     DelayQuantiles,
     Events,
     HistogramBucket,
+    Migration,
     PreemptionEvent,
     Snapshot,
     Trace,
@@ -509,3 +511,163 @@ def test_a_growth_cell_over_a_short_span_is_dim_and_never_red():
         "ns1/pod-1/app": ("40.00", "bold red"),  # over the whole window: judged
         "ns2/pod-2/app": ("0.50", "dim"),
     }
+
+
+# -- wasmtop itself and the kernel threads ----------------------------------------------------
+def first_screen():
+    """What a new user sees on an idle host: wasmtop itself (its own process), two kernel
+    threads with figures of their own, and one service. The kernel threads' delay figures are
+    made by the collector's own code from in-kernel log-linear histograms."""
+    from wasmtop.collector.collector import delay_figures
+    from wasmtop.collector.quantiles import bucket_of
+
+    base = snapshot(4)
+    kinds = {
+        "pid:37": ("kworker/0:1", {bucket_of(3_000): 40, bucket_of(900_000): 2}, 900_500),
+        "pid:15": ("migration/1", {bucket_of(5_000): 10, bucket_of(2_500_000): 1}, 2_510_000),
+    }
+    ws = []
+    for w, key in zip(base.workloads, ("pid:37", "pid:15", "pid:4100", "pid:900")):
+        pid = int(key[4:])
+        w = dataclasses.replace(w, key=key, pids=(pid,), pod=None, kind="process", runtime=None)
+        if key in kinds:
+            comm, hist, top = kinds[key]
+            q, buckets = delay_figures(hist, top)
+            sched = dataclasses.replace(
+                w.sched, preempt_delay_us=q, preempt_delay_hist=buckets,
+                preemptions=sum(hist.values()), cpu_time_ns_by_cpu={"0": pid, "1": 2 * pid},
+                migration_matrix=(Migration(0, 1, pid, "same_llc"),),
+            )  # fmt: skip
+            rt = dataclasses.replace(w.runtime_metrics, rss_bytes=0, cpu_percent=0.5, wasm=None)
+            w = dataclasses.replace(w, comm=comm, sched=sched, runtime_metrics=rt, net=None,
+                                    requests=None, kernel_thread=True)  # fmt: skip
+        elif key == "pid:4100":
+            rt = dataclasses.replace(w.runtime_metrics, rss_bytes=228_000_000, cpu_percent=3.1,
+                                     rss_growth_mb_per_min=900.0, growth_window_s=6.0,
+                                     growth_window_full_s=300.0)  # fmt: skip
+            w = dataclasses.replace(w, comm="wasmtop", runtime_metrics=rt, wasmtop=True)
+        else:
+            w = dataclasses.replace(w, comm="edge-svc")
+        ws.append(w)
+    return dataclasses.replace(base, workloads=tuple(ws)), kinds
+
+
+def test_kernel_threads_fold_into_one_row_summing_their_figures_and_k_lists_them():
+    from wasmtop.collector.collector import delay_figures
+    from wasmtop.collector.quantiles import merge_histograms
+
+    snap, kinds = first_screen()
+    state = ViewState(width=200, height=40)
+    rows = {w.key: w for w in visible(snap, state)}
+    assert rows.keys() == {"kernel", "pid:900"}  # wasmtop itself is not a row
+    kernel = rows["kernel"]
+    threads = [snap.workload("pid:37"), snap.workload("pid:15")]
+    s = kernel.sched
+    for name in ("switches", "involuntary", "migrations", "preemptions", "wakeups",
+                 "runq_delay_total_us", "preempt_delay_total_us", "involuntary_per_s"):  # fmt: skip
+        assert getattr(s, name) == sum(getattr(t.sched, name) for t in threads), name
+    assert s.cpu_time_ns_by_cpu == {"0": 37 + 15, "1": 2 * (37 + 15)}
+    assert [(m.from_cpu, m.to_cpu, m.count) for m in s.migration_matrix] == [(0, 1, 52)]
+    # The quantiles are those the collector would read from the two histograms added up.
+    merged = merge_histograms(hist for _, hist, _ in kinds.values())
+    assert s.preempt_delay_us == delay_figures(merged, 2_510_000)[0]
+    assert s.preempt_delay_hist == delay_figures(merged, 2_510_000)[1]
+    assert sum(wb.share for wb in s.waited_behind) == pytest.approx(1.0)
+    assert kernel.runtime_metrics.cpu_percent == 1.0 and kernel.runtime_metrics.rss_bytes == 0
+    text, _ = screen(snap, state)
+    row = next(line for line in text.splitlines() if line.startswith("kernel: 2 threads (K)"))
+    assert " kernel " in row and "kworker" not in text
+    # K: one row each, marked as kernel threads; K again: folded.
+    assert handle("K", snap, state)
+    assert {w.key for w in visible(snap, state)} == {"pid:37", "pid:15", "pid:900"}
+    text, _ = screen(snap, state)
+    assert "kworker/0:1[37]" in text and "migration/1[15]" in text and "kernel: 2" not in text
+    handle("K", snap, state)
+    assert {w.key for w in visible(snap, state)} == {"kernel", "pid:900"}
+
+
+def test_the_filter_folds_the_kernel_threads_it_matches_and_kernel_matches_them_all():
+    snap, _ = first_screen()
+    state = ViewState(filter="kworker")
+    (row,) = visible(snap, state)
+    assert row.key == "kernel" and row.pids == (37,)
+    state.filter = "kernel"
+    (row,) = visible(snap, state)
+    assert row.pids == (15, 37)
+    state.filter, state.kernel_threads = "kernel", True
+    assert {w.key for w in visible(snap, state)} == {"pid:37", "pid:15"}
+
+
+def test_the_kernel_row_has_a_detail_and_a_kernel_thread_chosen_stays_shown_when_folded():
+    snap, _ = first_screen()
+    state = ViewState(width=120, height=40, selected="kernel")
+    handle("enter", snap, state)
+    text, _ = screen(snap, state)
+    assert "kernel: 2 threads (K)  kernel" in text and "CPU time by CPU" in text
+    assert "pids 15 37" in text
+    state = ViewState(width=120, height=40, kernel_threads=True, selected="pid:37")
+    handle("enter", snap, state)
+    handle("K", snap, state)  # folded while its detail is open
+    assert "kworker/0:1[37]" in screen(snap, state)[0]
+
+
+def test_wasmtop_itself_is_in_the_header_not_a_row_and_never_red():
+    snap, _ = first_screen()
+    text, _ = screen(snap, ViewState(width=160, height=30))
+    lines = text.splitlines()
+    assert "wasmtop itself: cpu 3.1 %  rss 228.0 MB" in lines[0]
+    assert not any("wasmtop[4100]" in line for line in lines)
+    # Narrow, it still fits: the cost goes on a line of the header that has room.
+    text, _ = screen(snap, ViewState(width=80, height=24))
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+    assert any("wasmtop itself: cpu 3.1 %" in line for line in lines[:3])
+    # Plain output says it too; the Snapshot's own table lists it, marked.
+    assert header_lines(snap)[-1] == "wasmtop itself: cpu 3.1 %  rss 228.0 MB  pids 4100"
+    table = plain_table(snap)
+    own = next(line for line in table.splitlines() if line.startswith("wasmtop[4100]"))
+    assert own.split()[1] == "wasmtop"
+    kworker = next(line for line in table.splitlines() if line.startswith("kworker/0:1[37]"))
+    assert kworker.split()[1] == "kernel"
+
+
+def test_the_kernel_threads_flag_sets_how_the_ui_starts():
+    from wasmtop.cli import build_parser
+
+    assert build_parser().parse_args(["--kernel-threads"]).kernel_threads is True
+    assert build_parser().parse_args(["top", "--kernel-threads"]).kernel_threads is True
+    assert build_parser().parse_args([]).kernel_threads is False
+
+
+def test_an_alert_on_a_folded_kernel_thread_names_the_thread():
+    from wasmtop.alerts.evaluate import Evaluator
+    from wasmtop.view import alerts_pane
+
+    snap, _ = first_screen()
+    wake = [r for r in RULES if r.name == "WasmtopWakeupDelayP99"]  # their p99 is 20 ms
+    snap = Evaluator(wake, node="n").evaluate(snap, now=0).snapshot
+    lines = [t.plain for t in alerts_pane(snap, 10)[1:]]
+    assert lines == [
+        "pending WasmtopWakeupDelayP99 pid:15 (kernel thread migration/1) 20 > 10",
+        "pending WasmtopWakeupDelayP99 pid:37 (kernel thread kworker/0:1) 20 > 10",
+        "pending WasmtopWakeupDelayP99 pid:900 20 > 10",
+    ]
+    # Wasmtop itself has the same wake-up delay, and no alert.
+    assert snap.workload("pid:4100").sched.wakeup_delay_us.p99 == 20_000.0
+
+
+def test_the_waits_pane_leaves_out_wasmtops_own_waits_but_not_those_it_caused():
+    from wasmtop.view import waits_pane
+
+    snap, _ = first_screen()
+
+    def preempted(workload: str, tid: int, by: str, ms: float) -> PreemptionEvent:
+        return PreemptionEvent(ts_ns=1, pid=tid, tid=tid, cpu=0, comm="x", delay_us=ms * 1e3,
+                               preemptor_pid=9, preemptor_tid=9, preemptor_comm=by,
+                               workload=workload)  # fmt: skip
+
+    events = Events(preemptions=(preempted("pid:4100", 4101, "edge-svc", 80.0),
+                                 preempted("pid:900", 900, "wasmtop", 60.0)),
+                    preemptions_total=2)  # fmt: skip
+    lines = [t.plain for t in waits_pane(dataclasses.replace(snap, events=events), 10)]
+    assert len(lines) == 2 and "x[900] cpu0 by wasmtop[9]" in lines[1]
