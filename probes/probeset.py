@@ -29,6 +29,7 @@ OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 PLACEHOLDER = re.compile(r"@@([A-Z][A-Z0-9_]*)@@")
 BASE_COUNTERS = ("RB_ATTEMPTS", "RB_LOST", "MAP_FULL")
 HERE = Path(__file__).resolve().parent
+_progress_lock = threading.Lock()
 # Events held between drains and the collector's take; beyond this they are dropped and counted.
 MAX_PENDING_EVENTS = 100_000
 
@@ -233,7 +234,7 @@ class Probe:
 
     def _report(self, stage: str) -> None:
         if self.progress is not None:
-            with contextlib.suppress(Exception):
+            with _progress_lock, contextlib.suppress(Exception):  # probes prepare side by side
                 self.progress(self.name, stage)
 
     def start(self) -> None:

@@ -347,7 +347,13 @@ class HttpServer:
         return dict(self._server.refused)
 
     def close(self) -> None:
-        self._server.shutdown()
+        """Stop serving at once: serve_forever notices a shutdown only when its select returns
+        (every 0.5 s), so the listening socket is shut down too, which wakes it."""
+        stopper = threading.Thread(target=self._server.shutdown, name="wasmtop-http-stop")
+        stopper.start()
+        with contextlib.suppress(OSError):
+            self._server.socket.shutdown(socket.SHUT_RDWR)
+        stopper.join(5)
         self._server.server_close()
         self._thread.join(5)
 
