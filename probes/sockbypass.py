@@ -204,7 +204,8 @@ class SockBypassProbe(Probe):
         self.local_nets: list[str] = []
         self.other_programs: list[bpfobj.Program] = []
         self.other_programs_reason = "not checked"
-        self.foreign_redirects = {"status": "unavailable", "reason": "not checked"}
+        self._foreign: dict[str, str] = {"status": "unavailable", "reason": "not checked"}
+        self._foreign_check: threading.Thread | None = None
         self._links: list[int] = []
         self._skmsg: tuple[Any, int] | None = None
         self._ignored: set[int] = set()
@@ -274,9 +275,27 @@ class SockBypassProbe(Probe):
             map_fd = self.table("sock_hash").map_fd
             self.bpf.attach_func(msg, map_fd, bpfobj.ATTACH_SK_MSG_VERDICT)
             self._skmsg = (msg, map_fd)
-        self.foreign_redirects = self._foreign_redirects()
+        # Whether other agents' redirects could be counted here: a compiler child's answer on a
+        # cold cache (about 0.3 s of a CPU), so it is found out beside the start, not before it.
+        self._foreign_check = threading.Thread(
+            target=self._check_foreign, name="foreign-redirects", daemon=True
+        )
+        self._foreign_check.start()
         if self.requested_mode == ACCELERATE:
             self._accelerate()
+
+    def _check_foreign(self) -> None:
+        try:
+            self._foreign = self._foreign_redirects()
+        except Exception as exc:  # the check failing is an answer too
+            self._foreign = {"status": "unavailable", "reason": f"check failed: {exc}"}
+
+    @property
+    def foreign_redirects(self) -> dict[str, str]:
+        """Counting other agents' redirects: why not (waits for the check started at attach)."""
+        if self._foreign_check is not None:
+            self._foreign_check.join(60)
+        return self._foreign
 
     def _accelerate(self) -> None:
         try:
