@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="the terminal UI (the default command): workloads, alerts, preemptions",
             description="A live view of this host's workloads (or a daemon's, with --connect): "
             "keys q quit, up/down select, enter detail, s sort, r reverse, / filter, p pause, "
-            "? help. When stdout is not a terminal, a plain table is printed each refresh.",
+            "K kernel threads one by one, ? help. While the probes load it says which, and "
+            "whether from the program cache or the compiler. When stdout is not a terminal, a "
+            "plain table is printed each refresh.",
         )
     )
 

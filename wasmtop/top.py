@@ -177,6 +177,15 @@ class Embedded:
         self.args = args
         self.evaluator = evaluator
         self.banner: str | None = None
+        self.starting: dict[str, str] = {}  # probe -> its loading step, while they load
+        self.on_progress: Callable[[], None] | None = None  # redraw the start screen
+
+    def _progress(self, probe: str, stage: str) -> None:
+        from .engine import PROGRESS_WORDS
+
+        self.starting[probe] = PROGRESS_WORDS.get(stage, stage)
+        if self.on_progress is not None:
+            self.on_progress()
 
     @contextmanager
     def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
@@ -185,6 +194,7 @@ class Embedded:
             tick_s=self.args.refresh,
             scheduling=self.args.scheduling,
             probe_stats=self.args.probe_stats,
+            progress=self._progress,
         )
         with engine:
 
@@ -349,16 +359,24 @@ def _interactive(source: Any, rules: Any, notes: list[str], kernel_threads: bool
     console = Console()
     state = ViewState(notes=notes, kernel_threads=kernel_threads)
     snap: Snapshot | None = None
-    with Keys(sys.stdin.fileno()) as keys, source.running() as next_snapshot:
-        with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+    with (
+        Keys(sys.stdin.fileno()) as keys,
+        Live(console=console, screen=True, auto_refresh=False, transient=True) as live,
+    ):
 
-            def draw() -> None:
-                state.width, state.height = console.size
-                keep_selection(snap, state)
-                state.banner = source.banner
-                live.update(render(snap, state, rules), refresh=True)
+        def draw() -> None:
+            state.width, state.height = console.size
+            keep_selection(snap, state)
+            state.banner = source.banner
+            state.starting = dict(getattr(source, "starting", {}))
+            live.update(render(snap, state, rules), refresh=True)
 
-            draw()
+        # The probes load inside source.running(): the screen says which, and whether from the
+        # cache or the compiler, instead of staying blank.
+        source.on_progress = draw
+        draw()
+        with source.running() as next_snapshot:
+            source.on_progress = None
             while True:
                 fresh = next_snapshot(keys.wait)
                 changed = fresh is not None and not state.paused

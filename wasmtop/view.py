@@ -67,6 +67,7 @@ class ViewState:
     refresh_s: float = 1.0
     notes: list[str] = field(default_factory=list)
     kernel_threads: bool = False  # list kernel threads one by one (K), not as one kernel row
+    starting: dict[str, str] = field(default_factory=dict)  # probe -> its loading step, in words
 
 
 def rows(snap: Snapshot, state: ViewState) -> list[Workload]:
@@ -438,6 +439,10 @@ def render(snap: Snapshot | None, state: ViewState, rules: Sequence[Any] = ()) -
     if state.banner:
         parts.append(Text(safe(state.banner), style="bold white on red"))
     if snap is None:
+        if state.starting:
+            parts.append(Text("wasmtop: starting the probes ...", style="bold"))
+            for probe, step in state.starting.items():
+                parts.append(Text(safe(f"  {probe:<11} {step}")))
         parts.append(Text("waiting for the first Snapshot ..."))
         return Group(*parts)
     parts += header(snap, state)

@@ -29,14 +29,25 @@ class Tmux:
     """A tmux session running ``wasmtop ARGS`` in the foreground of a bash that records the
     terminal settings before and after, and the exit status."""
 
-    def __init__(self, tmp_path: Path, args: str, width: int = 120, height: int = 30) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        args: str,
+        width: int = 120,
+        height: int = 30,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = f"wasmtop-{uuid.uuid4().hex[:8]}"
         self.rc = tmp_path / "rc"
         self.stty = tmp_path / "stty"
         self.pidfile = tmp_path / "pid"
+        setenv = (
+            "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " if env else ""
+        )
         script = (
             f"stty -g > {self.stty}.before; "
-            f"bash -c 'echo $$ > {self.pidfile}; exec {WASMTOP} {args}'; echo $? > {self.rc}; "
+            f"bash -c 'echo $$ > {self.pidfile}; exec {setenv}{WASMTOP} {args}'; "
+            f"echo $? > {self.rc}; "
             f"stty -g > {self.stty}.after; sleep 600"
         )
         subprocess.run(
@@ -158,6 +169,32 @@ def test_on_a_saturated_node_the_tui_answers_q_within_a_second(tmp_path):
         for p in busy:
             p.kill()
             p.wait()
+    assert no_programs_left() == []
+
+
+def test_while_the_probes_load_the_screen_says_which_and_from_where(tmp_path):
+    """An empty program cache: the probes compile (about a second and a half here) and the
+    screen names each one and what it is doing, then the table comes."""
+    tmux = Tmux(tmp_path, "--refresh 1", env={"WASMTOP_CACHE_DIR": str(tmp_path / "cache")})
+    try:
+        seen: list[str] = []
+
+        def starting(screen: str) -> bool:
+            if "starting the probes" in screen:
+                seen.append(screen)
+            return "probes sched:ok" in screen
+
+        tmux.wait_screen(starting)
+        assert seen, "the table came without a start screen"
+        assert any(
+            re.search(r"^\s+sched\s+compiling \(not in the cache yet\)", s, re.M) for s in seen
+        )
+        tmux.keys("q")
+        assert wait_for(lambda: tmux.rc.exists() and tmux.rc.read_text(), timeout_s=30)
+        assert tmux.rc.read_text().strip() == "0"
+    finally:
+        tmux.kill()
+    assert list((tmp_path / "cache").glob("*.bpfobj")), "the compiled programs were kept"
     assert no_programs_left() == []
 
 
