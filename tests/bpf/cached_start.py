@@ -1,7 +1,7 @@
 """A process that starts the scheduler probe with a given object cache, watches one worker
 thread of its own do 300 short sleeps, and prints what it saw as one JSON line: where the
 program came from, whether a compiler library was ever mapped into it, the probe's switch count
-for the worker and the kernel's own (/proc/self/task/TID/status). Run by test_object_cache.py,
+for the worker and the kernel's own (/proc/self/task/TID/status). Run by test_program_cache.py,
 in a fresh process, so that nothing the test process imported shows in its maps."""
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def test_it_runs_on_every_node_with_the_node_name_and_the_documented_mounts():
     assert all(f"#   {p}" in dockerfile or f", {p}" in dockerfile for p in host), host
     mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
     writable = {m["mountPath"] for m in mounts.values() if not m.get("readOnly")}
-    assert writable == {"/sys/fs/bpf", "/run/wasmtop", "/tmp"}
+    assert writable == {"/sys/fs/bpf", "/run/wasmtop", "/tmp", "/var/cache/wasmtop"}
 
 
 def test_resources_cover_the_measured_memory():
