@@ -39,6 +39,7 @@ from . import features
 FORMAT = 1
 MAGIC = b"wasmtop-bpf-object"
 MAX_ENTRY_BYTES = 16 << 20
+MAX_ENTRIES = 64  # beyond this the least recently used entries go (old versions and kernels)
 DEFAULT_DIRS = (Path("/var/cache/wasmtop"),)
 BCC_VERSION_FILE = Path("/usr/lib/python3/dist-packages/bcc/version.py")
 
@@ -284,6 +285,8 @@ class ObjectCache:
         with self._lock:
             self.stats.hits += 1
         self.last_reason = "hit"
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be evicted
         return obj
 
     def _reject(self, path: Path, reason: str) -> None:
@@ -316,6 +319,17 @@ class ObjectCache:
             return
         with self._lock:
             self.stats.stores += 1
+        self._evict()
+
+    def _evict(self) -> None:
+        """Keep at most MAX_ENTRIES objects: the least recently used beyond that are removed."""
+        entries = []
+        for path in self.entries():
+            with contextlib.suppress(OSError):
+                entries.append((path.stat().st_mtime_ns, path))
+        for _, path in sorted(entries)[: max(0, len(entries) - MAX_ENTRIES)]:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def get_answer(self, key: str) -> dict[str, Any] | None:
         """A small answer stored beside the objects (a feature check), or None."""

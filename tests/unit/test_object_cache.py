@@ -156,3 +156,17 @@ def test_relocations_name_each_map_reference_and_refuse_unknown_fds() -> None:
         relocations(LD_MAP + EXIT, {8: "other"})
     code = patched(OBJ.programs[0], {"counts": 42, "layout": 1, "slot": 2})
     assert int.from_bytes(code[4:8], "little") == 42 and code[8:] == OBJ.programs[0].insns[8:]
+
+
+def test_the_cache_keeps_the_most_recently_used_entries(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    monkeypatch.setattr(compiled, "MAX_ENTRIES", 3)
+    cache = ObjectCache(tmp_path)
+    keys = [c * 64 for c in "abcd"]
+    for i, key in enumerate(keys[:3]):
+        cache.put(key, OBJ)
+        os.utime(tmp_path / f"{key}.bpfobj", ns=(i * 10**9, i * 10**9))
+    assert cache.get(keys[0]) == OBJ  # used now: the newest
+    cache.put(keys[3], OBJ)  # a fourth: the least recently used (b) goes
+    assert sorted(p.name[0] for p in cache.entries()) == ["a", "c", "d"]
