@@ -266,8 +266,15 @@ class ObjectCache:
         if self.dir is None:
             return None
         path = self._path(key)
+        unsafe = _unsafe(self.dir)
+        if unsafe:
+            with self._lock:
+                self.stats.rejected["unsafe"] += 1
+            self.last_reason = f"rejected: unsafe: {unsafe}"
+            return None
         try:
             with open(path, "rb") as f:
+                why = _unsafe(path, os.fstat(f.fileno()))
                 raw = f.read(MAX_ENTRY_BYTES + 1)
         except FileNotFoundError:
             with self._lock:
@@ -278,6 +285,8 @@ class ObjectCache:
             self._reject(path, f"unreadable: {exc.strerror}")
             return None
         try:
+            if why:
+                raise EntryError(f"unsafe: {why}")
             obj = decode_entry(raw, key)
         except EntryError as exc:
             self._reject(path, str(exc))
@@ -299,8 +308,9 @@ class ObjectCache:
 
     def put(self, key: str, obj: CompiledObject) -> None:
         """Store atomically (write a temporary file, rename); a failure is counted, never
-        raised: the cache only saves time."""
-        if self.dir is None:
+        raised: the cache only saves time. Nothing is stored in a directory others could
+        write to."""
+        if self.dir is None or _unsafe(self.dir):
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +378,21 @@ class ObjectCache:
                 path.unlink()
                 n += 1
         return n
+
+
+def _unsafe(path: Path, st: os.stat_result | None = None) -> str:
+    """Why programs read from this file or directory could be someone else's: owned by another
+    user, or writable by group or others. "" when it is safe. (The programs are loaded into the
+    kernel with wasmtop's privileges.)"""
+    try:
+        st = st or os.stat(path)
+    except OSError:
+        return ""  # missing: nothing to trust or distrust yet
+    if st.st_uid != os.geteuid():
+        return f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by group or others (mode {st.st_mode & 0o777:o})"
+    return ""
 
 
 def encode_entry(obj: CompiledObject, key: str) -> bytes:

@@ -170,3 +170,25 @@ def test_the_cache_keeps_the_most_recently_used_entries(tmp_path: Path, monkeypa
     assert cache.get(keys[0]) == OBJ  # used now: the newest
     cache.put(keys[3], OBJ)  # a fourth: the least recently used (b) goes
     assert sorted(p.name[0] for p in cache.entries()) == ["a", "c", "d"]
+
+
+def test_entries_others_could_have_written_are_never_loaded(tmp_path: Path) -> None:
+    """The programs are loaded with wasmtop's privileges: a directory or entry writable by group
+    or others, or owned by another user, could hold someone else's."""
+    import os
+
+    cache = ObjectCache(tmp_path / "c")
+    cache.put(KEY, OBJ)
+    entry = tmp_path / "c" / f"{KEY}.bpfobj"
+    os.chmod(entry, 0o666)
+    assert cache.get(KEY) is None and cache.stats.rejected == {"unsafe": 1}
+    assert not entry.exists()
+    cache.put(KEY, OBJ)
+    os.chmod(tmp_path / "c", 0o777)
+    assert cache.get(KEY) is None and cache.stats.rejected == {"unsafe": 2}
+    assert "writable by group or others" in cache.last_reason
+    assert entry.exists()  # the directory is not ours to tidy
+    cache.put("x" * 64, OBJ)
+    assert not (tmp_path / "c" / ("x" * 64 + ".bpfobj")).exists()  # nor to fill
+    os.chmod(tmp_path / "c", 0o755)
+    assert cache.get(KEY) == OBJ
