@@ -1,7 +1,9 @@
-"""bpf(2) object calls BCC 0.26 does not offer: BPF links (an attachment that ends when its fd
-closes, so even a killed wasmtop leaves nothing attached), listing the programs loaded on the
-host (to report other agents' programs without touching them), making and pinning a map, and
-map facts (to check a pinned map another program made before trusting its layout).
+"""The bpf(2) calls wasmtop makes itself: making maps and loading programs from a compiled
+object (probes/loader.py), map lookups, updates, deletes and walks (probes/tables.py),
+BPF_PROG_ATTACH, BPF links (an attachment that ends when its fd closes, so even a killed
+wasmtop leaves nothing attached), listing the programs loaded on the host (to report other
+agents' programs without touching them), pinning a map, and map facts (to check a pinned map
+another program made before trusting its layout).
 
 Capabilities, as Linux 6.18 checks them: BPF_MAP_CREATE needs CAP_BPF (with
 kernel.unprivileged_bpf_disabled set, as Debian does); BPF_OBJ_PIN and BPF_OBJ_GET only the
@@ -53,6 +55,30 @@ def _call(cmd: int, attr: ctypes.Structure) -> int:
         err = ctypes.get_errno()
         raise BpfError(err, os.strerror(err))
     return res
+
+
+_memlock_raised = False
+
+
+def _call_charged(cmd: int, attr: ctypes.Structure) -> int:
+    """A call whose memory the kernel charges (map create, program load). Before Linux 5.11
+    that was RLIMIT_MEMLOCK: on EPERM raise it to unlimited once, as BCC and libbpf do, and
+    try again."""
+    global _memlock_raised
+    try:
+        return _call(cmd, attr)
+    except BpfError as exc:
+        if exc.errno != errno.EPERM or _memlock_raised:
+            raise
+        import resource
+
+        _memlock_raised = True
+        try:
+            unlimited = resource.RLIM_INFINITY
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (unlimited, unlimited))
+        except (OSError, ValueError):
+            raise exc from None
+        return _call(cmd, attr)
 
 
 class _LinkCreate(ctypes.Structure):
@@ -160,7 +186,7 @@ def map_create(
     attr = _MapCreate(
         map_type, key_size, value_size, max_entries, flags, inner_map_fd, 0, name.encode()[:15]
     )
-    return _call(_BPF_MAP_CREATE, attr)
+    return _call_charged(_BPF_MAP_CREATE, attr)
 
 
 class _MapElem(ctypes.Structure):
@@ -235,19 +261,22 @@ def map_next_key(fd: int, key: Any, next_key: Any) -> bool:
     return True
 
 
-def map_lookup_and_delete_batch(fd: int, keys: Any, values: Any, count: int) -> int:
+def map_lookup_and_delete_batch(fd: int, keys: Any, values: Any, count: int) -> tuple[int, bool]:
     """Move up to ``count`` entries into the ``keys`` and ``values`` arrays, deleting them from
-    the map; returns how many (fewer than ``count`` once the map is empty). Raises BpfError
-    (EINVAL on map types without batch operations)."""
+    the map, starting from the first: (how many, whether the walk reached the end). The kernel
+    may return fewer than ``count`` before the end (the next hash bucket did not fit): call
+    again until done. Raises BpfError (ENOTSUPP, 524, on map types without batch
+    operations)."""
     batch = ctypes.c_uint64(0)
     attr = _MapBatch(0, ctypes.addressof(batch), ctypes.addressof(keys), ctypes.addressof(values),
                      count, fd, 0, 0)  # fmt: skip
     try:
         _call(_BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
     except BpfError as exc:
-        if exc.errno != errno.ENOENT:  # ENOENT: the map is now empty (count says how many)
+        if exc.errno != errno.ENOENT:  # ENOENT: the walk reached the end (count says how many)
             raise
-    return attr.count
+        return attr.count, True
+    return attr.count, False
 
 
 class _ProgLoad(ctypes.Structure):
@@ -305,7 +334,7 @@ def prog_load(
         )  # fmt: skip
 
     try:
-        return _call(_BPF_PROG_LOAD, attr(None))
+        return _call_charged(_BPF_PROG_LOAD, attr(None))
     except BpfError as exc:
         if exc.errno == errno.EPERM:
             raise
@@ -313,9 +342,9 @@ def prog_load(
     log = ctypes.create_string_buffer(LOG_BYTES)
     try:
         return _call(_BPF_PROG_LOAD, attr(log))  # loaded after all (a transient failure)
-    except BpfError as exc:
+    except BpfError:
         text = log.value.decode("utf-8", "replace")
-        raise VerifierError(exc.errno or first.errno, name, text) from None
+        raise VerifierError(first.errno, name, text) from None
 
 
 class _ProgAttach(ctypes.Structure):

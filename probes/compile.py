@@ -1,9 +1,10 @@
-"""The compiler child: ``python -m probes.compile`` reads {"text", "cflags"} as JSON on stdin,
-compiles with BCC and writes the compiled object (probes/compiled.py) as JSON on stdout.
+"""The compiler child: ``python -m wasmtop.probes.compile`` reads {"text", "cflags"} as JSON
+on stdin, compiles with BCC and writes the compiled object (probes/compiled.py) as JSON on
+stdout.
 
-With ``"try_load": [[function, prog_type], ...]`` it also loads those functions here and
-answers ``{"loads": {function: "ok" | reason}}`` instead: a feature check (can this kernel
-load an fentry program?) that needs the compiler, kept out of the parent like any compile.
+With ``{"fentry": FUNCTION}`` it answers ``{"ok": bool, "reason": str}`` instead: whether this
+kernel loads an fentry program on FUNCTION, a feature check that needs the compiler, kept out
+of the parent like any compile.
 
 BCC writes its diagnostics to stderr, which the parent reads when the exit code is not 0. This
 is the only module of wasmtop that imports bcc in the running product.
@@ -125,17 +126,7 @@ def main() -> int:
 
     bpf = BPF(text=request["text"].encode(), cflags=list(request.get("cflags", [])))
     try:
-        if "try_load" in request:
-            loads = {}
-            for fn, prog_type in request["try_load"]:
-                try:
-                    bpf.load_func(fn.encode(), int(prog_type))
-                    loads[fn] = "ok"
-                except Exception as exc:
-                    loads[fn] = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
-            out: Any = {"loads": loads}
-        else:
-            out = extract(bpf, request["text"]).to_json()
+        out = extract(bpf, request["text"]).to_json()
     finally:
         bpf.cleanup()
     sys.stdout.write(json.dumps(out))

@@ -2,29 +2,33 @@
 
 BCC compiles C with its embedded LLVM/clang, which takes seconds and about 150 MB resident for
 the life of the process that loads it. Here the compiler runs only in a short-lived child
-process (``python -m probes.compile``): it compiles the rendered C, and answers with what the
-kernel needs to load it: each map's type and sizes (with the key and value type descriptions
-the readers build their ctypes from), and each function's instructions with the places where a
-map's fd goes. The parent (daemon, UI, ``snapshot``) creates the maps and loads the programs
-itself through bpf(2) (probes/loader.py), so libbcc's LLVM is never mapped in it.
+process (``python -m wasmtop.probes.compile``): it compiles the rendered C and answers with
+what the kernel needs to load it: each map's type and sizes (with the key and value type
+descriptions the readers build their ctypes from), and each function's instructions with the
+places where a map's fd goes. The parent (daemon, UI, ``snapshot``) creates the maps and loads
+the programs itself through bpf(2) (probes/loader.py), so libbcc's LLVM is never mapped in it.
 
-The answer is stored in a cache directory, keyed by everything that can change it: the
+The answer is stored in a cache directory, keyed by what can change it: the
 rendered C text, the cflags, the format files of the tracepoints it names (BCC generates their
 structs from them), the kernel release and build, the kernel headers BCC compiles against, the
-BCC version and this file's format. An entry is checked (its own key, a SHA-256 of its body,
-its structure) before use; one that fails is counted with its reason, removed and compiled
-again, never loaded.
+BCC version and the format of this file and of probes/compile.py's answer (FORMAT: raise it
+when either changes). An entry is checked (its owner and mode, its own key, a SHA-256 of its
+body, its structure and sizes) before use; one that fails is counted with its reason, removed
+and compiled again, never loaded; one that passes and still fails to load (the verifier
+refuses it) is removed and compiled once more (Probe.start).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import platform
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -107,6 +111,9 @@ class CompiledObject:
         try:
             maps = tuple(_map_spec(m) for m in data["maps"])
             names = {m.name for m in maps}
+            if len(names) != len(maps):
+                raise EntryError("malformed: two maps of one name")
+            outer = {m.name for m in maps if m.inner is not None}
             programs = []
             for p in data["programs"]:
                 insns = base64.b64decode(p["insns"], validate=True)
@@ -116,27 +123,50 @@ class CompiledObject:
                 for i, n in relocs:
                     if n not in names or not 0 <= i < len(insns) // 8 - 1:
                         raise EntryError(f"program {p['name']}: relocation {i} -> {n!r}")
-                    if insns[i * 8] != _LD_IMM64:
+                    if insns[i * 8] != _LD_IMM64 or insns[i * 8 + 1] >> 4 != _PSEUDO_MAP_FD:
                         raise EntryError(f"program {p['name']}: relocation {i} not at ld_imm64")
                 programs.append(ProgramSpec(str(p["name"]), insns, relocs))
             for m in maps:
-                if m.inner is not None and m.inner not in names:
-                    raise EntryError(f"map {m.name}: inner map {m.inner!r} missing")
-            obj = cls(str(data["license"]), int(data["kern_version"]), maps, tuple(programs))
+                if m.inner is not None and (m.inner not in names or m.inner in outer):
+                    raise EntryError(f"map {m.name}: inner map {m.inner!r} missing or nested")
+                _check_sizes(m)
+            kern_version = data["kern_version"]
+            if not isinstance(kern_version, int) or not 0 <= kern_version < 1 << 32:
+                raise EntryError("malformed: kern_version")
+            obj = cls(str(data["license"]), kern_version, maps, tuple(programs))
         except EntryError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EntryError(f"malformed: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # anything else a crafted entry can raise is a refusal too
+            raise EntryError(f"malformed: {type(exc).__name__}: {exc}"[:300]) from None
         return obj
+
+
+def _check_sizes(m: MapSpec) -> None:
+    """The key and value types describe as many bytes as the map has (a reader's buffer of
+    the wrong size would let the kernel write past it)."""
+    from .tables import RINGBUF, DescError, ctype_of
+
+    if m.type == RINGBUF:
+        return
+    for desc, size, what in ((m.key_desc, m.key_size, "key"), (m.leaf_desc, m.value_size, "value")):
+        if desc is None:
+            continue
+        try:
+            got = ctypes.sizeof(ctype_of(desc))
+        except DescError as exc:
+            raise EntryError(f"map {m.name}: {what} type: {exc}") from None
+        if got != size:
+            raise EntryError(f"map {m.name}: {what} type of {got} bytes, map has {size}")
 
 
 def _map_spec(m: Any) -> MapSpec:
     ints = ("type", "key_size", "value_size", "max_entries", "flags")
-    if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
         raise EntryError("malformed map")
     for k in ints:
-        if not isinstance(m.get(k), int) or isinstance(m.get(k), bool) or m[k] < 0:
-            raise EntryError(f"map {m['name']}: {k} not a count")
+        v = m.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 32:
+            raise EntryError(f"map {m['name']}: {k} not a 32-bit count")
     inner = m.get("inner")
     if inner is not None and not isinstance(inner, str):
         raise EntryError(f"map {m['name']}: inner not a name")
@@ -147,6 +177,8 @@ def relocations(insns: bytes, fds: dict[int, str]) -> list[tuple[int, str]]:
     """Where the compiled instructions load a map's fd: (instruction index, map name)."""
     out = []
     for i in range(0, len(insns) - 8, 8):
+        if insns[i] == _LD_IMM64 and insns[i + 1] >> 4 not in (0, _PSEUDO_MAP_FD):
+            raise EntryError(f"instruction {i // 8}: ld_imm64 kind {insns[i + 1] >> 4} not kept")
         if insns[i] == _LD_IMM64 and insns[i + 1] >> 4 == _PSEUDO_MAP_FD:
             fd = int.from_bytes(insns[i + 4 : i + 8], "little", signed=True)
             if fd not in fds:
@@ -220,7 +252,7 @@ def default_dir() -> Path:
         return Path(env)
     for d in DEFAULT_DIRS:
         with contextlib.suppress(OSError):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.access(d, os.W_OK | os.X_OK):
             return d
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -298,6 +330,11 @@ class ObjectCache:
             os.utime(path)  # recently used: the last to be evicted
         return obj
 
+    def discard(self, key: str, reason: str) -> None:
+        """An entry that passed its checks and still could not be loaded: counted, removed."""
+        if self.dir is not None:
+            self._reject(self._path(key), reason)
+
     def _reject(self, path: Path, reason: str) -> None:
         kind = reason.split(":")[0]
         with self._lock:
@@ -313,7 +350,9 @@ class ObjectCache:
         if self.dir is None or _unsafe(self.dir):
             return
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if _unsafe(self.dir):
+                return
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -342,23 +381,33 @@ class ObjectCache:
                 path.unlink()
 
     def get_answer(self, key: str) -> dict[str, Any] | None:
-        """A small answer stored beside the objects (a feature check), or None."""
-        if self.dir is None:
+        """A small answer stored beside the objects (a feature check), or None. Read as the
+        objects are: never through a link, never from a file or directory others could
+        write."""
+        if self.dir is None or _unsafe(self.dir):
             return None
         try:
-            with open(self.dir / f"{key}.answer", "rb") as f:
-                data = json.loads(f.read(65536))
-        except (OSError, ValueError):
+            fd = os.open(self.dir / f"{key}.answer", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
             return None
+        try:
+            if _unsafe(self.dir / f"{key}.answer", os.fstat(fd)):
+                return None
+            data = json.loads(os.read(fd, 65536))
+        except (OSError, ValueError, RecursionError):
+            return None
+        finally:
+            os.close(fd)
         return data if isinstance(data, dict) else None
 
     def put_answer(self, key: str, answer: dict[str, Any]) -> None:
-        if self.dir is None:
+        if self.dir is None or _unsafe(self.dir):
             return
         with contextlib.suppress(OSError):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".tmp-{key}.answer"
-            tmp.write_text(json.dumps(answer))
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(answer))
             os.replace(tmp, self.dir / f"{key}.answer")
 
     def entries(self) -> list[Path]:
@@ -381,17 +430,31 @@ class ObjectCache:
 
 
 def _unsafe(path: Path, st: os.stat_result | None = None) -> str:
-    """Why programs read from this file or directory could be someone else's: owned by another
-    user, or writable by group or others. "" when it is safe. (The programs are loaded into the
-    kernel with wasmtop's privileges.)"""
+    """Why programs read from this file or directory could be someone else's: it is owned by
+    another user or writable by group or others, or (a directory) one of its parents could be
+    replaced by someone else (owned by another user than root or us, or writable by others
+    without the sticky bit). "" when it is safe. (The programs are loaded into the kernel with
+    wasmtop's privileges.)"""
     try:
         st = st or os.stat(path)
     except OSError:
         return ""  # missing: nothing to trust or distrust yet
-    if st.st_uid != os.geteuid():
-        return f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}"
+    me = os.geteuid()
+    if st.st_uid != me:
+        return f"{path} is owned by uid {st.st_uid}, not {me}"
     if st.st_mode & 0o022:
         return f"{path} is writable by group or others (mode {st.st_mode & 0o777:o})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "" if stat.S_ISREG(st.st_mode) else f"{path} is not a regular file"
+    for parent in Path(os.path.abspath(path)).parents:
+        try:
+            pst = os.stat(parent)
+        except OSError:
+            continue
+        if pst.st_uid not in (0, me):
+            return f"{parent} is owned by uid {pst.st_uid}"
+        if pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX:
+            return f"{parent} is writable by group or others (mode {pst.st_mode & 0o777:o})"
     return ""
 
 
@@ -415,7 +478,7 @@ def decode_entry(raw: bytes, key: str) -> CompiledObject:
         raise EntryError("garbled: checksum does not match (truncated or changed)")
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise EntryError("garbled: body is not JSON") from None
     if not isinstance(data, dict) or data.get("key") != key:
         raise EntryError("stale: made for another key")
@@ -433,9 +496,12 @@ COMPILE_TIMEOUT_S = 120
 def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
     """Run the compiler child (python -m probes.compile) on one request."""
     try:
+        # -P and cwd /: the child's imports come from the installed package only, never from
+        # whatever directory the (root) user started wasmtop in.
         return subprocess.run(
-            [sys.executable, "-m", f"{__package__}.compile"],
+            [sys.executable, "-P", "-m", f"{__package__}.compile"],
             input=json.dumps(request).encode(),
+            cwd="/",
             capture_output=True,
             timeout=COMPILE_TIMEOUT_S,
             check=False,
@@ -480,12 +546,15 @@ def configure_cache(directory: Path | None) -> ObjectCache:
 
 
 def obtain(
-    text: str, cflags: list[str], cache: ObjectCache, report: Any = None
+    text: str, cflags: list[str], cache: ObjectCache, report: Any = None, fresh: bool = False
 ) -> tuple[CompiledObject, str]:
     """The compiled object for this source: from the cache, else compiled in a child and
-    stored. Returns it and where it came from ("cache" or "compiler")."""
+    stored. Returns it and where it came from ("cache" or "compiler"). ``fresh``: the cached
+    one failed to load: remove it and compile."""
     key = cache_key(text, cflags)
-    obj = cache.get(key)
+    if fresh:
+        cache.discard(key, "unloadable")
+    obj = None if fresh else cache.get(key)
     if obj is not None:
         if report:
             report("cached")

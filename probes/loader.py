@@ -159,10 +159,16 @@ def close_together(fds: list[int]) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
 
-    threads = [threading.Thread(target=close, args=(fd,), name="detach") for fd in fds]
-    for t in threads:
-        t.start()
-    for t in threads:
+    started = []
+    for fd in fds:
+        t = threading.Thread(target=close, args=(fd,), name="detach")
+        try:
+            t.start()
+        except RuntimeError:  # no thread to be had: close it here
+            close(fd)
+            continue
+        started.append(t)
+    for t in started:
         t.join()
 
 
@@ -181,7 +187,7 @@ class LoadedObject:
         self._map_fds: dict[str, int] = {}
         self._tables: dict[str, tables.Table] = {}
         self._perf: dict[Any, int] = {}  # attachment key -> perf event fd
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         try:
             for spec in sorted(obj.maps, key=lambda m: m.inner is not None):
                 inner = self._map_fds[spec.inner] if spec.inner else 0
@@ -203,6 +209,11 @@ class LoadedObject:
                 raise KeyError(key)
             key_type = tables.ctype_of(spec.key_desc) if spec.key_desc else ctypes.c_int
             leaf_type = tables.ctype_of(spec.leaf_desc) if spec.leaf_desc else ctypes.c_int
+            if spec.type != tables.RINGBUF and (
+                ctypes.sizeof(key_type) != spec.key_size
+                or ctypes.sizeof(leaf_type) != spec.value_size
+            ):  # a buffer of the wrong size would let the kernel write past it
+                raise tables.DescError(f"map {key}: key or value type not of the map's size")
             table = tables.Table(
                 key, self._map_fds[key], spec.type, spec.max_entries, key_type, leaf_type
             )
@@ -241,9 +252,13 @@ class LoadedObject:
         attr = _PerfEventAttr()
         attr.type, attr.size, attr.config = _PERF_TYPE_TRACEPOINT, 112, tp_id
         attr.sample_period, attr.wakeup_events = 1, 1
-        fd = _perf_event_open(attr, -1, 0)
-        _set_bpf(fd, fn.fd)
-        self._perf[("tp", tp)] = fd
+        key = ("tp", tp)
+        with self._lock:
+            if key in self._perf:
+                raise FileExistsError(f"tracepoint {tp} already attached")
+            fd = _perf_event_open(attr, -1, 0)
+            _set_bpf(fd, fn.fd)
+            self._perf[key] = fd
 
     def detach_tracepoint(self, tp: bytes | str) -> None:
         self.detach_tracepoints([tp])
@@ -251,7 +266,9 @@ class LoadedObject:
     def detach_tracepoints(self, tps: list[bytes | str]) -> None:
         """Detach these tracepoints together (see close_together); unknown ones are skipped."""
         keys = [("tp", tp.decode() if isinstance(tp, bytes) else tp) for tp in tps]
-        close_together([fd for fd in (self._perf.pop(k, None) for k in keys) if fd is not None])
+        with self._lock:
+            fds = [fd for fd in (self._perf.pop(k, None) for k in keys) if fd is not None]
+        close_together(fds)
 
     # -- uprobes ------------------------------------------------------------------------
     def _attach_uprobe(self, name: Any, sym: Any, fn_name: Any, ret: bool, pid: int) -> None:
@@ -267,9 +284,13 @@ class LoadedObject:
         attr.config1 = ctypes.addressof(target)
         attr.config2 = offset
         attr.sample_period, attr.wakeup_events = 1, 1
-        fd = _perf_event_open(attr, pid, 0 if pid == -1 else -1)
-        _set_bpf(fd, fn.fd)
-        self._perf[("uprobe", path, symbol, ret)] = fd
+        key = ("uprobe", path, symbol, ret)
+        with self._lock:
+            if key in self._perf:
+                raise FileExistsError(f"{'uretprobe' if ret else 'uprobe'} {path}:{symbol} already")
+            fd = _perf_event_open(attr, pid, 0 if pid == -1 else -1)
+            _set_bpf(fd, fn.fd)
+            self._perf[key] = fd
 
     def attach_uprobe(self, name: Any, sym: Any, fn_name: Any, pid: int = -1) -> None:
         self._attach_uprobe(name, sym, fn_name, False, pid)
@@ -280,7 +301,8 @@ class LoadedObject:
     def _detach_uprobe(self, name: Any, sym: Any, ret: bool) -> None:
         path = name.decode() if isinstance(name, bytes) else name
         symbol = sym.decode() if isinstance(sym, bytes) else sym
-        fd = self._perf.pop(("uprobe", path, symbol, ret), None)
+        with self._lock:
+            fd = self._perf.pop(("uprobe", path, symbol, ret), None)
         if fd is None:
             raise KeyError(f"{path}:{symbol}")
         os.close(fd)
@@ -288,7 +310,9 @@ class LoadedObject:
     def detach_uprobes(self, probes: list[tuple[str, str, bool]]) -> None:
         """Detach these (path, symbol, return probe) together; unknown ones are skipped."""
         keys = [("uprobe", path, sym, ret) for path, sym, ret in probes]
-        close_together([fd for fd in (self._perf.pop(k, None) for k in keys) if fd is not None])
+        with self._lock:
+            fds = [fd for fd in (self._perf.pop(k, None) for k in keys) if fd is not None]
+        close_together(fds)
 
     def detach_uprobe(self, name: Any, sym: Any) -> None:
         self._detach_uprobe(name, sym, False)
@@ -311,8 +335,9 @@ class LoadedObject:
 
     def cleanup(self) -> None:
         """Close every attachment, program and map fd (attachments first)."""
-        fds = list(self._perf.values())
-        self._perf.clear()
+        with self._lock:
+            fds = list(self._perf.values())
+            self._perf.clear()
         close_together(fds)
         for fn in list(self.funcs.values()):
             try:

@@ -169,6 +169,7 @@ class Probe:
         self._compiled: CompiledObject | None = None
         self._prepare_error: Exception | None = None
         self.program_source = ""  # "cache" or "compiler": where the loaded program came from
+        self._cache: ObjectCache = ObjectCache(None)
         self.progress: Callable[[str, str], None] | None = None  # (probe, stage) while starting
 
     # -- what gets compiled ---------------------------------------------------------------
@@ -225,9 +226,9 @@ class Probe:
         self._compiled, self._prepare_error = None, None
         try:
             self.check_kernel()
-            cache = cache if cache is not None else object_cache()
+            self._cache = cache if cache is not None else object_cache()
             self._compiled, self.program_source = obtain(
-                self.rendered(), self.cflags(), cache, lambda stage: self._report(stage)
+                self.rendered(), self.cflags(), self._cache, lambda stage: self._report(stage)
             )
         except Exception as exc:
             self._prepare_error = exc
@@ -247,12 +248,21 @@ class Probe:
                 raise self._prepare_error
             assert self._compiled is not None
             self._report("loading")
-            self.bpf = LoadedObject(self._compiled)
-            self.verify_maps()
-            for map_name, dec in self.ringbuffers:
-                fd = self.table(map_name).map_fd
-                self._rings.append((RingReader(fd), DECODERS[dec]))
-            capturing("load/attach failed", self.attach)
+            try:
+                self._load_and_attach(self._compiled)
+            except ProbeUnavailable:
+                raise
+            except Exception:
+                if self.program_source != "cache":
+                    raise
+                # It passed the cache's checks and still did not load: not trusted again,
+                # compiled once more; a second failure is the probe's.
+                self.close()  # whatever the first attempt attached, detached
+                self._stopped = False
+                self._compiled, self.program_source = obtain(
+                    self.rendered(), self.cflags(), self._cache, self._report, fresh=True
+                )
+                self._load_and_attach(self._compiled)
         except ProbeUnavailable as exc:
             self.status, self.reason = UNAVAILABLE, str(exc)
             self.close()
@@ -264,6 +274,14 @@ class Probe:
         finally:
             self._compiled, self._prepare_error = None, None
         self._report(self.status)
+
+    def _load_and_attach(self, obj: CompiledObject) -> None:
+        self.bpf = LoadedObject(obj)
+        self.verify_maps()
+        for map_name, dec in self.ringbuffers:
+            fd = self.table(map_name).map_fd
+            self._rings.append((RingReader(fd), DECODERS[dec]))
+        capturing("load/attach failed", self.attach)
 
     def attach(self) -> None:
         self.attach_points(self.tracepoints)

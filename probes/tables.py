@@ -45,8 +45,10 @@ _BASE_TYPES: dict[str, Any] = {
     "unsigned long": ctypes.c_ulong,
     "long long": ctypes.c_longlong,
     "unsigned long long": ctypes.c_ulonglong,
+    "wchar_t": ctypes.c_wchar,
     "float": ctypes.c_float,
     "double": ctypes.c_double,
+    "long double": ctypes.c_longdouble,
     "__int128": ctypes.c_int64 * 2,
     "unsigned __int128": ctypes.c_uint64 * 2,
 }
@@ -102,12 +104,16 @@ def _ctype_of(desc: Any) -> Any:
 
 
 def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
-    """How many CPU ids the kernel may use (the highest possible id + 1): per-CPU values come
-    in that many slots, not one per CPU online."""
+    """How many CPUs the kernel may use (num_possible_cpus(): the CPUs in the possible mask):
+    a per-CPU value comes in that many slots, not one per CPU online."""
     try:
         with open(path) as f:
             text = f.read().strip()
-        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+        n = 0
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+        return n
     except (OSError, ValueError):
         import os
 
@@ -132,8 +138,8 @@ class Table:
             size = ctypes.sizeof(leaf)
             if size % 8 == 0:
                 self.Leaf = leaf * self.total_cpu
-            else:  # the kernel pads each CPU's value to 8 bytes: only scalars are read so
-                if size > 8:
+            else:  # the kernel pads each CPU's value to 8 bytes: only integers are read so
+                if not issubclass(leaf, ctypes._SimpleCData) or size > 8:
                     raise DescError(f"{name}: per-CPU value of {size} bytes not padded to 8")
                 self.Leaf = ctypes.c_uint64 * self.total_cpu
         else:
@@ -176,6 +182,9 @@ class Table:
         bpfobj.map_update(self.map_fd, self._key(key), self._value(value))
 
     def __delitem__(self, key: Any) -> None:
+        if self.map_type in ARRAYS and self.map_type != ARRAY_OF_MAPS:
+            self[key] = self.Leaf()  # an array's slots cannot go: zeroed, as BCC does
+            return
         if not bpfobj.map_delete(self.map_fd, self._key(key)):
             raise KeyError(key)
 
@@ -228,8 +237,8 @@ class Table:
         while True:
             keys = (self.Key * chunk)()
             values = (self.Leaf * chunk)()
-            n = bpfobj.map_lookup_and_delete_batch(self.map_fd, keys, values, chunk)
+            n, done = bpfobj.map_lookup_and_delete_batch(self.map_fd, keys, values, chunk)
             for i in range(n):
                 yield getattr(keys[i], "value", keys[i]), getattr(values[i], "value", values[i])
-            if n < chunk:
+            if done or n == 0:
                 return

@@ -192,3 +192,67 @@ def test_entries_others_could_have_written_are_never_loaded(tmp_path: Path) -> N
     assert not (tmp_path / "c" / ("x" * 64 + ".bpfobj")).exists()  # nor to fill
     os.chmod(tmp_path / "c", 0o755)
     assert cache.get(KEY) == OBJ
+
+
+def test_answers_are_read_only_from_files_of_ours_and_never_through_a_link(tmp_path: Path):
+    import os
+
+    cache = ObjectCache(tmp_path / "c")
+    cache.put_answer("k", {"ok": False, "reason": "EPERM"})
+    assert cache.get_answer("k") == {"ok": False, "reason": "EPERM"}
+    planted = tmp_path / "planted"
+    planted.write_text('{"ok": true}')
+    os.replace(tmp_path / "c" / "k.answer", tmp_path / "c" / "old")
+    os.symlink(planted, tmp_path / "c" / "k.answer")
+    assert cache.get_answer("k") is None  # not through a link
+    os.unlink(tmp_path / "c" / "k.answer")
+    os.mkfifo(tmp_path / "c" / "k.answer")
+    assert cache.get_answer("k") is None  # a FIFO neither blocks nor answers
+
+
+def test_a_directory_under_a_parent_others_can_replace_is_not_used(tmp_path: Path) -> None:
+    import os
+
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    os.chmod(parent, 0o777)  # writable by all, not sticky: the cache directory can be swapped
+    cache = ObjectCache(parent / "cache")
+    cache.put(KEY, OBJ)
+    assert cache.entries() == [] and cache.stats.stores == 0
+    assert cache.get(KEY) is None and cache.stats.rejected == {"unsafe": 1}
+    os.chmod(parent, 0o1777)  # sticky, as /tmp: only the owner may rename what is in it
+    cache.put(KEY, OBJ)
+    assert cache.get(KEY) == OBJ
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda o: o["maps"].append(dict(o["maps"][0])),  # two maps of one name
+        lambda o: o["maps"][0].update(key_size=2**40),  # past 32 bits
+        lambda o: o["maps"][0].update(value_size=4),  # its type says 8 bytes
+        lambda o: o["maps"][2].update(inner="slot"),  # its own inner map
+        lambda o: o.update(kern_version=float("inf")),
+        lambda o: o["programs"][0].update(relocations=[[float("inf"), "counts"]]),
+    ],
+)
+def test_entries_a_checksum_cannot_vouch_for_are_refused(damage) -> None:
+    """The checksum proves the bytes are what was written; the structure, the ranges and the
+    sizes are checked too, and whatever a crafted entry raises is a refusal."""
+    import hashlib
+
+    data = json.loads(json.dumps(OBJ.to_json()))
+    damage(data)
+    body = json.dumps({"key": KEY, "object": data}).encode()
+    raw = b"wasmtop-bpf-object 1 " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    with pytest.raises(EntryError):
+        decode_entry(raw, KEY)
+
+
+def test_deeply_nested_json_is_refused() -> None:
+    import hashlib
+
+    body = b"[" * 200_000 + b"]" * 200_000
+    raw = b"wasmtop-bpf-object 1 " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    with pytest.raises(EntryError):
+        decode_entry(raw, KEY)
