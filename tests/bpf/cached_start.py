@@ -25,6 +25,12 @@ def switches(tid: int) -> int:
     return sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
 
 
+def parked(tid: int) -> None:
+    """Wait until the thread sleeps (state S): its switch-out is in both books."""
+    while Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()[0] != "S":
+        time.sleep(0.001)
+
+
 def main() -> None:
     cache = configure_cache(Path(sys.argv[1]))
     go, done, leave = threading.Event(), threading.Event(), threading.Event()
@@ -42,6 +48,7 @@ def main() -> None:
     t.start()
     while not tid:
         time.sleep(0.001)
+    parked(tid[0])  # in go.wait(), switched out before the probe attaches
     probe = SchedProbe()
     with ProbeSet([probe], handle_signals=False) as probes:
         collector = Collector(probes)
@@ -50,11 +57,12 @@ def main() -> None:
         before = switches(tid[0])
         go.set()
         done.wait()
+        parked(tid[0])  # in leave.wait(): both books have that switch-out
         after = switches(tid[0])
+        threads = probe.read().threads
         leave.set()
         t.join()
         probes.detach()
-        threads = probe.read().threads
         ours = threads[tid[0]].switches - (before_ours.switches if before_ours else 0)
         maps = Path("/proc/self/maps").read_text()
         print(json.dumps({

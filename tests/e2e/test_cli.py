@@ -324,7 +324,7 @@ def test_snapshot_accelerate_reports_bypassed_connections_per_workload():
             [*WASMTOP, "snapshot", "--seconds", "4", "--bypass", "accelerate"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        attached = snap_proc.stderr.readline()  # printed once every probe is started
+        attached = attached_line(snap_proc)  # printed once every probe is started
         assert "sockbypass ok (accelerate)" in attached, attached
         pair.stdin.write("go\n")
         pair.stdin.flush()
@@ -372,12 +372,22 @@ def http_load(port: int, n: int, result: dict[str, float], pace_s: float = 0.01)
     conn.close()
 
 
+def attached_line(proc: subprocess.Popen) -> str:
+    """The "attached:" line of `wasmtop snapshot` (after a line per probe: cache or compiler,
+    and how its start ended)."""
+    for line in proc.stderr:
+        if line.startswith("wasmtop: attached:"):
+            return line
+        assert line.startswith("wasmtop: probe "), line
+    return ""
+
+
 def snapshot_during(args: list[str], work) -> tuple[dict, str]:
     """Run `wasmtop snapshot ARGS`, do ``work`` once it has attached, return its JSON."""
     proc = subprocess.Popen([*WASMTOP, "snapshot", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        attached = proc.stderr.readline()
+        attached = attached_line(proc)
         work()
         out, err = proc.communicate(timeout=60)
     finally:
