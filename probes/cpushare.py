@@ -21,7 +21,10 @@ on a node saturated by CPU-bound processes, ``snapshot --seconds 3`` took 1.22x 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +34,7 @@ BULK_BYTES = 64 * 1024  # records waiting in the rings that make a drain worth y
 RAISE_AT_FILL = 0.25  # fraction of a ring buffer filled between two drains
 LATE_S = 0.5  # a yielding drain that took this long: the thread is being starved
 CALM_S = 5.0  # yield again after this long without pressure
+STOPS = (signal.SIGTERM, signal.SIGINT)  # the signals that stop wasmtop (ProbeSet)
 
 
 class CpuShare:
@@ -48,6 +52,7 @@ class CpuShare:
         self._pressed_at = -CALM_S
         self._stopped = False
         self._refused = {True: False, False: False}  # the kernel said no to entering / leaving
+        self._watch: tuple[int, int, object] | None = None  # (read fd, write fd, old wakeup fd)
 
     @contextmanager
     def bulk(self, pending_bytes: int) -> Iterator[None]:
@@ -73,6 +78,50 @@ class CpuShare:
         """Called after each drain with the largest fraction of a ring buffer it consumed."""
         if fill >= RAISE_AT_FILL:
             self._leave_idle(pressed=True)
+
+    def watch_stop_signals(self, signals: tuple[int, ...] = STOPS) -> None:
+        """A stop signal must not wait for a starved idle thread: Python runs its handler in
+        the main thread, which a bulk drain may hold at SCHED_IDLE on a node whose CPUs are
+        full (a daemon took 1.07 s from SIGTERM to exit under load). The signal's wakeup byte
+        wakes a watcher thread of normal priority, which puts the main thread back to normal
+        scheduling at once and stops the yielding. Call from the main thread, at normal
+        priority (the watcher inherits it)."""
+        if self.mode != "idle" or self._watch is not None:
+            return
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        try:
+            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: signals are not ours to watch
+            os.close(r)
+            os.close(w)
+            return
+        self._watch = (r, w, old)
+        main = threading.get_native_id()
+
+        def watch() -> None:
+            try:
+                while numbers := os.read(r, 64):  # b"": unwatched, the write end closed
+                    if not set(numbers) & set(signals):  # e.g. SIGHUP: a reload, not a stop
+                        continue
+                    self._stopped = True  # no yielding from here on
+                    with contextlib.suppress(OSError):
+                        os.sched_setscheduler(main, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+            finally:
+                os.close(r)  # here, never while this thread could still read it
+
+        threading.Thread(target=watch, name="stop-signal-watch", daemon=True).start()
+
+    def unwatch_stop_signals(self) -> None:
+        if self._watch is None:
+            return
+        _, w, old = self._watch
+        self._watch = None
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(old)  # type: ignore[arg-type]
+        os.close(w)  # the watcher reads end of file, closes its end and returns
 
     def stop(self) -> None:
         """Normal priority from here on (the window's end, detaching, output), and no yielding

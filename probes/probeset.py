@@ -649,8 +649,10 @@ class ProbeSet:
 
     def _install_signal_handlers(self) -> None:
         self._saved_handlers = raise_terminated_on(signal.SIGTERM, signal.SIGINT)
+        self.cpu.watch_stop_signals()
 
     def _restore_signal_handlers(self) -> None:
+        self.cpu.unwatch_stop_signals()
         restore_handlers(self._saved_handlers)
         self._saved_handlers = {}
 

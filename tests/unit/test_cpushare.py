@@ -185,3 +185,41 @@ def test_a_refused_entry_is_asked_once_and_never_leaves_the_thread_idle(monkeypa
         return [*seen, share.failed, len(calls)]
 
     assert in_thread(run) == [os.SCHED_OTHER] * 4 + [1, 1]
+
+
+WATCHER = r"""
+import os, signal, time, json
+from wasmtop.probes.cpushare import CpuShare
+signal.signal(signal.SIGUSR1, lambda *a: None)  # a Python handler: the wakeup byte is written
+signal.signal(signal.SIGUSR2, lambda *a: None)
+cpu = CpuShare("idle")
+cpu.watch_stop_signals(signals=(signal.SIGUSR1,))
+out = {}
+assert cpu._set(idle=True)
+os.kill(os.getpid(), signal.SIGUSR2)  # not a stop signal: the thread stays idle
+time.sleep(0.2)
+out["after_other"] = os.sched_getscheduler(0)
+os.kill(os.getpid(), signal.SIGUSR1)
+deadline = time.monotonic() + 5
+while os.sched_getscheduler(0) != os.SCHED_OTHER and time.monotonic() < deadline:
+    time.sleep(0.01)
+out["after_stop"] = os.sched_getscheduler(0)
+out["stopped"] = cpu._stopped
+cpu.unwatch_stop_signals()
+out["wakeup_fd_restored"] = signal.set_wakeup_fd(-1) == -1
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leaving SCHED_IDLE needs CAP_SYS_NICE")
+def test_a_stop_signal_puts_an_idle_main_thread_back_to_normal_at_once() -> None:
+    """The signal's handler runs in the main thread, which a bulk drain may hold at SCHED_IDLE
+    on a full node: a watcher of normal priority raises it as soon as the signal arrives."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", WATCHER], capture_output=True, text=True,
+                         timeout=30, check=True)  # fmt: skip
+    got = json.loads(out.stdout)
+    assert got["after_other"] == os.SCHED_IDLE
+    assert got["after_stop"] == os.SCHED_OTHER
+    assert got["stopped"] is True and got["wakeup_fd_restored"] is True
