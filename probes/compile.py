@@ -2,9 +2,10 @@
 on stdin, compiles with BCC and writes the compiled object (probes/compiled.py) as JSON on
 stdout.
 
-With ``{"fentry": FUNCTION}`` it answers ``{"ok": bool, "reason": str}`` instead: whether this
-kernel loads an fentry program on FUNCTION, a feature check that needs the compiler, kept out
-of the parent like any compile.
+With ``{"batch": [{"text", "cflags"}, ...]}`` it compiles each in turn and answers
+``{"batch": [{"object": ...} | {"error": ...}, ...]}``. With ``{"fentry": FUNCTION}`` it
+answers ``{"ok": bool, "reason": str}`` instead: whether this kernel loads an fentry program on
+FUNCTION, a feature check that needs the compiler, kept out of the parent like any compile.
 
 BCC writes its diagnostics to stderr, which the parent reads when the exit code is not 0. This
 is the only module of wasmtop that imports bcc in the running product.
@@ -117,19 +118,49 @@ def fentry(function: str) -> dict[str, Any]:
             os.close(saved)
 
 
+def compile_one(text: str, cflags: list[str]) -> dict[str, Any]:
+    """{"object": ...} or {"error": what BCC printed}: one module's answer in a batch."""
+    import os
+    import tempfile
+
+    from bcc import BPF
+
+    with tempfile.TemporaryFile() as err:  # clang's words for this module alone
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            bpf = BPF(text=text.encode(), cflags=cflags)
+        except Exception as exc:
+            os.dup2(saved, 2)
+            err.seek(0)
+            printed = err.read().decode("utf-8", "replace")
+            return {"error": f"{printed.strip()}\n{exc}".strip()}
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    try:
+        return {"object": extract(bpf, text).to_json()}
+    finally:
+        bpf.cleanup()
+
+
 def main() -> int:
     request = json.loads(sys.stdin.buffer.read())
     if "fentry" in request:
         sys.stdout.write(json.dumps(fentry(str(request["fentry"]))))
         return 0
+    if "batch" in request:  # several modules in one child: the compiler starts once
+        out: Any = [compile_one(r["text"], list(r.get("cflags", []))) for r in request["batch"]]
+        sys.stdout.write(json.dumps({"batch": out}))
+        return 0
     from bcc import BPF
 
     bpf = BPF(text=request["text"].encode(), cflags=list(request.get("cflags", [])))
     try:
-        out = extract(bpf, request["text"]).to_json()
+        answer = extract(bpf, request["text"]).to_json()
     finally:
         bpf.cleanup()
-    sys.stdout.write(json.dumps(out))
+    sys.stdout.write(json.dumps(answer))
     return 0
 
 

@@ -566,6 +566,30 @@ def obtain(
     return obj, "compiler"
 
 
+def compile_batch_in_child(sources: list[tuple[str, list[str]]]) -> list[CompiledObject | str]:
+    """Compile several modules in one child, in turn: an object, or the error for each (the
+    child's start and the compiler's set-up are paid once)."""
+    proc = _child({"batch": [{"text": t, "cflags": c} for t, c in sources]})
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = "\n".join(line for line in lines if "warning" not in line)[-2000:]
+        raise CompileError(f"compile failed (exit {proc.returncode}):\n{detail}")
+    try:
+        answers = json.loads(proc.stdout)["batch"]
+        if not isinstance(answers, list) or len(answers) != len(sources):
+            raise ValueError("not one answer per module")
+        out: list[CompiledObject | str] = []
+        for a in answers:
+            if "error" in a:
+                lines = str(a["error"]).splitlines()
+                out.append("compile failed:\n" + "\n".join(x for x in lines if "warning" not in x))
+            else:
+                out.append(CompiledObject.from_json(a["object"]))
+        return out
+    except (ValueError, KeyError, TypeError, EntryError) as exc:
+        raise CompileError(f"compiler answered something unreadable: {exc}") from None
+
+
 def fentry_check(function: str, cache: ObjectCache | None = None) -> tuple[bool, str]:
     """Whether this kernel loads an fentry program on ``function``, and why not: asked of a
     compiler child once per kernel and BCC version, then answered from the cache."""

@@ -53,6 +53,7 @@ class CpuShare:
         self._stopped = False
         self._refused = {True: False, False: False}  # the kernel said no to entering / leaving
         self._watch: tuple[int, int, object] | None = None  # (read fd, write fd, old wakeup fd)
+        self._signals: tuple[int, ...] = ()
 
     @contextmanager
     def bulk(self, pending_bytes: int) -> Iterator[None]:
@@ -82,10 +83,12 @@ class CpuShare:
     def watch_stop_signals(self, signals: tuple[int, ...] = STOPS) -> None:
         """A stop signal must not wait for a starved idle thread: Python runs its handler in
         the main thread, which a bulk drain may hold at SCHED_IDLE on a node whose CPUs are
-        full (a daemon took 1.07 s from SIGTERM to exit under load). The signal's wakeup byte
-        wakes a watcher thread of normal priority, which puts the main thread back to normal
-        scheduling at once and stops the yielding. Call from the main thread, at normal
-        priority (the watcher inherits it)."""
+        full. While the main thread is idle it blocks the stop signals (see _set), so the
+        kernel delivers them to another thread, whose C-level handler writes the wakeup byte:
+        the watcher, of normal priority, wakes, puts the main thread back to normal scheduling
+        at once and stops the yielding. Bytes for other signals are passed on to the wakeup fd
+        that was there before. Call from the main thread, at normal priority (the watcher
+        inherits it)."""
         if self.mode != "idle" or self._watch is not None:
             return
         r, w = os.pipe()
@@ -97,11 +100,15 @@ class CpuShare:
             os.close(w)
             return
         self._watch = (r, w, old)
+        self._signals = signals
         main = threading.get_native_id()
 
         def watch() -> None:
             try:
                 while numbers := os.read(r, 64):  # b"": unwatched, the write end closed
+                    if isinstance(old, int) and old >= 0:  # the wakeup fd's owner before us
+                        with contextlib.suppress(OSError):
+                            os.write(old, numbers)
                     if not set(numbers) & set(signals):  # e.g. SIGHUP: a reload, not a stop
                         continue
                     self._stopped = True  # no yielding from here on
@@ -118,9 +125,11 @@ class CpuShare:
         if self._watch is None:
             return
         _, w, old = self._watch
-        self._watch = None
-        with contextlib.suppress(ValueError):
+        try:
             signal.set_wakeup_fd(old)  # type: ignore[arg-type]
+        except ValueError:  # not the main thread: ours stays the wakeup fd, so w stays open
+            return
+        self._watch = None
         os.close(w)  # the watcher reads end of file, closes its end and returns
 
     def stop(self) -> None:
@@ -154,4 +163,11 @@ class CpuShare:
             self._refused[idle] = True  # asked once: the answer will not change
             return False
         self.idle = idle
+        if self._watch is not None and self._signals:
+            # While this thread may be starved, the kernel gives a stop signal to another
+            # thread (the watcher: its C handler writes the wakeup byte there); Python still
+            # runs the signal's handler here.
+            with contextlib.suppress(ValueError, OSError):
+                how = signal.SIG_BLOCK if idle else signal.SIG_UNBLOCK
+                signal.pthread_sigmask(how, set(self._signals))
         return True

@@ -94,14 +94,16 @@ def _set_bpf(perf_fd: int, prog_fd: int) -> int:
     the link's fd, or -1. Closes perf_fd on failure."""
     import fcntl
 
+    link = -1
     try:
         try:
             link = bpfobj.link_create(prog_fd, perf_fd, _BPF_PERF_EVENT)
         except bpfobj.BpfError:
-            link = -1
             fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_SET_BPF, prog_fd)
         fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_ENABLE, 0)
-    except OSError:
+    except BaseException:
+        if link >= 0:
+            os.close(link)  # it holds the perf event: the program would stay on
         os.close(perf_fd)
         raise
     return link
@@ -157,9 +159,9 @@ def _uprobe_pmu() -> tuple[int, int]:
 
 
 def close_together(fds: list[int]) -> None:
-    """Close fds side by side. Closing a BPF link on a perf event waits for an RCU grace
-    period in the kernel (about 35 ms here); closed from threads at once, the waits overlap
-    instead of adding up."""
+    """Close fds side by side. Closing a BPF link on a perf event may wait for an RCU grace
+    period in the kernel (about 35 ms here, where the wait is outside the kernel's mutex);
+    closed from threads at once, the waits overlap instead of adding up."""
     if len(fds) <= 1:
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -184,31 +186,33 @@ def close_together(fds: list[int]) -> None:
 
 
 _closers: list[Any] = []  # hand_off's children, reaped on the next hand-off
+_closers_lock = threading.Lock()
+_CAT = next((c for c in ("/usr/bin/cat", "/bin/cat") if os.access(c, os.X_OK)), None)
 
 
 def hand_off(fds: list[int]) -> None:
-    """Close perf event fds whose programs are already detached, without waiting for the kernel
-    to unregister their probes (a tracepoint's or uprobe's last perf event waits for RCU grace
-    periods under a kernel mutex: 35-90 ms each, 0.85 s for a start's eleven tracepoints and six
-    uprobes). A child process (``cat``) takes copies and holds them until this process has
-    closed its own, then exits: the waits happen in its exit, and this process goes on at once.
-    Nothing of ours runs meanwhile: the programs left with their links. Without ``cat``, the
-    fds are closed here, side by side."""
-    import shutil
+    """Close perf event fds whose programs are already detached (their links closed), without
+    waiting for the kernel to unregister their probes (a tracepoint's or uprobe's last perf
+    event waits for RCU grace periods under a kernel mutex: 35-90 ms each, 0.85 s for a start's
+    eleven tracepoints and six uprobes). A child process (``cat``, by its full path) takes
+    copies and holds them until this process has closed its own, then exits: the waits happen
+    in its exit, and this process goes on at once. Without ``cat``, or if the child cannot be
+    started, the fds are closed here, side by side. Never raises."""
+    if not fds:
+        return
     import subprocess
 
-    for child in list(_closers):
-        if child.poll() is not None:
-            _closers.remove(child)
-    cat = shutil.which("cat") if fds else None
+    with _closers_lock:
+        for done in [c for c in _closers if c.poll() is not None]:
+            _closers.remove(done)
     child = None
-    if cat:
+    if _CAT is not None:
         try:
             child = subprocess.Popen(
-                [cat], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                [_CAT], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True,
             )  # fmt: skip
-        except OSError:
+        except Exception:  # OSError, SubprocessError, RuntimeError at interpreter shutdown
             child = None
     if child is None:
         close_together(fds)
@@ -216,16 +220,21 @@ def hand_off(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)  # not the last reference: the child holds one
-    assert child.stdin is not None
-    child.stdin.close()  # end of file: it exits, and the kernel's waits are its own
-    _closers.append(child)
+    with contextlib.suppress(OSError):
+        assert child.stdin is not None
+        child.stdin.close()  # end of file: it exits, and the kernel's waits are its own
+    with _closers_lock:
+        _closers.append(child)
 
 
 def release(attachments: list[tuple[int, int]]) -> None:
     """Detach (perf event fd, link fd) attachments: every program off its hook at once (the
-    links closed side by side: their RCU waits overlap), then the perf events handed off."""
+    links closed side by side), then the bare perf events handed off. An attachment without a
+    link (kernels before 5.15: PERF_EVENT_IOC_SET_BPF) still carries its program until its perf
+    event closes, so those are closed here, before this returns."""
     close_together([link for _, link in attachments if link >= 0])
-    hand_off([perf for perf, _ in attachments])
+    close_together([perf for perf, link in attachments if link < 0])
+    hand_off([perf for perf, link in attachments if link >= 0])
 
 
 @dataclass(frozen=True)
@@ -392,7 +401,12 @@ class LoadedObject:
         with self._lock:
             gone = list(self._perf.values())
             self._perf.clear()
-        release(gone)
+        try:
+            release(gone)
+        finally:
+            self._close_the_rest()
+
+    def _close_the_rest(self) -> None:
         for fn in list(self.funcs.values()):
             try:
                 os.close(fn.fd)

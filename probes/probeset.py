@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from . import features
-from .compiled import CompiledObject, ObjectCache, fentry_check, object_cache, obtain
+from .compiled import (
+    CompiledObject,
+    CompileError,
+    ObjectCache,
+    cache_key,
+    compile_batch_in_child,
+    compile_in_child,
+    fentry_check,
+    object_cache,
+    obtain,
+)
 from .cpushare import CpuShare
 from .decoders import DECODERS, decode_all
 from .loader import LoadedObject
@@ -170,6 +180,8 @@ class Probe:
         self._prepare_error: Exception | None = None
         self.program_source = ""  # "cache" or "compiler": where the loaded program came from
         self._cache: ObjectCache = ObjectCache(None)
+        self._key = ""
+        self._source: tuple[str, list[str]] = ("", [])
         self.progress: Callable[[str, str], None] | None = None  # (probe, stage) while starting
 
     # -- what gets compiled ---------------------------------------------------------------
@@ -220,18 +232,44 @@ class Probe:
                 raise ProbeUnavailable(f"tracepoint {tp} not found (is tracefs mounted?)")
 
     # -- lifecycle ------------------------------------------------------------------------
-    def prepare(self, cache: ObjectCache | None = None) -> None:
-        """Check the kernel and find the compiled program: in the cache, else from a compiler
-        child (the slow part; probes prepare in parallel). An error is kept for start()."""
+    def lookup(self, cache: ObjectCache) -> bool:
+        """Check the kernel and look for the compiled program in the cache. True: it must be
+        compiled (``self._source``); False: found, or an error kept for start()."""
         self._compiled, self._prepare_error = None, None
+        self._cache = cache
         try:
             self.check_kernel()
-            self._cache = cache if cache is not None else object_cache()
-            self._compiled, self.program_source = obtain(
-                self.rendered(), self.cflags(), self._cache, lambda stage: self._report(stage)
-            )
+            text, cflags = self.rendered(), self.cflags()
+            self._key = cache_key(text, cflags)
+            obj = cache.get(self._key)
         except Exception as exc:
             self._prepare_error = exc
+            return False
+        if obj is None:
+            self._source = (text, cflags)
+            return True
+        self._compiled, self.program_source = obj, "cache"
+        self._report("cached")
+        return False
+
+    def compiled(self, result: CompiledObject | str | Exception) -> None:
+        """What the compiler child answered for this probe: kept (and stored in the cache), or
+        the error kept for start()."""
+        if isinstance(result, CompiledObject):
+            self._cache.put(self._key, result)
+            self._compiled, self.program_source = result, "compiler"
+        else:
+            self._prepare_error = result if isinstance(result, Exception) else CompileError(result)
+
+    def prepare(self, cache: ObjectCache | None = None) -> None:
+        """The compiled program, from the cache or a compiler child of its own; an error is
+        kept for start(). (A ProbeSet prepares its probes together: ProbeSet._prepare.)"""
+        if self.lookup(cache if cache is not None else object_cache()):
+            self._report("compiling")
+            try:
+                self.compiled(compile_in_child(*self._source))
+            except Exception as exc:
+                self.compiled(exc)
 
     def _report(self, stage: str) -> None:
         if self.progress is not None:
@@ -569,30 +607,48 @@ class ProbeSet:
         return self
 
     def _prepare(self) -> None:
-        """Find every probe's compiled program; compile the missing ones side by side (each in
-        its own child process, one per CPU at most)."""
+        """Find every probe's compiled program in the cache; compile the missing ones side by
+        side, at most one compiler child per CPU, each with a share of them (a child's start and
+        the compiler's set-up cost about 0.1 s: paid once per child, not per probe)."""
         cache = self.cache if self.cache is not None else object_cache()
         for probe in self.probes:
             probe.progress = self.progress
-        workers = max(1, min(len(self.probes), os.cpu_count() or 1))
-        if workers == 1:
-            for probe in self.probes:
-                probe.prepare(cache)
+        misses = [p for p in self.probes if p.lookup(cache)]
+        if not misses:
             return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile") as pool:
-            list(pool.map(lambda p: p.prepare(cache), self.probes))
+        batches: list[list[Probe]] = [[] for _ in range(min(len(misses), os.cpu_count() or 1))]
+        sizes = [0] * len(batches)
+        for probe in sorted(misses, key=lambda p: -len(p._source[0])):  # longest first
+            i = sizes.index(min(sizes))
+            batches[i].append(probe)
+            sizes[i] += len(probe._source[0])
+
+        def compile_batch(batch: list[Probe]) -> None:
+            for probe in batch:
+                probe._report("compiling")
+            try:
+                results: list[Any] = compile_batch_in_child([p._source for p in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for probe, result in zip(batch, results):
+                probe.compiled(result)
+
+        if len(batches) == 1:
+            compile_batch(batches[0])
+            return
+        with ThreadPoolExecutor(max_workers=len(batches), thread_name_prefix="compile") as pool:
+            list(pool.map(compile_batch, batches))
 
     @contextlib.contextmanager
     def _signals_held(self) -> Iterator[None]:
+        """A stop signal during an attach is deferred to the attach's end (the handler notes
+        it and returns; Terminated is raised when the block ends), whichever thread the kernel
+        delivered it to: blocking it in this thread would only send it to another."""
         if not self.handle_signals:
             yield
             return
-        held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
+        with _callbacks_running():
             yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a held signal fires here
 
     def __exit__(self, *exc: object) -> None:
         try:

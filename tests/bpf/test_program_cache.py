@@ -99,3 +99,30 @@ def test_an_entry_is_used_only_for_the_source_and_tracepoint_formats_it_was_made
     )  # fmt: skip
     key = cache_key(probe.rendered(), probe.cflags())
     assert cache.get(key) is None, label
+
+
+def test_probes_compiled_together_keep_their_own_outcome(tmp_path: Path):
+    """A start compiles its missing probes in as few children as there are CPUs, several
+    modules each: one that does not compile fails alone, with clang's words, and the others
+    load."""
+    from wasmtop.probes import probeset
+    from wasmtop.probes.probeset import FAILED, OK, ProbeSet
+    from wasmtop.probes.sched import SchedProbe
+
+    class Broken(SchedProbe):
+        name = "broken"
+
+        def body(self) -> str:
+            return (probeset.HERE / "sched.bpf.c").read_text() + "\nthis is not C;\n"
+
+    good, also, bad = SchedProbe(), SchedProbe(pids=(1,)), Broken()
+    stages: list[tuple[str, str]] = []
+    with ProbeSet(
+        [good, also, bad], handle_signals=False, cache=ObjectCache(tmp_path),
+        progress=lambda p, s: stages.append((p, s)),
+    ):  # fmt: skip
+        assert (good.status, also.status, bad.status) == (OK, OK, FAILED)
+        assert good.program_source == also.program_source == "compiler"
+        assert "error" in bad.reason and "this is not C" in bad.reason, bad.reason
+    assert ("broken", "compiling") in stages and ("broken", FAILED) in stages
+    assert len(list(tmp_path.glob("*.bpfobj"))) == 2  # only what compiled is kept
