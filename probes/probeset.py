@@ -438,6 +438,10 @@ class Probe:
         """Probe-specific health facts, merged into the Snapshot's probes block."""
         return {}
 
+    def summary(self) -> str:
+        """A word for the line that says the probes are attached (never waits for anything)."""
+        return ""
+
     def program_fds(self) -> list[int]:
         if self.bpf is None:
             return []

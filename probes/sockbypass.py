@@ -439,6 +439,9 @@ class SockBypassProbe(Probe):
             fallbacks=fallbacks,
         )
 
+    def summary(self) -> str:
+        return self.mode
+
     def details(self) -> dict[str, Any]:
         return {
             "mode": self.mode,

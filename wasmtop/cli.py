@@ -334,7 +334,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                     print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
                 return EXIT_ENV
             status = ", ".join(
-                f"{p.name} {p.status}" + (f" ({mode})" if (mode := p.details().get("mode")) else "")
+                f"{p.name} {p.status}" + (f" ({word})" if (word := p.summary()) else "")
                 for p in probes
             )
             print(f"wasmtop: attached: {status}; watching for {args.seconds:g} s", file=sys.stderr)
