@@ -498,8 +498,9 @@ def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
     try:
         # -P and cwd /: the child's imports come from the installed package only, never from
         # whatever directory the (root) user started wasmtop in.
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # and cwd /, before 3.11
         return subprocess.run(
-            [sys.executable, "-P", "-m", f"{__package__}.compile"],
+            [sys.executable, *safe_path, "-m", f"{__package__}.compile"],
             input=json.dumps(request).encode(),
             cwd="/",
             capture_output=True,

@@ -260,6 +260,27 @@ def check_tracepoints() -> Feature:
     return Feature("tracepoints", OK, f"{root}/events", True)
 
 
+def check_bcc() -> Feature:
+    """BCC's Python module, which the compiler child imports (found, not imported: the running
+    process never loads the compiler)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        return Feature("bcc", OK, f"{spec.origin or spec.name}", True)
+    return Feature(
+        "bcc",
+        UNAVAILABLE,
+        "BCC's Python module is not importable: install python3-bpfcc (Debian, Ubuntu) or "
+        "python3-bcc (Fedora); in a virtual environment, make it visible there (`make setup` "
+        "links Debian's into .venv)",
+        True,
+    )
+
+
 def check_btf() -> Feature:
     if Path("/sys/kernel/btf/vmlinux").exists():
         return Feature("btf", OK, "/sys/kernel/btf/vmlinux", False)
@@ -325,6 +346,7 @@ def detect() -> list[Feature]:
         check_capabilities(),
         check_tracepoints(),
         check_ringbuf(),
+        check_bcc(),
         check_kernel_headers(),
         check_btf(),
         check_bpffs(),

@@ -370,7 +370,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     found = features.detect()
-    if all(f.ok for f in found if f.name in ("capabilities", "kernel_headers")):
+    if all(f.ok for f in found if f.name in ("capabilities", "kernel_headers", "bcc")):
         found.append(fentry_feature())
     width = max(len(f.name) for f in found)
     for f in found:

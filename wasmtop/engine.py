@@ -51,6 +51,9 @@ def preflight() -> int | None:
     headers = features.check_kernel_headers()
     if not headers.ok:
         return fail(f"no kernel headers: {headers.reason}", EXIT_ENV)
+    bcc = features.check_bcc()
+    if not bcc.ok:
+        return fail(bcc.reason, EXIT_ENV)
     return None
 
 
