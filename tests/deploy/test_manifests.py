@@ -20,6 +20,7 @@ from support import wasmtop_cmd
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy/kubernetes"
 BASE = KUBE / "base"
+OPERATOR = KUBE / "components/prometheus-operator"
 BUILDS = ["base", "overlays/example", "overlays/legacy-kernel"]
 K8S_VERSION = "1.37.0"  # the newest kubernetes-validate knows: a current Kubernetes
 CRDS = {
@@ -49,6 +50,16 @@ def base_files() -> list[dict]:
     return docs
 
 
+def operator_files() -> list[dict]:
+    """The Prometheus Operator component's resources as written."""
+    kz = yaml.safe_load((OPERATOR / "kustomization.yaml").read_text())
+    assert kz["kind"] == "Component"
+    docs = []
+    for name in kz["resources"]:
+        docs += [d for d in yaml.safe_load_all((OPERATOR / name).read_text()) if d]
+    return docs
+
+
 def one(docs: list[dict], kind: str) -> dict:
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, (kind, len(found))
@@ -75,8 +86,19 @@ def test_every_file_of_the_base_validates_as_written():
     kinds = validate(base_files())
     assert {k for _, k in kinds} == {
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
-        "Service", "ServiceMonitor", "PrometheusRule",
+        "Service",
     }  # fmt: skip
+    assert {k for _, k in validate(operator_files())} == {"ServiceMonitor", "PrometheusRule"}
+
+
+@needs_kubectl
+def test_the_base_needs_only_core_apis_and_the_example_adds_the_operators_objects():
+    """`kubectl apply -k deploy/kubernetes/base` works on a cluster without the Prometheus
+    Operator's CRDs: every object is of an API every cluster serves."""
+    core = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1"}
+    assert {d["apiVersion"] for d in kustomize("base")} <= core
+    example = {(d["apiVersion"], d["kind"]) for d in kustomize("overlays/example")}
+    assert CRDS <= example
 
 
 @needs_kubectl
@@ -192,7 +214,7 @@ def test_service_servicemonitor_and_container_name_the_same_ports():
     assert svc["clusterIP"] == "None"  # headless: one endpoint per node
     assert {p["name"]: p["port"] for p in svc["ports"]} == ports
     assert all(p["targetPort"] == p["name"] for p in svc["ports"])
-    sm = one(docs, "ServiceMonitor")["spec"]
+    sm = one(operator_files(), "ServiceMonitor")["spec"]
     labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert sm["selector"]["matchLabels"].items() <= labels.items()
     (endpoint,) = sm["endpoints"]
@@ -239,7 +261,7 @@ def test_the_prometheusrule_is_what_wasmtop_rules_render_writes(tmp_path):
          "prometheusrule", "--name", "wasmtop", "--namespace", "wasmtop", "-o", str(out)],
         check=True,
     )  # fmt: skip
-    assert (BASE / "prometheusrule.yaml").read_text() == out.read_text(), (
+    assert (OPERATOR / "prometheusrule.yaml").read_text() == out.read_text(), (
         "regenerate it: the command is in docs/deploy.md"
     )
     # And Prometheus accepts its rules (promtool, on the spec's groups).
@@ -268,7 +290,7 @@ def crd_validate(docs: list[dict]) -> subprocess.CompletedProcess:
 
 
 def test_servicemonitor_and_prometheusrule_validate_against_the_operators_crd_schemas():
-    crs = [d for d in base_files() if (d["apiVersion"], d["kind"]) in CRDS]
+    crs = [d for d in operator_files() if (d["apiVersion"], d["kind"]) in CRDS]
     run = crd_validate(crs)
     assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(run.stdout.split("\n")[:-1]) == [
@@ -280,3 +302,22 @@ def test_servicemonitor_and_prometheusrule_validate_against_the_operators_crd_sc
     broken["spec"]["endpoints"][0]["relabelings"][0]["action"] = "rename"
     run = crd_validate([broken])
     assert run.returncode == 1 and "relabelings/0/action" in run.stdout
+
+
+def test_the_plain_prometheus_scrape_config_does_what_the_servicemonitor_does():
+    """Without the Operator: deploy/prometheus/scrape-wasmtop.yaml keeps the Service's metrics
+    endpoints and sets `node` from the same source as the ServiceMonitor. (promtool here is
+    built without Kubernetes service discovery, so Prometheus's own check cannot run on it.)"""
+    (job,) = yaml.safe_load((ROOT / "deploy/prometheus/scrape-wasmtop.yaml").read_text())[
+        "scrape_configs"
+    ]
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "endpoints" and sd["namespaces"]["names"] == ["wasmtop"]
+    svc = one(base_files(), "Service")
+    keep, node = job["relabel_configs"]
+    assert keep["action"] == "keep" and keep["regex"] == f"{svc['metadata']['name']};metrics"
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+    (endpoint,) = one(operator_files(), "ServiceMonitor")["spec"]["endpoints"]
+    same = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "node")
+    assert node["source_labels"] == same["sourceLabels"] and node["target_label"] == "node"
+    assert job["metrics_path"] == endpoint["path"]
