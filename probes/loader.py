@@ -227,6 +227,26 @@ def hand_off(fds: list[int]) -> None:
         _closers.append(child)
 
 
+def settle(timeout_s: float = 10.0) -> bool:
+    """Wait until every handed-off perf event is closed (the kernel has unregistered its probes):
+    for whoever must see a quiet kernel next, as a test that times things does. True when all
+    are done within the timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    with _closers_lock:
+        pending = list(_closers)
+    for child in pending:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except Exception:
+            return False
+    with _closers_lock:
+        for done in [c for c in _closers if c.poll() is not None]:
+            _closers.remove(done)
+        return not _closers
+
+
 def release(attachments: list[tuple[int, int]]) -> None:
     """Detach (perf event fd, link fd) attachments: every program off its hook at once (the
     links closed side by side), then the bare perf events handed off. An attachment without a

@@ -62,3 +62,14 @@ def two_cpus() -> None:
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs")
+
+
+@pytest.fixture(autouse=True)
+def quiet_kernel_after():
+    """A stop hands its perf events to a child whose exit unregisters the probes (up to a
+    second of kernel work, text patching included): wait for it, so the next test's timings
+    do not overlap the previous test's teardown."""
+    yield
+    from wasmtop.probes import loader
+
+    assert loader.settle(), "a handed-off perf event was not closed within 10 s"
