@@ -1,11 +1,11 @@
-"""The compiler child: ``python -m wasmtop.probes.compile`` reads {"text", "cflags"} as JSON
-on stdin, compiles with BCC and writes the compiled object (probes/compiled.py) as JSON on
-stdout.
+"""The compiler child: ``python -m wasmtop.probes.compile`` reads a JSON request on stdin and
+writes its JSON answer on stdout.
 
-With ``{"batch": [{"text", "cflags"}, ...]}`` it compiles each in turn and answers
-``{"batch": [{"object": ...} | {"error": ...}, ...]}``. With ``{"fentry": FUNCTION}`` it
-answers ``{"ok": bool, "reason": str}`` instead: whether this kernel loads an fentry program on
-FUNCTION, a feature check that needs the compiler, kept out of the parent like any compile.
+``{"batch": [{"text", "cflags"}, ...]}``: it compiles each module in turn with BCC and answers
+``{"batch": [{"object": ...} | {"error": ...}, ...]}``, each object a compiled object of
+probes/compiled.py. ``{"fentry": FUNCTION}``: it answers ``{"ok": bool, "reason": str}``,
+whether this kernel loads an fentry program on FUNCTION, a feature check that needs the
+compiler, kept out of the parent like any compile.
 
 BCC writes its diagnostics to stderr, which the parent reads when the exit code is not 0. This
 is the only module of wasmtop that imports bcc in the running product.
@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from .compiled import CompiledObject, MapSpec, ProgramSpec, relocations
+from .probeset import LibbccError, capturing
 
 _INNER = re.compile(r"BPF_(?:ARRAY|HASH)_OF_MAPS\(\s*(\w+)\s*,[^;]*?\"(\w+)\"")
 
@@ -90,9 +91,6 @@ def extract(bpf: Any, text: str) -> CompiledObject:
 def fentry(function: str) -> dict[str, Any]:
     """Can this kernel load an fentry program on ``function``? (BCC loads KFUNC_PROBE
     functions as it compiles them.)"""
-    import io
-    import os
-    import tempfile
     import warnings
 
     from bcc import BPF
@@ -101,43 +99,23 @@ def fentry(function: str) -> dict[str, Any]:
         warnings.simplefilter("ignore", DeprecationWarning)
         if not BPF.support_kfunc():
             return {"ok": False, "reason": "no BPF trampoline"}
-    with tempfile.TemporaryFile() as err:  # BCC prints the verifier's words to fd 2
-        saved = os.dup(2)
-        os.dup2(err.fileno(), 2)
-        try:
-            BPF(text=f"KFUNC_PROBE({function}) {{ return 0; }}".encode()).cleanup()
-            return {"ok": True, "reason": "fentry program loaded"}
-        except Exception as exc:
-            os.dup2(saved, 2)
-            err.seek(0)
-            lines = io.TextIOWrapper(err, errors="replace").read().strip().splitlines()
-            detail = "; ".join(lines[-2:]) or str(exc).strip().splitlines()[0]
-            return {"ok": False, "reason": f"loading an fentry program failed: {detail}"}
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    text = f"KFUNC_PROBE({function}) {{ return 0; }}".encode()
+    try:
+        capturing("", lambda: BPF(text=text).cleanup())  # the verifier's words are on fd 2
+    except LibbccError as exc:
+        detail = "; ".join(exc.detail.splitlines()[-2:]) or str(exc)
+        return {"ok": False, "reason": f"loading an fentry program failed: {detail}"}
+    return {"ok": True, "reason": "fentry program loaded"}
 
 
 def compile_one(text: str, cflags: list[str]) -> dict[str, Any]:
     """{"object": ...} or {"error": what BCC printed}: one module's answer in a batch."""
-    import os
-    import tempfile
-
     from bcc import BPF
 
-    with tempfile.TemporaryFile() as err:  # clang's words for this module alone
-        saved = os.dup(2)
-        os.dup2(err.fileno(), 2)
-        try:
-            bpf = BPF(text=text.encode(), cflags=cflags)
-        except Exception as exc:
-            os.dup2(saved, 2)
-            err.seek(0)
-            printed = err.read().decode("utf-8", "replace")
-            return {"error": f"{printed.strip()}\n{exc}".strip()}
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:  # clang's words for this module alone
+        bpf = capturing("", lambda: BPF(text=text.encode(), cflags=cflags))
+    except LibbccError as exc:
+        return {"error": str(exc).lstrip(": ")}
     try:
         return {"object": extract(bpf, text).to_json()}
     finally:
@@ -149,18 +127,9 @@ def main() -> int:
     if "fentry" in request:
         sys.stdout.write(json.dumps(fentry(str(request["fentry"]))))
         return 0
-    if "batch" in request:  # several modules in one child: the compiler starts once
-        out: Any = [compile_one(r["text"], list(r.get("cflags", []))) for r in request["batch"]]
-        sys.stdout.write(json.dumps({"batch": out}))
-        return 0
-    from bcc import BPF
-
-    bpf = BPF(text=request["text"].encode(), cflags=list(request.get("cflags", [])))
-    try:
-        answer = extract(bpf, request["text"]).to_json()
-    finally:
-        bpf.cleanup()
-    sys.stdout.write(json.dumps(answer))
+    # Several modules in one child: the compiler starts once.
+    out: Any = [compile_one(r["text"], list(r.get("cflags", []))) for r in request["batch"]]
+    sys.stdout.write(json.dumps({"batch": out}))
     return 0
 
 

@@ -494,7 +494,7 @@ COMPILE_TIMEOUT_S = 120
 
 
 def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
-    """Run the compiler child (python -m probes.compile) on one request."""
+    """Run the compiler child (python -m wasmtop.probes.compile) on one request."""
     try:
         # -P and cwd /: the child's imports come from the installed package only, never from
         # whatever directory the (root) user started wasmtop in.
@@ -513,15 +513,10 @@ def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
 
 def compile_in_child(text: str, cflags: list[str]) -> CompiledObject:
     """Compile in a short-lived child process that imports BCC; this process never does."""
-    proc = _child({"text": text, "cflags": cflags})
-    if proc.returncode != 0:
-        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = "\n".join(line for line in lines if "warning" not in line)[-2000:]
-        raise CompileError(f"compile failed (exit {proc.returncode}):\n{detail}")
-    try:
-        return CompiledObject.from_json(json.loads(proc.stdout))
-    except (ValueError, EntryError) as exc:
-        raise CompileError(f"compiler answered something unreadable: {exc}") from None
+    (result,) = compile_batch_in_child([(text, cflags)])
+    if isinstance(result, str):
+        raise CompileError(result)
+    return result
 
 
 _cache: ObjectCache | None = None
@@ -546,22 +541,14 @@ def configure_cache(directory: Path | None) -> ObjectCache:
         return _cache
 
 
-def obtain(
-    text: str, cflags: list[str], cache: ObjectCache, report: Any = None, fresh: bool = False
-) -> tuple[CompiledObject, str]:
+def obtain(text: str, cflags: list[str], cache: ObjectCache) -> tuple[CompiledObject, str]:
     """The compiled object for this source: from the cache, else compiled in a child and
-    stored. Returns it and where it came from ("cache" or "compiler"). ``fresh``: the cached
-    one failed to load: remove it and compile."""
+    stored. Returns it and where it came from ("cache" or "compiler"). (A probe does the same
+    in two steps, Probe.lookup and Probe.compiled, so that a ProbeSet compiles in batches.)"""
     key = cache_key(text, cflags)
-    if fresh:
-        cache.discard(key, "unloadable")
-    obj = None if fresh else cache.get(key)
+    obj = cache.get(key)
     if obj is not None:
-        if report:
-            report("cached")
         return obj, "cache"
-    if report:
-        report("compiling")
     obj = compile_in_child(text, cflags)
     cache.put(key, obj)
     return obj, "compiler"

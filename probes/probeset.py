@@ -27,7 +27,6 @@ from .compiled import (
     compile_in_child,
     fentry_check,
     object_cache,
-    obtain,
 )
 from .cpushare import CpuShare
 from .decoders import DECODERS, decode_all
@@ -297,9 +296,11 @@ class Probe:
                 # compiled once more; a second failure is the probe's.
                 self.close()  # whatever the first attempt attached, detached
                 self._stopped = False
-                self._compiled, self.program_source = obtain(
-                    self.rendered(), self.cflags(), self._cache, self._report, fresh=True
-                )
+                self._cache.discard(self._key, "unloadable")
+                self.prepare(self._cache)
+                if self._prepare_error is not None:
+                    raise self._prepare_error from None
+                assert self._compiled is not None
                 self._load_and_attach(self._compiled)
         except ProbeUnavailable as exc:
             self.status, self.reason = UNAVAILABLE, str(exc)

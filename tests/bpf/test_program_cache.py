@@ -126,3 +126,30 @@ def test_probes_compiled_together_keep_their_own_outcome(tmp_path: Path):
         assert "error" in bad.reason and "this is not C" in bad.reason, bad.reason
     assert ("broken", "compiling") in stages and ("broken", FAILED) in stages
     assert len(list(tmp_path.glob("*.bpfobj"))) == 2  # only what compiled is kept
+
+
+def test_an_entry_the_verifier_refuses_is_removed_and_compiled_again(tmp_path: Path):
+    """An entry can pass every check of the cache and still not load (here: a program whose
+    first instruction returns without setting r0): it is counted as unloadable, removed, and
+    the probe compiles once more and starts."""
+    from wasmtop.probes.compiled import ProgramSpec, encode_entry
+    from wasmtop.probes.probeset import OK, ProbeSet
+    from wasmtop.probes.sched import SchedProbe
+
+    probe = SchedProbe()
+    cache = ObjectCache(tmp_path)
+    obj, _ = obtain(probe.rendered(), probe.cflags(), cache)
+    key = cache_key(probe.rendered(), probe.cflags())
+    exit_at_once = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])
+    first = obj.programs[0]
+    broken = ProgramSpec(first.name, exit_at_once + first.insns[8:], first.relocations)
+    assert all(i != 0 for i, _ in first.relocations)  # its first instruction loads no map
+    damaged = type(obj)(obj.license, obj.kern_version, obj.maps, (broken, *obj.programs[1:]))
+    (tmp_path / f"{key}.bpfobj").write_bytes(encode_entry(damaged, key))
+
+    cache = ObjectCache(tmp_path)
+    with ProbeSet([probe], handle_signals=False, cache=cache):
+        assert probe.status == OK, probe.reason
+        assert probe.program_source == "compiler"
+    assert cache.stats.rejected == {"unloadable": 1}
+    assert cache.get(key) == obj  # stored again, intact
