@@ -257,6 +257,11 @@ def release(attachments: list[tuple[int, int]]) -> None:
     hand_off([perf for perf, link in attachments if link >= 0])
 
 
+def _text(name: bytes | str) -> str:
+    """A name as BCC's API takes it (bytes) or as this module keeps it (str)."""
+    return name.decode() if isinstance(name, bytes) else name
+
+
 @dataclass(frozen=True)
 class Function:
     name: bytes
@@ -286,7 +291,7 @@ class LoadedObject:
 
     # -- maps ---------------------------------------------------------------------------
     def __getitem__(self, name: bytes | str) -> tables.Table:
-        key = name.decode() if isinstance(name, bytes) else name
+        key = _text(name)
         table = self._tables.get(key)
         if table is None:
             spec = next((m for m in self.obj.maps if m.name == key), None)
@@ -310,7 +315,7 @@ class LoadedObject:
 
     # -- programs -----------------------------------------------------------------------
     def load_func(self, name: bytes | str, prog_type: int) -> Function:
-        raw = name.encode() if isinstance(name, str) else name
+        raw = _text(name).encode()
         with self._lock:
             if raw in self.funcs:
                 return self.funcs[raw]
@@ -324,8 +329,22 @@ class LoadedObject:
             return fn
 
     # -- tracepoints --------------------------------------------------------------------
+    def _attach(self, key: tuple[Any, ...], attr: _PerfEventAttr, pid: int, prog_fd: int) -> None:
+        """Open the perf event ``attr`` describes and put the program on it, once per key."""
+        attr.size, attr.sample_period, attr.wakeup_events = 112, 1, 1
+        with self._lock:
+            if key in self._perf:
+                raise FileExistsError(f"{' '.join(map(str, key))}: already attached")
+            fd = _perf_event_open(attr, pid, 0 if pid == -1 else -1)
+            self._perf[key] = (fd, _set_bpf(fd, prog_fd))
+
+    def _detach(self, keys: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            gone = [a for a in (self._perf.pop(k, None) for k in keys) if a is not None]
+        release(gone)
+
     def attach_tracepoint(self, tp: bytes | str, fn_name: bytes | str) -> None:
-        tp = tp.decode() if isinstance(tp, bytes) else tp
+        tp = _text(tp)
         fn = self.load_func(fn_name, PROG_TRACEPOINT)
         root = features.tracefs_root()
         if root is None:
@@ -335,45 +354,29 @@ class LoadedObject:
         except (OSError, ValueError):
             raise OSError(errno.ENOENT, f"tracepoint {tp} not found") from None
         attr = _PerfEventAttr()
-        attr.type, attr.size, attr.config = _PERF_TYPE_TRACEPOINT, 112, tp_id
-        attr.sample_period, attr.wakeup_events = 1, 1
-        key = ("tp", tp)
-        with self._lock:
-            if key in self._perf:
-                raise FileExistsError(f"tracepoint {tp} already attached")
-            fd = _perf_event_open(attr, -1, 0)
-            self._perf[key] = (fd, _set_bpf(fd, fn.fd))
+        attr.type, attr.config = _PERF_TYPE_TRACEPOINT, tp_id
+        self._attach(("tp", tp), attr, -1, fn.fd)
 
     def detach_tracepoint(self, tp: bytes | str) -> None:
         self.detach_tracepoints([tp])
 
     def detach_tracepoints(self, tps: list[bytes | str]) -> None:
         """Detach these tracepoints together (see close_together); unknown ones are skipped."""
-        keys = [("tp", tp.decode() if isinstance(tp, bytes) else tp) for tp in tps]
-        with self._lock:
-            gone = [a for a in (self._perf.pop(k, None) for k in keys) if a is not None]
-        release(gone)
+        self._detach([("tp", _text(tp)) for tp in tps])
 
     # -- uprobes ------------------------------------------------------------------------
     def _attach_uprobe(self, name: Any, sym: Any, fn_name: Any, ret: bool, pid: int) -> None:
-        path = name.decode() if isinstance(name, bytes) else name
-        symbol = sym.decode() if isinstance(sym, bytes) else sym
+        path, symbol = _text(name), _text(sym)
         fn = self.load_func(fn_name, PROG_KPROBE)
         module, offset = resolve_symbol(path, symbol)
         pmu, ret_bit = _uprobe_pmu()
         target = ctypes.create_string_buffer(module.encode())
         attr = _PerfEventAttr()
-        attr.type, attr.size = pmu, 112
+        attr.type = pmu
         attr.config = (1 << ret_bit) if ret else 0
         attr.config1 = ctypes.addressof(target)
         attr.config2 = offset
-        attr.sample_period, attr.wakeup_events = 1, 1
-        key = ("uprobe", path, symbol, ret)
-        with self._lock:
-            if key in self._perf:
-                raise FileExistsError(f"{'uretprobe' if ret else 'uprobe'} {path}:{symbol} already")
-            fd = _perf_event_open(attr, pid, 0 if pid == -1 else -1)
-            self._perf[key] = (fd, _set_bpf(fd, fn.fd))
+        self._attach(("uprobe", path, symbol, ret), attr, pid, fn.fd)
 
     def attach_uprobe(self, name: Any, sym: Any, fn_name: Any, pid: int = -1) -> None:
         self._attach_uprobe(name, sym, fn_name, False, pid)
@@ -382,20 +385,15 @@ class LoadedObject:
         self._attach_uprobe(name, sym, fn_name, True, pid)
 
     def _detach_uprobe(self, name: Any, sym: Any, ret: bool) -> None:
-        path = name.decode() if isinstance(name, bytes) else name
-        symbol = sym.decode() if isinstance(sym, bytes) else sym
+        key = ("uprobe", _text(name), _text(sym), ret)
         with self._lock:
-            gone = self._perf.pop(("uprobe", path, symbol, ret), None)
-        if gone is None:
-            raise KeyError(f"{path}:{symbol}")
-        release([gone])
+            if key not in self._perf:
+                raise KeyError(f"{key[1]}:{key[2]}")
+        self._detach([key])
 
     def detach_uprobes(self, probes: list[tuple[str, str, bool]]) -> None:
         """Detach these (path, symbol, return probe) together; unknown ones are skipped."""
-        keys = [("uprobe", path, sym, ret) for path, sym, ret in probes]
-        with self._lock:
-            gone = [a for a in (self._perf.pop(k, None) for k in keys) if a is not None]
-        release(gone)
+        self._detach([("uprobe", path, sym, ret) for path, sym, ret in probes])
 
     def detach_uprobe(self, name: Any, sym: Any) -> None:
         self._detach_uprobe(name, sym, False)
