@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bytecode setup system test-tools venv crd-validator run test fuzz lint format bench clean
+.PHONY: bytecode setup system test-tools venv crd-validator image run test fuzz lint format bench clean
 
 setup: system test-tools venv crd-validator bytecode
 
@@ -66,6 +66,11 @@ crd-validator: $(CRD)/node_modules/.package-lock.json
 $(CRD)/node_modules/.package-lock.json: $(CRD)/package.json $(CRD)/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix $(CRD) --no-audit --no-fund --silent; \
 	  else echo "setup: npm not found: the CRD manifest test will be skipped" >&2; fi
+
+# The daemon image (deploy/Dockerfile) with podman or docker; a Debian 12 base is made from
+# Debian's packages when debian:bookworm-slim cannot be pulled. Rebuilds only what changed.
+image: system
+	@bash scripts/build-image.sh
 
 run: setup
 	$(BIN)/wasmtop

@@ -236,12 +236,18 @@ def check_ringbuf() -> Feature:
     if fd >= 0:
         os.close(fd)
         return Feature("ringbuf", OK, "BPF_MAP_TYPE_RINGBUF created", True)
-    return Feature(
-        "ringbuf",
-        UNAVAILABLE,
-        f"creating a ring buffer map failed: {errno.errorcode.get(-fd)} (needs Linux >= 5.8)",
-        True,
-    )
+    name = errno.errorcode.get(-fd, str(-fd))
+    why = {
+        # bpf() itself refused: CAP_BPF missing, or a seccomp profile without the rule that
+        # allows bpf() to CAP_BPF (containerd >= 1.6.9 and Docker >= 23 have it in their
+        # RuntimeDefault; older profiles allow bpf() only to CAP_SYS_ADMIN).
+        errno.EPERM: "bpf() refused: no CAP_BPF, or a seccomp profile that allows bpf() only"
+        " to CAP_SYS_ADMIN (docs/deploy.md)",
+        errno.EINVAL: "this kernel has no BPF ring buffer (needs Linux >= 5.8)",
+        errno.ENOSYS: "bpf() is not available (a kernel without CONFIG_BPF_SYSCALL, or seccomp)",
+    }.get(-fd, "needs Linux >= 5.8")
+    reason = f"creating a ring buffer map failed: {name}: {why}"
+    return Feature("ringbuf", UNAVAILABLE, reason, True)
 
 
 def check_tracepoints() -> Feature:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import features
-from .probeset import Probe, ProbeUnavailable, capturing
+from .probeset import Probe, capturing
 from .records import LifecycleReading, WasmCalls
 
 DEFAULT_MAX_PROCS = 16_384
@@ -114,8 +114,6 @@ class LifecycleProbe(Probe):
 
     def check_kernel(self) -> None:
         super().check_kernel()
-        if not features.check_ringbuf().ok:
-            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
 
     def required_maps(self) -> list[str]:
         return [*super().required_maps(), "procs", "calls_in_flight", "wasm_calls", "wasm_hist"]

@@ -225,7 +225,12 @@ class Probe:
         return f"// probe {self.name}\n{header}{self.rendered()}"
 
     def check_kernel(self) -> None:
-        """Raise ProbeUnavailable when the kernel lacks what this probe attaches to."""
+        """Raise ProbeUnavailable when the kernel lacks what this probe attaches to. Every probe
+        reports through a BPF ring buffer: when one cannot be made, the reason is the kernel's
+        (an old kernel, a missing capability, or a seccomp profile refusing bpf())."""
+        ringbuf = features.check_ringbuf()
+        if not ringbuf.ok:
+            raise ProbeUnavailable(f"BPF ring buffer unavailable: {ringbuf.reason}")
         for tp, _ in self.tracepoints:
             if not features.has_tracepoints(tp):
                 raise ProbeUnavailable(f"tracepoint {tp} not found (is tracefs mounted?)")
@@ -312,7 +317,8 @@ class Probe:
             self.status, self.reason = OK, "attached"
         finally:
             self._compiled, self._prepare_error = None, None
-        self._report(self.status)
+        # How it ended; a probe that did not attach says why (the log's only word on it).
+        self._report(self.status if self.status == OK else f"{self.status}: {self.reason}")
 
     def _load_and_attach(self, obj: CompiledObject) -> None:
         self.bpf = LoadedObject(obj)

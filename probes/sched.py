@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bpfobj, features, pins
-from .probeset import Probe, ProbeUnavailable
+from .probeset import Probe
 from .records import PreemptionRecord, SchedReading, ThreadSched, WakeupRecord
 
 # Preemption delays and wake-up waits above this are reported one by one (shorter ones are
@@ -195,8 +195,6 @@ class SchedProbe(Probe):
 
     def check_kernel(self) -> None:
         super().check_kernel()
-        if not features.check_ringbuf().ok:
-            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
         if self.trace_ctx_map:
             # The map is an addition: without it the probe runs, unstamped, and says why.
             if not features.check_bpffs().ok:

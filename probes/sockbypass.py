@@ -229,8 +229,7 @@ class SockBypassProbe(Probe):
         return flags
 
     def check_kernel(self) -> None:
-        if not features.check_ringbuf().ok:
-            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
+        super().check_kernel()
         if self.cgroup_path() is None:
             raise ProbeUnavailable("no cgroup v2 mount in /proc/mounts (sockops attaches there)")
 

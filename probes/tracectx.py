@@ -142,8 +142,6 @@ class TraceCtxProbe(Probe):
 
     def check_kernel(self) -> None:
         super().check_kernel()
-        if not features.check_ringbuf().ok:
-            raise ProbeUnavailable("BPF ring buffer unavailable (needs Linux >= 5.8)")
         if self.capture == "socket" and not features.user_regs():
             raise ProbeUnavailable(
                 "socket capture needs bpf_task_pt_regs (Linux >= 5.15, BTF) on x86-64"

@@ -124,7 +124,7 @@ def test_probes_compiled_together_keep_their_own_outcome(tmp_path: Path):
         assert (good.status, also.status, bad.status) == (OK, OK, FAILED)
         assert good.program_source == also.program_source == "compiler"
         assert "error" in bad.reason and "this is not C" in bad.reason, bad.reason
-    assert ("broken", "compiling") in stages and ("broken", FAILED) in stages
+    assert ("broken", "compiling") in stages and ("broken", f"{FAILED}: {bad.reason}") in stages
     assert len(list(tmp_path.glob("*.bpfobj"))) == 2  # only what compiled is kept
 
 

@@ -17,22 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from daemonset import ROOT, daemonset_capabilities, effective_caps
 
 from peers import daemon, get
 from support import no_programs_left, wasmtop_cmd
 
 pytestmark = pytest.mark.bpf
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "deploy/image"
 PROBES = {"sched", "sockbypass", "tracectx", "lifecycle"}
-CAP_BITS = {"NET_ADMIN": 12, "SYS_PTRACE": 19, "SYS_NICE": 23, "PERFMON": 38, "BPF": 39}
-
-
-def daemonset_capabilities() -> list[str]:
-    ds = yaml.safe_load((ROOT / "deploy/kubernetes/base/daemonset.yaml").read_text())
-    (c,) = ds["spec"]["template"]["spec"]["containers"]
-    return c["securityContext"]["capabilities"]["add"]
 
 
 def setpriv(caps: list[str]) -> list[str]:
@@ -55,16 +48,6 @@ def entry_point_env(image_headers: Path, wasmtop: str) -> dict[str, str]:
     env = {**os.environ, "WASMTOP_IMAGE_HEADERS": str(image_headers), "WASMTOP_BIN": wasmtop}
     env.pop("BCC_KERNEL_SOURCE", None)
     return env
-
-
-def effective_caps(pid: int) -> set[str]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    eff = int(
-        next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16
-    )
-    return {name for name, bit in CAP_BITS.items() if eff >> bit & 1} | (
-        {"other"} if eff & ~sum(1 << b for b in CAP_BITS.values()) else set()
-    )
 
 
 @pytest.fixture(scope="module")
