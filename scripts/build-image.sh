@@ -36,25 +36,33 @@ fi
 command -v "$engine" >/dev/null || die "$engine not found"
 
 # Everything the Dockerfile copies (deploy/Dockerfile's COPY lines, less .dockerignore's).
+# The hash covers their contents and modes (the entry point's executable bit), .dockerignore
+# and the base image's name.
 inputs=(deploy/Dockerfile deploy/image pyproject.toml setup.py README.md wasmtop probes collector
-        exporters alerts)
-source_hash=$(find "${inputs[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.so' \
-                ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum \
-              | cut -c1-16)
+        exporters alerts .dockerignore)
+source_hash=$( {
+    echo "base $base"
+    find "${inputs[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.so' ! -name '*.pyc' \
+      -printf '%m %p\n' | LC_ALL=C sort
+    find "${inputs[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.so' ! -name '*.pyc' \
+      -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-16)
 
 if [ "${WASMTOP_IMAGE_REBUILD:-0}" != 1 ] \
    && [ "$("$engine" image inspect --format '{{index .Config.Labels "org.wasmtop.source"}}' \
             "$tag" 2>/dev/null || true)" = "$source_hash" ]; then
   log "$tag is current (source $source_hash)"
 else
+  # The order: present, made here earlier (no pull to wait for again), pulled, made now.
   if "$engine" image inspect "$base" >/dev/null 2>&1; then
     log "base $base (present)"
-  elif timeout 120 "$engine" pull -q "$base" >/dev/null 2>&1; then
-    log "base $base (pulled)"
-  elif "$engine" image inspect "$local_base" >/dev/null 2>&1; then
+  elif [ "$base" = debian:bookworm-slim ] && "$engine" image inspect "$local_base" >/dev/null 2>&1; then
     base=$local_base
-    log "base $base (made earlier from Debian's packages; $engine could not pull $base)"
+    log "base $base (made earlier from Debian's packages)"
+  elif timeout 60 "$engine" pull -q "$base" >/dev/null 2>&1; then
+    log "base $base (pulled)"
   else
+    [ "$base" = debian:bookworm-slim ] || die "cannot pull $base (WASMTOP_BASE_IMAGE)"
     command -v mmdebstrap >/dev/null \
       || die "cannot pull $base, and mmdebstrap (apt-get install mmdebstrap) is not there to make one"
     log "cannot pull $base: making a Debian 12 base from Debian's packages ($mirror)"

@@ -7,11 +7,13 @@ hostNetwork (with the node's UTS namespace, as a hostNetwork pod has), every hos
 its path on this host, the emptyDir, the ConfigMap's files at its mount path, the arguments, the
 downward API's NODE_NAME, and the termination grace period `podman stop` waits before SIGKILL.
 
-Three things differ from a kubelet, all stated: the container runtime is podman with runc, not
-containerd; its seccomp profile is podman's default with the two rules containerd's
-RuntimeDefault has and Debian 12's podman lacks (CONTAINERD_RULES); and the open-file and process
-limits are 4096 each (podman's defaults would raise them, which needs CAP_SYS_RESOURCE, and this
-machine does not grant it)."""
+The memory and CPU limits are the manifest's too. Four things differ from a kubelet, all stated:
+the container runtime is podman with runc, not containerd; its seccomp profile is podman's
+default with the two rules containerd's RuntimeDefault has and Debian 12's podman lacks
+(CONTAINERD_RULES); the open-file and process limits are 4096 each (podman's defaults would raise
+them, which needs CAP_SYS_RESOURCE, and this machine does not grant it); and the program cache's
+hostPath is an empty directory of the test's, so the image's own compiler is what builds the
+probes (and the host's cache is left alone)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ from wasmtop.grpcapi import RemoteSnapshots
 pytestmark = pytest.mark.bpf
 
 PROBES = {"sched", "sockbypass", "tracectx", "lifecycle"}
-NAME = f"wasmtop-test-{os.getpid()}"
+NAME = "wasmtop-container-test"  # fixed: a run removes what a killed run left
+LABEL = "org.wasmtop.test=container"
 # Open files and processes: podman's defaults (1048576) would raise the limits, which needs
 # CAP_SYS_RESOURCE, and this machine does not grant it. The daemon runs within 4096 of each.
 LIMIT = 4096
@@ -96,11 +99,14 @@ def runtime_default(dest: Path) -> Path:
     return dest
 
 
-def podman_run(tag: str, config_dir: Path, seccomp: Path) -> list[str]:
-    """`podman run` for the DaemonSet's pod, from the manifest."""
+def podman_run(tag: str, config_dir: Path, seccomp: Path, cache: Path) -> list[str]:
+    """`podman run` for the DaemonSet's pod, from the manifest. The program cache's hostPath
+    is ``cache`` (empty), so the image's own compiler builds the probes, within the limits."""
     pod, c = pod_spec(), container()
     sc = c["securityContext"]
-    argv = ["podman", "run", "-d", "--name", NAME, "--cap-drop", "ALL"]
+    argv = ["podman", "run", "-d", "--name", NAME, "--label", LABEL]
+    for cap in sc["capabilities"]["drop"]:
+        argv += ["--cap-drop", cap]
     for cap in sc["capabilities"]["add"]:
         argv += ["--cap-add", cap]
     assert sc["privileged"] is False and sc["runAsNonRoot"] is False
@@ -116,6 +122,8 @@ def podman_run(tag: str, config_dir: Path, seccomp: Path) -> list[str]:
     if pod.get("hostNetwork"):
         argv += ["--network", "host", "--uts", "host"]
     argv += ["--ulimit", f"nofile={LIMIT}:{LIMIT}", "--ulimit", f"nproc={LIMIT}:{LIMIT}"]
+    limits = c["resources"]["limits"]
+    argv += ["--memory", limits["memory"].replace("Mi", "m"), "--cpus", str(limits["cpu"])]
     for env in c.get("env", []):
         if env.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
             argv += ["-e", f"{env['name']}={socket.gethostname()}"]
@@ -125,7 +133,9 @@ def podman_run(tag: str, config_dir: Path, seccomp: Path) -> list[str]:
     for mount in c["volumeMounts"]:
         volume = volumes[mount["name"]]
         ro = ":ro" if mount.get("readOnly") else ""
-        if "hostPath" in volume:
+        if "hostPath" in volume and volume["hostPath"]["path"] == "/var/cache/wasmtop":
+            argv += ["-v", f"{cache}:{mount['mountPath']}{ro}"]
+        elif "hostPath" in volume:
             host = volume["hostPath"]
             if host.get("type") == "DirectoryOrCreate":
                 Path(host["path"]).mkdir(parents=True, exist_ok=True)
@@ -166,6 +176,12 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True, check=check)
 
 
+def logs_of(name: str) -> str:
+    """The container's output (the daemon logs to stderr; the log driver may merge them)."""
+    out = podman("logs", name, check=False)
+    return out.stdout + out.stderr
+
+
 @contextmanager
 def started(tag: str, config_dir: Path, seccomp: Path) -> Iterator[dict]:
     """The container, started, once /readyz says ready or every probe has settled; removed
@@ -175,8 +191,11 @@ def started(tag: str, config_dir: Path, seccomp: Path) -> Iterator[dict]:
     port = metrics_port(config)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
-    podman("rm", "-f", NAME, check=False)
-    podman(*podman_run(tag, config_dir, seccomp)[1:])
+    for left in podman("ps", "-aq", "--filter", f"label={LABEL}").stdout.split():
+        podman("rm", "-f", "-t", "0", left, check=False)  # a killed run's container
+    cache = config_dir.parent / "cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    podman(*podman_run(tag, config_dir, seccomp, cache)[1:])
     base = f"http://127.0.0.1:{port}"
     try:
 
@@ -194,10 +213,12 @@ def started(tag: str, config_dir: Path, seccomp: Path) -> Iterator[dict]:
             return status == 200 or settled and states != {"ok"}
 
         wait_for(ready_or_settled, timeout_s=180, interval_s=0.5)
+        running = podman("inspect", "--format", "{{.State.Running}}", NAME).stdout.strip()
+        assert running == "true", f"the container ended: {logs_of(NAME)[-4000:]}"
         status, body = get(f"{base}/readyz")
         pid = int(podman("inspect", "--format", "{{.State.Pid}}", NAME).stdout)
         yield {"base": base, "pid": pid, "status": status, "readyz": json.loads(body),
-               "config": config, "logs": podman("logs", NAME).stderr}  # fmt: skip
+               "config": config, "logs": logs_of(NAME)}  # fmt: skip
     finally:
         podman("rm", "-f", "-t", "0", NAME, check=False)
 
@@ -216,6 +237,9 @@ def test_the_image_runs_under_the_daemonsets_security_context_and_leaves_nothing
     assert Path(f"/proc/{running['pid']}/comm").read_text().strip() == "wasmtop"
     probes = running["readyz"]["probes"]
     assert set(probes) == PROBES and all(p["status"] == "ok" for p in probes.values()), probes
+    # An empty program cache: the image's BCC compiled every probe, within the memory limit.
+    for name in PROBES:
+        assert f"probe {name}: compiling" in running["logs"], running["logs"]
     base = running["base"]
 
     # A workload started on the host: its figures on /metrics agree with the kernel's books.
@@ -263,7 +287,7 @@ def test_the_image_runs_under_the_daemonsets_security_context_and_leaves_nothing
     podman("stop", "-t", str(grace), NAME)
     took = time.monotonic() - start
     state = json.loads(podman("inspect", "--format", "{{json .State}}", NAME).stdout)
-    logs = podman("logs", NAME).stderr
+    logs = logs_of(NAME)
     assert state["ExitCode"] == 0, logs[-4000:]
     assert took < grace, f"{took:.1f} s: SIGKILL'd after the grace period?"
     assert f"stopping on signal {int(signal.SIGTERM)}" in logs, logs[-2000:]
