@@ -18,6 +18,7 @@ dependency tree for two GET requests.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -27,8 +28,8 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
@@ -178,14 +179,26 @@ class PodCache:
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """Where the API server is and how wasmtop proves who it is: a bearer token (a file, read
+    at every request since bound tokens rotate, or a kubeconfig's inline token), a client
+    certificate, or both."""
+
     server: str  # https://HOST:PORT
     node: str  # the node whose pods are listed
-    token_file: str
-    ca_file: str | None  # None: the system's CA roots
+    token_file: str | None
+    ca_file: str | None  # None: ca_data, else the system's CA roots
     timeout_s: float = 10.0  # connect, the response's headers, and each read of a list
     resync_s: float = 300.0  # relist this often even when the watch runs fine
     backoff_initial_s: float = BACKOFF_INITIAL_S
     backoff_max_s: float = BACKOFF_MAX_S
+    token: str | None = field(default=None, repr=False)  # a kubeconfig's inline token
+    ca_data: str | None = None  # PEM, from a kubeconfig's certificate-authority-data
+    client_cert: str | None = None  # PEM files of a client certificate and its key
+    client_key: str | None = None
+    client_cert_data: bytes | None = field(default=None, repr=False)  # or their PEM bytes
+    client_key_data: bytes | None = field(default=None, repr=False)
+    insecure: bool = False  # a kubeconfig's insecure-skip-tls-verify: said in the log
+    source: str = "the pod's service account"  # for the log: where these came from
 
 
 def in_cluster_server(env: Mapping[str, str] = os.environ) -> str | None:
@@ -436,27 +449,24 @@ class PodWatcher:
     def _request(self, request: str, path: str) -> _Response:
         """Send a GET; the response once its status is 200, else _Failure."""
         s = self.settings
-        try:
-            with open(s.token_file) as f:
-                token = f.read().strip()  # read each time: bound tokens are rotated
-        except OSError as exc:
-            raise _Failure(NO_TOKEN, f"cannot read {s.token_file}: {exc.strerror}") from None
-        if not token:
-            raise _Failure(NO_TOKEN, f"{s.token_file} is empty")
-        try:
-            context = ssl.create_default_context(cafile=s.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise _Failure(TLS_ERROR, f"cannot load the CA file {s.ca_file}: {exc}") from None
+        token = s.token
+        if s.token_file is not None:
+            try:
+                with open(s.token_file) as f:
+                    token = f.read().strip()  # read each time: bound tokens are rotated
+            except OSError as exc:
+                raise _Failure(NO_TOKEN, f"cannot read {s.token_file}: {exc.strerror}") from None
+            if not token:
+                raise _Failure(NO_TOKEN, f"{s.token_file} is empty")
+        context = _tls_context(s)
         conn = http.client.HTTPSConnection(
             self._host, self._port, timeout=s.timeout_s, context=context
         )
         with self._conn_lock:
             self._conn = conn  # close() shuts its socket down once there is one
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/json",
-            "User-Agent": f"wasmtop/{__version__}",
-        }
+        headers = {"Accept": "application/json", "User-Agent": f"wasmtop/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         what = f"{request} pods from {s.server}"
         try:
             conn.connect()
@@ -587,6 +597,43 @@ def outcome_of_status(status: int) -> str:
     if status >= 500:
         return SERVER_ERROR
     return BAD_RESPONSE
+
+
+def _tls_context(s: ApiSettings) -> ssl.SSLContext:
+    """The TLS context of one request: the server checked against the CA file, the CA data or
+    the system's roots (not at all with ``insecure``), and the client certificate if any."""
+    try:
+        if s.ca_file is not None or s.ca_data is None:
+            context = ssl.create_default_context(cafile=s.ca_file)
+        else:
+            context = ssl.create_default_context(cadata=s.ca_data)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        what = f"the CA file {s.ca_file}" if s.ca_file else "the CA data"
+        raise _Failure(TLS_ERROR, f"cannot load {what}: {exc}") from None
+    if s.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        if s.client_cert_data is not None and s.client_key_data is not None:
+            with _memfile(s.client_cert_data) as cert, _memfile(s.client_key_data) as key:
+                context.load_cert_chain(cert, key)
+        elif s.client_cert is not None:
+            context.load_cert_chain(s.client_cert, s.client_key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise _Failure(TLS_ERROR, f"cannot load the client certificate: {exc}") from None
+    return context
+
+
+@contextlib.contextmanager
+def _memfile(data: bytes) -> Iterator[str]:
+    """A path to ``data`` that never touches a disk (an anonymous memory file), for
+    ``load_cert_chain``, which reads only files: a kubeconfig's inline key stays in memory."""
+    fd = os.memfd_create("wasmtop-kubeconfig", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _failure_of(exc: BaseException, what: str) -> _Failure:

@@ -8,9 +8,11 @@ there). A test scripts the next answers (a status, an answer held back, a stream
 it or cut off mid-event) and pushes live events into an open watch.
 
 It checks what the client sends, as the real server would: a request without
-``Authorization: Bearer <token>`` gets a ``401`` Status. What only wasmtop's contract asks for
-(the ``fieldSelector`` naming the node, bookmarks asked for, a resourceVersion to watch from)
-is recorded in ``problems``, which a test asserts is empty.
+``Authorization: Bearer <token>`` gets a ``401`` Status, unless it came with a client
+certificate the ``client_ca`` signed (kube-apiserver's ``--client-ca-file``; TLS verifies it).
+What only wasmtop's contract asks for (the ``fieldSelector`` naming the node, bookmarks asked
+for, a resourceVersion to watch from) is recorded in ``problems``, which a test asserts is
+empty.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Seen(NamedTuple):
     kind: str  # list | watch
     query: dict[str, str]
     authorization: str
+    client_cn: str | None = None  # the verified client certificate's common name
 
 
 class KubeApiStandIn:
@@ -83,6 +86,7 @@ class KubeApiStandIn:
         node: str = NODE,
         pods: list[dict] | None = None,
         resource_version: str = "1200",
+        client_ca: Path | None = None,
     ) -> None:
         self.token = token
         self.node = node
@@ -98,6 +102,9 @@ class KubeApiStandIn:
         self.stopping = threading.Event()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(cert), str(key))
+        if client_ca is not None:
+            ctx.verify_mode = ssl.CERT_OPTIONAL  # a token or a certificate, as the real one
+            ctx.load_verify_locations(str(client_ca))
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
         self.httpd.api = self
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
@@ -145,7 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query))
         kind = "watch" if query.get("watch") in ("1", "true") else "list"
         auth = self.headers.get("Authorization", "")
-        api.seen.append(Seen(kind, query, auth))
+        peer = self.connection.getpeercert() or {}
+        cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), None)
+        api.seen.append(Seen(kind, query, auth, cn))
         if url.path != "/api/v1/pods":
             api.problems.append(f"unexpected path {url.path}")
             return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
@@ -158,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
                     api.problems.append(f"watch without {k}={v}: {query}")
             if not query.get("resourceVersion") or not query.get("timeoutSeconds", "").isdigit():
                 api.problems.append(f"watch without resourceVersion or timeoutSeconds: {query}")
-        if auth != f"Bearer {api.token}":
+        if auth != f"Bearer {api.token}" and cn is None:
             return self._json(401, fixture("status-401.json"))
         reply = api.replies[kind].popleft() if api.replies[kind] else None
         if reply is None:

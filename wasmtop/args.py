@@ -94,6 +94,19 @@ def add_collector_arguments(p: argparse.ArgumentParser) -> None:
         "not only wasmtop's",
     )
     p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="name pods through the API server of this kubeconfig's current context (default: "
+        "in a pod its service account; else $KUBECONFIG, ~/.kube/config, K3s's "
+        "/etc/rancher/k3s/k3s.yaml; token or client-certificate users; see docs/config.md)",
+    )
+    p.add_argument("--context", metavar="NAME", help="the kubeconfig's context to use")
+    p.add_argument(
+        "--no-kubernetes",
+        action="store_true",
+        help="never ask an API server: pods are known by UID",
+    )
+    p.add_argument(
         "--rules",
         action="append",
         default=[],

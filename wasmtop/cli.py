@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__, config
@@ -26,6 +27,8 @@ from .engine import (
     preflight,
     progress_logger,
 )
+
+POD_LIST_WAIT_S = 3.0  # snapshot: how long the one Snapshot waits for the API's pod list
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,29 +320,41 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         trace_cgroups=tuple(args.trace_cgroup),
         lifecycle="lifecycle" in wanted,
     )
-    engine = Engine(
-        options,
-        tick_s=args.seconds,
-        scheduling=args.scheduling,
-        probe_stats=args.probe_stats,
-        max_events=args.max_events,
-        growth_window_s=args.growth_window_s,
-        progress=progress_logger(lambda line: print(f"wasmtop: {line}", file=sys.stderr)),
-    )
+    from .kubeconfig import pod_names
+
+    def say(line: str) -> None:
+        print(f"wasmtop: {line}", file=sys.stderr)
+
     try:
-        with engine:
-            probes = engine.probes
-            if not any(p.status == OK for p in probes):
-                for p in probes:
-                    print(f"wasmtop: probe {p.name}: {p.status}: {p.reason}", file=sys.stderr)
-                return EXIT_ENV
-            status = ", ".join(
-                f"{p.name} {p.status}" + (f" ({word})" if (word := p.summary()) else "")
-                for p in probes
+        with pod_names(args.kubeconfig, args.context, args.no_kubernetes, say) as pods:
+            engine = Engine(
+                options,
+                tick_s=args.seconds,
+                scheduling=args.scheduling,
+                probe_stats=args.probe_stats,
+                max_events=args.max_events,
+                growth_window_s=args.growth_window_s,
+                pods=pods,
+                progress=progress_logger(say),
             )
-            print(f"wasmtop: attached: {status}; watching for {args.seconds:g} s", file=sys.stderr)
-            engine.drain_for(args.seconds)
-            snapshot = engine.last_snapshot()
+            with engine:
+                probes = engine.probes
+                if not any(p.status == OK for p in probes):
+                    for p in probes:
+                        say(f"probe {p.name}: {p.status}: {p.reason}")
+                    return EXIT_ENV
+                status = ", ".join(
+                    f"{p.name} {p.status}" + (f" ({word})" if (word := p.summary()) else "")
+                    for p in probes
+                )
+                say(f"attached: {status}; watching for {args.seconds:g} s")
+                engine.drain_for(args.seconds)
+                if pods is not None and not pods.synced:
+                    # Names for the one Snapshot: drain on while the pods are listed, a while.
+                    deadline = time.monotonic() + POD_LIST_WAIT_S
+                    while not pods.synced and time.monotonic() < deadline:
+                        engine.drain_for(0.1)
+                snapshot = engine.last_snapshot()
     except Terminated as stop:
         return stop.exit_code
     if evaluator is not None:

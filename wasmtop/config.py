@@ -267,6 +267,12 @@ SCHEMA: dict[str, Any] = {
             optional(nonempty_text),
             "CA of the API server; null: the system's roots",
         ),
+        "kubeconfig": Key(
+            None,
+            optional(nonempty_text),
+            "not in a pod: this kubeconfig; null: $KUBECONFIG, ~/.kube/config, K3s's",
+        ),
+        "context": Key(None, optional(nonempty_text), "the kubeconfig's context; null: current"),
         "timeout_s": Key(10.0, number(float, 0.1, 300), "wait for an answer of the API server"),
         "resync_s": Key(300.0, number(float, 1, 86400), "full relist this often"),
     },

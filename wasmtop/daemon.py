@@ -73,29 +73,12 @@ def grpc_tls_files(config: Config, config_path: Path) -> tuple[str | None, str |
 
 def kubernetes_settings(
     config: Config, config_path: Path, env: Mapping[str, str] = os.environ
-) -> tuple[Any, str | None]:
-    """(ApiSettings, None) when pod metadata is to be read from the API; else (None, why),
-    where ``why`` is None on a plain host with ``enabled: auto`` (nothing worth saying)."""
-    from .alerts.evaluate import default_node
-    from .collector.kubernetes import ApiSettings, in_cluster_server
+) -> tuple[Any, str]:
+    """(ApiSettings, how) when pod metadata is to be read from the API; else (None, why)
+    (wasmtop/kubeconfig.py: the resolution `wasmtop` and `snapshot` share)."""
+    from .kubeconfig import api_settings
 
-    k = config["kubernetes"]
-    if k["enabled"] is False:
-        return None, "off (kubernetes.enabled: false)"
-    server = k["api_server"] or in_cluster_server(env)
-    token = str(config_relative(k["token_file"], str(config_path)))
-    ca = None if k["ca_file"] is None else str(config_relative(k["ca_file"], str(config_path)))
-    if server is None:
-        if k["enabled"] == "auto":
-            return None, None  # not in a pod: local mode
-        return None, (
-            "off: kubernetes.enabled is true but no API server is known "
-            "(set kubernetes.api_server, or run in a pod where KUBERNETES_SERVICE_HOST is set)"
-        )
-    if k["enabled"] == "auto" and not os.path.isfile(token):
-        return None, f"off: no service account token at {token} (automountServiceAccountToken?)"
-    node = k["node_name"] or default_node(env)
-    return ApiSettings(server, node, token, ca, k["timeout_s"], k["resync_s"]), None
+    return api_settings(config["kubernetes"], config_path, env)
 
 
 def node_resource() -> dict[str, str]:
@@ -269,15 +252,14 @@ class Daemon:
         server that cannot be reached is retried, counted and logged by the watcher."""
         from .collector.kubernetes import PodWatcher
 
-        settings, why = kubernetes_settings(self.config, self.config_path)
+        settings, how = kubernetes_settings(self.config, self.config_path)
         if settings is None:
             self.kube = None
             self.pods.clear()
-            if why:
-                log(f"pod metadata from the Kubernetes API: {why}")
+            log(f"pod names from the Kubernetes API: {how}")
             return
         self.kube = PodWatcher(settings, self.pods, log=log, counts_from=old).start()
-        log(f"watching the pods of node {settings.node} at {settings.server}")
+        log(f"watching the pods of node {settings.node} at {settings.server} ({settings.source})")
 
     def make_evaluator(self) -> None:
         """The evaluator for the current rules, keeping the states of unchanged rules."""

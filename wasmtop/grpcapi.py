@@ -41,6 +41,8 @@ import grpc  # noqa: E402 - after GRPC_VERBOSITY
 from .collector.model import SCHEMA, Snapshot
 from .collector.snapshot_json import snapshot_from_json
 from .config import GRPC_SOCKET, MAX_UNIX_PATH_BYTES, UNIX_PREFIX
+from .filters import FilterError, WorkloadFilter
+from .filters import parse as parse_filter
 from .proto.wasmtop.v1 import snapshots_pb2 as pb
 from .proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
 from .safe import safe
@@ -89,19 +91,24 @@ class _Published:
         self._message: pb.Snapshot | None = None
         self._lock = threading.Lock()
 
-    def message(self) -> pb.Snapshot:
+    def message(self, chosen: WorkloadFilter | None = None) -> pb.Snapshot:
+        """The message for every stream (encoded once), or for one stream's filter."""
+        if chosen:
+            return self._encode(chosen.apply(self.snapshot))
         with self._lock:
             if self._message is None:
-                s = self.snapshot
-                self._message = pb.Snapshot(
-                    schema=s.schema,
-                    json=s.to_json(indent=None),
-                    sequence=self.sequence,
-                    host=s.host,
-                    window_s=s.window_s,
-                    workloads=len(s.workloads),
-                )
+                self._message = self._encode(self.snapshot)
             return self._message
+
+    def _encode(self, s: Snapshot) -> pb.Snapshot:
+        return pb.Snapshot(
+            schema=s.schema,
+            json=s.to_json(indent=None),
+            sequence=self.sequence,
+            host=s.host,
+            window_s=s.window_s,
+            workloads=len(s.workloads),
+        )
 
 
 class SnapshotServer(pb_grpc.SnapshotsServicer):
@@ -290,6 +297,10 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
                     f"{self._per_peer[peer]} streams open from {safe(peer)}: the daemon's limit "
                     "per peer (grpc.max_streams_per_peer)",
                 )
+            try:
+                chosen = parse_filter(request.filter)
+            except FilterError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filter: {exc}")
             self.streams += 1
             if peer is not None:
                 self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
@@ -319,7 +330,8 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
                         self.dropped += published.sequence - last - 1
                     last = published.sequence
                     self.sent += 1  # handed to gRPC (a client may still leave before it lands)
-                yield published.message()  # blocks while the client's window is full
+                # Blocks while the client's window is full. A filtered stream encodes its own.
+                yield published.message(chosen) if chosen else published.message()
         finally:
             with self._cond:
                 self.streams -= 1
@@ -451,9 +463,12 @@ class RemoteSnapshots:
         cert_file: str | None = None,
         key_file: str | None = None,
         reconnect_max_s: float = 5.0,
+        filter: str = "",
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise ValueError("expected both cert_file and key_file, or neither")
+        parse_filter(filter)  # FilterError (a ValueError) here, not a daemon's refusal later
+        self.filter = filter
         self.target = target
         self.ca_file = ca_file
         self.client_cert = cert_file is not None
@@ -548,7 +563,7 @@ class RemoteSnapshots:
         """One stream until it ends or breaks; True when it delivered a Snapshot."""
         got_one = False
         with self._channel() as channel:
-            call = pb_grpc.SnapshotsStub(channel).Watch(pb.WatchRequest())
+            call = pb_grpc.SnapshotsStub(channel).Watch(pb.WatchRequest(filter=self.filter))
             self._call = call
             if self._stop.is_set():  # close() came before the call existed
                 call.cancel()

@@ -75,6 +75,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print one plain table after the first refresh and exit 0",
     )
     p.add_argument(
+        "--filter",
+        default="",
+        metavar="WORDS",
+        help="show only the workloads these words match (as the / key does): ns:NAME the "
+        "pod's namespace, pod:NAME the start of its name, any other word part of its name; with "
+        "--connect the daemon filters before sending",
+    )
+    p.add_argument(
         "--kernel-threads",
         action="store_true",
         help="list kernel threads (kworker, ksoftirqd, migration ...) one row each from the "
@@ -173,9 +181,12 @@ def handle(key: str, snap: Snapshot | None, state: Any) -> bool:
 class Embedded:
     """Probes and collector in this process (the engine): a Snapshot every refresh."""
 
-    def __init__(self, args: argparse.Namespace, evaluator: Any) -> None:
+    def __init__(
+        self, args: argparse.Namespace, evaluator: Any, say: Callable[[str], None] = print
+    ) -> None:
         self.args = args
         self.evaluator = evaluator
+        self.say = say  # a note for the screen (pod names: where from, or why none)
         self.banner: str | None = None
         self.starting: dict[str, str] = {}  # probe -> its loading step, while they load
         self.on_progress: Callable[[], None] | None = None  # redraw the start screen
@@ -189,21 +200,26 @@ class Embedded:
 
     @contextmanager
     def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
-        engine = Engine(
-            ProbeOptions(threshold_ms=self.args.threshold_ms),
-            tick_s=self.args.refresh,
-            scheduling=self.args.scheduling,
-            probe_stats=self.args.probe_stats,
-            progress=self._progress,
-        )
-        with engine:
+        from .kubeconfig import pod_names
 
-            def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
-                """Drain and wait (reading keys) until the next Snapshot is due."""
-                snap = engine.poll(wait)
-                return None if snap is None else self.evaluator.evaluate(snap).snapshot
+        a = self.args
+        with pod_names(a.kubeconfig, a.context, a.no_kubernetes, self.say) as pods:
+            engine = Engine(
+                ProbeOptions(threshold_ms=a.threshold_ms),
+                tick_s=a.refresh,
+                scheduling=a.scheduling,
+                probe_stats=a.probe_stats,
+                pods=pods,
+                progress=self._progress,
+            )
+            with engine:
 
-            yield next_snapshot
+                def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
+                    """Drain and wait (reading keys) until the next Snapshot is due."""
+                    snap = engine.poll(wait)
+                    return None if snap is None else self.evaluator.evaluate(snap).snapshot
+
+                yield next_snapshot
 
 
 class Remote:
@@ -222,6 +238,7 @@ class Remote:
             ca_file=self.args.ca_file,
             cert_file=self.args.cert_file,
             key_file=self.args.key_file,
+            filter=self.args.filter,
         )
         remote.start()
 
@@ -284,6 +301,8 @@ def terminated_on_sigterm() -> Iterator[None]:
 # -- the loop ----------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> int:
     from .config import ConfigError
+    from .filters import FilterError
+    from .filters import parse as parse_filter
     from .probes.probeset import Terminated
 
     interactive = not args.once and sys.stdin.isatty() and sys.stdout.isatty()
@@ -302,28 +321,32 @@ def main(args: argparse.Namespace) -> int:
     why = connect_arguments_error(args)
     if why is not None:
         return fail(why, EXIT_USAGE)
+    try:
+        parse_filter(args.filter)
+    except FilterError as exc:
+        return fail(f"argument --filter: {exc}", EXIT_USAGE)
     if args.connect:
         source: Any = Remote(args)
     else:
         code = preflight()
         if code is not None:
             return code
-        source = Embedded(args, evaluator)
+        source = Embedded(args, evaluator, say)
     try:
         with terminated_on_sigterm():
             kernel_threads = args.kernel_threads
             if interactive:
-                return _interactive(source, evaluator.rules, notes, kernel_threads)
-            return _plain(source, args.once, kernel_threads)
+                return _interactive(source, evaluator.rules, notes, kernel_threads, args.filter)
+            return _plain(source, args.once, kernel_threads, args.filter)
     except Terminated as stop:
         return stop.exit_code
 
 
-def _plain(source: Any, once: bool, kernel_threads: bool = False) -> int:
+def _plain(source: Any, once: bool, kernel_threads: bool = False, filter: str = "") -> int:
     from .columns import header_lines, plain_lines
     from .view import ViewState, alerts_line, visible
 
-    state = ViewState(kernel_threads=kernel_threads)
+    state = ViewState(kernel_threads=kernel_threads, filter=filter)
     shown: str | None = None
     # --once from a daemon that does not answer: say why and give up rather than hang.
     give_up = time.monotonic() + ONCE_REMOTE_WAIT_S if once and isinstance(source, Remote) else None
@@ -350,14 +373,16 @@ def _plain(source: Any, once: bool, kernel_threads: bool = False) -> int:
                 return EXIT_OK
 
 
-def _interactive(source: Any, rules: Any, notes: list[str], kernel_threads: bool = False) -> int:
+def _interactive(
+    source: Any, rules: Any, notes: list[str], kernel_threads: bool = False, filter: str = ""
+) -> int:
     from rich.console import Console
     from rich.live import Live
 
     from .view import ViewState, keep_selection, render
 
     console = Console()
-    state = ViewState(notes=notes, kernel_threads=kernel_threads)
+    state = ViewState(notes=notes, kernel_threads=kernel_threads, filter=filter)
     snap: Snapshot | None = None
     with (
         Keys(sys.stdin.fileno()) as keys,

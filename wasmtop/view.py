@@ -23,6 +23,8 @@ from rich.text import Text
 from .alerts.quantities import QUANTITIES
 from .collector.model import HistogramBucket, Snapshot, WaitedBehind, Workload
 from .columns import TOP_COLUMNS, Column, columns_for, own_cost, reporting, workload_name
+from .filters import FilterError, WorkloadFilter
+from .filters import parse as parse_filter
 from .fold import fold_kernel_threads
 from .safe import safe
 
@@ -31,7 +33,7 @@ HELP = (
     ("↑ ↓", "select a workload"),
     ("enter", "detail of the selected workload / back"),
     ("s r", "sort by the next column; reverse the order"),
-    ("/", "filter by name (enter applies, esc clears)"),
+    ("/", "filter: words of the name; ns:NAME the pod's namespace; pod:NAME its name's start"),
     ("p", "pause / resume (the probes keep counting)"),
     ("K", "kernel threads one by one / folded into one kernel row"),
     ("?", "this help / back"),
@@ -74,7 +76,8 @@ def rows(snap: Snapshot, state: ViewState) -> list[Workload]:
     """The table's rows before sorting: wasmtop's own workloads left out (the header shows
     their cost), the workloads the filter matches, and the kernel threads among them folded into
     one ``kernel`` row unless ``state.kernel_threads``."""
-    ws = [w for w in snap.workloads if not w.wasmtop and state.filter.lower() in _label(w).lower()]
+    chosen = active_filter(state)
+    ws = [w for w in snap.workloads if not w.wasmtop and chosen.matches(w)]
     if state.kernel_threads:
         return ws
     threads = [w for w in ws if w.kernel_thread]
@@ -97,9 +100,21 @@ def visible(snap: Snapshot, state: ViewState) -> list[Workload]:
     return sorted(ws, key=key, reverse=state.reverse)
 
 
-def _label(w: Workload) -> str:
-    """What the filter (/) matches: names, key, comm, and "kernel" for a kernel thread."""
-    return f"{workload_name(w)} {w.key} {w.comm}" + (" kernel" if w.kernel_thread else "")
+def active_filter(state: ViewState) -> WorkloadFilter:
+    """The filter typed after / (wasmtop/filters.py); while it cannot be used (``ns:`` still
+    without a name), none: the footer says why."""
+    try:
+        return parse_filter(state.filter)
+    except FilterError:
+        return WorkloadFilter()
+
+
+def filter_error(state: ViewState) -> str | None:
+    try:
+        parse_filter(state.filter)
+    except FilterError as exc:
+        return str(exc)
+    return None
 
 
 def _selected(snap: Snapshot, state: ViewState) -> Workload | None:
@@ -425,7 +440,11 @@ def _cpu_order(cpu: str) -> tuple[int, int, str]:
 
 def footer(state: ViewState) -> Text:
     if state.editing_filter:
-        return Text(f"filter: {safe(state.filter)}█  (enter apply, esc clear)", style="bold")
+        t = Text(f"filter: {safe(state.filter)}█  (enter apply, esc clear; ns:NAME pod:NAME)",
+                 style="bold")  # fmt: skip
+        if (why := filter_error(state)) is not None:
+            t.append(f"   {why}", style="bold red")
+        return t
     t = Text("q quit  ↑↓ select  enter detail  s sort  r reverse  / filter  p pause  ? help",
              style="dim")  # fmt: skip
     if state.filter:

@@ -7,7 +7,9 @@ reached never stops the daemon."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -22,9 +24,10 @@ import yaml
 from kube_standin import NODE, KubeApiStandIn, event, fixture
 
 from peers import daemon, free_port, get, metric_value
-from support import wait_for, workloads
+from support import wait_for, wasmtop_cmd, workloads
 from wasmtop.collector.workloads import Pod
 from wasmtop.grpcapi import RemoteSnapshots
+from wasmtop.kubeconfig import NOT_IN_A_POD
 from wasmtop.probes import features
 
 pytestmark = pytest.mark.bpf
@@ -197,6 +200,8 @@ def test_local_mode_attempts_nothing_and_an_unreachable_api_never_stops_the_daem
 ):
     cert, key = tls_files
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # a plain host
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
     config = {"probes": {"bypass": {"mode": "off"}, "trace": {"enabled": False}}}
     with workloads(("sleeper", {})) as (sleeper,), daemon(tmp_path, config) as d:
         sleeper.go()
@@ -206,7 +211,7 @@ def test_local_mode_attempts_nothing_and_an_unreachable_api_never_stops_the_daem
             )
         )
         assert b"wasmtop_kubernetes" not in metrics(d)
-        assert "kubernetes" not in d.stderr_so_far().lower()
+        assert d.stderr_so_far().count(NOT_IN_A_POD) == 1  # said once, nothing attempted
 
         # enabled: true, and nothing listens where the API server should be.
         closed = f"https://127.0.0.1:{free_port()}"
@@ -239,3 +244,110 @@ def test_local_mode_attempts_nothing_and_an_unreachable_api_never_stops_the_daem
             reload(d, lambda c: c.pop("kubernetes"))
             assert wait_for(lambda: b"wasmtop_kubernetes" not in metrics(d))  # next Snapshot
         assert api.problems == []
+
+
+# -- the same pod names off a pod: a kubeconfig, for `wasmtop`, `snapshot` and the daemon ---------
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, user: dict) -> Path:
+    """A kubeconfig as kubectl writes one (K3s's has inline data like this)."""
+    b64 = lambda p: base64.b64encode(Path(p).read_bytes()).decode()  # noqa: E731
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "edge",
+        "clusters": [{"name": "edge", "cluster": {
+            "server": server, "certificate-authority-data": b64(ca)}}],
+        "contexts": [{"name": "edge", "context": {"cluster": "edge", "user": "oncall"}}],
+        "users": [{"name": "oncall", "user": {
+            k: b64(v) if k.endswith("-data") else v for k, v in user.items()}}],
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@contextmanager
+def named_pod(tmp_path: Path, **standin: object) -> Iterator[tuple[KubeApiStandIn, int, str, str]]:
+    """A busy process in a kubelet-shaped cgroup, and a stand-in API server that lists its pod
+    (namespace edge): (api, pid, workload key, pod name)."""
+    uid, cid = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex
+    name = f"web-{uid[:5]}"
+    with ExitStack() as stack:
+        api = stack.enter_context(KubeApiStandIn(pods=[pod_object(uid, cid, name)], **standin))
+        busy = stack.enter_context(busy_in(stack.enter_context(kubelet_cgroup(uid, cid))))
+        yield api, busy, f"pod:{uid}/{cid}", name
+
+
+def test_snapshot_names_pods_through_a_kubeconfig_with_a_client_certificate(tmp_path, pki):
+    with named_pod(tmp_path, cert=pki.server[0], key=pki.server[1], token=TOKEN,
+                   client_ca=pki.ca) as (api, busy, key, name):  # fmt: skip
+        inline = {"client-certificate-data": pki.oncall[0], "client-key-data": pki.oncall[1]}
+        kubeconfig = write_kubeconfig(tmp_path / "config", api.url, pki.ca, inline)
+        env = {**os.environ, "NODE_NAME": NODE, "KUBECONFIG": str(kubeconfig)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        run = subprocess.run(
+            [*wasmtop_cmd(), "snapshot", "--seconds", "1", "--probes", "sched", "--no-alerts",
+             "--pid", str(busy)],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert f"pod names from kubeconfig {kubeconfig}, context edge, node {NODE}" in run.stderr
+        (w,) = [w for w in json.loads(run.stdout)["workloads"] if w["key"] == key]
+        assert (w["pod"]["namespace"], w["pod"]["name"], w["pod"]["container"]) == (
+            "edge", name, "app")  # fmt: skip
+        assert busy in w["pids"]
+    # Every request authenticated by the certificate alone: no token was sent.
+    assert api.seen and all(s.client_cn == "oncall" and s.authorization == "" for s in api.seen)
+    assert api.problems == []
+
+
+def test_the_ui_and_the_grpc_watch_filter_by_namespace_and_pod(tmp_path, tls_files, monkeypatch):
+    """The daemon finds the API server through $KUBECONFIG (a token user) as `wasmtop` does;
+    `wasmtop --once --filter` and a Watch with a filter show only the pod asked for."""
+    cert, key_file = tls_files
+    with named_pod(tmp_path, cert=cert, key=key_file, token=TOKEN) as (api, busy, key, name):
+        (tmp_path / "token").write_text(TOKEN)
+        kubeconfig = write_kubeconfig(tmp_path / "config", api.url, cert, {"tokenFile": "token"})
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("NODE_NAME", NODE)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        run = subprocess.run(
+            [*wasmtop_cmd(), "--once", "--refresh", "2", "--filter", f"ns:edge pod:{name[:6]}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        lines = run.stdout.splitlines()
+        rows = lines[next(i for i, x in enumerate(lines) if x.startswith("WORKLOAD")) + 1 :]
+        rows = [row for row in rows if row.strip()]
+        assert len(rows) == 1 and rows[0].startswith(f"edge/{name}/app"[:24]), run.stdout
+        assert f"pod names from kubeconfig {kubeconfig}" in run.stderr
+
+        config = {"probes": {"bypass": {"mode": "off"}, "trace": {"enabled": False}}}
+        with daemon(tmp_path, config) as d:
+            assert f"(kubeconfig {kubeconfig}, context edge)" in d.stderr_so_far()
+            grpc_listen = yaml.safe_load(d.config.read_text())["grpc"]["listen"]
+            with RemoteSnapshots(grpc_listen, filter=f"ns:edge pod:{name}") as only, \
+                    RemoteSnapshots(grpc_listen, filter="ns:nowhere") as none, \
+                    RemoteSnapshots(grpc_listen) as whole:  # fmt: skip
+
+                def named(snap) -> bool:
+                    return snap is not None and any(w.pod and w.pod.name for w in snap.workloads)
+
+                snap = until(lambda: (s := only.latest(2.0)) is not None and named(s) and s)
+                assert snap, only.error
+                assert [w.key for w in snap.workloads] == [key]
+                everything = until(lambda: whole.latest(2.0))
+                assert len(everything.workloads) > 1  # the filter made the difference
+                empty = until(lambda: none.latest(2.0))
+                assert empty is not None and empty.workloads == ()
+
+            import grpc
+
+            from wasmtop.proto.wasmtop.v1 import snapshots_pb2 as pb
+            from wasmtop.proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
+
+            with grpc.insecure_channel(grpc_listen) as channel:
+                call = pb_grpc.SnapshotsStub(channel).Watch(pb.WatchRequest(filter="ns:"))
+                with pytest.raises(grpc.RpcError) as err:
+                    next(call)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details() == "filter: ns: needs a name (ns:NAME)"
+    assert api.problems == []

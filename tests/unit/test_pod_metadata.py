@@ -25,6 +25,7 @@ from wasmtop.config import defaults
 from wasmtop.daemon import kubernetes_settings
 from wasmtop.exporters.exposition import encode
 from wasmtop.exporters.series import SeriesBook
+from wasmtop.kubeconfig import NOT_IN_A_POD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from synthetic import snapshot  # noqa: E402 - the benchmark's Snapshot builder
@@ -210,9 +211,9 @@ def settings(tmp_path: Path, env: dict[str, str], **kube: object):
     return kubernetes_settings(config, tmp_path / "wasmtop.yaml", env)
 
 
-def test_auto_is_off_on_a_plain_host_and_says_nothing(tmp_path):
-    assert settings(tmp_path, {}) == (None, None)
-    assert settings(tmp_path, {"NODE_NAME": "edge-1"}) == (None, None)
+def test_auto_is_off_on_a_plain_host_without_a_kubeconfig_and_says_so(tmp_path):
+    for env in ({"HOME": str(tmp_path)}, {"HOME": str(tmp_path), "NODE_NAME": "edge-1"}):
+        assert settings(tmp_path, env) == (None, NOT_IN_A_POD)
 
 
 def test_auto_in_a_pod_without_a_token_is_off_and_says_why(tmp_path):
@@ -225,8 +226,8 @@ def test_auto_in_a_pod_watches_the_service_address_for_the_downward_apis_node(tm
     (tmp_path / "token").write_text("t0ken\n")
     env = {"KUBERNETES_SERVICE_HOST": "fd00:10:43::1", "KUBERNETES_SERVICE_PORT": "443",
            "NODE_NAME": "edge-7"}  # fmt: skip
-    s, why = settings(tmp_path, env, token_file="token", ca_file="ca.crt", resync_s=60.0)
-    assert why is None
+    s, how = settings(tmp_path, env, token_file="token", ca_file="ca.crt", resync_s=60.0)
+    assert how == "the pod's service account, node edge-7"
     assert s.server == "https://[fd00:10:43::1]:443" and s.node == "edge-7"
     assert s.token_file == str(tmp_path / "token")  # relative to the config file
     assert s.ca_file == str(tmp_path / "ca.crt") and s.resync_s == 60.0
@@ -236,7 +237,7 @@ def test_auto_in_a_pod_watches_the_service_address_for_the_downward_apis_node(tm
 
 
 def test_enabled_true_without_any_api_server_is_off_and_says_why_false_is_off(tmp_path):
-    off, why = settings(tmp_path, {}, enabled=True)
+    off, why = settings(tmp_path, {"HOME": str(tmp_path)}, enabled=True)
     assert off is None and "no API server is known" in why
     off, why = settings(tmp_path, {"KUBERNETES_SERVICE_HOST": "10.43.0.1"}, enabled=False)
     assert off is None and "false" in why

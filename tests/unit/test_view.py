@@ -22,6 +22,7 @@ from wasmtop.alerts.rules import load_all
 from wasmtop.collector import snapshot_json as sj
 from wasmtop.collector.model import (
     SCHEMA,
+    Alert,
     DelayQuantiles,
     Events,
     HistogramBucket,
@@ -33,7 +34,10 @@ from wasmtop.collector.model import (
     WakeupWaitEvent,
 )
 from wasmtop.collector.snapshot_json import snapshot_from_dict
+from wasmtop.collector.workloads import Pod
 from wasmtop.columns import TOP_COLUMNS, columns_for, header_lines, plain_lines, plain_table
+from wasmtop.filters import FilterError
+from wasmtop.filters import parse as parse_filter
 from wasmtop.safe import safe
 from wasmtop.top import Keys, handle, parse_keys
 from wasmtop.view import ViewState, keep_selection, render, visible, workload_table
@@ -671,3 +675,71 @@ def test_the_waits_pane_leaves_out_wasmtops_own_waits_but_not_those_it_caused():
                     preemptions_total=2)  # fmt: skip
     lines = [t.plain for t in waits_pane(dataclasses.replace(snap, events=events), 10)]
     assert len(lines) == 2 and "x[900] cpu0 by wasmtop[9]" in lines[1]
+
+
+# -- the filter's ns: and pod: words (wasmtop/filters.py, shared with the gRPC Watch) ---------
+def with_pods(snap):
+    """Three workloads: edge/web-7d9c (two containers' worth: app), shop/web-1, a process."""
+    pods = [Pod("edge", "web-7d9c", "u1", "app", "c1", None),
+            Pod("shop", "web-1", "u2", "app", "c2", None), None]  # fmt: skip
+    ws = [dataclasses.replace(w, pod=p, key=f"pod:u{i}" if p else w.key)
+          for i, (w, p) in enumerate(zip(snap.workloads, pods))]  # fmt: skip
+    return dataclasses.replace(snap, workloads=tuple(ws))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("ns:edge", ["pod:u0"]),
+        ("pod:web", ["pod:u0", "pod:u1"]),
+        ("ns:edge ns:shop", ["pod:u0", "pod:u1"]),  # several of a kind: any
+        ("ns:shop pod:web-7", []),  # kinds: all
+        ("pod:web app", ["pod:u0", "pod:u1"]),  # and a plain word: part of the name
+        ("ns:nope", []),
+        ("", ["pod:u0", "pod:u1", "pid:102"]),
+    ],
+)
+def test_ns_and_pod_words_narrow_the_table(text, shown):
+    snap = with_pods(with_p99(snapshot(3), [5.0, 80.0, 20.0]))
+    assert sorted(w.key for w in visible(snap, ViewState(filter=text))) == sorted(shown)
+    assert sorted(w.key for w in parse_filter(text).apply(snap).workloads) == sorted(shown)
+
+
+def test_a_filter_still_being_typed_shows_everything_and_says_why():
+    snap = with_pods(with_p99(snapshot(3), [5.0, 80.0, 20.0]))
+    state = ViewState(width=140, height=30)
+    for key in ["/", *"ns:"]:
+        handle(key, snap, state)
+    assert len(visible(snap, state)) == 3
+    text, _ = screen(snap, state)
+    assert "ns: needs a name (ns:NAME)" in text
+    for key in [*"edge", "enter"]:
+        handle(key, snap, state)
+    assert [w.key for w in visible(snap, state)] == ["pod:u0"]
+
+
+def test_a_filtered_snapshot_keeps_only_its_workloads_alerts_and_traces():
+    snap = with_pods(with_p99(snapshot(3), [5.0, 80.0, 20.0]))
+    keys = [w.key for w in snap.workloads]
+    alert = Alert("Preempted", "firing", keys[1], 80.0, 50.0, "2026-12-06T00:00:00Z", "warning",
+                  "sched.preempt_p99_ms", ">", None, False, {}, {})  # fmt: skip
+    probe_alert = dataclasses.replace(alert, workload=None)
+    trace = Trace(*(None,) * (len(Trace._fields)))._replace(workload=keys[1])
+    snap = dataclasses.replace(snap, alerts=(alert, probe_alert), traces=(trace,))
+    kept = parse_filter("ns:edge").apply(snap)
+    assert [w.key for w in kept.workloads] == [keys[0]]
+    assert kept.alerts == (probe_alert,) and kept.traces == ()
+    assert parse_filter("ns:shop").apply(snap).traces == (trace,)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=600))
+def test_any_filter_text_is_a_filter_or_a_filter_error(text):
+    try:
+        chosen = parse_filter(text)
+    except FilterError as exc:
+        assert str(exc)
+    else:
+        snap = with_pods(snapshot(3))
+        kept = [w.key for w in chosen.apply(snap).workloads]
+        assert kept == [w.key for w in snap.workloads if w.key in kept]  # a subset, in order
