@@ -602,11 +602,11 @@ def outcome_of_status(status: int) -> str:
 def _tls_context(s: ApiSettings) -> ssl.SSLContext:
     """The TLS context of one request: the server checked against the CA file, the CA data or
     the system's roots (not at all with ``insecure``), and the client certificate if any."""
-    try:
-        if s.ca_file is not None or s.ca_data is None:
-            context = ssl.create_default_context(cafile=s.ca_file)
-        else:
+    try:  # a kubeconfig's CA data wins over its CA file, as in client-go
+        if s.ca_data is not None:
             context = ssl.create_default_context(cadata=s.ca_data)
+        else:
+            context = ssl.create_default_context(cafile=s.ca_file)
     except (OSError, ssl.SSLError, ValueError) as exc:
         what = f"the CA file {s.ca_file}" if s.ca_file else "the CA data"
         raise _Failure(TLS_ERROR, f"cannot load {what}: {exc}") from None
@@ -614,14 +614,19 @@ def _tls_context(s: ApiSettings) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     try:
+        # An encrypted key fails here: OpenSSL must never prompt on the terminal for it.
         if s.client_cert_data is not None and s.client_key_data is not None:
             with _memfile(s.client_cert_data) as cert, _memfile(s.client_key_data) as key:
-                context.load_cert_chain(cert, key)
+                context.load_cert_chain(cert, key, password=_no_password)
         elif s.client_cert is not None:
-            context.load_cert_chain(s.client_cert, s.client_key)
+            context.load_cert_chain(s.client_cert, s.client_key, password=_no_password)
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise _Failure(TLS_ERROR, f"cannot load the client certificate: {exc}") from None
     return context
+
+
+def _no_password() -> bytes:
+    return b""
 
 
 @contextlib.contextmanager
@@ -630,7 +635,8 @@ def _memfile(data: bytes) -> Iterator[str]:
     ``load_cert_chain``, which reads only files: a kubeconfig's inline key stays in memory."""
     fd = os.memfd_create("wasmtop-kubeconfig", os.MFD_CLOEXEC)
     try:
-        os.write(fd, data)
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 from . import __version__, config
@@ -27,8 +26,6 @@ from .engine import (
     preflight,
     progress_logger,
 )
-
-POD_LIST_WAIT_S = 3.0  # snapshot: how long the one Snapshot waits for the API's pod list
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +317,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         trace_cgroups=tuple(args.trace_cgroup),
         lifecycle="lifecycle" in wanted,
     )
-    from .kubeconfig import pod_names
+    from .kubeconfig import pod_names, wait_for_pod_list
 
     def say(line: str) -> None:
         print(f"wasmtop: {line}", file=sys.stderr)
@@ -349,11 +346,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                 )
                 say(f"attached: {status}; watching for {args.seconds:g} s")
                 engine.drain_for(args.seconds)
-                if pods is not None and not pods.synced:
-                    # Names for the one Snapshot: drain on while the pods are listed, a while.
-                    deadline = time.monotonic() + POD_LIST_WAIT_S
-                    while not pods.synced and time.monotonic() < deadline:
-                        engine.drain_for(0.1)
+                wait_for_pod_list(pods, engine.drain_for, say)
                 snapshot = engine.last_snapshot()
     except Terminated as stop:
         return stop.exit_code

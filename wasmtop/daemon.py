@@ -258,7 +258,12 @@ class Daemon:
             self.pods.clear()
             log(f"pod names from the Kubernetes API: {how}")
             return
-        self.kube = PodWatcher(settings, self.pods, log=log, counts_from=old).start()
+        try:
+            self.kube = PodWatcher(settings, self.pods, log=log, counts_from=old).start()
+        except ValueError as exc:  # a server URL the watcher cannot use: said, never fatal
+            self.kube = None
+            log(f"pod names from the Kubernetes API: off: {exc}")
+            return
         log(f"watching the pods of node {settings.node} at {settings.server} ({settings.source})")
 
     def make_evaluator(self) -> None:
@@ -353,7 +358,11 @@ class Daemon:
             if self.notifier is not None:
                 self.notifier.close()  # then the new one takes over what it had not sent
             self.start_notifier()
-        if new["kubernetes"] != old["kubernetes"]:
+        # The section, or what it resolves to (a kubeconfig edited or its certificate rotated).
+        settings = kubernetes_settings(new, self.config_path)[0]
+        if new["kubernetes"] != old["kubernetes"] or settings != getattr(
+            self.kube, "settings", None
+        ):
             previous, self.kube = self.kube, None
             if previous is not None:
                 previous.close()  # before the new one writes to the same cache

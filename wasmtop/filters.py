@@ -4,7 +4,8 @@ Words separated by spaces; a workload is shown when it matches every kind of wor
 
 - ``ns:NAME``: its pod is in namespace NAME (several ``ns:`` words: any of them);
 - ``pod:NAME``: its pod's name starts with NAME, so ``pod:web`` finds a Deployment's
-  ``web-7d9c...`` pods (several: any of them);
+  ``web-7d9c...`` pods (several: any of them); a pod known only by UID so far matches by the
+  start of its UID;
 - any other word: part of its name, key or command, case-insensitive (``kernel`` finds kernel
   threads); several: all of them.
 
@@ -41,20 +42,19 @@ class WorkloadFilter:
         pod = w.pod
         if self.namespaces and (pod is None or pod.namespace not in self.namespaces):
             return False
-        if self.pods and (
-            pod is None or not any((pod.name or "").startswith(p) for p in self.pods)
-        ):
+        if self.pods and not (pod and any(_pod_starts(pod, p) for p in self.pods)):
             return False
         label = label_of(w).lower()
         return all(word in label for word in self.words)
 
     def apply(self, snap: Snapshot) -> Snapshot:
-        """``snap`` with only the matching workloads, and the alerts and traces of those (a
-        probe's alerts stay); the host-wide parts (events, migrations, connections, counters)
-        are kept whole."""
+        """``snap`` with only the matching workloads (and wasmtop's own), and the alerts and
+        traces of those (a probe's alerts stay); the host-wide parts (events, migrations,
+        connections, counters, traces_total) are kept whole."""
         if not self:
             return snap
-        kept = tuple(w for w in snap.workloads if self.matches(w))
+        # wasmtop's own workloads stay: a UI shows their cost in its header, never as rows.
+        kept = tuple(w for w in snap.workloads if w.wasmtop or self.matches(w))
         keys = {w.key for w in kept}
         return dataclasses.replace(
             snap,
@@ -62,6 +62,13 @@ class WorkloadFilter:
             alerts=tuple(a for a in snap.alerts if a.workload is None or a.workload in keys),
             traces=tuple(t for t in snap.traces if t.workload in keys),
         )
+
+
+def _pod_starts(pod: object, start: str) -> bool:
+    """A pod's name starts so, or, for a pod known only by UID so far, its UID."""
+    return (getattr(pod, "name", None) or "").startswith(start) or (
+        getattr(pod, "uid", None) or ""
+    ).startswith(start)
 
 
 def label_of(w: Workload) -> str:

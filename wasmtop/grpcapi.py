@@ -56,6 +56,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 ERROR_CHARS = 200  # the longest ``error`` a client shows (a daemon's words may be longer)
 # What one peer can hold, beside the streams (grpc.max_streams, grpc.max_streams_per_peer):
 HANDSHAKE_TIMEOUT_S = 10  # TCP accepted to HTTP/2 settings (and TLS) done, or closed
+NO_FILTER = WorkloadFilter()
 MAX_REQUEST_BYTES = 4096  # a WatchRequest is 2 bytes
 IDLE_CONNECTION_S = 60  # a connection with no stream open is closed after this
 _SERVER_OPTIONS = [
@@ -83,22 +84,21 @@ _CHANNEL_OPTIONS = [
 class _Published:
     """One published Snapshot, encoded on first use (once, whichever stream needs it first)."""
 
-    __slots__ = ("snapshot", "sequence", "_message", "_lock")
+    __slots__ = ("snapshot", "sequence", "_messages", "_lock")
 
     def __init__(self, snapshot: Snapshot, sequence: int) -> None:
         self.snapshot = snapshot
         self.sequence = sequence
-        self._message: pb.Snapshot | None = None
+        self._messages: dict[WorkloadFilter, pb.Snapshot] = {}  # at most one per open stream
         self._lock = threading.Lock()
 
-    def message(self, chosen: WorkloadFilter | None = None) -> pb.Snapshot:
-        """The message for every stream (encoded once), or for one stream's filter."""
-        if chosen:
-            return self._encode(chosen.apply(self.snapshot))
+    def message(self, chosen: WorkloadFilter = NO_FILTER) -> pb.Snapshot:
+        """The message for the streams with this filter (none: all), encoded once each."""
         with self._lock:
-            if self._message is None:
-                self._message = self._encode(self.snapshot)
-            return self._message
+            message = self._messages.get(chosen)
+            if message is None:
+                message = self._messages[chosen] = self._encode(chosen.apply(self.snapshot))
+            return message
 
     def _encode(self, s: Snapshot) -> pb.Snapshot:
         return pb.Snapshot(
@@ -330,8 +330,8 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
                         self.dropped += published.sequence - last - 1
                     last = published.sequence
                     self.sent += 1  # handed to gRPC (a client may still leave before it lands)
-                # Blocks while the client's window is full. A filtered stream encodes its own.
-                yield published.message(chosen) if chosen else published.message()
+                # Blocks while the client's window is full. One encoding per filter and tick.
+                yield published.message(chosen)
         finally:
             with self._cond:
                 self.streams -= 1

@@ -14,15 +14,25 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .yamlcheck import ConfigError, child, config_relative, construct, node_where, read_tree
+from .yamlcheck import (
+    ConfigError,
+    child,
+    config_relative,
+    construct,
+    node_where,
+    read_tree,
+    shown,
+)
 
 NOT_IN_A_POD = (
     "none: not in a pod, and no kubeconfig ($KUBECONFIG, ~/.kube/config, "
@@ -31,6 +41,7 @@ NOT_IN_A_POD = (
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 SECTIONS = ("clusters", "users", "contexts")
+POD_LIST_WAIT_S = 3.0  # a single Snapshot waits this long at most for the pod list
 
 
 class KubeconfigError(ConfigError):
@@ -47,31 +58,49 @@ class KubeCredentials:
     ca_file: str | None = None
     ca_data: str | None = None
     insecure: bool = False
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     token_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
-    client_cert_data: bytes | None = None
-    client_key_data: bytes | None = None
+    client_cert_data: bytes | None = field(default=None, repr=False)
+    client_key_data: bytes | None = field(default=None, repr=False)
 
 
 def kubeconfig_paths(explicit: str | None, env: Mapping[str, str] = os.environ) -> list[Path]:
     """The kubeconfig files to read, in kubectl's order: the one named, else every file of
     ``$KUBECONFIG`` (colon-separated), else ``~/.kube/config``, else K3s's."""
     if explicit:
-        return [Path(explicit).expanduser()]
-    listed = [Path(p).expanduser() for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
+        return [_expand(explicit)]
+    listed = [_expand(p) for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
     if listed:
         return listed
     home = env.get("HOME")
     return [*([Path(home) / ".kube" / "config"] if home else []), Path(K3S_KUBECONFIG)]
 
 
+def _expand(path: str) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~user of no such user: the path as written (then not found)
+        return Path(path)
+
+
+def _present(path: Path) -> bool:
+    """The file is there (read_tree then says when it cannot be read: a directory, EACCES)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def load(paths: list[Path], context: str | None = None) -> KubeCredentials | None:
     """The credentials of ``context`` (else the current context) from the first of ``paths``
     that exist, merged as kubectl merges them (a name's first definition wins); None when no
     file exists. KubeconfigError when one is malformed or names what is not there."""
-    files = [p for p in paths if p.is_file()]
+    files = [p for p in paths if _present(p)]
     if not files:
         return None
     named: dict[str, dict[str, tuple[yaml.Node, str]]] = {s: {} for s in SECTIONS}
@@ -99,7 +128,8 @@ def load(paths: list[Path], context: str | None = None) -> KubeCredentials | Non
                     )
                 entries.setdefault(entry, (body, name))
         cur = child(root, "current-context")
-        if current is None and cur is not None and not _null(cur):
+        # kubectl writes "" when no context is set: as good as absent.
+        if current is None and cur is not None and not _null(cur) and cur.value != "":
             current = (_text(cur, "current-context", name, cur), cur, name)
     if context is None:
         if current is None:
@@ -130,9 +160,15 @@ def load(paths: list[Path], context: str | None = None) -> KubeCredentials | Non
 
 def _cluster(node: yaml.MappingNode, name: str) -> dict[str, Any]:
     server = _text(child(node, "server"), "cluster.server", name, node)
-    if not server.startswith("https://"):
+    try:
+        parts = urllib.parse.urlsplit(server)
+        usable = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, an unclosed [
+        usable = False
+    if not usable:
         raise KubeconfigError(
-            f"{_at(name, node, 'server')}: cluster.server: expected an https:// URL, got {server!r}"
+            f"{_at(name, node, 'server')}: cluster.server: expected an https://HOST[:PORT] URL "
+            f"(plain http, as kubectl proxy serves, is not supported), got {shown(server)}"
         )
     out: dict[str, Any] = {"server": server}
     if (ca := _optional_text(node, "certificate-authority", name)) is not None:
@@ -179,12 +215,12 @@ def _user(node: yaml.MappingNode, name: str, user: str) -> dict[str, Any]:
         out["client_key"] = str(config_relative(key, name))  # type: ignore[arg-type]
     if cert_data is not None:
         out["client_cert_data"], out["client_key_data"] = cert_data, key_data
-    if not out:
+    if not out and (child(node, "username") is not None or child(node, "password") is not None):
         raise KubeconfigError(
             f"{node_where(name, node)}: user {user!r}: expected a token, a tokenFile or a "
             "client certificate (username and password are not supported)"
         )
-    return out
+    return out  # nothing: anonymous, as kubectl does it
 
 
 def _at(name: str, mapping: yaml.Node, key: str) -> str:
@@ -218,7 +254,7 @@ def _data(node: yaml.MappingNode, key: str, name: str) -> bytes | None:
     if text is None:
         return None
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise KubeconfigError(f"{_at(name, node, key)}: {key}: expected base64") from None
 
@@ -236,7 +272,11 @@ def api_settings(
         return None, "off (kubernetes.enabled: false)"
     node = k["node_name"] or default_node(env)
     common = {"node": node, "timeout_s": k["timeout_s"], "resync_s": k["resync_s"]}
-    server = k["api_server"] or in_cluster_server(env)
+    explicit = k.get("kubeconfig")
+    if explicit:
+        explicit = str(config_relative(str(_expand(explicit)), str(config_path)))
+    # kubernetes.api_server, else a kubeconfig named explicitly, else the pod's service account.
+    server = k["api_server"] or (None if explicit else in_cluster_server(env))
     if server is not None:
         token = str(config_relative(k["token_file"], str(config_path)))
         ca = k["ca_file"] and str(config_relative(k["ca_file"], str(config_path)))
@@ -245,9 +285,6 @@ def api_settings(
         how = "the pod's service account" if not k["api_server"] else "kubernetes.api_server"
         s = ApiSettings(server, token_file=token, ca_file=ca or None, source=how, **common)
         return s, f"{how}, node {node}"
-    explicit = k.get("kubeconfig")
-    if explicit:
-        explicit = str(config_relative(explicit, str(config_path)))
     try:
         creds = load(kubeconfig_paths(explicit, env), k.get("context"))
     except ConfigError as exc:
@@ -303,9 +340,27 @@ def pod_names(
         yield None
         return
     cache = PodCache()
-    watcher = PodWatcher(settings, cache, log=say).start()
+    try:
+        watcher = PodWatcher(settings, cache, log=say).start()
+    except ValueError as exc:  # a server URL the watcher cannot use
+        say(f"pod names: off: {exc}")
+        yield None
+        return
     say(f"pod names from {how}")
     try:
         yield cache
     finally:
         watcher.close()
+
+
+def wait_for_pod_list(
+    pods: Any, drain: Callable[[float], None], say: Callable[[str], None]
+) -> None:
+    """For a single Snapshot (`snapshot`, `wasmtop --once`): drain on while the API lists the
+    pods, at most POD_LIST_WAIT_S, so that Snapshot has their names; said when it waits."""
+    if pods is None or pods.synced:
+        return
+    say(f"waiting up to {POD_LIST_WAIT_S:g} s for the API server's pod list")
+    deadline = time.monotonic() + POD_LIST_WAIT_S
+    while not pods.synced and time.monotonic() < deadline:
+        drain(0.1)

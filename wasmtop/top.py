@@ -200,7 +200,7 @@ class Embedded:
 
     @contextmanager
     def running(self) -> Iterator[Callable[[Callable[[float], None]], Snapshot]]:
-        from .kubeconfig import pod_names
+        from .kubeconfig import pod_names, wait_for_pod_list
 
         a = self.args
         with pod_names(a.kubeconfig, a.context, a.no_kubernetes, self.say) as pods:
@@ -213,6 +213,8 @@ class Embedded:
                 progress=self._progress,
             )
             with engine:
+                if a.once:  # the one table shows the pods by name
+                    wait_for_pod_list(pods, engine.drain_for, self.say)
 
                 def next_snapshot(wait: Callable[[float], None]) -> Snapshot | None:
                     """Drain and wait (reading keys) until the next Snapshot is due."""
@@ -327,6 +329,8 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"argument --filter: {exc}", EXIT_USAGE)
     if args.connect:
         source: Any = Remote(args)
+        if args.filter:  # the daemon filters: clearing / here cannot bring the rest back
+            say(f"the daemon sends only what --filter {args.filter!r} matches")
     else:
         code = preflight()
         if code is not None:

@@ -175,3 +175,49 @@ def test_any_kubeconfig_is_an_answer_or_a_config_error(tmp_path, text):
         assert str(exc).startswith(str(path))
     else:
         assert creds is None or creds.server.startswith("https://")
+
+
+def test_what_kubectl_accepts_wasmtop_accepts_as_kubectl_reads_it(tmp_path):
+    # An empty current-context (kubectl config unset current-context) is no context: the next
+    # file's counts, or the one passed.
+    first = write(tmp_path / "a", 'current-context: ""\n')
+    second = kubeconfig(tmp_path, {"token": "t"}, name="b")
+    assert load([first, second]).context == "edge"
+    # A name's first definition wins: the first file's cluster, not the second's.
+    third = kubeconfig(tmp_path, {"token": "t"}, name="c", server="https://other:6443")
+    assert load([second, third]).server == "https://k3s:6443"
+    # Base64 data folded over lines; a user with no credentials is anonymous.
+    cert = b64("CERT-PEM")
+    folded = {"client-certificate-data": f"{cert[:4]}\n{cert[4:]}", "client-key-data": b64("K")}
+    folded = kubeconfig(tmp_path, folded)
+    assert load([folded]).client_cert_data == b"CERT-PEM"
+    anonymous = load([kubeconfig(tmp_path, {})])
+    assert (anonymous.token, anonymous.token_file, anonymous.client_cert) == (None, None, None)
+    # What is said about a kubeconfig never shows its secrets.
+    assert "KEY-PEM" not in repr(load([kubeconfig(tmp_path, INLINE)]))
+    assert "s3cret" not in repr(load([kubeconfig(tmp_path, {"token": "s3cret"})]))
+
+
+@pytest.mark.parametrize("server", ["https://", "https://h:abc", "https://[::1", "https://h:0"])
+def test_a_server_the_watcher_could_not_use_is_refused_when_read(tmp_path, server):
+    path = kubeconfig(tmp_path, {"token": "t"}, server=server)
+    with pytest.raises(KubeconfigError, match=r"cluster.server: expected an https://HOST\[:PORT\]"):
+        load([path])
+
+
+def test_an_unreadable_or_odd_path_is_said_not_raised(tmp_path):
+    k = {**defaults()["kubernetes"], "node_name": "edge-1"}
+    for path, why in ((tmp_path, "cannot read"), (tmp_path / "f/x", "no kubeconfig at")):
+        (tmp_path / "f").write_text("")
+        off, how = api_settings({**k, "kubeconfig": str(path)}, tmp_path / "w.yaml", {})
+        assert off is None and why in how, how
+    assert kubeconfig_paths("~nosuchuser-wasmtop/config", {}) == [
+        Path("~nosuchuser-wasmtop/config")
+    ]
+
+
+def test_a_kubeconfig_named_explicitly_wins_over_the_pods_service_account(tmp_path):
+    path = kubeconfig(tmp_path, {"token": "t"})
+    k = {**defaults()["kubernetes"], "kubeconfig": str(path), "token_file": "/nonexistent"}
+    s, how = api_settings(k, tmp_path / "w.yaml", {"KUBERNETES_SERVICE_HOST": "10.43.0.1"})
+    assert s.server == "https://k3s:6443" and how.startswith(f"kubeconfig {path}")

@@ -743,3 +743,16 @@ def test_any_filter_text_is_a_filter_or_a_filter_error(text):
         snap = with_pods(snapshot(3))
         kept = [w.key for w in chosen.apply(snap).workloads]
         assert kept == [w.key for w in snap.workloads if w.key in kept]  # a subset, in order
+
+
+def test_pod_words_match_a_uid_before_the_name_is_known_and_wasmtop_itself_stays():
+    snap = with_pods(with_p99(snapshot(3), [5.0, 80.0, 20.0]))
+    unnamed = dataclasses.replace(snap.workloads[1].pod, name=None, namespace=None)
+    own = dataclasses.replace(snap.workloads[2], wasmtop=True)
+    snap = dataclasses.replace(
+        snap,
+        workloads=(snap.workloads[0], dataclasses.replace(snap.workloads[1], pod=unnamed), own),
+    )
+    assert [w.key for w in parse_filter("pod:u2").apply(snap).workloads] == ["pod:u1", own.key]
+    assert [w.key for w in parse_filter("ns:edge").apply(snap).workloads] == ["pod:u0", own.key]
+    assert [w.key for w in visible(snap, ViewState(filter="ns:edge"))] == ["pod:u0"]  # not a row
