@@ -321,3 +321,22 @@ def test_the_plain_prometheus_scrape_config_does_what_the_servicemonitor_does():
     same = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "node")
     assert node["source_labels"] == same["sourceLabels"] and node["target_label"] == "node"
     assert job["metrics_path"] == endpoint["path"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md"])
+def test_the_overlay_the_quick_start_writes_builds_the_base_with_the_pushed_image(tmp_path, doc):
+    """The kustomization the README's Kubernetes steps write (a heredoc), written beside a copy
+    of deploy/, builds: the base's objects, with the image renamed to the registry's."""
+    text = (ROOT / doc).read_text()
+    body = text.split("cat > my-wasmtop/kustomization.yaml <<'EOF'\n", 1)[1].split("\nEOF\n")[0]
+    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+    (tmp_path / "my-wasmtop").mkdir()
+    (tmp_path / "my-wasmtop/kustomization.yaml").write_text(body.replace("REGISTRY", "reg.io"))
+    out = subprocess.run(["kubectl", "kustomize", str(tmp_path / "my-wasmtop")],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    objects = list(yaml.safe_load_all(out))
+    assert {o["kind"] for o in objects} == {o["kind"] for o in kustomize("base")}
+    (ds,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "reg.io/wasmtop:0.1.0"
