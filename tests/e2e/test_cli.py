@@ -373,12 +373,12 @@ def http_load(port: int, n: int, result: dict[str, float], pace_s: float = 0.01)
 
 
 def attached_line(proc: subprocess.Popen) -> str:
-    """The "attached:" line of `wasmtop snapshot` (after a line per probe: cache or compiler,
-    and how its start ended)."""
+    """The "attached:" line of `wasmtop snapshot` (after where pod names come from, said once,
+    and a line per probe: cache or compiler, and how its start ended)."""
     for line in proc.stderr:
         if line.startswith("wasmtop: attached:"):
             return line
-        assert line.startswith("wasmtop: probe "), line
+        assert line.startswith(("wasmtop: probe ", "wasmtop: pod names")), line
     return ""
 
 
