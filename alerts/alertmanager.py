@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import random
-import sys
 import threading
 import time
 import urllib.error
@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from .. import logs  # noqa: F401 - the log's default format
 from .notice import Notice
 
 Fingerprint = tuple[tuple[str, str], ...]
@@ -54,8 +55,11 @@ _COUNTERS = ("posts_ok", "posts_failed", "alerts_sent", "rejected", "retries")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+_LOG = logging.getLogger("wasmtop.alertmanager")  # formatted by wasmtop/logs.py (imported)
+
+
 def _log(message: str) -> None:
-    print(f"wasmtop alertmanager: {message}", file=sys.stderr, flush=True)
+    _LOG.warning(message)
 
 
 @dataclass
@@ -311,19 +315,32 @@ class Notifier:
         """Its figures for /metrics (exporters/series.py families)."""
         from ..exporters.series import Family, Sample
 
+        stats = sorted(self.stats().items())
+        # One unit per family: posts (by outcome), retries, alerts.
+        posts = {"ok": "posts_ok", "failed": "posts_failed", "rejected": "rejected"}
         return [
             Family(
-                "wasmtop_alertmanager",
+                "wasmtop_alertmanager_posts",
                 "counter",
-                "Posts to each Alertmanager by outcome (posts_ok, posts_failed, retries, "
-                "rejected) and alerts_sent, since start.",
+                "Posts to each Alertmanager since start, by outcome: ok, failed (retried with "
+                "backoff), rejected (a 4xx: dropped, logged).",
                 ("url", "outcome"),
-                [
-                    Sample((url, k), float(v))
-                    for url, by in sorted(self.stats().items())
-                    for k, v in sorted(by.items())
-                ],
-            )
+                [Sample((url, o), float(by[k])) for url, by in stats for o, k in posts.items()],
+            ),
+            Family(
+                "wasmtop_alertmanager_retries",
+                "counter",
+                "Posts to each Alertmanager made again after a failure, since start.",
+                ("url",),
+                [Sample((url,), float(by["retries"])) for url, by in stats],
+            ),
+            Family(
+                "wasmtop_alertmanager_alerts_sent",
+                "counter",
+                "Alerts (firing and resolved) each Alertmanager accepted, since start.",
+                ("url",),
+                [Sample((url,), float(by["alerts_sent"])) for url, by in stats],
+            ),
         ]
 
     def stats(self) -> dict[str, dict[str, int]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import gzip
 import os
 import shutil
 import signal
@@ -29,15 +30,16 @@ from pathlib import Path
 from synthetic import snapshot
 from wasmtop.exporters.exposition import encode
 from wasmtop.exporters.series import SeriesBook
+from wasmtop.web import GZIP_LEVEL
 
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 
 
-def render_ms(n: int, repeat: int) -> tuple[float, int]:
+def render_ms(n: int, repeat: int) -> tuple[float, int, bytes]:
     book = SeriesBook(max_workloads=n)
     book.add(snapshot(n, seed=1))
     book.add(snapshot(n, seed=2))
-    best, lines = float("inf"), 0
+    best, lines, text = float("inf"), 0, b""
     for _ in range(repeat):
         gc.disable()
         t0 = time.perf_counter()
@@ -45,7 +47,18 @@ def render_ms(n: int, repeat: int) -> tuple[float, int]:
         best = min(best, time.perf_counter() - t0)
         gc.enable()
         lines = sum(1 for line in text.splitlines() if not line.startswith(b"#"))
-    return best * 1e3, lines
+    return best * 1e3, lines, text
+
+
+def gzip_ms(text: bytes, level: int, repeat: int) -> tuple[float, int]:
+    """Best time to compress ``text`` at ``level`` (what /metrics does once per Snapshot for a
+    scraper that accepts gzip), and the compressed size."""
+    best, size = float("inf"), 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        size = len(gzip.compress(text, level, mtime=0))
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3, size
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -83,11 +96,18 @@ def main() -> int:
 
     print("render /metrics (families + encode), best of", args.repeat)
     times = {}
+    texts = {}
     for n in (100, 1_000, 10_000):
-        ms, series = render_ms(n, args.repeat)
+        ms, series, texts[n] = render_ms(n, args.repeat)
         times[n] = (ms, series)
         print(f"  {n:6d} workloads  {series:8d} series  {ms:8.1f} ms  "
               f"{ms / series * 1e4:6.1f} ms per 10k series")  # fmt: skip
+    print(f"gzip of the text (the daemon's: level {GZIP_LEVEL}), best of", args.repeat)
+    for n in (1_000, 10_000):
+        for level in (1, 6):
+            ms, size = gzip_ms(texts[n], level, args.repeat)
+            print(f"  {n:6d} workloads  level {level}  {len(texts[n]) / 1e6:6.2f} MB -> "
+                  f"{size / 1e6:5.2f} MB ({len(texts[n]) / size:4.1f}x)  {ms:7.1f} ms")  # fmt: skip
     ratio = times[10_000][0] / times[1_000][0]
     per_10k = times[10_000][0] / times[10_000][1] * 1e4
     print(f"  growth 10k/1k workloads: {ratio:.2f}x (target <= 12)")

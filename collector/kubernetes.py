@@ -237,12 +237,14 @@ class PodWatcher:
         cache: PodCache,
         *,
         log: Callable[[str], None] = lambda _msg: None,
+        warn: Callable[[str], None] | None = None,
         counts_from: PodWatcher | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
         self.cache = cache
         self.log = log
+        self.warn = warn if warn is not None else log  # failures; ``log`` the rest
         self.rand = rand
         self.requests: dict[tuple[str, str], int] = {}
         self.events: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
@@ -331,7 +333,7 @@ class PodWatcher:
     def _log_once(self, kind: str, message: str) -> None:
         if kind not in self._logged:
             self._logged.add(kind)
-            self.log(f"kubernetes: {message} (logged once per kind of failure)")
+            self.warn(f"kubernetes: {message} (logged once per kind of failure)")
 
     def _count(self, request: str, outcome: str) -> None:
         if self._stop.is_set():

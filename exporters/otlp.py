@@ -236,14 +236,45 @@ class OtlpExporter:
 
     def families(self) -> list[Family]:
         """Its figures for /metrics."""
+        s = self.stats()
+        # One unit per family: spans, span exports, metric exports, metric points.
         return [
             Family(
-                "wasmtop_otlp",
+                "wasmtop_otlp_spans",
                 "counter",
-                "OTLP export outcomes since start (spans_dropped: lost for good).",
+                "Spans since start, by outcome: exported (the receiver accepted them), dropped "
+                "(lost for good: queue full, receiver down past the retries, stop).",
                 ("outcome",),
-                [Sample((k,), float(v)) for k, v in sorted(self.stats().items())],
-            )
+                [
+                    Sample(("exported",), float(s["spans_exported"])),
+                    Sample(("dropped",), float(s["spans_dropped"])),
+                ],
+            ),  # fmt: skip
+            Family(
+                "wasmtop_otlp_span_exports_failed",
+                "counter",
+                "Span export requests that failed (their spans retried or dropped), since start.",
+                (),
+                [Sample((), float(s["span_exports_failed"]))],
+            ),
+            Family(
+                "wasmtop_otlp_metric_exports",
+                "counter",
+                "Metric export requests since start, by outcome: ok, failed.",
+                ("outcome",),
+                [
+                    Sample(("ok",), float(s["metric_exports"])),
+                    Sample(("failed",), float(s["metric_exports_failed"])),
+                ],
+            ),  # fmt: skip
+            Family(
+                "wasmtop_otlp_metric_points_dropped",
+                "counter",
+                "Metric data points of failed exports (lost: the next export carries the "
+                "cumulative values again), since start.",
+                (),
+                [Sample((), float(s["metric_points_dropped"]))],
+            ),
         ]
 
     def stats(self) -> dict[str, int]:

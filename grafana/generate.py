@@ -1234,24 +1234,27 @@ def alerts() -> Board:
         ),
     )
     b.row("Delivery to Alertmanager")
-    am = f"wasmtop_alertmanager_total{{{NODE}"
+    posts = f"wasmtop_alertmanager_posts_total{{{NODE}"
     b.add(
         ts(
             "Posts to Alertmanager / s by outcome",
             "cps",
             Q(
-                "sum by (node, url, outcome) "
-                f'(rate({am}, outcome=~"posts_ok|posts_failed|retries|rejected"}}{RI}))',
+                f"sum by (node, url, outcome) (rate({posts}}}{RI}))",
                 "{{outcome}} {{url}} {{node}}",
             ),
-            description="posts_failed are retried with backoff; rejected (a 4xx) are dropped "
-            "and logged.",
+            Q(
+                f"sum by (node, url) (rate(wasmtop_alertmanager_retries_total{{{NODE}}}{RI}))",
+                "retries {{url}} {{node}}",
+            ),
+            description="failed posts are retried with backoff; rejected ones (a 4xx) are "
+            "dropped and logged.",
         ),
         ts(
             "Alerts sent / s",
             "cps",
             Q(
-                f'sum by (node, url) (rate({am}, outcome="alerts_sent"}}{RI}))',
+                f"sum by (node, url) (rate(wasmtop_alertmanager_alerts_sent_total{{{NODE}}}{RI}))",
                 "{{url}} {{node}}",
             ),
             description="Alerts in the posts, firing and resolved, re-sends included.",
@@ -1260,7 +1263,7 @@ def alerts() -> Board:
             "Failed and rejected posts in the time range",
             "short",
             Q(
-                f'sum by (outcome) (increase({am}, outcome=~"posts_failed|rejected"}}[$__range]))',
+                f'sum by (outcome) (increase({posts}, outcome=~"failed|rejected"}}[$__range]))',
                 "{{outcome}}",
                 True,
             ),

@@ -86,11 +86,12 @@ def daemon(
     cafile: Path | None = None,
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[Daemon]:
     """`wasmtop daemon` on a free loopback port with ``config`` (merged over metrics.listen),
     once /readyz says ready. Stopped with SIGTERM after; nothing of ours may stay loaded.
     ``command``: what runs in place of `wasmtop` (e.g. the image's entry point behind setpriv),
-    given the same arguments."""
+    given the same arguments; ``args``: more of the daemon's flags."""
     port = free_port()
     cfg = {**(config or {})}
     cfg["metrics"] = {"listen": f"127.0.0.1:{port}", **cfg.get("metrics", {})}
@@ -103,7 +104,7 @@ def daemon(
     path.write_text(yaml.safe_dump(cfg))
     err = open(str(path) + ".stderr", "w")
     proc = subprocess.Popen(
-        [*(command or wasmtop_cmd()), "daemon", "--config", str(path)],
+        [*(command or wasmtop_cmd()), "daemon", "--config", str(path), *args],
         stdout=subprocess.DEVNULL,
         stderr=err,
         env=env,

@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config, e.g. deploy/wasmtop.yaml (a file with only metrics.listen is valid)",
     )
     daemon.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the least important log lines written (default info)",
+    )
+    daemon.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: 'wasmtop daemon: message' lines (under systemd each carries its syslog "
+        "priority for journald); json: one object per line with time, level, logger, message "
+        "and fields (docs/deploy.md)",
+    )
+    daemon.add_argument(
         "--check",
         action="store_true",
         help="check the config (and its web config) and exit: 0 valid, 2 not",
@@ -418,7 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "daemon":
         from . import daemon
 
-        return daemon.check(args.config) if args.check else daemon.run(args.config)
+        if args.check:
+            return daemon.check(args.config)
+        return daemon.run(args.config, args.log_level, args.log_format)
     if args.command == "rules":
         from . import rulescmd
 

@@ -17,6 +17,7 @@ long as the daemon so that probe restarts and watcher rebuilds keep what is know
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -25,13 +26,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import logs  # noqa: F401 - the log's default format, before any line
 from .config import Config, ConfigError, config_relative, load
 from .engine import EXIT_ENV, EXIT_OK, EXIT_USAGE, preflight, progress_logger
 from .web import Endpoints, HttpServer, MetricsCache, WebConfig, load_web_config
 
+_LOG = logging.getLogger("wasmtop.daemon")
 
-def log(message: str) -> None:
-    print(f"wasmtop daemon: {message}", file=sys.stderr, flush=True)
+
+def log(message: str, level: int = logging.INFO, **fields: Any) -> None:
+    """One line of the daemon's log (wasmtop/logs.py: text or JSON); ``fields`` go into the
+    JSON object beside the message."""
+    _LOG.log(level, message, extra={"fields": fields} if fields else None)
+
+
+def warn(message: str, **fields: Any) -> None:
+    log(message, logging.WARNING, **fields)
 
 
 def load_all(path: Path) -> tuple[Config, WebConfig, list[Any]]:
@@ -131,6 +141,7 @@ class Daemon:
         return encode([*self.book.families(), *self._own_families()])
 
     def _own_families(self) -> list[Any]:
+        from .exporters.own import build_info, process_families
         from .exporters.series import Family, Sample
 
         fams = [
@@ -162,6 +173,7 @@ class Daemon:
                 [Sample((r,), float(dropped[r])) for r in ("busy", "slow", "timeout")],
             )
         )
+        fams += [build_info(), *process_families()]
         # Each component says what it counts (a prometheus_client custom collector's way).
         fams += self._alert_families()
         for component in (self.grpc, self.kube, self.otlp):
@@ -187,7 +199,8 @@ class Daemon:
     # -- exporters ---------------------------------------------------------------------------
     def start_http(self) -> None:
         listen = self.config["metrics"]["listen"]
-        self.http = HttpServer(listen, Endpoints(self.metrics, self._readiness), self.web)
+        endpoints = Endpoints(self.metrics, self._readiness, self.metrics.gzipped)
+        self.http = HttpServer(listen, endpoints, self.web)
         log(f"serving {self.http.scheme}://{listen}/metrics, /healthz, /readyz")
 
     def start_grpc(self, old: Any = None) -> None:
@@ -259,10 +272,10 @@ class Daemon:
             log(f"pod names from the Kubernetes API: {how}")
             return
         try:
-            self.kube = PodWatcher(settings, self.pods, log=log, counts_from=old).start()
+            self.kube = PodWatcher(settings, self.pods, log=log, warn=warn, counts_from=old).start()
         except ValueError as exc:  # a server URL the watcher cannot use: said, never fatal
             self.kube = None
-            log(f"pod names from the Kubernetes API: off: {exc}")
+            warn(f"pod names from the Kubernetes API: off: {exc}")
             return
         log(f"watching the pods of node {settings.node} at {settings.server} ({settings.source})")
 
@@ -342,7 +355,7 @@ class Daemon:
                 self.start_http()
             except OSError as exc:  # e.g. the new address is taken: serve on the old one
                 kept = old["metrics"]["listen"]
-                log(f"cannot listen on {m['listen']}: {exc.strerror}; keeping {kept}")
+                warn(f"cannot listen on {m['listen']}: {exc.strerror}; keeping {kept}")
                 self.config["metrics"] = old["metrics"]
                 self.start_http()
         if new["grpc"] != old["grpc"]:
@@ -375,7 +388,7 @@ class Daemon:
         """Count and log a refused reload; the running config stays. False: no restart."""
         self.reloads["failed"] += 1
         self.last_reload_ok = False
-        log(f"reload refused, the running config stays: {why}")
+        warn(f"reload refused, the running config stays: {why}")
         return False
 
     def reload_grpc(self, old: Config) -> None:
@@ -387,12 +400,12 @@ class Daemon:
         try:
             self.start_grpc(previous)
         except OSError as exc:
-            log(f"{exc}; keeping the previous grpc section")
+            warn(f"{exc}; keeping the previous grpc section")
             self.config["grpc"] = old["grpc"]
             try:
                 self.start_grpc(previous)
             except OSError as again:  # the old address was taken meanwhile: no gRPC API
-                log(f"{again}; the gRPC API is off until the next reload")
+                warn(f"{again}; the gRPC API is off until the next reload")
                 self.grpc = None
 
     # -- the loop ----------------------------------------------------------------------------
@@ -410,7 +423,7 @@ class Daemon:
             return restart
 
         with Engine.from_config(
-            self.config, pods=self.pods, progress=progress_logger(log)
+            self.config, pods=self.pods, progress=progress_logger(log, warn)
         ) as engine:
             probes = engine.probes
             self.probe_status = {p.name: {"status": p.status, "reason": p.reason} for p in probes}
@@ -470,14 +483,17 @@ def check(config_path: str) -> int:
     return EXIT_OK
 
 
-def run(config_path: str) -> int:
+def run(config_path: str, log_level: str = "info", log_format: str = "text") -> int:
+    from .logs import setup
     from .probes.probeset import Terminated
 
+    setup(log_level, log_format)
+    say = logging.getLogger("wasmtop").error  # "wasmtop: ..." in text, as the CLI says it
     path = Path(config_path)
     try:
         config, web, rules = load_all(path)
     except ConfigError as exc:
-        print(f"wasmtop: {exc}", file=sys.stderr)
+        say(str(exc))
         return EXIT_USAGE
     code = preflight()
     if code is not None:
@@ -491,15 +507,12 @@ def run(config_path: str) -> int:
     try:
         daemon.start_http()
     except OSError as exc:
-        print(
-            f"wasmtop: cannot listen on {config['metrics']['listen']}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        say(f"cannot listen on {config['metrics']['listen']}: {exc.strerror}")
         return EXIT_ENV
     try:
         daemon.start_grpc()
     except OSError as exc:
-        print(f"wasmtop: {exc} (grpc.listen)", file=sys.stderr)
+        say(f"{exc} (grpc.listen)")
         daemon.stop_exporters()
         return EXIT_ENV
     try:

@@ -350,12 +350,17 @@ def progress_text(probe: str, stage: str) -> str:
     return f"probe {probe}: {PROGRESS_WORDS.get(stage, stage)}"
 
 
-def progress_logger(say: Callable[[str], None]) -> Callable[[str, str], None]:
+def progress_logger(
+    say: Callable[[str], None], warn: Callable[[str], None] | None = None
+) -> Callable[[str, str], None]:
     """A ProbeSet progress callback for a log: where each probe's program came from (cache or
-    compiler) and how its start ended; the steps in between are for the UI."""
+    compiler) and how its start ended (through ``warn`` when it did not attach); the steps in
+    between are for the UI."""
 
     def report(probe: str, stage: str) -> None:
-        if stage != "loading":
-            say(progress_text(probe, stage))
+        if stage == "loading":
+            return
+        failed = warn is not None and stage.startswith(("failed", "unavailable"))
+        (warn if failed else say)(progress_text(probe, stage))
 
     return report

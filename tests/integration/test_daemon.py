@@ -4,7 +4,9 @@ within 5 s leaving no program of ours loaded (tests/peers.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,3 +168,29 @@ def test_tls_and_basic_auth_refuse_strangers_and_prometheus_scrapes_with_credent
             )
             target = prom.targets()[0]
             assert "401" in target["lastError"]
+
+
+def test_json_logs_parse_line_by_line_with_levels_and_fields(tmp_path):
+    """`--log-format json`: every line the daemon writes, from its start to its stop, is one JSON
+    object with time, level, logger and message; a refused reload is a warning."""
+    config = {"probes": {"bypass": {"mode": "off"}, "trace": {"enabled": False}}}
+    with daemon(tmp_path, config, args=("--log-format", "json")) as d:
+        good = d.config.read_text()
+        d.config.write_text("metrics:\n  max_workloads: lots\n")
+        d.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload refused" in d.stderr_so_far())
+        d.config.write_text(good)
+    lines = d.stderr_so_far().splitlines()
+    records = [json.loads(line) for line in lines]  # each line alone
+    assert len(records) >= 5
+    for r in records:
+        assert {"time", "level", "logger", "message"} <= set(r), r
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"])
+        assert r["level"] in ("debug", "info", "warning", "error")
+    by_message = {r["message"].split(":")[0]: r for r in records}
+    refused = by_message["reload refused, the running config stays"]
+    assert (refused["level"], refused["logger"]) == ("warning", "wasmtop.daemon")
+    assert "expected an integer" in refused["message"]
+    assert any(r["message"].startswith("serving http://") and r["level"] == "info"
+               for r in records)  # fmt: skip
+    assert records[-1]["message"].startswith("stopping on signal 15")

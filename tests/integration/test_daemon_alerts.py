@@ -124,8 +124,8 @@ def test_preempted_victim_alerts_alertmanager_and_resolves_when_contention_stops
             # Resolved: not firing (a last long preemption as the hog died may leave it pending).
             selector = {"alertname": "VictimPreempted", "workload": f"pid:{victim.pid}"}
             assert metric_value(text, "wasmtop_alert_firing", **selector) in (None, 0.0)
-            assert metric_value(text, "wasmtop_alertmanager_total", outcome="posts_ok") >= 2
-            assert metric_value(text, "wasmtop_alertmanager_total", outcome="rejected") == 0
+            assert metric_value(text, "wasmtop_alertmanager_posts_total", outcome="ok") >= 2
+            assert metric_value(text, "wasmtop_alertmanager_posts_total", outcome="rejected") == 0
 
 
 def test_prometheus_with_the_rendered_rules_fires_the_same_alert_into_alertmanager(tmp_path):

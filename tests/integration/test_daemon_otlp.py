@@ -78,7 +78,7 @@ def test_spans_carry_exactly_the_trace_ids_the_client_sent_and_metrics_their_res
             assert resource["k8s.node.name"] == "edge-test-1"
             assert resource["host.name"]
             text = get(f"{d.base}/metrics")[1]
-            assert metric_value(text, "wasmtop_otlp_total", outcome="spans_exported") >= 60
+            assert metric_value(text, "wasmtop_otlp_spans_total", outcome="exported") >= 60
     finally:
         receiver.stop()
 
@@ -108,8 +108,8 @@ def test_a_receiver_outage_of_30_s_is_survived_counted_and_recovered_from(tmp_pa
             growth = rss_bytes(d.proc.pid) - rss_before
             assert growth < 50 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB"
             text = get(f"{d.base}/metrics")[1]
-            assert metric_value(text, "wasmtop_otlp_total", outcome="spans_dropped") > 0
-            assert metric_value(text, "wasmtop_otlp_total", outcome="metric_exports_failed") > 0
+            assert metric_value(text, "wasmtop_otlp_spans_total", outcome="dropped") > 0
+            assert metric_value(text, "wasmtop_otlp_metric_exports_total", outcome="failed") > 0
             for probe in ("sched", "tracectx", "lifecycle"):  # draining never waited on export
                 assert metric_value(text, "wasmtop_probe_events_lost_total", probe=probe) == 0
             metrics_before = len(receiver.metric_requests)

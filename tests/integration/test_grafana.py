@@ -241,7 +241,8 @@ def test_every_dashboard_metric_is_a_family_series_py_defines_or_the_daemon_serv
     as _total); the daemon's own families (alerting, config reloads) are checked against a real
     scrape in the kernel test below."""
     defined = defined_sample_names()
-    own = {"wasmtop_alert_rules", "wasmtop_alerts_suppressed", "wasmtop_alertmanager_total",
+    own = {"wasmtop_alert_rules", "wasmtop_alerts_suppressed", "wasmtop_alertmanager_posts_total",
+           "wasmtop_alertmanager_retries_total", "wasmtop_alertmanager_alerts_sent_total",
            "wasmtop_config_reloads_total", "wasmtop_config_last_reload_successful"}  # fmt: skip
     used = set()
     for path in DASHBOARD_FILES:
@@ -375,7 +376,7 @@ def _running(d: Any, tmp: Path) -> Iterator[Live]:
                 f"wasmtop_cold_start_seconds{{{wl}}}",
                 "wasmtop_alert_firing == 1",
                 "wasmtop_alerts_suppressed > 0",
-                'wasmtop_alertmanager_total{outcome="posts_ok"} > 0',
+                'wasmtop_alertmanager_posts_total{outcome="ok"} > 0',
             ]
 
             def missing() -> list[str]:
@@ -543,7 +544,7 @@ def test_every_metric_the_dashboards_read_is_one_the_daemon_serves_or_defines(li
     run (a cgroup memory limit where there is none)."""
     served = scraped_sample_names(live.metrics)
     defined = defined_sample_names()
-    assert "wasmtop_alertmanager_total" in served and "wasmtop_alert_rules" in served
+    assert "wasmtop_alertmanager_posts_total" in served and "wasmtop_alert_rules" in served
     for path in DASHBOARD_FILES:
         dash = load(path)
         for where, query in all_queries(dash):

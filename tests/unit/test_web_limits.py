@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -109,3 +110,29 @@ def wait(predicate, timeout_s: float = 30.0) -> bool:
             pass
         time.sleep(0.05)
     return False
+
+
+def test_metrics_are_gzipped_for_a_scraper_that_accepts_it_and_compressed_once(monkeypatch):
+    text = b"".join(b'wasmtop_x_total{workload="pid:%d"} 1.0\n' % i for i in range(5000))
+    renders = []
+    cache = web.MetricsCache(lambda: renders.append(1) or text, lambda: "generation 1")
+    compressed = []
+    real = web.gzip.compress
+    monkeypatch.setattr(web.gzip, "compress", lambda *a, **k: compressed.append(1) or real(*a, **k))
+    endpoints = web.Endpoints(cache, lambda: (True, {}), cache.gzipped)
+    srv = web.HttpServer("127.0.0.1:0", endpoints, web.load_web_config(None))
+    try:
+        url = f"http://127.0.0.1:{srv.port}/metrics"
+        for accept, gzipped in (("gzip", True), ("br, gzip;q=0.5", True), ("gzip;q=0", False),
+                                (None, False), ("identity", False), ("gzip", True)):  # fmt: skip
+            req = urllib.request.Request(url, headers={"Accept-Encoding": accept} if accept else {})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                body = resp.read()
+                assert resp.headers.get("Content-Encoding") == ("gzip" if gzipped else None)
+                assert resp.headers.get("Vary") == "Accept-Encoding"
+            assert (web.gzip.decompress(body) if gzipped else body) == text
+            if gzipped:
+                assert len(body) * 10 < len(text)  # what gzip is for
+    finally:
+        srv.close()
+    assert (len(renders), len(compressed)) == (1, 1)  # one render, one compression
