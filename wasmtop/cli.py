@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="text: 'wasmtop daemon: message' lines (under systemd each carries its syslog "
         "priority for journald); json: one object per line with time, level, logger, message "
-        "and fields (docs/deploy.md)",
+        "and fields (README.md, The daemon)",
     )
     daemon.add_argument(
         "--check",

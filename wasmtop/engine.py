@@ -37,9 +37,19 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-def preflight() -> int | None:
-    """Reasons this host cannot load probes, as an exit code (after printing), or None."""
+_fail = fail  # preflight's own ``fail`` shadows it
+
+
+def preflight(say: Callable[[str], None] | None = None) -> int | None:
+    """Reasons this host cannot load probes, as an exit code (after saying them: on stderr, or
+    through ``say``, the daemon's log), or None."""
     from .probes import features
+
+    def fail(message: str, code: int) -> int:
+        if say is None:
+            return _fail(message, code)
+        say(message)
+        return code
 
     missing = features.missing_capabilities()
     if missing:

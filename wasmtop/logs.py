@@ -12,6 +12,7 @@ Levels: ``debug``, ``info`` (the default), ``warning``, ``error``."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import time
 from typing import IO, Any
 
 ROOT = "wasmtop"
+LIBRARIES = ("opentelemetry", "grpc")
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 _SYSLOG = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
@@ -79,16 +81,30 @@ def setup(level: str = "info", fmt: str = "text", stream: IO[str] | None = None)
     again (a reload, a test), it replaces its handler rather than adding one."""
     if level not in LEVELS or fmt not in FORMATS:
         raise ValueError(f"expected a level of {LEVELS} and a format of {FORMATS}")
-    logger = logging.getLogger(ROOT)
-    for old in [h for h in logger.handlers if getattr(h, "wasmtop", False)]:
-        logger.removeHandler(old)
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.wasmtop = True  # type: ignore[attr-defined]
-    journald = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(journald))
-    logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False  # not twice through a root handler someone else configured
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(_journald(stream)))
+    # The libraries' own loggers too (the OTLP exporter's retries, gRPC's server), from warnings
+    # up: otherwise they would print plain lines into a JSON log.
+    for name, floor in ((ROOT, level.upper()), *((lib, "WARNING") for lib in LIBRARIES)):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "wasmtop", False)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(max(logging.getLevelName(floor), logging.getLevelName(level.upper())))
+        logger.propagate = False  # not twice through a root handler someone else configured
+
+
+def _journald(stream: IO[str] | None) -> bool:
+    """stderr is journald's stream: JOURNAL_STREAM names its device and inode (systemd.exec(5));
+    the variable alone is inherited by shells and redirected children."""
+    dev_ino = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in dev_ino.split(":"))
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 # Until a command says otherwise: info and up, as text, on stderr (what the daemon always wrote).

@@ -204,17 +204,22 @@ class Endpoints:
 
 
 def accepts_gzip(header: str | None) -> bool:
-    """An Accept-Encoding header that takes gzip (Prometheus sends ``gzip``; ``gzip;q=0`` and
-    its absence do not)."""
+    """An Accept-Encoding header that takes gzip: its q (or ``*``'s when gzip is not named)
+    above 0 (Prometheus sends ``gzip``; ``gzip;q=0`` and no header do not)."""
+    q: dict[str, float] = {}
     for part in (header or "").split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower()
-            try:
-                return not q.startswith("q=") or float(q[2:]) > 0
-            except ValueError:
-                return False
-    return False
+        name, *params = (p.strip() for p in part.split(";"))
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if name:
+            q[name.lower()] = weight
+    return q.get("gzip", q.get("*", 0.0)) > 0
 
 
 # A scraper needs one connection, a few at most: past MAX_CONNECTIONS a new connection is closed
@@ -400,12 +405,18 @@ class MetricsCache:
         self._gzipped: tuple[bytes, bytes] | None = None  # (the text it was made of, gzip)
 
     def gzipped(self) -> bytes:
-        """The same text gzipped, compressed once per text (GZIP_LEVEL: docs/benchmarks.md)."""
+        """The same text gzipped, compressed once per text (GZIP_LEVEL: docs/benchmarks.md),
+        outside the lock (plain scrapes do not wait for it); a compression of a text a newer
+        render has replaced is served, not kept."""
         text = self()
         with self._lock:
-            if self._gzipped is None or self._gzipped[0] is not text:
-                self._gzipped = (text, gzip.compress(text, GZIP_LEVEL, mtime=0))
-            return self._gzipped[1]
+            if self._gzipped is not None and self._gzipped[0] is text:
+                return self._gzipped[1]
+        packed = gzip.compress(text, GZIP_LEVEL, mtime=0)
+        with self._lock:
+            if self._cached is not None and self._cached[1] is text:
+                self._gzipped = (text, packed)
+        return packed
 
     def __call__(self) -> bytes:
         with self._lock:

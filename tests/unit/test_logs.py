@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -30,17 +31,26 @@ def logged(fmt: str, monkeypatch, journald: bool = False, level: str = "info") -
     return out
 
 
-def test_text_is_the_old_lines_and_journald_gets_each_lines_priority(monkeypatch):
+def test_text_is_the_old_lines_and_journald_gets_each_lines_priority(monkeypatch, tmp_path):
     out = logged("text", monkeypatch)
     logging.getLogger("wasmtop.daemon").info("serving http://127.0.0.1:9464/metrics")
     logging.getLogger("wasmtop.alertmanager").warning("down")
     assert out.getvalue() == (
         "wasmtop daemon: serving http://127.0.0.1:9464/metrics\nwasmtop alertmanager: down\n"
     )
-    out = logged("text", monkeypatch, journald=True)
-    logging.getLogger("wasmtop.daemon").warning("two\nlines")
-    logging.getLogger("wasmtop").error("bad")
-    assert out.getvalue() == "<4>wasmtop daemon: two\n<4>lines\n<3>wasmtop: bad\n"
+    # journald's stream: JOURNAL_STREAM names the device and inode of stderr (here a file).
+    with open(tmp_path / "journal", "w+") as journal:
+        st = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        logs.setup("info", "text", journal)
+        logging.getLogger("wasmtop.daemon").warning("two\nlines")
+        logging.getLogger("wasmtop").error("bad")
+        journal.seek(0)
+        assert journal.read() == "<4>wasmtop daemon: two\n<4>lines\n<3>wasmtop: bad\n"
+    # Inherited by a shell whose stderr is elsewhere: no prefixes.
+    logs.setup("info", "text", out := io.StringIO())
+    logging.getLogger("wasmtop.daemon").warning("plain")
+    assert out.getvalue() == "wasmtop daemon: plain\n"
 
 
 def test_json_has_time_level_logger_message_and_fields_and_levels_filter(monkeypatch):
@@ -72,3 +82,11 @@ def test_any_message_is_one_json_line(message):
     logging.getLogger("wasmtop.daemon").info(message)
     (line,) = out.getvalue().splitlines()
     assert json.loads(line)["message"] == message
+
+
+def test_the_libraries_warnings_are_lines_of_the_same_log(monkeypatch):
+    out = logged("json", monkeypatch)
+    logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter").warning("retrying")
+    logging.getLogger("grpc._server").info("not shown: below warning")
+    (line,) = out.getvalue().splitlines()
+    assert json.loads(line)["logger"] == "opentelemetry.exporter.otlp.proto.grpc.exporter"

@@ -136,3 +136,14 @@ def test_metrics_are_gzipped_for_a_scraper_that_accepts_it_and_compressed_once(m
     finally:
         srv.close()
     assert (len(renders), len(compressed)) == (1, 1)  # one render, one compression
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip"),
+    [("gzip", True), ("GZIP", True), ("x-gzip, gzip;q=0.5", True), ("*", True),
+     ("*;q=0, gzip", True), ("*, gzip;q=0", False), ("gzip;level=1;q=0", False),
+     ("gzip;q=0.0", False), ("identity", False), ("", False), (None, False),
+     ("gzip;q=nonsense", False)],
+)  # fmt: skip
+def test_accept_encoding_is_read_as_http_says(header, gzip):
+    assert web.accepts_gzip(header) is gzip
