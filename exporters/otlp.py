@@ -62,6 +62,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from .. import __version__
 from ..collector.model import Snapshot, Trace, Workload
+from .otlp_settings import OtlpTargets, SignalTarget, resolve
 from .series import Family, Histogram, Sample, SeriesBook, Summary
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class OtlpExporter:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None = None,
         *,
         book: SeriesBook,
         insecure: bool = True,
@@ -135,33 +136,37 @@ class OtlpExporter:
         timeout_s: float = 5.0,
         max_queue_spans: int = 8192,
         resource: Mapping[str, str | int] | None = None,
+        targets: OtlpTargets | None = None,
     ) -> None:
+        """``targets``: where each signal goes and how (exporters/otlp_settings.py: the config
+        over OTEL_*). Without it, ``endpoint``, ``insecure``, ``headers`` and ``timeout_s`` make
+        gRPC targets, the environment unread."""
         if interval_s <= 0 or timeout_s <= 0 or max_queue_spans < 1:
             raise ValueError("interval_s and timeout_s must be > 0, max_queue_spans >= 1")
-        self.endpoint = endpoint
+        if targets is None:
+            given = {"endpoint": endpoint, "insecure": insecure, "headers": dict(headers or {}),
+                     "timeout_s": timeout_s}  # fmt: skip
+            targets = resolve(given, env={})
+            if targets is None:
+                raise ValueError("an endpoint or targets is needed")
+        self.targets = targets
+        self.endpoint = targets.traces.endpoint
         self.book = book
         self.interval_s = float(interval_s)
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = targets.traces.timeout_s
         self.max_queue_spans = int(max_queue_spans)
+        # wasmtop's own attributes, under the caller's (the node), under OTEL_* and the file's.
         self.resource = Resource.create(
             {
                 "service.name": "wasmtop",
                 "service.version": __version__,
                 "host.name": socket.gethostname(),
                 **(resource or {}),
+                **targets.resource,
             }
         )
-        metadata = tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items())
-        common: dict[str, Any] = dict(
-            endpoint=endpoint,
-            insecure=insecure,
-            credentials=None if insecure else grpc.ssl_channel_credentials(),
-            headers=metadata,
-            timeout=self.timeout_s,
-            channel_options=CHANNEL_OPTIONS,
-        )
-        self._span_exporter = OTLPSpanExporter(**common)
-        self._metric_exporter = OTLPMetricExporter(**common)
+        self._span_exporter = _span_exporter(targets.traces)
+        self._metric_exporter = _metric_exporter(targets.metrics)
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # span worker: work arrived / closing
@@ -634,3 +639,75 @@ def _workload_attributes(w: Workload | None) -> dict[str, Any] | None:
         "wasmtop.runtime_class": pod.runtime_class,
     }
     return {k: v for k, v in attrs.items() if v}
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _grpc_common(t: SignalTarget) -> dict[str, Any]:
+    credentials = None
+    if not t.insecure:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(t.ca_file),
+            private_key=_read(t.client_key),
+            certificate_chain=_read(t.client_cert),
+        )
+    return dict(
+        endpoint=t.endpoint,
+        insecure=t.insecure,
+        credentials=credentials,
+        headers=t.headers,
+        timeout=t.timeout_s,
+        compression=grpc.Compression.Gzip if t.compression == "gzip" else None,
+        channel_options=CHANNEL_OPTIONS,
+    )
+
+
+def _http_common(t: SignalTarget) -> dict[str, Any]:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    extra: dict[str, Any] = {}
+    if t.client_cert is not None:
+        extra = {"client_certificate_file": t.client_cert, "client_key_file": t.client_key}
+    if t.ca_file is not None:
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA file
+        # (psf/requests#3829): the configured CA must win, so the session reads no environment
+        # but its proxies.
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = requests.utils.get_environ_proxies(t.endpoint)
+        extra["session"] = session
+    return dict(
+        endpoint=t.endpoint,
+        certificate_file=t.ca_file,
+        headers=dict(t.headers),
+        timeout=t.timeout_s,
+        compression=Compression.Gzip if t.compression == "gzip" else Compression.NoCompression,
+        **extra,
+    )
+
+
+def _span_exporter(t: SignalTarget) -> Any:
+    if t.protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter(**_http_common(t))
+    return OTLPSpanExporter(**_grpc_common(t))
+
+
+def _metric_exporter(t: SignalTarget) -> Any:
+    if t.protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        return HttpMetricExporter(**_http_common(t))
+    return OTLPMetricExporter(**_grpc_common(t))

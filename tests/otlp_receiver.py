@@ -138,3 +138,75 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+class OtlpHttpReceiver(OtlpReceiver):
+    """The same receiver over OTLP/HTTP (protobuf): ``POST /v1/traces`` and ``/v1/metrics`` with
+    an ``Export*ServiceRequest`` body (gzip when the request says so), answered as the
+    specification says. With ``tls`` (certificate, key), HTTPS; with ``client_ca`` too, a client
+    certificate that CA signed is required. ``metadata`` records each request's headers."""
+
+    def __init__(
+        self, tls: tuple[Any, Any] | None = None, client_ca: Any = None, port: int = 0
+    ) -> None:
+        self.tls, self.client_ca = tls, client_ca
+        self._http: Any = None
+        super().__init__(port)
+
+    def start(self) -> None:
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                signal = {"/v1/traces": "traces", "/v1/metrics": "metrics"}.get(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    import gzip
+
+                    body = gzip.decompress(body)
+                if signal is None or self.headers.get("Content-Type") != "application/x-protobuf":
+                    self.send_response(404 if signal is None else 415)
+                    self.end_headers()
+                    return
+                kind = (trace_service_pb2.ExportTraceServiceRequest if signal == "traces"
+                        else metrics_service_pb2.ExportMetricsServiceRequest)  # fmt: skip
+                request = kind.FromString(body)
+                with receiver._lock:
+                    receiver.attempts[signal] += 1
+                    receiver.metadata.append({k.lower(): v for k, v in self.headers.items()})
+                    refused = receiver._fail[signal].pop(0) if receiver._fail[signal] else None
+                    if refused is None:
+                        getattr(receiver, f"{signal[:-1] if signal == 'traces' else 'metric'}"
+                                "_requests").append(request)  # fmt: skip
+                self.send_response(503 if refused is not None else 200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            if self.client_ca is not None:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(str(self.client_ca))
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        self.port = server.server_address[1]
+        self._http = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"

@@ -58,6 +58,19 @@ def host_port(v: Any) -> str:
     return v
 
 
+def otlp_endpoint(v: Any) -> str:
+    """``HOST:PORT`` or an ``http://`` / ``https://`` URL of one (a path allowed: OTLP/HTTP)."""
+    text = v if isinstance(v, str) else ""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return host_port(v)
+    hostport = rest.split("/", 1)[0]
+    if scheme not in ("http", "https"):
+        raise ValueError(f"expected HOST:PORT or an http(s)://HOST:PORT URL, got {shown(v)}")
+    host_port(hostport)
+    return text
+
+
 GRPC_SOCKET = "unix:/run/wasmtop/grpc.sock"  # grpc.listen's default, --connect's too
 
 
@@ -234,11 +247,31 @@ SCHEMA: dict[str, Any] = {
         ),
     },
     "otlp": {
-        "endpoint": Key(None, optional(host_port), "OTLP/gRPC receiver; null: off"),
-        "insecure": Key(True, _bool, "plaintext gRPC (false: TLS with system roots)"),
-        "headers": Key({}, str_map, "gRPC metadata sent with each export"),
+        "endpoint": Key(
+            None,
+            optional(otlp_endpoint),
+            "HOST:PORT, http://HOST:PORT or https://HOST:PORT; null: $OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "else off",
+        ),
+        "protocol": Key(
+            None,
+            optional(choice("grpc", "http/protobuf")),
+            "null: $OTEL_EXPORTER_OTLP_PROTOCOL, else grpc",
+        ),
+        "insecure": Key(
+            None,
+            optional(_bool),
+            "plaintext to a bare HOST:PORT; null: env, else true",
+        ),
+        "headers": Key({}, str_map, "sent with each export; empty: $OTEL_EXPORTER_OTLP_HEADERS"),
+        "ca_file": Key(None, optional(nonempty_text), "CA of the receiver; null: env"),
+        "client_cert_file": Key(None, optional(nonempty_text), "client certificate (PEM)"),
+        "client_key_file": Key(None, optional(nonempty_text), "its key (PEM)"),
+        "compression": Key(None, optional(choice("gzip", "none")), "null: $OTEL_..._COMPRESSION"),
         "interval_s": Key(10.0, number(float, 0.5, 3600), "metrics export interval"),
-        "timeout_s": Key(5.0, number(float, 0.1, 60), "deadline of one export with retries"),
+        "timeout_s": Key(
+            None, optional(number(float, 0.1, 60)), "one export with retries; null: env, else 5"
+        ),
         "max_queue_spans": Key(8192, number(int, 1), "spans held while the receiver is down"),
         "resource": Key({}, str_map, "extra resource attributes, e.g. k8s.node.name"),
     },

@@ -240,24 +240,46 @@ class Daemon:
         log(f"serving gRPC {METHOD} on {g['listen']} ({how})")
 
     def start_otlp(self) -> None:
-        o = self.config["otlp"]
-        if o["endpoint"] is None:
+        """The OTLP exporter, when the ``otlp`` section or the OTEL_* environment names an
+        endpoint (exporters/otlp_settings.py). A setting the environment gets wrong is said and
+        leaves export off; it never stops the daemon."""
+        from .exporters.otlp_settings import OtlpSettingsError, resolve
+
+        o = dict(self.config["otlp"])
+        for key in ("ca_file", "client_cert_file", "client_key_file"):
+            if o[key] is not None:
+                o[key] = str(config_relative(o[key], str(self.config_path)))
+        try:
+            targets = resolve(o)
+        except OtlpSettingsError as exc:
+            self.otlp = None
+            warn(f"OTLP export off: {exc}")
+            return
+        if targets is None:
             self.otlp = None
             return
         from .exporters.otlp import OtlpExporter
 
-        self.otlp = OtlpExporter(
-            o["endpoint"],
-            book=self.book,
-            insecure=o["insecure"],
-            headers=o["headers"],
-            interval_s=o["interval_s"],
-            timeout_s=o["timeout_s"],
-            max_queue_spans=o["max_queue_spans"],
-            # In a DaemonSet the node's name comes through the downward API as NODE_NAME.
-            resource={**node_resource(), **o["resource"]},
-        )
-        log(f"exporting OTLP to {o['endpoint']} every {o['interval_s']:g} s")
+        try:
+            self.otlp = OtlpExporter(
+                book=self.book,
+                interval_s=o["interval_s"],
+                max_queue_spans=o["max_queue_spans"],
+                # In a DaemonSet the node's name comes through the downward API as NODE_NAME.
+                resource=node_resource(),
+                targets=targets,
+            )
+        except (OSError, ValueError) as exc:  # a CA or key file that cannot be read
+            self.otlp = None
+            warn(f"OTLP export off: {exc}")
+            return
+        t, m = targets.traces, targets.metrics
+        where = t.endpoint if t.endpoint == m.endpoint else f"{t.endpoint} and {m.endpoint}"
+        log(
+            f"exporting OTLP ({t.protocol}) to {where} every {o['interval_s']:g} s "
+            f"(endpoint from {t.source})",
+            protocol=t.protocol, traces=t.endpoint, metrics=m.endpoint,
+        )  # fmt: skip
 
     def start_kubernetes(self, old: Any = None) -> None:
         """The pod watcher, when the ``kubernetes`` section and the environment ask for it;
@@ -495,7 +517,7 @@ def run(config_path: str, log_level: str = "info", log_format: str = "text") -> 
     except ConfigError as exc:
         say(str(exc))
         return EXIT_USAGE
-    code = preflight()
+    code = preflight(say)
     if code is not None:
         return code
     daemon = Daemon(path, config, web, rules)

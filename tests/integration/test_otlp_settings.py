@@ -1,0 +1,116 @@
+"""OTLP export as every OpenTelemetry component is set up (exporters/otlp_settings.py): OTLP/HTTP
+beside gRPC, https with a custom CA and a client certificate, headers, compression, and the
+OTEL_* environment under the config file. Each receiver is real and on loopback
+(tests/otlp_receiver.py: grpcio's server, or an HTTP server speaking OTLP/HTTP protobuf)."""
+
+from __future__ import annotations
+
+import pytest
+from test_otlp import snapshot, trace
+
+from otlp_receiver import OtlpHttpReceiver, OtlpReceiver, wait_until
+from peers import free_port
+from wasmtop.config import defaults
+from wasmtop.exporters.otlp import OtlpExporter
+from wasmtop.exporters.otlp_settings import resolve
+from wasmtop.exporters.series import SeriesBook
+
+
+def section(**kw: object) -> dict:
+    return {**defaults()["otlp"], **kw}
+
+
+@pytest.fixture
+def exporters():
+    made: list[OtlpExporter] = []
+
+    def make(targets) -> OtlpExporter:
+        exp = OtlpExporter(book=SeriesBook(), interval_s=0.5, targets=targets)
+        made.append(exp)
+        return exp
+
+    yield make
+    for exp in made:
+        exp.close(timeout_s=1.0)
+
+
+def test_otlp_http_over_https_with_a_custom_ca_a_client_certificate_headers_and_gzip(
+    pki, exporters
+):
+    rx = OtlpHttpReceiver(tls=pki.server, client_ca=pki.ca)
+    try:
+        targets = resolve(section(
+            endpoint=rx.endpoint, protocol="http/protobuf", ca_file=str(pki.ca),
+            client_cert_file=str(pki.oncall[0]), client_key_file=str(pki.oncall[1]),
+            headers={"X-Tenant": "team-a"}, compression="gzip"), env={})  # fmt: skip
+        assert targets.traces.endpoint == f"{rx.endpoint}/v1/traces"
+        exp = exporters(targets)
+        t = trace()
+        exp.submit(snapshot((t,)))
+        assert wait_until(lambda: t.span_id in set(rx.span_ids()), 10), exp.stats()
+        assert wait_until(lambda: rx.metric_requests, 10), exp.stats()
+        assert exp.stats()["spans_exported"] == 1 and exp.stats()["metric_exports"] >= 1
+        assert all(m["x-tenant"] == "team-a" and m["content-encoding"] == "gzip"
+                   for m in rx.metadata)  # fmt: skip
+    finally:
+        rx.stop()
+
+
+def test_a_receiver_that_refuses_the_client_certificate_is_counted_not_fatal(pki, exporters):
+    rx = OtlpHttpReceiver(tls=pki.server, client_ca=pki.ca)
+    try:
+        targets = resolve(section(
+            endpoint=rx.endpoint, protocol="http/protobuf", ca_file=str(pki.ca),
+            client_cert_file=str(pki.stranger[0]), client_key_file=str(pki.stranger[1]),
+            timeout_s=1.0), env={})  # fmt: skip
+        exp = exporters(targets)
+        exp.submit(snapshot((trace(),)))
+        assert wait_until(lambda: exp.stats()["metric_exports_failed"] >= 1, 15), exp.stats()
+        assert rx.trace_requests == [] and rx.metric_requests == []
+    finally:
+        rx.stop()
+
+
+def test_the_otel_environment_alone_sets_protocol_endpoint_headers_and_resource(exporters):
+    rx = OtlpHttpReceiver()
+    try:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0k,x-scope=edge",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2000",
+            "OTEL_SERVICE_NAME": "edge-wasmtop",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=ignored",
+        }
+        targets = resolve(section(), env)
+        assert targets.traces.timeout_s == 2.0 and targets.traces.source.endswith("_ENDPOINT")
+        exp = exporters(targets)
+        t = trace()
+        exp.submit(snapshot((t,)))
+        assert wait_until(lambda: t.span_id in set(rx.span_ids()), 10), exp.stats()
+        (resource, _), *_ = rx.spans()
+        assert resource["service.name"] == "edge-wasmtop"  # OTEL_SERVICE_NAME over the list
+        assert resource["deployment.environment"] == "prod"
+        assert rx.metadata[0]["authorization"] == "Bearer t0k"
+        assert rx.metadata[0]["x-scope"] == "edge"
+    finally:
+        rx.stop()
+
+
+def test_the_config_file_wins_over_the_environment_and_grpc_takes_a_url(exporters):
+    rx = OtlpReceiver()
+    try:
+        dead = f"127.0.0.1:{free_port()}"
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{dead}",
+               "OTEL_SERVICE_NAME": "from-env"}  # fmt: skip
+        targets = resolve(section(endpoint=f"http://{rx.endpoint}",
+                                  resource={"service.name": "from-file"}), env)  # fmt: skip
+        assert (targets.traces.endpoint, targets.traces.insecure) == (rx.endpoint, True)
+        exp = exporters(targets)
+        t = trace()
+        exp.submit(snapshot((t,)))
+        assert wait_until(lambda: t.span_id in set(rx.span_ids()), 10), exp.stats()
+        (resource, _), *_ = rx.spans()
+        assert resource["service.name"] == "from-file"
+    finally:
+        rx.stop()
