@@ -71,11 +71,18 @@ class PodMeta:
     name: str
     runtime_class: str | None  # spec.runtimeClassName
     containers: Mapping[str, str]  # container id (without the runtime:// prefix) -> name
+    app: str | None = None  # label app.kubernetes.io/name, else app: the service it is part of
 
 
 def container_id(raw: str) -> str:
     """``containerd://<id>``, ``cri-o://<id>``, ``docker://<id>`` -> ``<id>``."""
     return raw.split("://", 1)[1] if "://" in raw else raw
+
+
+# The labels that name the service a pod is part of (the recommended label, then the older
+# convention); a label value is at most 63 characters, kept so here whatever an API answers.
+APP_LABELS = ("app.kubernetes.io/name", "app")
+MAX_APP = 63
 
 
 def pod_meta(obj: Any) -> PodMeta:
@@ -102,7 +109,11 @@ def pod_meta(obj: Any) -> PodMeta:
             raw = s.get("containerID")  # absent until the container was created
             if isinstance(raw, str) and raw:
                 containers[container_id(raw)] = s["name"]
-    return PodMeta(uid, namespace, name, runtime_class or None, containers)
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ValueError("metadata.labels is not an object")
+    app = next((v for k in APP_LABELS if isinstance(v := labels.get(k), str) and v), None)
+    return PodMeta(uid, namespace, name, runtime_class or None, containers, app and app[:MAX_APP])
 
 
 class PodCache:

@@ -127,6 +127,7 @@ class Pod:
     container: str | None
     container_id: str | None
     runtime_class: str | None = None  # spec.runtimeClassName
+    app: str | None = None  # label app.kubernetes.io/name, else app
 
 
 class PodDirectory(Protocol):
@@ -378,7 +379,7 @@ def workload_of(info: ProcessInfo, pods: PodDirectory | None = None) -> Workload
         else:
             container = meta.containers.get(ref.container_id) if ref.container_id else None
             pod = Pod(meta.namespace, meta.name, ref.pod_uid, container, ref.container_id,
-                      meta.runtime_class)  # fmt: skip
+                      meta.runtime_class, meta.app)  # fmt: skip
             runtime = runtime or runtime_of_class(meta.runtime_class)
         key = f"pod:{ref.pod_uid}/{ref.container_id or 'pod'}"
     else:

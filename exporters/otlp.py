@@ -28,6 +28,7 @@ they do from /metrics), histograms keep their buckets, and each series' start ti
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import random
 import socket
@@ -119,6 +120,12 @@ class _Pending(NamedTuple):
     trace: Trace
     offset_ns: int  # Unix epoch ns - CLOCK_MONOTONIC ns, measured at submit
     workload_attrs: Optional[dict[str, Any]]
+    resource: Optional[Resource] = None  # its workload's; None: wasmtop's own
+
+
+# Resources made for workloads, kept while they are asked for; past this many the map is
+# emptied (any number of workloads may come and go; the live ones are made again at once).
+MAX_WORKLOAD_RESOURCES = 2048
 
 
 class OtlpExporter:
@@ -137,6 +144,7 @@ class OtlpExporter:
         max_queue_spans: int = 8192,
         resource: Mapping[str, str | int] | None = None,
         targets: OtlpTargets | None = None,
+        service_names: Mapping[str, str] | None = None,
     ) -> None:
         """``targets``: where each signal goes and how (exporters/otlp_settings.py: the config
         over OTEL_*). Without it, ``endpoint``, ``insecure``, ``headers`` and ``timeout_s`` make
@@ -165,6 +173,8 @@ class OtlpExporter:
                 **targets.resource,
             }
         )
+        self.service_names = dict(service_names or {})
+        self._resources: dict[tuple, Resource] = {}  # workload -> its spans' resource
         self._span_exporter = _span_exporter(targets.traces)
         self._metric_exporter = _metric_exporter(targets.metrics)
 
@@ -216,12 +226,10 @@ class OtlpExporter:
             return
         offset = time.time_ns() - time.monotonic_ns()
         workloads = {w.key: w for w in snap.workloads}
-        wl_attrs: dict[str, Optional[dict[str, Any]]] = {}
         pending = []
         for t in traces:
-            if t.workload is not None and t.workload not in wl_attrs:
-                wl_attrs[t.workload] = _workload_attributes(workloads.get(t.workload))
-            pending.append(_Pending(t, offset, wl_attrs.get(t.workload) if t.workload else None))
+            w = workloads.get(t.workload) if t.workload is not None else None
+            pending.append(_Pending(t, offset, None, self._workload_resource(w)))
         with self._lock:
             if self._closed or self._closing:
                 self._stats["spans_dropped"] += len(pending)
@@ -233,6 +241,39 @@ class OtlpExporter:
             if pending:
                 self._queue.extend(pending)
                 self._wake.notify()
+
+    def _workload_resource(self, w: Workload | None) -> Resource | None:
+        """The resource of a workload's spans: its service and where it runs (docs/otlp.md).
+        None for a trace of no known workload (wasmtop's own resource then)."""
+        if w is None:
+            return None
+        pod = w.pod
+        key = (w.key, pod, w.comm)
+        made = self._resources.get(key)
+        if made is None:
+            if len(self._resources) >= MAX_WORKLOAD_RESOURCES:
+                self._resources.clear()
+            attrs = {
+                "service.name": service_name(w, self.service_names),
+                "host.name": self.resource.attributes.get("host.name"),
+                "k8s.node.name": self.resource.attributes.get("k8s.node.name"),
+                "process.executable.name": w.comm,
+                "wasmtop.workload": w.key,
+                "wasmtop.workload.kind": w.kind,
+                "wasmtop.runtime": w.runtime,
+            }
+            if pod is not None:
+                attrs.update({
+                    "k8s.namespace.name": pod.namespace,
+                    "k8s.pod.name": pod.name,
+                    "k8s.pod.uid": pod.uid,
+                    "k8s.container.name": pod.container,
+                    "container.id": pod.container_id,
+                    "wasmtop.runtime_class": pod.runtime_class,
+                })  # fmt: skip
+            made = Resource({k: v for k, v in attrs.items() if v is not None and v != ""})
+            self._resources[key] = made
+        return made
 
     def queued(self) -> int:
         """Spans held now: queued plus the batch in flight (at most ``max_queue_spans``)."""
@@ -462,7 +503,7 @@ class OtlpExporter:
             name=_span_name(t.method, t.route, path),
             context=context,
             parent=parent,
-            resource=self.resource,
+            resource=p.resource or self.resource,
             attributes=attrs,
             events=events,
             kind=SpanKind.SERVER,
@@ -626,19 +667,18 @@ def _span_name(method: str | None, route: str, path: str | None) -> str:
     return method or "HTTP"  # semantic conventions: the method alone when no route is known
 
 
-def _workload_attributes(w: Workload | None) -> dict[str, Any] | None:
-    pod = w.pod if w is not None else None
-    if pod is None:
-        return None
-    attrs = {
-        "k8s.namespace.name": pod.namespace,
-        "k8s.pod.name": pod.name,
-        "k8s.pod.uid": pod.uid,
-        "k8s.container.name": pod.container,
-        "container.id": pod.container_id,
-        "wasmtop.runtime_class": pod.runtime_class,
-    }
-    return {k: v for k, v in attrs.items() if v}
+def service_name(w: Workload, patterns: Mapping[str, str]) -> str:
+    """The service a workload's spans belong to: the first of ``patterns`` (shell patterns over
+    its name ``namespace/pod/container``, its key and its command) that matches, else its pod's
+    ``app.kubernetes.io/name`` / ``app`` label, else its container's name, else its command."""
+    pod = w.pod
+    name = "/".join(p for p in (pod.namespace, pod.name, pod.container) if p) if pod else ""
+    for pattern, service in patterns.items():
+        if any(fnmatch.fnmatchcase(x, pattern) for x in (name, w.key, w.comm) if x):
+            return service
+    if pod is not None and (pod.app or pod.container):
+        return str(pod.app or pod.container)
+    return w.comm or "unknown_service"
 
 
 def _read(path: str | None) -> bytes | None:

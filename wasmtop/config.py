@@ -274,6 +274,9 @@ SCHEMA: dict[str, Any] = {
         ),
         "max_queue_spans": Key(8192, number(int, 1), "spans held while the receiver is down"),
         "resource": Key({}, str_map, "extra resource attributes, e.g. k8s.node.name"),
+        "service_names": Key(
+            {}, str_map, "a workload's service.name by shell pattern over its name, key or comm"
+        ),
     },
     "alerts": {
         "enabled": Key(True, _bool, "evaluate alert rules on each Snapshot"),

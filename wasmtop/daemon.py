@@ -268,6 +268,7 @@ class Daemon:
                 # In a DaemonSet the node's name comes through the downward API as NODE_NAME.
                 resource=node_resource(),
                 targets=targets,
+                service_names=o["service_names"],
             )
         except (OSError, ValueError) as exc:  # a CA or key file that cannot be read
             self.otlp = None

@@ -170,7 +170,7 @@ def test_pods_get_namespace_name_container_and_runtime_class_from_the_api(tmp_pa
         found = until(lambda: workload(named=True))
         assert found, remote.error
         _, w = found
-        assert w.pod == Pod("edge", name, uid, "app", cid, "wasmtime")
+        assert w.pod == Pod("edge", name, uid, "app", cid, "wasmtime", "hello-wasm")
         # Its RuntimeClass makes it a WebAssembly workload, traced like any (the default).
         assert (w.kind, w.runtime) == ("wasm", "wasmtime")
 

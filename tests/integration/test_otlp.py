@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import threading
 import time
 
@@ -283,9 +284,25 @@ def test_spans_carry_the_requests_ids_times_attributes_and_preemptions(receiver,
 
     tol = 2_000_000  # the offset is measured by the exporter between off_before and off_after
     lo, hi = min(off_before, off_after) - tol, max(off_before, off_after) + tol
+    # One resource per workload: its service (the container's name: this pod has no app
+    # label), where it runs; wasmtop's own resource only on its metrics.
+    res1, res2 = spans[t1.span_id][0], spans[t2.span_id][0]
+    assert {k: v for k, v in res1.items() if not k.startswith("telemetry.")} == {
+        "service.name": "app",
+        "host.name": socket.gethostname(),
+        "process.executable.name": "wasmtime",
+        "wasmtop.workload": WL_POD,
+        "wasmtop.workload.kind": "wasm",
+        "wasmtop.runtime": "wasmtime",
+        "k8s.namespace.name": "shop",
+        "k8s.pod.name": "cart-7d9f",
+        "k8s.pod.uid": "uid-123",
+        "k8s.container.name": "app",
+        "container.id": "c0ffee",
+    }
+    assert res2["service.name"] == "edge" and "k8s.pod.name" not in res2  # a plain process
     for t in (t1, t2):
         res, s = spans[t.span_id]
-        assert res["service.name"] == "wasmtop"
         assert s.trace_id.hex() == t.trace_id
         assert s.parent_span_id.hex() == (t.parent_span_id or "")
         assert s.kind == Span.SPAN_KIND_SERVER
@@ -305,11 +322,6 @@ def test_spans_carry_the_requests_ids_times_attributes_and_preemptions(receiver,
         "process.pid": 4242,
         "thread.id": 4243,
         "wasmtop.trace_source": "traceparent",
-        "k8s.namespace.name": "shop",
-        "k8s.pod.name": "cart-7d9f",
-        "k8s.pod.uid": "uid-123",
-        "k8s.container.name": "app",
-        "container.id": "c0ffee",
     }
     assert s1.trace_state == "vendor=opaque"
     assert s1.status.code == Status.STATUS_CODE_UNSET

@@ -88,7 +88,8 @@ def test_the_otel_environment_alone_sets_protocol_endpoint_headers_and_resource(
         t = trace()
         exp.submit(snapshot((t,)))
         assert wait_until(lambda: t.span_id in set(rx.span_ids()), 10), exp.stats()
-        (resource, _), *_ = rx.spans()
+        assert wait_until(lambda: rx.metric_requests, 10), exp.stats()
+        (resource, _), *_ = rx.metrics()  # wasmtop's own resource (spans carry their service's)
         assert resource["service.name"] == "edge-wasmtop"  # OTEL_SERVICE_NAME over the list
         assert resource["deployment.environment"] == "prod"
         assert rx.metadata[0]["authorization"] == "Bearer t0k"
@@ -110,7 +111,60 @@ def test_the_config_file_wins_over_the_environment_and_grpc_takes_a_url(exporter
         t = trace()
         exp.submit(snapshot((t,)))
         assert wait_until(lambda: t.span_id in set(rx.span_ids()), 10), exp.stats()
-        (resource, _), *_ = rx.spans()
+        assert wait_until(lambda: rx.metric_requests, 10), exp.stats()
+        (resource, _), *_ = rx.metrics()
         assert resource["service.name"] == "from-file"
+    finally:
+        rx.stop()
+
+
+def semconv_names() -> set[str]:
+    """Every attribute name the opentelemetry-semantic-conventions package defines."""
+    import importlib
+    import pkgutil
+
+    import opentelemetry.semconv._incubating.attributes as incubating
+    import opentelemetry.semconv.attributes as stable
+
+    names = set()
+    for pkg in (stable, incubating):
+        for m in pkgutil.iter_modules(pkg.__path__):
+            module = importlib.import_module(f"{pkg.__name__}.{m.name}")
+            names |= {v for k, v in vars(module).items() if k.isupper() and isinstance(v, str)}
+    return names
+
+
+def test_each_workload_is_a_service_with_conventional_attributes(exporters):
+    """One resource per workload, named by the file's patterns, else the pod's app label, else
+    the container's name, else the command; every span and resource attribute is either a name
+    of the OpenTelemetry semantic conventions or wasmtop's own (wasmtop.*), so a misspelt key
+    fails here."""
+    import dataclasses
+
+    from test_otlp import WL_PLAIN, WL_POD
+
+    rx = OtlpReceiver()
+    try:
+        exp = exporters(resolve(section(endpoint=rx.endpoint), env={}))
+        exp.service_names = {"pid:*": "never", "edge": "edge-proc"}  # the command "edge"
+        t_pod, t_plain = trace(), trace(workload=WL_PLAIN, pid=5000, tid=5001)
+        snap = snapshot((t_pod, t_plain))
+        labelled = dataclasses.replace(snap.workloads[0].pod, app="cart")
+        snap = dataclasses.replace(snap, workloads=(
+            dataclasses.replace(snap.workloads[0], pod=labelled), *snap.workloads[1:]))  # fmt: skip
+        exp.submit(snap)
+        want = {t_pod.span_id, t_plain.span_id}
+        assert wait_until(lambda: want <= set(rx.span_ids()), 10), exp.stats()
+        by_span = {s.span_id.hex(): (res, s) for res, s in rx.spans()}
+        assert by_span[t_pod.span_id][0]["service.name"] == "cart"  # the app label
+        assert by_span[t_pod.span_id][0]["wasmtop.workload"] == WL_POD
+        assert by_span[t_plain.span_id][0]["service.name"] == "edge-proc"  # the file's pattern
+        known = semconv_names()
+        for res, span in by_span.values():
+            keys = set(res) | {kv.key for kv in span.attributes}
+            odd = {
+                k for k in keys if not k.startswith(("wasmtop.", "telemetry.")) and k not in known
+            }
+            assert odd == set(), odd
     finally:
         rx.stop()

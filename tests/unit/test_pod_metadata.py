@@ -132,7 +132,16 @@ def test_a_pod_is_nameless_until_the_cache_knows_it_and_its_runtime_class_makes_
     after = workload_of(app, cache)
     assert after.key == before.key  # the key stays: series and alerts keep their identity
     assert after.pod == Pod("edge", "hello-wasm-5f7d8c9b4-x2kq9", HELLO_UID, "app", APP_ID,
-                            "wasmtime")  # fmt: skip
+                            "wasmtime", "hello-wasm")  # fmt: skip
+    # The recommended label names the service before the older one.
+    labelled = copy.deepcopy(HELLO)
+    labelled["metadata"]["labels"]["app.kubernetes.io/name"] = "hello-edge"
+    assert pod_meta(labelled).app == "hello-edge"
+    labelled["metadata"]["labels"] = {"app": "x" * 100}
+    assert pod_meta(labelled).app == "x" * 63
+    labelled["metadata"]["labels"] = ["not", "a", "map"]
+    with pytest.raises(ValueError, match="labels"):
+        pod_meta(labelled)
     assert (after.kind, after.runtime) == ("wasm", "wasmtime")
     # A container id the pod's statuses do not list (the sandbox): the pod's names, no container.
     sandbox = workload_of(process_in(kubelet_path(HELLO_UID, "f" * 64)), cache)
