@@ -59,6 +59,28 @@ MAX_ROUTE_CACHE = 4096
 _route_cache: dict[tuple[str, str], str] = {}
 
 
+def compile_templates(templates: Iterable[str]) -> tuple[tuple[tuple[str | None, ...], str], ...]:
+    """Route templates (``/users/{id}/orders``) as segment tuples, ``None`` where a ``{name}``
+    segment matches any one segment, in the order given (the first that matches wins)."""
+    out = []
+    for template in templates:
+        segs = tuple(
+            None if seg.startswith("{") and seg.endswith("}") else seg
+            for seg in template.split("/")
+        )
+        out.append((segs, template))
+    return tuple(out)
+
+
+def template_route(templates: tuple, path: str) -> str | None:
+    """The first template ``path`` matches, or None."""
+    segs = path.split("/")
+    for want, template in templates:
+        if len(want) == len(segs) and all(w is None or w == g for w, g in zip(want, segs)):
+            return template
+    return None
+
+
 def method_route(method: str, path: str) -> str:
     """ "METHOD route" of a request (``route_path`` of its path)."""
     key = (method, path)
@@ -100,6 +122,7 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     queued_ns: int | None = None  # run-queue wait of the wake-up charged to it (RequestRecord)
     queued_wakeup: int | None = None
     read_end_ns: int | None = None  # when the read that brought its head returned
+    path: str | None = None  # the request's path as sent (no query string, at most 64 chars)
 
     @property
     def duration_ns(self) -> int:
@@ -110,7 +133,7 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
 fields_in_order(Request, (
     "pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status", "trace_id",
     "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
-    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns"),
+    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path"),
     "correlate.RequestTracker._request")  # fmt: skip
 # feed and _enter unpack RequestRecords by position.
 fields_in_order(RequestRecord, (
@@ -121,7 +144,7 @@ fields_in_order(Trace, (
     "trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid", "tid",
     "workload", "start_ns", "duration_ms", "preempted_ms", "migrations", "bypassed", "method",
     "route", "status", "queued_ms", "queued_wakeup", "read_end_ns", "preemptions",
-    "wakeup_waits"), "correlate.trace_of")  # fmt: skip
+    "wakeup_waits", "path"), "correlate.trace_of")  # fmt: skip
 
 
 @dataclass
@@ -173,9 +196,14 @@ class RequestTracker:
         window_s: float = DEFAULT_WINDOW_S,
         max_window_requests: int = DEFAULT_MAX_WINDOW_REQUESTS,
         max_paths: int = DEFAULT_MAX_PATHS,
+        route_templates: Iterable[str] = (),
     ) -> None:
         if window_s <= 0 or max_window_requests < 1 or max_paths < 0:
             raise ValueError("window and caps must be positive")
+        # Routes as the service names them (collector.route_templates), before the default
+        # folding of id-like segments; a (method, path) answer is kept, bounded as the default's.
+        self.templates = compile_templates(route_templates)
+        self._templated: dict[tuple[str, str], str] = {}
         self.window_ns = int(window_s * 1e9)
         self.max_window_requests = max_window_requests
         self.max_paths = max_paths
@@ -235,13 +263,26 @@ class RequestTracker:
         if head.method not in METHODS:
             self.counters["requests_method_other"] += 1
             return OTHER_ROUTE
-        route = method_route(head.method, head.path or "")
+        route = self._method_route(head.method, head.path or "")
         win = self._window(workload)
         if route not in win.named:
             if len(win.named) >= self.max_paths:
                 self.counters["requests_paths_other"] += 1
                 return OTHER_ROUTE
             win.named.add(route)
+        return route
+
+    def _method_route(self, method: str, path: str) -> str:
+        if not self.templates:
+            return method_route(method, path)
+        key = (method, path)
+        route = self._templated.get(key)
+        if route is None:
+            if len(self._templated) >= MAX_ROUTE_CACHE:
+                self._templated.clear()
+            template = template_route(self.templates, path)
+            route = f"{method} {template}" if template else method_route(method, path)
+            self._templated[key] = route
         return route
 
     def _window(self, workload: str | None) -> _Window:
@@ -272,14 +313,14 @@ class RequestTracker:
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
         # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-        # queued_wakeup, read_end_ns.
+        # queued_wakeup, read_end_ns, path.
         return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
              wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
              head.tracestate, preempted, migrations, bypassed_of(rec.tgid, rec.fd),
-             rec.queued_ns, rec.wakeup_seq, rec.start_ns),
+             rec.queued_ns, rec.wakeup_seq, rec.start_ns, head.path),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
@@ -394,7 +435,7 @@ def trace_of(r: Request) -> Trace:
     span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
     (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
      _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-     queued_wakeup, read_end_ns) = r  # fmt: skip
+     queued_wakeup, read_end_ns, path) = r  # fmt: skip
     # Fields in Trace's order (checked at import, above).
     return new_record(  # type: ignore[no-any-return]
         Trace,
@@ -402,7 +443,7 @@ def trace_of(r: Request) -> Trace:
          flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,
          None if preempted_ns is None else preempted_ns / 1e6, migrations, bypassed, method,
          route, status, None if queued_ns is None else queued_ns / 1e6, queued_wakeup,
-         read_end_ns, (), ()),
+         read_end_ns, (), (), path),
     )  # fmt: skip
 
 

@@ -216,6 +216,9 @@ class Trace(NamedTuple):
     # request, in the order the Snapshot lists them. Joined by the collector (correlate.py).
     preemptions: tuple[PreemptionEvent, ...] = ()
     wakeup_waits: tuple[WakeupWaitEvent, ...] = ()
+    # The request's path as sent (no query string, cut at 64 characters): the span's url.path,
+    # where ``route`` is its template.
+    path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -445,7 +445,11 @@ class OtlpExporter:
         if t.method:
             attrs["http.request.method"] = t.method
         if path:
-            attrs["http.route"] = path
+            attrs["http.route"] = path  # the template (collector.route_templates, else folded)
+        if t.path:
+            attrs["url.path"] = t.path  # as sent
+            attrs["url.scheme"] = "http"  # what the probe reads is cleartext HTTP/1.x
+            attrs["network.protocol.name"] = "http"
         if t.status is not None:
             attrs["http.response.status_code"] = t.status
         if t.preempted_ms is not None:

@@ -58,6 +58,16 @@ def host_port(v: Any) -> str:
     return v
 
 
+def route_template(v: Any) -> str:
+    """``/users/{id}/orders``: a path, each ``{name}`` a whole segment (any one segment)."""
+    text = v if isinstance(v, str) else ""
+    segs = text.split("/")
+    bad = [s for s in segs if ("{" in s or "}" in s) and not re.fullmatch(r"\{\w+\}", s)]
+    if not text.startswith("/") or len(text) > 256 or bad or any(c.isspace() for c in text):
+        raise ValueError(f"expected a path such as /users/{{id}}/orders, got {shown(v)}")
+    return text
+
+
 def otlp_endpoint(v: Any) -> str:
     """``HOST:PORT`` or an ``http://`` / ``https://`` URL of one (a path allowed: OTLP/HTTP)."""
     text = v if isinstance(v, str) else ""
@@ -216,6 +226,9 @@ SCHEMA: dict[str, Any] = {
         "growth_window_s": Key(300.0, number(float, 1, 86400), "RSS growth slope window"),
         "max_events": Key(1000, number(int, 0), "over-threshold events kept per Snapshot"),
         "probe_stats": Key(False, _bool, "time the probes in the kernel (taxes every program)"),
+        "route_templates": Key(
+            [], _list(route_template), "routes as the services name them, e.g. /users/{id}"
+        ),
     },
     "metrics": {
         "listen": Key("127.0.0.1:9464", host_port, "address of /metrics, /healthz, /readyz"),

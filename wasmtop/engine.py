@@ -225,6 +225,7 @@ class Engine:
         growth_window_s: float | None = None,
         pods: Any = None,
         progress: Callable[[str, str], None] | None = None,
+        route_templates: Sequence[str] = (),
     ) -> None:
         self.options = options
         self.progress = progress  # (probe, stage) while the probes load: see ProbeSet
@@ -236,6 +237,10 @@ class Engine:
             self._collector_args["max_events"] = max_events
         if growth_window_s is not None:
             self._collector_args["growth_window_s"] = growth_window_s
+        if route_templates:
+            from .collector.correlate import RequestTracker
+
+            self._collector_args["requests"] = RequestTracker(route_templates=route_templates)
         self.probes: Any = None  # probes.probeset.ProbeSet, once entered
         self.collector: Any = None
         self._probe_set: Any = None
@@ -256,6 +261,7 @@ class Engine:
             growth_window_s=c["growth_window_s"],
             pods=pods,
             progress=progress,
+            route_templates=c["route_templates"],
         )
 
     def __enter__(self) -> Engine:

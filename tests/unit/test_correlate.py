@@ -246,3 +246,22 @@ def test_a_request_becomes_a_trace_whose_events_are_joined_by_the_span_it_export
     at_end, after = _preemption(r.end_ns, tid=r.tid), _preemption(r.end_ns + 1, tid=r.tid)
     (got,) = attach_events([t], Events(preemptions=(at_end, after)))
     assert got.preemptions == (at_end,)
+
+
+def test_route_templates_name_routes_as_the_service_does_and_the_path_stays_as_sent():
+    tracker = RequestTracker(route_templates=["/users/{id}/orders", "/items/{sku}",
+                                              "/items/{sku}/reviews"])  # fmt: skip
+    paths = ["/users/alice/orders", "/items/ABC-1?color=red", "/items/ABC-1/reviews",
+             "/users/12345/cart", "/items"]  # fmt: skip
+    reqs = run(tracker, [pair(i * 10, i * 10 + 5, p, headers=[f"traceparent: {TP}"])
+                         for i, p in enumerate(paths)])  # fmt: skip
+    assert [r.route for r in reqs] == [
+        "GET /users/{id}/orders",  # "alice" is no id the default would fold
+        "GET /items/{sku}",
+        "GET /items/{sku}/reviews",
+        "GET /users/:id/cart",  # no template: the default folding
+        "GET /items",
+    ]
+    traces = [trace_of(r) for r in reqs]
+    sent = [p.split("?")[0] for p in paths]  # the query string is never kept
+    assert [t.path for t in traces] == sent

@@ -88,6 +88,10 @@ CONFIG_FINDINGS: list[tuple[str, str | bytes, dict[str, str | bytes], str]] = [
     ("rule file: for .inf", "alerts:\n  rule_files: [r.yaml]\n",
      {"r.yaml": GOOD_RULE.replace("for: 30s", "for: .inf")},
      "r.yaml:5: rules[0].for: expected a duration from 0 to 8760h (a year), got inf"),
+    ("a route template that is no path", "collector:\n  route_templates: ['users/{id}']\n", {},
+     "c.yaml:2: collector.route_templates: item 0: expected a path such as /users/{id}/orders"),
+    ("an OTLP endpoint of another scheme", "otlp:\n  endpoint: ftp://x:1\n", {},
+     "c.yaml:2: otlp.endpoint: expected HOST:PORT or an http(s)://HOST:PORT URL"),
 ]  # fmt: skip
 
 # (what, the rule file r.yaml, what `rules check` says after "wasmtop: ")
