@@ -248,8 +248,8 @@ class Notifier:
         """Continue where ``old`` (the notifier before a config reload, already closed) stopped:
         firing alerts keep their resend schedule instead of all being re-sent at once, resolved
         ones keep being re-sent for the rest of their retention, and what ``old`` could not
-        deliver to an Alertmanager that is still configured is delivered by this one. Call it
-        before the first observe()."""
+        deliver to an Alertmanager that is still configured is delivered by this one, and its
+        counters go on from where they were. Call it before the first observe()."""
         with old._lock:
             tracked = {fp: replace(t) for fp, t in old._alerts.items()}
         with self._lock:
@@ -258,7 +258,10 @@ class Notifier:
         old_senders = {s.url: s for s in old._senders}
         for s in self._senders:
             if s.url in old_senders:
-                unsent = old_senders[s.url].unsent()
+                was = old_senders[s.url]
+                for k, n in was.counts.items():  # an Alertmanager kept: its counters go on
+                    s.counts[k] += n
+                unsent = was.unsent()
                 if unsent:
                     s.enqueue(unsent)
 

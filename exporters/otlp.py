@@ -323,6 +323,14 @@ class OtlpExporter:
             ),
         ]
 
+    def carry_over(self, old: OtlpExporter) -> None:
+        """Count on from ``old`` (the exporter a config reload replaced): the counters of
+        /metrics never go back."""
+        before = old.stats()
+        with self._lock:
+            for k, n in before.items():
+                self._stats[k] = self._stats.get(k, 0) + n
+
     def stats(self) -> dict[str, int]:
         """Cumulative counts since start."""
         with self._lock:

@@ -239,7 +239,7 @@ class Daemon:
             how = "TLS, no client authentication" if cert else "plaintext, no authentication"
         log(f"serving gRPC {METHOD} on {g['listen']} ({how})")
 
-    def start_otlp(self) -> None:
+    def start_otlp(self, old: Any = None) -> None:
         """The OTLP exporter, when the ``otlp`` section or the OTEL_* environment names an
         endpoint (exporters/otlp_settings.py). A setting the environment gets wrong is said and
         leaves export off; it never stops the daemon."""
@@ -274,6 +274,8 @@ class Daemon:
             self.otlp = None
             warn(f"OTLP export off: {exc}")
             return
+        if old is not None:
+            self.otlp.carry_over(old)
         t, m = targets.traces, targets.metrics
         where = t.endpoint if t.endpoint == m.endpoint else f"{t.endpoint} and {m.endpoint}"
         log(
@@ -384,9 +386,10 @@ class Daemon:
         if new["grpc"] != old["grpc"]:
             self.reload_grpc(old)
         if new["otlp"] != old["otlp"]:
-            if self.otlp is not None:
-                self.otlp.close()
-            self.start_otlp()
+            previous = self.otlp
+            if previous is not None:
+                previous.close()  # its last spans and metrics, then the new one counts on
+            self.start_otlp(previous)
         if rules != self.rules or new["alerts"] != old["alerts"]:
             self.rules = rules
             self.make_evaluator()

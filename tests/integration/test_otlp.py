@@ -698,3 +698,16 @@ def test_unavailable_then_ok_the_batch_is_retried(
         assert st["span_exports_failed"] == 0
     else:
         assert st["span_exports_failed"] >= 1
+
+
+def test_a_reloaded_exporter_counts_on_from_the_one_it_replaces(receiver, make_exporter):
+    old = make_exporter(receiver.endpoint)
+    t = trace()
+    old.submit(snapshot((t,)))
+    assert wait_until(lambda: old.stats()["spans_exported"] == 1, 10)
+    old.close(timeout_s=1.0)
+    new = make_exporter(receiver.endpoint)
+    new.carry_over(old)
+    assert new.stats()["spans_exported"] == 1  # /metrics' counter does not go back to 0
+    new.submit(snapshot((trace(),)))
+    assert wait_until(lambda: new.stats()["spans_exported"] == 2, 10)

@@ -334,8 +334,11 @@ def test_carry_over_keeps_the_resend_schedule_across_a_reload():
             old.observe([a], [replace(b, resolved_at_s=T0 + 20)])
             drain(old)
         assert len(rec.alerts()) == 3
+        posted = old.stats()[rec.url]
+        assert posted["posts_ok"] == 2
         with notifier(rec.url, clock=clock) as new:
             new.carry_over(old)
+            assert new.stats()[rec.url] == posted  # the counters go on, never back to 0
             clock.t = T0 + 30
             new.observe([a], [])
             drain(new)
