@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .series import Family, Histogram, Summary
+from .series import Exemplar, Family, Histogram, Summary
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# OpenMetrics, for a scraper that asks for it (Prometheus does first): the same samples, with
+# exemplars on histogram buckets (a bucket's latest traced observation and its trace id).
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def _escape(value: str) -> str:
@@ -32,7 +35,18 @@ def _num(v: float) -> str:
     return text
 
 
-def encode(families: Iterable[Family]) -> bytes:
+def _exemplar(e: Exemplar | None) -> str:
+    if e is None:
+        return ""
+    return f' # {{trace_id="{e.trace_id}"}} {_num(e.value)} {e.timestamp:.3f}'
+
+
+def encode_openmetrics(families: Iterable[Family]) -> bytes:
+    """The OpenMetrics text of ``families``, exemplars included, ``# EOF`` last."""
+    return encode(families, openmetrics=True)
+
+
+def encode(families: Iterable[Family], *, openmetrics: bool = False) -> bytes:
     out: list[str] = []
     append = out.append
     label_text: dict[tuple[str, ...], str] = {}  # one label set is formatted once per family
@@ -43,7 +57,10 @@ def encode(families: Iterable[Family]) -> bytes:
         names = fam.label_names
         label_text.clear()
         les: list[str] = []
-        if fam.kind == "counter":
+        if fam.kind == "counter" and openmetrics:  # the family without _total, its samples with
+            append(f"# HELP {name} {_escape(fam.help)}\n# TYPE {name} counter\n")
+            sample_name = f"{name}_total"
+        elif fam.kind == "counter":
             append(f"# HELP {name}_total {_help(fam.help)}\n# TYPE {name}_total counter\n")
             sample_name = f"{name}_total"
         else:
@@ -62,7 +79,13 @@ def encode(families: Iterable[Family]) -> bytes:
                     les.append('le="+Inf"} ')
                 head = f"{name}_bucket{{{text}," if text else f"{name}_bucket{{"
                 counts = [*value.counts, value.count]
-                append("".join(f"{head}{le}{_num(c)}\n" for le, c in zip(les, counts)))
+                if openmetrics and value.exemplars:
+                    append("".join(
+                        f"{head}{le}{_num(c)}{_exemplar(e)}\n"
+                        for le, c, e in zip(les, counts, value.exemplars)
+                    ))  # fmt: skip
+                else:
+                    append("".join(f"{head}{le}{_num(c)}\n" for le, c in zip(les, counts)))
                 brace = f"{{{text}}}" if text else ""
                 append(
                     f"{name}_sum{brace} {_num(value.sum)}\n"
@@ -86,4 +109,6 @@ def encode(families: Iterable[Family]) -> bytes:
                 append(f"{sample_name}{{{text}}} {_num(value)}\n")  # type: ignore[arg-type]
             else:
                 append(f"{sample_name} {_num(value)}\n")  # type: ignore[arg-type]
+    if openmetrics:
+        append("# EOF\n")
     return "".join(out).encode()

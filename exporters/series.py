@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 from ..collector.model import (
     DELAY_BOUNDS_S,
@@ -42,11 +42,21 @@ REQUEST_BOUNDS_S = tuple(b / 1e3 for b in DURATION_BOUNDS_MS)
 CULPRIT_KINDS = ("idle", "other", "unattributed")
 
 
+class Exemplar(NamedTuple):
+    """One observation a bucket counted, with the trace it belongs to (OpenMetrics)."""
+
+    trace_id: str  # 32 lowercase hex
+    value: float  # seconds
+    timestamp: float  # Unix seconds, when the Snapshot that carried it was folded
+
+
 class Histogram(NamedTuple):
     bounds: tuple[float, ...]  # upper bounds, seconds
     counts: tuple[float, ...]  # cumulative: observations <= each bound
     count: float  # all observations (the +Inf bucket)
     sum: float  # seconds
+    # Per bucket (the +Inf one last), the latest traced observation that fell in it, or None.
+    exemplars: tuple[Exemplar | None, ...] = ()
 
 
 class Summary(NamedTuple):
@@ -233,11 +243,12 @@ HOST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 class _Series:
     """Cumulative state of one label set."""
 
-    __slots__ = ("counters", "histograms", "gauges", "summary", "seen", "culprits")
+    __slots__ = ("counters", "histograms", "gauges", "summary", "seen", "culprits", "exemplars")
 
     def __init__(self) -> None:
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.histograms: dict[str, list[float]] = {}  # name -> [*bucket counts, count, sum]
+        self.exemplars: dict[str, list[Exemplar | None]] = {}  # name -> per bucket, +Inf last
         self.gauges: dict[tuple[str, tuple[str, ...]], float] = {}
         self.summary: Summary | None = None  # request latency over the sliding window
         self.seen = 0.0
@@ -255,6 +266,23 @@ class _Series:
         else:
             for i, v in enumerate(values):
                 h[i] += v
+
+
+def bucket_of(bounds: tuple[float, ...], value: float) -> int:
+    """The index of the first bound at or above ``value`` (len(bounds): the +Inf bucket)."""
+    return next((i for i, b in enumerate(bounds) if value <= b), len(bounds))
+
+
+def _traced(w: Workload, traces: Iterable[Any]) -> Iterator[tuple[str, float, str]]:
+    """(histogram, seconds, trace id) of each traced observation of ``w`` in a Snapshot: its
+    requests' durations, and the preemptions and wake-up waits of their threads while they ran
+    (the collector joined those to each trace)."""
+    for t in traces:
+        yield "wasmtop_request_duration_seconds", t.duration_ms / 1e3, t.trace_id
+        for p in t.preemptions:
+            yield "wasmtop_preempt_delay_seconds", p.delay_us / 1e6, t.trace_id
+        for ww in t.wakeup_waits:
+            yield "wasmtop_wakeup_delay_seconds", ww.delay_us / 1e6, t.trace_id
 
 
 class SeriesBook:
@@ -291,9 +319,20 @@ class SeriesBook:
     def _add(self, snap: Snapshot, now: float) -> None:
         self.snapshots += 1
         self.latest = snap
+        traces: dict[str, list[Any]] = {}
+        for t in snap.traces:
+            if t.workload is not None:
+                traces.setdefault(t.workload, []).append(t)
+        wall = time.time()
         for w in snap.workloads:
             series = self._series_for(w, now)
-            self._fold(series, w, now, named=series is not self._other)
+            named = series is not self._other
+            self._fold(series, w, now, named=named)
+            if named and w.key in traces:
+                for name, value, trace_id in _traced(w, traces[w.key]):
+                    bounds = HISTOGRAM_BOUNDS[name]
+                    slots = series.exemplars.setdefault(name, [None] * (len(bounds) + 1))
+                    slots[bucket_of(bounds, value)] = Exemplar(trace_id, value, wall)
         self._expire(now)
 
     def _series_for(self, w: Workload, now: float) -> _Series:
@@ -467,8 +506,9 @@ class SeriesBook:
             for name, h in s.histograms.items():
                 bounds = HISTOGRAM_BOUNDS[name]
                 n = len(bounds)
+                ex = tuple(s.exemplars.get(name, ()))
                 fams[name].samples.append(
-                    Sample(labels, Histogram(bounds, tuple(h[:n]), h[n], h[n + 1]))
+                    Sample(labels, Histogram(bounds, tuple(h[:n]), h[n], h[n + 1], ex))
                 )
         host = {
             name: Family(name, kind, help_, extra)

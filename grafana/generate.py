@@ -195,12 +195,22 @@ def quantiles(histogram: str, qs: tuple[str, ...], by: str, legend: str) -> tupl
     )
 
 
+# The histograms whose buckets carry trace ids as exemplars (exporters/series.py).
+EXEMPLAR_HISTOGRAMS = (
+    "wasmtop_request_duration_seconds",
+    "wasmtop_preempt_delay_seconds",
+    "wasmtop_wakeup_delay_seconds",
+)
+
+
 def _targets(panel: Any, queries: tuple[Q, ...]) -> Any:
     for i, q in enumerate(queries):
         target = Dataquery().expr(q.expr).ref_id(chr(ord("A") + i)).datasource(DS)
         if q.legend:
             target = target.legend_format(q.legend)
         target = target.instant() if q.instant else target.range()
+        if not q.instant and any(f"{h}_bucket" in q.expr for h in EXEMPLAR_HISTOGRAMS):
+            target = target.exemplar(True)  # the trace behind a latency point (docs/otlp.md)
         if q.fmt is not None:
             target = target.format(q.fmt)
         panel = panel.with_target(target)

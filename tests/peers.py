@@ -169,9 +169,10 @@ def prometheus(
     *,
     rule_files: tuple[Path, ...] = (),
     alertmanagers: tuple[str, ...] = (),
+    flags: tuple[str, ...] = (),
 ) -> Iterator[Prometheus]:
     """Debian's Prometheus scraping one job (``scrape``: a scrape_config without job_name) every
-    second, with its TSDB in ``tmp_path``."""
+    second, with its TSDB in ``tmp_path``; ``flags``: more of its command line."""
     port = free_port()
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -188,7 +189,7 @@ def prometheus(
     log = open(tmp_path / "prometheus.log", "w")
     proc = subprocess.Popen(
         ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
+         f"--web.listen-address=127.0.0.1:{port}", *flags],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     prom = Prometheus(proc, port)

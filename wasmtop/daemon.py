@@ -130,15 +130,17 @@ class Daemon:
         self.kube: Any = None  # collector.kubernetes.PodWatcher, while the API is watched
         # Rendered again for each Snapshot, and after each reload (its counters, the new
         # config's figures) even before the next Snapshot.
-        self.metrics = MetricsCache(
-            self._render, lambda: (self.book.snapshots, self.reloads["ok"], self.reloads["failed"])
-        )
+        generation = lambda: (  # noqa: E731 - what makes a render stale
+            self.book.snapshots, self.reloads["ok"], self.reloads["failed"]
+        )  # fmt: skip
+        self.metrics = MetricsCache(self._render, generation)
+        self.openmetrics = MetricsCache(lambda: self._render(openmetrics=True), generation)
 
     # -- what the endpoints read -------------------------------------------------------------
-    def _render(self) -> bytes:
+    def _render(self, openmetrics: bool = False) -> bytes:
         from .exporters.exposition import encode
 
-        return encode([*self.book.families(), *self._own_families()])
+        return encode([*self.book.families(), *self._own_families()], openmetrics=openmetrics)
 
     def _own_families(self) -> list[Any]:
         from .exporters.own import build_info, process_families
@@ -199,7 +201,7 @@ class Daemon:
     # -- exporters ---------------------------------------------------------------------------
     def start_http(self) -> None:
         listen = self.config["metrics"]["listen"]
-        endpoints = Endpoints(self.metrics, self._readiness, self.metrics.gzipped)
+        endpoints = Endpoints(self.metrics, self._readiness, self.metrics.gzipped, self.openmetrics)
         self.http = HttpServer(listen, endpoints, self.web)
         log(f"serving {self.http.scheme}://{listen}/metrics, /healthz, /readyz")
 

@@ -197,10 +197,21 @@ class Endpoints:
         metrics: Callable[[], bytes],
         ready: Callable[[], tuple[bool, dict[str, Any]]],
         metrics_gzip: Callable[[], bytes] | None = None,
+        openmetrics: MetricsCache | None = None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
         self.metrics_gzip = metrics_gzip  # the same text gzipped, for scrapers that accept it
+        self.openmetrics = openmetrics  # OpenMetrics with exemplars, for scrapers that ask
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """An Accept header that asks for OpenMetrics (Prometheus lists it first when it scrapes)."""
+    for part in (accept or "").split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if name.lower() == "application/openmetrics-text":
+            return not any(p.replace(" ", "").lower() in ("q=0", "q=0.0") for p in params)
+    return False
 
 
 def accepts_gzip(header: str | None) -> bool:
@@ -326,16 +337,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return
         if path == "/metrics":
-            from .exporters.exposition import CONTENT_TYPE
+            from .exporters.exposition import CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE
 
             endpoints = self.server.endpoints
-            if endpoints.metrics_gzip is not None and accepts_gzip(
-                self.headers.get("Accept-Encoding")
-            ):
-                extra = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-                self._send(200, endpoints.metrics_gzip(), CONTENT_TYPE, extra)
+            plain, packed, ctype = endpoints.metrics, endpoints.metrics_gzip, CONTENT_TYPE
+            if endpoints.openmetrics is not None and wants_openmetrics(self.headers.get("Accept")):
+                cache = endpoints.openmetrics
+                plain, packed, ctype = cache, cache.gzipped, OPENMETRICS_CONTENT_TYPE
+            vary = {"Vary": "Accept, Accept-Encoding"}
+            if packed is not None and accepts_gzip(self.headers.get("Accept-Encoding")):
+                self._send(200, packed(), ctype, {"Content-Encoding": "gzip", **vary})
             else:
-                self._send(200, endpoints.metrics(), CONTENT_TYPE, {"Vary": "Accept-Encoding"})
+                self._send(200, plain(), ctype, vary)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain")
         elif path == "/readyz":

@@ -8,6 +8,7 @@ that fires into a real Alertmanager. Template variables are substituted the way 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -292,6 +293,18 @@ class Live:
     prom: Any
     metrics: str  # the daemon's /metrics at the end
     server_workload: str
+    otlp: Any = None  # the OTLP receiver the daemon exports its spans to
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[Any]:
+    from otlp_receiver import OtlpReceiver
+
+    rx = OtlpReceiver()
+    try:
+        yield rx
+    finally:
+        rx.stop()
 
 
 @contextmanager
@@ -323,7 +336,7 @@ def live(tmp_path_factory):
         pytest.skip("needs two CPUs: one shared by the hogs, another to migrate to")
     tmp = tmp_path_factory.mktemp("grafana")
     (tmp / "rules.yaml").write_text(RULES)
-    with own_cgroup() as cg, alertmanager(tmp) as am:
+    with own_cgroup() as cg, alertmanager(tmp) as am, otlp_receiver() as rx:
         from wasmtop.probes import features
 
         config = {
@@ -338,9 +351,11 @@ def live(tmp_path_factory):
             "alerts": {"rule_files": ["rules.yaml"], "max_alerts_per_rule": 3},
             "alertmanager": {"urls": [am.url], "resend_interval_s": 1},
             "collector": {"probe_stats": True},  # the probe run-time panel has data
+            "otlp": {"endpoint": rx.endpoint, "interval_s": 1},
         }
         with daemon(tmp, config) as d:
-            yield from _running(d, tmp)
+            for live in _running(d, tmp):
+                yield dataclasses.replace(live, otlp=rx)
             # Our workloads are gone: let the daemon drain their last ring-buffer records before
             # it gets SIGTERM. (Its handler raises Terminated in whatever Python code runs;
             # inside bcc's ctypes ring-buffer callback that exception is printed and dropped,
@@ -356,7 +371,7 @@ def _running(d: Any, tmp: Path) -> Iterator[Live]:
     spec = [*[("hog", {"CPU": {cpu}})] * 3, ("flipper", {"FLIPS": 300})]
     # The server starts once the daemon runs: its exec and first listen are a cold start.
     with (
-        prometheus(tmp, scrape) as prom,
+        prometheus(tmp, scrape, flags=("--enable-feature=exemplar-storage",)) as prom,
         workloads(*spec) as started,
         http_server("--wasm") as (server, port),
     ):
@@ -551,3 +566,38 @@ def test_every_metric_the_dashboards_read_is_one_the_daemon_serves_or_defines(li
             for name in metric_names(query):
                 assert name.startswith("wasmtop_"), f"{path.name} {where}: {name}"
                 assert name in served or name in defined, f"{path.name} {where}: {name}"
+
+
+def test_a_latency_bucket_links_to_a_trace_the_otlp_receiver_got(live):
+    """Prometheus, with exemplar storage on, scrapes OpenMetrics: the request-duration buckets
+    of the traced server carry exemplars, and their trace ids are traces the OTLP receiver got
+    as spans. (Preemption and wake-up buckets' exemplars: tests/unit/test_series.py.)"""
+    now = time.time()
+    wl = f'workload="{live.server_workload}"'
+    found = api(live.prom, "query_exemplars", {
+        "query": f"wasmtop_request_duration_seconds_bucket{{{wl}}}",
+        "start": now - 600, "end": now + 60})  # fmt: skip
+    exemplars = [e for one in found for e in one["exemplars"]]
+    assert exemplars, found
+    ids = {e["labels"]["trace_id"] for e in exemplars}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    for one in found:  # each exemplar sits in its bucket
+        le = float(one["seriesLabels"]["le"])
+        assert all(float(e["value"]) <= le for e in one["exemplars"])
+    spans = {s.trace_id.hex() for _, s in live.otlp.spans()}
+    assert ids & spans, (sorted(ids)[:3], len(spans))
+
+
+def test_every_latency_series_over_time_asks_for_exemplars():
+    """A range query over the buckets of a histogram that carries trace ids shows them (the
+    click from a P99 spike to the trace); instant ones (stat panels) have no points to mark."""
+    histograms = ("wasmtop_request_duration_seconds_bucket", "wasmtop_preempt_delay_seconds_bucket",
+                  "wasmtop_wakeup_delay_seconds_bucket")  # fmt: skip
+    asked = 0
+    for path in DASHBOARD_FILES:
+        for p in panels(load(path)):
+            for t in p.get("targets", []):
+                if any(h in t.get("expr", "") for h in histograms) and t.get("range"):
+                    assert t.get("exemplar") is True, (path.name, p["title"], t["refId"])
+                    asked += 1
+    assert asked >= 10

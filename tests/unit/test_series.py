@@ -331,3 +331,49 @@ def test_an_alert_not_judged_for_lack_of_data_has_no_alert_series():
     got = {dict(k[1]).get("workload"): v for k, v in samples(encode(book.families())).items()
            if k[0] == "wasmtop_alert_firing"}  # fmt: skip
     assert got == {"a": 1.0, "b": 0.0}
+
+
+def test_openmetrics_carries_the_same_samples_and_exemplars_of_traced_observations():
+    """With OpenMetrics (what Prometheus asks for first), each histogram bucket carries the
+    latest traced observation that fell in it: a request's duration, and the preemptions of its
+    thread while it ran, with the request's trace id. The whole text parses with
+    prometheus_client's strict OpenMetrics parser, and its samples are the text format's."""
+    import dataclasses
+
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    from wasmtop.collector.model import PreemptionEvent, Trace
+    from wasmtop.exporters.exposition import encode_openmetrics
+
+    base = snapshot(3, seed=1)
+    w = base.workloads[0]
+    preempted = PreemptionEvent(ts_ns=1, pid=w.pids[0], tid=w.pids[0], cpu=0, comm=w.comm,
+                                delay_us=3_000.0, workload=w.key, preemptor_pid=9,
+                                preemptor_tid=9, preemptor_comm="hog")  # fmt: skip
+    trace = Trace(
+        trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331",
+        parent_span_id=None, source="traceparent", trace_flags=1, tracestate=None,
+        pid=w.pids[0], tid=w.pids[0], workload=w.key, start_ns=0, duration_ms=7.0,
+        preempted_ms=3.0, migrations=0, bypassed=None, method="GET", route="GET /a", status=200,
+        preemptions=(preempted,),
+    )  # fmt: skip
+    book = SeriesBook()
+    book.add(dataclasses.replace(base, traces=(trace,)))
+    text = encode_openmetrics(book.families()).decode()
+    assert text.endswith("# EOF\n")
+    exemplars = {}
+    parsed = {}
+    for fam in openmetrics_families(text):  # raises on anything OpenMetrics refuses
+        for s in fam.samples:
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if v != ""))
+            parsed[(s.name, labels)] = s.value
+            if s.exemplar is not None and s.labels.get("workload") == w.key:
+                exemplars[(s.name, s.labels["le"])] = (s.exemplar.labels, s.exemplar.value)
+    assert parsed == samples(encode(book.families()))  # the same samples as the text format
+    tid = {"trace_id": trace.trace_id}
+    assert exemplars == {
+        ("wasmtop_request_duration_seconds_bucket", "0.01"): (tid, 0.007),  # 7 ms <= 10 ms
+        ("wasmtop_preempt_delay_seconds_bucket", "0.005"): (tid, 0.003),  # 3 ms <= 5 ms
+    }

@@ -129,7 +129,7 @@ def test_metrics_are_gzipped_for_a_scraper_that_accepts_it_and_compressed_once(m
             with urllib.request.urlopen(req, timeout=10) as resp:
                 body = resp.read()
                 assert resp.headers.get("Content-Encoding") == ("gzip" if gzipped else None)
-                assert resp.headers.get("Vary") == "Accept-Encoding"
+                assert resp.headers.get("Vary") == "Accept, Accept-Encoding"
             assert (web.gzip.decompress(body) if gzipped else body) == text
             if gzipped:
                 assert len(body) * 10 < len(text)  # what gzip is for
@@ -147,3 +147,31 @@ def test_metrics_are_gzipped_for_a_scraper_that_accepts_it_and_compressed_once(m
 )  # fmt: skip
 def test_accept_encoding_is_read_as_http_says(header, gzip):
     assert web.accepts_gzip(header) is gzip
+
+
+def test_a_scraper_that_asks_for_openmetrics_gets_it_gzipped_or_not():
+    text_cache = web.MetricsCache(lambda: b"# text\n", lambda: 1)
+    om_cache = web.MetricsCache(lambda: b"# openmetrics\n# EOF\n", lambda: 1)
+    endpoints = web.Endpoints(text_cache, lambda: (True, {}), text_cache.gzipped, om_cache)
+    srv = web.HttpServer("127.0.0.1:0", endpoints, web.load_web_config(None))
+    prometheus = ("application/openmetrics-text;version=1.0.0;q=0.5,"
+                  "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,"
+                  "*/*;q=0.2")  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{srv.port}/metrics"
+        for accept, encoding, body, ctype in (
+            (prometheus, "gzip", b"# openmetrics\n# EOF\n", "application/openmetrics-text"),
+            (prometheus, None, b"# openmetrics\n# EOF\n", "application/openmetrics-text"),
+            ("text/plain", "gzip", b"# text\n", "text/plain"),
+            ("application/openmetrics-text;q=0", None, b"# text\n", "text/plain"),
+        ):
+            headers = {"Accept": accept, **({"Accept-Encoding": encoding} if encoding else {})}
+            req = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                got = resp.read()
+                assert resp.headers["Content-Type"].startswith(ctype)
+                if encoding:
+                    got = web.gzip.decompress(got)
+            assert got == body
+    finally:
+        srv.close()
