@@ -122,3 +122,56 @@ def test_a_receiver_outage_of_30_s_is_survived_counted_and_recovered_from(tmp_pa
     finally:
         stop.set()
         receiver.stop()
+
+
+def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tmp_path):
+    """The example Wasm edge service (traced by default: a WebAssembly runtime) under keep-alive
+    load: its spans arrive under a resource of its own, named by otlp.service_names, with
+    http.route the configured template (or the default folding) and url.path as sent, and the
+    kernel's figures for each request (preemption delay and migrations of its thread)."""
+    from support import EDGE_SERVICE
+
+    receiver = OtlpReceiver()
+    try:
+        with http_server("--port", "0", script=EDGE_SERVICE) as (svc, port):
+            config = {
+                "probes": {"bypass": {"mode": "off"}},
+                "collector": {"route_templates": ["/users/{name}/cart"]},
+                "otlp": {"endpoint": receiver.endpoint, "interval_s": 1, "timeout_s": 2,
+                         "service_names": {f"pid:{svc.pid}": "edge-service"}},
+            }  # fmt: skip
+            with daemon(tmp_path, config):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                sent = {}
+                for i in range(60):
+                    path = f"/users/{RNG.choice(['alice', 'bob'])}/cart" if i % 2 else f"/item/{i}"
+                    trace_id = RNG.randbytes(16).hex()
+                    tp = f"00-{trace_id}-{RNG.randbytes(8).hex()}-01"
+                    conn.request("GET", path, headers={"traceparent": tp})
+                    resp = conn.getresponse()
+                    resp.read()
+                    sent[trace_id] = path
+                conn.close()
+
+                def ours() -> dict:
+                    return {s.trace_id.hex(): (r, s) for r, s in receiver.spans()
+                            if s.trace_id.hex() in sent}  # fmt: skip
+
+                assert wait_until(lambda: len(ours()) == len(sent), timeout=30), len(ours())
+        spans = ours()
+        for trace_id, (resource, span) in spans.items():
+            attrs = {a.key: a.value for a in span.attributes}
+            path = sent[trace_id]
+            assert resource["service.name"] == "edge-service"
+            assert resource["wasmtop.workload"] == f"pid:{svc.pid}"
+            assert resource["wasmtop.workload.kind"] == "wasm"
+            assert attrs["url.path"].string_value == path
+            want = "/users/{name}/cart" if path.startswith("/users/") else "/item/:id"
+            assert attrs["http.route"].string_value == want
+            assert span.name == f"GET {want}"
+        with_kernel = [s for _, s in spans.values()
+                       if {"wasmtop.preempted_ms", "wasmtop.migrations"}
+                       <= {a.key for a in s.attributes}]  # fmt: skip
+        assert len(with_kernel) >= 0.9 * len(spans)  # the scheduler probe saw their threads
+    finally:
+        receiver.stop()
