@@ -40,7 +40,8 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS
 ID_SEGMENT = ":id"
 # A path segment that names one thing rather than a route: a number, a UUID, a long hex string,
 # or a long token of letters and digits (an id, a session, a reset-password secret). Folded to
-# ":id" so that neither it nor the count of distinct ones leaves the node.
+# ":id" so that neither it nor the count of distinct ones leaves the node. (A trace keeps the
+# path as sent, its span's url.path, only with collector.keep_paths: an operator's choice.)
 _ID_LIKE = re.compile(
     r"[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     r"|[0-9a-fA-F]{16,}|(?=[A-Za-z0-9_\-=.~%]*[0-9])[A-Za-z0-9_\-=.~%]{20,}"
@@ -197,12 +198,16 @@ class RequestTracker:
         max_window_requests: int = DEFAULT_MAX_WINDOW_REQUESTS,
         max_paths: int = DEFAULT_MAX_PATHS,
         route_templates: Iterable[str] = (),
+        keep_paths: bool = False,
     ) -> None:
         if window_s <= 0 or max_window_requests < 1 or max_paths < 0:
             raise ValueError("window and caps must be positive")
         # Routes as the service names them (collector.route_templates), before the default
         # folding of id-like segments; a (method, path) answer is kept, bounded as the default's.
         self.templates = compile_templates(route_templates)
+        # The path as sent on each Request and Trace (a span's url.path) only when asked for:
+        # a path may hold a secret (a reset token) that the route folds away (docs/tracing.md).
+        self.keep_paths = keep_paths
         self._templated: dict[tuple[str, str], str] = {}
         self.window_ns = int(window_s * 1e9)
         self.max_window_requests = max_window_requests
@@ -291,8 +296,8 @@ class RequestTracker:
             win = self._windows[workload or ""] = _Window()
         return win
 
-    @staticmethod
     def _request(
+        self,
         rec: RequestRecord,
         head: Head,
         workload: str | None,
@@ -320,7 +325,7 @@ class RequestTracker:
              wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
              head.tracestate, preempted, migrations, bypassed_of(rec.tgid, rec.fd),
-             rec.queued_ns, rec.wakeup_seq, rec.start_ns, head.path),
+             rec.queued_ns, rec.wakeup_seq, rec.start_ns, head.path if self.keep_paths else None),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------

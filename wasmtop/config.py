@@ -229,6 +229,7 @@ SCHEMA: dict[str, Any] = {
         "route_templates": Key(
             [], _list(route_template), "routes as the services name them, e.g. /users/{id}"
         ),
+        "keep_paths": Key(False, _bool, "traces keep the path as sent (spans' url.path)"),
     },
     "metrics": {
         "listen": Key("127.0.0.1:9464", host_port, "address of /metrics, /healthz, /readyz"),

@@ -226,6 +226,7 @@ class Engine:
         pods: Any = None,
         progress: Callable[[str, str], None] | None = None,
         route_templates: Sequence[str] = (),
+        keep_paths: bool = False,
     ) -> None:
         self.options = options
         self.progress = progress  # (probe, stage) while the probes load: see ProbeSet
@@ -237,10 +238,12 @@ class Engine:
             self._collector_args["max_events"] = max_events
         if growth_window_s is not None:
             self._collector_args["growth_window_s"] = growth_window_s
-        if route_templates:
+        if route_templates or keep_paths:
             from .collector.correlate import RequestTracker
 
-            self._collector_args["requests"] = RequestTracker(route_templates=route_templates)
+            self._collector_args["requests"] = RequestTracker(
+                route_templates=route_templates, keep_paths=keep_paths
+            )
         self.probes: Any = None  # probes.probeset.ProbeSet, once entered
         self.collector: Any = None
         self._probe_set: Any = None
@@ -262,6 +265,7 @@ class Engine:
             pods=pods,
             progress=progress,
             route_templates=c["route_templates"],
+            keep_paths=c["keep_paths"],
         )
 
     def __enter__(self) -> Engine:

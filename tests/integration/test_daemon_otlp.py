@@ -136,7 +136,7 @@ def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tm
         with http_server("--port", "0", script=EDGE_SERVICE) as (svc, port):
             config = {
                 "probes": {"bypass": {"mode": "off"}},
-                "collector": {"route_templates": ["/users/{name}/cart"]},
+                "collector": {"route_templates": ["/users/{name}/cart"], "keep_paths": True},
                 "otlp": {"endpoint": receiver.endpoint, "interval_s": 1, "timeout_s": 2,
                          "service_names": {f"pid:{svc.pid}": "edge-service"}},
             }  # fmt: skip

@@ -250,7 +250,7 @@ def test_a_request_becomes_a_trace_whose_events_are_joined_by_the_span_it_export
 
 def test_route_templates_name_routes_as_the_service_does_and_the_path_stays_as_sent():
     tracker = RequestTracker(route_templates=["/users/{id}/orders", "/items/{sku}",
-                                              "/items/{sku}/reviews"])  # fmt: skip
+                                              "/items/{sku}/reviews"], keep_paths=True)  # fmt: skip
     paths = ["/users/alice/orders", "/items/ABC-1?color=red", "/items/ABC-1/reviews",
              "/users/12345/cart", "/items"]  # fmt: skip
     reqs = run(tracker, [pair(i * 10, i * 10 + 5, p, headers=[f"traceparent: {TP}"])
@@ -265,3 +265,10 @@ def test_route_templates_name_routes_as_the_service_does_and_the_path_stays_as_s
     traces = [trace_of(r) for r in reqs]
     sent = [p.split("?")[0] for p in paths]  # the query string is never kept
     assert [t.path for t in traces] == sent
+
+
+def test_by_default_no_path_leaves_the_tracker_only_its_route():
+    (r,) = run(RequestTracker(), [pair(1, 2, "/reset-password/Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5",
+                                       headers=[f"traceparent: {TP}"])])  # fmt: skip
+    t = trace_of(r)
+    assert (t.route, t.path) == ("GET /reset-password/:id", None)
