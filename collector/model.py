@@ -216,8 +216,8 @@ class Trace(NamedTuple):
     # request, in the order the Snapshot lists them. Joined by the collector (correlate.py).
     preemptions: tuple[PreemptionEvent, ...] = ()
     wakeup_waits: tuple[WakeupWaitEvent, ...] = ()
-    # The request's path as sent (no query string, cut at 64 characters): the span's url.path,
-    # where ``route`` is its template.
+    # With collector.keep_paths only: the request's path as sent (no query string, cut at 64
+    # characters), the span's url.path, where ``route`` is its template; None otherwise.
     path: str | None = None
 
 

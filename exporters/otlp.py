@@ -119,7 +119,6 @@ class _Pending(NamedTuple):
 
     trace: Trace
     offset_ns: int  # Unix epoch ns - CLOCK_MONOTONIC ns, measured at submit
-    workload_attrs: Optional[dict[str, Any]]
     resource: Optional[Resource] = None  # its workload's; None: wasmtop's own
 
 
@@ -229,7 +228,7 @@ class OtlpExporter:
         pending = []
         for t in traces:
             w = workloads.get(t.workload) if t.workload is not None else None
-            pending.append(_Pending(t, offset, None, self._workload_resource(w)))
+            pending.append(_Pending(t, offset, self._workload_resource(w)))
         with self._lock:
             if self._closed or self._closing:
                 self._stats["spans_dropped"] += len(pending)
@@ -248,15 +247,17 @@ class OtlpExporter:
         if w is None:
             return None
         pod = w.pod
-        key = (w.key, pod, w.comm)
+        key = (w.key, pod, w.comm, w.kind, w.runtime)
         made = self._resources.get(key)
         if made is None:
             if len(self._resources) >= MAX_WORKLOAD_RESOURCES:
                 self._resources.clear()
-            attrs = {
+            # The platform's attributes (OTEL_RESOURCE_ATTRIBUTES, otlp.resource, the node's)
+            # hold for the workload too; the service, its version and instance are the workload's.
+            own = ("service.name", "service.version", "service.instance.id")
+            attrs = {k: v for k, v in self.resource.attributes.items() if k not in own}
+            attrs |= {
                 "service.name": service_name(w, self.service_names),
-                "host.name": self.resource.attributes.get("host.name"),
-                "k8s.node.name": self.resource.attributes.get("k8s.node.name"),
                 "process.executable.name": w.comm,
                 "wasmtop.workload": w.key,
                 "wasmtop.workload.kind": w.kind,
@@ -323,10 +324,10 @@ class OtlpExporter:
             ),
         ]
 
-    def carry_over(self, old: OtlpExporter) -> None:
-        """Count on from ``old`` (the exporter a config reload replaced): the counters of
-        /metrics never go back."""
-        before = old.stats()
+    def carry_over(self, old: OtlpExporter | Mapping[str, int]) -> None:
+        """Count on from ``old`` (the exporter a config reload replaced, or the counts of those
+        before it): the counters of /metrics never go back."""
+        before = old.stats() if isinstance(old, OtlpExporter) else dict(old)
         with self._lock:
             for k, n in before.items():
                 self._stats[k] = self._stats.get(k, 0) + n
@@ -447,8 +448,6 @@ class OtlpExporter:
         start = t.start_ns + p.offset_ns
         end = start + round(t.duration_ms * 1e6)
         attrs: dict[str, Any] = {}
-        if p.workload_attrs:
-            attrs.update(p.workload_attrs)
         path = _path_of(t.method, t.route)
         if t.method:
             attrs["http.request.method"] = t.method
@@ -714,7 +713,10 @@ def _grpc_common(t: SignalTarget) -> dict[str, Any]:
         credentials=credentials,
         headers=t.headers,
         timeout=t.timeout_s,
-        compression=grpc.Compression.Gzip if t.compression == "gzip" else None,
+        # NoCompression, not None: None lets the SDK read OTEL_..._COMPRESSION itself.
+        compression=grpc.Compression.Gzip
+        if t.compression == "gzip"
+        else grpc.Compression.NoCompression,
         channel_options=CHANNEL_OPTIONS,
     )
 

@@ -13,8 +13,11 @@ component in a pod.
   endpoint in the file or ``OTEL_EXPORTER_OTLP_ENDPOINT``, export is off;
   ``OTEL_SDK_DISABLED=true`` turns it off whatever the rest says.
 - Protocol: ``grpc`` (wasmtop's default) or ``http/protobuf``.
-- TLS: ``https://``, or ``insecure: false`` for a bare ``HOST:PORT`` over gRPC; a CA file, and a
-  client certificate and key.
+- TLS: ``https://``; for a bare ``HOST:PORT``, ``insecure: false``, or a CA file or client
+  certificate given (plaintext with either is refused); a CA file, and a client certificate
+  and key. A gRPC endpoint has no path.
+- A signal whose endpoint nothing names while the other's own variable does goes to the
+  specification's default (``localhost:4317``, ``http://localhost:4318``).
 - Headers: the file's map, or ``k=v,k2=v2`` (values percent-decoded) from the environment.
 - Timeout: seconds in the file, milliseconds in the environment (``OTEL_EXPORTER_OTLP_TIMEOUT``).
 - Compression: ``gzip`` or ``none``.
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 SIGNALS = ("traces", "metrics")
 PROTOCOLS = ("grpc", "http/protobuf")
 DEFAULT_TIMEOUT_S = 5.0
+# The specification's defaults, for a signal whose endpoint nothing names (only the other's is)
+DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
 PREFIX = "OTEL_EXPORTER_OTLP_"
 
 
@@ -96,7 +101,8 @@ def resolve(o: Mapping, env: Mapping[str, str] = os.environ) -> OtlpTargets | No
     export is off."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    if not o.get("endpoint") and not env.get(f"{PREFIX}ENDPOINT", "").strip():
+    named = [f"{PREFIX}ENDPOINT", *(f"{PREFIX}{s.upper()}_ENDPOINT" for s in SIGNALS)]
+    if not o.get("endpoint") and not any(env.get(v, "").strip() for v in named):
         return None
     targets = {s: _signal(o, env, s) for s in SIGNALS}
     return OtlpTargets(targets["traces"], targets["metrics"], resource(o, env))
@@ -113,23 +119,38 @@ def _signal(o: Mapping, env: Mapping[str, str], signal: str) -> SignalTarget:
     if protocol not in PROTOCOLS:
         raise OtlpSettingsError(f"{var}: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     endpoint, source = setting("endpoint", "ENDPOINT")
+    if endpoint is None:  # only the other signal's own endpoint is set: this one's default
+        endpoint, source = DEFAULT_ENDPOINTS[str(protocol)], "the default endpoint"
     own = source.startswith(f"{PREFIX}{signal.upper()}_")  # a signal's own URL: as is
     url = str(endpoint)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("", "http", "https"):
         raise OtlpSettingsError(f"{source}: expected HOST:PORT or an http(s):// URL, got {url!r}")
+    ca, _ = setting("ca_file", "CERTIFICATE")
+    cert, cert_var = setting("client_cert_file", "CLIENT_CERTIFICATE")
+    key, key_var = setting("client_key_file", "CLIENT_KEY")
+    tls_material = ca is not None or cert is not None
     insecure_value, insecure_var = setting("insecure", "INSECURE")
+    if isinstance(insecure_value, str):
+        insecure_value = _truthy(insecure_value, insecure_var)
     if scheme:
         insecure = scheme == "http"
-    elif isinstance(insecure_value, bool):
-        insecure = insecure_value
     elif insecure_value is not None:
-        insecure = _truthy(str(insecure_value), insecure_var)
+        insecure = bool(insecure_value)
     else:
-        insecure = True  # a bare HOST:PORT: plaintext, as wasmtop always did
+        # A bare HOST:PORT: plaintext, as wasmtop always did, unless a CA or a client
+        # certificate says TLS is meant (never send them, or a token, in the clear by default).
+        insecure = not tls_material
+    if insecure and tls_material and insecure_value:
+        raise OtlpSettingsError(
+            f"{insecure_var}: plaintext asked for with a CA or a client certificate set: "
+            "expected one or the other"
+        )
     if protocol == "grpc":
         target = url.split("://", 1)[1] if scheme else url
         target = target.rstrip("/")
+        if "/" in target:
+            raise OtlpSettingsError(f"{source}: a gRPC endpoint has no path, got {url!r}")
     else:
         base = url if scheme else f"{'http' if insecure else 'https'}://{url}"
         target = base if own else f"{base.rstrip('/')}/v1/{signal}"
@@ -155,9 +176,6 @@ def _signal(o: Mapping, env: Mapping[str, str], signal: str) -> SignalTarget:
     compression, compression_var = setting("compression", "COMPRESSION")
     if compression not in (None, "gzip", "none"):
         raise OtlpSettingsError(f"{compression_var}: expected gzip or none, got {compression!r}")
-    ca, _ = setting("ca_file", "CERTIFICATE")
-    cert, cert_var = setting("client_cert_file", "CLIENT_CERTIFICATE")
-    key, key_var = setting("client_key_file", "CLIENT_KEY")
     if (cert is None) != (key is None):
         raise OtlpSettingsError(
             f"{cert_var or key_var}: expected a client certificate and its key together"

@@ -209,7 +209,10 @@ def _targets(panel: Any, queries: tuple[Q, ...]) -> Any:
         if q.legend:
             target = target.legend_format(q.legend)
         target = target.instant() if q.instant else target.range()
-        if not q.instant and any(f"{h}_bucket" in q.expr for h in EXEMPLAR_HISTOGRAMS):
+        # Latency over time (a quantile, a heatmap), not a ratio of bucket counts: exemplars
+        # are seconds and would be drawn on the ratio's axis.
+        latency = 'le="' not in q.expr
+        if not q.instant and latency and any(f"{h}_bucket" in q.expr for h in EXEMPLAR_HISTOGRAMS):
             target = target.exemplar(True)  # the trace behind a latency point (docs/otlp.md)
         if q.fmt is not None:
             target = target.format(q.fmt)

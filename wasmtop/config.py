@@ -77,7 +77,8 @@ def otlp_endpoint(v: Any) -> str:
     hostport = rest.split("/", 1)[0]
     if scheme not in ("http", "https"):
         raise ValueError(f"expected HOST:PORT or an http(s)://HOST:PORT URL, got {shown(v)}")
-    host_port(hostport)
+    # The port may be left to the scheme (https://otlp.vendor.example).
+    host_port(hostport if re.search(r":\d+$", hostport) else f"{hostport}:443")
     return text
 
 

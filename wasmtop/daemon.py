@@ -91,6 +91,22 @@ def kubernetes_settings(
     return api_settings(config["kubernetes"], config_path, env)
 
 
+def _tls_stamp(targets: Any) -> tuple:
+    """The TLS files of OTLP targets and their modification times: a certificate rotated in
+    place (cert-manager) changes it, and a reload then rebuilds the exporter."""
+    if targets is None:
+        return ()
+    out = []
+    for t in (targets.traces, targets.metrics):
+        for path in (t.ca_file, t.client_cert, t.client_key):
+            if path is not None:
+                try:
+                    out.append((path, os.stat(path).st_mtime_ns))
+                except OSError:
+                    out.append((path, None))
+    return tuple(out)
+
+
 def node_resource() -> dict[str, str]:
     node = os.environ.get("NODE_NAME")
     return {"k8s.node.name": node} if node else {}
@@ -126,6 +142,8 @@ class Daemon:
         self.http_dropped_before: Counter = Counter()
         self.grpc: Any = None  # grpcapi.SnapshotServer, when grpc.enabled
         self.otlp: Any = None
+        self.otlp_counts: dict[str, int] = {}  # what the exporters before this one counted
+        self.otlp_stamp: tuple = ()  # its TLS files' modification times (_tls_stamp)
         self.pods = PodCache()  # what the pod watcher learnt; read by every collector
         self.kube: Any = None  # collector.kubernetes.PodWatcher, while the API is watched
         # Rendered again for each Snapshot, and after each reload (its counters, the new
@@ -241,21 +259,33 @@ class Daemon:
             how = "TLS, no client authentication" if cert else "plaintext, no authentication"
         log(f"serving gRPC {METHOD} on {g['listen']} ({how})")
 
-    def start_otlp(self, old: Any = None) -> None:
-        """The OTLP exporter, when the ``otlp`` section or the OTEL_* environment names an
-        endpoint (exporters/otlp_settings.py). A setting the environment gets wrong is said and
-        leaves export off; it never stops the daemon."""
+    def otlp_targets(self, config: Config) -> tuple[Any, str | None]:
+        """(targets or None, why not) of a config's ``otlp`` section over the environment,
+        with the stamp of its TLS files (a rotated certificate changes it)."""
         from .exporters.otlp_settings import OtlpSettingsError, resolve
 
-        o = dict(self.config["otlp"])
+        o = dict(config["otlp"])
         for key in ("ca_file", "client_cert_file", "client_key_file"):
             if o[key] is not None:
                 o[key] = str(config_relative(o[key], str(self.config_path)))
         try:
-            targets = resolve(o)
+            return resolve(o), None
         except OtlpSettingsError as exc:
+            return None, str(exc)
+
+    def start_otlp(self, old: Any = None) -> None:
+        """The OTLP exporter, when the ``otlp`` section or the OTEL_* environment names an
+        endpoint (exporters/otlp_settings.py). A setting the environment gets wrong is said and
+        leaves export off; it never stops the daemon. The counts of every exporter before this
+        one go on (``self.otlp_counts``)."""
+        if old is not None:
+            self.otlp_counts = old.stats()  # its own and those it carried over
+        o = self.config["otlp"]
+        targets, why = self.otlp_targets(self.config)
+        self.otlp_stamp = _tls_stamp(targets)
+        if why is not None:
             self.otlp = None
-            warn(f"OTLP export off: {exc}")
+            warn(f"OTLP export off: {why}")
             return
         if targets is None:
             self.otlp = None
@@ -272,12 +302,11 @@ class Daemon:
                 targets=targets,
                 service_names=o["service_names"],
             )
-        except (OSError, ValueError) as exc:  # a CA or key file that cannot be read
+        except Exception as exc:  # a CA or key file that cannot be read, an SDK refusal
             self.otlp = None
             warn(f"OTLP export off: {exc}")
             return
-        if old is not None:
-            self.otlp.carry_over(old)
+        self.otlp.carry_over(self.otlp_counts)
         t, m = targets.traces, targets.metrics
         where = t.endpoint if t.endpoint == m.endpoint else f"{t.endpoint} and {m.endpoint}"
         log(
@@ -387,7 +416,11 @@ class Daemon:
                 self.start_http()
         if new["grpc"] != old["grpc"]:
             self.reload_grpc(old)
-        if new["otlp"] != old["otlp"]:
+        # The section, or what it resolves to with the environment, or a TLS file rotated.
+        targets = self.otlp_targets(new)[0]
+        running = self.otlp.targets if self.otlp is not None else None
+        if (new["otlp"] != old["otlp"] or targets != running
+                or _tls_stamp(targets) != self.otlp_stamp):  # fmt: skip
             previous = self.otlp
             if previous is not None:
                 previous.close()  # its last spans and metrics, then the new one counts on

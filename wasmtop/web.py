@@ -206,12 +206,26 @@ class Endpoints:
 
 
 def wants_openmetrics(accept: str | None) -> bool:
-    """An Accept header that asks for OpenMetrics (Prometheus lists it first when it scrapes)."""
+    """An Accept header that prefers OpenMetrics (Prometheus lists it first by default; a
+    ``scrape_protocols`` with the text format first weighs that higher): its q above 0 and at
+    least the text format's."""
+    q: dict[str, float] = {}
     for part in (accept or "").split(","):
         name, *params = (p.strip() for p in part.split(";"))
-        if name.lower() == "application/openmetrics-text":
-            return not any(p.replace(" ", "").lower() in ("q=0", "q=0.0") for p in params)
-    return False
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        name = name.lower()
+        if name:
+            q[name] = max(q.get(name, 0.0), weight)
+    om = q.get("application/openmetrics-text", 0.0)
+    text = max(q.get("text/plain", 0.0), q.get("*/*", 0.0))
+    return om > 0 and om >= text
 
 
 def accepts_gzip(header: str | None) -> bool:

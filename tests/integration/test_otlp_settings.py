@@ -92,6 +92,9 @@ def test_the_otel_environment_alone_sets_protocol_endpoint_headers_and_resource(
         (resource, _), *_ = rx.metrics()  # wasmtop's own resource (spans carry their service's)
         assert resource["service.name"] == "edge-wasmtop"  # OTEL_SERVICE_NAME over the list
         assert resource["deployment.environment"] == "prod"
+        (span_resource, _), *_ = rx.spans()  # the platform's attributes hold for workloads too
+        assert span_resource["deployment.environment"] == "prod"
+        assert span_resource["service.name"] != "edge-wasmtop"  # the workload's own service
         assert rx.metadata[0]["authorization"] == "Bearer t0k"
         assert rx.metadata[0]["x-scope"] == "edge"
     finally:
@@ -171,4 +174,45 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
             }
             assert odd == set(), odd
     finally:
+        rx.stop()
+
+
+def test_reloads_that_turn_export_off_and_on_or_rotate_a_certificate_keep_the_counts(tmp_path):
+    """The daemon's reload path (no probes: the exporter alone): a span exported, export turned
+    off, then on again, then the CA file rewritten in place: the exporter is rebuilt each time
+    and /metrics' counters never go back."""
+    import os
+
+    import yaml
+
+    from wasmtop import daemon as daemon_module
+
+    rx = OtlpReceiver()
+    path = tmp_path / "c.yaml"
+    base = {"metrics": {"listen": "127.0.0.1:0"}, "grpc": {"enabled": False}}
+
+    def write(otlp: dict) -> None:
+        path.write_text(yaml.safe_dump({**base, "otlp": otlp}))
+
+    try:
+        write({"endpoint": rx.endpoint, "interval_s": 0.5})
+        d = daemon_module.Daemon(path, *daemon_module.load_all(path))
+        d.start_otlp()
+        d.otlp.submit(snapshot((trace(),)))
+        assert wait_until(lambda: d.otlp.stats()["spans_exported"] == 1, 10)
+        write({})  # export off
+        d.reload()
+        assert d.otlp is None
+        (tmp_path / "ca.pem").write_text("not yet a certificate")
+        write({"endpoint": rx.endpoint, "interval_s": 0.5, "insecure": False,
+               "ca_file": "ca.pem"})  # fmt: skip
+        d.reload()
+        first = d.otlp
+        assert first.stats()["spans_exported"] == 1  # counted on across the gap
+        os.utime(tmp_path / "ca.pem", ns=(1, 1))  # rotated in place: same path, new file
+        d.reload()
+        assert d.otlp is not first and d.otlp.stats()["spans_exported"] == 1
+    finally:
+        if d.otlp is not None:
+            d.otlp.close(timeout_s=1.0)
         rx.stop()

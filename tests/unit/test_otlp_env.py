@@ -107,3 +107,20 @@ def test_any_environment_is_targets_off_or_a_named_error(env):
         assert t is None or (
             t.traces.timeout_s > 0 and t.metrics.protocol in ("grpc", "http/protobuf")
         )
+
+
+def test_a_ca_or_client_certificate_means_tls_and_plaintext_with_them_is_refused():
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem"}
+    assert resolve(section(), env).traces.insecure is False  # never the CA and token in clear
+    assert resolve(section(endpoint="c:4317"), {}).traces.insecure is True  # as it always was
+    with pytest.raises(OtlpSettingsError, match="plaintext asked for with a CA"):
+        resolve(section(insecure=True, ca_file="/ca.pem", endpoint="c:4317"), {})
+    with pytest.raises(OtlpSettingsError, match="a gRPC endpoint has no path"):
+        resolve(section(endpoint="https://c:4317/v1"), {})
+
+
+def test_one_signals_own_endpoint_alone_turns_export_on_and_the_other_takes_the_default():
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://tempo:4317"}
+    t = resolve(section(), env)
+    assert (t.traces.endpoint, t.metrics.endpoint) == ("tempo:4317", "localhost:4317")
+    assert t.metrics.source == "the default endpoint"

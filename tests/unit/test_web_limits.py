@@ -175,3 +175,14 @@ def test_a_scraper_that_asks_for_openmetrics_gets_it_gzipped_or_not():
             assert got == body
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;q=0.4", True),
+     ("text/plain;q=1,application/openmetrics-text;q=0.1", False),
+     ("application/openmetrics-text", True), ("*/*", False), (None, False),
+     ("application/openmetrics-text;q=0", False)],
+)  # fmt: skip
+def test_openmetrics_only_for_a_scraper_that_prefers_it(accept, openmetrics):
+    assert web.wants_openmetrics(accept) is openmetrics
