@@ -60,6 +60,17 @@ MAX_ROUTE_CACHE = 4096
 _route_cache: dict[tuple[str, str], str] = {}
 
 
+def http_version(data: bytes) -> str | None:
+    """The HTTP version a request's start line names ("1.1", "1.0"), or None: only for traced
+    requests (a span's network.protocol.version), one bounded search of the captured bytes."""
+    end = data.find(b"\r\n", 0, 300)
+    line = data[:end] if end >= 0 else b""
+    v = line[-3:]
+    if line[-9:-3] == b" HTTP/" and v[1:2] == b"." and v[:1].isdigit() and v[2:].isdigit():
+        return v.decode()
+    return None
+
+
 def compile_templates(templates: Iterable[str]) -> tuple[tuple[tuple[str | None, ...], str], ...]:
     """Route templates (``/users/{id}/orders``) as segment tuples, ``None`` where a ``{name}``
     segment matches any one segment, in the order given (the first that matches wins)."""
@@ -124,6 +135,7 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     queued_wakeup: int | None = None
     read_end_ns: int | None = None  # when the read that brought its head returned
     path: str | None = None  # the request's path as sent (no query string, at most 64 chars)
+    version: str | None = None  # HTTP version of a traced request's start line ("1.1")
 
     @property
     def duration_ns(self) -> int:
@@ -134,7 +146,7 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
 fields_in_order(Request, (
     "pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status", "trace_id",
     "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
-    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path"),
+    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path", "version"),
     "correlate.RequestTracker._request")  # fmt: skip
 # feed and _enter unpack RequestRecords by position.
 fields_in_order(RequestRecord, (
@@ -145,7 +157,7 @@ fields_in_order(Trace, (
     "trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid", "tid",
     "workload", "start_ns", "duration_ms", "preempted_ms", "migrations", "bypassed", "method",
     "route", "status", "queued_ms", "queued_wakeup", "read_end_ns", "preemptions",
-    "wakeup_waits", "path"), "correlate.trace_of")  # fmt: skip
+    "wakeup_waits", "path", "version"), "correlate.trace_of")  # fmt: skip
 
 
 @dataclass
@@ -318,14 +330,15 @@ class RequestTracker:
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
         # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-        # queued_wakeup, read_end_ns, path.
+        # queued_wakeup, read_end_ns, path, version.
         return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
              wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
              head.tracestate, preempted, migrations, bypassed_of(rec.tgid, rec.fd),
-             rec.queued_ns, rec.wakeup_seq, rec.start_ns, head.path if self.keep_paths else None),
+             rec.queued_ns, rec.wakeup_seq, rec.start_ns, head.path if self.keep_paths else None,
+             None if trace_id is None else http_version(rec.data)),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
@@ -440,7 +453,7 @@ def trace_of(r: Request) -> Trace:
     span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
     (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
      _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-     queued_wakeup, read_end_ns, path) = r  # fmt: skip
+     queued_wakeup, read_end_ns, path, version) = r  # fmt: skip
     # Fields in Trace's order (checked at import, above).
     return new_record(  # type: ignore[no-any-return]
         Trace,
@@ -448,7 +461,7 @@ def trace_of(r: Request) -> Trace:
          flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,
          None if preempted_ns is None else preempted_ns / 1e6, migrations, bypassed, method,
          route, status, None if queued_ns is None else queued_ns / 1e6, queued_wakeup,
-         read_end_ns, (), (), path),
+         read_end_ns, (), (), path, version),
     )  # fmt: skip
 
 

@@ -219,6 +219,7 @@ class Trace(NamedTuple):
     # With collector.keep_paths only: the request's path as sent (no query string, cut at 64
     # characters), the span's url.path, where ``route`` is its template; None otherwise.
     path: str | None = None
+    version: str | None = None  # the HTTP version of its start line ("1.1")
 
 
 @dataclass(frozen=True)

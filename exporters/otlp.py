@@ -453,10 +453,13 @@ class OtlpExporter:
             attrs["http.request.method"] = t.method
         if path:
             attrs["http.route"] = path  # the template (collector.route_templates, else folded)
-        if t.path:
-            attrs["url.path"] = t.path  # as sent
-            attrs["url.scheme"] = "http"  # what the probe reads is cleartext HTTP/1.x
+        if t.method:  # an HTTP request: what the probe reads is cleartext HTTP/1.x
+            attrs["url.scheme"] = "http"
             attrs["network.protocol.name"] = "http"
+        if t.path:
+            attrs["url.path"] = t.path  # as sent (collector.keep_paths)
+        if t.version:
+            attrs["network.protocol.version"] = t.version
         if t.status is not None:
             attrs["http.response.status_code"] = t.status
         if t.preempted_ms is not None:

@@ -166,6 +166,7 @@ def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tm
             assert resource["wasmtop.workload"] == f"pid:{svc.pid}"
             assert resource["wasmtop.workload.kind"] == "wasm"
             assert attrs["url.path"].string_value == path
+            assert attrs["network.protocol.version"].string_value == "1.1"
             want = "/users/{name}/cart" if path.startswith("/users/") else "/item/:id"
             assert attrs["http.route"].string_value == want
             assert span.name == f"GET {want}"

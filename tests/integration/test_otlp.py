@@ -322,6 +322,8 @@ def test_spans_carry_the_requests_ids_times_attributes_and_preemptions(receiver,
         "process.pid": 4242,
         "thread.id": 4243,
         "wasmtop.trace_source": "traceparent",
+        "url.scheme": "http",
+        "network.protocol.name": "http",
     }
     assert s1.trace_state == "vendor=opaque"
     assert s1.status.code == Status.STATUS_CODE_UNSET
@@ -345,6 +347,8 @@ def test_spans_carry_the_requests_ids_times_attributes_and_preemptions(receiver,
         "process.pid": 5000,
         "thread.id": 5001,
         "wasmtop.trace_source": "trace_ctx",
+        "url.scheme": "http",
+        "network.protocol.name": "http",
     }
     assert list(s2.events) == []
     assert s2.status.code == Status.STATUS_CODE_ERROR

@@ -150,7 +150,7 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
     try:
         exp = exporters(resolve(section(endpoint=rx.endpoint), env={}))
         exp.service_names = {"pid:*": "never", "edge": "edge-proc"}  # the command "edge"
-        t_pod = trace(path="/item/42")  # its route: "GET /item" (the fixture's)
+        t_pod = trace(path="/item/42", version="1.1")  # its route: "GET /item" (the fixture's)
         t_plain = trace(workload=WL_PLAIN, pid=5000, tid=5001)
         snap = snapshot((t_pod, t_plain))
         labelled = dataclasses.replace(snap.workloads[0].pod, app="cart")
@@ -165,6 +165,7 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
         assert by_span[t_plain.span_id][0]["service.name"] == "edge-proc"  # the file's pattern
         pod_span = {kv.key: kv.value.string_value for kv in by_span[t_pod.span_id][1].attributes}
         assert (pod_span["url.path"], pod_span["url.scheme"]) == ("/item/42", "http")
+        assert pod_span["network.protocol.version"] == "1.1"
         assert pod_span["http.route"] == "/item"  # the template, where url.path is as sent
         known = semconv_names()
         for res, span in by_span.values():

@@ -272,3 +272,17 @@ def test_by_default_no_path_leaves_the_tracker_only_its_route():
                                        headers=[f"traceparent: {TP}"])])  # fmt: skip
     t = trace_of(r)
     assert (t.route, t.path) == ("GET /reset-password/:id", None)
+
+
+@pytest.mark.parametrize(
+    ("data", "version"),
+    [(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"), (b"GET / HTTP/1.0\r\n\r\n", "1.0"),
+     (b"GET / HTTP/1.x\r\n\r\n", None), (b"GET /\r\n", None), (b"\xff" * 400, None),
+     (b"GET / HTTP/1.1", None)],  # no end of line within the capture: not said
+)  # fmt: skip
+def test_a_traced_requests_http_version_comes_from_its_start_line(data, version):
+    from wasmtop.collector.correlate import http_version
+
+    assert http_version(data) == version
+    (r,) = run(RequestTracker(), [pair(1, 2, headers=[f"traceparent: {TP}"])])
+    assert trace_of(r).version == "1.1"  # what pair() sends
