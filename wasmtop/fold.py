@@ -115,12 +115,13 @@ def _quantile(hist: Sequence[HistogramBucket], q: float, top: float | None) -> f
     for b in hist:
         seen += b.count
         if seen >= rank:
-            if not (math.isfinite(b.low_us) and math.isfinite(b.high_us)):
+            # Finite in µs can still overflow in ns (a hostile 1e308): such a bucket is open too.
+            if not (math.isfinite(b.low_us * 1000) and math.isfinite(b.high_us * 1000)):
                 # An open bucket (or a hostile Snapshot's): no midpoint; the maximum, else its
                 # finite bound, else nothing.
                 if top is not None:
                     return top
-                return b.low_us if math.isfinite(b.low_us) else None
+                return b.low_us if math.isfinite(b.low_us * 1000) else None
             # In ns, as collector/quantiles.py: [low, high) of whole nanoseconds.
             low, high = round(b.low_us * 1000), round(b.high_us * 1000)
             mid = ((low + high - 1) / 2 if high - low > 1 else float(low)) / 1000

@@ -22,3 +22,6 @@ def test_an_open_or_infinite_bucket_gives_the_maximum_or_its_finite_bound_never_
     assert quantiles(hist, []).p50 == 10.0
     assert quantiles([HistogramBucket(-math.inf, math.inf, 1)], []).p50 is None
     assert quantiles([HistogramBucket(math.nan, 1.0, 1)], [3.0]).p99 == 3.0
+    # Finite in µs, infinite in ns (seen by the same fuzz test): open too, never an OverflowError.
+    assert quantiles([HistogramBucket(1.0, 1e308, 1)], [5.0]).p50 == 5.0
+    assert quantiles([HistogramBucket(1e308, 1e308, 1)], []).p50 is None
