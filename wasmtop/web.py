@@ -205,33 +205,10 @@ class Endpoints:
         self.openmetrics = openmetrics  # OpenMetrics with exemplars, for scrapers that ask
 
 
-def wants_openmetrics(accept: str | None) -> bool:
-    """An Accept header that prefers OpenMetrics (Prometheus lists it first by default; a
-    ``scrape_protocols`` with the text format first weighs that higher): its q above 0 and at
-    least the text format's."""
-    q: dict[str, float] = {}
-    for part in (accept or "").split(","):
-        name, *params = (p.strip() for p in part.split(";"))
-        weight = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
-        name = name.lower()
-        if name:
-            q[name] = max(q.get(name, 0.0), weight)
-    om = q.get("application/openmetrics-text", 0.0)
-    text = max(q.get("text/plain", 0.0), q.get("*/*", 0.0))
-    return om > 0 and om >= text
-
-
-def accepts_gzip(header: str | None) -> bool:
-    """An Accept-Encoding header that takes gzip: its q (or ``*``'s when gzip is not named)
-    above 0 (Prometheus sends ``gzip``; ``gzip;q=0`` and no header do not)."""
-    q: dict[str, float] = {}
+def _weights(header: str | None) -> list[tuple[str, float]]:
+    """(name, q) of each entry of an Accept or Accept-Encoding header, names in lower case, q
+    1 when not given and 0 when it is not a number."""
+    out = []
     for part in (header or "").split(","):
         name, *params = (p.strip() for p in part.split(";"))
         weight = 1.0
@@ -243,7 +220,26 @@ def accepts_gzip(header: str | None) -> bool:
                 except ValueError:
                     weight = 0.0
         if name:
-            q[name.lower()] = weight
+            out.append((name.lower(), weight))
+    return out
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """An Accept header that prefers OpenMetrics (Prometheus lists it first by default; a
+    ``scrape_protocols`` with the text format first weighs that higher): its q above 0 and at
+    least the text format's."""
+    q: dict[str, float] = {}
+    for name, weight in _weights(accept):  # one entry per version: the best counts
+        q[name] = max(q.get(name, 0.0), weight)
+    om = q.get("application/openmetrics-text", 0.0)
+    text = max(q.get("text/plain", 0.0), q.get("*/*", 0.0))
+    return om > 0 and om >= text
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """An Accept-Encoding header that takes gzip: its q (or ``*``'s when gzip is not named)
+    above 0 (Prometheus sends ``gzip``; ``gzip;q=0`` and no header do not)."""
+    q = dict(_weights(header))
     return q.get("gzip", q.get("*", 0.0)) > 0
 
 
