@@ -107,7 +107,7 @@ def run(records: list[bytes], batch: int, snapshot: int, max_traces: int) -> dic
         t1 = clock()
         pending = probe.read()  # sorted by end
         t2 = clock()
-        coll.requests.feed(pending, coll._workload_key, coll._bypassed_of())
+        coll.requests.feed(pending, coll._workload_key, coll._connection_of())
         t3 = clock()
         feed_requests(coll)  # nothing more to read: take, the traces kept
         t4 = clock()

@@ -21,7 +21,7 @@ from ..probes.records import SchedReading, ThreadSched, WakeupRecord
 from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
-from .correlate import RequestTracker, TraceSelector, attach_events, trace_of
+from .correlate import Connection, RequestTracker, TraceSelector, attach_events, trace_of
 from .incarnation import Incarnations
 from .lifecycle import LifecycleAccounting, empty_calls
 from .model import (
@@ -47,7 +47,7 @@ from .quantiles import bucket_bounds, histogram_quantile
 from .resources import DEFAULT_GROWTH_WINDOW_S, ResourceFigures, ResourceReader, ResourceTracker
 from .sockets import SocketOwners
 from .topology import Topology
-from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver
+from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver, workload_names
 
 K = TypeVar("K")
 P = TypeVar("P", bound=Probe)
@@ -360,29 +360,31 @@ class Collector:
         if wanted != probe.pids:
             probe.set_pids(wanted)
 
-    def _bypassed_of(self) -> Callable[[int, int], bool | None]:
-        """Whether a (pid, fd) connection took the bypass: null without the bypass probe, false
-        in observe mode (nothing is redirected), else from its connection record."""
+    def _connection_of(self) -> Callable[[int, int], Connection]:
+        """For this batch's traces kept: the (local, remote) endpoints of a (pid, fd)
+        connection, as its process's network namespace names them (null when it closed
+        before the batch was read), and whether it took the socket bypass (null without the
+        bypass probe, false in observe mode: nothing is redirected, else from its connection
+        record). One readlink per connection and batch."""
         bypass = self.bypass
-        if bypass is None:
-            return lambda pid, fd: None
-        if bypass.mode != ACCELERATE:
-            return lambda pid, fd: False
-        pairs: dict | None = None
-        seen: dict[tuple[int, int], bool | None] = {}  # per batch: one readlink per connection
+        mode = None if bypass is None else bypass.mode
+        redirecting: dict | None = None
+        seen: dict[tuple[int, int], Connection] = {}
 
-        def lookup(pid: int, fd: int) -> bool | None:
-            nonlocal pairs
-            if (pid, fd) in seen:
-                return seen[pid, fd]
-            pair = self.owners.pair_of_fd(pid, fd)
-            if pair is None:
-                seen[pid, fd] = None
-                return None
-            if pairs is None:
-                pairs = bypass.redirecting_pairs()
-            seen[pid, fd] = found = pairs.get(pair)
-            return found
+        def lookup(pid: int, fd: int) -> Connection:
+            nonlocal redirecting
+            conn = seen.get((pid, fd))
+            if conn is None:
+                pair = self.owners.pair_of_fd(pid, fd)
+                bypassed: bool | None = None
+                if mode is not None:
+                    bypassed = False
+                    if mode == ACCELERATE:
+                        if redirecting is None:
+                            redirecting = bypass.redirecting_pairs()  # type: ignore[union-attr]
+                        bypassed = redirecting.get(pair) if pair is not None else None
+                conn = seen[pid, fd] = (pair, bypassed)
+            return conn
 
         return lookup
 
@@ -392,7 +394,9 @@ class Collector:
             return
         records = probe.read()
         if records:
-            self.requests.feed(records, self._workload_key, self._bypassed_of())
+            self.requests.feed(
+                records, self._workload_key, self._connection_of(), self._workload_names
+            )
         # every request enters its window; a Request and a Trace only for the traces kept
         kept, traced = self.requests.take_traced(self.max_traces - len(self._traces))
         self._traces_total += traced
@@ -429,6 +433,10 @@ class Collector:
     def _workload_key(self, pid: int) -> str | None:
         wid = self.resolver.identify(pid)
         return wid.key if wid else None
+
+    def _workload_names(self, pid: int) -> tuple[str, ...]:
+        wid = self.resolver.identify(pid)
+        return workload_names(wid.pod, wid.key, wid.comm) if wid else ()
 
     def tick(self, end_ns: int | None = None) -> Snapshot:
         """The Snapshot of the window since the previous tick. ``end_ns`` (CLOCK_MONOTONIC):

@@ -11,7 +11,7 @@ import random
 import re
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import NamedTuple, TypeVar, Union
@@ -28,6 +28,8 @@ from .model import (
     WakeupWaitEvent,
 )
 from .quantiles import exact_quantile
+from .sockets import Endpoint
+from .workloads import matches
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_WINDOW_REQUESTS = 100_000  # per workload; beyond it the oldest leave early (said so)
@@ -104,6 +106,11 @@ def method_route(method: str, path: str) -> str:
     return route
 
 
+# A connection's (local, remote) endpoints (None: not known) and whether it took the socket
+# bypass (None: not known).
+Connection = tuple[Union[tuple[Endpoint, Endpoint], None], Union[bool, None]]
+NO_CONNECTION: Connection = (None, None)
+
 _SPAN_IDS = random.Random(os.urandom(16))
 _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
 
@@ -136,6 +143,9 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     read_end_ns: int | None = None  # when the read that brought its head returned
     path: str | None = None  # the request's path as sent (no query string, at most 64 chars)
     version: str | None = None  # HTTP version of a traced request's start line ("1.1")
+    # (local, remote) of its connection as its network namespace names them; None: closed
+    # before the collector read it, or not TCP.
+    endpoints: tuple[Endpoint, Endpoint] | None = None
 
     @property
     def duration_ns(self) -> int:
@@ -146,8 +156,8 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
 fields_in_order(Request, (
     "pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status", "trace_id",
     "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
-    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path", "version"),
-    "correlate.RequestTracker._request")  # fmt: skip
+    "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path", "version",
+    "endpoints"), "correlate.RequestTracker._request")  # fmt: skip
 # feed and _enter unpack RequestRecords by position.
 fields_in_order(RequestRecord, (
     "tgid", "fd", "start_ns", "end_ns", "tid", "end_tid", "preempt_start_ns", "preempt_end_ns",
@@ -157,7 +167,8 @@ fields_in_order(Trace, (
     "trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid", "tid",
     "workload", "start_ns", "duration_ms", "preempted_ms", "migrations", "bypassed", "method",
     "route", "status", "queued_ms", "queued_wakeup", "read_end_ns", "preemptions",
-    "wakeup_waits", "path", "version"), "correlate.trace_of")  # fmt: skip
+    "wakeup_waits", "path", "version", "server_port", "client_address", "client_port"),
+    "correlate.trace_of")  # fmt: skip
 
 
 @dataclass
@@ -209,22 +220,35 @@ class RequestTracker:
         window_s: float = DEFAULT_WINDOW_S,
         max_window_requests: int = DEFAULT_MAX_WINDOW_REQUESTS,
         max_paths: int = DEFAULT_MAX_PATHS,
-        route_templates: Iterable[str] = (),
+        route_templates: Iterable[str] | Mapping[str, Iterable[str]] = (),
         keep_paths: bool = False,
     ) -> None:
         if window_s <= 0 or max_window_requests < 1 or max_paths < 0:
             raise ValueError("window and caps must be positive")
-        # Routes as the service names them (collector.route_templates), before the default
-        # folding of id-like segments; a (method, path) answer is kept, bounded as the default's.
-        self.templates = compile_templates(route_templates)
+        # Routes as the services name them (collector.route_templates), before the default
+        # folding of id-like segments: one list for every workload, or lists by shell pattern
+        # over a workload's names. Each distinct combination of lists is a numbered set (set 0
+        # holds a plain list's templates, or none); a (set, method, path) answer is kept,
+        # bounded as the default's.
+        if isinstance(route_templates, Mapping):
+            self._patterns = tuple(
+                (pattern, compile_templates(ts)) for pattern, ts in route_templates.items()
+            )
+            self._sets: list[tuple] = [()]
+        else:
+            self._patterns = ()
+            self._sets = [compile_templates(route_templates)]
+        self._per_workload = bool(self._patterns)
+        self._set_number: dict[tuple, int] = {s: i for i, s in enumerate(self._sets)}
+        self._set_of_names: dict[tuple[str, ...], int] = {}
         # The path as sent on each Request and Trace (a span's url.path) only when asked for:
         # a path may hold a secret (a reset token) that the route folds away (docs/tracing.md).
         self.keep_paths = keep_paths
-        self._templated: dict[tuple[str, str], str] = {}
+        self._templated: dict[tuple[int, str, str], str] = {}
         self.window_ns = int(window_s * 1e9)
         self.max_window_requests = max_window_requests
         self.max_paths = max_paths
-        # fed, not yet taken: (record, head, workload, route, bypassed_of) each
+        # fed, not yet taken: (record, head, workload, route, connection_of) each
         self._done: list[tuple] = []
         self._windows: dict[str, _Window] = {}
         # Since start: every header problem by reason, and requests not fully attributed.
@@ -238,12 +262,22 @@ class RequestTracker:
         self,
         records: Iterable[RequestRecord],
         workload_of: Callable[[int], str | None],
-        bypassed_of: Callable[[int, int], bool | None] = lambda pid, fd: None,
+        connection_of: Callable[[int, int], Connection] = lambda pid, fd: NO_CONNECTION,
+        names_of: Callable[[int], Sequence[str]] = lambda pid: (),
     ) -> None:
         """Parse and attribute captured requests (counting every header problem); they wait,
         as small tuples, for ``take`` or ``take_traced``, which make Requests of them.
-        ``bypassed_of(pid, fd)`` is asked then, only for the Requests made."""
-        workloads: dict[int, str | None] = {}
+        ``connection_of(pid, fd)`` (its endpoints, and whether it took the socket bypass) is
+        asked then, only for the Requests made. ``names_of(pid)``: the names its workload's
+        route templates are chosen by (``workload_names``), asked once per process and batch,
+        only when the templates are per workload."""
+        workloads: dict[int, tuple[str | None, int]] = {}  # (workload, its template set)
+        per_workload = self._per_workload
+        if per_workload and len(self._sets) > MAX_ROUTE_CACHE:  # never within a batch
+            self._sets = [()]
+            self._set_number = {(): 0}
+            self._set_of_names.clear()
+            self._templated.clear()
         # "METHOD route" of (workload, method, path) in this batch, once named: a route named
         # stays named until a take (only a window's expiry gives a name back), so the answer
         # is the same as _route's, without its work. Routes not named are asked each time.
@@ -263,24 +297,28 @@ class RequestTracker:
                 continue
             for problem in head.problems:
                 counters[f"trace_header_{problem}"] += 1
-            workload = workloads.get(tgid, "")
-            if workload == "":  # once per process and batch: identifying is not free
-                workload = workloads[tgid] = workload_of(tgid)
+            known = workloads.get(tgid)
+            if known is None:  # once per process and batch: identifying is not free
+                known = workloads[tgid] = (
+                    workload_of(tgid),
+                    self._template_set(names_of(tgid)) if per_workload else 0,
+                )
+            workload, tset = known
             if tid != end_tid:
                 counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
-            key = (workload, head.method, head.path)
+            key = (workload, tset, head.method, head.path)
             route = named.get(key)
             if route is None:
-                route = self._route(workload, head)
+                route = self._route(workload, tset, head)
                 if route != OTHER_ROUTE:
                     named[key] = route
-            done.append((rec, head, workload, route, bypassed_of))
+            done.append((rec, head, workload, route, connection_of))
 
-    def _route(self, workload: str | None, head: Head) -> str:
+    def _route(self, workload: str | None, tset: int, head: Head) -> str:
         if head.method not in METHODS:
             self.counters["requests_method_other"] += 1
             return OTHER_ROUTE
-        route = self._method_route(head.method, head.path or "")
+        route = self._method_route(tset, head.method, head.path or "")
         win = self._window(workload)
         if route not in win.named:
             if len(win.named) >= self.max_paths:
@@ -289,18 +327,37 @@ class RequestTracker:
             win.named.add(route)
         return route
 
-    def _method_route(self, method: str, path: str) -> str:
-        if not self.templates:
+    def _method_route(self, tset: int, method: str, path: str) -> str:
+        templates = self._sets[tset]
+        if not templates:
             return method_route(method, path)
-        key = (method, path)
+        key = (tset, method, path)
         route = self._templated.get(key)
         if route is None:
             if len(self._templated) >= MAX_ROUTE_CACHE:
                 self._templated.clear()
-            template = template_route(self.templates, path)
+            template = template_route(templates, path)
             route = f"{method} {template}" if template else method_route(method, path)
             self._templated[key] = route
         return route
+
+    def _template_set(self, names: Sequence[str]) -> int:
+        """The number of the template set of a workload with these names: the templates of
+        every pattern that matches one of them, in the order configured."""
+        names = tuple(names)
+        tset = self._set_of_names.get(names)
+        if tset is None:
+            if len(self._set_of_names) >= MAX_ROUTE_CACHE:
+                self._set_of_names.clear()
+            chosen = tuple(
+                t for pattern, ts in self._patterns if matches(pattern, names) for t in ts
+            )
+            tset = self._set_number.get(chosen)
+            if tset is None:  # at most one set per combination of patterns: bounded
+                tset = self._set_number[chosen] = len(self._sets)
+                self._sets.append(chosen)
+            self._set_of_names[names] = tset
+        return tset
 
     def _window(self, workload: str | None) -> _Window:
         win = self._windows.get(workload or "")
@@ -314,7 +371,7 @@ class RequestTracker:
         head: Head,
         workload: str | None,
         route: str,
-        bypassed_of: Callable[[int, int], bool | None],
+        connection_of: Callable[[int, int], Connection],
     ) -> Request:
         preempted = migrations = None
         if rec.tid == rec.end_tid and rec.preempt_end_ns is not None:
@@ -327,18 +384,19 @@ class RequestTracker:
             if trace_id is None:
                 trace_id, source = rec.ctx_trace_id, "trace_ctx"
         wake = rec.wake_ns
+        endpoints, bypassed = connection_of(rec.tgid, rec.fd)
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
         # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-        # queued_wakeup, read_end_ns, path, version.
+        # queued_wakeup, read_end_ns, path, version, endpoints.
         return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
              wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
-             head.tracestate, preempted, migrations, bypassed_of(rec.tgid, rec.fd),
-             rec.queued_ns, rec.wakeup_seq, rec.start_ns, head.path if self.keep_paths else None,
-             None if trace_id is None else http_version(rec.data)),
+             head.tracestate, preempted, migrations, bypassed, rec.queued_ns, rec.wakeup_seq,
+             rec.start_ns, head.path if self.keep_paths else None,
+             None if trace_id is None else http_version(rec.data), endpoints),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
@@ -453,7 +511,8 @@ def trace_of(r: Request) -> Trace:
     span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
     (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
      _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-     queued_wakeup, read_end_ns, path, version) = r  # fmt: skip
+     queued_wakeup, read_end_ns, path, version, endpoints) = r  # fmt: skip
+    (_, server_port), (client_address, client_port) = endpoints or ((None, None), (None, None))
     # Fields in Trace's order (checked at import, above).
     return new_record(  # type: ignore[no-any-return]
         Trace,
@@ -461,7 +520,7 @@ def trace_of(r: Request) -> Trace:
          flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,
          None if preempted_ns is None else preempted_ns / 1e6, migrations, bypassed, method,
          route, status, None if queued_ns is None else queued_ns / 1e6, queued_wakeup,
-         read_end_ns, (), (), path, version),
+         read_end_ns, (), (), path, version, server_port, client_address, client_port),
     )  # fmt: skip
 
 

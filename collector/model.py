@@ -220,6 +220,12 @@ class Trace(NamedTuple):
     # characters), the span's url.path, where ``route`` is its template; None otherwise.
     path: str | None = None
     version: str | None = None  # the HTTP version of its start line ("1.1")
+    # Its connection's local port and remote address and port, as the network namespace of
+    # the process that answered names them (a pod's own addresses); None when the connection
+    # closed before the collector read the request (within ~0.1 s), or for a non-TCP socket.
+    server_port: int | None = None
+    client_address: str | None = None
+    client_port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 Endpoint = tuple[str, int]
+MAX_SOCKETS = 65_536  # sockets whose endpoints pair_of_fd keeps, by inode
 
 
 def _endpoint(hex_addr: str) -> Endpoint:
@@ -50,11 +51,13 @@ class SocketOwners:
         self._pair_by_inode: dict[int, tuple[Endpoint, Endpoint]] = {}
         self.walks = 0
 
-    def _inodes(self) -> dict[tuple[Endpoint, Endpoint], int]:
+    def _inodes(self, net: Path | None = None) -> dict[tuple[Endpoint, Endpoint], int]:
+        """(local, remote) -> inode of the TCP sockets in ``net`` (a /proc/PID/net; default
+        wasmtop's own namespace)."""
         out: dict[tuple[Endpoint, Endpoint], int] = {}
         for name in ("tcp", "tcp6"):
             try:
-                out.update(parse_proc_net_tcp((self.proc / "net" / name).read_text()))
+                out.update(parse_proc_net_tcp(((net or self.proc / "net") / name).read_text()))
             except OSError:
                 continue
         return out
@@ -97,8 +100,11 @@ class SocketOwners:
         return {p: self._known[p] for p in pairs if self._known.get(p)}
 
     def pair_of_fd(self, pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
-        """(local, remote) of the TCP socket a process holds as ``fd``; None when the fd is
-        closed, not a TCP socket, or in another network namespace."""
+        """(local, remote) of the TCP socket a process holds as ``fd``, as its own network
+        namespace names them (a pod's addresses, not the node's); None when the fd is closed,
+        not a TCP socket, or its process's tables cannot be read. A socket not seen before
+        re-reads that process's /proc/PID/net/tcp{,6}; what was read is kept, by socket inode
+        (unique across namespaces), at most MAX_SOCKETS of them (emptied when full)."""
         try:
             link = os.readlink(self.proc / str(pid) / "fd" / str(fd))
         except OSError:
@@ -106,9 +112,14 @@ class SocketOwners:
         if not link.startswith("socket:["):
             return None
         inode = int(link[8:-1])
-        if inode not in self._pair_by_inode:  # re-read the tables only for a socket not yet seen
-            self._pair_by_inode = {i: p for p, i in self._inodes().items()}
-        return self._pair_by_inode.get(inode)
+        pair = self._pair_by_inode.get(inode)
+        if pair is None:
+            found = {i: p for p, i in self._inodes(self.proc / str(pid) / "net").items()}
+            if len(self._pair_by_inode) + len(found) > MAX_SOCKETS:
+                self._pair_by_inode = {}
+            self._pair_by_inode.update(found)
+            pair = found.get(inode)
+        return pair
 
     def forget(self, pairs: Iterable[tuple[Endpoint, Endpoint]]) -> None:
         for pair in pairs:

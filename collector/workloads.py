@@ -12,9 +12,11 @@ the directory has them.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -136,6 +138,19 @@ class PodDirectory(Protocol):
     generation: int  # changes whenever any pod's metadata does
 
     def get(self, uid: str) -> PodMeta | None: ...
+
+
+def workload_names(pod: Pod | None, key: str, comm: str | None) -> tuple[str, ...]:
+    """The names a configured shell pattern is matched against (``otlp.service_names``,
+    ``collector.route_templates``): ``namespace/pod/container`` as far as known, the key,
+    the command."""
+    name = "/".join(p for p in (pod.namespace, pod.name, pod.container) if p) if pod else ""
+    return tuple(x for x in (name, key, comm) if x)
+
+
+def matches(pattern: str, names: Iterable[str]) -> bool:
+    """Whether a shell pattern (``*``, ``?``, ``[...]``) matches any of ``names`` whole."""
+    return any(fnmatch.fnmatchcase(x, pattern) for x in names)
 
 
 def runtime_of_class(runtime_class: str | None) -> str | None:

@@ -28,7 +28,6 @@ they do from /metrics), histograms keep their buckets, and each series' start ti
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import random
 import socket
@@ -63,6 +62,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from .. import __version__
 from ..collector.model import Snapshot, Trace, Workload
+from ..collector.workloads import matches, workload_names
 from .otlp_settings import OtlpTargets, SignalTarget, resolve
 from .series import Family, Histogram, Sample, SeriesBook, Summary
 
@@ -460,6 +460,11 @@ class OtlpExporter:
             attrs["url.path"] = t.path  # as sent (collector.keep_paths)
         if t.version:
             attrs["network.protocol.version"] = t.version
+        if t.server_port is not None:  # the connection's, as the pod's namespace names it
+            attrs["server.port"] = t.server_port
+        if t.client_address is not None:  # the peer: no proxy header is read
+            attrs["client.address"] = attrs["network.peer.address"] = t.client_address
+            attrs["client.port"] = attrs["network.peer.port"] = t.client_port
         if t.status is not None:
             attrs["http.response.status_code"] = t.status
         if t.preempted_ms is not None:
@@ -685,11 +690,11 @@ def service_name(w: Workload, patterns: Mapping[str, str]) -> str:
     """The service a workload's spans belong to: the first of ``patterns`` (shell patterns over
     its name ``namespace/pod/container``, its key and its command) that matches, else its pod's
     ``app.kubernetes.io/name`` / ``app`` label, else its container's name, else its command."""
-    pod = w.pod
-    name = "/".join(p for p in (pod.namespace, pod.name, pod.container) if p) if pod else ""
+    names = workload_names(w.pod, w.key, w.comm)
     for pattern, service in patterns.items():
-        if any(fnmatch.fnmatchcase(x, pattern) for x in (name, w.key, w.comm) if x):
+        if matches(pattern, names):
             return service
+    pod = w.pod
     if pod is not None and (pod.app or pod.container):
         return str(pod.app or pod.container)
     return w.comm or "unknown_service"

@@ -29,6 +29,7 @@ def burn(ms: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--wasm", action="store_true")
     args = parser.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
         def log_message(self, *args: object) -> None:
             pass  # no stderr write per request
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     sys.stdout.write(f"ready {server.server_address[1]}\n")
     sys.stdout.flush()

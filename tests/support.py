@@ -10,8 +10,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 _PRELUDE = """
 import os, sys, time
@@ -156,3 +157,33 @@ def http_server(
     finally:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def veth_namespace() -> Iterator[tuple[str, str, str]]:
+    """A network namespace joined to this one by a veth pair, made with pyroute2:
+    host side 10.213.7.1/24, namespace side 10.213.7.2/24. Yields (netns, host ifname, peer ip)."""
+    from pyroute2 import IPRoute, NetNS, netns
+
+    tag = uuid.uuid4().hex[:6]
+    name, host_if, ns_if = f"wt-{tag}", f"wth{tag}", f"wtn{tag}"
+    netns.create(name)
+    ipr = IPRoute()
+    try:
+        ipr.link("add", ifname=host_if, kind="veth", peer=ns_if)
+        host_idx = ipr.link_lookup(ifname=host_if)[0]
+        ns_idx = ipr.link_lookup(ifname=ns_if)[0]
+        ipr.link("set", index=ns_idx, net_ns_fd=name)
+        ipr.addr("add", index=host_idx, address="10.213.7.1", prefixlen=24)
+        ipr.link("set", index=host_idx, state="up")
+        with NetNS(name) as ns:
+            idx = ns.link_lookup(ifname=ns_if)[0]
+            ns.addr("add", index=idx, address="10.213.7.2", prefixlen=24)
+            ns.link("set", index=idx, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        yield name, host_if, "10.213.7.2"
+    finally:
+        with suppress(Exception):
+            ipr.link("del", ifname=host_if)
+        ipr.close()
+        netns.remove(name)

@@ -68,6 +68,30 @@ def route_template(v: Any) -> str:
     return text
 
 
+def route_templates(v: Any) -> list[str] | dict[str, list[str]]:
+    """A list of route templates for every workload, or a map of shell patterns over a
+    workload's names (``namespace/pod/container``, key, command) to such lists."""
+    templates = _list(route_template)
+    if isinstance(v, list):
+        return templates(v)
+    if not isinstance(v, dict):
+        raise ValueError(
+            "expected a list of route templates, or a map of workload patterns to such lists,"
+            f" got {shown(v)}"
+        )
+    out = {}
+    for pattern, items in v.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(
+                f"expected a workload pattern (e.g. shop/cart-*), got {shown(pattern)}"
+            )
+        try:
+            out[pattern] = templates(items)
+        except ValueError as exc:
+            raise ValueError(f"{pattern}: {exc}") from None
+    return out
+
+
 def otlp_endpoint(v: Any) -> str:
     """``HOST:PORT`` or an ``http://`` / ``https://`` URL of one (a path allowed: OTLP/HTTP)."""
     text = v if isinstance(v, str) else ""
@@ -228,7 +252,7 @@ SCHEMA: dict[str, Any] = {
         "max_events": Key(1000, number(int, 0), "over-threshold events kept per Snapshot"),
         "probe_stats": Key(False, _bool, "time the probes in the kernel (taxes every program)"),
         "route_templates": Key(
-            [], _list(route_template), "routes as the services name them, e.g. /users/{id}"
+            [], route_templates, "routes as the services name them, e.g. /users/{id}; by workload"
         ),
         "keep_paths": Key(False, _bool, "traces keep the path as sent (spans' url.path)"),
     },

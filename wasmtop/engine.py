@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,7 +225,7 @@ class Engine:
         growth_window_s: float | None = None,
         pods: Any = None,
         progress: Callable[[str, str], None] | None = None,
-        route_templates: Sequence[str] = (),
+        route_templates: Sequence[str] | Mapping[str, Sequence[str]] = (),
         keep_paths: bool = False,
     ) -> None:
         self.options = options

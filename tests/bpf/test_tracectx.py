@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from books import books, task_ids
-from support import attached_tracepoints, http_server, no_programs_left, workloads
+from support import (
+    HTTP_SERVER,
+    attached_tracepoints,
+    http_server,
+    no_programs_left,
+    veth_namespace,
+    workloads,
+)
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.httpmsg import REASONS
@@ -101,6 +108,8 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
     per_client, clients = 250, 4
     sent: dict[str, tuple[str, bytes | None]] = {}  # trace id -> (source, parent span id)
     rtt_ns: dict[str, int] = {}
+    client_port: dict[str, int] = {}  # trace id -> the local port of the client's socket
+    conns: list[http.client.HTTPConnection] = []  # closed once the collector has read all
     lock = threading.Lock()
 
     with http_server() as (server, port), tracing(pids=(server.pid,)) as (probes, collector):
@@ -124,7 +133,8 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
                 with lock:
                     sent[trace_id.hex()] = kind
                     rtt_ns[trace_id.hex()] = elapsed
-            conn.close()
+                    client_port[trace_id.hex()] = conn.sock.getsockname()[1]
+            conns.append(conn)
 
         def all_clients() -> None:
             threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
@@ -135,6 +145,8 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
 
         while_draining(probes, collector, all_clients)
         snap = finish(probes, collector)
+        for conn in conns:
+            conn.close()
 
     assert len(sent) == per_client * clients
     traces = {t.trace_id: t for t in snap.traces}
@@ -150,6 +162,9 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
         # Server side: from the end of the request read to the start of the response write.
         assert 0 < t.duration_ms * 1e6 <= rtt_ns[tid_hex]
         assert t.preempted_ms is not None and t.migrations is not None
+        # The connection as the client's socket has it (read while it was still open).
+        assert (t.server_port, t.client_address) == (port, "127.0.0.1")
+        assert t.client_port == client_port[tid_hex]
     assert len({t.tid for t in snap.traces}) == clients  # one handler thread per connection
     req = snap.workload(f"pid:{server.pid}").requests
     assert req.count == len(sent) and req.complete
@@ -169,6 +184,35 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
     assert health["events"] == len(sent)  # paired in the kernel: one event per request
     c = snap.counters
     assert c["responses_unmatched"] == c["requests_unanswered"] == c["requests_open"] == 0
+
+
+def test_a_server_in_its_own_network_namespace_is_told_its_own_addresses():
+    """A server in a network namespace of its own (as a pod is) behind a veth: its traces carry
+    the port it listens on and the client's address as that namespace sees them, which the
+    node's own /proc/net/tcp does not list."""
+    # ip netns exec ns python http_server.py: ip execs the server, which keeps its pid.
+    with veth_namespace() as (ns, _host_if, peer_ip), http_server(
+        "exec", ns, sys.executable, HTTP_SERVER, "--host", "0.0.0.0", exe="ip", script="netns",
+    ) as (server, port), tracing(pids=(server.pid,)) as (probes, collector):  # fmt: skip
+        sent: dict[str, int] = {}
+        conn = http.client.HTTPConnection(peer_ip, port, timeout=30)
+
+        def requests() -> None:
+            for _ in range(20):
+                trace_id = RNG.randbytes(16)
+                conn.request("GET", "/item/a", headers={
+                    "traceparent": traceparent(trace_id, RNG.randbytes(8))})  # fmt: skip
+                conn.getresponse().read()
+                sent[trace_id.hex()] = conn.sock.getsockname()[1]
+
+        while_draining(probes, collector, requests)
+        snap = finish(probes, collector)
+        conn.close()
+    traces = {t.trace_id: t for t in snap.traces}
+    assert traces.keys() == sent.keys()
+    for trace_id, t in traces.items():
+        assert (t.server_port, t.client_address, t.client_port) == (port, "10.213.7.1",
+                                                                    sent[trace_id])  # fmt: skip
 
 
 def test_a_request_is_charged_exactly_its_threads_preemption_delay():

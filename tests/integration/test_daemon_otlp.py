@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
 
 import pytest
 
@@ -127,8 +128,10 @@ def test_a_receiver_outage_of_30_s_is_survived_counted_and_recovered_from(tmp_pa
 def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tmp_path):
     """The example Wasm edge service (traced by default: a WebAssembly runtime) under keep-alive
     load: its spans arrive under a resource of its own, named by otlp.service_names, with
-    http.route the configured template (or the default folding) and url.path as sent, and the
-    kernel's figures for each request (preemption delay and migrations of its thread)."""
+    http.route the template configured for it (a pattern that does not match it adds nothing;
+    else the default folding) and url.path as sent, the connection's server.port and
+    client.address as the sockets have them, and the kernel's figures for each request
+    (preemption delay and migrations of its thread)."""
     from support import EDGE_SERVICE
 
     receiver = OtlpReceiver()
@@ -136,7 +139,13 @@ def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tm
         with http_server("--port", "0", script=EDGE_SERVICE) as (svc, port):
             config = {
                 "probes": {"bypass": {"mode": "off"}},
-                "collector": {"route_templates": ["/users/{name}/cart"], "keep_paths": True},
+                "collector": {
+                    "route_templates": {
+                        "no-such-service": ["/item/{sku}"],  # matches neither name nor command
+                        f"pid:{svc.pid}": ["/users/{name}/cart"],
+                    },
+                    "keep_paths": True,
+                },
                 "otlp": {"endpoint": receiver.endpoint, "interval_s": 1, "timeout_s": 2,
                          "service_names": {f"pid:{svc.pid}": "edge-service"}},
             }  # fmt: skip
@@ -151,6 +160,8 @@ def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tm
                     resp = conn.getresponse()
                     resp.read()
                     sent[trace_id] = path
+                client_port = conn.sock.getsockname()[1]
+                time.sleep(0.5)  # the collector reads the last requests while it is open
                 conn.close()
 
                 def ours() -> dict:
@@ -170,6 +181,9 @@ def test_the_edge_service_under_load_is_its_own_service_with_templated_routes(tm
             want = "/users/{name}/cart" if path.startswith("/users/") else "/item/:id"
             assert attrs["http.route"].string_value == want
             assert span.name == f"GET {want}"
+            assert attrs["server.port"].int_value == port
+            assert attrs["client.address"].string_value == "127.0.0.1"
+            assert attrs["client.port"].int_value == client_port
         with_kernel = [s for _, s in spans.values()
                        if {"wasmtop.preempted_ms", "wasmtop.migrations"}
                        <= {a.key for a in s.attributes}]  # fmt: skip

@@ -150,7 +150,10 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
     try:
         exp = exporters(resolve(section(endpoint=rx.endpoint), env={}))
         exp.service_names = {"pid:*": "never", "edge": "edge-proc"}  # the command "edge"
-        t_pod = trace(path="/item/42", version="1.1")  # its route: "GET /item" (the fixture's)
+        t_pod = trace(  # its route: "GET /item" (the fixture's)
+            path="/item/42", version="1.1", server_port=8080, client_address="10.1.2.3",
+            client_port=40001,
+        )  # fmt: skip
         t_plain = trace(workload=WL_PLAIN, pid=5000, tid=5001)
         snap = snapshot((t_pod, t_plain))
         labelled = dataclasses.replace(snap.workloads[0].pod, app="cart")
@@ -167,6 +170,12 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
         assert (pod_span["url.path"], pod_span["url.scheme"]) == ("/item/42", "http")
         assert pod_span["network.protocol.version"] == "1.1"
         assert pod_span["http.route"] == "/item"  # the template, where url.path is as sent
+        assert pod_span["client.address"] == pod_span["network.peer.address"] == "10.1.2.3"
+        ports = {kv.key: kv.value.int_value for kv in by_span[t_pod.span_id][1].attributes}
+        assert (ports["server.port"], ports["client.port"], ports["network.peer.port"]) == (
+            8080, 40001, 40001)  # fmt: skip
+        plain_span = {kv.key for kv in by_span[t_plain.span_id][1].attributes}
+        assert not plain_span & {"server.port", "client.address"}  # not known: not sent
         known = semconv_names()
         for res, span in by_span.values():
             keys = set(res) | {kv.key for kv in span.attributes}

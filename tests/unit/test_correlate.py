@@ -267,6 +267,71 @@ def test_route_templates_name_routes_as_the_service_does_and_the_path_stays_as_s
     assert [t.path for t in traces] == sent
 
 
+def test_route_templates_by_workload_pattern_apply_to_the_workloads_they_name():
+    """A map of shell patterns (over a workload's names: namespace/pod/container, key,
+    command) to templates: a workload gets the templates of every pattern that names it, in
+    the order configured; one no pattern names keeps the default folding."""
+    tracker = RequestTracker(route_templates={
+        "shop/cart-*": ["/users/{id}/cart"],  # the pod's name
+        "edge": ["/items/{sku}"],  # the command
+        "*": ["/users/{name}/{what}"],  # every workload, after its own
+    })  # fmt: skip
+    names = {1: ("shop/cart-7d9c/app", "pod:u1/c1", "python3"), 2: ("pid:2", "edge"),
+             3: ("pid:3", "other")}  # fmt: skip
+    asked = []
+
+    def names_of(pid):
+        asked.append(pid)
+        return names[pid]
+
+    recs = [pair(i * 10, i * 10 + 5, path, headers=[f"traceparent: {TP}"])._replace(tgid=pid)
+            for i, (pid, path) in enumerate([(1, "/users/alice/cart"), (2, "/users/alice/cart"),
+                                              (2, "/items/ABC"), (3, "/items/ABC"),
+                                              (1, "/items/42"), (3, "/users/7/x")])]  # fmt: skip
+    tracker.feed(recs, lambda pid: f"pid:{pid}", names_of=names_of)
+    assert [r.route for r in tracker.take()] == [
+        "GET /users/{id}/cart",  # shop/cart-*, before "*"
+        "GET /users/{name}/{what}",  # "*" only: edge's own template does not fit
+        "GET /items/{sku}",  # edge's
+        "GET /items/ABC",  # "*" does not fit a two-segment path; "ABC" is no id
+        "GET /items/:id",  # the cart pod: no template fits, the default folds the number
+        "GET /users/{name}/{what}",
+    ]
+    assert sorted(asked) == [1, 2, 3]  # once per process and batch
+    # A plain list is every workload's, and no workload's names are asked for.
+    plain = RequestTracker(route_templates=["/items/{sku}"])
+    plain.feed(recs[2:4], lambda pid: f"pid:{pid}", names_of=lambda pid: 1 / 0)
+    assert [r.route for r in plain.take()] == ["GET /items/{sku}"] * 2
+
+
+def test_template_sets_stay_bounded_however_many_workloads_come():
+    from wasmtop.collector import correlate
+
+    tracker = RequestTracker(route_templates={f"w{i}-*": [f"/t{i}/{{x}}"] for i in range(14)})
+    for n in range(3 * correlate.MAX_ROUTE_CACHE):
+        mask = n % (1 << 14)
+        names = tuple(f"w{i}-{n}" for i in range(14) if mask >> i & 1)
+        tracker.feed([pair(n, n + 1)._replace(tgid=n + 1)], lambda pid: "w",
+                     names_of=lambda pid, names=names: names)  # fmt: skip
+        tracker.take()
+        assert len(tracker._sets) <= correlate.MAX_ROUTE_CACHE + 1
+        assert len(tracker._set_of_names) <= correlate.MAX_ROUTE_CACHE
+    # And still right after being emptied.
+    tracker.feed([pair(1, 2, "/t3/abc")._replace(tgid=7)], lambda pid: "w",
+                 names_of=lambda pid: ("w3-x",))  # fmt: skip
+    assert [r.route for r in tracker.take()] == ["GET /t3/{x}"]
+
+
+def test_a_trace_carries_its_connections_ports_and_client_address():
+    tracker = RequestTracker()
+    conns = {5: ((("10.0.0.2", 8080), ("10.0.0.9", 40001)), None), 6: (None, None)}
+    recs = [pair(1, 2, headers=[f"traceparent: {TP}"], fd=fd) for fd in (5, 6)]
+    tracker.feed(recs, lambda pid: "w", lambda pid, fd: conns[fd])
+    a, b = (trace_of(r) for r in tracker.take())
+    assert (a.server_port, a.client_address, a.client_port) == (8080, "10.0.0.9", 40001)
+    assert (b.server_port, b.client_address, b.client_port) == (None, None, None)
+
+
 def test_by_default_no_path_leaves_the_tracker_only_its_route():
     (r,) = run(RequestTracker(), [pair(1, 2, "/reset-password/Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5",
                                        headers=[f"traceparent: {TP}"])])  # fmt: skip

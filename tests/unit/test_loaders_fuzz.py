@@ -90,6 +90,11 @@ CONFIG_FINDINGS: list[tuple[str, str | bytes, dict[str, str | bytes], str]] = [
      "r.yaml:5: rules[0].for: expected a duration from 0 to 8760h (a year), got inf"),
     ("a route template that is no path", "collector:\n  route_templates: ['users/{id}']\n", {},
      "c.yaml:2: collector.route_templates: item 0: expected a path such as /users/{id}/orders"),
+    ("route templates of a workload pattern, one no path",
+     "collector:\n  route_templates:\n    shop/*: ['/a/{id}', 'b']\n", {},
+     "c.yaml:3: collector.route_templates: shop/*: item 1: expected a path such as /users/{id}"),
+    ("route templates that are one string", "collector:\n  route_templates: /users/{id}\n", {},
+     "c.yaml:2: collector.route_templates: expected a list of route templates, or a map of"),
     ("an OTLP endpoint of another scheme", "otlp:\n  endpoint: ftp://x:1\n", {},
      "c.yaml:2: otlp.endpoint: expected HOST:PORT or an http(s)://HOST:PORT URL"),
 ]  # fmt: skip
