@@ -69,7 +69,7 @@ class FakeRing:
 
 def setup(records: list[bytes], max_traces: int):  # noqa: ANN201
     from wasmtop.collector.collector import Collector
-    from wasmtop.collector.correlate import RequestTracker
+    from wasmtop.collector.correlate import NO_CONNECTION, RequestTracker
     from wasmtop.probes import probeset
     from wasmtop.probes.decoders import DECODERS
     from wasmtop.probes.ringbuf import RingReader
@@ -86,7 +86,7 @@ def setup(records: list[bytes], max_traces: int):  # noqa: ANN201
     coll.max_traces = max_traces
     coll._traces, coll._traces_total = [], 0
     coll._workload_key = lambda pid: f"pid:{pid}"  # type: ignore[method-assign]
-    coll._bypassed_of = lambda: lambda pid, fd: None  # type: ignore[method-assign]
+    coll._connection_of = lambda: lambda pid, fd, start: NO_CONNECTION  # type: ignore[method-assign]
     return ring, reader, probe, coll
 
 

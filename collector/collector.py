@@ -21,7 +21,7 @@ from ..probes.records import SchedReading, ThreadSched, WakeupRecord
 from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
-from .correlate import Connection, RequestTracker, TraceSelector, attach_events, trace_of
+from .correlate import ConnInfo, RequestTracker, TraceSelector, attach_events, trace_of
 from .incarnation import Incarnations
 from .lifecycle import LifecycleAccounting, empty_calls
 from .model import (
@@ -45,7 +45,7 @@ from .model import (
 from .net import NetAccounting, NetWindow, empty_net
 from .quantiles import bucket_bounds, histogram_quantile
 from .resources import DEFAULT_GROWTH_WINDOW_S, ResourceFigures, ResourceReader, ResourceTracker
-from .sockets import SocketOwners
+from .sockets import FdSockets, SocketOwners
 from .topology import Topology
 from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver, workload_names
 
@@ -195,6 +195,7 @@ class Collector:
         self._ticks = 0
         self._untracked_prev = 0
         self.owners = SocketOwners(proc_root)
+        self.fd_sockets = FdSockets(proc_root)
         self.net = NetAccounting(self.owners)
         self.max_traces = max_traces
         self.selector = trace_selector or TraceSelector()
@@ -360,31 +361,33 @@ class Collector:
         if wanted != probe.pids:
             probe.set_pids(wanted)
 
-    def _connection_of(self) -> Callable[[int, int], Connection]:
-        """For this batch's traces kept: the (local, remote) endpoints of a (pid, fd)
-        connection, as its process's network namespace names them (null when it closed
-        before the batch was read), and whether it took the socket bypass (null without the
-        bypass probe, false in observe mode: nothing is redirected, else from its connection
-        record). One readlink per connection and batch."""
+    def _connection_of(self) -> Callable[[int, int, int], ConnInfo]:
+        """For this batch's traces kept: the (local, remote) endpoints of the connection a
+        (pid, fd) held for a request that started at a time (FdSockets: exact, or null), and
+        whether it took the socket bypass (null without the bypass probe; false in observe
+        mode, where nothing is redirected; in accelerate mode from the record of that
+        connection end, of the same process where two namespaces hold the same pair)."""
+        sockets = self.fd_sockets
+        sockets.begin_batch()
         bypass = self.bypass
         mode = None if bypass is None else bypass.mode
         redirecting: dict | None = None
-        seen: dict[tuple[int, int], Connection] = {}
 
-        def lookup(pid: int, fd: int) -> Connection:
+        def lookup(pid: int, fd: int, start_ns: int) -> ConnInfo:
             nonlocal redirecting
-            conn = seen.get((pid, fd))
-            if conn is None:
-                pair = self.owners.pair_of_fd(pid, fd)
-                bypassed: bool | None = None
-                if mode is not None:
-                    bypassed = False
-                    if mode == ACCELERATE:
-                        if redirecting is None:
-                            redirecting = bypass.redirecting_pairs()  # type: ignore[union-attr]
-                        bypassed = redirecting.get(pair) if pair is not None else None
-                conn = seen[pid, fd] = (pair, bypassed)
-            return conn
+            pair = sockets.connection(pid, fd, start_ns)
+            if mode is None:
+                return pair, None
+            if mode != ACCELERATE:
+                return pair, False
+            if pair is None:
+                return None, None
+            if redirecting is None:
+                redirecting = bypass.redirecting_pairs()  # type: ignore[union-attr]
+            ends = redirecting.get(pair, ())
+            # The end of this process's; else what every end of that pair says, if they agree.
+            said = {b for p, b in ends if p == pid} or {b for _, b in ends}
+            return pair, said.pop() if len(said) == 1 else None
 
         return lookup
 

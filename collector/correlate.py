@@ -73,6 +73,37 @@ def http_version(data: bytes) -> str | None:
     return None
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def http_host(data: bytes) -> tuple[str, int] | None:
+    """(server.address, server.port) from a traced request's Host header, as OTel's HTTP server
+    conventions ask (the port of the scheme, 80, when the header names none), or None when the
+    captured bytes hold no Host header of a valid name or port: one bounded search, only for
+    traced requests."""
+    head_end = data.find(b"\r\n\r\n")
+    head = data if head_end < 0 else data[: head_end + 2]  # each header line with its CRLF
+    at = head.lower().find(b"\r\nhost:")
+    if at < 0:
+        return None
+    end = head.find(b"\r\n", at + 7)
+    if end < 0:
+        return None  # cut by the capture: not said
+    value = head[at + 7 : end].strip(b" \t")
+    if len(value) > 261:  # 255 for a name, ":" and a port
+        return None
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    host, sep, port = text.rpartition(":") if not text.endswith("]") else ("", "", "")
+    if not sep or "]" in port:
+        host, port = text, "80"
+    if not _HOST_NAME.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def compile_templates(templates: Iterable[str]) -> tuple[tuple[tuple[str | None, ...], str], ...]:
     """Route templates (``/users/{id}/orders``) as segment tuples, ``None`` where a ``{name}``
     segment matches any one segment, in the order given (the first that matches wins)."""
@@ -108,8 +139,10 @@ def method_route(method: str, path: str) -> str:
 
 # A connection's (local, remote) endpoints (None: not known) and whether it took the socket
 # bypass (None: not known).
-Connection = tuple[Union[tuple[Endpoint, Endpoint], None], Union[bool, None]]
-NO_CONNECTION: Connection = (None, None)
+ConnInfo = tuple[Union[tuple[Endpoint, Endpoint], None], Union[bool, None]]
+NO_CONNECTION: ConnInfo = (None, None)
+_NO_ENDPOINTS = ((None, None), (None, None))
+_NO_HOST = (None, None)
 
 _SPAN_IDS = random.Random(os.urandom(16))
 _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
@@ -146,6 +179,7 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     # (local, remote) of its connection as its network namespace names them; None: closed
     # before the collector read it, or not TCP.
     endpoints: tuple[Endpoint, Endpoint] | None = None
+    host: tuple[str, int] | None = None  # a traced request's Host header (address, port)
 
     @property
     def duration_ns(self) -> int:
@@ -157,7 +191,7 @@ fields_in_order(Request, (
     "pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status", "trace_id",
     "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
     "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path", "version",
-    "endpoints"), "correlate.RequestTracker._request")  # fmt: skip
+    "endpoints", "host"), "correlate.RequestTracker._request")  # fmt: skip
 # feed and _enter unpack RequestRecords by position.
 fields_in_order(RequestRecord, (
     "tgid", "fd", "start_ns", "end_ns", "tid", "end_tid", "preempt_start_ns", "preempt_end_ns",
@@ -167,8 +201,8 @@ fields_in_order(Trace, (
     "trace_id", "span_id", "parent_span_id", "source", "trace_flags", "tracestate", "pid", "tid",
     "workload", "start_ns", "duration_ms", "preempted_ms", "migrations", "bypassed", "method",
     "route", "status", "queued_ms", "queued_wakeup", "read_end_ns", "preemptions",
-    "wakeup_waits", "path", "version", "server_port", "client_address", "client_port"),
-    "correlate.trace_of")  # fmt: skip
+    "wakeup_waits", "path", "version", "server_address", "server_port", "local_address",
+    "local_port", "client_address", "client_port"), "correlate.trace_of")  # fmt: skip
 
 
 @dataclass
@@ -262,13 +296,14 @@ class RequestTracker:
         self,
         records: Iterable[RequestRecord],
         workload_of: Callable[[int], str | None],
-        connection_of: Callable[[int, int], Connection] = lambda pid, fd: NO_CONNECTION,
+        connection_of: Callable[[int, int, int], ConnInfo] = lambda *_: NO_CONNECTION,
         names_of: Callable[[int], Sequence[str]] = lambda pid: (),
     ) -> None:
         """Parse and attribute captured requests (counting every header problem); they wait,
         as small tuples, for ``take`` or ``take_traced``, which make Requests of them.
-        ``connection_of(pid, fd)`` (its endpoints, and whether it took the socket bypass) is
-        asked then, only for the Requests made. ``names_of(pid)``: the names its workload's
+        ``connection_of(pid, fd, start_ns)`` (the endpoints of the connection the fd held for
+        the request, and whether it took the socket bypass) is asked then, only for the
+        Requests made. ``names_of(pid)``: the names its workload's
         route templates are chosen by (``workload_names``), asked once per process and batch,
         only when the templates are per workload."""
         workloads: dict[int, tuple[str | None, int]] = {}  # (workload, its template set)
@@ -371,7 +406,7 @@ class RequestTracker:
         head: Head,
         workload: str | None,
         route: str,
-        connection_of: Callable[[int, int], Connection],
+        connection_of: Callable[[int, int, int], ConnInfo],
     ) -> Request:
         preempted = migrations = None
         if rec.tid == rec.end_tid and rec.preempt_end_ns is not None:
@@ -384,11 +419,11 @@ class RequestTracker:
             if trace_id is None:
                 trace_id, source = rec.ctx_trace_id, "trace_ctx"
         wake = rec.wake_ns
-        endpoints, bypassed = connection_of(rec.tgid, rec.fd)
+        endpoints, bypassed = connection_of(rec.tgid, rec.fd, rec.start_ns)
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
         # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-        # queued_wakeup, read_end_ns, path, version, endpoints.
+        # queued_wakeup, read_end_ns, path, version, endpoints, host.
         return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
@@ -396,7 +431,8 @@ class RequestTracker:
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
              head.tracestate, preempted, migrations, bypassed, rec.queued_ns, rec.wakeup_seq,
              rec.start_ns, head.path if self.keep_paths else None,
-             None if trace_id is None else http_version(rec.data), endpoints),
+             None if trace_id is None else http_version(rec.data), endpoints,
+             None if trace_id is None else http_host(rec.data)),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
@@ -511,8 +547,8 @@ def trace_of(r: Request) -> Trace:
     span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
     (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
      _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-     queued_wakeup, read_end_ns, path, version, endpoints) = r  # fmt: skip
-    (_, server_port), (client_address, client_port) = endpoints or ((None, None), (None, None))
+     queued_wakeup, read_end_ns, path, version, endpoints, _host) = r  # fmt: skip
+    (local_address, local_port), (client_address, client_port) = endpoints or _NO_ENDPOINTS
     # Fields in Trace's order (checked at import, above).
     return new_record(  # type: ignore[no-any-return]
         Trace,
@@ -520,7 +556,8 @@ def trace_of(r: Request) -> Trace:
          flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,
          None if preempted_ns is None else preempted_ns / 1e6, migrations, bypassed, method,
          route, status, None if queued_ns is None else queued_ns / 1e6, queued_wakeup,
-         read_end_ns, (), (), path, version, server_port, client_address, client_port),
+         read_end_ns, (), (), path, version, *(r.host or _NO_HOST), local_address, local_port,
+         client_address, client_port),
     )  # fmt: skip
 
 

@@ -220,10 +220,16 @@ class Trace(NamedTuple):
     # characters), the span's url.path, where ``route`` is its template; None otherwise.
     path: str | None = None
     version: str | None = None  # the HTTP version of its start line ("1.1")
-    # Its connection's local port and remote address and port, as the network namespace of
-    # the process that answered names them (a pod's own addresses); None when the connection
-    # closed before the collector read the request (within ~0.1 s), or for a non-TCP socket.
+    # The server as the client named it: its Host header's name and port (80 when it names
+    # none); None without a valid Host header in the captured bytes.
+    server_address: str | None = None
     server_port: int | None = None
+    # Its connection's local and remote addresses and ports, as the network namespace of the
+    # process that answered names them (a pod's own addresses): only when certain, so None
+    # for requests in a connection's first ~0.1 s, on a connection closed before the
+    # collector read the request, or on a socket that is not TCP (collector/sockets.py).
+    local_address: str | None = None
+    local_port: int | None = None
     client_address: str | None = None
     client_port: int | None = None
 

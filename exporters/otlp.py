@@ -460,11 +460,18 @@ class OtlpExporter:
             attrs["url.path"] = t.path  # as sent (collector.keep_paths)
         if t.version:
             attrs["network.protocol.version"] = t.version
-        if t.server_port is not None:  # the connection's, as the pod's namespace names it
-            attrs["server.port"] = t.server_port
+        if t.server_address is not None:  # the Host header: the server the client named
+            attrs["server.address"] = t.server_address
+            if t.server_port is not None:
+                attrs["server.port"] = t.server_port
+        if t.local_address is not None:  # the connection, as the pod's namespace names it
+            attrs["network.local.address"] = t.local_address
+            if t.local_port is not None:
+                attrs["network.local.port"] = t.local_port
         if t.client_address is not None:  # the peer: no proxy header is read
             attrs["client.address"] = attrs["network.peer.address"] = t.client_address
-            attrs["client.port"] = attrs["network.peer.port"] = t.client_port
+            if t.client_port is not None:
+                attrs["client.port"] = attrs["network.peer.port"] = t.client_port
         if t.status is not None:
             attrs["http.response.status_code"] = t.status
         if t.preempted_ms is not None:

@@ -372,13 +372,18 @@ class SockBypassProbe(Probe):
             return None
         return self._record(cookie, value)
 
-    def redirecting_pairs(self) -> dict[tuple[tuple[str, int], tuple[str, int]], bool]:
-        """(local, remote) of every connection end -> whether its sends go socket to socket
-        (enrolled, and at least one message redirected)."""
-        return {
-            self._endpoints(v.key): bool(v.enrolled and v.msgs_redirected)
-            for v in self.table("conns").values()
-        }
+    def redirecting_pairs(
+        self,
+    ) -> dict[tuple[tuple[str, int], tuple[str, int]], list[tuple[int, bool]]]:
+        """(local, remote) of every connection end -> (its process, 0 when not known; whether
+        its sends go socket to socket: enrolled, and at least one message redirected) of each
+        end with those endpoints: two network namespaces can hold the same pair."""
+        out: dict[tuple[tuple[str, int], tuple[str, int]], list[tuple[int, bool]]] = {}
+        for v in self.table("conns").values():
+            out.setdefault(self._endpoints(v.key), []).append(
+                (v.pid, bool(v.enrolled and v.msgs_redirected))
+            )
+        return out
 
     @staticmethod
     def _endpoints(key: Any) -> tuple[tuple[str, int], tuple[str, int]]:

@@ -151,7 +151,8 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
         exp = exporters(resolve(section(endpoint=rx.endpoint), env={}))
         exp.service_names = {"pid:*": "never", "edge": "edge-proc"}  # the command "edge"
         t_pod = trace(  # its route: "GET /item" (the fixture's)
-            path="/item/42", version="1.1", server_port=8080, client_address="10.1.2.3",
+            path="/item/42", version="1.1", server_address="shop.example", server_port=443,
+            local_address="10.1.2.2", local_port=8080, client_address="10.1.2.3",
             client_port=40001,
         )  # fmt: skip
         t_plain = trace(workload=WL_PLAIN, pid=5000, tid=5001)
@@ -171,11 +172,13 @@ def test_each_workload_is_a_service_with_conventional_attributes(exporters):
         assert pod_span["network.protocol.version"] == "1.1"
         assert pod_span["http.route"] == "/item"  # the template, where url.path is as sent
         assert pod_span["client.address"] == pod_span["network.peer.address"] == "10.1.2.3"
+        assert (pod_span["server.address"], pod_span["network.local.address"]) == (
+            "shop.example", "10.1.2.2")  # fmt: skip
         ports = {kv.key: kv.value.int_value for kv in by_span[t_pod.span_id][1].attributes}
-        assert (ports["server.port"], ports["client.port"], ports["network.peer.port"]) == (
-            8080, 40001, 40001)  # fmt: skip
+        assert (ports["server.port"], ports["network.local.port"], ports["client.port"],
+                ports["network.peer.port"]) == (443, 8080, 40001, 40001)  # fmt: skip
         plain_span = {kv.key for kv in by_span[t_plain.span_id][1].attributes}
-        assert not plain_span & {"server.port", "client.address"}  # not known: not sent
+        assert not plain_span & {"server.port", "client.address", "network.local.port"}
         known = semconv_names()
         for res, span in by_span.values():
             keys = set(res) | {kv.key for kv in span.attributes}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wasmtop.collector.correlate import RequestTracker, TraceSelector, attach_events, trace_of
 from wasmtop.collector.model import Events, PreemptionEvent, Trace, WakeupWaitEvent
@@ -305,31 +307,77 @@ def test_route_templates_by_workload_pattern_apply_to_the_workloads_they_name():
 
 
 def test_template_sets_stay_bounded_however_many_workloads_come():
+    """Workloads named by ever new combinations of patterns: the numbered template sets and
+    what was cached by set number are emptied together, so every route stays right."""
     from wasmtop.collector import correlate
 
     tracker = RequestTracker(route_templates={f"w{i}-*": [f"/t{i}/{{x}}"] for i in range(14)})
+    sets_before, resets = 0, 0
     for n in range(3 * correlate.MAX_ROUTE_CACHE):
         mask = n % (1 << 14)
+        k = n % 2  # a path one pattern's template fits: applied only when it names the workload
         names = tuple(f"w{i}-{n}" for i in range(14) if mask >> i & 1)
-        tracker.feed([pair(n, n + 1)._replace(tgid=n + 1)], lambda pid: "w",
+        tracker.feed([pair(n, n + 1, f"/t{k}/abc")._replace(tgid=n + 1)], lambda pid: "w",
                      names_of=lambda pid, names=names: names)  # fmt: skip
-        tracker.take()
+        (r,) = tracker.take()
+        assert r.route == (f"GET /t{k}/{{x}}" if mask >> k & 1 else f"GET /t{k}/abc"), n
+        if len(tracker._sets) < sets_before:  # renumbered: nothing cached by old numbers
+            assert len(tracker._templated) <= 1 and len(tracker._set_of_names) <= 1
+            resets += 1
+        sets_before = len(tracker._sets)
         assert len(tracker._sets) <= correlate.MAX_ROUTE_CACHE + 1
         assert len(tracker._set_of_names) <= correlate.MAX_ROUTE_CACHE
-    # And still right after being emptied.
-    tracker.feed([pair(1, 2, "/t3/abc")._replace(tgid=7)], lambda pid: "w",
-                 names_of=lambda pid: ("w3-x",))  # fmt: skip
-    assert [r.route for r in tracker.take()] == ["GET /t3/{x}"]
+    assert resets >= 2
 
 
-def test_a_trace_carries_its_connections_ports_and_client_address():
+def test_a_trace_carries_its_connections_endpoints_and_the_host_the_client_named():
     tracker = RequestTracker()
     conns = {5: ((("10.0.0.2", 8080), ("10.0.0.9", 40001)), None), 6: (None, None)}
-    recs = [pair(1, 2, headers=[f"traceparent: {TP}"], fd=fd) for fd in (5, 6)]
-    tracker.feed(recs, lambda pid: "w", lambda pid, fd: conns[fd])
+    asked = []
+
+    def connection_of(pid, fd, start_ns):
+        asked.append((pid, fd, start_ns))
+        return conns[fd]
+
+    recs = [pair(100, 200, headers=[f"traceparent: {TP}"], fd=5),
+            pair(300, 400, headers=[f"traceparent: {TP}"], fd=6)]  # fmt: skip
+    recs[1] = recs[1]._replace(data=recs[1].data.replace(b"Host: h", b"Host: shop.example:8443"))
+    tracker.feed(recs, lambda pid: "w", connection_of)
     a, b = (trace_of(r) for r in tracker.take())
-    assert (a.server_port, a.client_address, a.client_port) == (8080, "10.0.0.9", 40001)
-    assert (b.server_port, b.client_address, b.client_port) == (None, None, None)
+    assert asked == [(10, 5, 100), (10, 6, 300)]  # asked with each request's start
+    assert (a.local_address, a.local_port, a.client_address, a.client_port) == (
+        "10.0.0.2", 8080, "10.0.0.9", 40001)  # fmt: skip
+    assert (a.server_address, a.server_port) == ("h", 80)  # the Host header; the scheme's port
+    assert (b.local_address, b.local_port, b.client_address, b.client_port) == (None,) * 4
+    assert (b.server_address, b.server_port) == ("shop.example", 8443)
+
+
+@pytest.mark.parametrize(
+    ("head", "host"),
+    [(b"GET / HTTP/1.1\r\nHost: a.b\r\n\r\n", ("a.b", 80)),
+     (b"GET / HTTP/1.1\r\nX: 1\r\nhOsT:  a.b:81 \r\n\r\n", ("a.b", 81)),
+     (b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", ("::1", 8080)),
+     (b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n", ("::1", 80)),
+     (b"GET / HTTP/1.1\r\nHost: 10.0.0.1:0\r\n\r\n", None),  # no port 0
+     (b"GET / HTTP/1.1\r\nHost: a.b:99999\r\n\r\n", None),
+     (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", None),
+     (b"GET / HTTP/1.1\r\nHost: a.b", None),  # cut by the capture: not said
+     (b"GET / HTTP/1.1\r\n\r\nHost: a.b\r\n", None),  # in the body, not the head
+     (b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n", None),
+     (b"GET / HTTP/1.1\r\nHost: " + b"a" * 300 + b"\r\n\r\n", None)],
+)  # fmt: skip
+def test_the_host_header_names_the_server_or_nothing(head, host):
+    from wasmtop.collector.correlate import http_host
+
+    assert http_host(head) == host
+
+
+@given(st.binary(max_size=400))
+def test_any_captured_bytes_give_a_host_or_none_never_an_error(data):
+    from wasmtop.collector.correlate import http_host
+
+    got = http_host(b"GET / HTTP/1.1\r\nHost: " + data)
+    assert got is None or (isinstance(got[0], str) and 0 < got[1] < 65536)
 
 
 def test_by_default_no_path_leaves_the_tracker_only_its_route():
