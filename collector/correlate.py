@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import NamedTuple, TypeVar, Union
 
+from ..probes.fastpath import tracefast
 from ..probes.records import RequestRecord, fields_in_order, new_record
 from .httpmsg import REASONS, Head, parse_head
 from .model import (
@@ -63,8 +64,7 @@ _route_cache: dict[tuple[str, str], str] = {}
 
 
 def http_version(data: bytes) -> str | None:
-    """The HTTP version a request's start line names ("1.1", "1.0"), or None: only for traced
-    requests (a span's network.protocol.version), one bounded search of the captured bytes."""
+    """The HTTP version a request's start line names ("1.1", "1.0"), or None."""
     end = data.find(b"\r\n", 0, 300)
     line = data[:end] if end >= 0 else b""
     v = line[-3:]
@@ -73,35 +73,48 @@ def http_version(data: bytes) -> str | None:
     return None
 
 
+def request_meta_py(data: bytes) -> tuple[str | None, bytes | None]:
+    """(HTTP version, the value of the first Host header line of the head, blanks trimmed):
+    what probes/_tracefast.c request_meta gives in one pass, each None when not said."""
+    blank = data.find(b"\r\n\r\n")
+    head = data if blank < 0 else data[: blank + 2]  # each header line with its CRLF
+    at = head.lower().find(b"\r\nhost:")
+    end = head.find(b"\r\n", at + 7) if at >= 0 else -1
+    return http_version(data), head[at + 7 : end].strip(b" \t") if end >= 0 else None
+
+
+request_meta = getattr(tracefast, "request_meta", None) or request_meta_py
+
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+MAX_HOSTS = 4096  # Host header values parsed, kept (emptied when full)
+_hosts: dict[bytes, tuple[str, int] | None] = {}
+
+
+def parse_host(value: bytes | None) -> tuple[str, int] | None:
+    """(server.address, server.port) of a Host header's value, as OTel's HTTP server
+    conventions ask (port 80, the scheme's, when it names none), or None when it is no valid
+    name or port. The same few values come again and again: kept, bounded."""
+    if value is None:
+        return None
+    if value in _hosts:
+        return _hosts[value]
+    found = None
+    if len(value) <= 261:  # 255 for a name, ":" and a port
+        text = value.decode("ascii", "replace")
+        host, sep, port = text.rpartition(":") if not text.endswith("]") else ("", "", "")
+        if not sep or "]" in port:
+            host, port = text, "80"
+        if _HOST_NAME.fullmatch(host) and port.isdigit() and 0 < int(port) < 65536:
+            found = host.strip("[]"), int(port)
+    if len(_hosts) >= MAX_HOSTS:
+        _hosts.clear()
+    _hosts[value] = found
+    return found
 
 
 def http_host(data: bytes) -> tuple[str, int] | None:
-    """(server.address, server.port) from a traced request's Host header, as OTel's HTTP server
-    conventions ask (the port of the scheme, 80, when the header names none), or None when the
-    captured bytes hold no Host header of a valid name or port: one bounded search, only for
-    traced requests."""
-    head_end = data.find(b"\r\n\r\n")
-    head = data if head_end < 0 else data[: head_end + 2]  # each header line with its CRLF
-    at = head.lower().find(b"\r\nhost:")
-    if at < 0:
-        return None
-    end = head.find(b"\r\n", at + 7)
-    if end < 0:
-        return None  # cut by the capture: not said
-    value = head[at + 7 : end].strip(b" \t")
-    if len(value) > 261:  # 255 for a name, ":" and a port
-        return None
-    try:
-        text = value.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    host, sep, port = text.rpartition(":") if not text.endswith("]") else ("", "", "")
-    if not sep or "]" in port:
-        host, port = text, "80"
-    if not _HOST_NAME.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host.strip("[]"), int(port)
+    """(server.address, server.port) from a request's Host header, or None."""
+    return parse_host(request_meta(data)[1])
 
 
 def compile_templates(templates: Iterable[str]) -> tuple[tuple[tuple[str | None, ...], str], ...]:
@@ -143,6 +156,14 @@ ConnInfo = tuple[Union[tuple[Endpoint, Endpoint], None], Union[bool, None]]
 NO_CONNECTION: ConnInfo = (None, None)
 _NO_ENDPOINTS = ((None, None), (None, None))
 _NO_HOST = (None, None)
+_NO_META = (None, None)
+
+
+def _meta(data: bytes) -> tuple[str | None, tuple[str, int] | None]:
+    """A traced request's HTTP version and Host (address, port): one pass over its head."""
+    version, host = request_meta(data)
+    return version, parse_host(host)
+
 
 _SPAN_IDS = random.Random(os.urandom(16))
 _BOUNDS_NS = [round(b * 1e6) for b in DURATION_BOUNDS_MS]
@@ -178,8 +199,8 @@ class Request(NamedTuple):  # built once per request: a NamedTuple costs a fract
     version: str | None = None  # HTTP version of a traced request's start line ("1.1")
     # (local, remote) of its connection as its network namespace names them; None: closed
     # before the collector read it, or not TCP.
-    endpoints: tuple[Endpoint, Endpoint] | None = None
     host: tuple[str, int] | None = None  # a traced request's Host header (address, port)
+    endpoints: tuple[Endpoint, Endpoint] | None = None
 
     @property
     def duration_ns(self) -> int:
@@ -191,7 +212,7 @@ fields_in_order(Request, (
     "pid", "tid", "fd", "workload", "start_ns", "end_ns", "method", "route", "status", "trace_id",
     "parent_id", "span_id", "trace_source", "trace_flags", "tracestate", "preempted_ns",
     "migrations", "bypassed", "queued_ns", "queued_wakeup", "read_end_ns", "path", "version",
-    "endpoints", "host"), "correlate.RequestTracker._request")  # fmt: skip
+    "host", "endpoints"), "correlate.RequestTracker._request")  # fmt: skip
 # feed and _enter unpack RequestRecords by position.
 fields_in_order(RequestRecord, (
     "tgid", "fd", "start_ns", "end_ns", "tid", "end_tid", "preempt_start_ns", "preempt_end_ns",
@@ -423,7 +444,7 @@ class RequestTracker:
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
         # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-        # queued_wakeup, read_end_ns, path, version, endpoints, host.
+        # queued_wakeup, read_end_ns, path, version, host, endpoints.
         return new_record(  # type: ignore[no-any-return]
             Request,
             (rec.tgid, rec.tid, rec.fd, workload,
@@ -431,8 +452,7 @@ class RequestTracker:
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
              head.tracestate, preempted, migrations, bypassed, rec.queued_ns, rec.wakeup_seq,
              rec.start_ns, head.path if self.keep_paths else None,
-             None if trace_id is None else http_version(rec.data), endpoints,
-             None if trace_id is None else http_host(rec.data)),
+             *(_NO_META if trace_id is None else _meta(rec.data)), endpoints),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
@@ -547,7 +567,7 @@ def trace_of(r: Request) -> Trace:
     span = r.span_id or _SPAN_IDS.getrandbits(64).to_bytes(8, "big")
     (pid, tid, _fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id,
      _span, source, flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
-     queued_wakeup, read_end_ns, path, version, endpoints, _host) = r  # fmt: skip
+     queued_wakeup, read_end_ns, path, version, _host, endpoints) = r  # fmt: skip
     (local_address, local_port), (client_address, client_port) = endpoints or _NO_ENDPOINTS
     # Fields in Trace's order (checked at import, above).
     return new_record(  # type: ignore[no-any-return]

@@ -136,6 +136,7 @@ class FdSockets:
 
     def __init__(self, proc_root: str | Path = "/proc") -> None:
         self.proc = Path(proc_root)
+        self._root = str(self.proc)  # fds are read by string: a Path costs microseconds
         self._held: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> (inode, since)
         self._pair_by_inode: dict[int, tuple[Endpoint, Endpoint]] = {}
         self._absent: set[int] = set()  # inodes not in the tables read for them
@@ -160,7 +161,7 @@ class FdSockets:
 
     def _follow(self, pid: int, fd: int) -> tuple[int, int] | None:
         try:
-            inode = socket_inode(os.readlink(self.proc / str(pid) / "fd" / str(fd)))
+            inode = socket_inode(os.readlink(f"{self._root}/{pid}/fd/{fd}"))
         except OSError:
             inode = None
         now = time.monotonic_ns()  # after the readlink: the fd held it at or before this

@@ -486,6 +486,65 @@ static PyObject *py_request_record(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* request_meta(data) -> (version | None, host | None): for a traced request, the HTTP version
+ * its start line names ("1.1": the first CRLF within 300 bytes ends a line "... HTTP/D.D") and
+ * the value of its first Host header line within the head (bytes, blanks trimmed; a line cut
+ * by the capture is not said). collector/correlate.py request_meta_py gives the same answers. */
+static PyObject *py_request_meta(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *d = b.buf;
+    Py_ssize_t n = b.len, i, end = -1, limit = n;
+    PyObject *version = NULL, *host = NULL;
+    Py_ssize_t lim = n < 300 ? n : 300;
+    for (i = 0; i + 1 < lim; i++)
+        if (d[i] == '\r' && d[i + 1] == '\n') {
+            end = i;
+            break;
+        }
+    if (end >= 9 && memcmp(d + end - 9, " HTTP/", 6) == 0 && d[end - 2] == '.' &&
+        d[end - 3] >= '0' && d[end - 3] <= '9' && d[end - 1] >= '0' && d[end - 1] <= '9')
+        version = PyUnicode_FromStringAndSize((const char *)d + end - 3, 3);
+    for (i = 0; i + 3 < n; i++)
+        if (d[i] == '\r' && d[i + 1] == '\n' && d[i + 2] == '\r' && d[i + 3] == '\n') {
+            limit = i + 2;
+            break;
+        }
+    for (i = 0; i + 7 <= limit; i++) {
+        if (d[i] != '\r' || d[i + 1] != '\n' || !starts_ci(d, limit, i + 2, "host:"))
+            continue;
+        Py_ssize_t v = i + 7, e = -1, k;
+        for (k = v; k + 1 < limit; k++)
+            if (d[k] == '\r' && d[k + 1] == '\n') {
+                e = k;
+                break;
+            }
+        if (e >= 0) {
+            while (v < e && (d[v] == ' ' || d[v] == '\t'))
+                v++;
+            while (e > v && (d[e - 1] == ' ' || d[e - 1] == '\t'))
+                e--;
+            host = PyBytes_FromStringAndSize((const char *)d + v, e - v);
+            if (host == NULL) {
+                Py_XDECREF(version);
+                PyBuffer_Release(&b);
+                return NULL;
+            }
+        }
+        break;
+    }
+    PyBuffer_Release(&b);
+    if (version == NULL && PyErr_Occurred()) {
+        Py_XDECREF(host);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, version ? version : Py_None, host ? host : Py_None);
+    Py_XDECREF(version);
+    Py_XDECREF(host);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"take_requests", py_take_requests, METH_VARARGS,
      "take_requests(ring, page, mask, cons, prod, record_type, capture_bytes, read_mask, "
@@ -493,6 +552,8 @@ static PyMethodDef methods[] = {
     {"request_record", py_request_record, METH_VARARGS,
      "request_record(data, record_type, capture_bytes, read_mask, write_mask) -> record | None"},
     {"fast_head", py_fast_head, METH_VARARGS, "fast_head(head_type, data) -> Head | None"},
+    {"request_meta", py_request_meta, METH_O,
+     "request_meta(data) -> (HTTP version | None, Host header value | None)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -150,6 +150,41 @@ def test_the_compiled_head_fast_path_on_every_combination_of_the_pieces():
     assert taken > 100
 
 
+HOST_LINES = [b"Host: a.b", b"host:a.b:81", b"HOST: \t[::1]:8080 \t", b"Host:", b"Hostx: a",
+              b"X-Host: a", b"Host: a\rb", b"Host: \xff\xfe"]  # fmt: skip
+
+
+@given(
+    st.sampled_from([b"GET / HTTP/1.1", b"GET / HTTP/1.0", b"GET / HTTP/1.x", b"GET /", b""]),
+    st.lists(st.sampled_from(HOST_LINES) | st.binary(max_size=40), max_size=4),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b"", b"\n\n"]),
+    st.binary(max_size=60),
+)
+def test_the_compiled_request_meta_answers_as_the_python_one(start, lines, end, body):
+    """A traced request's HTTP version and Host header: C and Python alike on start lines,
+    Host lines (cut, empty, twice, misspelt, in the body) and arbitrary bytes between them."""
+    from wasmtop.collector.correlate import request_meta_py
+
+    data = start + b"".join(b"\r\n" + x for x in lines) + end + body
+    for cut in (len(data), len(data) - 1, len(data) // 2):
+        assert tracefast.request_meta(data[:cut]) == request_meta_py(data[:cut]), data[:cut]
+
+
+def test_request_meta_finds_the_first_host_line_of_the_head_only():
+    from wasmtop.collector.correlate import request_meta_py
+
+    for meta in (tracefast.request_meta, request_meta_py):
+        assert meta(b"GET / HTTP/1.1\r\nX: 1\r\nhOsT: \t a:1 \r\nHost: b\r\n\r\n") == (
+            "1.1",
+            b"a:1",
+        )
+        assert meta(b"GET / HTTP/1.0\r\n\r\nHost: a\r\n") == ("1.0", None)  # the body
+        assert meta(b"GET / HTTP/1.1\r\nHost: a") == ("1.1", None)  # cut by the capture
+        assert meta(b"\xff" * 400) == (None, None)
+    with pytest.raises(TypeError):
+        tracefast.request_meta("GET / HTTP/1.1\r\n")  # type: ignore[arg-type]
+
+
 def test_the_compiled_head_fast_path_is_bounded_on_large_hostile_input():
     for data in (b"GET / HTTP/1.1\r\n" + b"\n" * (1 << 20), b"GET /" + b"a" * (1 << 20),
                  b"GET / HTTP/1.1\r\n" + bytes(range(256)) * 4096,
