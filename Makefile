@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bytecode setup system test-tools venv crd-validator image run test fuzz lint format bench clean
+.PHONY: bytecode setup system test-tools venv crd-validator image kernel-matrix run test fuzz lint format bench clean
 
 setup: system test-tools venv crd-validator bytecode
 
@@ -71,6 +71,12 @@ $(CRD)/node_modules/.package-lock.json: $(CRD)/package.json $(CRD)/package-lock.
 # Debian's packages when debian:bookworm-slim cannot be pulled. Rebuilds only what changed.
 image: system
 	@bash scripts/build-image.sh
+
+# The kernel tests on a second kernel, Debian 12's 6.1 booted under QEMU, and on this one
+# (scripts/kernel-matrix.sh; docs/kernels.md). Not part of `make test`: without KVM the guest
+# runs under software emulation.
+kernel-matrix: setup
+	@bash scripts/kernel-matrix.sh
 
 run: setup
 	$(BIN)/wasmtop

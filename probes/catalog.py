@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import features
 from .lifecycle import LifecycleProbe
-from .probeset import Probe, fentry_feature  # noqa: F401  (wasmtop doctor)
+from .probeset import Probe, fentry_feature, sockmap_feature  # noqa: F401  (wasmtop doctor)
 from .sched import SchedProbe
 from .sockbypass import ACCELERATE, SockBypassProbe
 from .tracectx import TraceCtxProbe

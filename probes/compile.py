@@ -108,6 +108,61 @@ def fentry(function: str) -> dict[str, Any]:
     return {"ok": True, "reason": "fentry program loaded"}
 
 
+SOCKMAP_CHECK = """
+BPF_SOCKHASH(pair, u32, 2); /* 0: the client's socket, 1: the server's */
+int wasmtop_check_redirect(struct sk_msg_md *msg)
+{
+    u32 to = msg->local_port == SERVER_PORT ? 0 : 1;
+    return pair.msg_redirect_hash(msg, &to, BPF_F_INGRESS);
+}
+"""
+
+
+def sockmap_ingress() -> dict[str, Any]:
+    """Do FIONREAD and epoll see bytes an sk_msg program redirected to a socket's ingress
+    queue? (Accelerate mode's self-test asks the same of wasmtop's own program, in the same
+    words; a kernel whose FIONREAD misses them, as 6.1's does, has accelerate refused.) A
+    sockmap of the check's own, on a loopback pair of its own: no other socket is touched."""
+    import ctypes
+    import socket
+
+    from bcc import BPF
+    from bcc.libbcc import lib
+
+    from .bpfobj import ATTACH_SK_MSG_VERDICT
+    from .sockbypass import redirected_delivery
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    bpf = None
+    socks: list[socket.socket] = [srv]
+    try:
+        text = SOCKMAP_CHECK.encode()
+        port = srv.getsockname()[1]
+        bpf = capturing("", lambda: BPF(text=text, cflags=[f"-DSERVER_PORT={port}"]))
+        fn = bpf.load_func(b"wasmtop_check_redirect", BPF.SK_MSG)
+        map_fd = lib.bpf_table_fd(bpf.module, b"pair")  # BCC 0.26 has no SOCKHASH Table
+        bpf.attach_func(fn, map_fd, ATTACH_SK_MSG_VERDICT)
+        cli = socket.create_connection(("127.0.0.1", port), timeout=5)
+        peer, _ = srv.accept()
+        peer.settimeout(5)
+        socks += [cli, peer]
+        for key, sock in enumerate((cli, peer)):
+            k, fd = ctypes.c_uint32(key), ctypes.c_int(sock.fileno())
+            if lib.bpf_update_elem(map_fd, ctypes.byref(k), ctypes.byref(fd), 0) < 0:
+                raise OSError(ctypes.get_errno(), "adding a socket to the sockhash")
+        failure = redirected_delivery(cli, peer)
+        if failure is not None:
+            return {"ok": False, "reason": failure}
+        return {"ok": True, "reason": "FIONREAD and epoll see redirected bytes"}
+    except Exception as exc:  # noqa: BLE001  (BCC raises bare Exception): an answer too
+        return {"ok": False, "reason": f"no sk_msg redirect: {exc}"}
+    finally:
+        for s in socks:
+            s.close()
+        if bpf is not None:
+            bpf.cleanup()
+
+
 def compile_one(text: str, cflags: list[str]) -> dict[str, Any]:
     """{"object": ...} or {"error": what BCC printed}: one module's answer in a batch."""
     from bcc import BPF
@@ -126,6 +181,9 @@ def main() -> int:
     request = json.loads(sys.stdin.buffer.read())
     if "fentry" in request:
         sys.stdout.write(json.dumps(fentry(str(request["fentry"]))))
+        return 0
+    if "sockmap_ingress" in request:
+        sys.stdout.write(json.dumps(sockmap_ingress()))
         return 0
     # Several modules in one child: the compiler starts once.
     out: Any = [compile_one(r["text"], list(r.get("cflags", []))) for r in request["batch"]]

@@ -581,13 +581,26 @@ def compile_batch_in_child(sources: list[tuple[str, list[str]]]) -> list[Compile
 def fentry_check(function: str, cache: ObjectCache | None = None) -> tuple[bool, str]:
     """Whether this kernel loads an fentry program on ``function``, and why not: asked of a
     compiler child once per kernel and BCC version, then answered from the cache."""
+    return _child_answer(f"fentry {function}", {"fentry": function}, cache)
+
+
+def sockmap_check(cache: ObjectCache | None = None) -> tuple[bool, str]:
+    """Whether FIONREAD and epoll see bytes an sk_msg program redirected (compile.py
+    sockmap_ingress), and if not, what accelerate mode's self-test says in the same words:
+    asked of a compiler child once per kernel and BCC version, then answered from the cache."""
+    return _child_answer("sockmap ingress v1", {"sockmap_ingress": True}, cache)
+
+
+def _child_answer(
+    name: str, request: dict[str, Any], cache: ObjectCache | None
+) -> tuple[bool, str]:
     cache = cache if cache is not None else object_cache()
-    key = cache_key(f"fentry {function}", [])
+    key = cache_key(name, [])
     known = cache.get_answer(key)
     if known is not None:
         return bool(known.get("ok")), str(known.get("reason", ""))
     try:
-        proc = _child({"fentry": function})
+        proc = _child(request)
         answer = json.loads(proc.stdout) if proc.returncode == 0 else None
     except (CompileError, ValueError):
         answer = None

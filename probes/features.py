@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import gzip
 import os
 import platform
@@ -24,6 +25,9 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 _BPF_MAP_CREATE = 0
 _BPF_ENABLE_STATS = 32
 _BPF_MAP_TYPE_RINGBUF = 27
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_SOCK_OPS = 13
+_FN_GET_CURRENT_PID_TGID = 14
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,40 @@ def check_kernel_headers() -> Feature:
     )
 
 
+def headers_release(build: Path | None = None) -> str | None:
+    """The kernel release a header tree was made for (include/generated/utsrelease.h)."""
+    source = os.environ.get("BCC_KERNEL_SOURCE")
+    tree = build if build is not None else Path(source) if source else headers_dir()
+    try:
+        text = (tree / "include" / "generated" / "utsrelease.h").read_text()
+    except OSError:
+        return None
+    m = re.search(r'UTS_RELEASE\s+"([^"]+)"', text)
+    return m.group(1) if m else None
+
+
+def check_headers_match(build: Path | None = None, release: str | None = None) -> Feature:
+    """Whether the headers BCC compiles against are the running kernel's own: only then could
+    a probe read kernel structs (their layout differs between kernels). wasmtop's probes read
+    none (tracepoint arguments and BPF contexts only), so they run either way."""
+    running = release or platform.release()
+    made_for = headers_release(build)
+    if made_for == running:
+        return Feature(
+            "headers_match",
+            OK,
+            f"the headers are {running}'s own: struct-reading features could be used",
+            False,
+        )
+    return Feature(
+        "headers_match",
+        UNAVAILABLE,
+        f"the headers are {made_for or 'of an unknown kernel'}'s, the kernel is {running}: no"
+        " probe may read a kernel struct (none does)",
+        False,
+    )
+
+
 def check_ringbuf() -> Feature:
     attr = b"".join(
         v.to_bytes(4, "little") for v in (_BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
@@ -332,6 +370,47 @@ def check_bpf_stats() -> Feature:
     return Feature("bpf_stats", UNAVAILABLE, f"BPF_ENABLE_STATS: {errno.errorcode.get(-fd)}", False)
 
 
+def program_loads(prog_type: int, helper: int) -> int:
+    """Whether this kernel loads a program of ``prog_type`` that calls ``helper`` (by its
+    number): 0, or the errno of BPF_PROG_LOAD. Three instructions, no compiler."""
+    insns = bytes.fromhex("85000000") + helper.to_bytes(4, "little")  # call helper
+    insns += bytes.fromhex("b700000001000000")  # r0 = 1
+    insns += bytes.fromhex("9500000000000000")  # exit
+    code = ctypes.create_string_buffer(insns, len(insns))
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = b"".join((
+        prog_type.to_bytes(4, "little"),
+        (len(insns) // 8).to_bytes(4, "little"),
+        ctypes.addressof(code).to_bytes(8, "little"),
+        ctypes.addressof(license).to_bytes(8, "little"),
+    ))  # fmt: skip
+    fd = bpf_syscall(_BPF_PROG_LOAD, attr)
+    if fd >= 0:
+        os.close(fd)
+        return 0
+    return -fd
+
+
+@functools.cache
+def sockops_pid() -> bool:
+    """A sockops program may call bpf_get_current_pid_tgid (6.1 refuses it): the socket-bypass
+    probe then names a connecting process at connect(); else from /proc."""
+    return program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID) == 0
+
+
+def check_sockops_pid() -> Feature:
+    if sockops_pid():
+        return Feature("sockops_pid", OK, "sockops programs call bpf_get_current_pid_tgid", False)
+    why = errno.errorcode.get(program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID))
+    return Feature(
+        "sockops_pid",
+        UNAVAILABLE,
+        f"this kernel refuses bpf_get_current_pid_tgid in sockops programs ({why}): a connecting"
+        " socket's process is found from /proc/PID/fd instead",
+        False,
+    )
+
+
 def check_socket_capture() -> Feature:
     """Requests and cold starts can be captured without any syscall tracepoint (which would put
     every task of the node on the slow syscall path)."""
@@ -354,9 +433,11 @@ def detect() -> list[Feature]:
         check_ringbuf(),
         check_bcc(),
         check_kernel_headers(),
+        check_headers_match(),
         check_btf(),
         check_bpffs(),
         check_bpf_stats(),
         check_kprobes(),
         check_socket_capture(),
+        check_sockops_pid(),
     ]

@@ -39,6 +39,7 @@ _PERF_EVENT_IOC_ENABLE = 0x2400
 _PERF_EVENT_IOC_SET_BPF = 0x40042408
 _SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 _UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
+_KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -156,6 +157,14 @@ def _uprobe_pmu() -> tuple[int, int]:
         return pmu, int(fmt.split(":")[1])
     except (OSError, ValueError, IndexError):
         raise OSError(errno.ENOENT, "no uprobe PMU in /sys/bus/event_source") from None
+
+
+def _kprobe_pmu() -> int:
+    """The kprobe PMU's perf type (a kernel with CONFIG_KPROBES)."""
+    try:
+        return int((_KPROBE_PMU / "type").read_text())
+    except (OSError, ValueError):
+        raise OSError(errno.ENOENT, "no kprobe PMU in /sys/bus/event_source") from None
 
 
 def close_together(fds: list[int]) -> None:
@@ -400,6 +409,22 @@ class LoadedObject:
 
     def detach_uretprobe(self, name: Any, sym: Any) -> None:
         self._detach_uprobe(name, sym, True)
+
+    # -- kprobes ------------------------------------------------------------------------
+    def attach_kprobe(self, event: bytes | str, fn_name: bytes | str) -> None:
+        """A kprobe on the entry of kernel function ``event``, through the kprobe PMU: the
+        kernel removes it when the perf event closes (nothing is written to kprobe_events)."""
+        function = _text(event)
+        fn = self.load_func(fn_name, PROG_KPROBE)
+        target = ctypes.create_string_buffer(function.encode())
+        attr = _PerfEventAttr()
+        attr.type = _kprobe_pmu()
+        attr.config1 = ctypes.addressof(target)
+        attr.config2 = 0  # offset in the function
+        self._attach(("kprobe", function), attr, -1, fn.fd)
+
+    def detach_kprobe(self, event: bytes | str) -> None:
+        self._detach([("kprobe", _text(event))])
 
     # -- BPF_PROG_ATTACH ----------------------------------------------------------------
     @staticmethod

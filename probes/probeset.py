@@ -27,6 +27,7 @@ from .compiled import (
     compile_in_child,
     fentry_check,
     object_cache,
+    sockmap_check,
 )
 from .cpushare import CpuShare
 from .decoders import DECODERS, decode_all
@@ -472,6 +473,17 @@ class Probe:
             run_time_ns=ns,
             details={**self.details(), **self.run_stats, "program": self.program_source},
         )
+
+
+def sockmap_feature() -> features.Feature:
+    """Accelerate mode's precondition, checked without wasmtop's probe: a compiler child
+    redirects 1,000 bytes between two sockets of its own and asks FIONREAD and epoll."""
+    ok, reason = sockmap_check()
+    if not ok:
+        reason += ": accelerate mode's self-test refuses it here (observe only)"
+    return features.Feature(
+        "sockmap_ingress", features.OK if ok else features.UNAVAILABLE, reason, False
+    )
 
 
 def fentry_feature() -> features.Feature:

@@ -6,6 +6,8 @@
  *                     accelerate mode enrolment of eligible sockets in sock_hash
  *   wasmtop_sk_msg    sk_msg verdict on sock_hash (accelerate mode only): redirect each sendmsg
  *                     to the peer socket's ingress queue, or let it go the normal way, counted
+ *   wasmtop_foreign_redirect  kprobe on tcp_bpf_sendmsg_redir (kernels with kprobes): other
+ *                     agents' redirects, by sending process
  *
  * Bytes that went through the stack are the TCP stack's own counters (bytes_acked, as of the
  * last RTT or state callback, less the SYN and FIN), read per connection: nothing runs per
@@ -15,7 +17,9 @@
  * layouts: the headers BCC compiles against may be of another kernel version).
  *
  * Compiled in (cflags): MAX_CONNS, MAX_BYPASS, MAX_NETS, RINGBUF_PAGES, ACCELERATE (0/1),
- *   REASON_*, KIND_*, CTR_*.
+ *   SOCKOPS_PID (0/1: sockops may call bpf_get_current_pid_tgid), FOREIGN_KPROBE (0/1: the
+ *   kernel has kprobes; wasmtop_foreign_redirect reads a kprobe's pt_regs, the only use of
+ *   a kernel register layout here), MAX_FOREIGN_PROCS, REASON_*, KIND_*, CTR_*.
  */
 #include <uapi/linux/tcp.h>
 
@@ -64,6 +68,37 @@ struct net_key {
 BPF_LPM_TRIE(local_nets, struct net_key, u8, MAX_NETS);
 
 BPF_SOCKHASH(sock_hash, struct sock_key, MAX_BYPASS);
+
+#if FOREIGN_KPROBE
+/* Other agents' redirects (a sockmap of theirs, e.g. a CNI's), counted on the kernel's redirect
+ * path by the process that sent: every call of tcp_bpf_sendmsg_redir but those of ours, which
+ * wasmtop_sk_msg marks in the sending thread just before. */
+struct foreign_count {
+    u64 msgs;
+    u64 bytes;
+};
+BPF_TABLE("lru_hash", u32, struct foreign_count, foreign_redirects, MAX_FOREIGN_PROCS);
+BPF_TABLE("lru_hash", u64, u8, our_redirect, 4096); /* thread -> 1: its redirect is ours */
+
+/* int tcp_bpf_sendmsg_redir(struct sock *sk, bool ingress, struct sk_msg *msg, u32 bytes,
+ * int flags), Linux 5.17+: the fourth argument is the bytes redirected. */
+int wasmtop_foreign_redirect(struct pt_regs *ctx)
+{
+    u64 thread = bpf_get_current_pid_tgid();
+    if (our_redirect.lookup(&thread)) {
+        our_redirect.delete(&thread);
+        return 0;
+    }
+    u32 tgid = thread >> 32;
+    struct foreign_count zero = {};
+    struct foreign_count *c = foreign_redirects.lookup_or_try_init(&tgid, &zero);
+    if (c) {
+        __sync_fetch_and_add(&c->msgs, 1);
+        __sync_fetch_and_add(&c->bytes, (u32)PT_REGS_PARM4(ctx));
+    }
+    return 0;
+}
+#endif
 
 /* Index 0: 1 while enrolment is allowed. Userspace clears it when the start-up self-test fails,
  * so the kernel stops enrolling without a reload. */
@@ -230,6 +265,7 @@ int wasmtop_sockops(struct bpf_sock_ops *skops)
     if (skops->family != AF_INET && skops->family != AF_INET6)
         return 1;
     u32 op = skops->op;
+#if SOCKOPS_PID
     if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
         /* connect() runs in the connecting process: the one moment its pid is certain. */
         u64 cookie = bpf_get_socket_cookie(skops);
@@ -237,6 +273,7 @@ int wasmtop_sockops(struct bpf_sock_ops *skops)
         connect_pid.update(&cookie, &pid);
         return 1;
     }
+#endif /* else (a kernel that refuses the helper here): the owner is found from /proc */
     if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
         established(skops, 1);
         return 1;
@@ -303,6 +340,12 @@ int wasmtop_sk_msg(struct sk_msg_md *msg)
     struct sock_key peer = {};
     peer_of(&key, &peer);
     if (sock_hash.msg_redirect_hash(msg, &peer, BPF_F_INGRESS) == SK_PASS) {
+#if FOREIGN_KPROBE
+        /* The kernel's redirect path (tcp_bpf_sendmsg_redir) runs next in this thread: ours. */
+        u64 thread = bpf_get_current_pid_tgid();
+        u8 one = 1;
+        our_redirect.update(&thread, &one);
+#endif
         if (c->msgs_redirected == 0)
             emit(KIND_FIRST_REDIRECT, ck, c, size);
         c->msgs_redirected += 1;

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from . import bpfobj, features, loader
 from .compiled import fentry_check
 from .decoders import FALLBACK_REASONS, ip_text
-from .probeset import Probe, ProbeUnavailable, fentry_feature
+from .probeset import OK, Probe, ProbeUnavailable, fentry_feature
 from .records import BypassReading, ConnRecord
 
 OBSERVE, ACCELERATE = "observe", "accelerate"
@@ -46,6 +46,7 @@ KINDS = {"ENROL": 1, "FIRST_REDIRECT": 2, "FALLBACK": 3, "CLOSE": 4}
 
 # The kernel's redirect path, where a program counting other agents' redirects would attach.
 FOREIGN_REDIRECT_FN = "tcp_bpf_sendmsg_redir"
+MAX_FOREIGN_PROCS = 1024  # processes whose foreign redirects are counted (least recent evicted)
 
 
 def stack_payload(bytes_acked: int, active: bool, fin_acked: bool) -> int:
@@ -110,6 +111,27 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def redirected_delivery(cli: socket.socket, peer: socket.socket) -> str | None:
+    """Send 1,000 bytes from ``cli``, which a redirect delivers to ``peer``'s ingress queue:
+    None when epoll wakes, FIONREAD counts them and they arrive unaltered, else which did not
+    (in the words doctor's ``sockmap_ingress`` and the self-test both report)."""
+    payload = os.urandom(1000)
+    cli.sendall(payload)
+    ep = select.epoll()
+    try:
+        ep.register(peer.fileno(), select.EPOLLIN)
+        if not ep.poll(2.0):
+            return "epoll reported no readiness for a redirected message"
+    finally:
+        ep.close()
+    pending = fionread(peer)
+    if pending != len(payload):
+        return f"FIONREAD reported {pending} of {len(payload)} redirected bytes pending"
+    if recv_exact(peer, len(payload)) != payload:
+        return "a redirected message arrived altered"
+    return None
+
+
 def accelerate_self_test(probe: SockBypassProbe) -> str | None:
     """Check, on a loopback pair, the side effects other bypass agents had: FIONREAD missing
     redirected bytes, epoll not waking, large transfers corrupted. None = passed, else why not."""
@@ -123,20 +145,9 @@ def accelerate_self_test(probe: SockBypassProbe) -> str | None:
         if conn is None or not conn.enrolled:
             why = conn.fallback_reason if conn else "no connection record"
             return f"a loopback connection was not enrolled in the bypass map ({why})"
-        payload = os.urandom(1000)
-        cli.sendall(payload)
-        ep = select.epoll()
-        try:
-            ep.register(peer.fileno(), select.EPOLLIN)
-            if not ep.poll(2.0):
-                return "epoll reported no readiness for a redirected message"
-        finally:
-            ep.close()
-        pending = fionread(peer)
-        if pending != len(payload):
-            return f"FIONREAD reported {pending} of {len(payload)} redirected bytes pending"
-        if recv_exact(peer, len(payload)) != payload:
-            return "a redirected message arrived altered"
+        failure = redirected_delivery(cli, peer)
+        if failure is not None:
+            return failure
         conn = probe.conn(socket_cookie(cli))
         if conn is None or conn.msgs_redirected == 0:
             return "sendmsg on an enrolled socket was not redirected"
@@ -218,6 +229,9 @@ class SockBypassProbe(Probe):
             "MAX_NETS": 1024,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "ACCELERATE": int(self.requested_mode == ACCELERATE),
+            "SOCKOPS_PID": int(features.sockops_pid()),
+            "FOREIGN_KPROBE": int(features.check_kprobes().ok),
+            "MAX_FOREIGN_PROCS": MAX_FOREIGN_PROCS,
             "AF_INET": socket.AF_INET,
             "AF_INET6": socket.AF_INET6,
             "IPPROTO_TCP": socket.IPPROTO_TCP,
@@ -274,14 +288,36 @@ class SockBypassProbe(Probe):
             map_fd = self.table("sock_hash").map_fd
             self.bpf.attach_func(msg, map_fd, bpfobj.ATTACH_SK_MSG_VERDICT)
             self._skmsg = (msg, map_fd)
-        # Whether other agents' redirects could be counted here: a compiler child's answer on a
-        # cold cache (about 0.3 s of a CPU), so it is found out beside the start, not before it.
-        self._foreign_check = threading.Thread(
-            target=self._check_foreign, name="foreign-redirects", daemon=True
-        )
-        self._foreign_check.start()
+        if features.check_kprobes().ok:
+            self._count_foreign()
+        else:
+            # Why other agents' redirects cannot be counted here: a compiler child's answer on
+            # a cold cache (about 0.3 s of a CPU), found out beside the start, not before it.
+            self._foreign_check = threading.Thread(
+                target=self._check_foreign, name="foreign-redirects", daemon=True
+            )
+            self._foreign_check.start()
         if self.requested_mode == ACCELERATE:
             self._accelerate()
+
+    def _count_foreign(self) -> None:
+        try:
+            self.bpf.attach_kprobe(FOREIGN_REDIRECT_FN, b"wasmtop_foreign_redirect")
+        except (OSError, bpfobj.BpfError, RuntimeError) as exc:  # no such symbol, verifier
+            why = getattr(exc, "strerror", None) or str(exc)
+            self._foreign = {
+                "status": "unavailable",
+                "reason": f"kprobe on {FOREIGN_REDIRECT_FN}: {why}",
+            }
+            return
+        self._foreign = {"status": OK, "reason": f"kprobe on {FOREIGN_REDIRECT_FN}"}
+
+    def foreign_counts(self) -> dict[int, tuple[int, int]]:
+        """Other agents' redirects since wasmtop attached: sending pid -> (messages, bytes);
+        empty where they are not counted (``foreign_redirects`` says why)."""
+        if self._foreign.get("status") != OK or self.bpf is None:
+            return {}
+        return {k.value: (v.msgs, v.bytes) for k, v in self.table("foreign_redirects").items()}
 
     def _check_foreign(self) -> None:
         try:
@@ -290,11 +326,19 @@ class SockBypassProbe(Probe):
             self._foreign = {"status": "unavailable", "reason": f"check failed: {exc}"}
 
     @property
-    def foreign_redirects(self) -> dict[str, str]:
-        """Counting other agents' redirects: why not (waits for the check started at attach)."""
+    def foreign_redirects(self) -> dict[str, Any]:
+        """Counting other agents' redirects: ``status`` and ``reason`` (waits for the check
+        started at attach), and where counted, ``msgs`` and ``bytes`` in all and ``by_pid``
+        (sending process -> [messages, bytes], at most MAX_FOREIGN_PROCS of them)."""
         if self._foreign_check is not None:
             self._foreign_check.join(60)
-        return self._foreign
+        out: dict[str, Any] = dict(self._foreign)
+        if out.get("status") == OK:
+            counts = self.foreign_counts()
+            out["msgs"] = sum(m for m, _ in counts.values())
+            out["bytes"] = sum(b for _, b in counts.values())
+            out["by_pid"] = {str(pid): [m, b] for pid, (m, b) in sorted(counts.items())}
+        return out
 
     def _accelerate(self) -> None:
         try:
@@ -344,14 +388,15 @@ class SockBypassProbe(Probe):
         self._detach_skmsg()
 
     def _foreign_redirects(self) -> dict[str, str]:
-        """Other agents' redirects can only be counted from the kernel's redirect path
-        (fentry or kprobe on tcp_bpf_sendmsg_redir). Try both; report why not."""
+        """Why other agents' redirects cannot be counted on a kernel without kprobes: they
+        can only be seen on the kernel's redirect path (a kprobe on tcp_bpf_sendmsg_redir,
+        which is what counts them where there are kprobes; fentry would also do)."""
         reasons = []
         fentry = fentry_feature()
         if fentry.ok:
             ok, why = fentry_check(FOREIGN_REDIRECT_FN)
             if ok:
-                return {"status": "unavailable", "reason": "fentry loads, counting not built"}
+                why = "loads, but the counting is built on a kprobe"
             reasons.append(f"fentry on {FOREIGN_REDIRECT_FN}: {why}")
         else:
             reasons.append(f"fentry: {fentry.reason}")

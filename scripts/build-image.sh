@@ -20,8 +20,7 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
 tag=${WASMTOP_IMAGE:-wasmtop:$version}
 base=${WASMTOP_BASE_IMAGE:-debian:bookworm-slim}
 local_base=localhost/wasmtop-base:bookworm
-mirror=${WASMTOP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-security=${WASMTOP_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+. scripts/debian.sh
 
 engine=${WASMTOP_ENGINE:-}
 if [ -z "$engine" ]; then
@@ -68,17 +67,7 @@ else
     log "cannot pull $base: making a Debian 12 base from Debian's packages ($mirror)"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    printf '%s\n' "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
-      "deb $security bookworm-security main" >"$work/sources.list"
-    aptopts=()
-    # A mirror serving snapshots (as this host's does) has Release files past their Valid-Until.
-    if apt-config dump 2>/dev/null | grep -q '^Acquire::Check-Valid-Until "false";'; then
-      aptopts+=(--aptopt='Acquire::Check-Valid-Until "false"')
-    fi
-    mmdebstrap --quiet --variant=apt --mode=auto "${aptopts[@]}" \
-      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-      --dpkgopt='path-exclude=/usr/share/locale/*' \
-      bookworm "$work/rootfs.tar" "$work/sources.list" >&2
+    debian_mmdebstrap "$work/rootfs.tar" >&2
     "$engine" import --change 'CMD ["bash"]' "$work/rootfs.tar" "$local_base" >/dev/null
     base=$local_base
   fi

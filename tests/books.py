@@ -75,3 +75,36 @@ def stop_all(pids: Iterable[int], timeout_s: float = 10) -> None:
 def continue_all(pids: Iterable[int]) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGCONT)
+
+
+_ECHO = "import os\nwhile True:\n    b = os.read(0, 1)\n    if not b: break\n    os.write(1, b)\n"
+
+
+def switch_cost_ns(cpu: int = 1, rounds: int = 2000) -> float:
+    """At most what one context switch costs on this machine: half the median round trip of a
+    byte between this process and a child, both pinned to ``cpu``, over pipes (each leg a
+    write, a switch, a read). A bound for figures whose clocks are read a switch apart: a few
+    microseconds here, many more under software emulation (the kernel matrix's QEMU guest)."""
+    import statistics
+    import subprocess
+    import sys
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    child = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, bufsize=0)  # fmt: skip
+    try:
+        w, r = child.stdin.fileno(), child.stdout.fileno()  # type: ignore[union-attr]
+        os.write(w, b"x")
+        os.read(r, 1)  # the child is up
+        trips = []
+        for _ in range(rounds):
+            t0 = time.perf_counter_ns()
+            os.write(w, b"x")
+            os.read(r, 1)
+            trips.append(time.perf_counter_ns() - t0)
+        return statistics.median(trips) / 2
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait()
+        os.sched_setaffinity(0, before)

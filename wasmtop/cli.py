@@ -382,7 +382,7 @@ def rules_evaluator_for_cli(files: Sequence[str]) -> object:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .probes import features
-    from .probes.catalog import fentry_feature, probe_variants
+    from .probes.catalog import fentry_feature, probe_variants, sockmap_feature
     from .probes.probeset import OK, ProbeSet
 
     if args.print_bpf:
@@ -393,7 +393,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     found = features.detect()
     if all(f.ok for f in found if f.name in ("capabilities", "kernel_headers", "bcc")):
-        found.append(fentry_feature())
+        found += [fentry_feature(), sockmap_feature()]
     width = max(len(f.name) for f in found)
     for f in found:
         need = "required" if f.required else "optional"

@@ -79,10 +79,12 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
     exe = tmp_path / "listen_after"
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(LISTEN_AFTER)], check=True)
     with watching(capture=capture) as (ps, collector):
+        spawned_ns = time.monotonic_ns()
         proc = subprocess.Popen([str(exe), "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True)  # fmt: skip
         try:
-            port = int(proc.stdout.readline().split()[1])
+            _, port_text, listened_text = proc.stdout.readline().split()
+            port, listened_ns = int(port_text), int(listened_text)
             life = ps.probes[1]
             if capture == "socket":  # its listening socket waits for the first connection
                 assert [v.tgid for v in life.table("listeners").values()] == [proc.pid]
@@ -100,7 +102,10 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
             proc.kill()
             proc.wait()
     rt = by_pid(snap, proc.pid).runtime_metrics
-    assert 30 <= rt.cold_start_ms <= 35, rt  # the 30 ms sleep and nothing else
+    # The 30 ms sleep and the program's own start: no more than from just before its spawn to
+    # just after its listen (the bound the machine's speed sets: 31-33 ms here, ~57 ms under
+    # software emulation).
+    assert 30 <= rt.cold_start_ms <= (listened_ns - spawned_ns) / 1e6, (rt, spawned_ns, listened_ns)
     assert rt.cold_start.count == 1
     assert rt.first_accept_ms >= rt.cold_start_ms + 100  # it connected 100 ms after "ready"
     assert rt.wasm is None  # not a WebAssembly runtime

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from books import Books, books, continue_all, stop_all
+from books import Books, books, continue_all, stop_all, switch_cost_ns
 from conftest import by_pid
 from support import Workload, workloads
 from wasmtop.collector.collector import Collector
@@ -79,10 +79,12 @@ def test_a_napper_behind_a_hog_wake_up_plus_preemption_equals_run_delay():
     assert s.wakeup_delay_hist[0].low_us <= mean_us <= s.wakeup_delay_hist[-1].high_us
     # The hog, for its part, is preempted whenever a nap ends and waits the few microseconds
     # the napper runs. At that scale the clocks differ: the kernel's books read the run-queue
-    # clock at the start of __schedule, wasmtop at the switch itself: 5 us per switch at most.
+    # clock at the start of __schedule, wasmtop at the switch itself: at most a switch apart,
+    # 5 us here (measured 3.9 us a switch), about 25 us under software emulation.
     h, kh = by_pid(snap, hog.pid).sched, kernel[hog.pid]
     assert h.involuntary == kh.involuntary > 200
-    assert h.runq_delay_total_us * 1e3 == pytest.approx(kh.wait_ns, abs=5000 * kh.involuntary)
+    allowed_ns = max(5000.0, switch_cost_ns()) * kh.involuntary
+    assert h.runq_delay_total_us * 1e3 == pytest.approx(kh.wait_ns, abs=allowed_ns)
 
 
 def test_a_napper_that_preempts_on_wake_up_is_counted_once_per_nap():

@@ -137,7 +137,7 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
                     client_port[trace_id.hex()] = conn.sock.getsockname()[1]
                 if i == 0:  # the collector follows the fd from its first request on
                     firsts.add(trace_id.hex())
-                    time.sleep(0.3)
+                    time.sleep(1.0)  # a poll, even under software emulation
             conns.append(conn)
 
         def all_clients() -> None:
@@ -211,7 +211,7 @@ def test_a_server_in_its_own_network_namespace_is_told_its_own_addresses():
                     "traceparent": traceparent(trace_id, RNG.randbytes(8))})  # fmt: skip
                 conn.getresponse().read()
                 if i == 0:  # followed from its first request on
-                    time.sleep(0.3)
+                    time.sleep(1.0)  # a poll, even under software emulation
                     continue
                 sent[trace_id.hex()] = conn.sock.getsockname()[1]
 
@@ -259,9 +259,17 @@ def test_a_request_is_charged_exactly_its_threads_preemption_delay():
     assert len({t.tid for t in hot}) == 1 and len({t.tid for t in calm}) == 1
     assert all(t.preempted_ms > 0 for t in hot), [t.preempted_ms for t in hot]
     charged_ms = sum(t.preempted_ms for t in hot)
-    # The same thread's delay as the scheduler probe counts it, over its whole life (a few
-    # lines of Python between requests run outside any request): within 5 %.
-    assert charged_ms == pytest.approx(thread_delay_ns[hot[0].tid] / 1e6, rel=0.05)
+    # The same thread's delay as the scheduler probe counts it, over its whole life: never
+    # less, and more only by what fell outside the requests (a few lines of Python between
+    # them, and the thread's start and end): within 5 %, or within the time between its
+    # requests where that is longer (under software emulation, as in the kernel matrix).
+    life_ms = thread_delay_ns[hot[0].tid] / 1e6
+    ordered = sorted(hot, key=lambda t: t.start_ns)
+    between_ms = sum(
+        (b.start_ns - a.start_ns) / 1e6 - a.duration_ms for a, b in zip(ordered, ordered[1:])
+    )
+    assert charged_ms <= life_ms + 1e-6
+    assert life_ms - charged_ms <= max(0.05 * life_ms, between_ms), (life_ms, between_ms)
     # Half of each request's wall time is waiting for the hog to give the CPU back.
     assert charged_ms > 0.3 * sum(t.duration_ms for t in hot)
     # The uncontended server's thread is charged its own (small) delay, not the hog's: never more

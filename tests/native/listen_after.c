@@ -1,6 +1,7 @@
-/* Sleeps DELAY_MS after exec, then listens on 127.0.0.1 (any port), prints "ready PORT",
- * accepts one connection, and waits for stdin to close. The cold-start test's workload: native,
- * so exec -> listen is the sleep and nothing else (no interpreter start-up). */
+/* Sleeps DELAY_MS after exec, then listens on 127.0.0.1 (any port), prints "ready PORT NS"
+ * (NS: CLOCK_MONOTONIC just after listen), accepts one connection, and waits for stdin to
+ * close. The cold-start test's workload: native, so exec -> listen is the sleep and the
+ * program's own start (no interpreter start-up). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -20,7 +21,10 @@ int main(int argc, char **argv)
     if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) || listen(s, 1) ||
         getsockname(s, (struct sockaddr *)&a, &len))
         return 1;
-    printf("ready %d\n", ntohs(a.sin_port));
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    printf("ready %d %lld\n", ntohs(a.sin_port),
+           (long long)now.tv_sec * 1000000000LL + now.tv_nsec);
     fflush(stdout);
     int c = accept(s, NULL, NULL);
     char buf[16];

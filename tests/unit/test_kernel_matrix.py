@@ -1,0 +1,143 @@
+"""The kernel matrix's report (scripts/kernel_matrix_report.py) and the kernel differences it
+found, told by wasmtop without a kernel that has them: headers of another kernel, no kprobe
+PMU, a kprobe that cannot attach."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from wasmtop.probes import features, loader
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def report_module():
+    spec = importlib.util.spec_from_file_location("kmr", ROOT / "scripts/kernel_matrix_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kmr"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def junit(cases: dict[str, str]) -> str:
+    body = ""
+    for name, outcome in cases.items():
+        file, _, test = name.partition("::")
+        inner = {"failed": '<failure message="assert 1 == 2">E</failure>',
+                 "skipped": '<skipped message="no">s</skipped>'}.get(outcome, "")  # fmt: skip
+        body += f'<testcase classname="x" name="{test}" file="{file}" time="1.5">{inner}</testcase>'
+    return f'<testsuites><testsuite name="pytest">{body}</testsuite></testsuites>'
+
+
+DOCTOR = """feature kprobes         ok           optional  /sys/kernel/tracing/kprobe_events
+feature sockops_pid     unavailable  optional  this kernel refuses bpf_get_current_pid_tgid
+probe   sched           ok           attached (program from the compiler)
+exit 0
+"""
+
+
+def kernel_dir(root: Path, name: str, cases: dict[str, str]) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "junit.xml").write_text(junit(cases))
+    (d / "doctor.txt").write_text(DOCTOR)
+    (d / "parts.txt").write_text("doctor 37.5 0\ntests 125.0 1\n")
+
+
+@pytest.fixture
+def selected(monkeypatch, tmp_path):
+    module = report_module()
+    listing = tmp_path / "selected.txt"
+    listing.write_text("# a comment\n\ntests/bpf/a.py::test_one\ntests/bpf/b.py::test_two\n")
+    monkeypatch.setattr(module, "SELECTED", listing)
+    return module
+
+
+def test_every_selected_test_passed_on_every_kernel_is_exit_0(selected, tmp_path, capsys):
+    cases = {"tests/bpf/a.py::test_one[socket]": "passed",
+             "tests/bpf/a.py::test_one[syscalls]": "passed",
+             "tests/bpf/b.py::test_two": "passed"}  # fmt: skip
+    kernel_dir(tmp_path / "out", "6.1.0-57-amd64", cases)
+    kernel_dir(tmp_path / "out", "6.18.44", cases)
+    assert selected.main(tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert "6.1.0-57-amd64           passed   tests/bpf/a.py::test_one[socket]  (1.5 s)" in out
+    assert out.count("passed   ") == 6  # one line per test and kernel
+    assert "| probe sched | ok | ok |" in out
+    assert "| feature sockops_pid | unavailable: this kernel refuses" in out
+    assert "| tests passed | 3 of 3 | 3 of 3 |" in out
+    assert "| tests (wall) | 125 s | 125 s |" in out
+
+
+@pytest.mark.parametrize("outcome", ["failed", "skipped", "missing"])
+def test_a_failed_skipped_or_missing_test_on_any_kernel_is_exit_1(selected, tmp_path, capsys,
+                                                                 outcome):  # fmt: skip
+    good = {"tests/bpf/a.py::test_one": "passed", "tests/bpf/b.py::test_two": "passed"}
+    bad = dict(good)
+    if outcome == "missing":
+        del bad["tests/bpf/b.py::test_two"]
+    else:
+        bad["tests/bpf/b.py::test_two"] = outcome
+    kernel_dir(tmp_path / "out", "6.1.0-57-amd64", bad)
+    kernel_dir(tmp_path / "out", "6.18.44", good)
+    assert selected.main(tmp_path / "out") == 1
+    out = capsys.readouterr().out
+    word = {"failed": "failed ", "skipped": "skipped", "missing": "not run"}[outcome]
+    assert f"6.1.0-57-amd64           {word}" in out and "tests/bpf/b.py::test_two" in out
+
+
+def test_no_results_at_all_is_exit_1(selected, tmp_path):
+    (tmp_path / "out").mkdir()
+    assert selected.main(tmp_path / "out") == 1
+    kernel_dir(tmp_path / "out", "6.1.0-57-amd64", {})
+    (tmp_path / "out" / "6.1.0-57-amd64" / "junit.xml").write_text("<not xml")
+    assert selected.main(tmp_path / "out") == 1
+
+
+def test_the_selection_names_tests_that_exist():
+    module = report_module()
+    for test in module.selected():
+        file, _, name = test.partition("::")
+        assert f"def {name}(" in (ROOT / file).read_text(), test
+
+
+def test_doctor_says_whether_the_headers_are_the_running_kernels(tmp_path):
+    gen = tmp_path / "include" / "generated"
+    gen.mkdir(parents=True)
+    (gen / "utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-57-amd64"\n')
+    same = features.check_headers_match(tmp_path, "6.1.0-57-amd64")
+    assert same.ok and "struct-reading features could be used" in same.reason
+    other = features.check_headers_match(tmp_path, "6.18.44")
+    assert not other.ok
+    assert other.reason.startswith("the headers are 6.1.0-57-amd64's, the kernel is 6.18.44")
+    none = features.check_headers_match(tmp_path / "missing", "6.18.44")
+    assert not none.ok and "of an unknown kernel" in none.reason
+
+
+def test_a_kernel_without_a_kprobe_pmu_is_told_not_guessed(monkeypatch, tmp_path):
+    monkeypatch.setattr(loader, "_KPROBE_PMU", tmp_path / "no-such-pmu")
+    with pytest.raises(OSError) as exc:
+        loader._kprobe_pmu()
+    assert exc.value.errno == errno.ENOENT and "no kprobe PMU" in str(exc.value)
+
+
+def test_a_foreign_redirect_kprobe_that_cannot_attach_is_unavailable_with_why():
+    from wasmtop.probes.sockbypass import SockBypassProbe
+
+    class NoKprobe:
+        def attach_kprobe(self, event, fn):
+            raise OSError(errno.ENOENT, "no kprobe PMU in /sys/bus/event_source")
+
+    probe = SockBypassProbe()
+    probe.bpf = NoKprobe()
+    probe._count_foreign()
+    assert probe.foreign_redirects == {
+        "status": "unavailable",
+        "reason": "kprobe on tcp_bpf_sendmsg_redir: no kprobe PMU in /sys/bus/event_source",
+    }
+    assert probe.foreign_counts() == {}
