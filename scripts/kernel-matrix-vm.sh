@@ -25,6 +25,10 @@ if [ -z "${WASMTOP_MATRIX_OUT:-}" ]; then
   mount -t tmpfs tmpfs /dev/shm
   ip link set lo up
   hostname wasmtop-vm
+  # As a systemd host has it: descriptors enough for BCC and the tests, and the cgroup
+  # controllers the tests' own cgroups use (cpu.max, memory).
+  ulimit -n 65536
+  echo "+cpu +memory +io +pids" >/sys/fs/cgroup/cgroup.subtree_control
   WASMTOP_MATRIX_OUT=$(pwd)/.kernel-matrix/$(uname -r)
   mkdir -p "$WASMTOP_MATRIX_OUT"
 fi

@@ -72,7 +72,7 @@ def parts(path: Path) -> dict[str, float]:
 
 def main(root: Path) -> int:
     want = selected()
-    kernels = sorted(p for p in root.iterdir() if p.is_dir())
+    kernels = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not kernels:
         print(f"kernel-matrix: nothing in {root}", file=sys.stderr)
         return 1
@@ -82,7 +82,9 @@ def main(root: Path) -> int:
         got = results(k / "junit.xml")
         table[k.name] = got
         for test in want:
-            ran = {n: r for n, r in got.items() if n == test or n.startswith(test + "[")}
+            # A node id (its parameters too), or a whole file's tests.
+            prefix = test + ("[" if "::" in test else "::")
+            ran = {n: r for n, r in got.items() if n == test or n.startswith(prefix)}
             if not ran:
                 print(f"{k.name:24} not run  {test}")
                 ok = False

@@ -215,6 +215,13 @@ def test_doctor_reports_this_machine():
     assert "Operation not permitted" in lines["fentry"]
     # 6.18 here: requests and cold starts are captured with no syscall tracepoint
     assert re.search(r"^feature socket_capture\s+ok\s+optional", lines["socket_capture"])
+    # What the kernel matrix found 6.1 lacks, this kernel has (docs/kernels.md) ...
+    assert re.search(r"^feature sockops_pid\s+ok\s+optional", lines["sockops_pid"])
+    assert re.search(r"^feature sockmap_ingress\s+ok\s+optional\s+FIONREAD and epoll see",
+                     lines["sockmap_ingress"])  # fmt: skip
+    # ... and its headers are 6.1's, not its own.
+    assert re.search(r"^feature headers_match\s+unavailable\s+optional\s+the headers are 6\.1",
+                     lines["headers_match"])  # fmt: skip
     assert re.search(r"^probe\s+sched\s+ok", lines["sched"])
     assert re.search(r"^probe\s+sockbypass\s+ok", lines["sockbypass"])
     assert re.search(r"^probe\s+tracectx\s+ok", lines["tracectx"])

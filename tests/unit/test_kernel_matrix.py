@@ -53,7 +53,8 @@ def kernel_dir(root: Path, name: str, cases: dict[str, str]) -> None:
 def selected(monkeypatch, tmp_path):
     module = report_module()
     listing = tmp_path / "selected.txt"
-    listing.write_text("# a comment\n\ntests/bpf/a.py::test_one\ntests/bpf/b.py::test_two\n")
+    listing.write_text("# a comment\n\ntests/bpf/a.py::test_one\ntests/bpf/b.py::test_two\n"
+                       "tests/bpf/c.py\n")  # fmt: skip
     monkeypatch.setattr(module, "SELECTED", listing)
     return module
 
@@ -61,23 +62,25 @@ def selected(monkeypatch, tmp_path):
 def test_every_selected_test_passed_on_every_kernel_is_exit_0(selected, tmp_path, capsys):
     cases = {"tests/bpf/a.py::test_one[socket]": "passed",
              "tests/bpf/a.py::test_one[syscalls]": "passed",
-             "tests/bpf/b.py::test_two": "passed"}  # fmt: skip
+             "tests/bpf/b.py::test_two": "passed", "tests/bpf/c.py::test_x": "passed",
+             "tests/bpf/c.py::test_y": "passed"}  # fmt: skip
     kernel_dir(tmp_path / "out", "6.1.0-57-amd64", cases)
     kernel_dir(tmp_path / "out", "6.18.44", cases)
     assert selected.main(tmp_path / "out") == 0
     out = capsys.readouterr().out
     assert "6.1.0-57-amd64           passed   tests/bpf/a.py::test_one[socket]  (1.5 s)" in out
-    assert out.count("passed   ") == 6  # one line per test and kernel
+    assert out.count("passed   ") == 10  # one line per test and kernel (a file: each test)
     assert "| probe sched | ok | ok |" in out
     assert "| feature sockops_pid | unavailable: this kernel refuses" in out
-    assert "| tests passed | 3 of 3 | 3 of 3 |" in out
+    assert "| tests passed | 5 of 5 | 5 of 5 |" in out
     assert "| tests (wall) | 125 s | 125 s |" in out
 
 
 @pytest.mark.parametrize("outcome", ["failed", "skipped", "missing"])
 def test_a_failed_skipped_or_missing_test_on_any_kernel_is_exit_1(selected, tmp_path, capsys,
                                                                  outcome):  # fmt: skip
-    good = {"tests/bpf/a.py::test_one": "passed", "tests/bpf/b.py::test_two": "passed"}
+    good = {"tests/bpf/a.py::test_one": "passed", "tests/bpf/b.py::test_two": "passed",
+            "tests/bpf/c.py::test_x": "passed"}  # fmt: skip
     bad = dict(good)
     if outcome == "missing":
         del bad["tests/bpf/b.py::test_two"]
@@ -92,6 +95,7 @@ def test_a_failed_skipped_or_missing_test_on_any_kernel_is_exit_1(selected, tmp_
 
 
 def test_no_results_at_all_is_exit_1(selected, tmp_path):
+    assert selected.main(tmp_path / "out") == 1  # not even the directory
     (tmp_path / "out").mkdir()
     assert selected.main(tmp_path / "out") == 1
     kernel_dir(tmp_path / "out", "6.1.0-57-amd64", {})
@@ -103,7 +107,8 @@ def test_the_selection_names_tests_that_exist():
     module = report_module()
     for test in module.selected():
         file, _, name = test.partition("::")
-        assert f"def {name}(" in (ROOT / file).read_text(), test
+        assert (ROOT / file).is_file(), test
+        assert not name or f"def {name}(" in (ROOT / file).read_text(), test
 
 
 def test_doctor_says_whether_the_headers_are_the_running_kernels(tmp_path):
