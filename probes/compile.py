@@ -5,7 +5,10 @@ writes its JSON answer on stdout.
 ``{"batch": [{"object": ...} | {"error": ...}, ...]}``, each object a compiled object of
 probes/compiled.py. ``{"fentry": FUNCTION}``: it answers ``{"ok": bool, "reason": str}``,
 whether this kernel loads an fentry program on FUNCTION, a feature check that needs the
-compiler, kept out of the parent like any compile.
+compiler, kept out of the parent like any compile. ``{"sockmap_ingress": true}``: the same
+answer for whether FIONREAD and epoll see bytes an sk_msg program redirected (accelerate
+mode's precondition), asked of a sockhash and loopback pair of the child's own; an answer made
+of an exception carries ``"transient": true`` and is not cached.
 
 BCC writes its diagnostics to stderr, which the parent reads when the exit code is not 0. This
 is the only module of wasmtop that imports bcc in the running product.
@@ -13,6 +16,7 @@ is the only module of wasmtop that imports bcc in the running product.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import json
 import re
@@ -152,10 +156,14 @@ def sockmap_ingress() -> dict[str, Any]:
                 raise OSError(ctypes.get_errno(), "adding a socket to the sockhash")
         failure = redirected_delivery(cli, peer)
         if failure is not None:
+            peer.setblocking(False)  # what was redirected is read, not left queued at close
+            with contextlib.suppress(OSError):
+                while peer.recv(65536):
+                    pass
             return {"ok": False, "reason": failure}
         return {"ok": True, "reason": "FIONREAD and epoll see redirected bytes"}
-    except Exception as exc:  # noqa: BLE001  (BCC raises bare Exception): an answer too
-        return {"ok": False, "reason": f"no sk_msg redirect: {exc}"}
+    except Exception as exc:  # noqa: BLE001  (BCC raises bare Exception): an answer, not kept
+        return {"ok": False, "reason": f"no sk_msg redirect: {exc}", "transient": True}
     finally:
         for s in socks:
             s.close()

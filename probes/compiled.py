@@ -24,6 +24,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -588,7 +589,13 @@ def sockmap_check(cache: ObjectCache | None = None) -> tuple[bool, str]:
     """Whether FIONREAD and epoll see bytes an sk_msg program redirected (compile.py
     sockmap_ingress), and if not, what accelerate mode's self-test says in the same words:
     asked of a compiler child once per kernel and BCC version, then answered from the cache."""
-    return _child_answer("sockmap ingress v1", {"sockmap_ingress": True}, cache)
+    from .compile import SOCKMAP_CHECK
+    from .sockbypass import redirected_delivery
+
+    # Keyed by the code that answers, so a changed check is asked again.
+    code = SOCKMAP_CHECK + inspect.getsource(redirected_delivery)
+    name = f"sockmap ingress {hashlib.sha256(code.encode()).hexdigest()[:16]}"
+    return _child_answer(name, {"sockmap_ingress": True}, cache)
 
 
 def _child_answer(
@@ -606,5 +613,6 @@ def _child_answer(
         answer = None
     if not isinstance(answer, dict):
         return False, "the compiler child failed to answer"
-    cache.put_answer(key, answer)
+    if not answer.pop("transient", False):  # a failure of the moment is asked again next time
+        cache.put_answer(key, answer)
     return bool(answer.get("ok")), str(answer.get("reason", ""))

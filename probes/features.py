@@ -401,7 +401,10 @@ def sockops_pid() -> bool:
 def check_sockops_pid() -> Feature:
     if sockops_pid():
         return Feature("sockops_pid", OK, "sockops programs call bpf_get_current_pid_tgid", False)
-    why = errno.errorcode.get(program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID))
+    code = program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID)
+    why = errno.errorcode.get(code, str(code))
+    if code in (errno.EPERM, errno.EACCES):
+        return Feature("sockops_pid", UNAVAILABLE, f"bpf() refused ({why}): not allowed", False)
     return Feature(
         "sockops_pid",
         UNAVAILABLE,

@@ -81,7 +81,9 @@ BPF_TABLE("lru_hash", u32, struct foreign_count, foreign_redirects, MAX_FOREIGN_
 BPF_TABLE("lru_hash", u64, u8, our_redirect, 4096); /* thread -> 1: its redirect is ours */
 
 /* int tcp_bpf_sendmsg_redir(struct sock *sk, bool ingress, struct sk_msg *msg, u32 bytes,
- * int flags), Linux 5.17+: the fourth argument is the bytes redirected. */
+ * int flags) since Linux 6.2 and its stable backports (5.15.86, 6.1.x); before, without
+ * ingress, bytes was the third. FOREIGN_BYTES_ARG says which, from the kernel's BTF: 4, 3, or
+ * 0 when it cannot be told (bytes are then not counted). */
 int wasmtop_foreign_redirect(struct pt_regs *ctx)
 {
     u64 thread = bpf_get_current_pid_tgid();
@@ -94,7 +96,11 @@ int wasmtop_foreign_redirect(struct pt_regs *ctx)
     struct foreign_count *c = foreign_redirects.lookup_or_try_init(&tgid, &zero);
     if (c) {
         __sync_fetch_and_add(&c->msgs, 1);
+#if FOREIGN_BYTES_ARG == 4
         __sync_fetch_and_add(&c->bytes, (u32)PT_REGS_PARM4(ctx));
+#elif FOREIGN_BYTES_ARG == 3
+        __sync_fetch_and_add(&c->bytes, (u32)PT_REGS_PARM3(ctx));
+#endif
     }
     return 0;
 }

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from . import bpfobj, features, loader
+from . import bpfobj, btf, features, loader
 from .compiled import fentry_check
 from .decoders import FALLBACK_REASONS, ip_text
 from .probeset import OK, Probe, ProbeUnavailable, fentry_feature
@@ -216,6 +216,12 @@ class SockBypassProbe(Probe):
         self.other_programs: list[bpfobj.Program] = []
         self.other_programs_reason = "not checked"
         self._foreign: dict[str, str] = {"status": "unavailable", "reason": "not checked"}
+        # Other agents' redirects, counted on a kernel with kprobes; the argument of
+        # tcp_bpf_sendmsg_redir that holds the bytes, from the kernel's BTF (its signature
+        # changed: 0 when it cannot be told, and only messages are counted).
+        self.foreign_kprobe = features.check_kprobes().ok
+        arity = btf.kernel_function_arity(FOREIGN_REDIRECT_FN) if self.foreign_kprobe else None
+        self.foreign_bytes_arg = {5: 4, 4: 3}.get(arity or 0, 0)
         self._foreign_check: threading.Thread | None = None
         self._links: list[int] = []
         self._skmsg: tuple[Any, int] | None = None
@@ -230,7 +236,8 @@ class SockBypassProbe(Probe):
             "RINGBUF_PAGES": self.ringbuf_pages,
             "ACCELERATE": int(self.requested_mode == ACCELERATE),
             "SOCKOPS_PID": int(features.sockops_pid()),
-            "FOREIGN_KPROBE": int(features.check_kprobes().ok),
+            "FOREIGN_KPROBE": int(self.foreign_kprobe),
+            "FOREIGN_BYTES_ARG": self.foreign_bytes_arg,
             "MAX_FOREIGN_PROCS": MAX_FOREIGN_PROCS,
             "AF_INET": socket.AF_INET,
             "AF_INET6": socket.AF_INET6,
@@ -288,7 +295,7 @@ class SockBypassProbe(Probe):
             map_fd = self.table("sock_hash").map_fd
             self.bpf.attach_func(msg, map_fd, bpfobj.ATTACH_SK_MSG_VERDICT)
             self._skmsg = (msg, map_fd)
-        if features.check_kprobes().ok:
+        if self.foreign_kprobe:
             self._count_foreign()
         else:
             # Why other agents' redirects cannot be counted here: a compiler child's answer on
@@ -303,14 +310,15 @@ class SockBypassProbe(Probe):
     def _count_foreign(self) -> None:
         try:
             self.bpf.attach_kprobe(FOREIGN_REDIRECT_FN, b"wasmtop_foreign_redirect")
-        except (OSError, bpfobj.BpfError, RuntimeError) as exc:  # no such symbol, verifier
+        except (OSError, KeyError, bpfobj.BpfError, RuntimeError) as exc:  # symbol, verifier
             why = getattr(exc, "strerror", None) or str(exc)
             self._foreign = {
                 "status": "unavailable",
                 "reason": f"kprobe on {FOREIGN_REDIRECT_FN}: {why}",
             }
             return
-        self._foreign = {"status": OK, "reason": f"kprobe on {FOREIGN_REDIRECT_FN}"}
+        how = "" if self.foreign_bytes_arg else " (messages only: its bytes argument unknown)"
+        self._foreign = {"status": OK, "reason": f"kprobe on {FOREIGN_REDIRECT_FN}{how}"}
 
     def foreign_counts(self) -> dict[int, tuple[int, int]]:
         """Other agents' redirects since wasmtop attached: sending pid -> (messages, bytes);
@@ -335,9 +343,12 @@ class SockBypassProbe(Probe):
         out: dict[str, Any] = dict(self._foreign)
         if out.get("status") == OK:
             counts = self.foreign_counts()
+            known = bool(self.foreign_bytes_arg)  # else bytes are not counted: null
             out["msgs"] = sum(m for m, _ in counts.values())
-            out["bytes"] = sum(b for _, b in counts.values())
-            out["by_pid"] = {str(pid): [m, b] for pid, (m, b) in sorted(counts.items())}
+            out["bytes"] = sum(b for _, b in counts.values()) if known else None
+            out["by_pid"] = {
+                str(pid): [m, b if known else None] for pid, (m, b) in sorted(counts.items())
+            }
         return out
 
     def _accelerate(self) -> None:
@@ -383,6 +394,9 @@ class SockBypassProbe(Probe):
 
     def detach(self) -> None:
         super().detach()
+        if self._foreign.get("status") == OK and self.bpf is not None:
+            with contextlib.suppress(Exception):  # the counts stay readable; nothing is counted
+                self.bpf.detach_kprobe(FOREIGN_REDIRECT_FN)
         while self._links:
             os.close(self._links.pop())
         self._detach_skmsg()

@@ -54,12 +54,17 @@ chmod 0700 "$WASMTOP_CACHE_DIR"
 
 doctor() {
   .venv/bin/wasmtop doctor >"$out/doctor.txt" 2>&1
-  echo "exit $?" >>"$out/doctor.txt"
+  local rc=$?
+  echo "exit $rc" >>"$out/doctor.txt"
+  return $rc
 }
 part doctor doctor
 cat "$out/doctor.txt"
 
 mapfile -t selected < <(grep -v '^\s*#' tests/kernel_matrix.txt | grep -v '^\s*$')
+# What the selection holds, so a run cut short shows what it did not run.
+.venv/bin/python -m pytest -p no:cacheprovider -q --collect-only "${selected[@]}" 2>/dev/null \
+  | grep '::' >"$out/collected.txt"
 part tests .venv/bin/python -m pytest -p no:cacheprovider -q -rA --junitxml="$out/junit.xml" \
   -o junit_family=xunit1 --durations=0 "${selected[@]}" 2>&1 | tee "$out/pytest.log"
 echo "wasmtop-vm: done"

@@ -27,6 +27,8 @@ repo=$(pwd)
 
 log() { printf 'kernel-matrix: %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
+# Any step that fails unforeseen is "could not make or boot the VM" (2), never "a test failed".
+trap 'die "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 kver=${WASMTOP_VM_KERNEL:-6.1.0-57-amd64}
 cache=${WASMTOP_VM_CACHE:-/var/cache/wasmtop-vm}
@@ -42,6 +44,17 @@ RECIPE=5
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap, and the kernel tests on this machine)"
 [ -x "$python" ] || die "no virtual environment: run 'make setup' first"
 pyhome=$("$python" -c 'import sys; print(sys.base_prefix)')
+# The environment's Python is shared in at its path, unless it is the system's (under /usr:
+# the guest's own Debian 12 Python is the same one, and mounting the host's /usr would hide the
+# guest's).
+shares="wasmtop.share=repo:$repo"
+case $pyhome in
+  /usr | /usr/*) ;;
+  *) shares+=" wasmtop.share=python:$pyhome" ;;
+esac
+case "$repo $pyhome" in
+  *,* | /tmp/* | /run/*) die "the checkout and its Python must not be under /tmp or /run, or hold a comma: $repo $pyhome" ;;
+esac
 if ! command -v qemu-system-x86_64 >/dev/null; then
   log "installing qemu-system-x86"
   apt-get update -qq
@@ -60,11 +73,14 @@ packages=(
 )
 
 # The cache key: the versions apt would install now, and the recipe.
-versions=$(apt-cache show --no-all-versions "${packages[@]}" 2>/dev/null \
+versions=$( (apt-cache show --no-all-versions "${packages[@]}" 2>/dev/null || true) \
            | awk '/^Package:/ {p=$2} /^Version:/ {print p"="$2}' | LC_ALL=C sort)
 [ -n "$versions" ] && grep -q "^linux-image-$kver=" <<<"$versions" \
   || die "apt knows no linux-image-$kver (apt-get update, or set WASMTOP_VM_KERNEL)"
-key=$( { echo "recipe $RECIPE"; echo "$versions"; } | sha256sum | cut -c1-16)
+# The key: the versions, the mirrors, and this script and the one it sources (the image's init
+# and hooks are written here).
+key=$( { echo "recipe $RECIPE $mirror $security"; echo "$versions";
+         cat scripts/kernel-matrix.sh scripts/debian.sh; } | sha256sum | cut -c1-16)
 image=$cache/debian12-$kver-$key.img
 boot=$cache/debian12-$kver-$key.boot
 
@@ -119,6 +135,8 @@ EOF
   rm -rf "$boot"
   mv "$work/boot" "$boot"
   mv "$work/rootfs.img" "$image"
+  rm -rf "$work"  # the EXIT trap does not run past the exec at the end
+  trap - EXIT
   # Older images of this kernel are of no further use.
   find "$cache" -maxdepth 1 -name "debian12-$kver-*" ! -name "debian12-$kver-$key*" \
     -exec rm -rf {} +
@@ -128,19 +146,19 @@ else
 fi
 
 # -- the VM run ---------------------------------------------------------------------------
-rm -rf "${out:?}/$kver"
+rm -rf "${out:?}"  # only this run's kernels are reported
 mkdir -p "$out/$kver"
 console=$out/$kver/console.log
 log "booting $kver under QEMU (TCG, $cpus CPUs, ${memory} MB); console: $console"
 started=$(date +%s)
+trap - ERR  # QEMU's own exit status is looked at below
 set +e
 timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory" \
   -nographic -no-reboot -monitor none -serial "file:$console" \
   -kernel "$boot/vmlinuz" -initrd "$boot/initrd.img" \
   -append "root=/dev/vda rw console=ttyS0 init=/usr/local/sbin/wasmtop-vm-init panic=-1 \
-quiet loglevel=3 wasmtop.share=repo:$repo wasmtop.share=python:$pyhome \
-wasmtop.run=$repo/scripts/kernel-matrix-vm.sh" \
+quiet loglevel=3 $shares wasmtop.run=$repo/scripts/kernel-matrix-vm.sh" \
   -drive "file=$image,format=raw,if=virtio,snapshot=on" \
   -fsdev "local,id=repo,path=$repo,security_model=passthrough" \
   -device virtio-9p-pci,fsdev=repo,mount_tag=repo \
@@ -149,6 +167,7 @@ wasmtop.run=$repo/scripts/kernel-matrix-vm.sh" \
   </dev/null >"$out/$kver/qemu.log" 2>&1
 qemu_rc=$?
 set -e
+trap 'die "failed at line $LINENO: $BASH_COMMAND"' ERR
 elapsed=$(( $(date +%s) - started ))
 echo "$elapsed" >"$out/$kver/elapsed_s"
 if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then

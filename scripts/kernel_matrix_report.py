@@ -59,15 +59,24 @@ def doctor(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
-def parts(path: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
+def parts(path: Path) -> dict[str, tuple[float, int]]:
+    """Part -> (seconds, exit status) from parts.txt."""
+    out: dict[str, tuple[float, int]] = {}
     try:
         for line in path.read_text().splitlines():
-            name, seconds, *_ = line.split()
-            out[name] = float(seconds)
+            name, seconds, rc = line.split()
+            out[name] = (float(seconds), int(rc))
     except (OSError, ValueError):
         pass
     return out
+
+
+def collected(path: Path) -> list[str]:
+    """The test ids pytest collected for the selection (collected.txt), or none."""
+    try:
+        return [x.strip() for x in path.read_text().splitlines() if "::" in x]
+    except OSError:
+        return []
 
 
 def main(root: Path) -> int:
@@ -81,6 +90,15 @@ def main(root: Path) -> int:
     for k in kernels:
         got = results(k / "junit.xml")
         table[k.name] = got
+        for test in collected(k / "collected.txt"):  # each test of a whole file, too
+            if test not in got:
+                print(f"{k.name:24} not run  {test}")
+                ok = False
+        status = parts(k / "parts.txt")
+        for part in ("doctor", "tests"):
+            if status.get(part, (0.0, 1))[1] != 0:
+                print(f"{k.name:24} {part} exited {status.get(part, (0, 'unknown'))[1]}")
+                ok = False
         for test in want:
             # A node id (its parameters too), or a whole file's tests.
             prefix = test + ("[" if "::" in test else "::")
@@ -114,7 +132,7 @@ def main(root: Path) -> int:
         + " |"
     )  # noqa: E501
     for part in ("doctor", "tests"):
-        cells = [f"{parts(k / 'parts.txt').get(part, float('nan')):.0f} s" for k in kernels]
+        cells = [f"{parts(k / 'parts.txt').get(part, (float('nan'), 0))[0]:.0f} s" for k in kernels]
         print(f"| {part} (wall) | " + " | ".join(cells) + " |")
     cells = []
     for k in kernels:

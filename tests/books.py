@@ -107,4 +107,5 @@ def switch_cost_ns(cpu: int = 1, rounds: int = 2000) -> float:
     finally:
         child.stdin.close()  # type: ignore[union-attr]
         child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
         os.sched_setaffinity(0, before)

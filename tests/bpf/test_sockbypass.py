@@ -197,7 +197,11 @@ def assert_refused(probe: SockBypassProbe, why: str) -> None:
 
 
 def test_accelerate_redirects_every_sendmsg_and_delivers_every_byte():
+    from wasmtop.probes import features
+
     refused = accelerate_refused()
+    if features.kernel_version() == (6, 1):  # found by the kernel matrix: FIONREAD misses them
+        assert refused == "FIONREAD reported 0 of 1000 redirected bytes pending", refused
     if refused is not None:  # this kernel: wasmtop says why, redirects nothing, loses nothing
         with bypass(mode=ACCELERATE) as probe, loopback_pair() as (cli, srv):
             assert_refused(probe, refused)

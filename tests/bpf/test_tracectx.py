@@ -26,6 +26,7 @@ from support import (
     http_server,
     no_programs_left,
     veth_namespace,
+    wait_for,
     workloads,
 )
 from wasmtop.collector.collector import Collector
@@ -100,6 +101,12 @@ def finish(probes: ProbeSet, collector: Collector) -> Snapshot:
     return collector.tick()
 
 
+def taken_in(collector: Collector, trace_id: str) -> None:
+    """Wait until the collector (drained by while_draining's thread) has taken in the request
+    of this trace id: from then on it follows that request's connection (FdSockets)."""
+    assert wait_for(lambda: any(t.trace_id == trace_id for t in list(collector._traces)), 30)
+
+
 def traceparent(trace_id: bytes, parent: bytes) -> str:
     return f"00-{trace_id.hex()}-{parent.hex()}-01"
 
@@ -137,7 +144,7 @@ def test_every_trace_id_sent_is_captured_once_with_its_pid_and_exact_quantiles()
                     client_port[trace_id.hex()] = conn.sock.getsockname()[1]
                 if i == 0:  # the collector follows the fd from its first request on
                     firsts.add(trace_id.hex())
-                    time.sleep(1.0)  # a poll, even under software emulation
+                    taken_in(collector, trace_id.hex())
             conns.append(conn)
 
         def all_clients() -> None:
@@ -211,7 +218,7 @@ def test_a_server_in_its_own_network_namespace_is_told_its_own_addresses():
                     "traceparent": traceparent(trace_id, RNG.randbytes(8))})  # fmt: skip
                 conn.getresponse().read()
                 if i == 0:  # followed from its first request on
-                    time.sleep(1.0)  # a poll, even under software emulation
+                    taken_in(collector, trace_id.hex())
                     continue
                 sent[trace_id.hex()] = conn.sock.getsockname()[1]
 

@@ -46,7 +46,8 @@ def kernel_dir(root: Path, name: str, cases: dict[str, str]) -> None:
     d.mkdir(parents=True)
     (d / "junit.xml").write_text(junit(cases))
     (d / "doctor.txt").write_text(DOCTOR)
-    (d / "parts.txt").write_text("doctor 37.5 0\ntests 125.0 1\n")
+    (d / "parts.txt").write_text("doctor 37.5 0\ntests 125.0 0\n")
+    (d / "collected.txt").write_text("".join(f"{c}\n" for c in cases))
 
 
 @pytest.fixture
@@ -92,6 +93,23 @@ def test_a_failed_skipped_or_missing_test_on_any_kernel_is_exit_1(selected, tmp_
     out = capsys.readouterr().out
     word = {"failed": "failed ", "skipped": "skipped", "missing": "not run"}[outcome]
     assert f"6.1.0-57-amd64           {word}" in out and "tests/bpf/b.py::test_two" in out
+
+
+def test_a_run_cut_short_or_a_part_that_failed_is_exit_1(selected, tmp_path, capsys):
+    """A whole file of which junit.xml holds only some tests (pytest cut short), and a part
+    (doctor, the tests) that exited non-zero: both fail the matrix, with a line saying so."""
+    cases = {"tests/bpf/a.py::test_one": "passed", "tests/bpf/b.py::test_two": "passed",
+             "tests/bpf/c.py::test_x": "passed"}  # fmt: skip
+    kernel_dir(tmp_path / "out", "6.1.0-57-amd64", cases)
+    collected = tmp_path / "out" / "6.1.0-57-amd64" / "collected.txt"
+    collected.write_text(collected.read_text() + "tests/bpf/c.py::test_y\n")
+    assert selected.main(tmp_path / "out") == 1
+    assert "6.1.0-57-amd64           not run  tests/bpf/c.py::test_y" in capsys.readouterr().out
+    collected.write_text("".join(f"{c}\n" for c in cases))
+    assert selected.main(tmp_path / "out") == 0
+    (tmp_path / "out" / "6.1.0-57-amd64" / "parts.txt").write_text("doctor 3 1\ntests 9 0\n")
+    assert selected.main(tmp_path / "out") == 1
+    assert "6.1.0-57-amd64           doctor exited 1" in capsys.readouterr().out
 
 
 def test_no_results_at_all_is_exit_1(selected, tmp_path):
