@@ -22,7 +22,7 @@ from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.model import Snapshot
 from wasmtop.collector.resources import parse_mounts
 from wasmtop.probes.lifecycle import LifecycleProbe
-from wasmtop.probes.probeset import OK, ProbeSet
+from wasmtop.probes.probeset import OK, ProbeSet, sleep_draining
 from wasmtop.probes.sched import SchedProbe
 from wasmtop.probes.tracectx import TraceCtxProbe
 
@@ -251,13 +251,18 @@ def test_a_cpu_quota_shows_as_throttling():
             (cg / "cpu.cfs_quota_us").write_text("10000")
         with workloads(("hog", {"CPU": {1}})) as (hog,), watching() as (ps, collector):
             (cg / "cgroup.procs").write_text(str(hog.pid))
-            collector.observe()  # first sample: throttling counts from here
+            collector.observe()  # first sample: throttling and CPU time count from here
             hog.go()
-            snap = watch_for(ps, collector, 2.5)
+            # One interval of 2.5 s to the Snapshot's sample: CPU time is read in clock ticks
+            # (10 ms), so a short last interval (an observe just before the tick) would make a
+            # tick 18 % of 56 ms, or 0 % of 5.
+            sleep_draining(ps, 2.5)
+            ps.detach()
+            snap = collector.tick()
             hog.stop()
     finally:
         cg.rmdir()
     rt = by_pid(snap, hog.pid).runtime_metrics
     assert rt.nr_throttled >= 10  # ~10 periods a second were cut short
     assert rt.throttled_us > 1_000_000  # held back for most of the 2.5 s
-    assert rt.cpu_percent is not None and rt.cpu_percent <= 15
+    assert rt.cpu_percent is not None and 5 <= rt.cpu_percent <= 15, rt  # the quota: 10 %
