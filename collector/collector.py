@@ -398,7 +398,7 @@ class Collector:
         records = probe.read()
         if records:
             self.requests.feed(
-                records, self._workload_key, self._connection_of(), self._workload_names
+                records, self._workload_key, self._connection_of(), self._workload_identity
             )
         # every request enters its window; a Request and a Trace only for the traces kept
         kept, traced = self.requests.take_traced(self.max_traces - len(self._traces))
@@ -437,9 +437,10 @@ class Collector:
         wid = self.resolver.identify(pid)
         return wid.key if wid else None
 
-    def _workload_names(self, pid: int) -> tuple[str, ...]:
+    def _workload_identity(self, pid: int) -> tuple[str | None, tuple[str, ...]]:
+        """The workload's key and the names route templates are chosen by, identified once."""
         wid = self.resolver.identify(pid)
-        return workload_names(wid.pod, wid.key, wid.comm) if wid else ()
+        return (wid.key, workload_names(wid.pod, wid.key, wid.comm)) if wid else (None, ())
 
     def tick(self, end_ns: int | None = None) -> Snapshot:
         """The Snapshot of the window since the previous tick. ``end_ns`` (CLOCK_MONOTONIC):

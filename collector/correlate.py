@@ -154,9 +154,8 @@ def method_route(method: str, path: str) -> str:
 # bypass (None: not known).
 ConnInfo = tuple[Union[tuple[Endpoint, Endpoint], None], Union[bool, None]]
 NO_CONNECTION: ConnInfo = (None, None)
-_NO_ENDPOINTS = ((None, None), (None, None))
-_NO_HOST = (None, None)
-_NO_META = (None, None)
+_NO_PAIR = (None, None)  # an absent (version, Host), (address, port)
+_NO_ENDPOINTS = (_NO_PAIR, _NO_PAIR)
 
 
 def _meta(data: bytes) -> tuple[str | None, tuple[str, int] | None]:
@@ -318,15 +317,15 @@ class RequestTracker:
         records: Iterable[RequestRecord],
         workload_of: Callable[[int], str | None],
         connection_of: Callable[[int, int, int], ConnInfo] = lambda *_: NO_CONNECTION,
-        names_of: Callable[[int], Sequence[str]] = lambda pid: (),
+        identity_of: Callable[[int], tuple[str | None, Sequence[str]]] | None = None,
     ) -> None:
         """Parse and attribute captured requests (counting every header problem); they wait,
         as small tuples, for ``take`` or ``take_traced``, which make Requests of them.
         ``connection_of(pid, fd, start_ns)`` (the endpoints of the connection the fd held for
         the request, and whether it took the socket bypass) is asked then, only for the
-        Requests made. ``names_of(pid)``: the names its workload's
-        route templates are chosen by (``workload_names``), asked once per process and batch,
-        only when the templates are per workload."""
+        Requests made. ``identity_of(pid)``: its workload and the names its workload's route
+        templates are chosen by (``workload_names``), asked instead of ``workload_of`` when the
+        templates are per workload. Either is asked once per process and batch."""
         workloads: dict[int, tuple[str | None, int]] = {}  # (workload, its template set)
         per_workload = self._per_workload
         if per_workload and len(self._sets) > MAX_ROUTE_CACHE:  # never within a batch
@@ -355,10 +354,11 @@ class RequestTracker:
                 counters[f"trace_header_{problem}"] += 1
             known = workloads.get(tgid)
             if known is None:  # once per process and batch: identifying is not free
-                known = workloads[tgid] = (
-                    workload_of(tgid),
-                    self._template_set(names_of(tgid)) if per_workload else 0,
-                )
+                if per_workload and identity_of is not None:
+                    wl, names = identity_of(tgid)
+                    known = workloads[tgid] = (wl, self._template_set(names))
+                else:
+                    known = workloads[tgid] = (workload_of(tgid), 0)
             workload, tset = known
             if tid != end_tid:
                 counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
@@ -452,7 +452,7 @@ class RequestTracker:
              route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
              head.tracestate, preempted, migrations, bypassed, rec.queued_ns, rec.wakeup_seq,
              rec.start_ns, head.path if self.keep_paths else None,
-             *(_NO_META if trace_id is None else _meta(rec.data)), endpoints),
+             *(_NO_PAIR if trace_id is None else _meta(rec.data)), endpoints),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
@@ -576,7 +576,7 @@ def trace_of(r: Request) -> Trace:
          flags, tracestate, pid, tid, workload, start_ns, (end_ns - start_ns) / 1e6,
          None if preempted_ns is None else preempted_ns / 1e6, migrations, bypassed, method,
          route, status, None if queued_ns is None else queued_ns / 1e6, queued_wakeup,
-         read_end_ns, (), (), path, version, *(r.host or _NO_HOST), local_address, local_port,
+         read_end_ns, (), (), path, version, *(r.host or _NO_PAIR), local_address, local_port,
          client_address, client_port),
     )  # fmt: skip
 

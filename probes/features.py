@@ -392,16 +392,20 @@ def program_loads(prog_type: int, helper: int) -> int:
 
 
 @functools.cache
+def _sockops_pid_errno() -> int:
+    return program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID)
+
+
 def sockops_pid() -> bool:
     """A sockops program may call bpf_get_current_pid_tgid (6.1 refuses it): the socket-bypass
-    probe then names a connecting process at connect(); else from /proc."""
-    return program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID) == 0
+    probe then names a connecting process at connect(); else from /proc. Loaded once."""
+    return _sockops_pid_errno() == 0
 
 
 def check_sockops_pid() -> Feature:
-    if sockops_pid():
+    code = _sockops_pid_errno()
+    if code == 0:
         return Feature("sockops_pid", OK, "sockops programs call bpf_get_current_pid_tgid", False)
-    code = program_loads(_BPF_PROG_TYPE_SOCK_OPS, _FN_GET_CURRENT_PID_TGID)
     why = errno.errorcode.get(code, str(code))
     if code in (errno.EPERM, errno.EACCES):
         return Feature("sockops_pid", UNAVAILABLE, f"bpf() refused ({why}): not allowed", False)

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import os
@@ -216,18 +217,25 @@ class SockBypassProbe(Probe):
         self.other_programs: list[bpfobj.Program] = []
         self.other_programs_reason = "not checked"
         self._foreign: dict[str, str] = {"status": "unavailable", "reason": "not checked"}
-        # Other agents' redirects, counted on a kernel with kprobes; the argument of
-        # tcp_bpf_sendmsg_redir that holds the bytes, from the kernel's BTF (its signature
-        # changed: 0 when it cannot be told, and only messages are counted).
-        self.foreign_kprobe = features.check_kprobes().ok
-        arity = btf.kernel_function_arity(FOREIGN_REDIRECT_FN) if self.foreign_kprobe else None
-        self.foreign_bytes_arg = {5: 4, 4: 3}.get(arity or 0, 0)
         self._foreign_check: threading.Thread | None = None
         self._links: list[int] = []
         self._skmsg: tuple[Any, int] | None = None
         self._ignored: set[int] = set()
 
     # -- compiled in ----------------------------------------------------------------------
+    @functools.cached_property
+    def foreign_kprobe(self) -> bool:
+        """Other agents' redirects are counted by a kprobe (the kernel has kprobes); asked
+        once, when the program is compiled, not when the probe is built."""
+        return features.check_kprobes().ok
+
+    @functools.cached_property
+    def foreign_bytes_arg(self) -> int:
+        """The argument of tcp_bpf_sendmsg_redir that holds the bytes, from the kernel's BTF
+        (its signature changed): 0 when it cannot be told, and only messages are counted."""
+        arity = btf.kernel_function_arity(FOREIGN_REDIRECT_FN) if self.foreign_kprobe else None
+        return {5: 4, 4: 3}.get(arity or 0, 0)
+
     def defines(self) -> dict[str, int | str]:
         flags: dict[str, int | str] = {
             "MAX_CONNS": self.max_conns,

@@ -282,15 +282,15 @@ def test_route_templates_by_workload_pattern_apply_to_the_workloads_they_name():
              3: ("pid:3", "other")}  # fmt: skip
     asked = []
 
-    def names_of(pid):
+    def identity_of(pid):
         asked.append(pid)
-        return names[pid]
+        return f"pid:{pid}", names[pid]
 
     recs = [pair(i * 10, i * 10 + 5, path, headers=[f"traceparent: {TP}"])._replace(tgid=pid)
             for i, (pid, path) in enumerate([(1, "/users/alice/cart"), (2, "/users/alice/cart"),
                                               (2, "/items/ABC"), (3, "/items/ABC"),
                                               (1, "/items/42"), (3, "/users/7/x")])]  # fmt: skip
-    tracker.feed(recs, lambda pid: f"pid:{pid}", names_of=names_of)
+    tracker.feed(recs, lambda pid: 1 / 0, identity_of=identity_of)
     assert [r.route for r in tracker.take()] == [
         "GET /users/{id}/cart",  # shop/cart-*, before "*"
         "GET /users/{name}/{what}",  # "*" only: edge's own template does not fit
@@ -302,7 +302,7 @@ def test_route_templates_by_workload_pattern_apply_to_the_workloads_they_name():
     assert sorted(asked) == [1, 2, 3]  # once per process and batch
     # A plain list is every workload's, and no workload's names are asked for.
     plain = RequestTracker(route_templates=["/items/{sku}"])
-    plain.feed(recs[2:4], lambda pid: f"pid:{pid}", names_of=lambda pid: 1 / 0)
+    plain.feed(recs[2:4], lambda pid: f"pid:{pid}", identity_of=lambda pid: 1 / 0)
     assert [r.route for r in plain.take()] == ["GET /items/{sku}"] * 2
 
 
@@ -317,8 +317,8 @@ def test_template_sets_stay_bounded_however_many_workloads_come():
         mask = n % (1 << 14)
         k = n % 2  # a path one pattern's template fits: applied only when it names the workload
         names = tuple(f"w{i}-{n}" for i in range(14) if mask >> i & 1)
-        tracker.feed([pair(n, n + 1, f"/t{k}/abc")._replace(tgid=n + 1)], lambda pid: "w",
-                     names_of=lambda pid, names=names: names)  # fmt: skip
+        tracker.feed([pair(n, n + 1, f"/t{k}/abc")._replace(tgid=n + 1)], lambda pid: 1 / 0,
+                     identity_of=lambda pid, names=names: ("w", names))  # fmt: skip
         (r,) = tracker.take()
         assert r.route == (f"GET /t{k}/{{x}}" if mask >> k & 1 else f"GET /t{k}/abc"), n
         if len(tracker._sets) < sets_before:  # renumbered: nothing cached by old numbers
