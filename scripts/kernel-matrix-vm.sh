@@ -9,6 +9,9 @@ echo "wasmtop-vm: started $(uname -r)"
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONDONTWRITEBYTECODE=1 WASMTOP_REQUIRE_BPF=1 LANG=C.UTF-8
+# A test phase still running after this fails with every thread's stack and the next test runs
+# (tests/conftest.py): a hang names its test instead of using up the VM's time.
+export WASMTOP_TEST_TIMEOUT_S=${WASMTOP_TEST_TIMEOUT_S:-300}
 guest=0
 if [ -z "${WASMTOP_MATRIX_OUT:-}" ]; then
   guest=1

@@ -7,7 +7,10 @@ module that skips as a whole at import (``pytest.importorskip``) is a collection
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,14 @@ import pytest
 
 # CI: no test may skip (the variable kept its name from when only kernel tests were held to it).
 NO_SKIPS = os.environ.get("WASMTOP_REQUIRE_BPF") == "1"
+
+# A hang guard, not a speed test (`make kernel-matrix` sets it; emulated kernels are slow and a
+# hung test would otherwise stop the whole run without saying where): each phase of a test
+# (setup, call, teardown) that runs longer fails with every thread's stack, and the next test
+# runs. Should the test's thread never come back to Python, the stacks go to the real stderr
+# a minute later and the run exits.
+TEST_TIMEOUT_S = float(os.environ.get("WASMTOP_TEST_TIMEOUT_S") or 0)
+_REAL_STDERR: int | None = None
 
 # Compiled probe programs go to a cache of this test session's own (inherited by the daemons and
 # commands the tests start): each probe variant is compiled by the compiler child the first time
@@ -70,13 +81,64 @@ def bpf_missing() -> str | None:
     return None
 
 
+class PhaseTimeout(BaseException):
+    """A test phase outlived WASMTOP_TEST_TIMEOUT_S (a BaseException, so that a test's own
+    ``except Exception`` does not swallow it)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _REAL_STDERR
+    if TEST_TIMEOUT_S > 0 and _REAL_STDERR is None:
+        _REAL_STDERR = os.dup(2)  # before the tests' output is captured
+
+
+def _guard(item: pytest.Item, phase: str) -> Iterator[None]:
+    if TEST_TIMEOUT_S <= 0:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        faulthandler.dump_traceback(all_threads=True)  # into the test's captured stderr
+        raise PhaseTimeout(
+            f"{item.nodeid}: {phase} still running after WASMTOP_TEST_TIMEOUT_S="
+            f"{TEST_TIMEOUT_S:g} s; every thread's stack is in its captured stderr"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT_S)
+    if _REAL_STDERR is not None:
+        faulthandler.dump_traceback_later(TEST_TIMEOUT_S + 60, exit=True, file=_REAL_STDERR)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    yield from _guard(item, "setup")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield from _guard(item, "the test")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield from _guard(item, "teardown")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/bpf/" in str(item.fspath) or "/tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.bpf)
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(specname="pytest_runtest_setup")
+def skip_without_bpf(item: pytest.Item) -> None:
     if item.get_closest_marker("bpf"):
         why = bpf_missing()
         if why:

@@ -92,9 +92,11 @@ def test_a_napper_that_preempts_on_wake_up_is_counted_once_per_nap():
     few microseconds of each switch from the napper to the hog (the run-queue clock is not
     updated again after a wake-up that preempts), while wasmtop times both sides at the
     switch itself; the counts agree (within 1 %), and the pair's totals differ by at most the
-    switches themselves: 2 % plus 2 µs per preempting switch (measured here: 1.3-1.5 µs per
+    switches themselves: 2 % plus, per preempting switch, what a switch costs on this machine,
+    measured (``switch_cost_ns``, at least 2 µs). Measured here: 1.3-1.5 µs of difference per
     switch, about 1,850 switches in 2 s, 6 % of the pair's 42 ms; a fixed 5 % passed or failed
-    with how fast the machine switched that day)."""
+    with how fast the machine switched that day, and a switch costs several times more under
+    software emulation (the kernel matrix)."""
     other = {"POLICY": "os.SCHED_OTHER", "CPU": {1}}
     with workloads(("napper", other), ("hog", {"CPU": {1}})) as (napper, hog):
         snap, kernel = bounded((napper, hog), 2.0)
@@ -104,7 +106,8 @@ def test_a_napper_that_preempts_on_wake_up_is_counted_once_per_nap():
     assert h.involuntary == kernel[hog.pid].involuntary
     ours = n.runq_delay_total_us + h.runq_delay_total_us
     theirs = (kernel[napper.pid].wait_ns + kernel[hog.pid].wait_ns) / 1e3
-    assert abs(theirs - ours) <= 0.02 * theirs + 2.0 * h.involuntary, (ours, theirs)
+    per_switch_us = max(2000.0, switch_cost_ns()) / 1e3
+    assert abs(theirs - ours) <= 0.02 * theirs + per_switch_us * h.involuntary, (ours, theirs)
 
 
 def test_over_threshold_wake_up_waits_name_the_hog_that_held_the_cpu():

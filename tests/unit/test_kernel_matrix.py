@@ -164,3 +164,36 @@ def test_a_foreign_redirect_kprobe_that_cannot_attach_is_unavailable_with_why():
         "reason": "kprobe on tcp_bpf_sendmsg_redir: no kprobe PMU in /sys/bus/event_source",
     }
     assert probe.foreign_counts() == {}
+
+
+def test_a_hung_test_fails_with_its_stacks_and_the_next_one_runs(tmp_path):
+    """WASMTOP_TEST_TIMEOUT_S (set by the kernel matrix): a test phase that does not end fails
+    with its name and every thread's stack, even where the test catches Exception, and the
+    tests after it run. The suite's own conftest, in a pytest of its own."""
+    import os
+    import shutil
+    import subprocess
+
+    shutil.copy(ROOT / "tests/conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_hang.py").write_text(
+        "import threading, time\n"
+        "def test_hangs():\n"
+        "    try:\n"
+        "        threading.Event().wait(120)\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "def test_after():\n"
+        "    assert 1 + 1 == 2\n"
+    )
+    env = dict(os.environ, WASMTOP_TEST_TIMEOUT_S="1", WASMTOP_REQUIRE_BPF="0")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    out = run.stdout
+    assert run.returncode == 1, out
+    assert "1 failed, 1 passed" in out
+    said = "test_hang.py::test_hangs: the test still running after WASMTOP_TEST_TIMEOUT_S=1 s"
+    assert said in out
+    assert 'File "' in out and "in test_hangs" in out  # the stack, naming the test's frame
+    assert "PASSED test_hang.py::test_after" in out
