@@ -194,13 +194,16 @@ def test_a_runtime_without_a_shared_library_is_reported_not_guessed(tmp_path):
 
 
 def test_leak_knob_shows_as_rss_growth_and_none_without_it():
-    seconds, rate_hz = 15, 20  # 20 requests/s x 50 KiB = 1,024,000 bytes/s
+    """Both services are warmed up (60 requests each) before wasmtop watches: a service's first
+    requests touch memory it keeps (under software emulation the steady one grew 12 MB/min
+    over a window that began with them)."""
+    seconds, rate_hz, warm = 15, 20, 60  # 20 requests/s x 50 KiB = 1,024,000 bytes/s
     with (
         service("--leak-kb-per-request", "50") as (leaky, port_l),
         service() as (steady, port_s),
-        watching() as (ps, collector),
     ):
         stop = threading.Event()
+        served = {port_l: 0, port_s: 0}
 
         def load(port: int) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -208,6 +211,7 @@ def test_leak_knob_shows_as_rss_growth_and_none_without_it():
             while not stop.is_set():
                 conn.request("GET", "/")
                 conn.getresponse().read()
+                served[port] += 1
                 next_at += 1 / rate_hz
                 time.sleep(max(0.0, next_at - time.monotonic()))
             conn.close()
@@ -216,7 +220,11 @@ def test_leak_knob_shows_as_rss_growth_and_none_without_it():
         for t in threads:
             t.start()
         try:
-            snap = watch_for(ps, collector, seconds)
+            while min(served.values()) < warm and all(t.is_alive() for t in threads):
+                time.sleep(0.1)
+            assert min(served.values()) >= warm, served
+            with watching() as (ps, collector):
+                snap = watch_for(ps, collector, seconds)
         finally:
             stop.set()
             for t in threads:
