@@ -136,8 +136,13 @@ def test_flooded_tiny_ring_buffer_counts_losses_and_the_books_balance():
     assert health["attempts"] == ctr["RB_ATTEMPTS"]
     assert health["attempts"] == health["events"] + health["lost"] + health["malformed"]
     assert health["malformed"] == 0
-    # The kernel's per-thread counter saw every over-threshold preemption, lost or not.
-    over = sum(by_pid(snap, h.pid).sched.preemptions_over_threshold for h in hogs)
+    # The kernel's per-thread counters saw every over-threshold preemption and wake-up wait
+    # (threshold 0: the SIGCONT that starts a hog is one), lost or not.
+    over = sum(
+        by_pid(snap, h.pid).sched.preemptions_over_threshold
+        + by_pid(snap, h.pid).sched.wakeups_over_threshold
+        for h in hogs
+    )
     assert over == health["attempts"]
 
 
