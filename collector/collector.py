@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
-from ..probes.lifecycle import COMPILE, INSTANTIATE, Library, LifecycleProbe
+from ..probes.lifecycle import CALL, COMPILE, INSTANTIATE, EntryPoint, Library, LifecycleProbe
 from ..probes.probeset import Probe, ProbeSet
 from ..probes.records import SchedReading, ThreadSched, WakeupRecord
 from ..probes.sched import CULPRIT_HISTORY_SHORT, SchedProbe
 from ..probes.sockbypass import ACCELERATE, SockBypassProbe
 from ..probes.tracectx import TraceCtxProbe
 from .correlate import ConnInfo, RequestTracker, TraceSelector, attach_events, trace_of
-from .incarnation import Incarnations
+from .incarnation import Incarnations, start_ticks
 from .lifecycle import LifecycleAccounting, empty_calls
 from .model import (
     DelayQuantiles,
@@ -47,6 +47,7 @@ from .quantiles import bucket_bounds, histogram_quantile
 from .resources import DEFAULT_GROWTH_WINDOW_S, ResourceFigures, ResourceReader, ResourceTracker
 from .sockets import FdSockets, SocketOwners
 from .topology import Topology
+from .wasmscan import SYMBOLS, Scanner, rust_name
 from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver, workload_names
 
 K = TypeVar("K")
@@ -208,6 +209,15 @@ class Collector:
         # pid -> (the runtime library its uprobes are on, its path as the process sees it)
         self._libraries: dict[int, tuple[Library, str]] = {}
         self._library_checked = Incarnations(proc_root)
+        # Runtimes found by what processes' files contain, in a thread of its own: each new
+        # process handed over once (``_examined``); those not answered yet are ``_pending``.
+        self.scanner = Scanner(
+            str(proc_root), start_of=lambda pid: start_ticks(self.proc_root, pid)
+        )
+        self._examined = Incarnations(proc_root)
+        self._examined_maps: dict[int, int] = {}  # pid -> ProcessInfo.exec_maps when handed over
+        self._pending: set[int] = set()
+        self._scan_notes: dict[int, str] = {}  # pid -> what its executable says, nothing found
         if self.tracectx is not None or self.lifecycle is not None:
             self._scan_proc()
         self._window_start_ns = time.monotonic_ns()  # the window starts once set up
@@ -239,12 +249,47 @@ class Collector:
             pids = [int(e) for e in os.listdir(self.proc_root) if e.isdigit()]
         except OSError:
             pids = []
+        self._examine(pids)
         if self.lifecycle is not None:
             self._attach_runtimes(pids)
         if self.tracectx is not None:
             self._select(pids)
 
     # -- WebAssembly runtimes -------------------------------------------------------------
+    def _examine(self, pids: list[int]) -> None:
+        """Hand new processes' files to the scanner, and take in what it found since: a process
+        that turns out to be a runtime gets its uprobes and is judged for tracing again."""
+        for pid in pids:
+            if pid <= 0 or pid in self._pending:
+                continue
+            info = self.resolver.process(pid)
+            if info is None or info.kernel_thread:
+                continue
+            # Once per process, and again when it maps other files (an import, a plugin
+            # loaded, an exec: seen when /proc is read again, every refresh_s).
+            if pid in self._examined and self._examined_maps.get(pid) == info.exec_maps:
+                continue
+            self._examined.add(pid)
+            if self.scanner.submit(pid):
+                self._pending.add(pid)
+                self._examined_maps[pid] = info.exec_maps
+            else:  # the queue is full (counted): asked again when next seen
+                self._examined.discard(pid)
+        changed = []
+        for pid, found in self.scanner.take():
+            self._pending.discard(pid)
+            if found is not None and found.finding.runtime is None and found.finding.note:
+                self._scan_notes[pid] = f"{found.path}: {found.finding.note}"
+            if self.resolver.set_content(pid, found):
+                changed.append(pid)
+                self._library_checked.discard(pid)
+                self._considered.discard(pid)
+        if changed:
+            if self.lifecycle is not None:
+                self._attach_runtimes(changed)
+            if self.tracectx is not None:
+                self._select(changed)
+
     def _attach_runtimes(self, pids: list[int]) -> None:
         """Attach the uprobes to the runtime library each new WebAssembly process maps."""
         probe = self.lifecycle
@@ -259,8 +304,17 @@ class Collector:
                 continue
             # The path is in the process's mount namespace: reach it through its root.
             path = f"{self.proc_root}/{pid}/root{info.runtime_library}"
+            entry: list[EntryPoint] | None = None
+            missing: tuple[str, ...] = ()
+            found = self.resolver.content(pid)
+            if info.runtime_by == SYMBOLS and found is not None:  # its Rust API
+                f = found.finding
+                if not f.entry_points:  # a runtime whose API wasmtop does not time (wazero)
+                    continue
+                entry = [EntryPoint(sym, kind, rust_name(sym)) for sym, kind in f.entry_points]
+                missing = f.missing
             try:
-                lib = probe.attach_library(path, info.runtime)
+                lib = probe.attach_library(path, info.runtime, entry, missing)
                 self._libraries[pid] = (lib, info.runtime_library)
             except OSError:
                 continue  # exited meanwhile
@@ -270,14 +324,30 @@ class Collector:
     ) -> WasmFigures | None:
         if runtime is None:
             return None
+        infos = [i for p in sorted(pids) if (i := self.resolver.process(p)) and i.runtime]
+        by = infos[0].runtime_by if infos else "runtime_class"  # else its pod's RuntimeClass
+        version = next((i.runtime_version for i in infos if i.runtime_version), None)
         if self.lifecycle is None:
-            return WasmFigures(None, "failed", "the lifecycle probe is not running", None, None)
+            return WasmFigures(None, "failed", "the lifecycle probe is not running", None, None,
+                               by, version)  # fmt: skip
         found = next((self._libraries[p] for p in sorted(pids) if p in self._libraries), None)
         if found is None:
-            why = f"no {runtime} shared library mapped (a statically linked runtime has no C API)"
-            return WasmFigures(None, "no_library", why, None, None)
+            content = next((c for i in infos if (c := self.resolver.content(i.pid))), None)
+            if by == SYMBOLS and content is not None and not content.finding.entry_points:
+                why = f"{content.path}: " + "; ".join(content.finding.missing)
+            else:
+                why = (
+                    f"no {runtime} shared library mapped, and no symbols of {runtime} in the "
+                    "files it maps (a statically linked runtime without a symbol table)"
+                )
+                notes = [self._scan_notes[p] for p in sorted(pids) if p in self._scan_notes]
+                if notes:
+                    why += f": {notes[0]}"
+            if pids & self._pending:
+                why += "; its files are still being examined"
+            return WasmFigures(None, "no_library", why, None, None, by, version)
         lib, seen_as = found
-        missing = f"symbols not found: {', '.join(lib.missing)}" if lib.missing else None
+        missing = f"not found: {'; '.join(lib.missing)}" if lib.missing else None
         reason = lib.error or missing
         mine = calls.get(key, {})
         return WasmFigures(
@@ -286,6 +356,10 @@ class Collector:
             reason=reason,
             compile=mine.get(COMPILE) or empty_calls(),
             instantiate=mine.get(INSTANTIATE) or empty_calls(),
+            by=by,
+            version=version,
+            api=lib.api,
+            calls=(mine.get(CALL) or empty_calls()) if lib.api == "rust" else None,
         )
 
     def _sample_runtime(self) -> None:
@@ -428,6 +502,7 @@ class Collector:
         if self.tracectx is not None:
             self._select(pids)
             self._feed_requests()
+        self._examine(pids)
         if self.lifecycle is not None:
             self._attach_runtimes(pids)
             self.life.add_cold_starts(self.lifecycle.take_events(), self._workload_key)
@@ -538,6 +613,11 @@ class Collector:
         counters["runtime_files_unreadable"] = self.resources.reader.unreadable
         counters["collector_priority_raised"] = self.probes.cpu.raised
         counters["collector_priority_failed"] = self.probes.cpu.failed
+        scan = self.scanner.stats
+        counters["runtime_scan_files"] = scan.files
+        counters["runtime_scan_processes"] = scan.processes
+        counters["runtime_scan_dropped"] = scan.dropped
+        counters["runtime_scan_unreadable"] = scan.failed
 
         snapshot = Snapshot(
             host=self.host,
@@ -818,3 +898,8 @@ class Collector:
             probe.set_pids(probe.pids - set(gone))
         for pid in self._library_checked.forget_gone():
             self._libraries.pop(pid, None)
+        for pid in self._examined.forget_gone():
+            self._pending.discard(pid)
+            self._examined_maps.pop(pid, None)
+            self._scan_notes.pop(pid, None)
+            self.resolver.set_content(pid, None)  # a new process on the pid is examined afresh

@@ -38,6 +38,10 @@ class Incarnations:
     def clear(self) -> None:
         self._seen.clear()
 
+    def discard(self, pid: int) -> None:
+        """Judge ``pid`` again when next asked (what decided it has changed)."""
+        self._seen.pop(pid, None)
+
     def forget_gone(self) -> list[int]:
         """Forget the pids whose process exited or whose pid now names another process; return
         them (what was decided for them must be undone)."""

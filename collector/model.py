@@ -249,7 +249,7 @@ class ColdStarts:
 
 @dataclass(frozen=True)
 class CallFigures:
-    """A WebAssembly runtime's compile or instantiate calls in the window."""
+    """A WebAssembly runtime's compile, instantiate or guest calls in the window."""
 
     count: int
     total_ms: float
@@ -261,11 +261,18 @@ class CallFigures:
 
 @dataclass(frozen=True)
 class WasmFigures:
-    library: str | None  # the runtime library the uprobes are on
-    status: str  # ok | no_library (the runtime is not a shared library it maps) | failed
+    library: str | None  # the file the uprobes are on: a runtime library, or a host's own file
+    status: str  # ok | no_library (no API of the runtime found in what it maps) | failed
     reason: str | None
     compile: CallFigures | None
     instantiate: CallFigures | None
+    # How the runtime was recognised: library (its C API: a runtime library mapped, or a file
+    # exporting it), symbols (the runtime's own names in a file it maps), name (executable or
+    # comm), runtime_class (its pod's RuntimeClass).
+    by: str | None = None
+    version: str | None = None  # the runtime's version, where its file says it
+    api: str | None = None  # the uprobes are on its "c" API or its "rust" API; null: none
+    calls: CallFigures | None = None  # calls into the guest (Rust API: Func::call, TypedFunc::call)
 
 
 @dataclass(frozen=True)

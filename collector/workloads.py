@@ -12,6 +12,7 @@ the directory has them.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .topology import parse_cpu_list
+from .wasmscan import LIBRARY, NAME, Detected, executable_files
 
 if TYPE_CHECKING:
     from .kubernetes import PodMeta
@@ -174,6 +176,12 @@ class ProcessInfo:
     read_at: float
     ppid: int = 0  # /proc/PID/stat field 4
     kernel_thread: bool = False  # PF_KTHREAD in /proc/PID/stat field 9
+    # How the runtime was recognised: "library" (its C API library mapped, or a file that
+    # exports it), "symbols" (a file it maps holds the runtime's own names), "name" (the
+    # executable's or comm's name only); None when not a runtime.
+    runtime_by: str | None = None
+    runtime_version: str | None = None  # as the file that holds the runtime says, if it does
+    exec_maps: int = 0  # the files it maps executable, as a hash: a change is looked at again
 
 
 @dataclass(frozen=True)
@@ -293,6 +301,8 @@ class ProcReader:
             if line.startswith("Cpus_allowed_list:"):
                 allowed = parse_cpu_list(line.split(":", 1)[1])
                 break
+        runtime = wasm_runtime(exe, comm, maps)
+        lib = runtime_library(maps)
         return ProcessInfo(
             pid=pid,
             start_ticks=start,
@@ -300,12 +310,14 @@ class ProcReader:
             exe=exe,
             cgroup=cgroup,
             container=container,
-            runtime=wasm_runtime(exe, comm, maps),
-            runtime_library=lib[1] if (lib := runtime_library(maps)) else None,
+            runtime=runtime,
+            runtime_library=lib[1] if lib else None,
             allowed_cpus=allowed,
             read_at=time.monotonic(),
             ppid=ppid,
             kernel_thread=bool(flags & PF_KTHREAD),
+            runtime_by=LIBRARY if lib else (NAME if runtime else None),
+            exec_maps=hash(tuple(executable_files(maps or ""))),
         )
 
 
@@ -340,6 +352,8 @@ class WorkloadResolver:
         self.pods = pods
         self.own_pid = os.getpid() if own_pid is None else own_pid
         self._cache: dict[int, ProcessInfo] = {}
+        # What the files a process maps say (wasmscan.Scanner), by pid; forgotten with it.
+        self._content: dict[int, Detected] = {}
 
     def process(self, pid: int) -> ProcessInfo | None:
         cached = self._cache.get(pid)
@@ -348,8 +362,45 @@ class WorkloadResolver:
         info = self.reader.read(pid)
         if info is None:  # gone: keep the identity it had when last seen, if any
             return cached
+        info = self._with_content(info)
         self._cache[pid] = info
         return info
+
+    def set_content(self, pid: int, found: Detected | None) -> bool:
+        """What ``pid``'s files say about a runtime in it (None, or a Detected without a
+        runtime: nothing). True when that changed what the process is. None also forgets what
+        was read of the process (its pid may name another one now)."""
+        if found is None:
+            if self._content.pop(pid, None) is not None:
+                self._cache.pop(pid, None)
+            return False
+        if found.finding.runtime is None:
+            return False
+        self._content[pid] = found
+        cached = self._cache.get(pid)
+        if cached is None:
+            return True
+        info = self._with_content(cached)
+        self._cache[pid] = info
+        return info != cached
+
+    def content(self, pid: int) -> Detected | None:
+        return self._content.get(pid)
+
+    def _with_content(self, info: ProcessInfo) -> ProcessInfo:
+        """The process as its files tell it: a runtime found by its symbols, or by the C API a
+        file exports, comes before one known by name only; a C API library known by its name
+        stays, and takes the version its file gives."""
+        found = self._content.get(info.pid)
+        if found is None or found.start_ticks not in (None, info.start_ticks):
+            return info  # nothing found, or found in the process that had the pid before
+        f = found.finding
+        if info.runtime_by == LIBRARY:
+            if found.path == info.runtime_library and f.version and not info.runtime_version:
+                return dataclasses.replace(info, runtime_version=f.version)
+            return info
+        return dataclasses.replace(info, runtime=f.runtime, runtime_library=found.path,
+                                   runtime_by=f.by, runtime_version=f.version)  # fmt: skip
 
     def identify(self, pid: int) -> WorkloadId | None:
         info = self.process(pid)
@@ -371,6 +422,7 @@ class WorkloadResolver:
     def forget(self, pids: set[int]) -> None:
         for pid in pids:
             self._cache.pop(pid, None)
+            self._content.pop(pid, None)
 
     def known(self) -> set[int]:
         return set(self._cache)

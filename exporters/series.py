@@ -179,12 +179,12 @@ WORKLOAD_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "wasmtop_wasm_calls": (
         "counter",
-        "Calls into the WebAssembly runtime's compile or instantiate API.",
+        "Calls into the WebAssembly runtime's compile, instantiate or guest-call API.",
         ("call",),
     ),
     "wasmtop_wasm_call_seconds": (
         "counter",
-        "Time spent in the WebAssembly runtime's compile or instantiate API.",
+        "Time spent in the WebAssembly runtime's compile, instantiate or guest-call API.",
         ("call",),
     ),
     "wasmtop_workload_info": (
@@ -443,7 +443,11 @@ class SeriesBook:
                 s.add("wasmtop_cold_starts", len(rt.cold_start.window_ms))
             wasm = rt.wasm
             if wasm is not None:
-                for call, figures in (("compile", wasm.compile), ("instantiate", wasm.instantiate)):
+                for call, figures in (
+                    ("compile", wasm.compile),
+                    ("instantiate", wasm.instantiate),
+                    ("call", wasm.calls),
+                ):
                     if figures is not None:
                         s.add("wasmtop_wasm_calls", figures.count, (call,))
                         s.add("wasmtop_wasm_call_seconds", figures.total_ms / 1e3, (call,))

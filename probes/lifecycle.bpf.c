@@ -39,12 +39,23 @@ BPF_RINGBUF_OUTPUT(life_events, RINGBUF_PAGES);
 
 #define CALL_COMPILE 1
 #define CALL_INSTANTIATE 2
+#define CALL_CALL 3 /* a call into the guest */
 
 struct call_key {
     u32 tid;
     u32 kind;
 };
-BPF_HASH(calls_in_flight, struct call_key, u64, MAX_CALLS);
+/* A call of a kind in progress on a thread: when the outermost began, and how deep the calls
+ * of that kind are nested (a Rust API function calling another that is probed too, such as
+ * Module::new calling Module::from_binary, or a guest calling back into the host that calls
+ * the guest again): only the outermost is timed and counted. */
+struct call_start {
+    u64 ns;
+    u64 sp;    /* the outermost call's stack pointer at entry */
+    u32 depth;
+    u32 tgid;  /* the process whose thread made it */
+};
+BPF_HASH(calls_in_flight, struct call_key, struct call_start, MAX_CALLS);
 
 struct wasm_key {
     u32 tgid;
@@ -92,6 +103,13 @@ int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
 {
     u32 tid = args->pid;
     procs.delete(&tid);
+    /* A thread that ends inside a probed call leaves no entry for its tid's next owner. */
+    struct call_key k = {.tid = tid, .kind = CALL_COMPILE};
+    calls_in_flight.delete(&k);
+    k.kind = CALL_INSTANTIATE;
+    calls_in_flight.delete(&k);
+    k.kind = CALL_CALL;
+    calls_in_flight.delete(&k);
     return 0;
 }
 
@@ -228,11 +246,23 @@ int wasmtop_accept(struct tracepoint__syscalls__sys_exit_accept *args)
 }
 #endif /* SOCK_STATE */
 
-static __always_inline int call_entry(u32 kind)
+static __always_inline int call_entry(struct pt_regs *ctx, u32 kind)
 {
-    struct call_key k = {.tid = (u32)bpf_get_current_pid_tgid(), .kind = kind};
-    u64 now = bpf_ktime_get_ns();
-    if (calls_in_flight.update(&k, &now))
+    u64 id = bpf_get_current_pid_tgid();
+    struct call_key k = {.tid = (u32)id, .kind = kind};
+    u64 sp = PT_REGS_SP(ctx);
+    struct call_start *in = calls_in_flight.lookup(&k);
+    if (in) {
+        if (sp < in->sp && in->tgid == id >> 32) { /* deeper: nested, the outer one is timed */
+            in->depth++;
+            return 0;
+        }
+        /* At or above the outer call's frame: that call left without its return probe
+         * firing (unwound, or its thread switched stacks): counted, and timed afresh. */
+        count_event(CTR_CALL_UNFINISHED);
+    }
+    struct call_start s = {.ns = bpf_ktime_get_ns(), .sp = sp, .depth = 1, .tgid = id >> 32};
+    if (calls_in_flight.update(&k, &s))
         count_event(CTR_MAP_FULL);
     return 0;
 }
@@ -241,11 +271,15 @@ static __always_inline int call_return(u32 kind)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct call_key k = {.tid = (u32)id, .kind = kind};
-    u64 *start = calls_in_flight.lookup(&k);
-    if (!start)
+    struct call_start *in = calls_in_flight.lookup(&k);
+    if (!in)
         return 0; /* entered before the probe attached */
+    if (in->depth > 1) {
+        in->depth--;
+        return 0;
+    }
     u64 now = bpf_ktime_get_ns();
-    u64 ns = now > *start ? now - *start : 0;
+    u64 ns = now > in->ns ? now - in->ns : 0;
     calls_in_flight.delete(&k);
     struct wasm_key wk = {.tgid = id >> 32, .kind = kind};
     struct wasm_stats zero = {};
@@ -270,7 +304,9 @@ static __always_inline int call_return(u32 kind)
     return 0;
 }
 
-int wasmtop_wasm_compile_entry(struct pt_regs *ctx) { return call_entry(CALL_COMPILE); }
+int wasmtop_wasm_compile_entry(struct pt_regs *ctx) { return call_entry(ctx, CALL_COMPILE); }
 int wasmtop_wasm_compile_return(struct pt_regs *ctx) { return call_return(CALL_COMPILE); }
-int wasmtop_wasm_instantiate_entry(struct pt_regs *ctx) { return call_entry(CALL_INSTANTIATE); }
+int wasmtop_wasm_instantiate_entry(struct pt_regs *ctx) { return call_entry(ctx, CALL_INSTANTIATE); }
 int wasmtop_wasm_instantiate_return(struct pt_regs *ctx) { return call_return(CALL_INSTANTIATE); }
+int wasmtop_wasm_call_entry(struct pt_regs *ctx) { return call_entry(ctx, CALL_CALL); }
+int wasmtop_wasm_call_return(struct pt_regs *ctx) { return call_return(CALL_CALL); }

@@ -1,11 +1,12 @@
 """Lifecycle probe: process cold start (exec -> first listen, exec -> first accepted connection)
-and the latency of WebAssembly runtimes' compile and instantiate calls.
+and the latency of WebAssembly runtimes' compile, instantiate and guest calls.
 
 Kernel side: ``lifecycle.bpf.c`` on sched_process_exec/fork/exit and, for listen and accept,
 the socket tracepoints inet_sock_set_state and sk_data_ready where the kernel has them (else the
 listen/accept syscall tracepoints, which tax every syscall on the node), plus uprobes on a
-runtime's C API, attached per library file as workloads that map one are found
-(``attach_library``).
+runtime's C API, or on the functions of its Rust API found in a file's symbol table, attached
+per file as workloads that map one are found (``attach_library``). Calls of one kind nested on
+a thread (a probed function calling another) are timed once, the outermost.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import errno
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +29,8 @@ DEFAULT_MAX_CALLS = 16_384
 DEFAULT_MAX_LISTENERS = 4096  # listening sockets of processes not yet past their first accept
 DEFAULT_RINGBUF_PAGES = 8  # cold starts are rare: 32 KiB holds ~800 between two drains
 
-COMPILE, INSTANTIATE = "compile", "instantiate"
-_KIND_IDS = {1: COMPILE, 2: INSTANTIATE}
+COMPILE, INSTANTIATE, CALL = "compile", "instantiate", "call"  # CALL: into the guest
+_KIND_IDS = {1: COMPILE, 2: INSTANTIATE, 3: CALL}
 
 # Per runtime: the C API functions whose latency is a compile or an instantiate.
 RUNTIME_SYMBOLS: dict[str, dict[str, str]] = {
@@ -48,13 +50,24 @@ RUNTIME_SYMBOLS: dict[str, dict[str, str]] = {
 
 @dataclass
 class Library:
-    """A runtime library file the uprobes are attached to."""
+    """A runtime's file (a library, or an executable with the runtime in it) the uprobes are
+    attached to, through its C API or its Rust API."""
 
     path: str
     runtime: str
-    attached: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # symbols the library does not export
+    attached: list[str] = field(default_factory=list)  # functions, as people name them
+    missing: list[str] = field(default_factory=list)  # functions the file lacks (and why)
     error: str | None = None
+    api: str = "c"  # "c" (exported C API) or "rust" (symbols of the Rust API, demangled)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A function of a runtime's Rust API found in a file's symbol table."""
+
+    symbol: str  # as mangled in the file (the uprobe resolves it)
+    kind: str  # COMPILE, INSTANTIATE or CALL
+    name: str  # as people name it: wasmtime::Module::new
 
 
 class LifecycleProbe(Probe):
@@ -73,6 +86,7 @@ class LifecycleProbe(Probe):
         zip(features.SOCK_STATE_TRACEPOINTS, ("wasmtop_sock_state", "wasmtop_sk_data_ready"))
     )
     ringbuffers = (("life_events", "life_event"),)
+    counters = ("CALL_UNFINISHED",)
 
     def __init__(
         self,
@@ -119,28 +133,49 @@ class LifecycleProbe(Probe):
         return [*super().required_maps(), "procs", "calls_in_flight", "wasm_calls", "wasm_hist"]
 
     # -- uprobes on runtime libraries -----------------------------------------------------
-    def attach_library(self, path: str, runtime: str) -> Library:
-        """Attach the compile/instantiate uprobes to a runtime's library file, once per file
-        (a library mapped by many processes is one inode). Symbols it lacks are reported."""
+    def attach_library(
+        self,
+        path: str,
+        runtime: str,
+        entry_points: Sequence[EntryPoint] | None = None,
+        missing: Sequence[str] = (),
+    ) -> Library:
+        """Attach the compile/instantiate/call uprobes to a runtime's file, once per file (a
+        library mapped by many processes is one inode): its C API, or, given
+        ``entry_points``, those functions of its Rust API (``missing``: what the file lacks,
+        as found). Functions that cannot be attached are reported."""
         st = os.stat(path)
         key = (st.st_dev, st.st_ino)
         if key in self.libraries:
             return self.libraries[key]
-        lib = Library(path, runtime)
+        lib = Library(path, runtime, api="c" if entry_points is None else "rust")
+        lib.missing.extend(missing)
         self.libraries[key] = lib
         if self.bpf is None:
             lib.error = "probe not loaded"
             return lib
-        symbols = RUNTIME_SYMBOLS.get(runtime, {})
-        if not symbols:
-            lib.error = f"no known C API for runtime {runtime!r}"
-        for sym, kind in symbols.items():
+        if entry_points is None:
+            symbols = RUNTIME_SYMBOLS.get(runtime, {})
+            if not symbols:
+                lib.error = f"no known C API for runtime {runtime!r}"
+            entry_points = [EntryPoint(sym, kind, sym) for sym, kind in symbols.items()]
+        elif not entry_points:
+            lib.error = f"no function of {runtime}'s API found in its symbol table"
+        copies: dict[str, int] = {}
+        for ep in entry_points:
             try:
-                self._attach_call(path, sym, kind)
-            except Exception:  # the library does not export it (another version, stripped)
-                lib.missing.append(sym)
+                self._attach_call(path, ep.symbol, ep.kind)
+            except Exception as exc:
+                cause = getattr(exc, "failure", exc)
+                if isinstance(cause, LookupError):  # not in the file (another version, stripped)
+                    lib.missing.append(ep.name)
+                else:  # found, but the kernel refused the uprobe
+                    why = getattr(cause, "strerror", None) or str(cause)
+                    lib.missing.append(f"{ep.name}: could not be attached: {why}")
             else:
-                lib.attached.append(sym)
+                copies[ep.name] = copies.get(ep.name, 0) + 1
+        # A generic function is one copy per type it was compiled for: said once, counted.
+        lib.attached = [n if c == 1 else f"{n} ({c} copies)" for n, c in copies.items()]
         return lib
 
     def _attach_call(self, path: str, sym: str, kind: str) -> None:
@@ -183,17 +218,21 @@ class LifecycleProbe(Probe):
                 {
                     "path": lib.path,
                     "runtime": lib.runtime,
+                    "api": lib.api,
                     "attached": lib.attached,
                     "missing": lib.missing,
                     "error": lib.error,
                 }
                 for lib in self.libraries.values()
             ],  # fmt: skip
+            # Calls whose return probe never fired (a panic unwound them, or their thread
+            # switched stacks): found when the next call of their kind began on the thread.
+            "calls_unfinished": self.counter_values().get("CALL_UNFINISHED", 0),
         }
 
     # -- reading --------------------------------------------------------------------------
     def read(self) -> LifecycleReading:
-        """Cold starts since the previous read, and cumulative compile/instantiate figures."""
+        """Cold starts since the previous read, and cumulative compile/instantiate/call figures."""
         self.drain()
         hist: dict[tuple[int, str], dict[int, int]] = defaultdict(dict)
         for k, v in self.table("wasm_hist").items():

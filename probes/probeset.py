@@ -91,6 +91,7 @@ class LibbccError(RuntimeError):
     def __init__(self, what: str, failure: Exception, detail: str) -> None:
         super().__init__(f"{what}: {failure}\n{detail}".strip())
         self.detail = detail
+        self.failure = failure  # what the call raised
 
 
 def capturing(what: str, action: Callable[[], Any]) -> Any:

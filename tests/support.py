@@ -11,8 +11,9 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 _PRELUDE = """
 import os, sys, time
@@ -187,3 +188,45 @@ def veth_namespace() -> Iterator[tuple[str, str, str]]:
             ipr.link("del", ifname=host_if)
         ipr.close()
         netns.remove(name)
+
+
+# -- a Wasm host that embeds wasmtime as a Rust crate (Extism's Python SDK) ---------------------
+EXTISM_HOST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extism_host.py")
+GUEST_WAT = """
+(module
+  (global $n (mut i32) (i32.const 0))
+  (func (export "count") (result i32)
+    global.get $n
+    i32.const 1
+    i32.add
+    global.set $n
+    i32.const 0))
+"""
+
+
+@contextmanager
+def extism_host(
+    tmp_path: Path, env: dict | None = None
+) -> Iterator[tuple[subprocess.Popen, Callable[[str], dict]]]:
+    """tests/extism_host.py running a guest module made here; ``ask(command)`` answers."""
+    import wasmtime
+
+    module = tmp_path / "guest.wasm"
+    module.write_bytes(wasmtime.wat2wasm(GUEST_WAT))
+    proc = subprocess.Popen([sys.executable, EXTISM_HOST, str(module)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        hello = json.loads(proc.stdout.readline())
+        assert hello == {"ready": True, "pid": proc.pid}, hello
+
+        def ask(command: str) -> dict:
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline())
+            assert "error" not in answer, answer
+            return answer
+
+        yield proc, ask
+    finally:
+        proc.kill()
+        proc.wait()

@@ -379,6 +379,37 @@ def waited_behind(w: Workload, width: int) -> list[Text]:
     return out
 
 
+def wasm_lines(w: Workload) -> list[RenderableType]:
+    """The detail pane's WebAssembly lines: the runtime, how it was recognised, and its
+    compile, instantiate and guest calls in the window (or why they are not measured)."""
+    wasm = w.runtime_metrics.wasm if w.runtime_metrics else None
+    if wasm is None:
+        return []
+    said = " ".join(x for x in (w.runtime, wasm.version) if x)
+    if wasm.by:
+        said += f", recognised by {wasm.by}"
+    if wasm.library:
+        said += f"; uprobes on {wasm.library}" + (f" ({wasm.api} API)" if wasm.api else "")
+    out: list[RenderableType] = [Text(safe(f"WebAssembly: {said}"), style="bold")]
+    if wasm.status != "ok" or wasm.reason:
+        out.append(Text(safe(f"  {wasm.status}: {wasm.reason or ''}"), style="yellow"))
+    for name, c in (("compile", wasm.compile), ("instantiate", wasm.instantiate),
+                    ("guest calls", wasm.calls)):  # fmt: skip
+        if c is None:
+            continue
+        figures = "  ".join(
+            f"{label} {'-' if v is None else f'{v:.3f}'}"
+            for label, v in (
+                ("mean", c.mean_ms),
+                ("p50", c.p50_ms),
+                ("p99", c.p99_ms),
+                ("max", c.max_ms),
+            )  # fmt: skip
+        )
+        out.append(Text(f"  {name:<12} {c.count:6d} calls  {figures} ms"))
+    return out
+
+
 def detail(snap: Snapshot, state: ViewState, w: Workload | None) -> list[RenderableType]:
     if w is None:
         return [Text("the selected workload left the window (enter: back)", style="yellow")]
@@ -390,6 +421,7 @@ def detail(snap: Snapshot, state: ViewState, w: Workload | None) -> list[Rendera
         ),  # fmt: skip
         Text(f"pids {' '.join(map(str, w.pids[:12]))}" + (" ..." if len(w.pids) > 12 else "")),
     ]
+    out += wasm_lines(w)
     s = w.sched
     if s is not None:
         out.append(Text("CPU time by CPU", style="bold"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import EDGE_SERVICE, http_server, no_programs_left, workloads
+from support import EDGE_SERVICE, extism_host, http_server, no_programs_left, workloads
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.model import Snapshot
@@ -166,6 +166,7 @@ def test_the_wasm_service_shows_every_instantiation():
     assert w.kind == "wasm" and w.runtime == "wasmtime"
     wasm = w.runtime_metrics.wasm
     assert wasm.status == "ok" and wasm.library.endswith("_libwasmtime.so"), wasm
+    assert (wasm.by, wasm.api, wasm.calls) == ("library", "c", None)  # its C API, by name
     inst = wasm.instantiate
     assert inst.count == requests  # a new instance per request, each one seen
     assert 0 < inst.mean_ms < min(latencies_ms)  # inside the request, never longer than it
@@ -191,6 +192,7 @@ def test_a_runtime_without_a_shared_library_is_reported_not_guessed(tmp_path):
     wasm = w.runtime_metrics.wasm
     assert wasm.status == "no_library" and wasm.library is None and wasm.instantiate is None
     assert "statically linked" in wasm.reason
+    assert wasm.by == "name"  # its files (python's) hold no runtime: the name is all there is
 
 
 def test_leak_knob_shows_as_rss_growth_and_none_without_it():
@@ -310,3 +312,96 @@ def test_a_cpu_quota_shows_as_throttling():
     assert rt.nr_throttled >= 10  # ~10 periods a second were cut short
     assert rt.throttled_us > 1_000_000  # held back for most of the 2.5 s
     assert rt.cpu_percent is not None and 5 <= rt.cpu_percent <= 15, rt  # the quota: 10 %
+
+
+# -- hosts that embed the runtime as a Rust crate (Extism's Python SDK) ------------------------
+def examined(collector: Collector, pid: int, timeout_s: float = 60) -> None:
+    """Observe until the scanner has answered for ``pid`` (it works in a thread of its own)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        collector.observe()
+        if pid in collector._examined and pid not in collector._pending:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} not examined within {timeout_s} s")
+
+
+def extism_wasmtime_version() -> str:
+    """The wasmtime crate in libextism_sys.so, as the extism-sys wheel's own bill of materials
+    (CycloneDX) lists it: a source independent of the library's bytes."""
+    import json
+    from importlib import metadata
+
+    dist = metadata.distribution("extism-sys")
+    sbom = next(f for f in dist.files or () if str(f).endswith(".cyclonedx.json"))
+    doc = json.loads(Path(dist.locate_file(sbom)).read_text())
+    return next(c["version"] for c in doc["components"] if c["name"] == "wasmtime")
+
+
+def test_an_extism_host_is_found_by_its_symbols_and_its_rust_api_is_timed(tmp_path):
+    """A Python process running a plugin through Extism (wasmtime inside libextism_sys.so, as a
+    Rust crate; no C API). Extism (runtime/src/plugin.rs) compiles two modules per plugin, its
+    own kernel and the plugin's, instantiates its kernel when it links it and the plugin at its
+    first call, and calls guest functions a fixed number of times per plugin call (the kernel's
+    reset, input, output and the function itself)."""
+    import extism_sys
+
+    with extism_host(tmp_path) as (host, ask), watching(trace=True) as (ps, collector):
+        examined(collector, host.pid)
+        made = ask("plugin")
+        first = ask("call 50")
+        collector.observe()
+        snap1 = collector.tick()
+        more = ask("call 100")
+        snap2 = watch_for(ps, collector, 0.2)
+        traced = set(collector.tracectx.pids) | set(snap1.probes["tracectx"]["traced_pids"])
+        unfinished = snap2.probes["lifecycle"]["calls_unfinished"]
+    w1, w2 = by_pid(snap1, host.pid), by_pid(snap2, host.pid)
+    assert (w1.kind, w1.runtime) == ("wasm", "wasmtime")
+    assert host.pid in traced  # a Wasm workload: traced by default
+    wasm = w1.runtime_metrics.wasm
+    lib = str(Path(extism_sys.__file__).parent / "libextism_sys.so")
+    assert (wasm.by, wasm.api, wasm.status, wasm.library) == ("symbols", "rust", "ok", lib), wasm
+    assert wasm.version == extism_wasmtime_version()
+    assert wasm.compile.count == 2 and wasm.instantiate.count == 2, wasm
+    assert 0 < wasm.compile.total_ms <= made["seconds"] * 1e3
+    assert 0 < wasm.instantiate.total_ms <= (made["seconds"] + first["seconds"]) * 1e3
+    per_call, rest = divmod(wasm.calls.count, 50)
+    assert rest == 0 and per_call >= 1, wasm.calls
+    assert 0 < wasm.calls.total_ms <= first["seconds"] * 1e3
+    later = w2.runtime_metrics.wasm
+    assert later.calls.count == 100 * per_call  # every call, in its window
+    assert later.compile.count == later.instantiate.count == 0
+    assert later.calls.total_ms <= more["seconds"] * 1e3
+    assert unfinished == 0
+
+
+def test_a_stripped_host_is_not_a_runtime_and_a_plain_python_never_is(tmp_path):
+    """The same host with a stripped copy of libextism_sys.so (no symbol table): nothing in its
+    files names wasmtime, and its name is python's, so it is a plain process: never
+    misattributed. A plain Python process beside it is no runtime either."""
+    import os
+    import shutil
+
+    import extism_sys
+
+    pkg = tmp_path / "site" / "extism_sys"
+    shutil.copytree(Path(extism_sys.__file__).parent, pkg)
+    subprocess.run(["strip", "--strip-all", str(pkg / "libextism_sys.so")], check=True)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    with (
+        extism_host(tmp_path, env=env) as (host, ask),
+        workloads(("sleeper", {})) as (plain,),
+        watching(trace=True) as (ps, collector),
+    ):
+        maps = Path(f"/proc/{host.pid}/maps").read_text()
+        assert str(pkg / "libextism_sys.so") in maps  # the stripped copy is what runs
+        examined(collector, host.pid)
+        examined(collector, plain.pid)
+        ask("plugin")
+        ask("call 20")
+        snap = watch_for(ps, collector, 0.5)
+    for pid in (host.pid, plain.pid):
+        w = by_pid(snap, pid)
+        assert (w.kind, w.runtime, w.runtime_metrics.wasm) == ("process", None, None), w
+    assert host.pid not in snap.probes["tracectx"]["traced_pids"]

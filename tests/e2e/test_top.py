@@ -277,3 +277,67 @@ def test_connect_shows_a_daemons_workloads_a_banner_when_it_dies_and_recovers(tm
         finally:
             tmux.kill()
             sock_dir.rmdir()
+
+
+def test_an_extism_host_and_the_example_service_are_wasm_workloads_in_the_daemon_and_tui(
+    tmp_path,
+):
+    """Two Wasm hosts nobody here wrote the runtime of: an Extism host (wasmtime as a Rust crate,
+    found by its symbols) and the example service (the wasmtime package's C API, found by its
+    library). The daemon counts their compiles and instantiations in its metrics (cumulative),
+    and the terminal UI, connected to it, lists both as wasm and says how each was found."""
+    import http.client
+
+    from peers import get, metric_value
+    from support import EDGE_SERVICE, extism_host, http_server
+
+    config = {"probes": {"bypass": {"mode": "off"}}}
+    with (
+        extism_host(tmp_path) as (host, ask),
+        http_server("--port", "0", script=EDGE_SERVICE) as (service, port),
+        daemon(tmp_path, config) as d,
+    ):
+
+        def metric(name: str, pid: int, **labels: str) -> float | None:
+            return metric_value(get(f"{d.base}/metrics")[1], name, workload=f"pid:{pid}", **labels)
+
+        # The host's files are examined in the daemon's own time: once it is a Wasm workload,
+        # its uprobes are on, and a plugin made now is seen from its compile on.
+        assert wait_for(lambda: metric("wasmtop_workload_info", host.pid, kind="wasm") == 1, 60)
+        ask("plugin")
+        ask("call 20")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(10):
+            conn.request("GET", "/")
+            conn.getresponse().read()
+        conn.close()
+        assert wait_for(
+            lambda: (
+                metric("wasmtop_wasm_calls_total", service.pid, call="instantiate") == 10
+                and metric("wasmtop_wasm_calls_total", host.pid, call="compile") == 2
+            ),
+            60,
+        )
+        assert metric("wasmtop_wasm_calls_total", host.pid, call="instantiate") == 2
+        assert metric("wasmtop_wasm_calls_total", host.pid, call="call") >= 20
+        assert metric("wasmtop_wasm_call_seconds_total", host.pid, call="compile") > 0
+        assert metric("wasmtop_workload_info", service.pid, kind="wasm") == 1
+        tmux = Tmux(tmp_path, f"--connect {d.grpc_target}", width=160, height=40)
+        try:
+            for pid, said in ((host.pid, "recognised by symbols"),
+                              (service.pid, "recognised by library")):  # fmt: skip
+                screen = tmux.wait_screen(lambda s, pid=pid: row_of(s, pid))
+                assert row_of(screen, pid)[1].startswith("wasm"), row_of(screen, pid)
+                tmux.keys("/", *str(pid), "Enter")
+                tmux.wait_screen(lambda s, pid=pid: f"filter: {pid}" in s)
+                tmux.keys("Enter")
+                screen = tmux.wait_screen(lambda s: "WebAssembly: wasmtime" in s)
+                assert said in screen and "instantiate" in screen, screen
+                tmux.keys("Enter")
+                tmux.wait_screen(lambda s: "WORKLOAD" in s)
+                tmux.keys("/", "Escape")  # the filter emptied
+                tmux.wait_screen(lambda s: "filter:" not in s)
+            tmux.keys("q")
+            assert wait_for(lambda: tmux.rc.exists() and tmux.rc.read_text(), timeout_s=30)
+        finally:
+            tmux.kill()

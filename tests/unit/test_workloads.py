@@ -236,3 +236,41 @@ def test_resolver_keeps_the_identity_of_a_process_that_exits(tmp_path):
     d.rmdir()
     assert resolver.identify(7).comm == "short"  # still attributed after exit
     assert resolver.identify(8) is None  # never seen: no phantom workload
+
+
+def test_what_a_process_s_files_say_comes_before_its_name_but_not_before_its_library(tmp_path):
+    """A runtime found in a process's files (wasmscan) makes it a Wasm workload, and is kept
+    across re-reads; a C API library known by its file name stays what it is, taking only the
+    version the file gives; a process whose files hold nothing stays as it was."""
+    from wasmtop.collector.wasmscan import SYMBOLS, Detected, Finding
+
+    make_proc(tmp_path, 1, comm="python3")  # an Extism host, say
+    make_proc(tmp_path, 2, comm="wasmtime")  # the CLI: a name only
+    d3 = make_proc(tmp_path, 3, comm="python3")
+    lib = "/venv/wasmtime/linux-x86_64/_libwasmtime.so"
+    (d3 / "maps").write_text(f"7f00-7f10 r-xp 00000000 08:01 42 {lib}\n")
+    make_proc(tmp_path, 4, comm="python3")
+    resolver = WorkloadResolver(ProcReader(tmp_path), refresh_s=0)
+    before = {pid: resolver.identify(pid) for pid in (1, 2, 3, 4)}
+    assert [before[p].kind for p in (1, 2, 3, 4)] == ["process", "wasm", "wasm", "process"]
+    assert [resolver.process(p).runtime_by for p in (1, 2, 3, 4)] == [None, "name", "library",
+                                                                      None]  # fmt: skip
+    extism = Detected("/venv/extism_sys/libextism_sys.so",
+                      Finding("wasmtime", SYMBOLS, "49.0.2"))  # fmt: skip
+    assert resolver.set_content(1, extism)
+    assert resolver.set_content(2, Detected("/usr/bin/wasmtime", Finding("wasmtime", SYMBOLS)))
+    assert resolver.set_content(3, Detected(lib, Finding("wasmtime", "library", "41.0.0")))
+    assert not resolver.set_content(4, None)
+    # found in the process that had pid 4 before (another start time): not lent to this one
+    assert not resolver.set_content(4, Detected("/old", Finding("wasmtime", SYMBOLS), 1))
+    for _ in range(2):  # and again after a re-read of /proc
+        one, two, three = (resolver.process(p) for p in (1, 2, 3))
+        assert (one.runtime, one.runtime_by, one.runtime_version, one.runtime_library) == (
+            "wasmtime", "symbols", "49.0.2", extism.path)  # fmt: skip
+        assert resolver.identify(1).kind == "wasm"
+        assert (two.runtime_by, two.runtime_library) == ("symbols", "/usr/bin/wasmtime")
+        assert (three.runtime_by, three.runtime_library, three.runtime_version) == (
+            "library", lib, "41.0.0")  # fmt: skip
+        assert resolver.identify(4).kind == "process"
+    resolver.forget({1})
+    assert resolver.content(1) is None
