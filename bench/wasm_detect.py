@@ -159,11 +159,15 @@ def uprobes(rounds: int, ops: int) -> None:
         guest.write_bytes(wasmtime.wat2wasm(GUEST_WAT))
         c_host = spawn(C_API, str(guest))
         r_host = spawn(RUST_API, str(guest))
+        # (name, host, command, file, its Rust entry points, guest calls timed)
         cases = [
-            ("C API: instantiate", c_host, f"{ops}", c_lib, None),
-            ("Rust API: plugin.call", r_host, f"call {ops}", rust_lib, entry),
+            ("C API: instantiate", c_host, f"{ops}", c_lib, None, False),
+            ("Rust API: plugin.call, guest calls timed", r_host, f"call {ops}", rust_lib, entry,
+             True),
+            ("Rust API: plugin.call, guest calls not timed (default)", r_host, f"call {ops}",
+             rust_lib, entry, False),
             ("Rust API: new plugin + first call", r_host, f"plugin {max(ops // 100, 10)}",
-             rust_lib, entry),
+             rust_lib, entry, False),
         ]  # fmt: skip
         results: dict[str, dict[str, list[float]]] = {c[0]: {"off": [], "on": [], "hits": []}
                                                       for c in cases}  # fmt: skip
@@ -171,13 +175,13 @@ def uprobes(rounds: int, ops: int) -> None:
             for case in cases:  # warm each up once
                 ask(case[1], case[2])
             for r in range(rounds):
-                for name, host, line, lib, points in cases:
+                for name, host, line, lib, points, guest_calls in cases:
                     order = ("off", "on") if r % 2 == 0 else ("on", "off")
                     for mode in order:
                         if mode == "off":
                             results[name]["off"].append(ask(host, line))
                             continue
-                        probe = LifecycleProbe()
+                        probe = LifecycleProbe(guest_calls=guest_calls)
                         with ProbeSet([probe], handle_signals=False):
                             probe.attach_library(lib, "wasmtime", points)
                             before = sum(c.count for c in probe.read().wasm.values())
@@ -198,7 +202,8 @@ def uprobes(rounds: int, ops: int) -> None:
         off, on = statistics.median(r["off"]) * 1e6, statistics.median(r["on"]) * 1e6
         hits = statistics.median(r["hits"])
         per = (on - off) / hits if hits else float("nan")
-        print(f"| {name} | {off:.1f} | {on:.1f} | {on / off:.3f}x | {hits:.2f} | {per:.2f} |")
+        per_text = f"{per:.2f}" if hits else "-"
+        print(f"| {name} | {off:.1f} | {on:.1f} | {on / off:.3f}x | {hits:.2f} | {per_text} |")
 
 
 def main() -> None:

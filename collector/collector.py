@@ -347,6 +347,7 @@ class Collector:
                 why += "; its files are still being examined"
             return WasmFigures(None, "no_library", why, None, None, by, version)
         lib, seen_as = found
+        calls_timed = lib.api == "rust" and self.lifecycle.guest_calls
         missing = f"not found: {'; '.join(lib.missing)}" if lib.missing else None
         reason = lib.error or missing
         mine = calls.get(key, {})
@@ -359,7 +360,7 @@ class Collector:
             by=by,
             version=version,
             api=lib.api,
-            calls=(mine.get(CALL) or empty_calls()) if lib.api == "rust" else None,
+            calls=(mine.get(CALL) or empty_calls()) if calls_timed else None,
         )
 
     def _sample_runtime(self) -> None:

@@ -96,12 +96,16 @@ class LifecycleProbe(Probe):
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         max_listeners: int = DEFAULT_MAX_LISTENERS,
         capture: str = "auto",
+        guest_calls: bool = False,
     ) -> None:
         """``capture``: "socket" (listen and the first connection seen on socket tracepoints:
         TCP only), "syscalls" (the listen/accept syscall tracepoints: any socket family, at the
         cost of the slow syscall path for every task) or "auto" (socket where the kernel has
-        the tracepoints)."""
+        the tracepoints). ``guest_calls``: time calls into the guest too (a Rust API's
+        Func::call, TypedFunc::call): a uprobe and a return probe on every such call, which
+        costs each one microseconds (docs/benchmarks.md), so off unless asked."""
         super().__init__()
+        self.guest_calls = guest_calls
         self.capture = features.capture_mode(capture, features.socket_state_capture)
         self.tracepoints = (  # type: ignore[misc]
             *self.process_tracepoints,
@@ -161,6 +165,8 @@ class LifecycleProbe(Probe):
             entry_points = [EntryPoint(sym, kind, sym) for sym, kind in symbols.items()]
         elif not entry_points:
             lib.error = f"no function of {runtime}'s API found in its symbol table"
+        elif not self.guest_calls:
+            entry_points = [ep for ep in entry_points if ep.kind != CALL]
         copies: dict[str, int] = {}
         for ep in entry_points:
             try:
@@ -214,6 +220,7 @@ class LifecycleProbe(Probe):
     def details(self) -> dict[str, Any]:
         return {
             "capture": self.capture,
+            "guest_calls": self.guest_calls,
             "libraries": [
                 {
                     "path": lib.path,

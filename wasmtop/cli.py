@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cgroup2 mount; repeatable)",
     )
     snap.add_argument(
+        "--wasm-guest-calls",
+        action="store_true",
+        help="time calls into WebAssembly guests too, where a host uses wasmtime's Rust API "
+        "(Func::call, TypedFunc::call): each such call then costs microseconds more",
+    )
+    snap.add_argument(
         "--no-trace",
         action="store_true",
         help="do not load the trace-context probe nor pin the trace-context map",
@@ -330,6 +336,7 @@ def cmd_snapshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         trace_comms=tuple(args.trace_comm),
         trace_cgroups=tuple(args.trace_cgroup),
         lifecycle="lifecycle" in wanted,
+        guest_calls=args.wasm_guest_calls,
     )
     from .kubeconfig import pod_names, wait_for_pod_list
 

@@ -243,6 +243,9 @@ SCHEMA: dict[str, Any] = {
         },
         "lifecycle": {
             "enabled": Key(True, _bool, "cold starts and Wasm compile/instantiate uprobes"),
+            "guest_calls": Key(
+                False, _bool, "time calls into the guest too (Rust API; microseconds per call)"
+            ),
         },
     },
     "collector": {

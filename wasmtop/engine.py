@@ -87,6 +87,7 @@ class ProbeOptions:
     trace_comms: tuple[str, ...] = ()
     trace_cgroups: tuple[str, ...] = ()
     lifecycle: bool = True
+    guest_calls: bool = False  # the lifecycle probe times calls into the guest too
 
     @classmethod
     def from_config(cls, config: Any) -> ProbeOptions:
@@ -105,6 +106,7 @@ class ProbeOptions:
             trace_comms=tuple(trace["comms"]),
             trace_cgroups=tuple(trace["cgroups"]),
             lifecycle=p["lifecycle"]["enabled"],
+            guest_calls=p["lifecycle"]["guest_calls"],
         )
 
 
@@ -147,7 +149,7 @@ def build_probes(opts: ProbeOptions) -> tuple[list[Any], Any]:
     if opts.lifecycle:
         from .probes.lifecycle import LifecycleProbe
 
-        probes.append(LifecycleProbe())
+        probes.append(LifecycleProbe(guest_calls=opts.guest_calls))
     return probes, selector
 
 

@@ -37,9 +37,12 @@ def nothing_of_ours_left_behind():
 
 
 @contextlib.contextmanager
-def watching(trace: bool = False, capture: str = "auto") -> Iterator[tuple[ProbeSet, Collector]]:
+def watching(
+    trace: bool = False, capture: str = "auto", guest_calls: bool = False
+) -> Iterator[tuple[ProbeSet, Collector]]:
     sched = SchedProbe()
-    probes = [sched, LifecycleProbe(capture=capture)] + ([TraceCtxProbe(sched)] if trace else [])
+    life = LifecycleProbe(capture=capture, guest_calls=guest_calls)
+    probes = [sched, life] + ([TraceCtxProbe(sched)] if trace else [])
     with ProbeSet(probes, handle_signals=False) as ps:
         for p in ps:
             assert p.status == OK, f"{p.name}: {p.reason}"
@@ -346,7 +349,10 @@ def test_an_extism_host_is_found_by_its_symbols_and_its_rust_api_is_timed(tmp_pa
     reset, input, output and the function itself)."""
     import extism_sys
 
-    with extism_host(tmp_path) as (host, ask), watching(trace=True) as (ps, collector):
+    with (
+        extism_host(tmp_path) as (host, ask),
+        watching(trace=True, guest_calls=True) as (ps, collector),
+    ):
         examined(collector, host.pid)
         made = ask("plugin")
         first = ask("call 50")

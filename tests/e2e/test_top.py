@@ -291,7 +291,7 @@ def test_an_extism_host_and_the_example_service_are_wasm_workloads_in_the_daemon
     from peers import get, metric_value
     from support import EDGE_SERVICE, extism_host, http_server
 
-    config = {"probes": {"bypass": {"mode": "off"}}}
+    config = {"probes": {"bypass": {"mode": "off"}, "lifecycle": {"guest_calls": True}}}
     with (
         extism_host(tmp_path) as (host, ask),
         http_server("--port", "0", script=EDGE_SERVICE) as (service, port),
