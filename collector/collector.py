@@ -311,7 +311,9 @@ class Collector:
                 f = found.finding
                 if not f.entry_points:  # a runtime whose API wasmtop does not time (wazero)
                     continue
-                entry = [EntryPoint(sym, kind, rust_name(sym)) for sym, kind in f.entry_points]
+                where = {sym: (at, rets) for sym, at, rets in f.locations}
+                entry = [EntryPoint(sym, kind, rust_name(sym), *where[sym])
+                         for sym, kind in f.entry_points if sym in where]  # fmt: skip
                 missing = f.missing
             try:
                 lib = probe.attach_library(path, info.runtime, entry, missing)

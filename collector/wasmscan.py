@@ -23,6 +23,7 @@ its size and the bytes searched bounded, in a thread of its own: never on the co
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import queue
 import re
@@ -97,7 +98,9 @@ RUST_API: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
             ("Linker", "instantiate"),
             ("InstancePre", "instantiate"),
         ),
-        CALL: (("Func", "call"), ("TypedFunc", "call")),
+        # Func::call may leave by a tail call into call_impl_do_call (Extism's build does):
+        # then the latter is where a call's end can be seen.
+        CALL: (("Func", "call"), ("TypedFunc", "call"), ("Func", "call_impl_do_call")),
     },
 }
 
@@ -116,6 +119,11 @@ class Finding:
     note: str | None = None  # why nothing could be said (not ELF, too large, ...)
     symbols: bool = False  # the file has a .symtab
     seconds: float = 0.0  # what examining it took
+    # Where each entry point is in the file: (symbol, its first instruction's file offset,
+    # the file offsets of its return instructions). Uprobes go on those instructions, never a
+    # return probe: a return probe replaces the return address on the stack, and a Rust panic
+    # unwinding through that frame then aborts the process ("failed to initiate panic").
+    locations: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
 
 
 NOTHING = Finding(None)
@@ -133,6 +141,7 @@ class _Section:
     offset: int
     size: int
     link: int
+    addr: int = 0  # where it is loaded (sh_addr)
 
 
 _SHT_SYMTAB, _SHT_STRTAB, _SHT_DYNSYM, _SHT_NOBITS = 2, 3, 11, 8
@@ -163,22 +172,22 @@ def sections(read: Reader, size: int) -> list[_Section]:
         raise NotElf("section headers outside the file")
     raw = []
     for i in range(shnum):
-        name, typ, _flags, _addr, offset, sz, link = struct.unpack_from(
+        name, typ, _flags, addr, offset, sz, link = struct.unpack_from(
             "<IIQQQQI", table, i * shentsize
         )
         if offset > size:
             offset, sz = size, 0
         elif typ != _SHT_NOBITS:
             sz = min(sz, size - offset)  # a truncated file: only what is there
-        raw.append((name, typ, offset, sz, link))
+        raw.append((name, typ, offset, sz, link, addr))
     names = b""
     if shstrndx < shnum:
         names = read(raw[shstrndx][2], min(raw[shstrndx][3], MAX_NAMES_BYTES))
     out = []
-    for name, typ, offset, sz, link in raw:
+    for name, typ, offset, sz, link, addr in raw:
         end = names.find(b"\0", name) if name < len(names) else -1
         text = names[name:end].decode("ascii", "replace") if end >= 0 else ""
-        out.append(_Section(text, typ, offset, sz, link))
+        out.append(_Section(text, typ, offset, sz, link, addr))
     return out
 
 
@@ -457,11 +466,11 @@ def rust_name(symbol: str) -> str:
     return f"{path[0]}::{component}{path[-2].split('<', 1)[0]}::{path[-1]}"
 
 
-def api_kind(path: tuple[str, ...], runtime: str) -> str | None:
+def api_kind(path: tuple[str, ...] | None, runtime: str) -> str | None:
     """The kind of call (COMPILE, INSTANTIATE, CALL) an API function of ``runtime`` is, by its
     path: the crate first, the type (generic arguments dropped) and method last."""
     api = RUST_API.get(runtime)
-    if not api or len(path) < 3 or path[0] != runtime or "vm" in path:
+    if not api or not path or len(path) < 3 or path[0] != runtime or "vm" in path:
         return None  # another crate's, or the runtime's internals (wasmtime::vm::Instance)
     pair = (path[-2].split("<", 1)[0], path[-1])
     for kind, functions in api.items():
@@ -516,8 +525,7 @@ def examine(path: str) -> Finding:
 
 
 def _with_seconds(f: Finding, seconds: float) -> Finding:
-    return Finding(f.runtime, f.by, f.version, f.entry_points, f.missing, f.note, f.symbols,
-                   seconds)  # fmt: skip
+    return dataclasses.replace(f, seconds=seconds)
 
 
 def _examine(read: Reader, size: int) -> Finding:
@@ -570,7 +578,14 @@ def _examine(read: Reader, size: int) -> Finding:
                     break
             if count >= MIN_SYMBOLS:
                 points, missing = _entry_points(table, runtime)
-                return Finding(runtime, SYMBOLS, version(runtime), points, missing, symbols=True)
+                located, why = _locate(read, secs, sym, table, [name for name, _ in points])
+                kept = tuple((n, k) for n, k in points if n in located)
+                left = sorted({rust_name(n) for n, _ in points if n not in located})
+                if left:  # found by name, but their ends cannot be seen
+                    missing += (f"{', '.join(left)}: not probed ({why})",)
+                locations = tuple((n, *located[n]) for n, _ in kept)
+                return Finding(runtime, SYMBOLS, version(runtime), kept, missing, symbols=True,
+                               locations=locations)  # fmt: skip
     gopcln = area(".gopclntab", MAX_TABLE_BYTES)
     for runtime, marker in _GO_MARKERS.items():
         if marker in gopcln:
@@ -585,6 +600,82 @@ def _examine(read: Reader, size: int) -> Finding:
     if not has_symtab:
         return Finding(None, note="no symbol table (stripped)")
     return Finding(None, symbols=True)
+
+
+_STT_FUNC = 2
+_EM_X86_64 = 62
+MAX_FUNCTION_BYTES = 1 << 20  # a function disassembled at most this far
+
+
+def _locate(
+    read: Reader, secs: list[_Section], sym: _Section, table: bytes, names: list[str]
+) -> tuple[dict[str, tuple[int, tuple[int, ...]]], str]:
+    """File offsets of each named function's first instruction and of its return
+    instructions (x86-64, disassembled with capstone): {name: (entry, returns)} for those
+    found with at least one return and no tail call (a jump out of the function: its calls
+    that leave that way would never be seen to end), and why none were when so."""
+    if not names:
+        return {}, ""
+    machine = struct.unpack_from("<H", read(0x12, 2) or b"\0\0")[0]
+    if machine != _EM_X86_64:
+        return {}, "return instructions are found on x86-64 only"
+    try:
+        import capstone
+    except ImportError:
+        return {}, "no capstone module to find return instructions with"
+    at_name = {}
+    for name in names:
+        i = table.find(b"\0" + name.encode() + b"\0")
+        if i >= 0:
+            at_name[i + 1] = name
+    symbols = read(sym.offset, min(sym.size, MAX_TABLE_BYTES))
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out: dict[str, tuple[int, tuple[int, ...]]] = {}
+    why = "no return instruction in them"
+    for st_name, info, _other, shndx, value, size in struct.iter_unpack(
+        "<IBBHQQ", symbols[: len(symbols) // 24 * 24]
+    ):
+        name = at_name.get(st_name)
+        if name is None or info & 0xF != _STT_FUNC or not 0 < shndx < len(secs) or not size:
+            continue
+        sec = secs[shndx]
+        if not sec.addr <= value < sec.addr + sec.size:
+            continue
+        entry = value - sec.addr + sec.offset
+        code = read(entry, min(size, MAX_FUNCTION_BYTES))
+        returns, tail = [], False
+        for a, _n, m, op in md.disasm_lite(code, entry):
+            if m.startswith("ret"):
+                returns.append(a)
+            elif m == "jmp" and ("rip" in op or _outside(op, entry, entry + size)):
+                tail = True  # to another function (or through the GOT)
+        if returns and not tail:
+            out[name] = (entry, tuple(returns))
+        elif tail:
+            why = "they leave by a tail call: their end is not seen without a return probe"
+    return out, why
+
+
+def _outside(operand: str, lo: int, hi: int) -> bool:
+    """A jump's immediate target outside [lo, hi) (a register or memory operand: False)."""
+    try:
+        return not lo <= int(operand, 16) < hi
+    except ValueError:
+        return False
+
+
+def function_locations(path: str, names: list[str]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """{name: (file offset of its first instruction, of its return instructions)} for the
+    named functions of ``path``'s symbol table that were found (see ``_locate``)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    read = bytes_reader(data)
+    secs = sections(read, len(data))
+    sym = next((s for s in secs if s.type == _SHT_SYMTAB), None)
+    if sym is None or sym.link >= len(secs):
+        return {}
+    table = read(secs[sym.link].offset, secs[sym.link].size)
+    return _locate(read, secs, sym, table, names)[0]
 
 
 def _entry_points(

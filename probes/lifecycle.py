@@ -68,6 +68,14 @@ class EntryPoint:
     symbol: str  # as mangled in the file (the uprobe resolves it)
     kind: str  # COMPILE, INSTANTIATE or CALL
     name: str  # as people name it: wasmtime::Module::new
+    # Where it is: its first instruction's file offset and its return instructions'. Given,
+    # the end of a call is a uprobe on each return instruction rather than a return probe,
+    # which would replace the return address on the stack: a Rust panic unwinding through
+    # such a frame aborts the process ("failed to initiate panic"). A call that leaves
+    # another way (a tail call, unwinding) is found at the thread's next call of its kind and
+    # counted in calls_unfinished.
+    offset: int | None = None
+    returns: tuple[int, ...] = ()
 
 
 class LifecycleProbe(Probe):
@@ -170,7 +178,10 @@ class LifecycleProbe(Probe):
         copies: dict[str, int] = {}
         for ep in entry_points:
             try:
-                self._attach_call(path, ep.symbol, ep.kind)
+                if ep.offset is None:
+                    self._attach_call(path, ep.symbol, ep.kind)
+                else:
+                    self._attach_located(path, ep)
             except Exception as exc:
                 cause = getattr(exc, "failure", exc)
                 if isinstance(cause, LookupError):  # not in the file (another version, stripped)
@@ -200,6 +211,27 @@ class LifecycleProbe(Probe):
             self._detach_uprobe(path, sym, False)
             raise
         self._uprobes.append((path, sym, True))
+
+    def _attach_located(self, path: str, ep: EntryPoint) -> None:
+        """An entry point by its offsets: a uprobe on its first instruction and one on each of
+        its return instructions (all or none)."""
+        assert ep.offset is not None
+        entry = f"wasmtop_wasm_{ep.kind}_entry".encode()
+        ret = f"wasmtop_wasm_{ep.kind}_return".encode()
+        done: list[str] = []
+        try:
+            for offset, program in ((ep.offset, entry), *((r, ret) for r in ep.returns)):
+                key = f"{ep.symbol}@{offset:#x}"
+                capturing(
+                    f"uprobe {key}",
+                    lambda: self.bpf.attach_uprobe_at(path, offset, key, program),  # noqa: B023
+                )
+                done.append(key)
+                self._uprobes.append((path, key, False))
+        except Exception:
+            for key in done:
+                self._detach_uprobe(path, key, False)
+            raise
 
     def _detach_uprobe(self, path: str, sym: str, ret: bool) -> None:
         with contextlib.suppress(Exception):

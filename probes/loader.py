@@ -376,8 +376,18 @@ class LoadedObject:
     # -- uprobes ------------------------------------------------------------------------
     def _attach_uprobe(self, name: Any, sym: Any, fn_name: Any, ret: bool, pid: int) -> None:
         path, symbol = _text(name), _text(sym)
-        fn = self.load_func(fn_name, PROG_KPROBE)
         module, offset = resolve_symbol(path, symbol)
+        self._attach_uprobe_at(path, module, offset, symbol, fn_name, ret, pid)
+
+    def attach_uprobe_at(self, path: str, offset: int, key: str, fn_name: Any) -> None:
+        """A uprobe on the instruction at file ``offset`` of ``path`` (no symbol resolved),
+        known as ``key`` to detach_uprobe/detach_uprobes."""
+        self._attach_uprobe_at(path, path, offset, key, fn_name, False, -1)
+
+    def _attach_uprobe_at(
+        self, path: str, module: str, offset: int, symbol: str, fn_name: Any, ret: bool, pid: int
+    ) -> None:
+        fn = self.load_func(fn_name, PROG_KPROBE)
         pmu, ret_bit = _uprobe_pmu()
         target = ctypes.create_string_buffer(module.encode())
         attr = _PerfEventAttr()

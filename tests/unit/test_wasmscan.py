@@ -65,8 +65,9 @@ def test_v0_mangled_names_are_read_with_their_backrefs_and_generics():
     assert wasmscan.v0_path(name) == ("wasmtime", "runtime", "module", "Module", "from_binary")
     assert wasmscan.api_kind(wasmscan.v0_path(name), "wasmtime") == COMPILE
     # a closure inside it is not the function
-    assert wasmscan.api_kind(wasmscan.v0_path(name.replace("_RNv", "_RNCNv") + "0"),
-                             "wasmtime") is None  # fmt: skip
+    closure = "_RNC" + name[2:].replace("B5_", "B7_") + "0"  # backrefs move with the prefix
+    assert wasmscan.v0_path(closure)[-1].startswith("{C")
+    assert wasmscan.api_kind(wasmscan.v0_path(closure), "wasmtime") is None
     assert wasmscan.v0_path("_RNvNtCs1234_5crate3foo3bar") == ("crate", "foo", "bar")
     assert wasmscan.v0_path("_RNvB0_3foo") is None  # a backref that points at itself
     assert wasmscan.v0_path("_Resume") is None
@@ -211,9 +212,15 @@ def test_each_file_is_examined_once_whoever_maps_it_and_the_memory_is_bounded(tm
         second = scanner.process(procs[1].pid)
         assert second == first
         assert len(seen) == examined  # every file of the second was remembered
+        # A plain Python maps more files than that, none a runtime: each is examined, and
+        # the least recently used go beyond the bound.
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+        plain = subprocess.Popen([sys.executable, "-c", code, "libc.so.6"], **pipes)
+        procs.append(plain)
+        assert plain.stdout.readline() == "up\n"
         small = wasmscan.Scanner(max_files=3)
-        small.process(procs[0].pid)
-        assert small.remembered() == 3 < examined
+        assert small.process(plain.pid).finding.runtime is None
+        assert small.remembered() == 3 < small.stats.files
         # What is found carries the process's start time; a pid that named another process by
         # the end of the examination gives nothing.
         steady = wasmscan.Scanner(start_of=lambda pid: 4242)
@@ -229,19 +236,33 @@ def test_each_file_is_examined_once_whoever_maps_it_and_the_memory_is_bounded(tm
 
 
 def test_the_scanner_works_in_its_own_thread_and_a_full_queue_is_counted(monkeypatch):
+    """Four processes handed over while the thread is held: the fourth does not fit, and is
+    counted. (A child, not this test's process: that one maps Extism's library by now.)"""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print(1, flush=True); "
+                              "sys.stdin.read()"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child.stdout.readline()
+    try:
+        _queue_full(monkeypatch, child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _queue_full(monkeypatch, pid: int) -> None:
     release = threading.Event()
     scanner = wasmscan.Scanner()
     monkeypatch.setattr(wasmscan, "MAX_PENDING", 2)
     monkeypatch.setattr(scanner, "_queue", __import__("queue").Queue(2))
     real = scanner.process
     monkeypatch.setattr(scanner, "process", lambda pid: (release.wait(30), real(pid))[1])
-    assert scanner.submit(os.getpid())
+    assert scanner.submit(pid)
     deadline = 100
     while scanner._queue.qsize() and deadline:  # the thread took the first
         threading.Event().wait(0.05)
         deadline -= 1
-    assert scanner.submit(os.getpid()) and scanner.submit(os.getpid())
-    assert not scanner.submit(os.getpid())
+    assert scanner.submit(pid) and scanner.submit(pid)
+    assert not scanner.submit(pid)
     assert scanner.stats.dropped == 1
     release.set()
     done: list = []
@@ -250,9 +271,9 @@ def test_the_scanner_works_in_its_own_thread_and_a_full_queue_is_counted(monkeyp
         if len(done) == 3:
             break
         threading.Event().wait(0.05)
-    assert [pid for pid, _ in done] == [os.getpid()] * 3
-    for _, d in done:  # this test's Python is no runtime: what its executable said, nothing
-        assert d.finding.runtime is None and d.path == os.readlink("/proc/self/exe")
+    assert [pid for pid, _ in done] == [pid] * 3
+    for _, d in done:  # a plain Python: what its executable said, and no runtime
+        assert d.finding.runtime is None and d.path == os.readlink(f"/proc/{pid}/exe")
     scanner.close()
 
 
