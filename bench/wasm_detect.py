@@ -153,7 +153,8 @@ def uprobes(rounds: int, ops: int) -> None:
     c_lib = str(next(Path(wasmtime.__file__).parent.glob("*/_libwasmtime.so")))
     rust_lib = str(Path(extism_sys.__file__).parent / "libextism_sys.so")
     found = examine(rust_lib)
-    entry = [EntryPoint(s, k, rust_name(s)) for s, k in found.entry_points]
+    where = {s: (at, rets) for s, at, rets in found.locations}
+    entry = [EntryPoint(s, k, rust_name(s), *where[s]) for s, k in found.entry_points]
     with tempfile.TemporaryDirectory() as tmp:
         guest = Path(tmp, "guest.wasm")
         guest.write_bytes(wasmtime.wat2wasm(GUEST_WAT))

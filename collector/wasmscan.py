@@ -199,6 +199,7 @@ _LEGACY_ESCAPES = {
 }  # fmt: skip
 _LEGACY_ESCAPE = re.compile(r"\$(?:SP|BP|RF|LT|GT|LP|RP|C|u[0-9a-f]{2})\$")
 _HASH = re.compile(r"h[0-9a-f]{16}")
+_DIGITS = "0123456789"  # str.isdigit() also takes "²", which int() refuses
 
 
 def legacy_path(symbol: str) -> tuple[str, ...] | None:
@@ -209,7 +210,7 @@ def legacy_path(symbol: str) -> tuple[str, ...] | None:
     i, parts = 3, []
     while i < len(symbol) and symbol[i] != "E":
         j = i
-        while j < len(symbol) and symbol[j].isdigit():
+        while j < len(symbol) and symbol[j] in _DIGITS:
             j += 1
         if j == i:
             return None
@@ -271,7 +272,7 @@ class _V0:
             c = self.take()
             if c == "_":
                 return n + 1
-            if c.isdigit():
+            if c in _DIGITS:
                 d = ord(c) - 48
             elif "a" <= c <= "z":
                 d = ord(c) - 87
@@ -285,7 +286,7 @@ class _V0:
         j = self.i
         if self.eat("0"):  # "0" is a number of its own (a closure's empty name)
             return 0
-        while self.peek().isdigit():
+        while self.peek() and self.peek() in _DIGITS:
             self.i += 1
         if j == self.i:
             raise ValueError("decimal")
@@ -445,7 +446,7 @@ def v0_path(symbol: str) -> tuple[str, ...] | None:
         return None
     p = _V0(symbol[2:])
     try:
-        if p.peek().isdigit():
+        if p.peek() and p.peek() in _DIGITS:
             p.decimal()  # encoding version
         return p.path()
     except (ValueError, IndexError, RecursionError):
