@@ -67,7 +67,7 @@ done
 
 packages=(
   "linux-image-$kver" "linux-headers-$kver" initramfs-tools kmod
-  python3 python3-bpfcc bpftool iproute2 procps util-linux mount gcc libc6-dev stress-ng ca-certificates
+  python3 python3-bpfcc bpftool iproute2 procps util-linux mount gcc g++ libc6-dev stress-ng ca-certificates
   libssl3 libffi8 libsqlite3-0 libbz2-1.0 liblzma5 libexpat1 libncursesw6 libreadline8
   libuuid1 libnsl2 libtirpc3 libcrypt1 zlib1g
 )

@@ -10,13 +10,14 @@ arch=$(dpkg --print-architecture)
 # bpftool: the tests list programs; stress-ng, linux-perf: workloads; iproute2, libcap2-bin:
 # network namespaces and capability tools used by tests; wrk, hey: HTTP load for the
 # benchmarks; gcc, python3-dev: the trace-context fast path (probes/_tracefast.c) and the
-# cold-start test's tiny native program; binutils (strip, nm): a stripped Wasm host and the
+# cold-start test's tiny native program; g++: a host whose probed function throws (the Rust
+# API's probes leave unwinding alone); binutils (strip, nm): a stripped Wasm host and the
 # symbols it lost, in the tests; prometheus (promtool),
 # prometheus-alertmanager: the integration tests run them on loopback; openssl: test certificates;
 # podman, runc, mmdebstrap: `make image` and the container test (runc named: podman would take
 # crun, which refuses a hybrid cgroup layout).
 packages=(python3-bpfcc bpfcc-tools "linux-headers-$arch" bpftool stress-ng linux-perf iproute2
-          libcap2-bin python3-venv python3-dev wrk hey gcc binutils prometheus prometheus-alertmanager
+          libcap2-bin python3-venv python3-dev wrk hey gcc g++ binutils prometheus prometheus-alertmanager
           openssl podman runc mmdebstrap)
 
 missing=()
