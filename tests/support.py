@@ -209,10 +209,8 @@ def extism_host(
     tmp_path: Path, env: dict | None = None
 ) -> Iterator[tuple[subprocess.Popen, Callable[[str], dict]]]:
     """tests/extism_host.py running a guest module made here; ``ask(command)`` answers."""
-    import wasmtime
-
     module = tmp_path / "guest.wasm"
-    module.write_bytes(wasmtime.wat2wasm(GUEST_WAT))
+    module.write_bytes(wat2wasm(GUEST_WAT))
     proc = subprocess.Popen([sys.executable, EXTISM_HOST, str(module)], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -230,3 +228,21 @@ def extism_host(
     finally:
         proc.kill()
         proc.wait()
+
+
+def wat2wasm(text: str) -> bytes:
+    """A module compiled from WebAssembly text, by the wasmtime package in a child process: the
+    test process never maps a runtime's library (wasmtop would find it a Wasm workload)."""
+    code = "import sys, wasmtime; sys.stdout.buffer.write(wasmtime.wat2wasm(sys.stdin.read()))"
+    return subprocess.run([sys.executable, "-c", code], input=text.encode(),
+                          capture_output=True, check=True).stdout  # fmt: skip
+
+
+def package_dir(name: str) -> Path:
+    """Where an installed package is, without importing it (importing extism_sys or wasmtime
+    maps a Wasm runtime's library into the test process)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None, f"{name} is not installed"
+    return Path(spec.origin).parent

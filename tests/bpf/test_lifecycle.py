@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from support import EDGE_SERVICE, extism_host, http_server, no_programs_left, workloads
+from support import (
+    EDGE_SERVICE,
+    extism_host,
+    http_server,
+    no_programs_left,
+    package_dir,
+    workloads,
+)
 from wasmtop.collector.collector import Collector
 from wasmtop.collector.correlate import TraceSelector
 from wasmtop.collector.model import Snapshot
@@ -350,8 +357,6 @@ def test_an_extism_host_is_found_by_its_symbols_and_its_rust_api_is_timed(tmp_pa
     number of times: its kernel's (reset, input, output, error) and the plugin's, each through
     Func::call, which this build leaves by a tail call into Func::call_impl_do_call: the calls
     are timed there."""
-    import extism_sys
-
     with (
         extism_host(tmp_path) as (host, ask),
         watching(trace=True, guest_calls=True) as (ps, collector),
@@ -369,7 +374,7 @@ def test_an_extism_host_is_found_by_its_symbols_and_its_rust_api_is_timed(tmp_pa
     assert (w1.kind, w1.runtime) == ("wasm", "wasmtime")
     assert host.pid in traced  # a Wasm workload: traced by default
     wasm = w1.runtime_metrics.wasm
-    lib = str(Path(extism_sys.__file__).parent / "libextism_sys.so")
+    lib = str(package_dir("extism_sys") / "libextism_sys.so")
     assert (wasm.by, wasm.api, wasm.status, wasm.library) == ("symbols", "rust", "ok", lib), wasm
     assert wasm.version == extism_wasmtime_version()
     assert wasm.compile.count == 2 and wasm.instantiate.count == 3, wasm
@@ -392,10 +397,8 @@ def test_a_stripped_host_is_not_a_runtime_and_a_plain_python_never_is(tmp_path):
     import os
     import shutil
 
-    import extism_sys
-
     pkg = tmp_path / "site" / "extism_sys"
-    shutil.copytree(Path(extism_sys.__file__).parent, pkg)
+    shutil.copytree(package_dir("extism_sys"), pkg)
     subprocess.run(["strip", "--strip-all", str(pkg / "libextism_sys.so")], check=True)
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
     with (

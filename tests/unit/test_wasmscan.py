@@ -14,22 +14,19 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support import package_dir
 from wasmtop.collector import wasmscan
 from wasmtop.collector.wasmscan import CALL, COMPILE, INSTANTIATE, LIBRARY, SYMBOLS
 
 
 def extism_lib() -> Path:
     """Extism's library: wasmtime as a Rust crate, with its symbol table (the test extra)."""
-    import extism_sys
-
-    return Path(extism_sys.__file__).parent / "libextism_sys.so"
+    return package_dir("extism_sys") / "libextism_sys.so"
 
 
 def wasmtime_lib() -> Path:
     """The wasmtime package's library: its C API, and Rust v0 names in its symbol table."""
-    import wasmtime
-
-    return next((Path(wasmtime.__file__).parent).glob("*/_libwasmtime.so"))
+    return next(package_dir("wasmtime").glob("*/_libwasmtime.so"))
 
 
 def legacy(*parts: str) -> str:
