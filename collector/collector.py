@@ -311,9 +311,18 @@ class Collector:
                 f = found.finding
                 if not f.entry_points:  # a runtime whose API wasmtop does not time (wazero)
                     continue
-                where = {sym: (at, rets) for sym, at, rets in f.locations}
-                entry = [EntryPoint(sym, kind, rust_name(sym), *where[sym])
-                         for sym, kind in f.entry_points if sym in where]  # fmt: skip
+                kinds = dict(f.entry_points)
+                entry = [EntryPoint(sym, kinds[sym], rust_name(sym), at, rets)
+                         for sym, at, rets in f.locations if sym in kinds]  # fmt: skip
+                # Offsets are the examined file's: never put on another one at that path
+                # (replaced since, e.g. by an upgrade), where they would land mid-instruction.
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino, st.st_mtime_ns) != f.file:
+                    self._scan_notes[pid] = f"{info.runtime_library}: changed since examined"
+                    continue
                 missing = f.missing
             try:
                 lib = probe.attach_library(path, info.runtime, entry, missing)
@@ -349,7 +358,7 @@ class Collector:
                 why += "; its files are still being examined"
             return WasmFigures(None, "no_library", why, None, None, by, version)
         lib, seen_as = found
-        calls_timed = lib.api == "rust" and self.lifecycle.guest_calls
+        calls_timed = lib.api == "rust" and CALL in lib.kinds
         missing = f"not found: {'; '.join(lib.missing)}" if lib.missing else None
         reason = lib.error or missing
         mine = calls.get(key, {})

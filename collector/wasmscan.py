@@ -124,6 +124,8 @@ class Finding:
     # return probe: a return probe replaces the return address on the stack, and a Rust panic
     # unwinding through that frame then aborts the process ("failed to initiate panic").
     locations: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
+    # (st_dev, st_ino, st_mtime_ns) of the file examined: offsets are attached only to it
+    file: tuple[int, int, int] | None = None
 
 
 NOTHING = Finding(None)
@@ -579,14 +581,14 @@ def _examine(read: Reader, size: int) -> Finding:
                     break
             if count >= MIN_SYMBOLS:
                 points, missing = _entry_points(table, runtime)
-                located, why = _locate(read, secs, sym, table, [name for name, _ in points])
+                locations, why = _locate(read, secs, sym, table, [n for n, _ in points])
+                located = {n for n, _, _ in locations}
                 kept = tuple((n, k) for n, k in points if n in located)
                 left = sorted({rust_name(n) for n, _ in points if n not in located})
                 if left:  # found by name, but their ends cannot be seen
                     missing += (f"{', '.join(left)}: not probed ({why})",)
-                locations = tuple((n, *located[n]) for n, _ in kept)
                 return Finding(runtime, SYMBOLS, version(runtime), kept, missing, symbols=True,
-                               locations=locations)  # fmt: skip
+                               locations=tuple(locations))  # fmt: skip
     gopcln = area(".gopclntab", MAX_TABLE_BYTES)
     for runtime, marker in _GO_MARKERS.items():
         if marker in gopcln:
@@ -610,28 +612,33 @@ MAX_FUNCTION_BYTES = 1 << 20  # a function disassembled at most this far
 
 def _locate(
     read: Reader, secs: list[_Section], sym: _Section, table: bytes, names: list[str]
-) -> tuple[dict[str, tuple[int, tuple[int, ...]]], str]:
-    """File offsets of each named function's first instruction and of its return
-    instructions (x86-64, disassembled with capstone): {name: (entry, returns)} for those
-    found with at least one return and no tail call (a jump out of the function: its calls
-    that leave that way would never be seen to end), and why none were when so."""
+) -> tuple[list[tuple[str, int, tuple[int, ...]]], str]:
+    """Every copy of each named function (a name may be in the table more than once, each a
+    local copy of its own): (name, file offset of its first instruction, of its return
+    instructions), x86-64, disassembled with capstone. Kept: those disassembled to their
+    last byte, with a return and no tail call (a jump out of the function, conditional or
+    not: its calls that leave that way would never be seen to end); one name per address.
+    And why the others were not."""
     if not names:
-        return {}, ""
+        return [], ""
     machine = struct.unpack_from("<H", read(0x12, 2) or b"\0\0")[0]
     if machine != _EM_X86_64:
-        return {}, "return instructions are found on x86-64 only"
+        return [], "return instructions are found on x86-64 only"
     try:
         import capstone
     except ImportError:
-        return {}, "no capstone module to find return instructions with"
+        return [], "no capstone module to find return instructions with"
     at_name = {}
     for name in names:
-        i = table.find(b"\0" + name.encode() + b"\0")
-        if i >= 0:
+        raw = b"\0" + name.encode() + b"\0"
+        i = table.find(raw)
+        while i >= 0:
             at_name[i + 1] = name
+            i = table.find(raw, i + 1)
     symbols = read(sym.offset, min(sym.size, MAX_TABLE_BYTES))
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    out: dict[str, tuple[int, tuple[int, ...]]] = {}
+    out: list[tuple[str, int, tuple[int, ...]]] = []
+    entries: set[int] = set()
     why = "no return instruction in them"
     for st_name, info, _other, shndx, value, size in struct.iter_unpack(
         "<IBBHQQ", symbols[: len(symbols) // 24 * 24]
@@ -643,17 +650,25 @@ def _locate(
         if not sec.addr <= value < sec.addr + sec.size:
             continue
         entry = value - sec.addr + sec.offset
-        code = read(entry, min(size, MAX_FUNCTION_BYTES))
-        returns, tail = [], False
-        for a, _n, m, op in md.disasm_lite(code, entry):
-            if m.startswith("ret"):
+        if entry in entries:  # another name for the same code (folded): probed once
+            continue
+        if size > MAX_FUNCTION_BYTES:
+            why = f"larger than {MAX_FUNCTION_BYTES} bytes"
+            continue
+        returns, tail, end = [], False, entry
+        for a, n, m, op in md.disasm_lite(read(entry, size), entry):
+            end = a + n
+            if m.split()[-1] in ("ret", "retf"):  # also "repz ret", "bnd ret"
                 returns.append(a)
-            elif m == "jmp" and ("rip" in op or _outside(op, entry, entry + size)):
-                tail = True  # to another function (or through the GOT)
-        if returns and not tail:
-            out[name] = (entry, tuple(returns))
+            elif m.startswith("j") and ("rip" in op or _outside(op, entry, entry + size)):
+                tail = True  # to another function, conditionally or not (or through the GOT)
+        if end != entry + size:
+            why = "they could not be disassembled to their end"
         elif tail:
             why = "they leave by a tail call: their end is not seen without a return probe"
+        elif returns:
+            entries.add(entry)
+            out.append((name, entry, tuple(returns)))
     return out, why
 
 
@@ -676,7 +691,8 @@ def function_locations(path: str, names: list[str]) -> dict[str, tuple[int, tupl
     if sym is None or sym.link >= len(secs):
         return {}
     table = read(secs[sym.link].offset, secs[sym.link].size)
-    return _locate(read, secs, sym, table, names)[0]
+    return {name: (entry, returns) for name, entry, returns in _locate(read, secs, sym, table,
+                                                                          names)[0]}  # fmt: skip
 
 
 def _entry_points(
@@ -883,7 +899,7 @@ class Scanner:
                 if known is not None:
                     self._files.move_to_end(key)
                     return known
-            finding = self.examine_file(path)
+            finding = dataclasses.replace(self.examine_file(path), file=key)
             self.stats.files += 1
             self.stats.seconds += finding.seconds
             self.stats.max_seconds = max(self.stats.max_seconds, finding.seconds)

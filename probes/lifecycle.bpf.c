@@ -75,9 +75,22 @@ struct wasm_hist_key {
 };
 BPF_HASH(wasm_hist, struct wasm_hist_key, u64, MAX_PROCS * 8);
 
+/* A thread that ends (or execs) inside a probed call leaves no entry behind. */
+static __always_inline void forget_calls(u32 tid)
+{
+    struct call_key k = {.tid = tid, .kind = CALL_COMPILE};
+    calls_in_flight.delete(&k);
+    k.kind = CALL_INSTANTIATE;
+    calls_in_flight.delete(&k);
+    k.kind = CALL_CALL;
+    calls_in_flight.delete(&k);
+}
+
 int wasmtop_process_exec(struct tracepoint__sched__sched_process_exec *args)
 {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    forget_calls((u32)id);
     struct proc_life life = {.exec_ns = bpf_ktime_get_ns()};
     if (procs.update(&tgid, &life)) /* a new program: its cold start begins now */
         count_event(CTR_MAP_FULL);
@@ -103,13 +116,7 @@ int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
 {
     u32 tid = args->pid;
     procs.delete(&tid);
-    /* A thread that ends inside a probed call leaves no entry for its tid's next owner. */
-    struct call_key k = {.tid = tid, .kind = CALL_COMPILE};
-    calls_in_flight.delete(&k);
-    k.kind = CALL_INSTANTIATE;
-    calls_in_flight.delete(&k);
-    k.kind = CALL_CALL;
-    calls_in_flight.delete(&k);
+    forget_calls(tid);
     return 0;
 }
 

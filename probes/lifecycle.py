@@ -59,6 +59,7 @@ class Library:
     missing: list[str] = field(default_factory=list)  # functions the file lacks (and why)
     error: str | None = None
     api: str = "c"  # "c" (exported C API) or "rust" (symbols of the Rust API, demangled)
+    kinds: set[str] = field(default_factory=set)  # the kinds of call some function is timed for
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class LifecycleProbe(Probe):
                     lib.missing.append(f"{ep.name}: could not be attached: {why}")
             else:
                 copies[ep.name] = copies.get(ep.name, 0) + 1
+                lib.kinds.add(ep.kind)
         # A generic function is one copy per type it was compiled for: said once, counted.
         lib.attached = [n if c == 1 else f"{n} ({c} copies)" for n, c in copies.items()]
         return lib
@@ -220,7 +222,8 @@ class LifecycleProbe(Probe):
         ret = f"wasmtop_wasm_{ep.kind}_return".encode()
         done: list[str] = []
         try:
-            for offset, program in ((ep.offset, entry), *((r, ret) for r in ep.returns)):
+            # The returns first: a call that begins before its end can be seen never ends.
+            for offset, program in (*((r, ret) for r in ep.returns), (ep.offset, entry)):
                 key = f"{ep.symbol}@{offset:#x}"
                 capturing(
                     f"uprobe {key}",

@@ -96,12 +96,23 @@ def test_extism_library_is_wasmtime_by_its_symbols_with_version_and_entry_points
         path = wasmscan.rust_path(name)
         assert path[0] == "wasmtime" and "vm" not in path, path
         assert wasmscan.api_kind(path, "wasmtime") == kind
-    assert len(f.entry_points) <= 3 * len(wasmscan.RUST_API["wasmtime"]) * wasmscan.MAX_COPIES
-    # each symbol is one the library defines (the uprobe resolves it there)
+    # Each symbol is a function the library defines, at the address nm gives it: the entry's
+    # file offset is that address less the text section's (address - offset), and every return
+    # offset holds a ret opcode. Func::call leaves by a tail call here: not probed, and said.
     nm = subprocess.run(["nm", "--defined-only", str(extism_lib())], capture_output=True,
                         text=True, check=True).stdout  # fmt: skip
-    defined = {line.split()[-1] for line in nm.splitlines() if line.split()[1:2] in (["t"], ["T"])}
-    assert {name for name, _ in f.entry_points} <= defined
+    address = {line.split()[-1]: int(line.split()[0], 16) for line in nm.splitlines()
+               if line.split()[1:2] in (["t"], ["T"])}  # fmt: skip
+    data = extism_lib().read_bytes()
+    text = next(s for s in wasmscan.sections(wasmscan.bytes_reader(data), len(data))
+                if s.name == ".text")  # fmt: skip
+    assert {name for name, _ in f.entry_points} <= address.keys()
+    assert len({entry for _, entry, _ in f.locations}) == len(f.locations) > 0
+    for name, entry, returns in f.locations:
+        assert entry == address[name] - text.addr + text.offset, name
+        assert returns and all(data[r] == 0xC3 or data[r : r + 2] == b"\xf3\xc3" for r in returns)
+    assert any(m.startswith("wasmtime::Func::call: not probed (they leave by a tail call")
+               for m in f.missing), f.missing  # fmt: skip
 
 
 def test_the_wasmtime_package_is_its_c_api_library():
