@@ -30,8 +30,7 @@ import re
 import stat
 import struct
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 COMPILE, INSTANTIATE, CALL = "compile", "instantiate", "call"
@@ -118,7 +117,6 @@ class Finding:
     missing: tuple[str, ...] = ()
     note: str | None = None  # why nothing could be said (not ELF, too large, ...)
     symbols: bool = False  # the file has a .symtab
-    seconds: float = 0.0  # what examining it took
     # Where each entry point is in the file: (symbol, its first instruction's file offset,
     # the file offsets of its return instructions). Uprobes go on those instructions, never a
     # return probe: a return probe replaces the return address on the stack, and a Rust panic
@@ -500,7 +498,6 @@ def examine(path: str) -> Finding:
     a regular file is read (opened without blocking: a FIFO put where a file was is refused),
     a bounded slice at a time (``MAX_TABLE_BYTES``, ``MAX_VERSION_BYTES``): a file truncated
     meanwhile gives short reads, never a fault."""
-    t0 = time.monotonic()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
@@ -524,11 +521,7 @@ def examine(path: str) -> Finding:
         return Finding(None, note=f"could not be read: {exc}")
     finally:
         os.close(fd)
-    return _with_seconds(found, time.monotonic() - t0)
-
-
-def _with_seconds(f: Finding, seconds: float) -> Finding:
-    return dataclasses.replace(f, seconds=seconds)
+    return found
 
 
 def _examine(read: Reader, size: int) -> Finding:
@@ -768,12 +761,9 @@ def executable_files(maps: str) -> list[tuple[str, str, int]]:
 @dataclass
 class ScanStats:
     files: int = 0  # files examined
-    seconds: float = 0.0  # examining them took
-    max_seconds: float = 0.0
     processes: int = 0  # processes whose files were all looked at
     dropped: int = 0  # processes not queued (the queue was full): asked again later
     failed: int = 0  # files that could not be read
-    per_process_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
 
 
 class Scanner:
@@ -853,7 +843,6 @@ class Scanner:
     def process(self, pid: int) -> Detected | None:
         """The first file ``pid`` maps executable that holds a runtime (its executable first),
         examined now unless remembered."""
-        t0 = time.monotonic()
         base = f"{self.proc_root}/{pid}"
         start = self.start_of(pid)
         try:
@@ -881,9 +870,7 @@ class Scanner:
                 found = Detected(path, finding, start)  # nothing yet: what the executable says
         if self.start_of(pid) != start:
             return None  # the pid now names another process: what was read is not its
-        took = time.monotonic() - t0
         self.stats.processes += 1
-        self.stats.per_process_s.append(took)
         return found
 
     def file(self, *paths: str) -> Finding:
@@ -901,8 +888,6 @@ class Scanner:
                     return known
             finding = dataclasses.replace(self.examine_file(path), file=key)
             self.stats.files += 1
-            self.stats.seconds += finding.seconds
-            self.stats.max_seconds = max(self.stats.max_seconds, finding.seconds)
             if finding.note and finding.note.startswith("could not"):
                 self.stats.failed += 1
             with self._lock:
