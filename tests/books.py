@@ -3,7 +3,8 @@
 - ``/proc/PID/task/TID/schedstat``: run ns, run-queue wait ns (run_delay: all time runnable but
   not running, after wake-ups and after preemptions alike), timeslices;
 - ``/proc/PID/task/TID/status``: voluntary and nonvoluntary context switches;
-- ``/proc/PID/task/TID/sched``: ``se.nr_migrations``.
+- ``/proc/PID/task/TID/sched``: ``se.nr_migrations``;
+- ``/proc/PID/status``: ``VmRSS``, resident memory.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def books(pid: int, tid: int | None = None) -> Books:
         involuntary=int(status["nonvoluntary_ctxt_switches"]),
         migrations=migrations,
     )
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident memory as /proc/PID/status says it (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def task_ids(pid: int) -> list[int]:

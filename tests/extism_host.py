@@ -1,12 +1,12 @@
 """A WebAssembly host wasmtop's authors did not write: Extism's Python SDK, whose
-``libextism_sys.so`` embeds wasmtime as a Rust crate (no C API of wasmtime is exported). Used by
-the lifecycle kernel tests and bench/wasm_detect.py.
+``libextism_sys.so`` embeds wasmtime as a Rust crate (no C API of wasmtime is exported). Run by
+tests/support.py's ``extism_host`` for the lifecycle kernel tests and the e2e test.
 
 Usage: extism_host.py MODULE.wasm (one exporting ``count``: no parameters, i32 result; made
-with ``GUEST`` below). This process must not import the wasmtime package: its C API library
+from support.GUEST_WAT). This process must not import the wasmtime package: its C API library
 would be found first. Reads commands on stdin, one a line, and answers each with one line of JSON:
   plugin      make a new plugin from the module (compile and instantiate) -> {"seconds": s}
-  call N      call the plugin's ``count`` function N times -> {"seconds": s, "last": n}
+  call N      call the plugin's ``count`` function N times -> {"seconds": s}
   quit
 Prints {"ready": true, "pid": PID} once Extism is loaded (the library mapped), before any plugin.
 """
@@ -20,21 +20,6 @@ import threading
 import time
 
 import extism
-
-# A guest with a counter: each call adds one and returns 0 (Extism's convention: an export
-# without parameters returning i32). Compiled from this text by the test (wasmtime.wat2wasm),
-# so no binary is checked in.
-GUEST = """
-(module
-  (global $n (mut i32) (i32.const 0))
-  (func (export "count") (result i32)
-    global.get $n
-    i32.const 1
-    i32.add
-    global.set $n
-    i32.const 0)
-  (func (export "total") (result i32) global.get $n))
-"""
 
 
 def heartbeat() -> None:

@@ -192,6 +192,8 @@ def veth_namespace() -> Iterator[tuple[str, str, str]]:
 
 # -- a Wasm host that embeds wasmtime as a Rust crate (Extism's Python SDK) ---------------------
 EXTISM_HOST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extism_host.py")
+# A guest with a counter: each call adds one and returns 0 (Extism's convention: an export
+# without parameters returning i32); compiled by ``wat2wasm``, so no binary is checked in.
 GUEST_WAT = """
 (module
   (global $n (mut i32) (i32.const 0))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from books import rss_bytes
 from support import (
     EDGE_SERVICE,
     extism_host,
@@ -267,13 +268,6 @@ def test_leak_knob_shows_as_rss_growth_and_none_without_it():
     assert leak.growth_window_s >= seconds - 2
     assert calm.rss_growth_mb_per_min < 0.25 * leak.rss_growth_mb_per_min, calm
     assert leak.rss_bytes > calm.rss_bytes
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def slope_mb_per_min(rows: list[tuple[float, int]]) -> float:
