@@ -446,8 +446,10 @@ class RemoteSnapshots:
 
     ``latest()`` returns the newest Snapshot not yet returned. ``connected``, ``error`` (why the
     last stream failed, for a person: "connection refused", "daemon stopped", ...), ``since_s``
-    (``time.monotonic()`` when ``connected`` last changed) and ``reconnects`` (attempts after a
-    failure) say how the connection is; they are plain attributes, read without a lock.
+    (``time.monotonic()`` when ``connected`` last changed), ``reconnects`` (attempts after a
+    failure) and ``ended`` (why the last connected stream ended: ``error`` moves on to the
+    reconnect attempts' reasons, "no socket there ...", within a fraction of a second) say how
+    the connection is; they are plain attributes, read without a lock.
 
     A message that does not decode into a Snapshot (not JSON, nested too deeply, a value of the
     wrong type: snapshot_json.py) is counted in ``unreadable`` and ends the stream with ``error``
@@ -475,6 +477,7 @@ class RemoteSnapshots:
         self.reconnect_max_s = reconnect_max_s
         self.connected = False
         self.error: str | None = None
+        self.ended: str | None = None
         self.since_s = time.monotonic()
         self.reconnects = 0
         self.sequence = 0  # the server's number of the newest Snapshot received
@@ -607,6 +610,8 @@ class RemoteSnapshots:
             if len(error) > ERROR_CHARS:
                 error = error[: ERROR_CHARS - 3] + "..."
         self.error = error
+        if self.connected and not connected:
+            self.ended = error
         self.connected = connected
 
 
