@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import attached_line
+
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 SIZE = 1024
 REQUEST = json.dumps({"trace": "0af7651916cd43dd8448eb211c80319c", "pad": "x" * 2000})[:SIZE]
@@ -133,7 +135,7 @@ def start_wasmtop(flags: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-    line = proc.stderr.readline()  # "wasmtop: attached: ..." once every probe is started
+    line = attached_line(proc)  # "wasmtop: attached: ..." once every probe is started
     mode = flags[flags.index("--bypass") + 1]
     if mode != "off" and f"sockbypass ok ({mode})" not in line:
         proc.kill()

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import attached_line
 from sched_overhead import cpu_ticks
 from tracectx_overhead import TRACEPARENT
 
@@ -60,7 +61,7 @@ def one_round(config: str, seconds: float, conns: int, flags: list[str]) -> dict
                 [WASMTOP, "snapshot", "--seconds", str(seconds + 2), *flags],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            line = tool.stderr.readline()
+            line = attached_line(tool)
             if "lifecycle ok" not in line:
                 raise RuntimeError(f"wasmtop did not attach every probe: {line.strip()}")
         hey(port, 1, conns)  # warm-up

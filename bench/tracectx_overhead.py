@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import attached_line
 from sched_overhead import cpu_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
                  str(seconds + 2), *flags],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            line = tool.stderr.readline()
+            line = attached_line(tool)
             if "sched ok" not in line:
                 raise RuntimeError(f"wasmtop did not attach: {line.strip()}")
         wrk(port, 1, conns, path)  # warm-up
