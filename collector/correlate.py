@@ -84,6 +84,11 @@ def request_meta_py(data: bytes) -> tuple[str | None, bytes | None]:
 
 
 request_meta = getattr(tracefast, "request_meta", None) or request_meta_py
+# RequestTracker.feed's common case, compiled (probes/_tracefast.c), or None: a record that is
+# a request head the fast path reads with no problem, of a process identified in this batch,
+# whose route this batch has named, read and answered by one thread, and whose workload has a
+# window. The Python loop in feed does the same for every record, and the rest.
+_feed_known = getattr(tracefast, "feed_known", None)
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 MAX_HOSTS = 4096  # Host header values parsed, kept (emptied when full)
@@ -319,8 +324,9 @@ class RequestTracker:
         connection_of: Callable[[int, int, int], ConnInfo] = lambda *_: NO_CONNECTION,
         identity_of: Callable[[int], tuple[str | None, Sequence[str]]] | None = None,
     ) -> None:
-        """Parse and attribute captured requests (counting every header problem); they wait,
-        as small tuples, for ``take`` or ``take_traced``, which make Requests of them.
+        """Parse and attribute captured requests (counting every header problem), and enter
+        each into its workload's window; they wait, as small tuples, for ``take`` or
+        ``take_traced``, which make Requests of them.
         ``connection_of(pid, fd, start_ns)`` (the endpoints of the connection the fd held for
         the request, and whether it took the socket bypass) is asked then, only for the
         Requests made. ``identity_of(pid)``: its workload and the names its workload's route
@@ -334,12 +340,24 @@ class RequestTracker:
             self._set_of_names.clear()
             self._templated.clear()
         # "METHOD route" of (workload, method, path) in this batch, once named: a route named
-        # stays named until a take (only a window's expiry gives a name back), so the answer
-        # is the same as _route's, without its work. Routes not named are asked each time.
+        # stays named until its window lets it go (only an expiry or the cap does), so the
+        # answer is the same as _route's, without its work. Routes not named are asked each time.
         named: dict[tuple, str] = {}
         counters = self.counters
         done = self._done
-        for rec in records:
+        records = records if type(records) is list else list(records)
+        fast, cap, windows = _feed_known, self.max_window_requests, self._windows
+        enter = self._enter
+        i, n = 0, len(records)
+        while i < n:
+            if fast is not None:
+                # The common case, compiled: every record it takes is fed and entered as the
+                # loop below would; it stops at the first it does not, which the loop feeds.
+                i = fast(records, i, Head, workloads, named, windows, done, connection_of, cap)
+                if i >= n:
+                    break
+            rec = records[i]
+            i += 1
             # RequestRecord's fields by position: no attribute lookup per field and request
             (tgid, _fd, _start, _end, tid, end_tid, _p0, _p1, _m0, _m1, _status, data, _ctx,
              _span, _wake, _queued, _seq) = rec  # fmt: skip
@@ -368,7 +386,11 @@ class RequestTracker:
                 route = self._route(workload, tset, head)
                 if route != OTHER_ROUTE:
                     named[key] = route
-            done.append((rec, head, workload, route, connection_of))
+            entry = (rec, head, workload, route, connection_of)
+            done.append(entry)
+            # Into the window now, as the compiled path does: an eviction that gives a route's
+            # name back counts for the next request of this batch.
+            enter((entry,))
 
     def _route(self, workload: str | None, tset: int, head: Head) -> str:
         if head.method not in METHODS:
@@ -429,46 +451,45 @@ class RequestTracker:
         route: str,
         connection_of: Callable[[int, int, int], ConnInfo],
     ) -> Request:
+        # RequestRecord's fields by position: one unpack rather than an attribute lookup each
+        (tgid, fd, start, end, tid, end_tid, p0, p1, m0, m1, status, data, ctx_trace, ctx_span,
+         wake, queued, seq) = rec  # fmt: skip
         preempted = migrations = None
-        if rec.tid == rec.end_tid and rec.preempt_end_ns is not None:
+        if tid == end_tid and p1 is not None:
             # No entry at the read, one at the write: the first switch-out fell inside.
-            preempted = rec.preempt_end_ns - (rec.preempt_start_ns or 0)
-            migrations = rec.migrations_end - (rec.migrations_start or 0)  # type: ignore[operator]
+            preempted = p1 - (p0 or 0)
+            migrations = m1 - (m0 or 0)  # type: ignore[operator]
         trace_id, source, span_id = head.trace_id, head.trace_source, None
-        if rec.ctx_trace_id is not None:
-            span_id = rec.ctx_span_id
+        if ctx_trace is not None:
+            span_id = ctx_span
             if trace_id is None:
-                trace_id, source = rec.ctx_trace_id, "trace_ctx"
-        wake = rec.wake_ns
-        endpoints, bypassed = connection_of(rec.tgid, rec.fd, rec.start_ns)
+                trace_id, source = ctx_trace, "trace_ctx"
+        endpoints, bypassed = connection_of(tgid, fd, start)
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
         # trace_source, trace_flags, tracestate, preempted_ns, migrations, bypassed, queued_ns,
         # queued_wakeup, read_end_ns, path, version, host, endpoints.
         return new_record(  # type: ignore[no-any-return]
             Request,
-            (rec.tgid, rec.tid, rec.fd, workload,
-             wake if wake and wake <= rec.start_ns else rec.start_ns, rec.end_ns, head.method,
-             route, rec.status, trace_id, head.parent_id, span_id, source, head.trace_flags,
-             head.tracestate, preempted, migrations, bypassed, rec.queued_ns, rec.wakeup_seq,
-             rec.start_ns, head.path if self.keep_paths else None,
-             *(_NO_PAIR if trace_id is None else _meta(rec.data)), endpoints),
+            (tgid, tid, fd, workload, wake if wake and wake <= start else start, end,
+             head.method, route, status, trace_id, head.parent_id, span_id, source,
+             head.trace_flags, head.tracestate, preempted, migrations, bypassed, queued, seq,
+             start, head.path if self.keep_paths else None,
+             *(_NO_PAIR if trace_id is None else _meta(data)), endpoints),
         )  # fmt: skip
 
     # -- taking ---------------------------------------------------------------------------
     def take(self) -> list[Request]:
-        """Requests completed since the previous take; each enters its workload's window."""
+        """Requests completed since the previous take (each entered its window when fed)."""
         done, self._done = self._done, []
-        self._enter(done)
         request = self._request
         return [request(*entry) for entry in done]
 
     def take_traced(self, limit: int) -> tuple[list[Request], int]:
         """``take`` for who keeps only the requests with a trace id, at most ``limit`` of them:
         those Requests (the first ones, in take's order) and how many there were in all. Every
-        request enters its window as with ``take``; no Request is made for the rest."""
+        request entered its window when fed, as with ``take``; no Request is made for the rest."""
         done, self._done = self._done, []
-        self._enter(done)
         kept: list[Request] = []
         traced = 0
         for entry in done:
@@ -478,7 +499,7 @@ class RequestTracker:
                     kept.append(self._request(*entry))
         return kept, traced
 
-    def _enter(self, done: list[tuple]) -> None:
+    def _enter(self, done: Iterable[tuple]) -> None:
         """Each fed request into its workload's window, in order: its entry, its duration among
         those ended since the last figures, its route and status counted; the oldest beyond the
         cap evicted."""

@@ -14,7 +14,12 @@
  *       when the general parser must decide. Every branch mirrors a line of _fast_head; a
  *       property test holds the two (and parse_head_general) to the same answer.
  *
- * Both read only inside the buffers they are given: every index is checked against a length.
+ *   feed_known(records, i, head_type, workloads, named, windows, done, conn, cap) -> int
+ *       collector/correlate.py RequestTracker.feed for records[i:], as long as each is the
+ *       common case (its docstring there says which); returns the index of the first record
+ *       it did not take, which Python then feeds.
+ *
+ * They read only inside the buffers they are given: every index is checked against a length.
  * The pure-Python code they replace stays, and is used when this module is not built
  * (WASMTOP_PURE_PYTHON=1 forces it).
  */
@@ -545,6 +550,205 @@ static PyObject *py_request_meta(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/* -- RequestTracker.feed's common case ------------------------------------------------------- */
+
+static PyObject *s_append, *s_evict, *s_entries, *s_ended, *s_routes, *s_statuses, *s_pids,
+    *s_empty, *one;
+
+/* counter[key] += 1 on a dict (a Counter: its __missing__ is not needed, a missing key is 0).
+ * 0, or -1 with an exception set. */
+static int count_one(PyObject *counter, PyObject *key) {
+    PyObject *old = PyDict_GetItemWithError(counter, key); /* borrowed */
+    if (!old && PyErr_Occurred())
+        return -1;
+    PyObject *new = old ? PyNumber_Add(old, one) : Py_NewRef(one);
+    if (!new)
+        return -1;
+    int err = PyDict_SetItem(counter, key, new);
+    Py_DECREF(new);
+    return err;
+}
+
+/* One workload's window, its parts held while its requests come one after the other. */
+struct window {
+    PyObject *workload; /* whose parts these are (NULL: none yet) */
+    PyObject *win, *entries, *append, *ended, *routes, *statuses, *pids;
+};
+
+static void window_clear(struct window *w) {
+    Py_CLEAR(w->workload);
+    Py_CLEAR(w->win);
+    Py_CLEAR(w->entries);
+    Py_CLEAR(w->append);
+    Py_CLEAR(w->ended);
+    Py_CLEAR(w->routes);
+    Py_CLEAR(w->statuses);
+    Py_CLEAR(w->pids);
+}
+
+/* The parts of the window of `workload` (None: ""): 1, 0 when `windows` has none, -1 with an
+ * exception set. */
+static int window_of(struct window *w, PyObject *windows, PyObject *workload) {
+    window_clear(w);
+    PyObject *win = PyDict_GetItemWithError(windows, workload == Py_None ? s_empty : workload);
+    if (!win)
+        return PyErr_Occurred() ? -1 : 0;
+    w->win = Py_NewRef(win);
+    w->entries = PyObject_GetAttr(win, s_entries);
+    if (!w->entries)
+        return -1;
+    w->append = PyObject_GetAttr(w->entries, s_append);
+    w->ended = PyObject_GetAttr(win, s_ended);
+    w->routes = PyObject_GetAttr(win, s_routes);
+    w->statuses = PyObject_GetAttr(win, s_statuses);
+    w->pids = PyObject_GetAttr(win, s_pids);
+    if (!w->append || !w->ended || !w->routes || !w->statuses || !w->pids)
+        return -1;
+    if (!PyList_Check(w->ended) || !PyDict_Check(w->routes) || !PyDict_Check(w->statuses) ||
+        !PySet_Check(w->pids)) {
+        PyErr_SetString(PyExc_TypeError, "a window's parts are not a list, dicts and a set");
+        return -1;
+    }
+    w->workload = Py_NewRef(workload);
+    return 1;
+}
+
+/* Record i's Head when it is the common case (a request head the fast path reads, with no
+ * problem): a new reference; Py_None (new) when it is not; NULL with an exception set. */
+static PyObject *plain_head(PyObject *rec, PyTypeObject *head_type) {
+    PyObject *data = PyTuple_GET_ITEM(rec, 11);
+    if (!PyBytes_CheckExact(data))
+        Py_RETURN_NONE;
+    PyObject *head = fast_head_of((const unsigned char *)PyBytes_AS_STRING(data),
+                                  PyBytes_GET_SIZE(data), head_type);
+    if (!head || head == Py_None)
+        return head;
+    if (PyTuple_GET_ITEM(head, 0) != s_request || PyTuple_GET_SIZE(PyTuple_GET_ITEM(head, 10))) {
+        Py_DECREF(head);
+        Py_RETURN_NONE;
+    }
+    return head;
+}
+
+/* One record through RequestTracker.feed and _enter: 1 when taken, 0 when Python must feed
+ * it, -1 with an exception set. */
+static int feed_one(PyObject *rec, PyTypeObject *head_type, PyObject *workloads,
+                    PyObject *named, PyObject *windows, PyObject *done, PyObject *conn,
+                    Py_ssize_t cap, struct window *w) {
+    if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) != RECORD_FIELDS)
+        return 0;
+    PyObject *tgid = PyTuple_GET_ITEM(rec, 0), *start = PyTuple_GET_ITEM(rec, 2),
+             *end = PyTuple_GET_ITEM(rec, 3), *status = PyTuple_GET_ITEM(rec, 10),
+             *wake = PyTuple_GET_ITEM(rec, 14);
+    int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(rec, 4), PyTuple_GET_ITEM(rec, 5), Py_EQ);
+    if (same <= 0)
+        return same; /* a request answered by another thread is counted by Python */
+    PyObject *known = PyDict_GetItemWithError(workloads, tgid); /* borrowed */
+    if (!known)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2)
+        return 0;
+    PyObject *workload = PyTuple_GET_ITEM(known, 0);
+    PyObject *head = plain_head(rec, head_type);
+    if (!head || head == Py_None) {
+        Py_XDECREF(head);
+        return head ? 0 : -1;
+    }
+    int taken = -1;
+    PyObject *route = NULL, *dur = NULL, *entry = NULL, *got = NULL;
+    PyObject *key = PyTuple_Pack(4, workload, PyTuple_GET_ITEM(known, 1),
+                                 PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2));
+    if (!key)
+        goto out;
+    route = PyDict_GetItemWithError(named, key); /* borrowed */
+    if (!route) {
+        taken = PyErr_Occurred() ? -1 : 0;
+        goto out;
+    }
+    if (w->workload != workload) {
+        int found = window_of(w, windows, workload);
+        if (found <= 0) {
+            taken = found;
+            goto out;
+        }
+    }
+    PyObject *from = start; /* borrowed */
+    if (wake != Py_None) {
+        int truthy = PyObject_IsTrue(wake);
+        int earlier = truthy > 0 ? PyObject_RichCompareBool(wake, start, Py_LE) : truthy;
+        if (earlier < 0)
+            goto out;
+        if (earlier)
+            from = wake;
+    }
+    dur = PyNumber_Subtract(end, from);
+    if (!dur)
+        goto out;
+    /* Nothing that can fail half-way below leaves the record half-entered but the allocations:
+     * the window's parts are then as Python would leave them on MemoryError. */
+    got = PyTuple_Pack(5, rec, head, workload, route, conn);
+    if (!got || PyList_Append(done, got) < 0)
+        goto out;
+    if (PySet_Add(w->pids, tgid) < 0)
+        goto out;
+    entry = PyTuple_Pack(4, end, dur, route, status);
+    if (!entry)
+        goto out;
+    PyObject *r = PyObject_CallOneArg(w->append, entry);
+    if (!r)
+        goto out;
+    Py_DECREF(r);
+    if (PyList_Append(w->ended, dur) < 0 || count_one(w->routes, route) < 0 ||
+        count_one(w->statuses, status) < 0)
+        goto out;
+    Py_ssize_t len = PyObject_Length(w->entries);
+    if (len < 0)
+        goto out;
+    if (len > cap) {
+        PyObject *n = PyLong_FromSsize_t(cap);
+        r = n ? PyObject_CallMethodOneArg(w->win, s_evict, n) : NULL;
+        Py_XDECREF(n);
+        if (!r)
+            goto out;
+        Py_DECREF(r);
+    }
+    taken = 1;
+out:
+    Py_XDECREF(key);
+    Py_XDECREF(dur);
+    Py_XDECREF(got);
+    Py_XDECREF(entry);
+    Py_DECREF(head);
+    return taken;
+}
+
+static PyObject *py_feed_known(PyObject *self, PyObject *args) {
+    PyObject *records, *head_type, *workloads, *named, *windows, *done, *conn;
+    Py_ssize_t i, cap;
+    if (!PyArg_ParseTuple(args, "O!nOO!O!O!O!On", &PyList_Type, &records, &i, &head_type,
+                          &PyDict_Type, &workloads, &PyDict_Type, &named, &PyDict_Type,
+                          &windows, &PyList_Type, &done, &conn, &cap))
+        return NULL;
+    if (!check_tuple_type(head_type, 11, "head_type"))
+        return NULL;
+    struct window w = {0};
+    for (; i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        Py_INCREF(rec); /* a window's evict() could, in principle, drop the list's last ref */
+        int taken = feed_one(rec, (PyTypeObject *)head_type, workloads, named, windows, done,
+                             conn, cap, &w);
+        Py_DECREF(rec);
+        if (taken < 0) {
+            window_clear(&w);
+            return NULL;
+        }
+        if (!taken)
+            break;
+    }
+    window_clear(&w);
+    return PyLong_FromSsize_t(i);
+}
+
 static PyMethodDef methods[] = {
     {"take_requests", py_take_requests, METH_VARARGS,
      "take_requests(ring, page, mask, cons, prod, record_type, capture_bytes, read_mask, "
@@ -552,6 +756,8 @@ static PyMethodDef methods[] = {
     {"request_record", py_request_record, METH_VARARGS,
      "request_record(data, record_type, capture_bytes, read_mask, write_mask) -> record | None"},
     {"fast_head", py_fast_head, METH_VARARGS, "fast_head(head_type, data) -> Head | None"},
+    {"feed_known", py_feed_known, METH_VARARGS,
+     "feed_known(records, i, head_type, workloads, named, windows, done, conn, cap) -> int"},
     {"request_meta", py_request_meta, METH_O,
      "request_meta(data) -> (HTTP version | None, Host header value | None)"},
     {NULL, NULL, 0, NULL},
@@ -566,7 +772,17 @@ PyMODINIT_FUNC PyInit__tracefast(void) {
     s_traceparent = PyUnicode_InternFromString("traceparent");
     t_empty = PyTuple_New(0);
     t_truncated = Py_BuildValue("(s)", "head_truncated");
-    if (!s_request || !s_traceparent || !t_empty || !t_truncated)
+    s_append = PyUnicode_InternFromString("append");
+    s_evict = PyUnicode_InternFromString("evict");
+    s_entries = PyUnicode_InternFromString("entries");
+    s_ended = PyUnicode_InternFromString("ended");
+    s_routes = PyUnicode_InternFromString("routes");
+    s_statuses = PyUnicode_InternFromString("statuses");
+    s_pids = PyUnicode_InternFromString("pids");
+    s_empty = PyUnicode_InternFromString("");
+    one = PyLong_FromLong(1);
+    if (!s_request || !s_traceparent || !t_empty || !t_truncated || !s_append || !s_evict ||
+        !s_entries || !s_ended || !s_routes || !s_statuses || !s_pids || !s_empty || !one)
         return NULL;
     return PyModule_Create(&module);
 }

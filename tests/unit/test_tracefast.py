@@ -397,3 +397,80 @@ def test_feed_names_routes_as_one_request_at_a_time_would(seed):
         others += sum(r.route == OTHER_ROUTE for r in taken)
     assert others and fast.counters["requests_paths_other"]
     assert fast.counters["requests_method_other"]
+
+
+def windows_of(tracker: RequestTracker) -> dict:
+    return {
+        key: (list(w.entries), sorted(w.pids), dict(w.routes), dict(w.statuses), sorted(w.named),
+              w.evicted, w.evicted_until_ns, list(w.ended))
+        for key, w in tracker._windows.items()
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_compiled_feed_fills_windows_and_counters_as_the_python_loop(seed, monkeypatch):
+    """The same batches through RequestTracker.feed with the compiled common case and without it
+    (the Python loop alone): the same Requests, windows (entries in order, evictions, named
+    routes, per-route and per-status counts), figures and counters. The records mix what the
+    compiled path takes with what it must hand back: truncated heads, other methods, requests
+    answered by another thread, a process without a workload, routes beyond the cap."""
+    from wasmtop.collector import correlate
+
+    rng = random.Random(seed)
+    batches = [[record(100 * b + i, rng) for i in range(80)] for b in range(5)]
+    compiled, python = (RequestTracker(max_paths=4, max_window_requests=60) for _ in range(2))
+    for batch in batches:
+        compiled.feed(batch, workload_of)
+        with monkeypatch.context() as m:
+            m.setattr(correlate, "_feed_known", None)
+            python.feed(batch, workload_of)
+        assert compiled.take() == python.take()
+        assert windows_of(compiled) == windows_of(python)
+        now = batch[-1].end_ns
+        assert compiled.figures(now) == python.figures(now)
+        assert compiled.counters == python.counters
+    assert compiled.counters["requests_cross_thread"] and compiled.counters["requests_paths_other"]
+    assert any(w[5] for w in windows_of(compiled).values())  # the window cap evicted some
+
+
+def test_the_compiled_feed_takes_the_common_case_and_stops_at_the_rest():
+    """feed_known on its own: it takes plain requests of a known process and named route, and
+    stops (returning the index) at a record Python must feed: an unknown process, a route not
+    named, a head with a problem, a request answered by another thread, a record that is not a
+    RequestRecord."""
+    tracker = RequestTracker()
+    plain = RequestRecord(
+        tgid=7, fd=3, start_ns=100, end_ns=300, tid=7, end_tid=7, preempt_start_ns=None,
+        preempt_end_ns=None, migrations_start=None, migrations_end=None, status=200,
+        data=b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", ctx_trace_id=None, ctx_span_id=None,
+    )  # fmt: skip
+    tracker.feed([plain], workload_of)  # Python names the route and makes the window
+    tracker.take()
+    head = parse_head(plain.data)
+    workloads = {7: ("pid:7", 0)}
+    named = {("pid:7", 0, "GET", "/a"): "GET /a"}
+    stops = [
+        plain._replace(tgid=8),  # not identified in this batch
+        plain._replace(data=b"GET /b HTTP/1.1\r\n\r\n"),  # a route not named yet
+        plain._replace(data=b"GET /a HTTP/1.1\r\nHost: h\r\n"),  # head_truncated
+        plain._replace(data=b"get /a HTTP/1.1\r\n\r\n"),  # not the fast path's
+        plain._replace(end_tid=9),  # answered by another thread
+        tuple(plain)[:-1],  # not a RequestRecord
+    ]
+    for stop in stops:
+        done: list = []
+        batch = [plain, plain._replace(start_ns=200, wake_ns=150), stop, plain]
+        taken = tracefast.feed_known(
+            batch, 0, Head, workloads, named, tracker._windows, done, None, 100
+        )
+        assert taken == 2, stop
+        assert [d[:4] for d in done] == [(batch[0], head, "pid:7", "GET /a"),
+                                         (batch[1], head, "pid:7", "GET /a")]  # fmt: skip
+    win = tracker._windows["pid:7"]
+    # the first feed's request, then two per stop; the woken one from its wake-up
+    assert list(win.entries)[:3] == [(300, 200, "GET /a", 200), (300, 200, "GET /a", 200),
+                                     (300, 150, "GET /a", 200)]  # fmt: skip
+    assert win.routes["GET /a"] == win.statuses[200] == 1 + 2 * len(stops)
+    assert win.pids == {7}
+    with pytest.raises(TypeError):
+        tracefast.feed_known((plain,), 0, Head, workloads, named, tracker._windows, [], None, 1)
