@@ -9,7 +9,8 @@ data), and takes them the way the collector does, in drains of ``--batch`` recor
 Probe.drain (ring -> RequestRecords, through TraceCtxProbe.take_records), TraceCtxProbe.read
 (in end order), RequestTracker.feed (head parse, attribution), the rest of
 Collector._feed_requests (windows, the traces kept: at most ``--max-traces`` a snapshot) and
-RequestTracker.figures once per snapshot of ``--snapshot`` records; then parse_head alone.
+RequestTracker.figures once per snapshot of ``--snapshot`` records; then parse_head alone. The
+garbage collector is set as the engine sets it while probes run (settle_garbage_collector).
 
 Prints microseconds per request (best of ``--repeat``). ``--python`` forces the pure-Python
 path (WASMTOP_PURE_PYTHON=1) where a compiled one exists.
@@ -163,6 +164,9 @@ def main() -> None:
     if args.python:
         os.environ["WASMTOP_PURE_PYTHON"] = "1"
     records = [record(i) for i in range(args.records)]
+    from wasmtop.engine import settle_garbage_collector
+
+    settle_garbage_collector()  # as the engine leaves it while probes run
     print(f"{args.records} records of {len(records[0])} bytes, drains of {args.batch}, "
           f"a snapshot every {args.snapshot}, at most {args.max_traces} traces kept each; "
           f"best of {args.repeat}, µs per request")  # fmt: skip
