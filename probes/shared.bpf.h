@@ -37,7 +37,8 @@ struct thread_stats {
                                 * syscalls): the latest wake-up number charged to a request */
     u32 note_sleep;            /* set by the trace-context probe on threads of traced processes
                                 * (and on their process's leader), inherited by new threads of
-                                * either: record sleep_nr and sleep_fd */
+                                * either: record sleep_nr and sleep_fd. 2: the leader was found
+                                * marked too (the probe stops looking it up) */
     u32 sleep_nr;              /* 1 + the syscall it last went to sleep in (0: none noted since
                                 * the trace-context probe last looked); written at switch-out */
     u64 sleep_fd;              /* that syscall's first argument (the fd, for reads) */

@@ -186,9 +186,12 @@ static __always_inline int http_kind(u64 head)
            w == WORD('T', 'R', 'A', 'C')) ? KIND_REQUEST : 0;
 }
 
-static __always_inline void thread_figures(u32 tid, u64 *preempt, u64 *migrations, u8 *flags)
+/* st: the thread's entry in the scheduler probe's map (NULL: none). Each socket call looks it up
+ * once (thread_stats_of: an array-of-maps lookup, then the inner map's through the generic
+ * helper) and hands it down. */
+static __always_inline void thread_figures(struct thread_stats *st, u64 *preempt,
+                                           u64 *migrations, u8 *flags)
 {
-    struct thread_stats *st = thread_stats_of(tid);
     if (st) {
         *flags |= F_HAVE_STATS;
         *preempt = st->preempt_delay_ns;
@@ -204,12 +207,12 @@ static __always_inline void thread_figures(u32 tid, u64 *preempt, u64 *migration
 /* The latest wake-up of the thread, if no request was charged with it yet: the wait it had on
  * the run queue before it could read this request. Charged once (the thread's own syscalls are
  * the only writers of wakeup_charged). ``entry_wakeups``: its count when the read began. */
-static __always_inline void charge_wakeup(u32 tid, u64 entry_wakeups, struct open_request *r)
+static __always_inline void charge_wakeup(struct thread_stats *st, u64 entry_wakeups,
+                                          struct open_request *r)
 {
     r->wake_ns = 0;
     r->queued_ns = 0;
     r->wakeup_seq = 0;
-    struct thread_stats *st = thread_stats_of(tid);
     if (!st || !st->wakeups || st->wakeups <= st->wakeup_charged)
         return;
     r->wakeup_seq = st->wakeups;
@@ -227,7 +230,7 @@ static __always_inline void charge_wakeup(u32 tid, u64 entry_wakeups, struct ope
 
 /* A request head read (server side): remember it until its response is written. */
 static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u8 sys,
-                                         u64 entry_wakeups)
+                                         u64 entry_wakeups, struct thread_stats *st)
 {
     u32 zero = 0;
     struct open_request *r = scratch.lookup(&zero);
@@ -241,8 +244,10 @@ static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u
     r->syscall = sys;
     r->flags = 0;
     r->_pad = 0;
-    thread_figures(tid, &r->preempt_ns, &r->migrations, &r->flags);
-    charge_wakeup(tid, entry_wakeups, r);
+    if (!st) /* not looked up by the caller (syscall capture), or no entry */
+        st = thread_stats_of(tid);
+    thread_figures(st, &r->preempt_ns, &r->migrations, &r->flags);
+    charge_wakeup(st, entry_wakeups, r);
     struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
         r->flags |= F_HAVE_CTX;
@@ -274,7 +279,8 @@ static __always_inline u16 status_code(u64 buf)
 }
 
 /* A response started (server side): one event with its request, then forget the request. */
-static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
+static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd,
+                                          struct thread_stats *st)
 {
     struct open_request *r = open_requests.lookup(&key);
     if (!r) {
@@ -310,7 +316,9 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
     ev->read_syscall = r->syscall;
     ev->write_syscall = sys;
     ev->_pad = 0;
-    thread_figures(tid, &ev->preempt_end_ns, &ev->migrations_end, &ev->end_flags);
+    if (!st)
+        st = thread_stats_of(tid);
+    thread_figures(st, &ev->preempt_end_ns, &ev->migrations_end, &ev->end_flags);
     /* The runtime sets the context after it parsed the request: the response end knows it. */
     struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
@@ -340,7 +348,7 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd)
 /* The start of a read or written buffer: a request read opens, a response written closes;
  * the client side of an exchange (request written, response read) is only counted. */
 static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u8 sys,
-                                    u64 entry_wakeups)
+                                    u64 entry_wakeups, struct thread_stats *st)
 {
     u64 head = 0;
     if (n < 8 || !buf)
@@ -356,9 +364,10 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
     }
     u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
     if (kind == KIND_REQUEST && dir == DIR_READ)
-        open_request(key, buf, n < CAPTURE_BYTES ? n : CAPTURE_BYTES, total, sys, entry_wakeups);
+        open_request(key, buf, n < CAPTURE_BYTES ? n : CAPTURE_BYTES, total, sys, entry_wakeups,
+                     st);
     else if (kind == KIND_RESPONSE && dir == DIR_WRITE)
-        close_request(key, buf, sys, fd);
+        close_request(key, buf, sys, fd, st);
     else
         count_event(CTR_CLIENT);
 }
@@ -432,25 +441,31 @@ static __always_inline int user_buffer(struct user_regs *r, int dir, u64 *buf, u
     return 0;
 }
 
-/* A socket call of a traced thread: the syscall it last slept in (1 + its number, 0: none since
- * the last call) and that syscall's fd, which the scheduler probe noted; forgotten now. The
- * thread and its process's leader are marked, so that the scheduler probe notes the sleeps of
- * the thread and of every thread either creates from now on (a thread-per-connection server's
- * acceptor never reads: its new threads are marked through the leader). */
-static __always_inline u32 take_sleep(u64 *fd)
+/* A socket call of a traced thread (its entry st, NULL: none): the syscall it last slept in
+ * (1 + its number, 0: none since the last call) and that syscall's fd, which the scheduler probe
+ * noted; forgotten now. The thread and its process's leader are marked, so that the scheduler
+ * probe notes the sleeps of the thread and of every thread either creates from now on (a
+ * thread-per-connection server's acceptor never reads: its new threads are marked through the
+ * leader). The leader is looked up until it is found marked once (MARKED_WITH_LEADER). */
+#define MARKED_WITH_LEADER 2
+static __always_inline u32 take_sleep(struct thread_stats *st, u64 *fd)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct thread_stats *st = thread_stats_of((u32)id);
     if (!st)
         return 0;
     u32 nr = st->sleep_nr;
     *fd = st->sleep_fd;
     st->sleep_nr = 0;
-    st->note_sleep = 1;
-    if ((u32)id != id >> 32) {
-        struct thread_stats *leader = thread_stats_of(id >> 32);
-        if (leader && !leader->note_sleep)
-            leader->note_sleep = 1;
+    if (st->note_sleep != MARKED_WITH_LEADER) {
+        u64 id = bpf_get_current_pid_tgid();
+        u32 mark = MARKED_WITH_LEADER;
+        if ((u32)id != id >> 32) {
+            struct thread_stats *leader = thread_stats_of(id >> 32);
+            if (!leader)
+                mark = 1; /* no entry yet: looked for again at the next call */
+            else if (!leader->note_sleep)
+                leader->note_sleep = 1;
+        }
+        st->note_sleep = mark;
     }
     return nr;
 }
@@ -463,6 +478,7 @@ struct socket_call {
     u64 buf;
     u64 cap;
     u64 slept_fd;
+    struct thread_stats *st;
     u32 slept;
     u8 sys;
 };
@@ -477,7 +493,8 @@ static __always_inline int socket_call(int dir, struct socket_call *c)
     }
     if (user_buffer(&c->regs, dir, &c->buf, &c->cap, &c->sys))
         return -1;
-    c->slept = take_sleep(&c->slept_fd);
+    c->st = thread_stats_of((u32)bpf_get_current_pid_tgid());
+    c->slept = take_sleep(c->st, &c->slept_fd);
     return 0;
 }
 
@@ -493,7 +510,7 @@ int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
          * taken for the wait of a later read on the same fd that did not sleep. */
         u64 fd;
         if (traced())
-            take_sleep(&fd);
+            take_sleep(thread_stats_of((u32)bpf_get_current_pid_tgid()), &fd);
         return 0;
     }
     if (socket_call(DIR_READ, &c))
@@ -501,7 +518,8 @@ int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
     /* it slept in this read: its latest wake-up ended it; else no wake-up came during it */
     u64 entry_wakeups = c.slept == (u32)c.regs.orig_ax + 1 && c.slept_fd == c.regs.di ? 0 : ~0ULL;
     u64 ret = (u64)args->ret;
-    capture(c.buf, ret < c.cap ? ret : c.cap, ret, (s32)c.regs.di, DIR_READ, c.sys, entry_wakeups);
+    capture(c.buf, ret < c.cap ? ret : c.cap, ret, (s32)c.regs.di, DIR_READ, c.sys, entry_wakeups,
+            c.st);
     return 0;
 }
 
@@ -512,7 +530,7 @@ int wasmtop_sock_send(struct tracepoint__sock__sock_send_length *args)
     struct socket_call c = {};
     if (args->ret <= 0 || socket_call(DIR_WRITE, &c))
         return 0;
-    capture(c.buf, c.cap, c.cap, (s32)c.regs.di, DIR_WRITE, c.sys, 0);
+    capture(c.buf, c.cap, c.cap, (s32)c.regs.di, DIR_WRITE, c.sys, 0, c.st);
     return 0;
 }
 #else
@@ -540,7 +558,7 @@ static __always_inline int finish_read(long ret)
     if (ret <= 0)
         return 0;
     u64 n = (u64)ret < r.cap ? (u64)ret : r.cap;
-    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall, r.wakeups);
+    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall, r.wakeups, NULL);
     return 0;
 }
 
@@ -582,14 +600,14 @@ int wasmtop_exit_recvmsg(struct tracepoint__syscalls__sys_exit_recvmsg *args)
 int wasmtop_enter_write(struct tracepoint__syscalls__sys_enter_write *args)
 {
     if (traced())
-        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE, 0);
+        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE, 0, NULL);
     return 0;
 }
 
 int wasmtop_enter_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
 {
     if (traced())
-        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO, 0);
+        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO, 0, NULL);
     return 0;
 }
 
@@ -599,7 +617,7 @@ int wasmtop_enter_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)
         return 0;
     struct uiovec iov;
     if (!msghdr_iovec((u64)args->msg, &iov))
-        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG, 0);
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG, 0, NULL);
     return 0;
 }
 
@@ -609,7 +627,7 @@ int wasmtop_enter_writev(struct tracepoint__syscalls__sys_enter_writev *args)
         return 0;
     struct uiovec iov;
     if (!first_iovec((u64)args->vec, &iov))
-        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0);
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0, NULL);
     return 0;
 }
 
