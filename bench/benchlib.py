@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 
@@ -19,3 +20,26 @@ def attached_line(proc: subprocess.Popen, *, lines: int = 50) -> str:
         said.append(line)
     proc.kill()
     raise RuntimeError("wasmtop did not attach:\n" + "".join(said))
+
+
+def machine() -> str:
+    """What the figures depend on beyond the code: the CPU, the kernel, the load, and the
+    kernel's return-stack mitigation (on AMD Zen its "Safe RET" makes every kernel return, and
+    so every BPF helper call, dearer: per-run costs doubled between two hosts of one day)."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow") as f:
+            srso = f.read().strip()
+    except OSError:
+        srso = "not reported"
+    return (
+        f"machine: {model}, {os.cpu_count()} CPUs, Linux {os.uname().release}, "
+        f"load {os.getloadavg()[0]:.2f}; spec_rstack_overflow: {srso}"
+    )

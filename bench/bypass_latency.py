@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line
+from benchlib import attached_line, machine
 
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 SIZE = 1024
@@ -176,6 +176,7 @@ def main() -> int:
     )
     ap.add_argument("--conns", type=int, nargs="+", default=[1, 32], help="connection counts")
     args = ap.parse_args()
+    print(machine(), flush=True)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1

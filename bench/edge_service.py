@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line
+from benchlib import attached_line, machine
 from sched_overhead import cpu_ticks
 from tracectx_overhead import TRACEPARENT
 
@@ -99,6 +99,7 @@ def main() -> int:
         help="extra `wasmtop snapshot` flags, to see a probe's share (e.g. '--bypass off')",
     )
     args = ap.parse_args()
+    print(machine(), flush=True)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import machine
+
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 BUSY = "while True: pass"
 
@@ -48,6 +50,7 @@ def main() -> int:
     ap.add_argument("--extra", type=int, default=1, help="busy processes beyond one per CPU")
     ap.add_argument("--modes", nargs="*", default=["idle", "normal"])
     args = ap.parse_args()
+    print(machine(), flush=True)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line
+from benchlib import attached_line, machine
 from sched_overhead import cpu_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +153,7 @@ def main() -> int:
     ap.add_argument("--handler", choices=HANDLERS, action="append",
                     help="which handler(s) to load (default both)")  # fmt: skip
     args = ap.parse_args()
+    print(machine(), flush=True)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1

@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import machine
+
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 
 WRITE_LOOP = """
@@ -177,6 +179,7 @@ def main() -> int:
     ap.add_argument("--loops", type=int, default=100_000)
     ap.add_argument("--only", nargs="*", help="configurations to run (default: all)")
     args = ap.parse_args()
+    print(machine(), flush=True)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1
