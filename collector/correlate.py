@@ -86,8 +86,8 @@ def request_meta_py(data: bytes) -> tuple[str | None, bytes | None]:
 request_meta = getattr(tracefast, "request_meta", None) or request_meta_py
 # RequestTracker.feed's common case, compiled (probes/_tracefast.c), or None: a record that is
 # a request head the fast path reads with no problem, of a process identified in this batch,
-# whose route this batch has named, read and answered by one thread, and whose workload has a
-# window. The Python loop in feed does the same for every record, and the rest.
+# whose route this batch has named and still holds its place in its window, read and answered
+# by one thread. The Python loop in feed does the same for every record, and the rest.
 _feed_known = getattr(tracefast, "feed_known", None)
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
@@ -339,9 +339,10 @@ class RequestTracker:
             self._set_number = {(): 0}
             self._set_of_names.clear()
             self._templated.clear()
-        # "METHOD route" of (workload, method, path) in this batch, once named: a route named
-        # stays named until its window lets it go (only an expiry or the cap does), so the
-        # answer is the same as _route's, without its work. Routes not named are asked each time.
+        # "METHOD route" of (workload, method, path) in this batch, once named: while the route
+        # holds its place in its window's named set (an eviction by the cap can give it back
+        # mid-batch), the answer is the same as _route's, without its work. Routes not named
+        # are asked each time.
         named: dict[tuple, str] = {}
         counters = self.counters
         done = self._done
@@ -382,7 +383,9 @@ class RequestTracker:
                 counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
             key = (workload, tset, head.method, head.path)
             route = named.get(key)
-            if route is None:
+            # A route named in this batch may have given its place back since (an eviction):
+            # then _route decides again, as it would for a request fed on its own.
+            if route is None or route not in self._window(workload).named:
                 route = self._route(workload, tset, head)
                 if route != OTHER_ROUTE:
                     named[key] = route

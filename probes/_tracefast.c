@@ -553,7 +553,7 @@ static PyObject *py_request_meta(PyObject *self, PyObject *arg) {
 /* -- RequestTracker.feed's common case ------------------------------------------------------- */
 
 static PyObject *s_append, *s_evict, *s_entries, *s_ended, *s_routes, *s_statuses, *s_pids,
-    *s_empty, *one;
+    *s_named, *s_empty, *one;
 
 /* counter[key] += 1 on a dict (a Counter: its __missing__ is not needed, a missing key is 0).
  * 0, or -1 with an exception set. */
@@ -561,7 +561,9 @@ static int count_one(PyObject *counter, PyObject *key) {
     PyObject *old = PyDict_GetItemWithError(counter, key); /* borrowed */
     if (!old && PyErr_Occurred())
         return -1;
+    Py_XINCREF(old); /* the addition may run Python code */
     PyObject *new = old ? PyNumber_Add(old, one) : Py_NewRef(one);
+    Py_XDECREF(old);
     if (!new)
         return -1;
     int err = PyDict_SetItem(counter, key, new);
@@ -569,10 +571,16 @@ static int count_one(PyObject *counter, PyObject *key) {
     return err;
 }
 
+static PyObject *counter_type; /* collections.Counter */
+
+static int is_counter(PyObject *o) {
+    return PyDict_CheckExact(o) || Py_IS_TYPE(o, (PyTypeObject *)counter_type);
+}
+
 /* One workload's window, its parts held while its requests come one after the other. */
 struct window {
     PyObject *workload; /* whose parts these are (NULL: none yet) */
-    PyObject *win, *entries, *append, *ended, *routes, *statuses, *pids;
+    PyObject *win, *entries, *append, *ended, *routes, *statuses, *pids, *named;
 };
 
 static void window_clear(struct window *w) {
@@ -584,6 +592,7 @@ static void window_clear(struct window *w) {
     Py_CLEAR(w->routes);
     Py_CLEAR(w->statuses);
     Py_CLEAR(w->pids);
+    Py_CLEAR(w->named);
 }
 
 /* The parts of the window of `workload` (None: ""): 1, 0 when `windows` has none, -1 with an
@@ -594,19 +603,17 @@ static int window_of(struct window *w, PyObject *windows, PyObject *workload) {
     if (!win)
         return PyErr_Occurred() ? -1 : 0;
     w->win = Py_NewRef(win);
-    w->entries = PyObject_GetAttr(win, s_entries);
-    if (!w->entries)
+    if (!(w->entries = PyObject_GetAttr(win, s_entries)) ||
+        !(w->append = PyObject_GetAttr(w->entries, s_append)) ||
+        !(w->ended = PyObject_GetAttr(win, s_ended)) ||
+        !(w->routes = PyObject_GetAttr(win, s_routes)) ||
+        !(w->statuses = PyObject_GetAttr(win, s_statuses)) ||
+        !(w->pids = PyObject_GetAttr(win, s_pids)) || !(w->named = PyObject_GetAttr(win, s_named)))
         return -1;
-    w->append = PyObject_GetAttr(w->entries, s_append);
-    w->ended = PyObject_GetAttr(win, s_ended);
-    w->routes = PyObject_GetAttr(win, s_routes);
-    w->statuses = PyObject_GetAttr(win, s_statuses);
-    w->pids = PyObject_GetAttr(win, s_pids);
-    if (!w->append || !w->ended || !w->routes || !w->statuses || !w->pids)
-        return -1;
-    if (!PyList_Check(w->ended) || !PyDict_Check(w->routes) || !PyDict_Check(w->statuses) ||
-        !PySet_Check(w->pids)) {
-        PyErr_SetString(PyExc_TypeError, "a window's parts are not a list, dicts and a set");
+    /* A Counter overrides neither __getitem__ nor __setitem__: the dict's own are its. */
+    if (!PyList_Check(w->ended) || !is_counter(w->routes) || !is_counter(w->statuses) ||
+        !PySet_Check(w->pids) || !PySet_Check(w->named)) {
+        PyErr_SetString(PyExc_TypeError, "a window's parts are not a list, Counters and sets");
         return -1;
     }
     w->workload = Py_NewRef(workload);
@@ -648,21 +655,13 @@ static int feed_one(PyObject *rec, PyTypeObject *head_type, PyObject *workloads,
         return PyErr_Occurred() ? -1 : 0;
     if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2)
         return 0;
+    Py_INCREF(known); /* held: what follows allocates, and may run Python code */
     PyObject *workload = PyTuple_GET_ITEM(known, 0);
-    PyObject *head = plain_head(rec, head_type);
-    if (!head || head == Py_None) {
-        Py_XDECREF(head);
-        return head ? 0 : -1;
-    }
     int taken = -1;
-    PyObject *route = NULL, *dur = NULL, *entry = NULL, *got = NULL;
-    PyObject *key = PyTuple_Pack(4, workload, PyTuple_GET_ITEM(known, 1),
-                                 PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2));
-    if (!key)
-        goto out;
-    route = PyDict_GetItemWithError(named, key); /* borrowed */
-    if (!route) {
-        taken = PyErr_Occurred() ? -1 : 0;
+    PyObject *head = NULL, *route = NULL, *dur = NULL, *entry = NULL, *got = NULL, *key = NULL;
+    head = plain_head(rec, head_type);
+    if (!head || head == Py_None) {
+        taken = head ? 0 : -1;
         goto out;
     }
     if (w->workload != workload) {
@@ -671,6 +670,23 @@ static int feed_one(PyObject *rec, PyTypeObject *head_type, PyObject *workloads,
             taken = found;
             goto out;
         }
+    }
+    key = PyTuple_Pack(4, workload, PyTuple_GET_ITEM(known, 1), PyTuple_GET_ITEM(head, 1),
+                       PyTuple_GET_ITEM(head, 2));
+    if (!key)
+        goto out;
+    route = PyDict_GetItemWithError(named, key); /* borrowed */
+    if (!route) {
+        taken = PyErr_Occurred() ? -1 : 0;
+        goto out;
+    }
+    Py_INCREF(route);
+    /* Named in this batch, and still holding its place under the cap: an eviction may have
+     * given the name back since (then _route decides again, in Python). */
+    int holds = PySet_Contains(w->named, route);
+    if (holds <= 0) {
+        taken = holds;
+        goto out;
     }
     PyObject *from = start; /* borrowed */
     if (wake != Py_None) {
@@ -715,10 +731,12 @@ static int feed_one(PyObject *rec, PyTypeObject *head_type, PyObject *workloads,
     taken = 1;
 out:
     Py_XDECREF(key);
+    Py_XDECREF(route);
     Py_XDECREF(dur);
     Py_XDECREF(got);
     Py_XDECREF(entry);
-    Py_DECREF(head);
+    Py_XDECREF(head);
+    Py_DECREF(known);
     return taken;
 }
 
@@ -731,6 +749,10 @@ static PyObject *py_feed_known(PyObject *self, PyObject *args) {
         return NULL;
     if (!check_tuple_type(head_type, 11, "head_type"))
         return NULL;
+    if (i < 0) {
+        PyErr_SetString(PyExc_ValueError, "feed_known: a negative index");
+        return NULL;
+    }
     struct window w = {0};
     for (; i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = PyList_GET_ITEM(records, i);
@@ -779,10 +801,15 @@ PyMODINIT_FUNC PyInit__tracefast(void) {
     s_routes = PyUnicode_InternFromString("routes");
     s_statuses = PyUnicode_InternFromString("statuses");
     s_pids = PyUnicode_InternFromString("pids");
+    s_named = PyUnicode_InternFromString("named");
     s_empty = PyUnicode_InternFromString("");
+    PyObject *collections = PyImport_ImportModule("collections");
+    counter_type = collections ? PyObject_GetAttrString(collections, "Counter") : NULL;
+    Py_XDECREF(collections);
     one = PyLong_FromLong(1);
     if (!s_request || !s_traceparent || !t_empty || !t_truncated || !s_append || !s_evict ||
-        !s_entries || !s_ended || !s_routes || !s_statuses || !s_pids || !s_empty || !one)
+        !s_entries || !s_ended || !s_routes || !s_statuses || !s_pids || !s_named || !s_empty || !one ||
+        !counter_type)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -419,8 +419,20 @@ def test_the_compiled_feed_fills_windows_and_counters_as_the_python_loop(seed, m
     rng = random.Random(seed)
     batches = [[record(100 * b + i, rng) for i in range(80)] for b in range(5)]
     compiled, python = (RequestTracker(max_paths=4, max_window_requests=60) for _ in range(2))
+    fast = correlate._feed_known
+    assert fast is tracefast.feed_known
+    taken = 0
+
+    def counted(records, i, *args):  # noqa: ANN001, ANN202
+        nonlocal taken
+        end = fast(records, i, *args)
+        taken += end - i
+        return end
+
     for batch in batches:
-        compiled.feed(batch, workload_of)
+        with monkeypatch.context() as m:
+            m.setattr(correlate, "_feed_known", counted)
+            compiled.feed(batch, workload_of)
         with monkeypatch.context() as m:
             m.setattr(correlate, "_feed_known", None)
             python.feed(batch, workload_of)
@@ -431,6 +443,39 @@ def test_the_compiled_feed_fills_windows_and_counters_as_the_python_loop(seed, m
         assert compiled.counters == python.counters
     assert compiled.counters["requests_cross_thread"] and compiled.counters["requests_paths_other"]
     assert any(w[5] for w in windows_of(compiled).values())  # the window cap evicted some
+    assert taken > 0  # the compiled path took its common case (few here: the mix is hostile)
+
+
+def plain_request(i: int, path: str) -> RequestRecord:
+    return RequestRecord(
+        tgid=7, fd=3, start_ns=100 * i, end_ns=100 * i + 50, tid=7, end_tid=7,
+        preempt_start_ns=None, preempt_end_ns=None, migrations_start=None, migrations_end=None,
+        status=200, data=f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode(), ctx_trace_id=None,
+        ctx_span_id=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_route_whose_place_was_evicted_mid_batch_is_named_again(compiled, monkeypatch):
+    """One named route and one request in the window at most: /a is named, /b is not (the cap)
+    and its entry evicts /a's, which gives /a's place back; /x takes it. The last /a of the
+    same batch is then "other", as it would be fed on its own: the batch's route cache does not
+    keep a name its window gave back."""
+    from wasmtop.collector import correlate
+
+    if not compiled:
+        monkeypatch.setattr(correlate, "_feed_known", None)
+    batch = [plain_request(i, p) for i, p in enumerate(["/a", "/b", "/x", "/a"])]
+    at_once, one_by_one = (RequestTracker(max_paths=1, max_window_requests=1) for _ in range(2))
+    at_once.feed(batch, workload_of)
+    for rec in batch:
+        one_by_one.feed([rec], workload_of)
+    routes = [r.route for r in at_once.take()]
+    assert routes == [r.route for r in one_by_one.take()]
+    assert routes == ["GET /a", OTHER_ROUTE, "GET /x", OTHER_ROUTE]
+    assert at_once.counters == one_by_one.counters
+    assert at_once.counters["requests_paths_other"] == 2
+    assert windows_of(at_once) == windows_of(one_by_one)
 
 
 def test_the_compiled_feed_takes_the_common_case_and_stops_at_the_rest():
@@ -457,20 +502,45 @@ def test_the_compiled_feed_takes_the_common_case_and_stops_at_the_rest():
         plain._replace(end_tid=9),  # answered by another thread
         tuple(plain)[:-1],  # not a RequestRecord
     ]
+    conn = object()  # handed to each kept request as it is
     for stop in stops:
         done: list = []
         batch = [plain, plain._replace(start_ns=200, wake_ns=150), stop, plain]
         taken = tracefast.feed_known(
-            batch, 0, Head, workloads, named, tracker._windows, done, None, 100
+            batch, 0, Head, workloads, named, tracker._windows, done, conn, 100
         )
         assert taken == 2, stop
-        assert [d[:4] for d in done] == [(batch[0], head, "pid:7", "GET /a"),
-                                         (batch[1], head, "pid:7", "GET /a")]  # fmt: skip
+        assert done == [(batch[0], head, "pid:7", "GET /a", conn),
+                        (batch[1], head, "pid:7", "GET /a", conn)]  # fmt: skip
     win = tracker._windows["pid:7"]
     # the first feed's request, then two per stop; the woken one from its wake-up
     assert list(win.entries)[:3] == [(300, 200, "GET /a", 200), (300, 200, "GET /a", 200),
                                      (300, 150, "GET /a", 200)]  # fmt: skip
     assert win.routes["GET /a"] == win.statuses[200] == 1 + 2 * len(stops)
     assert win.pids == {7}
+    # a wake-up of 0 is none, and one after the start does not move it
+    before = len(win.entries)
+    late = [plain._replace(wake_ns=0), plain._replace(wake_ns=150, start_ns=120)]
+    assert (
+        tracefast.feed_known(late, 0, Head, workloads, named, tracker._windows, [], conn, 100) == 2
+    )
+    assert [e[1] for e in list(win.entries)[before:]] == [200, 180]
+    # a route that gave its place back, or a workload without a window: Python decides
+    win.named.discard("GET /a")
+    assert (
+        tracefast.feed_known([plain], 0, Head, workloads, named, tracker._windows, [], conn, 9) == 0
+    )
+    win.named.add("GET /a")
+    other = {7: ("pid:other", 0)}
+    named_other = {("pid:other", 0, "GET", "/a"): "GET /a"}
+    assert (
+        tracefast.feed_known([plain], 0, Head, other, named_other, tracker._windows, [], conn, 9)
+        == 0
+    )
+    assert (
+        tracefast.feed_known([plain], 1, Head, workloads, named, tracker._windows, [], conn, 9) == 1
+    )
+    with pytest.raises(ValueError):
+        tracefast.feed_known([plain], -1, Head, workloads, named, tracker._windows, [], conn, 9)
     with pytest.raises(TypeError):
         tracefast.feed_known((plain,), 0, Head, workloads, named, tracker._windows, [], None, 1)
