@@ -62,7 +62,8 @@ def one_round(config: str, seconds: float, conns: int, flags: list[str]) -> dict
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             line = attached_line(tool)
-            if "lifecycle ok" not in line:
+            wanted = flags[flags.index("--probes") + 1] if "--probes" in flags else "lifecycle"
+            if any(f"{name} ok" not in line for name in wanted.split(",")):
                 raise RuntimeError(f"wasmtop did not attach every probe: {line.strip()}")
         hey(port, 1, conns)  # warm-up
         ticks0 = cpu_ticks(tool.pid) if tool else 0
@@ -75,7 +76,8 @@ def one_round(config: str, seconds: float, conns: int, flags: list[str]) -> dict
                 raise RuntimeError(f"wasmtop failed: {err}")
             snap = json.loads(out)
             w = next(w for w in snap["workloads"] if service.pid in w["pids"])
-            result["instantiations"] = w["runtime_metrics"]["wasm"]["instantiate"]["count"]
+            wasm = (w.get("runtime_metrics") or {}).get("wasm") or {}  # none without lifecycle
+            result["instantiations"] = (wasm.get("instantiate") or {}).get("count", 0)
             result["requests"] = w["requests"]["count"] if w["requests"] else 0
             result["lost"] = sum(p["lost"] for p in snap["probes"].values())
             result["raised"] = snap["counters"]["collector_priority_raised"]
