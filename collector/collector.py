@@ -377,8 +377,9 @@ class Collector:
     def _sample_runtime(self) -> None:
         """One RSS/CPU/cgroup sample of every live process wasmtop knows, per workload."""
         groups: dict[str, list[int]] = defaultdict(list)
+        root = str(self.proc_root)
         for pid in self.resolver.known():
-            if (self.proc_root / str(pid)).exists():
+            if os.path.exists(f"{root}/{pid}"):
                 key = self._workload_key(pid)
                 if key is not None:
                     groups[key].append(pid)

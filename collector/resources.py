@@ -13,12 +13,13 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from .workloads import parse_proc_cgroup, stat_fields
+from .workloads import parse_proc_cgroup, read_text, stat_fields
 
 DEFAULT_GROWTH_WINDOW_S = 300.0
 MIN_GROWTH_SPAN_S = 1.0  # a slope over less than this is mostly noise
@@ -131,9 +132,21 @@ class ResourceReader:
         self.vanished = 0
         self.unreadable = 0
         self._mounts: CgroupMounts | None = None
+        # Within one ResourceTracker.sample: cgroup figures by the cgroup's paths, so workloads
+        # that share a cgroup (every process of a pod, of a systemd service) read it once.
+        self._memo: dict[tuple, CgroupFigures] | None = None
+
+    @contextmanager
+    def one_sample(self) -> Iterator[None]:
+        """Reads inside are one sample: a cgroup's files are read once."""
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
 
     def _proc_text(self, pid: int, name: str) -> str:
-        return (self.root / str(pid) / name).read_text(errors="replace")
+        return read_text(f"{self.root}/{pid}/{name}")
 
     def process(self, pid: int) -> ProcessSample | None:
         try:
@@ -177,6 +190,17 @@ class ResourceReader:
         v2 = _join(mounts.v2_root, v2_path)
         v1_memory = _join(mounts.v1_roots.get("memory"), v1_paths.get("memory"))
         v1_cpu = _join(mounts.v1_roots.get("cpu"), v1_paths.get("cpu"))
+        memo = self._memo
+        if memo is not None and (got := memo.get((v2, v1_memory, v1_cpu))) is not None:
+            return got
+        figures = self._cgroup_figures(v2, v1_memory, v1_cpu)
+        if memo is not None:
+            memo[(v2, v1_memory, v1_cpu)] = figures
+        return figures
+
+    def _cgroup_figures(
+        self, v2: Path | None, v1_memory: Path | None, v1_cpu: Path | None
+    ) -> CgroupFigures:
 
         current = self._v2_or_v1(
             _file(v2, "memory.current"), _int, _file(v1_memory, "memory.usage_in_bytes"), _int
@@ -202,7 +226,7 @@ class ResourceReader:
         v1_parse: Callable[[str], int | None],
     ) -> int | None:
         # On hybrid hosts the v2 file is absent (no controller there): fall back to v1.
-        if v2_file is not None and v2_file.exists():
+        if v2_file is not None and os.path.exists(v2_file):
             return self._cgroup_value(v2_file, v2_parse)
         return self._cgroup_value(v1_file, v1_parse) if v1_file is not None else None
 
@@ -223,7 +247,7 @@ class ResourceReader:
     def _cgroup_value(self, path: Path, parse: Callable[[str], _T]) -> _T | None:
         """A parsed cgroup file; None when missing (a controller not enabled there)."""
         try:
-            return parse(path.read_text(errors="replace"))
+            return parse(read_text(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, IndexError):
@@ -311,12 +335,13 @@ class ResourceTracker:
         window are dropped (memory bounded: at most one sample per call per workload inside
         the window)."""
         now = self.clock()
-        for key, pids in workloads.items():
-            live = [s for s in map(self.reader.process, sorted(set(pids))) if s is not None]
-            if not live:
-                continue  # all gone: keep the last figures rather than report a zero RSS
-            track = self._tracks.setdefault(key, _Track())
-            track.figures = self._figures(track, live, now)
+        with self.reader.one_sample():
+            for key, pids in workloads.items():
+                live = [s for s in map(self.reader.process, sorted(set(pids))) if s is not None]
+                if not live:
+                    continue  # all gone: keep the last figures rather than report a zero RSS
+                track = self._tracks.setdefault(key, _Track())
+                track.figures = self._figures(track, live, now)
         stale = [
             k
             for k, t in self._tracks.items()

@@ -666,3 +666,51 @@ def test_a_workload_without_live_processes_is_forgotten_after_stale_s(tmp_path):
     tracker.sample({"keeper": [10]})
     assert set(tracker.figures()) == {"keeper"}
     assert tracker.evicted == 200
+
+
+def test_workloads_sharing_a_cgroup_read_it_once_per_sample(tmp_path, monkeypatch):
+    """Two workloads in one cgroup, one in another: each cgroup's files are read once per
+    sample, and read again at the next sample (a changed value is seen)."""
+    from wasmtop.collector import resources
+
+    host = v2_host(tmp_path)
+    for pid, path in ((10, "/pod"), (11, "/pod"), (12, "/other")):
+        host.process(pid, cgroup=f"0::{path}\n")
+    for path, current in (("/pod", "100\n"), ("/other", "200\n")):
+        host.cgroup_dir("cg2", path, {"memory.current": current, "memory.max": "max\n"})
+    reads: list[str] = []
+    real = resources.read_text
+
+    def counted(path):  # noqa: ANN001, ANN202
+        reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(resources, "read_text", counted)
+    tracker = ResourceTracker(host.reader(), clock=Clock())
+    workloads = {"a": [10], "b": [11], "c": [12]}
+    tracker.sample(workloads)
+    current = [r for r in reads if r.endswith("memory.current")]
+    assert sorted(current) == sorted(str(tmp_path / "cg2" / p / "memory.current")
+                                     for p in ("pod", "other"))  # fmt: skip
+    figures = tracker.figures()
+    assert [figures[k].memory_current_bytes for k in "abc"] == [100, 100, 200]
+    (tmp_path / "cg2" / "pod" / "memory.current").write_text("150\n")
+    reads.clear()
+    tracker.sample(workloads)
+    assert sum(r.endswith("memory.current") for r in reads) == 2
+    assert [tracker.figures()[k].memory_current_bytes for k in "abc"] == [150, 150, 200]
+    assert host.reader().cgroup(10).memory_current_bytes == 150  # outside a sample: no memo
+
+
+def test_read_text_reads_past_a_full_chunk_bounded_and_replaces_bad_bytes(tmp_path):
+    from wasmtop.collector.workloads import read_text
+
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 100_000 + b"\xff\n")
+    assert read_text(big) == "x" * 100_000 + "\ufffd\n"
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"y" * (3 << 20))
+    assert len(read_text(huge)) == 1 << 20
+    with pytest.raises(FileNotFoundError):
+        read_text(tmp_path / "missing")
+    assert read_text(f"/proc/{os.getpid()}/stat").startswith(f"{os.getpid()} (")
