@@ -2,9 +2,11 @@
 """What one runtime-metrics sample costs the collector, per process, on this host's /proc.
 
 Every second the collector samples every live process it knows (RSS, CPU ticks) and each
-workload's cgroup (memory, throttling): ResourceTracker.sample. This times that call over
-every process of this machine, grouped two ways: one workload per process (each reads its
-cgroup), and one workload per cgroup (processes of a pod or service share it). Prints the
+workload's cgroup (memory, throttling): ResourceTracker.sample. This times that call over every
+process of this machine (kernel threads included, which the collector does not sample), grouped
+two ways: one workload per process, and one workload per cgroup. Within a sample a cgroup's files
+are read once however many workloads share it, so the first grouping gains from that as much as
+this machine's processes share cgroups: the script prints how many cgroups there are. Prints the
 median of --repeat samples in microseconds per process, with the machine beside it.
 
 Usage: .venv/bin/python bench/runtime_sample.py [--repeat 50]

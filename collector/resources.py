@@ -138,7 +138,8 @@ class ResourceReader:
 
     @contextmanager
     def one_sample(self) -> Iterator[None]:
-        """Reads inside are one sample: a cgroup's files are read once."""
+        """Reads inside are one sample: a cgroup's files are read once (and a file that cannot
+        be read counts once in ``unreadable``). One thread at a time: the collector's."""
         self._memo = {}
         try:
             yield

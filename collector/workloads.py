@@ -239,25 +239,22 @@ def parse_proc_cgroup(text: str) -> tuple[str | None, dict[str, str]]:
 
 
 _READ_CHUNK = 65536
-_READ_MAX = 1 << 20
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """A small kernel file (/proc, cgroupfs) as text, undecodable bytes replaced: one open, one
-    read and one close where pathlib's read_text costs 2.7x as much (20 against 7.4 us per
-    /proc/PID/stat on this project's test machine), more reads only when a chunk comes back full,
-    at most 1 MiB. Raises OSError as read_text does."""
+    """A kernel file (/proc, cgroupfs) as text, undecodable bytes replaced, read to its end as
+    pathlib's read_text reads it, for a third of its cost: one open, reads of 64 KiB until one
+    comes back empty (a multi-record /proc file such as maps gives at most a page or so per
+    read), one close. 7.4 against 20.4 us per /proc/PID/stat on this project's test machine.
+    Raises OSError as read_text does."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        data = os.read(fd, _READ_CHUNK)
-        if len(data) == _READ_CHUNK:
-            chunks = [data]
-            while len(chunk := os.read(fd, _READ_CHUNK)) and sum(map(len, chunks)) < _READ_MAX:
-                chunks.append(chunk)
-            data = b"".join(chunks)[:_READ_MAX]
+        chunks = []
+        while chunk := os.read(fd, _READ_CHUNK):
+            chunks.append(chunk)
     finally:
         os.close(fd)
-    return data.decode("utf-8", "replace")
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def stat_fields(stat: str) -> list[str]:

@@ -699,18 +699,25 @@ def test_workloads_sharing_a_cgroup_read_it_once_per_sample(tmp_path, monkeypatc
     tracker.sample(workloads)
     assert sum(r.endswith("memory.current") for r in reads) == 2
     assert [tracker.figures()[k].memory_current_bytes for k in "abc"] == [150, 150, 200]
-    assert host.reader().cgroup(10).memory_current_bytes == 150  # outside a sample: no memo
+    (tmp_path / "cg2" / "pod" / "memory.current").write_text("175\n")
+    assert tracker.reader.cgroup(10).memory_current_bytes == 175  # outside a sample: no memo
+    with pytest.raises(RuntimeError), tracker.reader.one_sample():
+        raise RuntimeError
+    assert tracker.reader._memo is None  # an exception inside leaves no memo behind
 
 
-def test_read_text_reads_past_a_full_chunk_bounded_and_replaces_bad_bytes(tmp_path):
+def test_read_text_reads_to_the_end_and_replaces_bad_bytes(tmp_path):
+    """Past a full chunk, and past the page or so a multi-record /proc file gives per read:
+    the whole of this process's maps (hundreds of lines), as a plain read gives it."""
     from wasmtop.collector.workloads import read_text
 
     big = tmp_path / "big"
     big.write_bytes(b"x" * 100_000 + b"\xff\n")
     assert read_text(big) == "x" * 100_000 + "\ufffd\n"
-    huge = tmp_path / "huge"
-    huge.write_bytes(b"y" * (3 << 20))
-    assert len(read_text(huge)) == 1 << 20
+    with open("/proc/self/maps") as f:
+        expected = f.read()
+    assert len(expected) > 8192  # more than one read's worth
+    assert read_text("/proc/self/maps") == expected
     with pytest.raises(FileNotFoundError):
         read_text(tmp_path / "missing")
     assert read_text(f"/proc/{os.getpid()}/stat").startswith(f"{os.getpid()} (")
