@@ -36,6 +36,7 @@ _BPF_PROG_GET_FD_BY_ID = 13
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_PROG_ATTACH = 8
 _BPF_PROG_DETACH = 9
+_BPF_MAP_LOOKUP_BATCH = 24
 _BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 _BPF_LINK_CREATE = 28
 
@@ -259,6 +260,27 @@ def map_next_key(fd: int, key: Any, next_key: Any) -> bool:
             return False
         raise
     return True
+
+
+def map_lookup_batch(
+    fd: int, token: Any, keys: Any, values: Any, count: int, first: bool
+) -> tuple[int, bool]:
+    """Copy up to ``count`` entries into the ``keys`` and ``values`` arrays, from the start
+    (``first``) or from where the previous call left ``token`` (an 8-byte buffer the kernel
+    writes its position to): (how many, whether the walk reached the end). The kernel may
+    return fewer than ``count`` before the end. Raises BpfError: ENOSPC when one hash bucket
+    holds more than ``count`` (nothing copied: call again with more room); ENOTSUPP (524) or
+    EINVAL on map types without batch operations."""
+    position = ctypes.c_uint64(token.value)  # in and out must not be the same buffer
+    attr = _MapBatch(0 if first else ctypes.addressof(position), ctypes.addressof(token),
+                     ctypes.addressof(keys), ctypes.addressof(values), count, fd, 0, 0)  # fmt: skip
+    try:
+        _call(_BPF_MAP_LOOKUP_BATCH, attr)
+    except BpfError as exc:
+        if exc.errno != errno.ENOENT:  # ENOENT: the walk reached the end (count says how many)
+            raise
+        return attr.count, True
+    return attr.count, False
 
 
 def map_lookup_and_delete_batch(fd: int, keys: Any, values: Any, count: int) -> tuple[int, bool]:

@@ -12,6 +12,7 @@ Only what the probes use is here: lookup, update, delete, iteration, batch looku
 from __future__ import annotations
 
 import ctypes
+import errno
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,17 @@ SOCKHASH = 18
 RINGBUF = 27
 PER_CPU = frozenset({PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH})
 ARRAYS = frozenset({ARRAY, PERCPU_ARRAY, ARRAY_OF_MAPS})
+BATCH_ENTRIES = 1024  # entries per BPF_MAP_LOOKUP_BATCH call (more when a bucket needs it)
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)  # 524: the kernel's ENOTSUPP
+
+
+def _objects(array: Any, kind: Any, n: int) -> list[Any]:
+    """The first n elements of a ctypes array as ctypes objects of ``kind``, as a lookup gives
+    them (indexing an array of scalars gives plain ints)."""
+    if issubclass(kind, ctypes._SimpleCData):
+        return [kind(v) for v in array[:n]]
+    return array[:n]  # structures and per-CPU arrays: views into the batch's buffer
+
 
 _BASE_TYPES: dict[str, Any] = {
     "_Bool": ctypes.c_bool,
@@ -144,6 +156,7 @@ class Table:
                 self.Leaf = ctypes.c_uint64 * self.total_cpu
         else:
             self.Leaf = leaf
+        self._batch = True  # items() reads hash maps in batches until the kernel refuses
 
     # -- keys and values --------------------------------------------------------------------
     def _key(self, key: Any) -> Any:
@@ -208,13 +221,44 @@ class Table:
         return self.keys()
 
     def items(self) -> list[tuple[Any, Any]]:
-        """Every (key, value), a snapshot: an entry deleted meanwhile is left out."""
+        """Every (key, value), a snapshot: an entry deleted meanwhile is left out. A hash map is
+        read in batches (BPF_MAP_LOOKUP_BATCH, Linux 5.6+: a few system calls for the whole map
+        where the walk below makes two per entry); the walk serves the rest."""
+        if self.map_type not in ARRAYS and self._batch:
+            try:
+                return self._items_batch()
+            except bpfobj.BpfError as exc:
+                if exc.errno not in _NO_BATCH:
+                    raise
+                self._batch = False  # this map type or kernel has no batch lookup
         out = []
         for key in list(self.keys()):
             value = self.Leaf()
             if bpfobj.map_lookup(self.map_fd, key, value):
                 out.append((key, value))
         return out
+
+    def _items_batch(self) -> list[tuple[Any, Any]]:
+        out: list[tuple[Any, Any]] = []
+        token = ctypes.c_uint64(0)
+        chunk = max(1, min(self.max_entries, BATCH_ENTRIES))
+        first = True
+        while True:
+            keys = (self.Key * chunk)()
+            values = (self.Leaf * chunk)()
+            try:
+                n, done = bpfobj.map_lookup_batch(self.map_fd, token, keys, values, chunk, first)
+            except bpfobj.BpfError as exc:
+                # One bucket holds more than fits: more room (a bucket is never larger than
+                # the map), nothing was copied, the position is unchanged.
+                if exc.errno != errno.ENOSPC or chunk >= self.max_entries:
+                    raise
+                chunk = min(chunk * 4, self.max_entries)
+                continue
+            out.extend(zip(_objects(keys, self.Key, n), _objects(values, self.Leaf, n)))
+            if done:
+                return out
+            first = False
 
     def values(self) -> list[Any]:
         return [v for _, v in self.items()]
