@@ -33,6 +33,7 @@ RINGBUF = 27
 PER_CPU = frozenset({PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH})
 ARRAYS = frozenset({ARRAY, PERCPU_ARRAY, ARRAY_OF_MAPS})
 BATCH_ENTRIES = 1024  # entries per BPF_MAP_LOOKUP_BATCH call (more when a bucket needs it)
+BATCH_BYTES = 1 << 18  # and at most this much room for their keys and values
 _NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)  # 524: the kernel's ENOTSUPP
 
 
@@ -226,11 +227,14 @@ class Table:
         where the walk below makes two per entry); the walk serves the rest."""
         if self.map_type not in ARRAYS and self._batch:
             try:
-                return self._items_batch()
+                got = self._items_batch()
             except bpfobj.BpfError as exc:
                 if exc.errno not in _NO_BATCH:
                     raise
                 self._batch = False  # this map type or kernel has no batch lookup
+            else:
+                if got is not None:
+                    return got
         out = []
         for key in list(self.keys()):
             value = self.Leaf()
@@ -238,10 +242,13 @@ class Table:
                 out.append((key, value))
         return out
 
-    def _items_batch(self) -> list[tuple[Any, Any]]:
+    def _items_batch(self) -> list[tuple[Any, Any]] | None:
+        """items() in batches; None when the kernel's answers make no progress (the walk then
+        serves this call)."""
         out: list[tuple[Any, Any]] = []
         token = ctypes.c_uint64(0)
-        chunk = max(1, min(self.max_entries, BATCH_ENTRIES))
+        entry = ctypes.sizeof(self.Key) + ctypes.sizeof(self.Leaf)
+        chunk = max(1, min(self.max_entries, BATCH_ENTRIES, BATCH_BYTES // entry))
         first = True
         while True:
             keys = (self.Key * chunk)()
@@ -249,15 +256,20 @@ class Table:
             try:
                 n, done = bpfobj.map_lookup_batch(self.map_fd, token, keys, values, chunk, first)
             except bpfobj.BpfError as exc:
-                # One bucket holds more than fits: more room (a bucket is never larger than
-                # the map), nothing was copied, the position is unchanged.
-                if exc.errno != errno.ENOSPC or chunk >= self.max_entries:
+                # One bucket holds more than fits: nothing was copied, and the kernel wrote
+                # that bucket's index as the position; retried with more room (a bucket holds
+                # at most the map's entries).
+                if exc.errno != errno.ENOSPC:
                     raise
+                if chunk >= self.max_entries:
+                    return None
                 chunk = min(chunk * 4, self.max_entries)
                 continue
             out.extend(zip(_objects(keys, self.Key, n), _objects(values, self.Leaf, n)))
             if done:
                 return out
+            if n == 0:  # not at the end and nothing copied: never from a correct kernel
+                return None
             first = False
 
     def values(self) -> list[Any]:

@@ -5,6 +5,7 @@ than a batch."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 import pytest
@@ -64,5 +65,27 @@ def test_structure_keys_and_buckets_larger_than_a_batch(monkeypatch):
         batched, walked = both_ways(table)
         assert batched == walked and len(batched) == 500
         assert batched[499] == ((499, 500), (998, 1497))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("answer", ["no progress", "bucket larger than the map"])
+def test_a_batch_that_makes_no_progress_gives_way_to_the_walk(answer, monkeypatch):
+    """Answers a correct kernel never gives (nothing copied before the end; ENOSPC with room
+    for the whole map): that call is served by the walk, and batches are tried again next time."""
+    fd = bpfobj.map_create(tables.HASH, 4, 8, 64, "batch")
+    try:
+        table = tables.Table("batch", fd, tables.HASH, 64, ctypes.c_uint32, ctypes.c_uint64)
+        for i in range(10):
+            table[i] = i
+
+        def stuck(*_args: object) -> tuple[int, bool]:
+            if answer == "no progress":
+                return 0, False
+            raise bpfobj.BpfError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(bpfobj, "map_lookup_batch", stuck)
+        assert sorted((k.value, v.value) for k, v in table.items()) == [(i, i) for i in range(10)]
+        assert table._batch
     finally:
         os.close(fd)
