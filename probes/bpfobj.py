@@ -274,8 +274,13 @@ def map_lookup_batch(
     position = ctypes.c_uint64(token.value)  # in and out must not be the same buffer
     attr = _MapBatch(0 if first else ctypes.addressof(position), ctypes.addressof(token),
                      ctypes.addressof(keys), ctypes.addressof(values), count, fd, 0, 0)  # fmt: skip
+    return _batch_call(_BPF_MAP_LOOKUP_BATCH, attr)
+
+
+def _batch_call(cmd: int, attr: _MapBatch) -> tuple[int, bool]:
+    """A batch command: (entries copied, whether the walk reached the end)."""
     try:
-        _call(_BPF_MAP_LOOKUP_BATCH, attr)
+        _call(cmd, attr)
     except BpfError as exc:
         if exc.errno != errno.ENOENT:  # ENOENT: the walk reached the end (count says how many)
             raise
@@ -292,13 +297,7 @@ def map_lookup_and_delete_batch(fd: int, keys: Any, values: Any, count: int) -> 
     batch = ctypes.c_uint64(0)
     attr = _MapBatch(0, ctypes.addressof(batch), ctypes.addressof(keys), ctypes.addressof(values),
                      count, fd, 0, 0)  # fmt: skip
-    try:
-        _call(_BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
-    except BpfError as exc:
-        if exc.errno != errno.ENOENT:  # ENOENT: the walk reached the end (count says how many)
-            raise
-        return attr.count, True
-    return attr.count, False
+    return _batch_call(_BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
 
 
 class _ProgLoad(ctypes.Structure):
