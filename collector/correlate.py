@@ -348,7 +348,6 @@ class RequestTracker:
         done = self._done
         records = records if type(records) is list else list(records)
         fast, cap, windows = _feed_known, self.max_window_requests, self._windows
-        enter = self._enter
         i, n = 0, len(records)
         while i < n:
             if fast is not None:
@@ -383,17 +382,17 @@ class RequestTracker:
                 counters["requests_cross_thread"] += 1  # per-thread figures do not subtract
             key = (workload, tset, head.method, head.path)
             route = named.get(key)
+            win = self._window(workload)
             # A route named in this batch may have given its place back since (an eviction):
             # then _route decides again, as it would for a request fed on its own.
-            if route is None or route not in self._window(workload).named:
+            if route is None or route not in win.named:
                 route = self._route(workload, tset, head)
                 if route != OTHER_ROUTE:
                     named[key] = route
-            entry = (rec, head, workload, route, connection_of)
-            done.append(entry)
+            done.append((rec, head, workload, route, connection_of))
             # Into the window now, as the compiled path does: an eviction that gives a route's
             # name back counts for the next request of this batch.
-            enter((entry,))
+            self._enter(win, rec, route)
 
     def _route(self, workload: str | None, tset: int, head: Head) -> str:
         if head.method not in METHODS:
@@ -502,30 +501,21 @@ class RequestTracker:
                     kept.append(self._request(*entry))
         return kept, traced
 
-    def _enter(self, done: Iterable[tuple]) -> None:
-        """Each fed request into its workload's window, in order: its entry, its duration among
-        those ended since the last figures, its route and status counted; the oldest beyond the
-        cap evicted."""
-        cap = self.max_window_requests
-        last: object = self  # no workload is the tracker
-        for rec, _head, workload, route, _ in done:
-            if workload is not last:
-                last = workload
-                win = self._window(workload)
-                entries, ended, routes, statuses, pids = (
-                    win.entries, win.ended, win.routes, win.statuses, win.pids
-                )  # fmt: skip
-            (tgid, _fd, start, end, _tid, _end_tid, _p0, _p1, _m0, _m1, status, _data, _ctx,
-             _span, wake, _queued, _seq) = rec  # fmt: skip
-            if wake and wake <= start:
-                start = wake
-            pids.add(tgid)
-            entries.append((end, end - start, route, status))
-            ended.append(end - start)
-            routes[route] += 1
-            statuses[status] += 1
-            if len(entries) > cap:
-                win.evict(cap)
+    def _enter(self, win: _Window, rec: RequestRecord, route: str) -> None:
+        """A fed request into its workload's window: its entry, its duration among those ended
+        since the last figures, its route and status counted; the oldest beyond the cap
+        evicted (probes/_tracefast.c feed_one does the same)."""
+        (tgid, _fd, start, end, _tid, _end_tid, _p0, _p1, _m0, _m1, status, _data, _ctx, _span,
+         wake, _queued, _seq) = rec  # fmt: skip
+        if wake and wake <= start:
+            start = wake
+        win.pids.add(tgid)
+        win.entries.append((end, end - start, route, status))
+        win.ended.append(end - start)
+        win.routes[route] += 1
+        win.statuses[status] += 1
+        if len(win.entries) > self.max_window_requests:
+            win.evict(self.max_window_requests)
 
     def figures(self, now_ns: int) -> dict[str, RequestFigures]:
         """Per workload: exact latency quantiles over the requests that ended in the window."""
