@@ -159,6 +159,7 @@ class SchedProbe(Probe):
         self.ringbuf_pages = ringbuf_pages
         self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
         self._state_mask: int | None = None
+        self._cpu_floor: dict[tuple[int, int], int] = {}  # (tid, cpu) -> ns last reported
         self.trace_ctx = trace_ctx
         self.trace_ctx_map = pins.TraceCtxMap() if trace_ctx else None
         self.trace_ctx_reason = "" if trace_ctx else "trace-context map off: not asked for"
@@ -212,6 +213,7 @@ class SchedProbe(Probe):
         self.trace_ctx_reason = f"trace-context map off: {why}"
 
     def attach(self) -> None:
+        self._cpu_floor = {}  # fresh maps
         if self.trace_ctx_map:
             fill_slot(self.table("trace_ctx_slot"), self.trace_ctx_map.fd, "trace_ctx")
         super().attach()
@@ -281,6 +283,13 @@ class SchedProbe(Probe):
             if tid in threads and 0 < since <= now:
                 key = (tid, cpu)
                 cpu_time[key] = cpu_time.get(key, 0) + now - since
+        # The map is read before the running slices, so a slice that ends between the two reads
+        # is in neither and the sum comes out short (never over: a slice's time reaches the map
+        # only when it ends). It never goes below what was last reported: counter_delta would
+        # take a decrease for a recreated entry and count the whole value again.
+        floor = self._cpu_floor
+        cpu_time = {k: max(v, floor.get(k, 0)) for k, v in cpu_time.items()}
+        self._cpu_floor = cpu_time
         migrations = {
             (k.tgid, k.from_cpu, k.to_cpu): v.value
             for k, v in self.table("migration_matrix").items()
@@ -332,6 +341,7 @@ class SchedProbe(Probe):
         if self.bpf is None:
             return
         dead_tids, dead_tgids = set(tids), set(tgids)
+        self._cpu_floor = {k: v for k, v in self._cpu_floor.items() if k[0] not in dead_tids}
         threads = self.table("threads")
         for tid in dead_tids:
             with contextlib.suppress(KeyError):

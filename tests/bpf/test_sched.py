@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from books import books
 from conftest import by_pid, go_all, observe
 from support import workloads
 from wasmtop.probes import features
@@ -264,3 +266,49 @@ def test_kernel_histogram_buckets_match_the_exact_delays_of_every_preemption():
         assert s.preempt_delay_us.max == pytest.approx(max(delays) / 1000)
         for low, high in expected:
             assert high - low <= max(1, low / 8)
+
+
+def test_on_cpu_time_never_goes_back_between_readings_and_agrees_with_schedstat():
+    """Two hogs share CPU 0 and take turns every few ms while the probe is read as fast as it
+    goes. A slice that ends between the read of the on-CPU map and that of the running slices
+    is in neither; a reading must still never show less than the one before (the collector
+    takes a decrease for a recreated entry and counts the whole value again: seconds of CPU in
+    one window). What the readings add up to is held to the kernel's own books."""
+    with workloads(("hog", {"CPU": {0}}), ("hog", {"CPU": {0}})) as hogs:
+        probe = SchedProbe(pids=[h.pid for h in hogs])
+        with ProbeSet([probe], handle_signals=False) as probes:
+            assert probes and probe.status == OK, probe.reason
+            go_all(hogs)()
+            time.sleep(0.3)  # both have run and been switched out
+            first, books_first = bracketed(probe, hogs)
+            prev, readings, went_back = first, 0, []
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                cur = probe.read().cpu_time_ns
+                went_back += [(k, prev[k], v) for k, v in cur.items() if v < prev.get(k, 0)]
+                prev, readings = cur, readings + 1
+                time.sleep(0.001)
+            last, books_last = bracketed(probe, hogs)
+    assert readings > 300, readings
+    assert not went_back, went_back[:5]
+    assert all(last[k] >= v for k, v in prev.items())
+    for hog, (before0, after0), (before1, after1) in zip(
+        hogs, books_first, books_last, strict=True
+    ):
+        key = (hog.pid, 0)
+        ours = last[key] - first[key]
+        # Each reading fell between the books read just before and just after it. Within 1 %
+        # and 10 ms: schedstat's sum for a running task is brought up to date at ticks and
+        # switches (4 ms apart here) and leaves out steal time, and a reading may miss the
+        # slice that ended while it ran.
+        least, most = before1.run_ns - after0.run_ns, after1.run_ns - before0.run_ns
+        assert least > 0.5e9, least  # each had about half of CPU 0 for 3 s
+        slack = 0.01 * most + 10e6
+        assert least - slack <= ours <= most + slack, (least, ours, most)
+
+
+def bracketed(probe: SchedProbe, hogs: list) -> tuple[dict, list]:
+    """A reading's on-CPU times, and each hog's books read just before and just after it."""
+    before = [books(h.pid) for h in hogs]
+    reading = probe.read().cpu_time_ns
+    return reading, list(zip(before, [books(h.pid) for h in hogs], strict=True))
