@@ -145,12 +145,15 @@ struct uiovec {
     u64 len;
 };
 
-static __always_inline int traced(void)
+/* *id: bpf_get_current_pid_tgid() when it was read to decide, else left as it is (0), so that a
+ * program reads it once (current_id) and a node with nothing traced never does. */
+static __always_inline int traced_as(u64 *id)
 {
     u32 zero = 0, one = 1;
     u32 *nproc = control.lookup(&one);
     if (nproc && *nproc) {
-        u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        *id = bpf_get_current_pid_tgid();
+        u32 tgid = *id >> 32;
         if (traced_tgids.lookup(&tgid))
             return 1;
     }
@@ -166,6 +169,17 @@ static __always_inline int traced(void)
             return 1;
     }
     return 0;
+}
+
+static __always_inline int traced(void)
+{
+    u64 id = 0;
+    return traced_as(&id);
+}
+
+static __always_inline u64 current_id(u64 id)
+{
+    return id ? id : bpf_get_current_pid_tgid();
 }
 
 #define WORD(a, b, c, d) ((u32)(a) | (u32)(b) << 8 | (u32)(c) << 16 | (u32)(d) << 24)
@@ -228,15 +242,12 @@ static __always_inline void charge_wakeup(struct thread_stats *st, u64 entry_wak
     st->wakeup_charged = st->wakeups;
 }
 
-/* A request head read (server side): remember it until its response is written. */
-static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u8 sys,
-                                         u64 entry_wakeups, struct thread_stats *st)
+/* A request head read (server side), its first len bytes already in the scratch slot r:
+ * remember it until its response is written. id: bpf_get_current_pid_tgid(). */
+static __always_inline void open_request(struct open_request *r, u64 key, u32 len, u64 total,
+                                         u8 sys, u64 entry_wakeups, struct thread_stats *st,
+                                         u64 id)
 {
-    u32 zero = 0;
-    struct open_request *r = scratch.lookup(&zero);
-    if (!r)
-        return;
-    u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     r->start_ns = bpf_ktime_get_ns();
     r->tid = tid;
@@ -254,13 +265,6 @@ static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u
         __builtin_memcpy(r->ctx_trace_id, ctx->trace_id, sizeof(r->ctx_trace_id));
         __builtin_memcpy(r->ctx_span_id, ctx->span_id, sizeof(r->ctx_span_id));
     }
-    asm volatile("" : "+r"(len)); /* keep the bound check below next to the use */
-    if (len > CAPTURE_BYTES)
-        len = CAPTURE_BYTES;
-    if (bpf_probe_read_user(r->data, len, (void *)buf)) {
-        count_event(CTR_READ_FAILED);
-        len = 0;
-    }
     r->captured = len;
     if (open_requests.lookup(&key))
         count_event(CTR_UNANSWERED); /* its response never came (or the fd was reused) */
@@ -268,19 +272,20 @@ static __always_inline void open_request(u64 key, u64 buf, u32 len, u64 total, u
         count_event(CTR_MAP_FULL);
 }
 
-static __always_inline u16 status_code(u64 buf)
+/* The status code of a status line's first 16 bytes ("HTTP/1.1 200 OK"; zeros past the end of
+ * a shorter message); 0 when not three digits. */
+static __always_inline u16 status_code(const u8 *head)
 {
-    char s[3] = {};
-    if (bpf_probe_read_user(s, sizeof(s), (void *)(buf + 9))) /* "HTTP/1.1 200" */
+    u8 a = head[9], b = head[10], c = head[11];
+    if (a < '1' || a > '9' || b < '0' || b > '9' || c < '0' || c > '9')
         return 0;
-    if (s[0] < '1' || s[0] > '9' || s[1] < '0' || s[1] > '9' || s[2] < '0' || s[2] > '9')
-        return 0;
-    return (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+    return (a - '0') * 100 + (b - '0') * 10 + (c - '0');
 }
 
-/* A response started (server side): one event with its request, then forget the request. */
-static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd,
-                                          struct thread_stats *st)
+/* A response started (server side), status its status code: one event with its request, then
+ * forget the request. id: bpf_get_current_pid_tgid(). */
+static __always_inline void close_request(u64 key, u16 status, u8 sys, s32 fd,
+                                          struct thread_stats *st, u64 id)
 {
     struct open_request *r = open_requests.lookup(&key);
     if (!r) {
@@ -295,7 +300,6 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd,
         open_requests.delete(&key);
         return;
     }
-    u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     ev->end_ns = bpf_ktime_get_ns();
     ev->start_ns = r->start_ns;
@@ -310,7 +314,7 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd,
     ev->fd = fd;
     ev->bytes = r->bytes;
     ev->captured = r->captured;
-    ev->status = status_code(buf);
+    ev->status = status;
     ev->start_flags = r->flags;
     ev->end_flags = 0;
     ev->read_syscall = r->syscall;
@@ -345,31 +349,51 @@ static __always_inline void close_request(u64 key, u64 buf, u8 sys, s32 fd,
         count_event(CTR_RB_LOST);
 }
 
-/* The start of a read or written buffer: a request read opens, a response written closes;
- * the client side of an exchange (request written, response read) is only counted. */
+/* The start of a read or written buffer (its n bytes): a request read opens, a response
+ * written closes; the client side of an exchange (request written, response read) is only
+ * counted. One read of user memory each: a read's start goes straight into the scratch slot a
+ * request is built in (it is one, most times), a write's first 16 bytes hold the status code.
+ * id: bpf_get_current_pid_tgid(). */
 static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u8 sys,
-                                    u64 entry_wakeups, struct thread_stats *st)
+                                    u64 entry_wakeups, struct thread_stats *st, u64 id)
 {
-    u64 head = 0;
     if (n < 8 || !buf)
         return;
-    if (bpf_probe_read_user(&head, sizeof(head), (void *)buf)) {
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+    if (dir == DIR_READ) {
+        u32 zero = 0;
+        struct open_request *r = scratch.lookup(&zero);
+        if (!r)
+            return;
+        u32 len = n < CAPTURE_BYTES ? n : CAPTURE_BYTES;
+        asm volatile("" : "+r"(len)); /* keep the bound check next to the use */
+        if (len > CAPTURE_BYTES)
+            len = CAPTURE_BYTES;
+        if (bpf_probe_read_user(r->data, len, (void *)buf)) {
+            count_event(CTR_READ_FAILED);
+            return;
+        }
+        int kind = http_kind(*(u64 *)r->data);
+        if (kind == KIND_REQUEST)
+            open_request(r, key, len, total, sys, entry_wakeups, st, id);
+        else
+            count_event(kind ? CTR_CLIENT : CTR_NOT_HTTP);
+        return;
+    }
+    u64 head[2] = {};
+    u32 len = n < sizeof(head) ? n : sizeof(head);
+    asm volatile("" : "+r"(len));
+    if (len > sizeof(head))
+        len = sizeof(head);
+    if (bpf_probe_read_user(head, len, (void *)buf)) {
         count_event(CTR_READ_FAILED);
         return;
     }
-    int kind = http_kind(head);
-    if (!kind) {
-        count_event(CTR_NOT_HTTP);
-        return;
-    }
-    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
-    if (kind == KIND_REQUEST && dir == DIR_READ)
-        open_request(key, buf, n < CAPTURE_BYTES ? n : CAPTURE_BYTES, total, sys, entry_wakeups,
-                     st);
-    else if (kind == KIND_RESPONSE && dir == DIR_WRITE)
-        close_request(key, buf, sys, fd, st);
+    int kind = http_kind(head[0]);
+    if (kind == KIND_RESPONSE)
+        close_request(key, status_code((const u8 *)head), sys, fd, st, id);
     else
-        count_event(CTR_CLIENT);
+        count_event(kind ? CTR_CLIENT : CTR_NOT_HTTP);
 }
 
 /* The first iovec of a user msghdr or iovec array: where the message starts. */
@@ -448,7 +472,7 @@ static __always_inline int user_buffer(struct user_regs *r, int dir, u64 *buf, u
  * thread-per-connection server's acceptor never reads: its new threads are marked through the
  * leader). The leader is looked up until it is found marked once (MARKED_WITH_LEADER). */
 #define MARKED_WITH_LEADER 2
-static __always_inline u32 take_sleep(struct thread_stats *st, u64 *fd)
+static __always_inline u32 take_sleep(struct thread_stats *st, u64 *fd, u64 id)
 {
     if (!st)
         return 0;
@@ -456,7 +480,6 @@ static __always_inline u32 take_sleep(struct thread_stats *st, u64 *fd)
     *fd = st->sleep_fd;
     st->sleep_nr = 0;
     if (st->note_sleep != MARKED_WITH_LEADER) {
-        u64 id = bpf_get_current_pid_tgid();
         u32 mark = MARKED_WITH_LEADER;
         if ((u32)id != id >> 32) {
             struct thread_stats *leader = thread_stats_of(id >> 32);
@@ -472,29 +495,29 @@ static __always_inline u32 take_sleep(struct thread_stats *st, u64 *fd)
 
 /* A socket call of a traced thread in direction dir (DIR_READ or DIR_WRITE): its registers,
  * the user buffer it moved (and how much that holds), and the sleep the scheduler probe noted.
- * Non-zero when there is nothing to capture (not traced, registers unreadable, another way in). */
+ * Non-zero when there is nothing to capture (not traced, or another way in). */
 struct socket_call {
     struct user_regs regs;
     u64 buf;
     u64 cap;
     u64 slept_fd;
     struct thread_stats *st;
+    u64 id;                    /* bpf_get_current_pid_tgid() */
     u32 slept;
     u8 sys;
 };
 
 static __always_inline int socket_call(int dir, struct socket_call *c)
 {
-    if (!traced())
+    u64 id = 0;
+    if (!traced_as(&id))
         return -1;
-    if (user_regs(&c->regs)) {
-        count_event(CTR_READ_FAILED);
-        return -1;
-    }
+    c->id = current_id(id);
+    user_regs(&c->regs);
     if (user_buffer(&c->regs, dir, &c->buf, &c->cap, &c->sys))
         return -1;
-    c->st = thread_stats_of((u32)bpf_get_current_pid_tgid());
-    c->slept = take_sleep(c->st, &c->slept_fd);
+    c->st = thread_stats_of((u32)c->id);
+    c->slept = take_sleep(c->st, &c->slept_fd, c->id);
     return 0;
 }
 
@@ -508,9 +531,11 @@ int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
     if (args->ret <= 0) {
         /* Interrupted, or nothing to read: the sleep it noted ended here, and must not be
          * taken for the wait of a later read on the same fd that did not sleep. */
-        u64 fd;
-        if (traced())
-            take_sleep(thread_stats_of((u32)bpf_get_current_pid_tgid()), &fd);
+        u64 fd, id = 0;
+        if (traced_as(&id)) {
+            id = current_id(id);
+            take_sleep(thread_stats_of((u32)id), &fd, id);
+        }
         return 0;
     }
     if (socket_call(DIR_READ, &c))
@@ -519,7 +544,7 @@ int wasmtop_sock_recv(struct tracepoint__sock__sock_recv_length *args)
     u64 entry_wakeups = c.slept == (u32)c.regs.orig_ax + 1 && c.slept_fd == c.regs.di ? 0 : ~0ULL;
     u64 ret = (u64)args->ret;
     capture(c.buf, ret < c.cap ? ret : c.cap, ret, (s32)c.regs.di, DIR_READ, c.sys, entry_wakeups,
-            c.st);
+            c.st, c.id);
     return 0;
 }
 
@@ -530,7 +555,7 @@ int wasmtop_sock_send(struct tracepoint__sock__sock_send_length *args)
     struct socket_call c = {};
     if (args->ret <= 0 || socket_call(DIR_WRITE, &c))
         return 0;
-    capture(c.buf, c.cap, c.cap, (s32)c.regs.di, DIR_WRITE, c.sys, 0, c.st);
+    capture(c.buf, c.cap, c.cap, (s32)c.regs.di, DIR_WRITE, c.sys, 0, c.st, c.id);
     return 0;
 }
 #else
@@ -549,7 +574,8 @@ static __always_inline int remember_read(s32 fd, u64 buf, u64 cap, u32 sys)
 
 static __always_inline int finish_read(long ret)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
     struct pending_read *p = pending_reads.lookup(&tid);
     if (!p)
         return 0;
@@ -558,7 +584,7 @@ static __always_inline int finish_read(long ret)
     if (ret <= 0)
         return 0;
     u64 n = (u64)ret < r.cap ? (u64)ret : r.cap;
-    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall, r.wakeups, NULL);
+    capture(r.buf, n, ret, r.fd, DIR_READ, r.syscall, r.wakeups, NULL, id);
     return 0;
 }
 
@@ -600,14 +626,16 @@ int wasmtop_exit_recvmsg(struct tracepoint__syscalls__sys_exit_recvmsg *args)
 int wasmtop_enter_write(struct tracepoint__syscalls__sys_enter_write *args)
 {
     if (traced())
-        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE, 0, NULL);
+        capture((u64)args->buf, args->count, args->count, args->fd, DIR_WRITE, SYS_WRITE, 0, NULL,
+                bpf_get_current_pid_tgid());
     return 0;
 }
 
 int wasmtop_enter_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
 {
     if (traced())
-        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO, 0, NULL);
+        capture((u64)args->buff, args->len, args->len, args->fd, DIR_WRITE, SYS_SENDTO, 0, NULL,
+                bpf_get_current_pid_tgid());
     return 0;
 }
 
@@ -617,7 +645,8 @@ int wasmtop_enter_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)
         return 0;
     struct uiovec iov;
     if (!msghdr_iovec((u64)args->msg, &iov))
-        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG, 0, NULL);
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_SENDMSG, 0, NULL,
+                bpf_get_current_pid_tgid());
     return 0;
 }
 
@@ -627,7 +656,8 @@ int wasmtop_enter_writev(struct tracepoint__syscalls__sys_enter_writev *args)
         return 0;
     struct uiovec iov;
     if (!first_iovec((u64)args->vec, &iov))
-        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0, NULL);
+        capture(iov.base, iov.len, iov.len, args->fd, DIR_WRITE, SYS_WRITEV, 0, NULL,
+                bpf_get_current_pid_tgid());
     return 0;
 }
 
