@@ -79,6 +79,23 @@ def thread_delta(cur: ThreadSched, prev: ThreadSched | None) -> dict[str, int]:
     return {n: now[n] - before[n] for n in _COUNTER_FIELDS}
 
 
+def forget_in(reading: SchedReading, tids: set[int], tgids: set[int]) -> None:
+    """Drop from a reading (the next window's baseline) the entries just deleted in the kernel:
+    one created again on the same key starts from zero, and a delta against the old value
+    would come out short by it."""
+    for tid in tids:
+        reading.threads.pop(tid, None)
+    for table, gone in (
+        (reading.cpu_time_ns, lambda k: k[0] in tids),
+        (reading.migrations, lambda k: k[0] in tgids),
+        (reading.delay_hist, lambda k: k[0] in tgids),
+        (reading.wakeup_hist, lambda k: k[0] in tgids),
+        (reading.waited_behind, lambda k: k[0] in tgids or k[1] in tgids),
+    ):
+        for key in [k for k in table if gone(k)]:
+            del table[key]
+
+
 def skew_ratio(cpu_time_ns: Mapping[int, int], allowed: frozenset[int]) -> float | None:
     """Entropy of the CPU-time distribution over the allowed CPUs divided by the entropy of a
     uniform spread: 1 = even, 0 = all on one CPU. None without CPU time to judge."""
@@ -899,6 +916,7 @@ class Collector:
         dead_tgids = [g for g in tgids if not (self.proc_root / str(g)).exists()]
         self.sched.forget(dead_tids, dead_tgids)
         self.resolver.forget(set(dead_tgids))
+        forget_in(reading, set(dead_tids), set(dead_tgids))
 
     def _forget_exited(self) -> None:
         """Every few ticks: processes that exited, or whose pid a new process took, are

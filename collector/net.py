@@ -28,8 +28,11 @@ def endpoint(e: tuple[str, int]) -> str:
 
 
 def conn_delta(cur: ConnRecord, prev: ConnRecord | None) -> dict[str, int]:
-    """What one connection end did in the window (a new cookie starts from zero)."""
-    return {f: getattr(cur, f) - (getattr(prev, f) if prev else 0) for f in DELTA_FIELDS}
+    """What one connection end did in the window (a new cookie starts from zero). Never below
+    zero: a figure read in the kernel between two of its updates (stack bytes are bytes acked
+    less a FIN, counted at different callbacks) can step back by one, and an exported counter
+    that goes down is a reset to Prometheus, which then counts it all again."""
+    return {f: max(0, getattr(cur, f) - (getattr(prev, f) if prev else 0)) for f in DELTA_FIELDS}
 
 
 @dataclass

@@ -328,8 +328,11 @@ static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, cons
 {
     struct thread_stats *st = threads.lookup(&tid);
     if (st) {
-        if (st->tgid != tgid) /* tid reused by another process */
+        if (st->tgid != tgid) { /* tid reused by another process: a new thread, from zero */
+            __builtin_memset(st, 0, sizeof(*st));
             st->tgid = tgid;
+            bpf_probe_read_kernel(&st->comm, sizeof(st->comm), comm);
+        }
         return st;
     }
     struct thread_stats fresh = {.tgid = tgid};

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import bpfobj, features, pins
 from .probeset import Probe
@@ -112,6 +112,24 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
 def _int(value: object) -> int:
     """A map scalar: ctypes objects from item iteration, plain ints from batch lookups."""
     return int(getattr(value, "value", value))
+
+
+K = TypeVar("K")
+
+
+def at_least(reading: dict[K, int], floor: dict[K, int]) -> dict[K, int]:
+    """On-CPU times never below what was last reported, and never missing once reported.
+
+    The map is read before the running slices, so a slice that ends between the two reads is
+    in neither: the sum comes out short (never over: a slice's time reaches the map only when it
+    ends), or the key is missing altogether (the thread's first slice on that CPU, whose map
+    value is still 0). counter_delta would take the decrease for a recreated entry, or the
+    key's return for a new one, and count the whole value again. Keys leave only through
+    forget()."""
+    out = dict(floor)
+    for k, v in reading.items():
+        out[k] = max(v, floor.get(k, 0))
+    return out
 
 
 class SchedProbe(Probe):
@@ -283,13 +301,7 @@ class SchedProbe(Probe):
             if tid in threads and 0 < since <= now:
                 key = (tid, cpu)
                 cpu_time[key] = cpu_time.get(key, 0) + now - since
-        # The map is read before the running slices, so a slice that ends between the two reads
-        # is in neither and the sum comes out short (never over: a slice's time reaches the map
-        # only when it ends). It never goes below what was last reported: counter_delta would
-        # take a decrease for a recreated entry and count the whole value again.
-        floor = self._cpu_floor
-        cpu_time = {k: max(v, floor.get(k, 0)) for k, v in cpu_time.items()}
-        self._cpu_floor = cpu_time
+        cpu_time = self._cpu_floor = at_least(cpu_time, self._cpu_floor)
         migrations = {
             (k.tgid, k.from_cpu, k.to_cpu): v.value
             for k, v in self.table("migration_matrix").items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -312,3 +313,69 @@ def bracketed(probe: SchedProbe, hogs: list) -> tuple[dict, list]:
     before = [books(h.pid) for h in hogs]
     reading = probe.read().cpu_time_ns
     return reading, list(zip(before, [books(h.pid) for h in hogs], strict=True))
+
+
+THREAD_THEN_WAIT = """
+import sys, threading, time
+def nap():
+    for _ in range(300):
+        time.sleep(0.001)
+t = threading.Thread(target=nap)
+t.start()
+t.join()
+print(t.native_id, flush=True)
+sys.stdin.readline()
+"""
+
+NAPS_THEN_WAIT = """
+import sys, time
+for _ in range(20):
+    time.sleep(0.001)
+print("napped", flush=True)
+sys.stdin.readline()
+"""
+
+
+def spawn_as(pid: int, code: str) -> subprocess.Popen | None:
+    """A new process on this pid, which the kernel hands out next after ns_last_pid; None when
+    another fork took it first."""
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    if proc.pid == pid:
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
+def test_a_thread_id_taken_by_a_new_process_starts_from_zero():
+    """A thread's id handed out again, to a new process, while the thread's entry is still in
+    the map (the collector removes dead threads' entries only every few ticks): the entry starts
+    over, so the new process is not charged with the old thread's switches (the collector takes
+    a changed tgid for a new thread and counts the entry's whole value)."""
+    probe = SchedProbe()
+    with ProbeSet([probe], handle_signals=False) as probes:
+        assert probes and probe.status == OK, probe.reason
+        old = subprocess.Popen([sys.executable, "-c", THREAD_THEN_WAIT], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+        tid = int(old.stdout.readline())
+        before = probe.read().threads[tid]
+        assert before.tgid == old.pid and before.switches >= 300
+        old.kill()
+        old.wait()
+        new = None
+        for _ in range(20):  # another fork on the machine may take the pid first
+            new = spawn_as(tid, NAPS_THEN_WAIT)
+            if new:
+                break
+        assert new is not None, f"pid {tid} never came back"
+        try:
+            assert new.stdout.readline().strip() == "napped"
+            kernel = books(new.pid)
+            after = probe.read().threads[tid]
+        finally:
+            new.kill()
+            new.wait()
+    assert after.tgid == new.pid
+    assert 20 <= after.switches <= kernel.voluntary + kernel.involuntary, (after, kernel)

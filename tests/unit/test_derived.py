@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from wasmtop.collector.collector import counter_delta, skew_ratio, thread_delta
+from wasmtop.collector.collector import counter_delta, forget_in, skew_ratio, thread_delta
+from wasmtop.collector.net import conn_delta
 from wasmtop.collector.topology import (
     CROSS_LLC,
     CROSS_NUMA,
@@ -16,7 +18,8 @@ from wasmtop.collector.topology import (
     Topology,
     parse_cpu_list,
 )
-from wasmtop.probes.records import ThreadSched
+from wasmtop.probes.records import ConnRecord, SchedReading, ThreadSched
+from wasmtop.probes.sched import at_least
 
 
 @pytest.mark.parametrize(
@@ -42,6 +45,47 @@ def test_skew_ratio(times, allowed, expected):
 def test_counter_delta_handles_new_and_recreated_keys():
     assert counter_delta({"a": 10, "b": 5, "c": 3}, {"a": 4, "b": 9}) == {"a": 6, "b": 5, "c": 3}
     assert counter_delta({"a": 4}, {"a": 4}) == {}
+
+
+def test_on_cpu_readings_never_step_back_nor_drop_a_key_once_reported():
+    # A slice that ended between the map read and the running-slice read is in neither: the
+    # reading is short, or (a thread's first slice on a CPU, map value still 0) has no key.
+    first = at_least({(5, 0): 100, (5, 1): 40}, {})
+    short = at_least({(5, 0): 90}, first)
+    assert short == {(5, 0): 100, (5, 1): 40}
+    later = at_least({(5, 0): 130, (5, 1): 70}, short)
+    assert later == {(5, 0): 130, (5, 1): 70}
+    deltas = [counter_delta(b, a) for a, b in ((first, short), (short, later))]
+    assert sum(d.get((5, 1), 0) for d in deltas) == 30  # 40 -> 70, never 40 + 70
+    assert sum(d.get((5, 0), 0) for d in deltas) == 30
+
+
+def test_forgotten_entries_leave_the_baseline_too():
+    reading = SchedReading(
+        ts_ns=1, threads={5: _t(switches=10), 6: _t(switches=3)},
+        cpu_time_ns={(5, 0): 10, (6, 0): 20}, migrations={(1, 0, 1): 2, (2, 0, 1): 1},
+        delay_hist={(1, 3): 4, (2, 3): 1}, window_max_delay_ns={},
+        wakeup_hist={(1, 3): 1}, waited_behind={(1, 2): 5, (2, 1): 6, (3, 4): 7},
+    )  # fmt: skip
+    forget_in(reading, {5}, {1})
+    assert set(reading.threads) == {6}
+    assert set(reading.cpu_time_ns) == {(6, 0)}
+    assert set(reading.migrations) == {(2, 0, 1)}
+    assert set(reading.delay_hist) == {(2, 3)} and not reading.wakeup_hist
+    assert set(reading.waited_behind) == {(3, 4)}
+    # an entry made again on a forgotten key counts from zero
+    assert thread_delta(_t(switches=4), reading.threads.get(5))["switches"] == 4
+
+
+def test_a_connection_figure_that_steps_back_adds_nothing():
+    def rec(stack_bytes):
+        return ConnRecord(**{
+            **{f.name: 0 for f in dataclasses.fields(ConnRecord)},
+            "cookie": 1, "stack_bytes": stack_bytes,
+        })  # fmt: skip
+
+    assert conn_delta(rec(101), rec(100))["stack_bytes"] == 1
+    assert conn_delta(rec(100), rec(101))["stack_bytes"] == 0
 
 
 def _t(tgid=1, **counts):
