@@ -79,6 +79,9 @@ def thread_delta(cur: ThreadSched, prev: ThreadSched | None) -> dict[str, int]:
     return {n: now[n] - before[n] for n in _COUNTER_FIELDS}
 
 
+SPLIT_AHEAD_KEYS = 4096
+
+
 def forget_in(reading: SchedReading, tids: set[int], tgids: set[int]) -> None:
     """Drop from a reading (the next window's baseline) the entries just deleted in the kernel:
     one created again on the same key starts from zero, and a delta against the old value
@@ -212,6 +215,9 @@ class Collector:
         self._window_start_ns = time.monotonic_ns()
         self._ticks = 0
         self._untracked_prev = 0
+        # workload key -> run-queue wait split in earlier windows ahead of its total (positive
+        # only; at most SPLIT_AHEAD_KEYS, the oldest dropped first)
+        self._split_ahead: dict[str, int] = {}
         self.owners = SocketOwners(proc_root)
         self.fd_sockets = FdSockets(proc_root)
         self.net = NetAccounting(self.owners)
@@ -781,7 +787,9 @@ class Collector:
             wakeup_delay_hist=wake_hist,
             wakeups_over_threshold=c["wakeups_over_threshold"],
             runq_delay_total_us=runq_ns / 1000,
-            waited_behind=self._waited_behind({**act.behind, 0: c["idle_wait_ns"]}, runq_ns),
+            waited_behind=self._waited_behind(
+                {**act.behind, 0: c["idle_wait_ns"]}, runq_ns, wid.key
+            ),
         )
         kind = "wasm" if runtime else wid.kind
         return Workload(
@@ -802,7 +810,9 @@ class Collector:
             kernel_thread=wid.kernel_thread,
         )
 
-    def _waited_behind(self, behind: Mapping[int, int], total_ns: int) -> tuple[WaitedBehind, ...]:
+    def _waited_behind(
+        self, behind: Mapping[int, int], total_ns: int, workload: str
+    ) -> tuple[WaitedBehind, ...]:
         """A workload's run-queue wait split by the workloads on the CPU meanwhile: the top
         ``max_culprits``, the rest as ``other``, and what the kernel could not split."""
         by_key: dict[str, int] = defaultdict(int)
@@ -819,8 +829,16 @@ class Collector:
                 by_key[key] += ns
                 comms.setdefault(key, wid.comm if wid else "")
         # Waits the kernel did not split (map full, a wait begun before wasmtop attached):
-        # the difference between the total and what it split.
-        unattributed += max(0, total_ns - sum(behind.values()))
+        # the difference between the total and what it split. The split can run ahead of the
+        # total (the two are read at different instants, and a wait pulled to another CPU is
+        # split before it ends): what ran ahead in one window is not unsplit wait in the next.
+        split = sum(behind.values())
+        ahead = self._split_ahead.pop(workload, 0)
+        unattributed += max(0, total_ns - split - ahead)
+        if split + ahead > total_ns:
+            self._split_ahead[workload] = split + ahead - total_ns
+            if len(self._split_ahead) > SPLIT_AHEAD_KEYS:
+                del self._split_ahead[next(iter(self._split_ahead))]
         ranked = sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))
         top, rest = ranked[: self.max_culprits], ranked[self.max_culprits :]
         whole = max(total_ns, sum(behind.values()), 1)

@@ -166,3 +166,44 @@ def test_a_child_of_a_child_is_own_and_the_walk_is_bounded(tmp_path):
     for pid in (10, 11, 20, 21):
         resolver.identify(pid)
     assert resolver.own(11) and not resolver.own(20)
+
+
+class ReadingsInTurn(FakeSched):
+    def __init__(self, readings: list[SchedReading]) -> None:
+        self.readings = iter(readings)
+
+    def read(self) -> SchedReading:
+        return next(self.readings)
+
+
+def test_wait_split_ahead_of_its_total_is_not_counted_again_as_unsplit(proc, monkeypatch):
+    """The split of a wait (who held the CPU) and the wait's total are read at different
+    instants, and a wait pulled to another CPU is split before it ends: a window can see the
+    split before the total. The next window, which sees the total, must not call it unsplit."""
+    make_proc(proc, 901, "noisy", ppid=1)
+
+    def reading(tick: int, wait_ns: int, split_ns: int) -> SchedReading:
+        def t(tid: int, comm: str, preempt_ns: int) -> ThreadSched:
+            return ThreadSched(tid=tid, tgid=tid, comm=comm, switches=tick, involuntary=tick,
+                               migrations=0, preempt_delay_ns=preempt_ns, preemptions=tick,
+                               over_threshold=0)  # fmt: skip
+
+        return SchedReading(
+            ts_ns=tick * 10**9, threads={900: t(900, "edge-svc", wait_ns), 901: t(901, "noisy", 0)},
+            cpu_time_ns={}, migrations={}, delay_hist={}, window_max_delay_ns={},
+            waited_behind={(900, 901): split_ns} if split_ns else {},
+        )  # fmt: skip
+
+    fake = ReadingsInTurn(
+        [reading(1, 0, 0), reading(2, 0, 2 * 10**9), reading(3, 2 * 10**9, 2 * 10**9)]
+    )
+    monkeypatch.setattr(Collector, "sched", property(lambda self: fake))
+    collector = Collector(NoProbes(), proc_root=proc, topology=Topology({}), own_pid=OWN)
+    collector.tick()
+    split_first = {
+        b.kind: b.wait_ms for b in collector.tick().workload("pid:900").sched.waited_behind
+    }
+    total_later = collector.tick().workload("pid:900").sched
+    assert split_first == {"workload": 2000.0}
+    assert total_later.runq_delay_total_us == 2_000_000
+    assert {b.kind for b in total_later.waited_behind} == set()  # no "unattributed" 2000 ms
