@@ -600,6 +600,10 @@ class Collector:
             life = self.lifecycle.read()
             self.life.add_cold_starts(life.cold_starts, self._workload_key)
             wasm_calls = self.life.wasm_window(life, self._workload_key)
+            if self._ticks % self.gc_every == 0:
+                gone = {g for g in self.life.callers() if not (self.proc_root / str(g)).exists()}
+                self.lifecycle.forget(gone)  # their final calls were just read
+                self.life.forget_callers(gone)
         self._sample_runtime()
         runtime_figures = self.resources.figures()
         request_figures: dict[str, RequestFigures] = {}

@@ -95,6 +95,14 @@ class LifecycleAccounting:
         """The Snapshot is built: later cold starts belong to the next window."""
         self._window.clear()
 
+    def callers(self) -> set[int]:
+        """Processes with WebAssembly call figures in the latest reading."""
+        return {tgid for tgid, _ in self._prev}
+
+    def forget_callers(self, tgids: set[int]) -> None:
+        """Processes whose kernel entries were deleted: an entry made again starts from zero."""
+        self._prev = {k: v for k, v in self._prev.items() if k[0] not in tgids}
+
     def wasm_window(
         self, reading: LifecycleReading, workload_of: Callable[[int], str | None]
     ) -> dict[str, dict[str, CallFigures]]:

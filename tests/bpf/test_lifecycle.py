@@ -446,3 +446,26 @@ def test_an_exception_through_a_probed_function_still_reaches_its_handler(tmp_pa
     assert (proc.returncode, out) == (0, "caught 1 sum 21\n")
     assert calls.count == 6  # 0..4, and 5 after the throw: not the call that threw
     assert unfinished == 1  # that one, found when the next call began at its level
+
+
+def test_an_exited_runtimes_call_entries_leave_the_kernel_maps():
+    """The per-process call maps are bounded (a runtime started per job would fill them in
+    hours): a process's entries go once it has exited and its last calls were read."""
+    with watching() as (ps, collector):
+        collector.gc_every = 1
+        life = next(p for p in ps if isinstance(p, LifecycleProbe))
+        with service() as (proc, port):
+            collector.observe()  # the collector finds the runtime and probes its library
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for _ in range(5):
+                conn.request("GET", "/")
+                conn.getresponse().read()
+            conn.close()
+            collector.tick()
+            callers = {k.tgid for k in life.table("wasm_calls").keys()}
+            assert proc.pid in callers
+        proc.wait()
+        collector.tick()
+        assert proc.pid not in {k.tgid for k in life.table("wasm_calls").keys()}
+        assert proc.pid not in {k.tgid for k in life.table("wasm_hist").keys()}
+        assert proc.pid not in collector.life.callers()
