@@ -42,6 +42,9 @@ BPF_HASH(wakeup_delay_hist, struct hist_key, u64, HIST_ENTRIES);
  * userspace's lookup-and-delete each tick never loses a value. */
 BPF_HASH(preempt_delay_max_ns, u32, u64, MAX_THREADS);
 BPF_HASH(wakeup_delay_max_ns, u32, u64, MAX_THREADS);
+/* The window's number: userspace adds one after it has taken the window's maxima (and starts
+ * it at 1, so that a fresh entry's max_window of 0 matches none). */
+BPF_ARRAY(max_window, u32, 1);
 
 /* Who ran on each CPU lately: a ring of the last HISTORY_LEN slices, each running from its
  * `since` to the next one's (the newest to now). Written only by the CPU itself in
@@ -260,29 +263,44 @@ static __always_inline void attribute_wait(struct cpu_history *h, struct thread_
         add_behind(victim, CULPRIT_HISTORY_SHORT, end - from);
 }
 
-/* A finished wait into its process's histogram and window maximum. */
-static __always_inline void add_hist(u32 kind, u32 tgid, u64 delay)
+/* A finished wait of the thread (entry st) into its process's histogram and window maximum.
+ *
+ * The maximum's map is looked at only when the wait is longer than the process's maximum as
+ * this thread last saw it in this window (max_seen, max_window): within a window a maximum only
+ * grows, so a wait no longer than one seen in it is already covered. Userspace takes the
+ * window's maxima and then moves to the next window; a wait that ends between the two, or runs
+ * across them, counts in either window, as it always could. A wait after the move finds its
+ * thread's max_window behind and looks at the map. */
+static __always_inline void add_hist(u32 kind, struct thread_stats *st, u64 delay)
 {
+    u32 tgid = st->tgid;
     struct hist_key hk = {.tgid = tgid, .bucket = loglinear_bucket(delay)};
     u64 zero = 0;
-    u64 *slot, *max;
-    int err = 0;
-    if (kind == WAIT_WOKEN) {
+    u64 *slot;
+    int i = kind == WAIT_WOKEN;
+    if (i)
         slot = wakeup_delay_hist.lookup_or_try_init(&hk, &zero);
-        max = wakeup_delay_max_ns.lookup(&tgid);
-    } else {
-        slot = preempt_delay_hist.lookup_or_try_init(&hk, &zero);
-        max = preempt_delay_max_ns.lookup(&tgid);
-    }
-    add_or_count_full(slot, 1);
-    if (max && *max >= delay)
-        return;
-    if (kind == WAIT_WOKEN)
-        err = wakeup_delay_max_ns.update(&tgid, &delay);
     else
-        err = preempt_delay_max_ns.update(&tgid, &delay);
-    if (err)
+        slot = preempt_delay_hist.lookup_or_try_init(&hk, &zero);
+    add_or_count_full(slot, 1);
+
+    u32 first = 0;
+    u32 *w = max_window.lookup(&first);
+    u32 window = w ? *w : 0;
+    if (window && st->max_window[i] == window && delay <= st->max_seen[i])
+        return;
+    u64 *max = i ? wakeup_delay_max_ns.lookup(&tgid) : preempt_delay_max_ns.lookup(&tgid);
+    if (max && *max >= delay) {
+        st->max_seen[i] = *max;
+        st->max_window[i] = window;
+        return;
+    }
+    if (i ? wakeup_delay_max_ns.update(&tgid, &delay) : preempt_delay_max_ns.update(&tgid, &delay)) {
         count_event(CTR_MAP_FULL);
+        return;
+    }
+    st->max_seen[i] = delay;
+    st->max_window[i] = window;
 }
 
 /* `next` (its entry `st`) is about to run on this CPU: end its wait, if it was waiting. */
@@ -306,7 +324,7 @@ static __always_inline void finish_wait(struct thread_stats *st, u32 tid, u64 no
     if (st->wait_kind == WAIT_PREEMPTED) {
         st->preempt_delay_ns += delay;
         st->preemptions += 1;
-        add_hist(WAIT_PREEMPTED, st->tgid, delay);
+        add_hist(WAIT_PREEMPTED, st, delay);
         if (delay >= THRESHOLD_NS) {
             st->over_threshold += 1;
             emit_preemption(now, tid, delay, st);
@@ -316,7 +334,7 @@ static __always_inline void finish_wait(struct thread_stats *st, u32 tid, u64 no
         st->wakeups += 1;
         st->last_wakeup_ns = since;
         st->last_wakeup_delay_ns = delay;
-        add_hist(WAIT_WOKEN, st->tgid, delay);
+        add_hist(WAIT_WOKEN, st, delay);
         if (delay >= THRESHOLD_NS) {
             st->wakeups_over_threshold += 1;
             emit_wakeup(now, tid, delay, st, cpu, prev, prev_tgid, prev_comm);

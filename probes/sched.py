@@ -178,6 +178,7 @@ class SchedProbe(Probe):
         self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
         self._state_mask: int | None = None
         self._cpu_floor: dict[tuple[int, int], int] = {}  # (tid, cpu) -> ns last reported
+        self._window = 1  # max_window in the kernel
         self.trace_ctx = trace_ctx
         self.trace_ctx_map = pins.TraceCtxMap() if trace_ctx else None
         self.trace_ctx_reason = "" if trace_ctx else "trace-context map off: not asked for"
@@ -232,6 +233,8 @@ class SchedProbe(Probe):
 
     def attach(self) -> None:
         self._cpu_floor = {}  # fresh maps
+        self._window = 1
+        self._set_window()
         if self.trace_ctx_map:
             fill_slot(self.table("trace_ctx_slot"), self.trace_ctx_map.fd, "trace_ctx")
         super().attach()
@@ -257,7 +260,7 @@ class SchedProbe(Probe):
         return [
             *super().required_maps(), "threads", "cpu_time_ns", "migration_matrix",
             "preempt_delay_hist", "preempt_delay_max_ns", "wakeup_delay_hist",
-            "wakeup_delay_max_ns", "cpu_history", "waited_behind", "trace_ctx_slot",
+            "wakeup_delay_max_ns", "max_window", "cpu_history", "waited_behind", "trace_ctx_slot",
         ]  # fmt: skip
 
     def verify_maps(self) -> None:
@@ -306,6 +309,11 @@ class SchedProbe(Probe):
             (k.tgid, k.from_cpu, k.to_cpu): v.value
             for k, v in self.table("migration_matrix").items()
         }
+        # The window's maxima, then the next window (in that order: add_hist in sched.bpf.c).
+        window_max_delay = self._pop_all("preempt_delay_max_ns")
+        window_max_wakeup = self._pop_all("wakeup_delay_max_ns")
+        self._window = self._window % 0xFFFFFFFF + 1  # a u32 in the kernel, never 0
+        self._set_window()
         events = self.take_events()
         return SchedReading(
             ts_ns=now,
@@ -313,11 +321,11 @@ class SchedProbe(Probe):
             cpu_time_ns=cpu_time,
             migrations=migrations,
             delay_hist=self._hist("preempt_delay_hist"),
-            window_max_delay_ns=self._pop_all("preempt_delay_max_ns"),
+            window_max_delay_ns=window_max_delay,
             events=[e for e in events if isinstance(e, PreemptionRecord)],
             migrations_untracked=self.counter_values()["MIGRATIONS_UNTRACKED"],
             wakeup_hist=self._hist("wakeup_delay_hist"),
-            window_max_wakeup_ns=self._pop_all("wakeup_delay_max_ns"),
+            window_max_wakeup_ns=window_max_wakeup,
             wakeup_events=[e for e in events if isinstance(e, WakeupRecord)],
             waited_behind={
                 (k.victim, k.culprit): v.value for k, v in self.table("waited_behind").items()
@@ -335,6 +343,10 @@ class SchedProbe(Probe):
             if s.since:
                 out[cpu] = (s.tid, s.since)
         return out
+
+    def _set_window(self) -> None:
+        table = self.table("max_window")
+        table[table.Key(0)] = table.Leaf(self._window)
 
     def _pop_all(self, name: str) -> dict[int, int]:
         """Read and empty a per-process window map (key and value scalars)."""

@@ -44,6 +44,11 @@ struct thread_stats {
     u64 sleep_fd;              /* that syscall's first argument (the fd, for reads) */
     char comm[16];
     char wait_other_comm[16];  /* the preemptor's (a waker's is looked up when it is sent) */
+    /* The process's window maximum of each kind of wait ([0] preemption, [1] wake-up) as this
+     * thread last saw it in the map, and the window (max_window) it saw it in: a wait no
+     * longer than that, in that window, needs no look at the map (sched.bpf.c add_hist). */
+    u64 max_seen[2];
+    u32 max_window[2];
 };
 
 /* /sys/fs/bpf/wasmtop/trace_ctx: thread id -> the request it is working on (docs/tracing.md). */

@@ -379,3 +379,32 @@ def test_a_thread_id_taken_by_a_new_process_starts_from_zero():
             new.wait()
     assert after.tgid == new.pid
     assert 20 <= after.switches <= kernel.voluntary + kernel.involuntary, (after, kernel)
+
+
+def test_every_windows_maximum_is_a_real_delay_and_covers_every_delay_of_its_window():
+    """Threshold 0 sends every preemption with its exact delay while the probe is read every
+    20 ms (about 100 windows). A window's maximum (a thread skips the map when its wait is no
+    longer than the maximum it saw in the same window) must be the delay of a preemption that
+    ended then, and no preemption may be longer than the maxima around it. A read drains the
+    events before it takes the maxima, so a preemption that ends between the two is in the
+    next read's events and in this window's maximum."""
+    with workloads(("hog", {"CPU": {1}}), ("hog", {"CPU": {1}})) as hogs:
+        probe = SchedProbe(pids=[h.pid for h in hogs], threshold_ns=0)
+        with ProbeSet([probe], handle_signals=False) as probes:
+            assert probes and probe.status == OK, probe.reason
+            go_all(hogs)()
+            probe.read()
+            readings = []
+            for _ in range(100):
+                time.sleep(0.02)
+                readings.append(probe.read())
+    assert probe.health().lost == 0
+    for hog in hogs:
+        maxima = [r.window_max_delay_ns.get(hog.pid, 0) for r in readings]
+        delays = [[e.delay_ns for e in r.events if e.pid == hog.pid] for r in readings]
+        assert sum(map(len, delays)) > 200 and sum(1 for m in maxima if m) > 50
+        for k in range(1, len(readings) - 1):
+            if maxima[k]:
+                assert maxima[k] in delays[k] + delays[k + 1], (k, maxima[k], delays[k : k + 2])
+            if delays[k]:
+                assert max(delays[k]) <= max(maxima[k - 1], maxima[k]), (k, delays[k], maxima)
