@@ -7,7 +7,7 @@
  * may be of another kernel version).
  *
  * Compiled in by probes/sched.py:
- *   cflags  MAX_THREADS, HIST_ENTRIES, BEHIND_ENTRIES, MAX_CPUS, HISTORY_LEN (a power of two),
+ *   cflags  MAX_THREADS, HIST_ENTRIES, CPU_TIME_ENTRIES, BEHIND_ENTRIES, MAX_CPUS, HISTORY_LEN (a power of two),
  *           RINGBUF_PAGES, THRESHOLD_NS, PREV_STATE_MASK, CTR_*
  *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
  *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
@@ -19,9 +19,14 @@
 
 BPF_HASH(threads, u32, struct thread_stats, MAX_THREADS);
 
-/* On-CPU time per thread; per-CPU values, so each CPU adds to its own slot without atomics
- * and the slot index is the CPU. */
-BPF_PERCPU_HASH(cpu_time_ns, u32, u64, MAX_THREADS);
+/* On-CPU time per (thread, CPU), but for the thread's latest run of slices on one CPU, which
+ * its own entry holds (thread_stats.run_ns): most switches add to that and touch no map.
+ * Written only at the thread's own switch-outs, so plain adds. */
+struct cpu_key {
+    u32 tid;
+    u32 cpu;
+};
+BPF_HASH(cpu_time_ns, struct cpu_key, u64, CPU_TIME_ENTRIES);
 
 /* Entries shared by the threads of a process (histogram, matrix) are added to with atomics. */
 struct migration_key {
@@ -199,14 +204,29 @@ static __always_inline void emit_wakeup(u64 now, u32 tid, u64 delay,
     wakeup_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void account_cpu_time(u32 tid, u64 ns)
+/* What the thread ran on its previous CPU goes into the map. */
+static __always_inline void flush_cpu_time(struct thread_stats *st, u32 tid)
 {
+    if (!st->run_cpu || !st->run_ns)
+        return;
+    struct cpu_key key = {.tid = tid, .cpu = st->run_cpu - 1};
     u64 init = 0;
-    u64 *slot = cpu_time_ns.lookup_or_try_init(&tid, &init);
+    u64 *slot = cpu_time_ns.lookup_or_try_init(&key, &init);
     if (slot)
-        *slot += ns;
+        *slot += st->run_ns;
     else
         count_event(CTR_MAP_FULL);
+    st->run_ns = 0;
+}
+
+/* A slice of ns on cpu ended for the thread (entry st). */
+static __always_inline void account_cpu_time(struct thread_stats *st, u32 tid, u32 cpu, u64 ns)
+{
+    if (st->run_cpu != cpu + 1) {
+        flush_cpu_time(st, tid);
+        st->run_cpu = cpu + 1;
+    }
+    st->run_ns += ns;
 }
 
 static __always_inline void add_behind(u32 victim, u32 culprit, u64 ns)
@@ -347,6 +367,7 @@ static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, cons
     struct thread_stats *st = threads.lookup(&tid);
     if (st) {
         if (st->tgid != tgid) { /* tid reused by another process: a new thread, from zero */
+            flush_cpu_time(st, tid); /* the old thread's, as userspace last read it */
             __builtin_memset(st, 0, sizeof(*st));
             st->tgid = tgid;
             bpf_probe_read_kernel(&st->comm, sizeof(st->comm), comm);
@@ -387,7 +408,7 @@ static __always_inline int on_switch(u32 prev, u32 tgid, u32 next, int involunta
         if (st) {
             st->switches += 1;
             if (ran_since && now > ran_since)
-                account_cpu_time(prev, now - ran_since);
+                account_cpu_time(st, prev, cpu, now - ran_since);
             /* Still runnable when switched out: it did not give up the CPU, it lost it. */
             if (involuntary) {
                 st->involuntary += 1;

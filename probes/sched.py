@@ -205,6 +205,8 @@ class SchedProbe(Probe):
         return {
             "MAX_THREADS": self.max_threads,
             "HIST_ENTRIES": self.max_threads * 4,
+            # (thread, CPU) pairs: as much memory as a per-CPU value per thread on 8 CPUs
+            "CPU_TIME_ENTRIES": self.max_threads * min(self.cpus, 8),
             "BEHIND_ENTRIES": self.behind_entries,
             "MAX_CPUS": self.cpus,
             "HISTORY_LEN": self.history_len,
@@ -275,8 +277,15 @@ class SchedProbe(Probe):
         """Read the cumulative maps and take the events drained since the previous read."""
         self.drain()
         now = time.monotonic_ns()  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
+        # On-CPU time moves from a thread's entry to the map (and a slice's from the CPU's
+        # history to the entry): read in that order, a moving part is missed, never counted
+        # twice, and at_least() keeps the reading from stepping back.
+        cpu_table = list(self.table("cpu_time_ns").items())
         threads: dict[int, ThreadSched] = {}
+        pending: list[tuple[int, int, int]] = []
         for k, v in self.table("threads").items():
+            if v.run_cpu and v.run_ns:
+                pending.append((k.value, v.run_cpu - 1, v.run_ns))
             threads[k.value] = ThreadSched(
                 tid=k.value,
                 tgid=v.tgid,
@@ -292,12 +301,11 @@ class SchedProbe(Probe):
                 wakeups_over_threshold=v.wakeups_over_threshold,
                 idle_wait_ns=v.idle_wait_ns,
             )
-        cpu_time = {
-            (k.value, cpu): int(ns)
-            for k, per_cpu in self.table("cpu_time_ns").items()
-            for cpu, ns in enumerate(per_cpu)
-            if ns
-        }
+        cpu_time = {(k.tid, k.cpu): int(v.value) for k, v in cpu_table if v.value}
+        # Each thread's latest run on one CPU is in its own entry, not yet in the map.
+        for tid, cpu, ns in pending:
+            key = (tid, cpu)
+            cpu_time[key] = cpu_time.get(key, 0) + ns
         # The slice each CPU is running right now has not been switched out yet: add it, so a
         # thread that hogs a CPU without switching still shows its time.
         for cpu, (tid, since) in self.running().items():
@@ -371,7 +379,7 @@ class SchedProbe(Probe):
             with contextlib.suppress(KeyError):
                 del threads[threads.Key(tid)]
         for name, gone in (
-            ("cpu_time_ns", lambda k: k.value in dead_tids),
+            ("cpu_time_ns", lambda k: k.tid in dead_tids),
             ("migration_matrix", lambda k: k.tgid in dead_tgids),
             ("preempt_delay_hist", lambda k: k.tgid in dead_tgids),
             ("wakeup_delay_hist", lambda k: k.tgid in dead_tgids),

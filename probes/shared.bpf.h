@@ -49,6 +49,10 @@ struct thread_stats {
      * longer than that, in that window, needs no look at the map (sched.bpf.c add_hist). */
     u64 max_seen[2];
     u32 max_window[2];
+    /* On-CPU time not yet in cpu_time_ns: run_ns on CPU run_cpu - 1 (0: none), added to the
+     * map only when the thread is switched out on another CPU (sched.bpf.c account_cpu_time) */
+    u64 run_ns;
+    u32 run_cpu;
 };
 
 /* /sys/fs/bpf/wasmtop/trace_ctx: thread id -> the request it is working on (docs/tracing.md). */
