@@ -236,14 +236,33 @@ static __always_inline void add_behind(u32 victim, u32 culprit, u64 ns)
     add_or_count_full(waited_behind.lookup_or_try_init(&key, &zero), ns);
 }
 
+/* The wait behind one process that the thread's entry holds goes into the map. */
+static __always_inline void flush_behind(struct thread_stats *st)
+{
+    if (st->behind_tgid && st->behind_ns)
+        add_behind(st->tgid, st->behind_tgid, st->behind_ns);
+    st->behind_ns = 0;
+}
+
 /* Wait behind the idle task (the wake-up still on its way to an idle CPU: the common case of a
- * wake-up to another CPU) is summed in the thread's own entry, which needs no map update. */
+ * wake-up to another CPU) is summed in the thread's own entry, which needs no map update; so is
+ * wait behind the process it last waited behind (two threads taking turns, or one hog), which
+ * reaches the map when the thread waits behind another. */
 static __always_inline void add_run(struct thread_stats *st, u32 culprit, u64 ns)
 {
-    if (culprit)
-        add_behind(st->tgid, culprit, ns);
-    else
+    if (!culprit) {
         st->idle_wait_ns += ns;
+        return;
+    }
+    if (culprit == CULPRIT_HISTORY_SHORT) {
+        add_behind(st->tgid, culprit, ns);
+        return;
+    }
+    if (culprit != st->behind_tgid) {
+        flush_behind(st);
+        st->behind_tgid = culprit;
+    }
+    st->behind_ns += ns;
 }
 
 /* Split [from, to) of a wait on this history's CPU among the processes that ran in it, newest
@@ -367,7 +386,8 @@ static __always_inline struct thread_stats *thread_entry(u32 tid, u32 tgid, cons
     struct thread_stats *st = threads.lookup(&tid);
     if (st) {
         if (st->tgid != tgid) { /* tid reused by another process: a new thread, from zero */
-            flush_cpu_time(st, tid); /* the old thread's, as userspace last read it */
+            flush_cpu_time(st, tid); /* the old thread's, as userspace last read them */
+            flush_behind(st);
             __builtin_memset(st, 0, sizeof(*st));
             st->tgid = tgid;
             bpf_probe_read_kernel(&st->comm, sizeof(st->comm), comm);

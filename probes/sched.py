@@ -118,14 +118,15 @@ K = TypeVar("K")
 
 
 def at_least(reading: dict[K, int], floor: dict[K, int]) -> dict[K, int]:
-    """On-CPU times never below what was last reported, and never missing once reported.
+    """Cumulative figures summed from several places (on-CPU time, wait behind a process)
+    never below what was last reported, and never missing once reported.
 
-    The map is read before the running slices, so a slice that ends between the two reads is
-    in neither: the sum comes out short (never over: a slice's time reaches the map only when it
-    ends), or the key is missing altogether (the thread's first slice on that CPU, whose map
-    value is still 0). counter_delta would take the decrease for a recreated entry, or the
-    key's return for a new one, and count the whole value again. Keys leave only through
-    forget()."""
+    The places are read in the opposite order to the one their amounts move in (the map, then
+    the threads' entries, then the CPUs' running slices), so an amount that moves between two
+    reads is in neither: the sum comes out short (never over), or the key is missing altogether
+    (a thread's first slice on a CPU, still in no map). counter_delta would take the decrease
+    for a recreated entry, or the key's return for a new one, and count the whole value again.
+    Keys leave only through forget()."""
     out = dict(floor)
     for k, v in reading.items():
         out[k] = max(v, floor.get(k, 0))
@@ -178,6 +179,7 @@ class SchedProbe(Probe):
         self._cgroup_filter = cgroup_filter(cgroup) if cgroup else None
         self._state_mask: int | None = None
         self._cpu_floor: dict[tuple[int, int], int] = {}  # (tid, cpu) -> ns last reported
+        self._behind_floor: dict[tuple[int, int], int] = {}  # (victim, culprit) -> ns
         self._window = 1  # max_window in the kernel
         self.trace_ctx = trace_ctx
         self.trace_ctx_map = pins.TraceCtxMap() if trace_ctx else None
@@ -234,7 +236,7 @@ class SchedProbe(Probe):
         self.trace_ctx_reason = f"trace-context map off: {why}"
 
     def attach(self) -> None:
-        self._cpu_floor = {}  # fresh maps
+        self._cpu_floor, self._behind_floor = {}, {}  # fresh maps
         self._window = 1
         self._set_window()
         if self.trace_ctx_map:
@@ -280,12 +282,17 @@ class SchedProbe(Probe):
         # On-CPU time moves from a thread's entry to the map (and a slice's from the CPU's
         # history to the entry): read in that order, a moving part is missed, never counted
         # twice, and at_least() keeps the reading from stepping back.
+        # So does wait behind a process, from the entry to waited_behind.
         cpu_table = list(self.table("cpu_time_ns").items())
+        behind = {(k.victim, k.culprit): v.value for k, v in self.table("waited_behind").items()}
         threads: dict[int, ThreadSched] = {}
         pending: list[tuple[int, int, int]] = []
         for k, v in self.table("threads").items():
             if v.run_cpu and v.run_ns:
                 pending.append((k.value, v.run_cpu - 1, v.run_ns))
+            if v.behind_tgid and v.behind_ns:
+                key = (v.tgid, v.behind_tgid)
+                behind[key] = behind.get(key, 0) + v.behind_ns
             threads[k.value] = ThreadSched(
                 tid=k.value,
                 tgid=v.tgid,
@@ -313,6 +320,7 @@ class SchedProbe(Probe):
                 key = (tid, cpu)
                 cpu_time[key] = cpu_time.get(key, 0) + now - since
         cpu_time = self._cpu_floor = at_least(cpu_time, self._cpu_floor)
+        behind = self._behind_floor = at_least(behind, self._behind_floor)
         migrations = {
             (k.tgid, k.from_cpu, k.to_cpu): v.value
             for k, v in self.table("migration_matrix").items()
@@ -335,9 +343,7 @@ class SchedProbe(Probe):
             wakeup_hist=self._hist("wakeup_delay_hist"),
             window_max_wakeup_ns=window_max_wakeup,
             wakeup_events=[e for e in events if isinstance(e, WakeupRecord)],
-            waited_behind={
-                (k.victim, k.culprit): v.value for k, v in self.table("waited_behind").items()
-            },
+            waited_behind=behind,
         )
 
     def _hist(self, name: str) -> dict[tuple[int, int], int]:
@@ -374,6 +380,9 @@ class SchedProbe(Probe):
             return
         dead_tids, dead_tgids = set(tids), set(tgids)
         self._cpu_floor = {k: v for k, v in self._cpu_floor.items() if k[0] not in dead_tids}
+        self._behind_floor = {
+            k: v for k, v in self._behind_floor.items() if not set(k) & dead_tgids
+        }
         threads = self.table("threads")
         for tid in dead_tids:
             with contextlib.suppress(KeyError):

@@ -53,6 +53,10 @@ struct thread_stats {
      * map only when the thread is switched out on another CPU (sched.bpf.c account_cpu_time) */
     u64 run_ns;
     u32 run_cpu;
+    /* Wait behind one process not yet in waited_behind: behind_ns behind behind_tgid (0: none),
+     * added to the map only when a wait is behind another process (sched.bpf.c add_run) */
+    u32 behind_tgid;
+    u64 behind_ns;
 };
 
 /* /sys/fs/bpf/wasmtop/trace_ctx: thread id -> the request it is working on (docs/tracing.md). */
