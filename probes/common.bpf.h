@@ -6,6 +6,12 @@
  */
 #include <uapi/linux/ptrace.h>
 
+/* Keeps the compiler from moving memory accesses across it (the kernel's, where its headers
+ * define it). */
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
+
 /* Per-CPU counters: ring-buffer attempts and failed reservations, full maps. Counting in the
  * kernel keeps `lost` true even when userspace is slow to drain. */
 BPF_PERCPU_ARRAY(counters, u64, WASMTOP_NR_COUNTERS);

@@ -217,6 +217,7 @@ static __always_inline void flush_cpu_time(struct thread_stats *st, u32 tid)
     else
         count_event(CTR_MAP_FULL);
     st->run_ns = 0;
+    barrier(); /* emptied before a new CPU is named (thread_stats: owner before amount) */
 }
 
 /* A slice of ns on cpu ended for the thread (entry st). */
@@ -225,6 +226,7 @@ static __always_inline void account_cpu_time(struct thread_stats *st, u32 tid, u
     if (st->run_cpu != cpu + 1) {
         flush_cpu_time(st, tid);
         st->run_cpu = cpu + 1;
+        barrier();
     }
     st->run_ns += ns;
 }
@@ -242,6 +244,7 @@ static __always_inline void flush_behind(struct thread_stats *st)
     if (st->behind_tgid && st->behind_ns)
         add_behind(st->tgid, st->behind_tgid, st->behind_ns);
     st->behind_ns = 0;
+    barrier(); /* emptied before a new process is named (thread_stats: owner before amount) */
 }
 
 /* Wait behind the idle task (the wake-up still on its way to an idle CPU: the common case of a
@@ -261,6 +264,7 @@ static __always_inline void add_run(struct thread_stats *st, u32 culprit, u64 ns
     if (culprit != st->behind_tgid) {
         flush_behind(st);
         st->behind_tgid = culprit;
+        barrier();
     }
     st->behind_ns += ns;
 }

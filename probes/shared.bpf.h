@@ -51,11 +51,15 @@ struct thread_stats {
     u32 max_window[2];
     /* On-CPU time not yet in cpu_time_ns: run_ns on CPU run_cpu - 1 (0: none), added to the
      * map only when the thread is switched out on another CPU (sched.bpf.c account_cpu_time) */
-    u64 run_ns;
     u32 run_cpu;
     /* Wait behind one process not yet in waited_behind: behind_ns behind behind_tgid (0: none),
      * added to the map only when a wait is behind another process (sched.bpf.c add_run) */
     u32 behind_tgid;
+    /* Each amount after its owner (userspace copies an entry from low addresses up, while the
+     * probe may be changing it): the probe empties the amount before it names a new owner, so
+     * a torn copy can pair an old owner with at most the new owner's first amount, never the
+     * new owner with the old amount. */
+    u64 run_ns;
     u64 behind_ns;
 };
 
