@@ -82,10 +82,12 @@ def thread_delta(cur: ThreadSched, prev: ThreadSched | None) -> dict[str, int]:
 SPLIT_AHEAD_KEYS = 4096
 
 
-def forget_in(reading: SchedReading, tids: set[int], tgids: set[int]) -> None:
-    """Drop from a reading (the next window's baseline) the entries just deleted in the kernel:
-    one created again on the same key starts from zero, and a delta against the old value
-    would come out short by it."""
+def forget_in(
+    reading: SchedReading, tids: set[int], tgids: set[int], behind: set[tuple[int, int]]
+) -> None:
+    """Drop from a reading (the next window's baseline) the entries just deleted in the kernel
+    (``behind``: the waited_behind pairs SchedProbe.forget dropped): one created again on the
+    same key starts from zero, and a delta against the old value would come out short by it."""
     for tid in tids:
         reading.threads.pop(tid, None)
     for table, gone in (
@@ -93,7 +95,7 @@ def forget_in(reading: SchedReading, tids: set[int], tgids: set[int]) -> None:
         (reading.migrations, lambda k: k[0] in tgids),
         (reading.delay_hist, lambda k: k[0] in tgids),
         (reading.wakeup_hist, lambda k: k[0] in tgids),
-        (reading.waited_behind, lambda k: k[0] in tgids or k[1] in tgids),
+        (reading.waited_behind, lambda k: k in behind),
     ):
         for key in [k for k in table if gone(k)]:
             del table[key]
@@ -936,9 +938,9 @@ class Collector:
         tgids |= {g for pair in reading.waited_behind for g in pair}
         tgids -= {0, CULPRIT_HISTORY_SHORT}
         dead_tgids = [g for g in tgids if not (self.proc_root / str(g)).exists()]
-        self.sched.forget(dead_tids, dead_tgids)
+        dropped = self.sched.forget(dead_tids, dead_tgids)
         self.resolver.forget(set(dead_tgids))
-        forget_in(reading, set(dead_tids), set(dead_tgids))
+        forget_in(reading, set(dead_tids), set(dead_tgids), dropped)
 
     def _forget_exited(self) -> None:
         """Every few ticks: processes that exited, or whose pid a new process took, are

@@ -217,7 +217,7 @@ static __always_inline void flush_cpu_time(struct thread_stats *st, u32 tid)
     else
         count_event(CTR_MAP_FULL);
     st->run_ns = 0;
-    barrier(); /* emptied before a new CPU is named (thread_stats: owner before amount) */
+    barrier(); /* emptied before a new CPU is named (thread_stats: run_cpu2) */
 }
 
 /* A slice of ns on cpu ended for the thread (entry st). */
@@ -226,6 +226,8 @@ static __always_inline void account_cpu_time(struct thread_stats *st, u32 tid, u
     if (st->run_cpu != cpu + 1) {
         flush_cpu_time(st, tid);
         st->run_cpu = cpu + 1;
+        barrier();
+        st->run_cpu2 = cpu + 1;
         barrier();
     }
     st->run_ns += ns;
@@ -244,7 +246,7 @@ static __always_inline void flush_behind(struct thread_stats *st)
     if (st->behind_tgid && st->behind_ns)
         add_behind(st->tgid, st->behind_tgid, st->behind_ns);
     st->behind_ns = 0;
-    barrier(); /* emptied before a new process is named (thread_stats: owner before amount) */
+    barrier(); /* emptied before a new process is named (thread_stats: behind_tgid2) */
 }
 
 /* Wait behind the idle task (the wake-up still on its way to an idle CPU: the common case of a
@@ -264,6 +266,8 @@ static __always_inline void add_run(struct thread_stats *st, u32 culprit, u64 ns
     if (culprit != st->behind_tgid) {
         flush_behind(st);
         st->behind_tgid = culprit;
+        barrier();
+        st->behind_tgid2 = culprit;
         barrier();
     }
     st->behind_ns += ns;
@@ -342,8 +346,19 @@ static __always_inline void add_hist(u32 kind, struct thread_stats *st, u64 dela
         count_event(CTR_MAP_FULL);
         return;
     }
-    st->max_seen[i] = delay;
-    st->max_window[i] = window;
+    /* Another thread of the process may have read the old maximum too and written a smaller
+     * one over this: look again, write again once, and remember only what is there. */
+    max = i ? wakeup_delay_max_ns.lookup(&tgid) : preempt_delay_max_ns.lookup(&tgid);
+    if (max && *max < delay) {
+        if (i ? wakeup_delay_max_ns.update(&tgid, &delay)
+              : preempt_delay_max_ns.update(&tgid, &delay))
+            count_event(CTR_MAP_FULL);
+        return;
+    }
+    if (max) {
+        st->max_seen[i] = *max;
+        st->max_window[i] = window;
+    }
 }
 
 /* `next` (its entry `st`) is about to run on this CPU: end its wait, if it was waiting. */

@@ -180,6 +180,8 @@ class SchedProbe(Probe):
         self._state_mask: int | None = None
         self._cpu_floor: dict[tuple[int, int], int] = {}  # (tid, cpu) -> ns last reported
         self._behind_floor: dict[tuple[int, int], int] = {}  # (victim, culprit) -> ns
+        # (victim, culprit) -> ns that exited threads' entries held when forget() deleted them
+        self._behind_carry: dict[tuple[int, int], int] = {}
         self._window = 1  # max_window in the kernel
         self.trace_ctx = trace_ctx
         self.trace_ctx_map = pins.TraceCtxMap() if trace_ctx else None
@@ -236,7 +238,7 @@ class SchedProbe(Probe):
         self.trace_ctx_reason = f"trace-context map off: {why}"
 
     def attach(self) -> None:
-        self._cpu_floor, self._behind_floor = {}, {}  # fresh maps
+        self._cpu_floor, self._behind_floor, self._behind_carry = {}, {}, {}  # fresh maps
         self._window = 1
         self._set_window()
         if self.trace_ctx_map:
@@ -280,17 +282,17 @@ class SchedProbe(Probe):
         self.drain()
         now = time.monotonic_ns()  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
         # On-CPU time moves from a thread's entry to the map (and a slice's from the CPU's
-        # history to the entry): read in that order, a moving part is missed, never counted
-        # twice, and at_least() keeps the reading from stepping back.
-        # So does wait behind a process, from the entry to waited_behind.
+        # history to the entry), and wait behind a process from the entry to waited_behind:
+        # read the other way round, a moving part is missed, never counted twice, and
+        # at_least() keeps the reading from stepping back.
         cpu_table = list(self.table("cpu_time_ns").items())
         behind = {(k.victim, k.culprit): v.value for k, v in self.table("waited_behind").items()}
         threads: dict[int, ThreadSched] = {}
         pending: list[tuple[int, int, int]] = []
         for k, v in self.table("threads").items():
-            if v.run_cpu and v.run_ns:
+            if v.run_cpu and v.run_ns and v.run_cpu == v.run_cpu2:  # else torn: next time
                 pending.append((k.value, v.run_cpu - 1, v.run_ns))
-            if v.behind_tgid and v.behind_ns:
+            if v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2:
                 key = (v.tgid, v.behind_tgid)
                 behind[key] = behind.get(key, 0) + v.behind_ns
             threads[k.value] = ThreadSched(
@@ -308,6 +310,8 @@ class SchedProbe(Probe):
                 wakeups_over_threshold=v.wakeups_over_threshold,
                 idle_wait_ns=v.idle_wait_ns,
             )
+        for key, ns in self._behind_carry.items():
+            behind[key] = behind.get(key, 0) + ns
         cpu_time = {(k.tid, k.cpu): int(v.value) for k, v in cpu_table if v.value}
         # Each thread's latest run on one CPU is in its own entry, not yet in the map.
         for tid, cpu, ns in pending:
@@ -319,6 +323,18 @@ class SchedProbe(Probe):
             if tid in threads and 0 < since <= now:
                 key = (tid, cpu)
                 cpu_time[key] = cpu_time.get(key, 0) + now - since
+        # An entry that hands its whole amount to the map between the map's read and the
+        # entries' is in neither (short by all it held, not by one slice). The maps read again
+        # now hold it; each figure is the larger of the two, both short of the truth, never over.
+        for k, v in self.table("cpu_time_ns").items():
+            key = (k.tid, k.cpu)
+            if v.value > cpu_time.get(key, 0):
+                cpu_time[key] = int(v.value)
+        for k, v in self.table("waited_behind").items():
+            key = (k.victim, k.culprit)
+            again = v.value + self._behind_carry.get(key, 0)
+            if again > behind.get(key, 0):
+                behind[key] = again
         cpu_time = self._cpu_floor = at_least(cpu_time, self._cpu_floor)
         behind = self._behind_floor = at_least(behind, self._behind_floor)
         migrations = {
@@ -374,16 +390,34 @@ class SchedProbe(Probe):
                     del table[k]
         return {_int(k): _int(v) for k, v in items}
 
-    def forget(self, tids: Sequence[int], tgids: Sequence[int]) -> None:
-        """Drop map entries of threads and processes that have exited (after a final read)."""
+    def forget(self, tids: Sequence[int], tgids: Sequence[int]) -> set[tuple[int, int]]:
+        """Drop map entries of threads and processes that have exited (after a final read).
+        Returns the (victim, culprit) pairs of waited_behind it dropped.
+
+        Wait behind a process that a thread's entry still holds (behind_tgid, behind_ns) is
+        part of the pair's figure: an exited thread's moves to a carry kept here before its
+        entry goes, and a pair that a live thread's entry holds keeps its key although its
+        culprit exited (the entry would make the pair again, and it would count again)."""
         if self.bpf is None:
-            return
+            return set()
         dead_tids, dead_tgids = set(tids), set(tgids)
-        self._cpu_floor = {k: v for k, v in self._cpu_floor.items() if k[0] not in dead_tids}
-        self._behind_floor = {
-            k: v for k, v in self._behind_floor.items() if not set(k) & dead_tgids
-        }
         threads = self.table("threads")
+        held: set[tuple[int, int]] = set()
+        for k, v in threads.items():
+            if not (v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2):
+                continue
+            pair = (v.tgid, v.behind_tgid)
+            if k.value in dead_tids:
+                self._behind_carry[pair] = self._behind_carry.get(pair, 0) + v.behind_ns
+            else:
+                held.add(pair)
+        behind_table = self.table("waited_behind")
+        pairs = {(k.victim, k.culprit) for k in behind_table.keys()}
+        pairs |= self._behind_floor.keys() | self._behind_carry.keys()
+        dropped = {p for p in pairs if set(p) & dead_tgids} - held
+        self._cpu_floor = {k: v for k, v in self._cpu_floor.items() if k[0] not in dead_tids}
+        self._behind_floor = {k: v for k, v in self._behind_floor.items() if k not in dropped}
+        self._behind_carry = {k: v for k, v in self._behind_carry.items() if k not in dropped}
         for tid in dead_tids:
             with contextlib.suppress(KeyError):
                 del threads[threads.Key(tid)]
@@ -392,9 +426,10 @@ class SchedProbe(Probe):
             ("migration_matrix", lambda k: k.tgid in dead_tgids),
             ("preempt_delay_hist", lambda k: k.tgid in dead_tgids),
             ("wakeup_delay_hist", lambda k: k.tgid in dead_tgids),
-            ("waited_behind", lambda k: k.victim in dead_tgids or k.culprit in dead_tgids),
+            ("waited_behind", lambda k: (k.victim, k.culprit) in dropped),
         ):
             table = self.table(name)
             for k in [k for k in table.keys() if gone(k)]:
                 with contextlib.suppress(KeyError):
                     del table[k]
+        return dropped

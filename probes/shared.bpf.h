@@ -55,12 +55,15 @@ struct thread_stats {
     /* Wait behind one process not yet in waited_behind: behind_ns behind behind_tgid (0: none),
      * added to the map only when a wait is behind another process (sched.bpf.c add_run) */
     u32 behind_tgid;
-    /* Each amount after its owner (userspace copies an entry from low addresses up, while the
-     * probe may be changing it): the probe empties the amount before it names a new owner, so
-     * a torn copy can pair an old owner with at most the new owner's first amount, never the
-     * new owner with the old amount. */
     u64 run_ns;
     u64 behind_ns;
+    /* Each owner again, after its amount: userspace copies an entry while the probe may be
+     * changing it, upwards or downwards (the kernel's memcpy chooses). The probe empties the
+     * amount, names the new owner in both places, then adds; a copy whose two owners differ
+     * is torn and its amount is left for the next reading, and one whose owners agree pairs
+     * them with that owner's amount (or with an emptied one). */
+    u32 run_cpu2;
+    u32 behind_tgid2;
 };
 
 /* /sys/fs/bpf/wasmtop/trace_ctx: thread id -> the request it is working on (docs/tracing.md). */

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -408,3 +410,127 @@ def test_every_windows_maximum_is_a_real_delay_and_covers_every_delay_of_its_win
                 assert maxima[k] in delays[k] + delays[k + 1], (k, maxima[k], delays[k : k + 2])
             if delays[k]:
                 assert max(delays[k]) <= max(maxima[k - 1], maxima[k]), (k, delays[k], maxima)
+
+
+TWO_NAPPERS = """
+import os, sys, threading, time
+stop = [threading.Event(), threading.Event()]
+def nap(cpu, i):
+    os.sched_setaffinity(0, {cpu})
+    os.write(1, f"{i} {threading.get_native_id()}\\n".encode())  # one write: never interleaved
+    while not stop[i].is_set():
+        time.sleep(0.001)
+threads = [threading.Thread(target=nap, args=(1, 0)), threading.Thread(target=nap, args=(0, 1))]
+for t in threads:
+    t.start()
+os.sched_setaffinity(0, {0})  # the main thread never stands in the first one's way
+sys.stdin.readline()
+stop[0].set()
+threads[0].join()
+print("stopped", flush=True)
+sys.stdin.readline()
+"""
+
+HOG_ON_EACH_CPU = """
+import os, sys, threading
+def hog(cpu):
+    os.sched_setaffinity(0, {cpu})
+    while True:
+        pass
+for cpu in (0, 1):
+    threading.Thread(target=hog, args=(cpu,), daemon=True).start()
+sys.stdin.readline()
+"""
+
+
+def test_wait_behind_a_process_held_in_an_exited_threads_entry_is_not_lost():
+    """Two threads of one process nap on CPU 1 and CPU 0, each behind a hog thread of another
+    process: a thread's wait behind the same process stays in its own entry. When the first
+    thread exits and its entry is deleted, what it held must stay in the pair's figure: else the
+    figure drops, the reading is held at its last value, and the other thread's later wait
+    behind the hog is hidden until it has made the loss up. Its later wait is held to its own
+    schedstat."""
+    hog = subprocess.Popen([sys.executable, "-c", HOG_ON_EACH_CPU], stdin=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    naps = subprocess.Popen([sys.executable, "-c", TWO_NAPPERS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    allowed = os.sched_getaffinity(0)
+    try:
+        tids = dict(map(int, naps.stdout.readline().split()) for _ in range(2))
+        first, second = tids[0], tids[1]  # on CPU 1 and on CPU 0
+        probe = SchedProbe(pids=[hog.pid, naps.pid])
+        with ProbeSet([probe], handle_signals=False) as probes:
+            assert probes and probe.status == OK, probe.reason
+            # Each thread is left alone with the hog thread of its CPU while it counts: this
+            # process keeps off CPU 1 until the first thread has stopped, then off CPU 0.
+            os.sched_setaffinity(0, {0})
+            try:
+                time.sleep(1.0)
+                naps.stdin.write("\n")
+                naps.stdin.flush()
+                assert naps.stdout.readline().strip() == "stopped"
+                os.sched_setaffinity(0, {1})
+                entry = probe.table("threads")[probe.table("threads").Key(first)]
+                held = entry.behind_ns if entry.behind_tgid == hog.pid else 0
+                before = probe.read().waited_behind[(naps.pid, hog.pid)]
+                dropped = probe.forget([first], [])
+                books_before = books(naps.pid, second)
+                time.sleep(1.0)
+                after = probe.read().waited_behind[(naps.pid, hog.pid)]
+                books_after = books(naps.pid, second)
+            finally:
+                os.sched_setaffinity(0, allowed)
+            assert (naps.pid, hog.pid) not in dropped
+    finally:
+        for p in (hog, naps):
+            p.kill()
+            p.wait()
+    ours = after - before
+    kernel = (books_after - books_before).wait_ns
+    assert kernel > 50e6, kernel  # it waited behind the hog for a quarter of that second
+    # All of its wait was behind the hog but for moments behind kernel threads and the idle
+    # task; the books are read a few ms from the probe, and a wait in progress at either end
+    # (up to a timeslice) can fall on either side.
+    assert abs(ours - kernel) <= 0.02 * kernel + 8e6, (ours, kernel, held)
+    # Had the exited thread's part been lost, the figure would have come out short by it.
+    assert abs(ours - kernel) < abs(ours - (kernel - held)) or held < 16e6, (ours, kernel, held)
+
+
+def test_a_pair_whose_culprit_exited_is_kept_while_a_live_threads_entry_holds_part_of_it():
+    """A napper waits behind a hog on CPU 1; the hog exits and the napper waits behind nothing
+    after (the idle task), so the part of its wait behind the hog that its entry holds stays
+    there. Forgetting the hog's process must keep that pair: dropped, the entry would make it
+    again and the collector would count that part a second time."""
+    napper = subprocess.Popen(
+        [sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {1})\n"
+         "while True:\n    time.sleep(0.001)\n"],
+    )  # fmt: skip
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import os\nos.sched_setaffinity(0, {1})\nwhile True:\n    pass\n"]
+    )
+    try:
+        probe = SchedProbe(pids=[hog.pid, napper.pid])
+        with ProbeSet([probe], handle_signals=False) as probes:
+            assert probes and probe.status == OK, probe.reason
+            time.sleep(1.0)
+            threads = probe.table("threads")
+            for _ in range(50):  # stopped while its last wait was behind the hog
+                napper.send_signal(signal.SIGSTOP)
+                time.sleep(0.01)
+                entry = threads[threads.Key(napper.pid)]
+                if entry.behind_tgid == hog.pid and entry.behind_ns:
+                    break
+                napper.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+            assert entry.behind_tgid == hog.pid and entry.behind_ns > 0  # held in the entry
+            hog.kill()
+            hog.wait()
+            pair = (napper.pid, hog.pid)
+            before = probe.read().waited_behind[pair]
+            dropped = probe.forget([], [hog.pid])
+            after = probe.read().waited_behind.get(pair, 0)
+    finally:
+        napper.kill()
+        napper.wait()
+    assert pair not in dropped
+    assert after == before >= entry.behind_ns

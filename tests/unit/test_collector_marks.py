@@ -71,8 +71,8 @@ class FakeSched:
             window_max_delay_ns={},
         )
 
-    def forget(self, tids: Any, tgids: Any) -> None:
-        pass
+    def forget(self, tids: Any, tgids: Any) -> set[tuple[int, int]]:
+        return set()
 
 
 class NoProbes:

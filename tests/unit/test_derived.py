@@ -67,7 +67,7 @@ def test_forgotten_entries_leave_the_baseline_too():
         delay_hist={(1, 3): 4, (2, 3): 1}, window_max_delay_ns={},
         wakeup_hist={(1, 3): 1}, waited_behind={(1, 2): 5, (2, 1): 6, (3, 4): 7},
     )  # fmt: skip
-    forget_in(reading, {5}, {1})
+    forget_in(reading, {5}, {1}, {(1, 2), (2, 1)})
     assert set(reading.threads) == {6}
     assert set(reading.cpu_time_ns) == {(6, 0)}
     assert set(reading.migrations) == {(2, 0, 1)}
