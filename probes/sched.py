@@ -368,9 +368,13 @@ class SchedProbe(Probe):
     def running(self) -> dict[int, tuple[int, int]]:
         """CPU -> (tid, since ns) of the slice each CPU is running now (its newest one)."""
         out = {}
+        mask = self.history_len - 1
         for cpu, h in enumerate(self.table("cpu_history").values()):
-            s = h.s[h.head & (self.history_len - 1)]
-            if s.since:
+            s, before = h.s[h.head & mask], h.s[(h.head - 1) & mask]
+            # A copy made while the CPU switched, read downwards (the kernel's memcpy may),
+            # can hold the new head and the slot it names as it was HISTORY_LEN slices ago:
+            # older than the slot before it. That slice is not running.
+            if s.since and s.since >= before.since:
                 out[cpu] = (s.tid, s.since)
         return out
 
@@ -402,15 +406,22 @@ class SchedProbe(Probe):
             return set()
         dead_tids, dead_tgids = set(tids), set(tgids)
         threads = self.table("threads")
-        held: set[tuple[int, int]] = set()
-        for k, v in threads.items():
-            if not (v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2):
+        # Each dead entry is deleted right after it is copied: a thread that took its tid
+        # in between would hand what it held to the map as well (thread_entry's start-over).
+        for tid in dead_tids:
+            key = threads.Key(tid)
+            try:
+                v = threads[key]
+                del threads[key]
+            except KeyError:
                 continue
-            pair = (v.tgid, v.behind_tgid)
-            if k.value in dead_tids:
+            if v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2:
+                pair = (v.tgid, v.behind_tgid)
                 self._behind_carry[pair] = self._behind_carry.get(pair, 0) + v.behind_ns
-            else:
-                held.add(pair)
+        held: set[tuple[int, int]] = set()
+        for v in threads.values():
+            if v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2:
+                held.add((v.tgid, v.behind_tgid))
         behind_table = self.table("waited_behind")
         pairs = {(k.victim, k.culprit) for k in behind_table.keys()}
         pairs |= self._behind_floor.keys() | self._behind_carry.keys()
@@ -418,9 +429,6 @@ class SchedProbe(Probe):
         self._cpu_floor = {k: v for k, v in self._cpu_floor.items() if k[0] not in dead_tids}
         self._behind_floor = {k: v for k, v in self._behind_floor.items() if k not in dropped}
         self._behind_carry = {k: v for k, v in self._behind_carry.items() if k not in dropped}
-        for tid in dead_tids:
-            with contextlib.suppress(KeyError):
-                del threads[threads.Key(tid)]
         for name, gone in (
             ("cpu_time_ns", lambda k: k.tid in dead_tids),
             ("migration_matrix", lambda k: k.tgid in dead_tgids),
