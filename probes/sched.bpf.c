@@ -44,9 +44,12 @@ BPF_HASH(preempt_delay_hist, struct hist_key, u64, HIST_ENTRIES);
 BPF_HASH(wakeup_delay_hist, struct hist_key, u64, HIST_ENTRIES);
 
 /* Window maximum per process: written with update_elem (under the bucket lock) so that
- * userspace's lookup-and-delete each tick never loses a value. */
-BPF_HASH(preempt_delay_max_ns, u32, u64, MAX_THREADS);
-BPF_HASH(wakeup_delay_max_ns, u32, u64, MAX_THREADS);
+ * userspace's lookup-and-delete each tick never loses a value. Per-CPU values: each CPU's is
+ * written by that CPU alone (tracing programs do not nest on a CPU), so the look, the compare
+ * and the write are never raced by another thread of the process; userspace takes the
+ * largest. */
+BPF_PERCPU_HASH(preempt_delay_max_ns, u32, u64, MAX_THREADS);
+BPF_PERCPU_HASH(wakeup_delay_max_ns, u32, u64, MAX_THREADS);
 /* The window's number: userspace adds one after it has taken the window's maxima (and starts
  * it at 1, so that a fresh entry's max_window of 0 matches none). */
 BPF_ARRAY(max_window, u32, 1);
@@ -346,19 +349,8 @@ static __always_inline void add_hist(u32 kind, struct thread_stats *st, u64 dela
         count_event(CTR_MAP_FULL);
         return;
     }
-    /* Another thread of the process may have read the old maximum too and written a smaller
-     * one over this: look again, write again once, and remember only what is there. */
-    max = i ? wakeup_delay_max_ns.lookup(&tgid) : preempt_delay_max_ns.lookup(&tgid);
-    if (max && *max < delay) {
-        if (i ? wakeup_delay_max_ns.update(&tgid, &delay)
-              : preempt_delay_max_ns.update(&tgid, &delay))
-            count_event(CTR_MAP_FULL);
-        return;
-    }
-    if (max) {
-        st->max_seen[i] = *max;
-        st->max_window[i] = window;
-    }
+    st->max_seen[i] = delay; /* this CPU's value; the process's maximum is at least that */
+    st->max_window[i] = window;
 }
 
 /* `next` (its entry `st`) is about to run on this CPU: end its wait, if it was waiting. */

@@ -114,6 +114,13 @@ def _int(value: object) -> int:
     return int(getattr(value, "value", value))
 
 
+def _largest(value: object) -> int:
+    """A per-CPU map value: the largest of the CPUs' (a scalar map's value as it is)."""
+    if isinstance(value, ctypes.Array):
+        return max((_int(v) for v in value), default=0)
+    return _int(value)
+
+
 K = TypeVar("K")
 
 
@@ -392,7 +399,7 @@ class SchedProbe(Probe):
             for k, _ in items:
                 with contextlib.suppress(KeyError):
                     del table[k]
-        return {_int(k): _int(v) for k, v in items}
+        return {_int(k): _largest(v) for k, v in items}
 
     def forget(self, tids: Sequence[int], tgids: Sequence[int]) -> set[tuple[int, int]]:
         """Drop map entries of threads and processes that have exited (after a final read).
