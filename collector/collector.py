@@ -10,7 +10,7 @@ import platform
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
@@ -603,7 +603,7 @@ class Collector:
             self.life.add_cold_starts(life.cold_starts, self._workload_key)
             wasm_calls = self.life.wasm_window(life, self._workload_key)
             if self._ticks % self.gc_every == 0:
-                gone = {g for g in self.life.callers() if not (self.proc_root / str(g)).exists()}
+                gone = set(self._exited(self.life.callers()))
                 self.lifecycle.forget(gone)  # their final calls were just read
                 self.life.forget_callers(gone)
         self._sample_runtime()
@@ -847,7 +847,7 @@ class Collector:
                 del self._split_ahead[next(iter(self._split_ahead))]
         ranked = sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))
         top, rest = ranked[: self.max_culprits], ranked[self.max_culprits :]
-        whole = max(total_ns, sum(behind.values()), 1)
+        whole = max(total_ns, split, 1)
 
         def entry(kind: str, culprit: str | None, comm: str | None, ns: int) -> WaitedBehind:
             return WaitedBehind(kind, culprit, comm, ns / 1e6, ns / whole)
@@ -932,15 +932,19 @@ class Collector:
         counts were just read) so the maps hold live threads only."""
         if self._ticks % self.gc_every or self.sched is None:
             return
-        dead_tids = [t for t in reading.threads if not (self.proc_root / str(t)).exists()]
+        dead_tids = self._exited(reading.threads)
         tgids = {t.tgid for t in reading.threads.values()} | {k[0] for k in reading.delay_hist}
         tgids |= {k[0] for k in reading.wakeup_hist}
         tgids |= {g for pair in reading.waited_behind for g in pair}
         tgids -= {0, CULPRIT_HISTORY_SHORT}
-        dead_tgids = [g for g in tgids if not (self.proc_root / str(g)).exists()]
+        dead_tgids = self._exited(tgids)
         dropped = self.sched.forget(dead_tids, dead_tgids)
         self.resolver.forget(set(dead_tgids))
         forget_in(reading, set(dead_tids), set(dead_tgids), dropped)
+
+    def _exited(self, ids: Iterable[int]) -> list[int]:
+        """Of these thread or process ids, those with no /proc entry now."""
+        return [i for i in ids if not (self.proc_root / str(i)).exists()]
 
     def _forget_exited(self) -> None:
         """Every few ticks: processes that exited, or whose pid a new process took, are

@@ -121,6 +121,15 @@ def _largest(value: object) -> int:
     return _int(value)
 
 
+def held_behind(entry: Any) -> tuple[tuple[int, int], int] | None:
+    """The wait behind one process that a thread's entry holds, not yet in waited_behind:
+    ((victim, culprit), ns); None when it holds none, or when its copy is torn (the two owners
+    differ: left for the next reading)."""
+    if entry.behind_tgid and entry.behind_ns and entry.behind_tgid == entry.behind_tgid2:
+        return (entry.tgid, entry.behind_tgid), entry.behind_ns
+    return None
+
+
 K = TypeVar("K")
 
 
@@ -299,9 +308,9 @@ class SchedProbe(Probe):
         for k, v in self.table("threads").items():
             if v.run_cpu and v.run_ns and v.run_cpu == v.run_cpu2:  # else torn: next time
                 pending.append((k.value, v.run_cpu - 1, v.run_ns))
-            if v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2:
-                key = (v.tgid, v.behind_tgid)
-                behind[key] = behind.get(key, 0) + v.behind_ns
+            if held := held_behind(v):
+                pair, ns = held
+                behind[pair] = behind.get(pair, 0) + ns
             threads[k.value] = ThreadSched(
                 tid=k.value,
                 tgid=v.tgid,
@@ -422,17 +431,14 @@ class SchedProbe(Probe):
                 del threads[key]
             except KeyError:
                 continue
-            if v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2:
-                pair = (v.tgid, v.behind_tgid)
-                self._behind_carry[pair] = self._behind_carry.get(pair, 0) + v.behind_ns
-        held: set[tuple[int, int]] = set()
-        for v in threads.values():
-            if v.behind_tgid and v.behind_ns and v.behind_tgid == v.behind_tgid2:
-                held.add((v.tgid, v.behind_tgid))
+            if held := held_behind(v):
+                pair, ns = held
+                self._behind_carry[pair] = self._behind_carry.get(pair, 0) + ns
+        live = {h[0] for h in map(held_behind, threads.values()) if h}
         behind_table = self.table("waited_behind")
         pairs = {(k.victim, k.culprit) for k in behind_table.keys()}
         pairs |= self._behind_floor.keys() | self._behind_carry.keys()
-        dropped = {p for p in pairs if set(p) & dead_tgids} - held
+        dropped = {p for p in pairs if set(p) & dead_tgids} - live
         self._cpu_floor = {k: v for k, v in self._cpu_floor.items() if k[0] not in dead_tids}
         self._behind_floor = {k: v for k, v in self._behind_floor.items() if k not in dropped}
         self._behind_carry = {k: v for k, v in self._behind_carry.items() if k not in dropped}
