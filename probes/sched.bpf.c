@@ -7,8 +7,8 @@
  * may be of another kernel version).
  *
  * Compiled in by probes/sched.py:
- *   cflags  MAX_THREADS, HIST_ENTRIES, CPU_TIME_ENTRIES, BEHIND_ENTRIES, MAX_CPUS, HISTORY_LEN (a power of two),
- *           RINGBUF_PAGES, THRESHOLD_NS, PREV_STATE_MASK, CTR_*
+ *   cflags  MAX_THREADS, HIST_ENTRIES, CPU_TIME_ENTRIES, BEHIND_ENTRIES, MAX_CPUS,
+ *           HISTORY_LEN (a power of two), RINGBUF_PAGES, THRESHOLD_NS, PREV_STATE_MASK, CTR_*
  *   text    the FILTER_TGID and FILTER_CGROUP placeholders: expressions true for a task to skip,
  *           `0` when the filter is off (the bcc tools' FILTER_PID idiom).
  *

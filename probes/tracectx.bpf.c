@@ -349,6 +349,21 @@ static __always_inline void close_request(u64 key, u16 status, u8 sys, s32 fd,
         count_event(CTR_RB_LOST);
 }
 
+/* The first bytes of a user buffer of n bytes, at most cap (a constant), into dst: how many, or
+ * -1 (counted) when the memory cannot be read. */
+static __always_inline int read_start(void *dst, u32 cap, u64 n, u64 buf)
+{
+    u32 len = n < cap ? n : cap;
+    asm volatile("" : "+r"(len)); /* keep the bound check next to the use */
+    if (len > cap)
+        len = cap;
+    if (bpf_probe_read_user(dst, len, (void *)buf)) {
+        count_event(CTR_READ_FAILED);
+        return -1;
+    }
+    return len;
+}
+
 /* The start of a read or written buffer (its n bytes): a request read opens, a response
  * written closes; the client side of an exchange (request written, response read) is only
  * counted. One read of user memory each: a read's start goes straight into the scratch slot a
@@ -365,14 +380,9 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
         struct open_request *r = scratch.lookup(&zero);
         if (!r)
             return;
-        u32 len = n < CAPTURE_BYTES ? n : CAPTURE_BYTES;
-        asm volatile("" : "+r"(len)); /* keep the bound check next to the use */
-        if (len > CAPTURE_BYTES)
-            len = CAPTURE_BYTES;
-        if (bpf_probe_read_user(r->data, len, (void *)buf)) {
-            count_event(CTR_READ_FAILED);
+        int len = read_start(r->data, CAPTURE_BYTES, n, buf);
+        if (len < 0)
             return;
-        }
         int kind = http_kind(*(u64 *)r->data);
         if (kind == KIND_REQUEST)
             open_request(r, key, len, total, sys, entry_wakeups, st, id);
@@ -381,14 +391,8 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
         return;
     }
     u64 head[2] = {};
-    u32 len = n < sizeof(head) ? n : sizeof(head);
-    asm volatile("" : "+r"(len));
-    if (len > sizeof(head))
-        len = sizeof(head);
-    if (bpf_probe_read_user(head, len, (void *)buf)) {
-        count_event(CTR_READ_FAILED);
+    if (read_start(head, sizeof(head), n, buf) < 0)
         return;
-    }
     int kind = http_kind(head[0]);
     if (kind == KIND_RESPONSE)
         close_request(key, status_code((const u8 *)head), sys, fd, st, id);
