@@ -18,8 +18,8 @@
  * stable ABI layout, never kernel structures.
  *
  * Compiled in by probes/tracectx.py:
- *   cflags  SOCK_IO, USER_REGS, CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS,
- *           RINGBUF_PAGES, CTR_*,
+ *   cflags  SOCK_IO, USER_REGS, EEXIST, CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN,
+ *           CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
  *           EXIT_GROUP_DEAD (sched_process_exit has group_dead),
  *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
  *           thread without an entry has not been switched out since it started: zero so far
@@ -77,29 +77,9 @@ struct pending_read {
 BPF_HASH(pending_reads, u32, struct pending_read, MAX_PENDING);
 #endif
 
-/* A request read on a connection and not yet answered, keyed by (tgid << 32 | fd). The kernel
- * pairs it with the response written on the same connection, so one event per request crosses
- * to userspace. Built in a per-CPU scratch slot (too big for the BPF stack). */
-struct open_request {
-    u64 start_ns;
-    u64 preempt_ns;            /* the thread's cumulative preemption delay at the read */
-    u64 migrations;
-    u64 wake_ns;               /* the read blocked: when the wake-up that ended it came; else 0 */
-    u64 queued_ns;             /* run-queue wait of the wake-up charged to this request */
-    u64 wakeup_seq;            /* that wake-up's number in its thread; 0: none charged */
-    u32 tid;
-    u32 bytes;                 /* returned by the read */
-    u16 captured;
-    u8 flags;
-    u8 syscall;
-    u32 _pad;
-    u8 ctx_trace_id[16];
-    u8 ctx_span_id[8];
-    char data[CAPTURE_BYTES];
-};
-BPF_F_TABLE("hash", u64, struct open_request, open_requests, MAX_OPEN, BPF_F_NO_PREALLOC);
-BPF_PERCPU_ARRAY(scratch, struct open_request, 1);
-
+/* A request read on a connection and its answer, in one record: the read fills the start's
+ * fields, the response write on the same connection the end's, and the record goes to
+ * userspace from where it lies, as far as its captured head goes. */
 struct request_event {
     u64 start_ns;              /* end of the read that brought the request head */
     u64 end_ns;                /* the write that began the response: its start (syscall
@@ -128,9 +108,13 @@ struct request_event {
     char data[CAPTURE_BYTES];  /* sent only up to `captured`: a record is as long as its head */
 };
 BPF_RINGBUF_OUTPUT(request_events, RINGBUF_PAGES);
-/* Events are built here and copied into the ring as far as their data goes: a reservation must
- * have a constant size, and a typical request head is a quarter of CAPTURE_BYTES. */
-BPF_PERCPU_ARRAY(event_scratch, struct request_event, 1);
+
+/* Requests read and not yet answered, keyed by (tgid << 32 | fd): the kernel pairs each with
+ * the response written on the same connection, so one event per request crosses to
+ * userspace. A read builds its record in a per-CPU scratch slot (too big for the BPF stack);
+ * the write completes it in the map, sends it from there and deletes it. */
+BPF_F_TABLE("hash", u64, struct request_event, open_requests, MAX_OPEN, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(scratch, struct request_event, 1);
 
 /* User ABI layouts (struct user_msghdr, struct iovec on 64-bit). */
 struct umsghdr {
@@ -222,7 +206,7 @@ static __always_inline void thread_figures(struct thread_stats *st, u64 *preempt
  * the run queue before it could read this request. Charged once (the thread's own syscalls are
  * the only writers of wakeup_charged). ``entry_wakeups``: its count when the read began. */
 static __always_inline void charge_wakeup(struct thread_stats *st, u64 entry_wakeups,
-                                          struct open_request *r)
+                                          struct request_event *r)
 {
     r->wake_ns = 0;
     r->queued_ns = 0;
@@ -244,7 +228,7 @@ static __always_inline void charge_wakeup(struct thread_stats *st, u64 entry_wak
 
 /* A request head read (server side), its first len bytes already in the scratch slot r:
  * remember it until its response is written. id: bpf_get_current_pid_tgid(). */
-static __always_inline void open_request(struct open_request *r, u64 key, u32 len, u64 total,
+static __always_inline void open_request(struct request_event *r, u64 key, u32 len, u64 total,
                                          u8 sys, u64 entry_wakeups, struct thread_stats *st,
                                          u64 id)
 {
@@ -252,23 +236,29 @@ static __always_inline void open_request(struct open_request *r, u64 key, u32 le
     r->start_ns = bpf_ktime_get_ns();
     r->tid = tid;
     r->bytes = total > 0xffffffff ? 0xffffffff : (u32)total;
-    r->syscall = sys;
-    r->flags = 0;
+    r->read_syscall = sys;
+    r->start_flags = 0;
     r->_pad = 0;
     if (!st) /* not looked up by the caller (syscall capture), or no entry */
         st = thread_stats_of(tid);
-    thread_figures(st, &r->preempt_ns, &r->migrations, &r->flags);
+    thread_figures(st, &r->preempt_start_ns, &r->migrations_start, &r->start_flags);
     charge_wakeup(st, entry_wakeups, r);
     struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
-        r->flags |= F_HAVE_CTX;
+        r->start_flags |= F_HAVE_CTX;
         __builtin_memcpy(r->ctx_trace_id, ctx->trace_id, sizeof(r->ctx_trace_id));
         __builtin_memcpy(r->ctx_span_id, ctx->span_id, sizeof(r->ctx_span_id));
+    } else {
+        __builtin_memset(r->ctx_trace_id, 0, sizeof(r->ctx_trace_id));
+        __builtin_memset(r->ctx_span_id, 0, sizeof(r->ctx_span_id));
     }
     r->captured = len;
-    if (open_requests.lookup(&key))
+    long err = open_requests.insert(&key, r);
+    if (err == -EEXIST) {
         count_event(CTR_UNANSWERED); /* its response never came (or the fd was reused) */
-    if (open_requests.update(&key, r))
+        err = open_requests.update(&key, r);
+    }
+    if (err)
         count_event(CTR_MAP_FULL);
 }
 
@@ -282,71 +272,45 @@ static __always_inline u16 status_code(const u8 *head)
     return (a - '0') * 100 + (b - '0') * 10 + (c - '0');
 }
 
-/* A response started (server side), status its status code: one event with its request, then
- * forget the request. id: bpf_get_current_pid_tgid(). */
+/* A response started (server side), status its status code: its request's record completed
+ * where it lies, sent, and forgotten. id: bpf_get_current_pid_tgid(). */
 static __always_inline void close_request(u64 key, u16 status, u8 sys, s32 fd,
                                           struct thread_stats *st, u64 id)
 {
-    struct open_request *r = open_requests.lookup(&key);
-    if (!r) {
+    struct request_event *ev = open_requests.lookup(&key);
+    if (!ev) {
         count_event(CTR_UNMATCHED);
         return;
     }
     count_event(CTR_RB_ATTEMPTS);
-    u32 zero = 0;
-    struct request_event *ev = event_scratch.lookup(&zero);
-    if (!ev) {
-        count_event(CTR_RB_LOST);
-        open_requests.delete(&key);
-        return;
-    }
     u32 tid = (u32)id;
     ev->end_ns = bpf_ktime_get_ns();
-    ev->start_ns = r->start_ns;
-    ev->wake_ns = r->wake_ns;
-    ev->queued_ns = r->queued_ns;
-    ev->wakeup_seq = r->wakeup_seq;
-    ev->preempt_start_ns = r->preempt_ns;
-    ev->migrations_start = r->migrations;
     ev->tgid = id >> 32;
-    ev->tid = r->tid;
     ev->end_tid = tid;
     ev->fd = fd;
-    ev->bytes = r->bytes;
-    ev->captured = r->captured;
     ev->status = status;
-    ev->start_flags = r->flags;
     ev->end_flags = 0;
-    ev->read_syscall = r->syscall;
     ev->write_syscall = sys;
-    ev->_pad = 0;
     if (!st)
         st = thread_stats_of(tid);
     thread_figures(st, &ev->preempt_end_ns, &ev->migrations_end, &ev->end_flags);
-    /* The runtime sets the context after it parsed the request: the response end knows it. */
+    /* The runtime sets the context after it parsed the request: the response end knows it.
+     * Else the read's ids (zeros when it had none) are in place. */
     struct trace_ctx *ctx = trace_ctx_of(tid);
     if (ctx) {
-        ev->end_flags |= F_HAVE_CTX;
         __builtin_memcpy(ev->ctx_trace_id, ctx->trace_id, sizeof(ev->ctx_trace_id));
         __builtin_memcpy(ev->ctx_span_id, ctx->span_id, sizeof(ev->ctx_span_id));
-    } else if (r->flags & F_HAVE_CTX) {
-        ev->end_flags |= F_HAVE_CTX;
-        __builtin_memcpy(ev->ctx_trace_id, r->ctx_trace_id, sizeof(ev->ctx_trace_id));
-        __builtin_memcpy(ev->ctx_span_id, r->ctx_span_id, sizeof(ev->ctx_span_id));
-    } else {
-        __builtin_memset(ev->ctx_trace_id, 0, sizeof(ev->ctx_trace_id));
-        __builtin_memset(ev->ctx_span_id, 0, sizeof(ev->ctx_span_id));
     }
-    u32 n = r->captured;
-    if (n > CAPTURE_BYTES)
-        n = CAPTURE_BYTES;
-    ev->captured = n;
-    bpf_probe_read_kernel(ev->data, n, r->data);
-    open_requests.delete(&key);
+    if (ctx || (ev->start_flags & F_HAVE_CTX))
+        ev->end_flags |= F_HAVE_CTX;
+    u64 size = offsetof(struct request_event, data) + ev->captured;
+    asm volatile("" : "+r"(size)); /* keep the bound check next to the use */
+    if (size > sizeof(*ev))
+        size = sizeof(*ev);
     /* No wakeup: userspace drains on a timer. */
-    if (request_events.ringbuf_output(ev, offsetof(struct request_event, data) + n,
-                                      BPF_RB_NO_WAKEUP))
+    if (request_events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
         count_event(CTR_RB_LOST);
+    open_requests.delete(&key);
 }
 
 /* The first bytes of a user buffer of n bytes, at most cap (a constant), into dst: how many, or
@@ -377,7 +341,7 @@ static __always_inline void capture(u64 buf, u64 n, u64 total, s32 fd, u8 dir, u
     u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
     if (dir == DIR_READ) {
         u32 zero = 0;
-        struct open_request *r = scratch.lookup(&zero);
+        struct request_event *r = scratch.lookup(&zero);
         if (!r)
             return;
         int len = read_start(r->data, CAPTURE_BYTES, n, buf);

@@ -12,6 +12,7 @@ filled at attach, so it is started after the scheduler probe.
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -125,6 +126,7 @@ class TraceCtxProbe(Probe):
     def defines(self) -> dict[str, int | str]:
         return {
             "SOCK_IO": int(self.capture == "socket"),
+            "EEXIST": errno.EEXIST,
             "CAPTURE_BYTES": CAPTURE_BYTES,
             "MAX_TRACED": self.max_traced,
             "MAX_PENDING": self.max_pending,
