@@ -239,6 +239,7 @@ static __always_inline void open_request(struct request_event *r, u64 key, u32 l
     r->read_syscall = sys;
     r->start_flags = 0;
     r->_pad = 0;
+    r->end_ns = 0; /* not closed: the write that closes it sets it first */
     if (!st) /* not looked up by the caller (syscall capture), or no entry */
         st = thread_stats_of(tid);
     thread_figures(st, &r->preempt_start_ns, &r->migrations_start, &r->start_flags);
@@ -282,9 +283,16 @@ static __always_inline void close_request(u64 key, u16 status, u8 sys, s32 fd,
         count_event(CTR_UNMATCHED);
         return;
     }
+    /* Taken by one write only, the one that sets its end: two at once on one connection would
+     * each fill the end's fields of the same entry. The other is a response without its
+     * request. */
+    u64 now = bpf_ktime_get_ns();
+    if (__sync_val_compare_and_swap(&ev->end_ns, 0, now)) {
+        count_event(CTR_UNMATCHED);
+        return;
+    }
     count_event(CTR_RB_ATTEMPTS);
     u32 tid = (u32)id;
-    ev->end_ns = bpf_ktime_get_ns();
     ev->tgid = id >> 32;
     ev->end_tid = tid;
     ev->fd = fd;
