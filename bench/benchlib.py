@@ -1,8 +1,10 @@
-"""What the benchmark scripts share: waiting for ``wasmtop snapshot`` to say it attached."""
+"""What the benchmark scripts share: waiting for ``wasmtop snapshot`` to say it attached, the
+machine the figures depend on, and how much a run's rounds spread."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 
 
@@ -43,3 +45,16 @@ def machine() -> str:
         f"machine: {model}, {os.cpu_count()} CPUs, Linux {os.uname().release}, "
         f"load {os.getloadavg()[0]:.2f}; spec_rstack_overflow: {srso}"
     )
+
+
+def spread(values: list[float]) -> str:
+    """The rounds' range, ``min-max``: next to a median, how far one round can be from it."""
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
+def paired_ratio(tool: list[float], base: list[float]) -> str:
+    """Median, min and max of ``tool[r] / base[r]``: each round's two runs measured minutes
+    apart, so a drift of the host between rounds cancels in the ratio, where the ratio of the
+    two medians keeps it."""
+    ratios = [t / b for t, b in zip(tool, base, strict=True)]
+    return f"{statistics.median(ratios):.3f}x (rounds {min(ratios):.3f}-{max(ratios):.3f}x)"

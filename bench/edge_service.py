@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line, machine
+from benchlib import attached_line, machine, paired_ratio, spread
 from sched_overhead import cpu_ticks
 from tracectx_overhead import TRACEPARENT
 
@@ -122,8 +122,12 @@ def main() -> int:
     cpu = statistics.median(x["cpu_pct"] for x in results["wasmtop"])
     print(f"\nmedians of {args.rounds} rounds, {args.connections} connections, "
           f"{args.seconds:g} s each")  # fmt: skip
-    print(f"  plain    {plain:8.0f} req/s")
-    print(f"  wasmtop  {traced:8.0f} req/s ({traced / plain:.3f}x)  wasmtop CPU {cpu:.1f} %")
+    plains = [x["rps"] for x in results["plain"]]
+    traceds = [x["rps"] for x in results["wasmtop"]]
+    print(f"  plain    {plain:8.0f} req/s (rounds {spread(plains)})")
+    print(f"  wasmtop  {traced:8.0f} req/s ({traced / plain:.3f}x; rounds {spread(traceds)})  "
+          f"wasmtop CPU {cpu:.1f} %")  # fmt: skip
+    print(f"  wasmtop / plain, round by round: {paired_ratio(traceds, plains)}")
     inst = sum(x["instantiations"] for x in results["wasmtop"])
     reqs = sum(x["requests"] for x in results["wasmtop"])
     lost = sum(x["lost"] for x in results["wasmtop"])

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line, machine
+from benchlib import attached_line, machine, paired_ratio, spread
 from sched_overhead import cpu_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,13 +128,16 @@ def measure(handler: str, args: argparse.Namespace) -> None:
 
     print(f"\nGET {path}: medians of {args.rounds} rounds, {args.connections} connections, "
           f"{args.seconds:g} s each")  # fmt: skip
+    rps = {c: [x["rps"] for x in results[c]] for c in CONFIGS}
     for c in CONFIGS:
-        line = f"  {c:9s} {med(c, 'rps'):8.0f} req/s ({med(c, 'rps') / med('plain', 'rps'):.3f}x)"
+        line = f"  {c:9s} {med(c, 'rps'):8.0f} req/s ({med(c, 'rps') / med('plain', 'rps'):.3f}x; "
+        line += f"rounds {spread(rps[c])})"
         if c != "plain":
             line += f"  wasmtop CPU {med(c, 'cpu_pct'):.1f} %"
         print(line)
     print(f"  tracectx / sched (the probe's own cost): "
           f"{med('tracectx', 'rps') / med('sched', 'rps'):.3f}x")  # fmt: skip
+    print(f"  tracectx / plain, round by round: {paired_ratio(rps['tracectx'], rps['plain'])}")
     if PROBE_STATS:
         print(f"  kernel ns per trace-context program run: {med('tracectx', 'ns_per_run'):.0f}")
     seen = sum(x["traced"] for x in results["tracectx"])
