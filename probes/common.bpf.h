@@ -2,7 +2,7 @@
  *
  * Compiled in by the loader (cflags): WASMTOP_NR_COUNTERS, CTR_RB_ATTEMPTS, CTR_RB_LOST,
  * CTR_MAP_FULL and the probe's own CTR_* indices, so Python is the one source of truth
- * for which counter lives where.
+ * for which counter lives where; EEXIST (the kernel headers' errno values are not included).
  */
 #include <uapi/linux/ptrace.h>
 

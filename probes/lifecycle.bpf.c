@@ -11,7 +11,7 @@
  * workload maps): the entry records the time per (thread, call kind), the return aggregates
  * per (process, kind) in the kernel: count, sum, max and a log-linear histogram.
  *
- * Compiled in by probes/lifecycle.py: SOCK_STATE, EEXIST, MAX_PROCS, MAX_LISTENERS, MAX_CALLS,
+ * Compiled in by probes/lifecycle.py: SOCK_STATE, MAX_PROCS, MAX_LISTENERS, MAX_CALLS,
  * RINGBUF_PAGES, CTR_*.
  */
 

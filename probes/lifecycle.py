@@ -12,7 +12,6 @@ a thread (a probed function calling another) are timed once, the outermost.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from collections import defaultdict
@@ -132,7 +131,6 @@ class LifecycleProbe(Probe):
     def defines(self) -> dict[str, int | str]:
         return {
             "SOCK_STATE": int(self.capture == "socket"),
-            "EEXIST": errno.EEXIST,
             "MAX_PROCS": self.max_procs,
             "MAX_LISTENERS": self.max_listeners,
             "MAX_CALLS": self.max_calls,

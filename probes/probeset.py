@@ -198,6 +198,7 @@ class Probe:
     def cflags(self) -> list[str]:
         flags = {f"CTR_{name}": i for i, name in enumerate(self.counter_names())}
         flags["WASMTOP_NR_COUNTERS"] = len(self.counter_names())
+        flags["EEXIST"] = errno.EEXIST  # what an insert of a key already there returns
         for _, dec in self.ringbuffers:
             flags[f"{dec.upper()}_SIZE"] = DECODERS[dec].size
         if "shared.bpf.h" in self.headers:

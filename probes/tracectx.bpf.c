@@ -18,8 +18,8 @@
  * stable ABI layout, never kernel structures.
  *
  * Compiled in by probes/tracectx.py:
- *   cflags  SOCK_IO, USER_REGS, EEXIST, CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN,
- *           CGROUP_LEVELS, RINGBUF_PAGES, CTR_*,
+ *   cflags  SOCK_IO, USER_REGS, CAPTURE_BYTES, MAX_TRACED, MAX_PENDING, MAX_OPEN, CGROUP_LEVELS,
+ *           RINGBUF_PAGES, CTR_*,
  *           EXIT_GROUP_DEAD (sched_process_exit has group_dead),
  *           THREADS_COMPLETE: 1 when the scheduler probe tracks every thread (no filter), so a
  *           thread without an entry has not been switched out since it started: zero so far

@@ -12,7 +12,6 @@ filled at attach, so it is started after the scheduler probe.
 from __future__ import annotations
 
 import contextlib
-import errno
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -126,7 +125,6 @@ class TraceCtxProbe(Probe):
     def defines(self) -> dict[str, int | str]:
         return {
             "SOCK_IO": int(self.capture == "socket"),
-            "EEXIST": errno.EEXIST,
             "CAPTURE_BYTES": CAPTURE_BYTES,
             "MAX_TRACED": self.max_traced,
             "MAX_PENDING": self.max_pending,
