@@ -279,15 +279,10 @@ static __always_inline void close_request(u64 key, u16 status, u8 sys, s32 fd,
                                           struct thread_stats *st, u64 id)
 {
     struct request_event *ev = open_requests.lookup(&key);
-    if (!ev) {
-        count_event(CTR_UNMATCHED);
-        return;
-    }
     /* Taken by one write only, the one that sets its end: two at once on one connection would
      * each fill the end's fields of the same entry. The other is a response without its
-     * request. */
-    u64 now = bpf_ktime_get_ns();
-    if (__sync_val_compare_and_swap(&ev->end_ns, 0, now)) {
+     * request, as one with no entry is. */
+    if (!ev || __sync_val_compare_and_swap(&ev->end_ns, 0, bpf_ktime_get_ns())) {
         count_event(CTR_UNMATCHED);
         return;
     }
