@@ -52,6 +52,25 @@ def spread(values: list[float]) -> str:
     return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
+def cpu_times(cpu: int) -> tuple[int, int]:
+    """One CPU's (idle, total) ticks from /proc/stat (idle includes iowait): two readings
+    give its busy share over the time between them (``busy_percent``)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                ticks = [int(v) for v in line.split()[1:9]]  # user .. steal
+                return ticks[3] + ticks[4], sum(ticks)
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The CPU's busy share between two ``cpu_times`` readings. Unlike requests per second it
+    does not move with the host's speed: a server that keeps its CPU busy less often with a
+    tool than without waited for its client, whatever the host did meanwhile."""
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return 100.0 * (1 - idle / total) if total > 0 else 0.0
+
+
 def paired_ratio(tool: list[float], base: list[float]) -> str:
     """Median, min and max of ``tool[r] / base[r]``: each round's two runs measured minutes
     apart, so a drift of the host between rounds cancels in the ratio, where the ratio of the

@@ -12,7 +12,8 @@ handler). Each in three configurations, in rotating order each round:
 
 Prints requests/s per configuration (medians over rounds) with the ratios tracectx/plain and
 tracectx/sched (the probe's own cost), the share of wrk's requests wasmtop turned into traces,
-and wasmtop's own CPU; with --probe-stats also the kernel ns per run of the trace-context
+wasmtop's own CPU, and the server CPU's busy share (which, unlike requests/s, does not move with
+the host's speed: below plain's, the server sat idle waiting for wrk); with --probe-stats also the kernel ns per run of the trace-context
 programs (from BPF_ENABLE_STATS, as wasmtop reports them; the statistics cost every program run
 two clock reads, so the ratios are then not the shipped configuration's).
 
@@ -35,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line, machine, paired_ratio, spread
+from benchlib import attached_line, busy_percent, cpu_times, machine, paired_ratio, spread
 from sched_overhead import cpu_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +84,12 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
                 raise RuntimeError(f"wasmtop did not attach: {line.strip()}")
         wrk(port, 1, conns, path)  # warm-up
         ticks0 = cpu_ticks(tool.pid) if tool else 0
+        server_cpu0 = cpu_times(SERVER_CPU)
         done = wrk(port, seconds, conns, path)
-        result = {"rps": done / seconds}
+        result = {
+            "rps": done / seconds,
+            "server_busy": busy_percent(server_cpu0, cpu_times(SERVER_CPU)),
+        }
         if tool is not None:
             result["cpu_pct"] = 100 * (cpu_ticks(tool.pid) - ticks0) / os.sysconf("SC_CLK_TCK")
             result["cpu_pct"] /= seconds
@@ -131,13 +136,17 @@ def measure(handler: str, args: argparse.Namespace) -> None:
     rps = {c: [x["rps"] for x in results[c]] for c in CONFIGS}
     for c in CONFIGS:
         line = f"  {c:9s} {med(c, 'rps'):8.0f} req/s ({med(c, 'rps') / med('plain', 'rps'):.3f}x; "
-        line += f"rounds {spread(rps[c])})"
+        line += f"rounds {spread(rps[c])})  server CPU busy {med(c, 'server_busy'):.1f} %"
         if c != "plain":
             line += f"  wasmtop CPU {med(c, 'cpu_pct'):.1f} %"
         print(line)
     print(f"  tracectx / sched (the probe's own cost): "
           f"{med('tracectx', 'rps') / med('sched', 'rps'):.3f}x")  # fmt: skip
     print(f"  tracectx / plain, round by round: {paired_ratio(rps['tracectx'], rps['plain'])}")
+    print(
+        "  (the server CPU's busy share moves less with the host's speed than requests/s do: "
+        "below plain's, the server waited for wrk)"
+    )
     if PROBE_STATS:
         print(f"  kernel ns per trace-context program run: {med('tracectx', 'ns_per_run'):.0f}")
     seen = sum(x["traced"] for x in results["tracectx"])
