@@ -7,7 +7,8 @@ round runs, in rotating order: no wasmtop (`plain`) and `wasmtop snapshot` with 
 (`wasmtop`: scheduler, socket bypass in observe mode, trace context tracing the service as a
 WebAssembly runtime by default, lifecycle with the instantiate uprobes; the collector thread at
 its default SCHED_IDLE unless --wasmtop-flags says otherwise), each against a fresh service.
-Prints requests/s (medians over rounds), the ratio, and what wasmtop measured.
+Prints requests/s (medians over rounds), the ratio, the service CPU's busy share (below plain's:
+the service waited for hey), and what wasmtop measured.
 
 Usage: sudo .venv/bin/python bench/edge_service.py [--rounds 5] [--seconds 5]
 Target (issue 5): requests/s with wasmtop >= 0.95x without.
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line, machine, paired_ratio, spread
+from benchlib import attached_line, busy_percent, cpu_times, machine, paired_ratio, spread
 from sched_overhead import cpu_ticks
 from tracectx_overhead import TRACEPARENT
 
@@ -67,7 +68,9 @@ def one_round(config: str, seconds: float, conns: int, flags: list[str]) -> dict
                 raise RuntimeError(f"wasmtop did not attach every probe: {line.strip()}")
         hey(port, 1, conns)  # warm-up
         ticks0 = cpu_ticks(tool.pid) if tool else 0
+        service_cpu0 = cpu_times(0)
         result = {"rps": hey(port, seconds, conns)}
+        result["service_busy"] = busy_percent(service_cpu0, cpu_times(0))
         if tool is not None:
             ticks = cpu_ticks(tool.pid) - ticks0
             result["cpu_pct"] = 100 * ticks / os.sysconf("SC_CLK_TCK") / seconds
@@ -124,9 +127,11 @@ def main() -> int:
           f"{args.seconds:g} s each")  # fmt: skip
     plains = [x["rps"] for x in results["plain"]]
     traceds = [x["rps"] for x in results["wasmtop"]]
-    print(f"  plain    {plain:8.0f} req/s (rounds {spread(plains)})")
+    busy = {c: statistics.median(x["service_busy"] for x in results[c]) for c in CONFIGS}
+    print(f"  plain    {plain:8.0f} req/s (rounds {spread(plains)})  "
+          f"service CPU busy {busy['plain']:.1f} %")  # fmt: skip
     print(f"  wasmtop  {traced:8.0f} req/s ({traced / plain:.3f}x; rounds {spread(traceds)})  "
-          f"wasmtop CPU {cpu:.1f} %")  # fmt: skip
+          f"service CPU busy {busy['wasmtop']:.1f} %  wasmtop CPU {cpu:.1f} %")  # fmt: skip
     print(f"  wasmtop / plain, round by round: {paired_ratio(traceds, plains)}")
     inst = sum(x["instantiations"] for x in results["wasmtop"])
     reqs = sum(x["requests"] for x in results["wasmtop"])

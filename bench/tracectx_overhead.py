@@ -13,9 +13,10 @@ handler). Each in three configurations, in rotating order each round:
 Prints requests/s per configuration (medians over rounds) with the ratios tracectx/plain and
 tracectx/sched (the probe's own cost), the share of wrk's requests wasmtop turned into traces,
 wasmtop's own CPU, and the server CPU's busy share (which, unlike requests/s, does not move with
-the host's speed: below plain's, the server sat idle waiting for wrk); with --probe-stats also the kernel ns per run of the trace-context
-programs (from BPF_ENABLE_STATS, as wasmtop reports them; the statistics cost every program run
-two clock reads, so the ratios are then not the shipped configuration's).
+the host's speed: below plain's, the server sat idle waiting for wrk); with --probe-stats also
+the kernel ns per run of the trace-context programs (from BPF_ENABLE_STATS, as wasmtop reports
+them; the statistics cost every program run two clock reads, so the ratios are then not the
+shipped configuration's).
 
 Usage: sudo .venv/bin/python bench/tracectx_overhead.py [--rounds 5] [--seconds 5]
                                                        [--handler item|burn ...] [--probe-stats]
