@@ -3,6 +3,7 @@ machine the figures depend on, and how much a run's rounds spread."""
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -53,8 +54,9 @@ def spread(values: list[float]) -> str:
 
 
 def cpu_times(cpu: int) -> tuple[int, int]:
-    """One CPU's (idle, total) ticks from /proc/stat (idle includes iowait): two readings
-    give its busy share over the time between them (``busy_percent``)."""
+    """One CPU's (idle, total) ticks from /proc/stat, idle being idle + iowait and total user to
+    steal (guest time is inside user): two readings give its busy share over the time between
+    them (``busy_percent``)."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
@@ -64,11 +66,12 @@ def cpu_times(cpu: int) -> tuple[int, int]:
 
 
 def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """The CPU's busy share between two ``cpu_times`` readings. Unlike requests per second it
-    does not move with the host's speed: a server that keeps its CPU busy less often with a
-    tool than without waited for its client, whatever the host did meanwhile."""
+    """The share of the CPU's ticks between two ``cpu_times`` readings that were neither idle
+    nor iowait: every task on that CPU counts, and so does steal; one tick (10 ms at 100 Hz) is
+    its resolution. NaN when no tick passed. It moves much less with the host's speed than
+    requests per second do: the benchmarks compare it between configurations."""
     idle, total = after[0] - before[0], after[1] - before[1]
-    return 100.0 * (1 - idle / total) if total > 0 else 0.0
+    return 100.0 * (1 - idle / total) if total > 0 else math.nan
 
 
 def paired_ratio(tool: list[float], base: list[float]) -> str:

@@ -12,8 +12,9 @@ handler). Each in three configurations, in rotating order each round:
 
 Prints requests/s per configuration (medians over rounds) with the ratios tracectx/plain and
 tracectx/sched (the probe's own cost), the share of wrk's requests wasmtop turned into traces,
-wasmtop's own CPU, and the server CPU's busy share (which, unlike requests/s, does not move with
-the host's speed: below plain's, the server sat idle waiting for wrk); with --probe-stats also
+wasmtop's own CPU, and the server CPU's busy share from just before wrk starts to just after it
+ends (benchlib.busy_percent: it moves much less with the host's speed than requests/s; below
+plain's, the server's CPU sat idle more, waiting for wrk); with --probe-stats also
 the kernel ns per run of the trace-context programs (from BPF_ENABLE_STATS, as wasmtop reports
 them; the statistics cost every program run two clock reads, so the ratios are then not the
 shipped configuration's).
@@ -145,8 +146,8 @@ def measure(handler: str, args: argparse.Namespace) -> None:
           f"{med('tracectx', 'rps') / med('sched', 'rps'):.3f}x")  # fmt: skip
     print(f"  tracectx / plain, round by round: {paired_ratio(rps['tracectx'], rps['plain'])}")
     print(
-        "  (the server CPU's busy share moves less with the host's speed than requests/s do: "
-        "below plain's, the server waited for wrk)"
+        "  (the server CPU's busy share moves less with the host's speed than requests/s do; "
+        "below plain's, that CPU sat idle more, waiting for wrk; it counts every task there)"
     )
     if PROBE_STATS:
         print(f"  kernel ns per trace-context program run: {med('tracectx', 'ns_per_run'):.0f}")
