@@ -12,7 +12,9 @@
  * migration of a thread are serialised by the scheduler (under the run-queue lock of the queue
  * it leaves, waits on or joins), so plain increments and stores lose nothing. */
 struct thread_stats {
-    /* What a switch and a wake-up touch come first, so that they share cache lines. */
+    /* What a wake-up and the wait it starts touch come first, so that they share cache lines.
+     * A switch also touches the window maxima and pending amounts at the end; moving them up
+     * next to these was measured and gained nothing (docs/benchmarks.md, the edge service). */
     u32 tgid;
     u32 wait_kind;             /* the wait in progress: WAIT_PREEMPTED or WAIT_WOKEN */
     u64 switches;              /* times switched out */
