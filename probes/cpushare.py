@@ -4,9 +4,17 @@ Only the bulk decoding yields. In ``idle`` mode (the default) the thread that dr
 buffers runs a drain (with the decoding and joining that follows it) as ``SCHED_IDLE`` when the
 rings hold at least ``BULK_BYTES`` at its start: then it gets the CPU time the workloads leave,
 and a burst of decoding never delays a request. Everything else runs at normal priority:
-attaching, the waits between drains (so a deadline or a key is noticed on time), small drains
-(microseconds of work: not worth two policy switches, and a starved small drain is what made a
-saturated node's wasmtop late), the window's end, detaching and output.
+attaching, small drains (microseconds of work: not worth two policy switches, and a starved
+small drain is what made a saturated node's wasmtop late), the window's end, detaching and
+output.
+
+The waits between drains sleep as ``SCHED_IDLE`` too (``wait``), under a guard. A thread that
+sleeps and wakes at normal priority every 100 ms and then yields cost another CPU's server 1.7
+points of busy time; one that sleeps and wakes idle, nothing measurable (docs/benchmarks.md).
+The guard is a timer read by a thread of normal priority: if the wait has not returned
+``GUARD_S`` after its length, that thread puts the sleeper back to normal priority (counted as
+pressure, below), so on a full node a deadline or a key is late by ``GUARD_S`` at most. Arming
+and disarming the timer wakes nobody.
 
 Under pressure the thread stops yielding until ``CALM_S`` pass without any: a ring buffer filled
 past ``RAISE_AT_FILL`` of its size between two drains, or a yielding drain took ``LATE_S`` of
@@ -22,11 +30,12 @@ on a node saturated by CPU-bound processes, ``snapshot --seconds 3`` took 1.22x 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 MODES = ("idle", "normal")
@@ -34,6 +43,7 @@ BULK_BYTES = 64 * 1024  # records waiting in the rings that make a drain worth y
 RAISE_AT_FILL = 0.25  # fraction of a ring buffer filled between two drains
 LATE_S = 0.5  # a yielding drain that took this long: the thread is being starved
 CALM_S = 5.0  # yield again after this long without pressure
+GUARD_S = 0.05  # an idle wait this much past its length is put back to normal priority
 STOPS = (signal.SIGTERM, signal.SIGINT)  # the signals that stop wasmtop (ProbeSet)
 
 
@@ -53,20 +63,65 @@ class CpuShare:
         self._stopped = False
         self._refused = {True: False, False: False}  # the kernel said no to entering / leaving
         self._watch: tuple[int, int, object] | None = None  # (read fd, write fd, old wakeup fd)
+        self._guard: _Guard | None = None  # the idle waits' guard, started at the first one
         self._signals: tuple[int, ...] = ()
+
+    def _may_yield(self) -> bool:
+        return (
+            self.mode == "idle"
+            and not self._stopped
+            and time.monotonic() - self._pressed_at >= CALM_S
+            and not self._refused[True]
+        )
+
+    def wait(self, wait: Callable[[float], None], seconds: float) -> None:
+        """``wait(seconds)``, the sleep between two drains: as ``SCHED_IDLE`` under the guard
+        when the thread may yield, else as it is. The drain that follows (``bulk``) sets the
+        policy it needs."""
+        guard = self._guard_for_idle()
+        if guard is None:
+            wait(seconds)
+            return
+        guard.arm(seconds + GUARD_S)
+        try:
+            wait(seconds)
+        finally:
+            guard.disarm()
+            if guard.take_fired():  # the guard raised the thread: it was not run in time
+                self._leave_idle(pressed=True)
+
+    def _guard_for_idle(self) -> _Guard | None:
+        """The guard, once the thread is idle; None when it must not (or cannot) be."""
+        if not self._may_yield() or self._refused[False]:  # idle it could not leave: not for waits
+            return None
+        if self._guard is None:
+            if self.idle:  # a thread started now would inherit SCHED_IDLE
+                return None
+            try:
+                self._guard = _Guard(threading.get_native_id())
+            except OSError as exc:
+                self.failed += 1
+                self.reason = f"cannot start the idle wait's guard: {exc.strerror}"
+                self._refused[True] = True
+                return None
+        elif self._guard.tid != threading.get_native_id():
+            return None  # another thread's guard: only that thread waits idle
+        if not (self.idle or self._set(idle=True)):
+            return None
+        return self._guard
 
     @contextmanager
     def bulk(self, pending_bytes: int) -> Iterator[None]:
         """Around a drain and the work on what it took: ``SCHED_IDLE`` for its duration when
-        ``pending_bytes`` (what the rings hold) make it a bulk and nothing presses."""
+        ``pending_bytes`` (what the rings hold) make it a bulk and nothing presses; normal
+        priority otherwise (also after an idle ``wait``)."""
         yielding = (
-            self.mode == "idle"
-            and not self._stopped
-            and pending_bytes >= BULK_BYTES
-            and time.monotonic() - self._pressed_at >= CALM_S
-            and not self._refused[True]
+            pending_bytes >= BULK_BYTES
+            and self._may_yield()
             and (self.idle or self._set(idle=True))
         )
+        if not yielding and self.idle:
+            self._leave_idle(pressed=False)
         t0 = time.monotonic()
         try:
             yield
@@ -138,6 +193,9 @@ class CpuShare:
         self._stopped = True
         if self.idle:
             self._set(idle=False)
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
 
     def _leave_idle(self, *, pressed: bool) -> None:
         """Back to normal scheduling (without CAP_SYS_NICE the kernel refuses: counted, and the
@@ -171,3 +229,81 @@ class CpuShare:
                 how = signal.SIG_BLOCK if idle else signal.SIG_UNBLOCK
                 signal.pthread_sigmask(how, set(self._signals))
         return True
+
+
+class _Guard:
+    """A one-shot timer (a timerfd) whose expiry puts thread ``tid`` back to normal scheduling.
+    A thread of normal priority blocks reading it: arming and disarming (timerfd_settime) wake
+    it never, only an expiry does; closing expires it at once with ``closed`` set."""
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+        self.fd = _timerfd.create()
+        self.closed = False
+        self._fired = False
+        self._thread = threading.Thread(target=self._run, name="idle-wait-guard", daemon=True)
+        self._thread.start()
+
+    def arm(self, seconds: float) -> None:
+        _timerfd.settime(self.fd, max(seconds, 1e-6))
+
+    def disarm(self) -> None:
+        _timerfd.settime(self.fd, 0.0)
+
+    def take_fired(self) -> bool:
+        fired, self._fired = self._fired, False
+        return fired
+
+    def close(self) -> None:
+        self.closed = True
+        _timerfd.settime(self.fd, 1e-6)  # the reader wakes, sees closed, closes the fd
+        self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                os.read(self.fd, 8)  # blocks until the timer expires
+                if self.closed:
+                    return
+                self._fired = True
+                with contextlib.suppress(OSError):  # the thread is gone, or no CAP_SYS_NICE
+                    os.sched_setscheduler(self.tid, os.SCHED_OTHER, os.sched_param(0))
+        finally:
+            os.close(self.fd)
+
+
+class _TimerFd:
+    """timerfd_create(2) and timerfd_settime(2) through the C library (os has them from Python
+    3.13 only): a CLOCK_MONOTONIC one-shot timer."""
+
+    CLOCK_MONOTONIC = 1
+    TFD_CLOEXEC = 0o2000000
+
+    class _Spec(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_long) for n in ("i_sec", "i_nsec", "v_sec", "v_nsec")]
+
+    def __init__(self) -> None:
+        self._libc: ctypes.CDLL | None = None
+
+    def _c(self) -> ctypes.CDLL:
+        if self._libc is None:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+        return self._libc
+
+    def create(self) -> int:
+        fd = self._c().timerfd_create(self.CLOCK_MONOTONIC, self.TFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return fd
+
+    def settime(self, fd: int, seconds: float) -> None:
+        """Expire once, ``seconds`` from now (0: disarm)."""
+        whole = int(seconds)
+        spec = self._Spec(0, 0, whole, int((seconds - whole) * 1e9))
+        if self._c().timerfd_settime(fd, 0, ctypes.byref(spec), None) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+
+_timerfd = _TimerFd()

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -223,3 +224,69 @@ def test_a_stop_signal_puts_an_idle_main_thread_back_to_normal_at_once() -> None
     assert got["after_other"] == os.SCHED_IDLE
     assert got["after_stop"] == os.SCHED_OTHER
     assert got["stopped"] is True and got["wakeup_fd_restored"] is True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leaving SCHED_IDLE needs CAP_SYS_NICE")
+def test_the_waits_between_drains_sleep_idle_and_each_drain_sets_its_own_policy():
+    """A thread that sleeps at normal priority and yields after it wakes cost another CPU's
+    server busy time; the waits sleep idle, and the drain after a wait is small (normal) or a
+    bulk (idle) as before."""
+
+    def run() -> tuple[list[int], int, bool]:
+        share = CpuShare("idle")
+        seen: list[int] = []
+        try:
+            share.wait(lambda s: seen.append(policy()), 0.01)  # inside the wait
+            with share.bulk(SMALL):
+                seen.append(policy())
+            share.wait(lambda s: seen.append(policy()), 0.01)
+            with share.bulk(BIG):
+                seen.append(policy())
+            seen.append(policy())  # after the bulk, before the next wait
+            share.wait(lambda s: None, 0.01)
+        finally:
+            share.stop()
+        return seen, share.raised, share._guard is None and policy() == os.SCHED_OTHER
+
+    seen, raised, stopped_clean = in_thread(run)
+    idle, other = os.SCHED_IDLE, os.SCHED_OTHER
+    assert seen == [idle, other, idle, idle, other]
+    assert raised == 0 and stopped_clean
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leaving SCHED_IDLE needs CAP_SYS_NICE")
+def test_an_idle_wait_that_overruns_its_guard_is_raised_inside_it_and_counted():
+    """A wait that has not returned GUARD_S after its length (a starved thread on a full node,
+    here one that sleeps too long) is put back to normal priority while it still waits, and the
+    yielding stops until calm."""
+
+    def run() -> tuple[list[int], int, bool, int]:
+        share = CpuShare("idle")
+        seen: list[int] = []
+
+        def overrun(seconds: float) -> None:
+            seen.append(policy())
+            time.sleep(seconds + cpushare.GUARD_S + 0.3)
+            seen.append(policy())  # the guard has fired by now
+
+        try:
+            share.wait(overrun, 0.05)
+            idle_after = share.idle
+            share.wait(lambda s: seen.append(policy()), 0.01)  # pressed: not idle now
+        finally:
+            share.stop()
+        return seen, share.raised, idle_after, policy()
+
+    seen, raised, idle_after, final = in_thread(run)
+    assert seen == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER]
+    assert raised == 1 and idle_after is False and final == os.SCHED_OTHER
+
+
+def test_in_normal_mode_the_waits_keep_the_policy():
+    def run() -> list[int]:
+        share = CpuShare("normal")
+        seen: list[int] = []
+        share.wait(lambda s: seen.append(policy()), 0.01)
+        return seen + [int(share._guard is None)]
+
+    assert in_thread(run) == [os.SCHED_OTHER, 1]
