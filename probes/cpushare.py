@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import threading
 import time
@@ -92,8 +93,8 @@ class CpuShare:
 
     def _guard_for_idle(self) -> _Guard | None:
         """The guard, once the thread is idle; None when it must not (or cannot) be."""
-        if not self._may_yield() or self._refused[False]:  # idle it could not leave: not for waits
-            return None
+        if not self._may_yield() or self._refused[False] or not may_leave_idle():
+            return None  # an idle wait it could not leave would starve keys and deadlines
         if self._guard is None:
             if self.idle:  # a thread started now would inherit SCHED_IDLE
                 return None
@@ -229,6 +230,22 @@ class CpuShare:
                 how = signal.SIG_BLOCK if idle else signal.SIG_UNBLOCK
                 signal.pthread_sigmask(how, set(self._signals))
         return True
+
+
+def may_leave_idle() -> bool:
+    """Whether this process may go back from SCHED_IDLE to normal scheduling (sched(7)):
+    CAP_SYS_NICE in its effective set, or an RLIMIT_NICE that allows its nice value."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    if int(line.split()[1], 16) >> 23 & 1:  # CAP_SYS_NICE
+                        return True
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return soft == resource.RLIM_INFINITY or soft >= 20 - os.getpriority(os.PRIO_PROCESS, 0)
 
 
 class _Guard:

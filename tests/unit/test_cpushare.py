@@ -290,3 +290,24 @@ def test_in_normal_mode_the_waits_keep_the_policy():
         return seen + [int(share._guard is None)]
 
     assert in_thread(run) == [os.SCHED_OTHER, 1]
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_without_the_right_to_leave_idle_the_waits_stay_at_normal_priority():
+    """An idle wait that could not be left would starve keys and deadlines on a full node:
+    without CAP_SYS_NICE and with RLIMIT_NICE 0 the waits keep normal scheduling, unasked."""
+    script = (
+        "import os\n"
+        "from wasmtop.probes.cpushare import CpuShare, may_leave_idle\n"
+        "s = CpuShare('idle')\n"
+        "seen = []\n"
+        "s.wait(lambda t: seen.append(os.sched_getscheduler(0)), 0.01)\n"
+        "print(may_leave_idle(), seen == [os.SCHED_OTHER], s.failed, s._guard is None)\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NICE, (0, 0)),
+    ).stdout  # fmt: skip
+    assert out.split() == ["False", "True", "0", "True"]
