@@ -1,19 +1,21 @@
 """How much CPU the collector thread may take from the workloads it watches, and when.
 
-Only the bulk decoding yields. In ``idle`` mode (the default) the thread that drains the ring
-buffers runs a drain (with the decoding and joining that follows it) as ``SCHED_IDLE`` when the
-rings hold at least ``BULK_BYTES`` at its start: then it gets the CPU time the workloads leave,
-and a burst of decoding never delays a request. Everything else runs at normal priority:
-attaching, small drains (microseconds of work: not worth two policy switches, and a starved
-small drain is what made a saturated node's wasmtop late), the window's end, detaching and
-output.
+Only the bulk decoding and the waits between drains yield. In ``idle`` mode (the default) the
+thread that drains the ring buffers runs a drain (with the decoding and joining that follows it)
+as ``SCHED_IDLE`` when the rings hold at least ``BULK_BYTES`` at its start: then it gets the CPU
+time the workloads leave, and a burst of decoding never delays a request. Everything else runs
+at normal priority: attaching, small drains (microseconds of work: not worth two policy
+switches, and a starved small drain is what made a saturated node's wasmtop late), the window's
+end, detaching and output.
 
 The waits between drains sleep as ``SCHED_IDLE`` too (``wait``), under a guard. A thread that
 sleeps and wakes at normal priority every 100 ms and then yields cost another CPU's server 1.7
 points of busy time; one that sleeps and wakes idle, nothing measurable (docs/benchmarks.md).
 The guard is a timer read by a thread of normal priority: if the wait has not returned
 ``GUARD_S`` after its length, that thread puts the sleeper back to normal priority (counted as
-pressure, below), so on a full node a deadline or a key is late by ``GUARD_S`` at most. Arming
+pressure, below), so on a full node a deadline or a key is noticed at most ``GUARD_S`` after
+the wait's end: a best effort, as the guard's thread needs the interpreter lock, which a
+starved thread holds for the few bytecodes between waking and going back to normal. Arming
 and disarming the timer wakes nobody.
 
 Under pressure the thread stops yielding until ``CALM_S`` pass without any: a ring buffer filled
@@ -49,7 +51,8 @@ STOPS = (signal.SIGTERM, signal.SIGINT)  # the signals that stop wasmtop (ProbeS
 
 
 class CpuShare:
-    """Set the calling thread's scheduling policy around bulk drains (Linux applies it per
+    """Set the calling thread's scheduling policy around bulk drains and in the waits between
+    drains (Linux applies it per
     thread: other threads keep theirs)."""
 
     def __init__(self, mode: str = "idle") -> None:
@@ -65,6 +68,8 @@ class CpuShare:
         self._refused = {True: False, False: False}  # the kernel said no to entering / leaving
         self._watch: tuple[int, int, object] | None = None  # (read fd, write fd, old wakeup fd)
         self._guard: _Guard | None = None  # the idle waits' guard, started at the first one
+        self._guard_failed = False  # it could not be started, or broke: waits at normal priority
+        self._may_leave: bool | None = None  # may_leave_idle(), asked at the first wait
         self._signals: tuple[int, ...] = ()
 
     def _may_yield(self) -> bool:
@@ -77,39 +82,68 @@ class CpuShare:
 
     def wait(self, wait: Callable[[float], None], seconds: float) -> None:
         """``wait(seconds)``, the sleep between two drains: as ``SCHED_IDLE`` under the guard
-        when the thread may yield, else as it is. The drain that follows (``bulk``) sets the
-        policy it needs."""
+        when the thread may yield, else at normal priority. The guard is armed before the
+        thread goes idle and disarmed after it is back to normal, so no stretch of the wait is
+        idle unguarded; the drain that follows (``bulk``) sets the policy it needs."""
         guard = self._guard_for_idle()
         if guard is None:
+            if self.idle:  # e.g. a bulk that could not leave: nothing more to do about it
+                self._leave_idle(pressed=False)
             wait(seconds)
             return
-        guard.arm(seconds + GUARD_S)
+        try:
+            guard.arm(seconds + GUARD_S)
+        except OSError:
+            self._guard_broken(guard)
+            wait(seconds)
+            return
+        went_idle = self.idle or self._set(idle=True)
         try:
             wait(seconds)
         finally:
-            guard.disarm()
+            if went_idle:
+                self._leave_idle(pressed=False)
+            try:
+                guard.disarm()
+            except OSError:
+                self._guard_broken(guard)
             if guard.take_fired():  # the guard raised the thread: it was not run in time
                 self._leave_idle(pressed=True)
 
     def _guard_for_idle(self) -> _Guard | None:
-        """The guard, once the thread is idle; None when it must not (or cannot) be."""
-        if not self._may_yield() or self._refused[False] or not may_leave_idle():
+        """The guard of the calling thread's idle waits; None when they must not (or cannot)
+        be idle: not yielding now, no right to leave SCHED_IDLE, no guard to be had."""
+        if not self._may_yield() or self._refused[False] or self._guard_failed:
+            return None
+        if self._may_leave is None:  # asked once: capabilities and limits do not change
+            self._may_leave = may_leave_idle()
+        if not self._may_leave:
             return None  # an idle wait it could not leave would starve keys and deadlines
-        if self._guard is None:
+        guard = self._guard
+        if guard is not None and not guard.alive():
+            self._guard_broken(guard)
+            return None
+        if guard is None:
             if self.idle:  # a thread started now would inherit SCHED_IDLE
                 return None
             try:
-                self._guard = _Guard(threading.get_native_id())
-            except OSError as exc:
+                guard = self._guard = _Guard(threading.get_native_id())
+            except (OSError, RuntimeError) as exc:
+                self._guard_failed = True
                 self.failed += 1
-                self.reason = f"cannot start the idle wait's guard: {exc.strerror}"
-                self._refused[True] = True
+                self.reason = f"cannot start the idle waits' guard: {exc}"
                 return None
-        elif self._guard.tid != threading.get_native_id():
+        elif guard.tid != threading.get_native_id():
             return None  # another thread's guard: only that thread waits idle
-        if not (self.idle or self._set(idle=True)):
-            return None
-        return self._guard
+        return guard
+
+    def _guard_broken(self, guard: _Guard) -> None:
+        """The guard's timer or thread failed: the waits stay at normal priority from now."""
+        self._guard_failed = True
+        self.failed += 1
+        self.reason = "the idle waits' guard failed"
+        guard.close()
+        self._guard = None
 
     @contextmanager
     def bulk(self, pending_bytes: int) -> Iterator[None]:
@@ -259,7 +293,14 @@ class _Guard:
         self.closed = False
         self._fired = False
         self._thread = threading.Thread(target=self._run, name="idle-wait-guard", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:
+            os.close(self.fd)
+            raise
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def arm(self, seconds: float) -> None:
         _timerfd.settime(self.fd, max(seconds, 1e-6))
@@ -272,14 +313,21 @@ class _Guard:
         return fired
 
     def close(self) -> None:
+        """Never raises (it runs on the way to detaching the probes)."""
         self.closed = True
-        _timerfd.settime(self.fd, 1e-6)  # the reader wakes, sees closed, closes the fd
+        if not self._thread.is_alive():
+            return  # it closed the fd on its way out
+        with contextlib.suppress(OSError):
+            _timerfd.settime(self.fd, 1e-6)  # the reader wakes, sees closed, closes the fd
         self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         try:
             while True:
-                os.read(self.fd, 8)  # blocks until the timer expires
+                try:
+                    os.read(self.fd, 8)  # blocks until the timer expires
+                except OSError:
+                    return  # broken: alive() says so, and the waits stay at normal priority
                 if self.closed:
                     return
                 self._fired = True

@@ -83,7 +83,8 @@ def add_collector_arguments(p: argparse.ArgumentParser) -> None:
         help="idle (default): the thread draining the ring buffers decodes a batch of 64 KiB "
         "or more as SCHED_IDLE, taking only CPU time the workloads leave, sleeps between "
         "batches as SCHED_IDLE under a guard that puts it back to normal priority 50 ms past "
-        "the wait, and does everything else (keys, small batches, output) at normal priority; "
+        "the wait, and does everything else (handling keys, small batches, output) at normal "
+        "priority; "
         "it stops yielding for 5 s "
         "when a ring buffer fills past 25%% between two drains or a yielding batch is starved "
         "(counted as collector_priority_raised); normal: never yields",
