@@ -48,6 +48,17 @@ def policy() -> int:
 BIG, SMALL = cpushare.BULK_BYTES, cpushare.BULK_BYTES - 1
 
 
+def without_sys_nice(script: str) -> str:
+    """What ``script`` prints, run by a Python without CAP_SYS_NICE and with RLIMIT_NICE 0: the
+    kernel then refuses to let a thread leave SCHED_IDLE."""
+    return subprocess.run(
+        ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NICE, (0, 0)),
+    ).stdout  # fmt: skip
+
+
 def test_idle_mode_yields_only_bulk_drains_of_the_calling_thread():
     def run() -> list[int]:
         share = CpuShare("idle")
@@ -147,12 +158,7 @@ def test_without_cap_sys_nice_leaving_idle_is_refused_counted_and_survived():
         "    pass\n"
         "print(s.idle, s.raised, s.failed, s.reason)\n"
     )
-    out = subprocess.run(
-        ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
-         sys.executable, "-c", script],
-        capture_output=True, text=True, check=True,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NICE, (0, 0)),
-    ).stdout  # fmt: skip
+    out = without_sys_nice(script)
     assert out.split(maxsplit=3) == [  # asked once, not on every drain
         "True",
         "0",
@@ -311,10 +317,5 @@ def test_without_the_right_to_leave_idle_the_waits_stay_at_normal_priority():
         "s.wait(lambda t: seen.append(os.sched_getscheduler(0)), 0.01)\n"
         "print(may_leave_idle(), seen == [os.SCHED_OTHER], s.failed, s._guard is None)\n"
     )
-    out = subprocess.run(
-        ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
-         sys.executable, "-c", script],
-        capture_output=True, text=True, check=True,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NICE, (0, 0)),
-    ).stdout  # fmt: skip
+    out = without_sys_nice(script)
     assert out.split() == ["False", "True", "0", "True"]
