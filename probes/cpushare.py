@@ -80,11 +80,14 @@ class CpuShare:
             and not self._refused[True]
         )
 
-    def wait(self, wait: Callable[[float], None], seconds: float) -> None:
+    def wait(
+        self, wait: Callable[[float], None], seconds: float, pending: Callable[[], int] = int
+    ) -> None:
         """``wait(seconds)``, the sleep between two drains: as ``SCHED_IDLE`` under the guard
         when the thread may yield, else at normal priority. The guard is armed before the
-        thread goes idle and disarmed after it is back to normal, so no stretch of the wait is
-        idle unguarded; the drain that follows (``bulk``) sets the policy it needs."""
+        thread goes idle and disarmed after the wait has looked at ``pending()`` (the bytes the
+        rings hold): for a bulk to come it stays idle into ``bulk``, else it is back to normal
+        first, so no stretch is idle unguarded but the bulk drain (which LATE_S watches)."""
         guard = self._guard_for_idle()
         if guard is None:
             if self.idle:  # e.g. a bulk that could not leave: nothing more to do about it
@@ -101,7 +104,8 @@ class CpuShare:
         try:
             wait(seconds)
         finally:
-            if went_idle:
+            bulk_next = went_idle and not guard.fired() and pending() >= BULK_BYTES
+            if went_idle and not bulk_next:
                 self._leave_idle(pressed=False)
             try:
                 guard.disarm()
@@ -307,6 +311,9 @@ class _Guard:
 
     def disarm(self) -> None:
         _timerfd.settime(self.fd, 0.0)
+
+    def fired(self) -> bool:
+        return self._fired
 
     def take_fired(self) -> bool:
         fired, self._fired = self._fired, False

@@ -754,6 +754,6 @@ def sleep_draining(
         if remaining <= 0:
             break
         asked = min(interval_s, remaining)
-        probes.cpu.wait(wait, asked)  # as SCHED_IDLE, guarded, when the thread may yield
+        probes.cpu.wait(wait, asked, probes.pending_bytes)  # idle and guarded when it may yield
         with probes.bulk():  # only a bulk drain yields the CPU
             (drain or probes.drain)()

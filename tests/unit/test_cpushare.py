@@ -235,9 +235,9 @@ def test_a_stop_signal_puts_an_idle_main_thread_back_to_normal_at_once() -> None
 @pytest.mark.skipif(os.geteuid() != 0, reason="leaving SCHED_IDLE needs CAP_SYS_NICE")
 def test_the_waits_between_drains_sleep_idle_and_each_drain_sets_its_own_policy(monkeypatch):
     """A thread that sleeps at normal priority and yields after it wakes cost another CPU's
-    server busy time; the waits sleep idle, are back to normal when they return, and the drain
-    after a wait is small (normal) or a bulk (idle) as before. The guard is set far off here,
-    so that a loaded machine cannot make it fire."""
+    server busy time; the waits sleep idle and return to normal unless a bulk is waiting, and
+    the drain after a wait is small (normal) or a bulk (idle) as before. The guard is set far
+    off here, so that a loaded machine cannot make it fire."""
     monkeypatch.setattr(cpushare, "GUARD_S", 600.0)
 
     def run() -> tuple[list[int], int, bool]:
@@ -252,6 +252,11 @@ def test_the_waits_between_drains_sleep_idle_and_each_drain_sets_its_own_policy(
             with share.bulk(BIG):
                 seen.append(policy())
             seen.append(policy())  # after the bulk, before the next wait
+            share.wait(lambda s: None, 0.01, lambda: BIG)
+            seen.append(policy())  # a bulk is waiting: still idle, into the drain
+            with share.bulk(BIG):
+                seen.append(policy())
+            seen.append(policy())
             guard = share._guard
         finally:
             share.stop()
@@ -259,7 +264,7 @@ def test_the_waits_between_drains_sleep_idle_and_each_drain_sets_its_own_policy(
 
     seen, raised, guard_ended = in_thread(run)
     idle, other = os.SCHED_IDLE, os.SCHED_OTHER
-    assert seen == [idle, other, other, idle, idle, other]
+    assert seen == [idle, other, other, idle, idle, other, idle, idle, other]
     assert raised == 0 and guard_ended
 
 
