@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .features import CAP_SYS_NICE, effective_capabilities, libc
+
 MODES = ("idle", "normal")
 BULK_BYTES = 64 * 1024  # records waiting in the rings that make a drain worth yielding for
 RAISE_AT_FILL = 0.25  # fraction of a ring buffer filled between two drains
@@ -52,8 +54,7 @@ STOPS = (signal.SIGTERM, signal.SIGINT)  # the signals that stop wasmtop (ProbeS
 
 class CpuShare:
     """Set the calling thread's scheduling policy around bulk drains and in the waits between
-    drains (Linux applies it per
-    thread: other threads keep theirs)."""
+    drains (Linux applies it per thread: other threads keep theirs)."""
 
     def __init__(self, mode: str = "idle") -> None:
         if mode not in MODES:
@@ -90,8 +91,6 @@ class CpuShare:
         first, so no stretch is idle unguarded but the bulk drain (which LATE_S watches)."""
         guard = self._guard_for_idle()
         if guard is None:
-            if self.idle:  # e.g. a bulk that could not leave: nothing more to do about it
-                self._leave_idle(pressed=False)
             wait(seconds)
             return
         try:
@@ -273,15 +272,9 @@ class CpuShare:
 def may_leave_idle() -> bool:
     """Whether this process may go back from SCHED_IDLE to normal scheduling (sched(7)):
     CAP_SYS_NICE in its effective set, or an RLIMIT_NICE that allows its nice value."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    if int(line.split()[1], 16) >> 23 & 1:  # CAP_SYS_NICE
-                        return True
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if effective_capabilities() >> CAP_SYS_NICE & 1:
+            return True
     soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
     return soft == resource.RLIM_INFINITY or soft >= 20 - os.getpriority(os.PRIO_PROCESS, 0)
 
@@ -293,7 +286,7 @@ class _Guard:
 
     def __init__(self, tid: int) -> None:
         self.tid = tid
-        self.fd = _timerfd.create()
+        self.fd = _timerfd_create()
         self.closed = False
         self._fired = False
         self._thread = threading.Thread(target=self._run, name="idle-wait-guard", daemon=True)
@@ -307,10 +300,10 @@ class _Guard:
         return self._thread.is_alive()
 
     def arm(self, seconds: float) -> None:
-        _timerfd.settime(self.fd, max(seconds, 1e-6))
+        _timerfd_settime(self.fd, max(seconds, 1e-6))
 
     def disarm(self) -> None:
-        _timerfd.settime(self.fd, 0.0)
+        _timerfd_settime(self.fd, 0.0)
 
     def fired(self) -> bool:
         return self._fired
@@ -325,7 +318,7 @@ class _Guard:
         if not self._thread.is_alive():
             return  # it closed the fd on its way out
         with contextlib.suppress(OSError):
-            _timerfd.settime(self.fd, 1e-6)  # the reader wakes, sees closed, closes the fd
+            _timerfd_settime(self.fd, 1e-6)  # the reader wakes, sees closed, closes the fd
         self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
@@ -344,38 +337,28 @@ class _Guard:
             os.close(self.fd)
 
 
-class _TimerFd:
-    """timerfd_create(2) and timerfd_settime(2) through the C library (os has them from Python
-    3.13 only): a CLOCK_MONOTONIC one-shot timer."""
-
-    CLOCK_MONOTONIC = 1
-    TFD_CLOEXEC = 0o2000000
-
-    class _Spec(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_long) for n in ("i_sec", "i_nsec", "v_sec", "v_nsec")]
-
-    def __init__(self) -> None:
-        self._libc: ctypes.CDLL | None = None
-
-    def _c(self) -> ctypes.CDLL:
-        if self._libc is None:
-            self._libc = ctypes.CDLL(None, use_errno=True)
-        return self._libc
-
-    def create(self) -> int:
-        fd = self._c().timerfd_create(self.CLOCK_MONOTONIC, self.TFD_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return fd
-
-    def settime(self, fd: int, seconds: float) -> None:
-        """Expire once, ``seconds`` from now (0: disarm)."""
-        whole = int(seconds)
-        spec = self._Spec(0, 0, whole, int((seconds - whole) * 1e9))
-        if self._c().timerfd_settime(fd, 0, ctypes.byref(spec), None) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+# timerfd_create(2) and timerfd_settime(2) through the C library (os has them from Python 3.13
+# only): a CLOCK_MONOTONIC one-shot timer.
+_CLOCK_MONOTONIC = 1
+_TFD_CLOEXEC = 0o2000000
 
 
-_timerfd = _TimerFd()
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_long) for n in ("i_sec", "i_nsec", "v_sec", "v_nsec")]
+
+
+def _timerfd_create() -> int:
+    fd = libc().timerfd_create(_CLOCK_MONOTONIC, _TFD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def _timerfd_settime(fd: int, seconds: float) -> None:
+    """Expire once, ``seconds`` from now (0: disarm)."""
+    whole = int(seconds)
+    spec = _ITimerSpec(0, 0, whole, int((seconds - whole) * 1e9))
+    if libc().timerfd_settime(fd, 0, ctypes.byref(spec), None) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

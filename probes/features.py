@@ -18,6 +18,7 @@ UNAVAILABLE = "unavailable"
 
 # Effective capabilities (linux/capability.h).
 CAP_SYS_ADMIN = 21
+CAP_SYS_NICE = 23
 CAP_PERFMON = 38
 CAP_BPF = 39
 

@@ -281,7 +281,7 @@ def test_an_idle_wait_whose_guard_expires_is_raised_inside_it_and_counted(monkey
 
         def starved(seconds: float) -> None:
             seen.append(policy())
-            cpushare._timerfd.settime(share._guard.fd, 1e-6)  # expire now
+            cpushare._timerfd_settime(share._guard.fd, 1e-6)  # expire now
             deadline = time.monotonic() + 30
             while policy() != os.SCHED_OTHER and time.monotonic() < deadline:
                 time.sleep(0.01)
