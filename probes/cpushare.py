@@ -100,10 +100,11 @@ class CpuShare:
             wait(seconds)
             return
         went_idle = self.idle or self._set(idle=True)
+        bulk_next = False  # a wait ended by an exception (a stop) leaves idle in any case
         try:
             wait(seconds)
-        finally:
             bulk_next = went_idle and not guard.fired() and pending() >= BULK_BYTES
+        finally:
             if went_idle and not bulk_next:
                 self._leave_idle(pressed=False)
             try:

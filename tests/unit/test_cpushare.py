@@ -324,3 +324,30 @@ def test_without_the_right_to_leave_idle_the_waits_stay_at_normal_priority():
     )
     out = without_sys_nice(script)
     assert out.split() == ["False", "True", "0", "True"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leaving SCHED_IDLE needs CAP_SYS_NICE")
+def test_a_wait_ended_by_an_exception_leaves_idle_even_with_a_bulk_waiting(monkeypatch):
+    """A stop raised in the wait (Terminated, KeyboardInterrupt) is handled at normal priority:
+    the thread does not stay idle for a bulk it will not drain."""
+    monkeypatch.setattr(cpushare, "GUARD_S", 600.0)
+
+    class Stop(Exception):
+        pass
+
+    def run() -> tuple[int, int]:
+        share = CpuShare("idle")
+
+        def stopped(seconds: float) -> None:
+            seen.append(policy())
+            raise Stop
+
+        seen: list[int] = []
+        try:
+            with pytest.raises(Stop):
+                share.wait(stopped, 0.01, lambda: BIG)
+            return seen[0], policy()
+        finally:
+            share.stop()
+
+    assert in_thread(run) == (os.SCHED_IDLE, os.SCHED_OTHER)
