@@ -130,6 +130,20 @@ def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.1) -> bool:
     return False
 
 
+def assert_charged_its_life(spans: list[tuple[int, float, float]], life_ms: float) -> float:
+    """The preemption delay charged to one thread's requests, ``spans`` of (start_ns,
+    duration_ms, preempted_ms), against the thread's delay over its whole life as the scheduler
+    probe counts it: never more, and less only by what fell outside the requests (between
+    them, and the thread's start and end): within 5 %, or within the time between the requests
+    where that is longer (under software emulation, or a loaded machine). Returns the charge."""
+    charged_ms = sum(preempted for _, _, preempted in spans)
+    ordered = sorted(spans)
+    between_ms = sum((b[0] - a[0]) / 1e6 - a[1] for a, b in zip(ordered, ordered[1:]))
+    assert charged_ms <= life_ms + 1e-6, (charged_ms, life_ms)
+    assert life_ms - charged_ms <= max(0.05 * life_ms, between_ms), (life_ms, between_ms)
+    return charged_ms
+
+
 def wasmtop_cmd() -> list[str]:
     return [os.path.join(os.path.dirname(sys.executable), "wasmtop")]
 

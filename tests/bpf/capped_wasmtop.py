@@ -89,6 +89,7 @@ def main() -> None:
                 "pid": t.pid,
                 "tid": t.tid,
                 "trace_id": t.trace_id,
+                "start_ns": t.start_ns,
                 "duration_ms": t.duration_ms,
                 "preempted_ms": t.preempted_ms,
             }

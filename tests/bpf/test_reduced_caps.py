@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from support import http_server, no_programs_left, workloads
+from support import assert_charged_its_life, http_server, no_programs_left, workloads
 from wasmtop.probes import bpfobj, pins
 from wasmtop.probes.probeset import OK, ProbeSet
 from wasmtop.probes.sched import SchedProbe
@@ -162,15 +161,16 @@ def test_with_only_bpf_perfmon_net_admin_a_request_is_charged_its_threads_preemp
     assert len(hot) == len(calm) == requests
     assert len({t["tid"] for t in hot}) == 1 and len({t["tid"] for t in calm}) == 1
     assert all(t["preempted_ms"] > 0 for t in hot), [t["preempted_ms"] for t in hot]
-    charged_ms = sum(t["preempted_ms"] for t in hot)
-    # The thread's delay as the scheduler probe counts it over its whole life: within 5 %.
-    assert charged_ms == pytest.approx(delay_ns[hot[0]["tid"]] / 1e6, rel=0.05)
-    assert charged_ms > 0.3 * sum(t["duration_ms"] for t in hot)
-    # The uncontended server's thread is charged its own small delay, not the hog's.
-    assert sum(t["preempted_ms"] for t in calm) <= delay_ns[calm[0]["tid"]] / 1e6 + 1e-6
-    assert statistics.median(t["preempted_ms"] for t in calm) < 0.1 * statistics.median(
-        t["preempted_ms"] for t in hot
+    # The thread's delay as the scheduler probe counts it over its whole life.
+    charged_ms = assert_charged_its_life(
+        [(t["start_ns"], t["duration_ms"], t["preempted_ms"]) for t in hot],
+        delay_ns[hot[0]["tid"]] / 1e6,
     )
+    assert charged_ms > 0.3 * sum(t["duration_ms"] for t in hot)
+    # The uncontended server's thread is charged its own delay, never the hog's: never more
+    # than its thread waited in its whole life (it shares CPU 0 with the test, so it waits too,
+    # by how much depends on the machine's load).
+    assert sum(t["preempted_ms"] for t in calm) <= delay_ns[calm[0]["tid"]] / 1e6 + 1e-6
 
 
 def test_with_reduced_caps_a_pin_left_by_a_killed_wasmtop_is_replaced():
