@@ -361,17 +361,18 @@ def test_snapshot_accelerate_reports_bypassed_connections_per_workload():
     assert no_programs_left() == []
 
 
-def http_load(port: int, n: int, result: dict[str, float], pace_s: float = 0.01) -> None:
+def http_load(port: int, n: int, result: dict[str, tuple[int, int]], pace_s: float = 0.01) -> None:
     """n requests over one keep-alive connection, one every ``pace_s``, each with a fresh
-    traceparent; the client's round trip per trace id goes into ``result``."""
+    traceparent; per trace id, ``result`` gets when the client began the request and when it
+    had the response (CLOCK_MONOTONIC ns, the kernel's clock)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for i in range(n):
         trace_id = os.urandom(16).hex()
-        t0 = time.perf_counter()
+        t0 = time.monotonic_ns()
         conn.request("GET", f"/r{i % 2}", headers={
             "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})  # fmt: skip
         conn.getresponse().read()
-        result[trace_id] = (time.perf_counter() - t0) * 1000
+        result[trace_id] = (t0, time.monotonic_ns())
         # wasmtop tells a request's connection only from the first time it sees the fd on
         # (~0.1 s): the connection's first request may read null, the others never do.
         time.sleep(0.3 if i == 0 else pace_s)
@@ -407,7 +408,7 @@ def snapshot_during(args: list[str], work) -> tuple[dict, str]:
 
 
 def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_so():
-    sent: dict[str, float] = {}
+    sent: dict[str, tuple[int, int]] = {}
     with http_server("--wasm") as (server, port):
         snap, attached = snapshot_during(
             ["--seconds", "4", "--bypass", "accelerate"], lambda: http_load(port, 40, sent)
@@ -426,7 +427,11 @@ def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_s
     assert traces.keys() == sent.keys()
     first = next(iter(sent))
     for trace_id, t in traces.items():
-        assert t["pid"] == server.pid and t["duration_ms"] <= sent[trace_id]
+        # The span starts at the end of the request's read, within the client's exchange.
+        # (Its end, with socket capture, is when the server's send returned: the client may
+        # have its response by then.)
+        t0, t1 = sent[trace_id]
+        assert t["pid"] == server.pid and t0 < t["start_ns"] < t1 and t["duration_ms"] > 0
         # its connection went socket to socket (said from the connection's second request on)
         assert t["bypassed"] is True or (trace_id == first and t["bypassed"] is None)
         assert t["client_address"] == "127.0.0.1" or trace_id == first
@@ -438,7 +443,7 @@ def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_s
 def test_trace_comm_traces_processes_by_command_name(tmp_path):
     exe = tmp_path / "edgesrv"  # the process's comm is its executable's name
     exe.symlink_to(sys.executable)
-    sent: dict[str, float] = {}
+    sent: dict[str, tuple[int, int]] = {}
     with http_server(exe=str(exe)) as (named, port), http_server() as (other, port_other):
         snap, _ = snapshot_during(
             ["--seconds", "3", "--trace-comm", "edgesrv"],
