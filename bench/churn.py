@@ -64,7 +64,7 @@ def churn(
     started = cgroups = 0
     live: list[tuple[subprocess.Popen, Path | None]] = []
     t0 = time.monotonic()
-    next_sample = t0
+    next_sample = next_start = t0
     while (now := time.monotonic()) - t0 < seconds:
         if now >= next_sample:
             sample(now - t0)
@@ -88,7 +88,8 @@ def churn(
             elif c is not None:
                 c.rmdir()  # its process has ended
         live = still
-        time.sleep(1 / rate)
+        next_start += 1 / rate  # paced by a deadline: the time each start takes is not added
+        time.sleep(max(0.0, next_start - time.monotonic()))
     for p, c in live:
         p.wait()
         if c is not None:
