@@ -88,7 +88,9 @@ def churn(
             elif c is not None:
                 c.rmdir()  # its process has ended
         live = still
-        next_start += 1 / rate  # paced by a deadline: the time each start takes is not added
+        # Paced by a deadline, so the time each start takes is not added to the pause; after a
+        # stall, at most a second's starts are made up (in a burst).
+        next_start = max(next_start + 1 / rate, time.monotonic() - 1)
         time.sleep(max(0.0, next_start - time.monotonic()))
     for p, c in live:
         p.wait()

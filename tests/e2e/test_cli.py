@@ -432,6 +432,8 @@ def test_by_default_every_wasm_runtime_is_traced_and_its_bypassed_requests_say_s
         # have its response by then.)
         t0, t1 = sent[trace_id]
         assert t["pid"] == server.pid and t0 < t["start_ns"] < t1 and t["duration_ms"] > 0
+        if snap["probes"]["tracectx"]["capture"] == "syscalls":
+            assert t["start_ns"] + t["duration_ms"] * 1e6 <= t1
         # its connection went socket to socket (said from the connection's second request on)
         assert t["bypassed"] is True or (trace_id == first and t["bypassed"] is None)
         assert t["client_address"] == "127.0.0.1" or trace_id == first
