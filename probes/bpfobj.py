@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .features import SYS_BPF, libc
+from .features import SYS_BPF, checked, libc
 
 _BPF_MAP_CREATE = 0
 _BPF_MAP_LOOKUP_ELEM = 1
@@ -51,11 +51,7 @@ class BpfError(OSError):
 
 
 def _call(cmd: int, attr: ctypes.Structure) -> int:
-    res = libc().syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    if res < 0:
-        err = ctypes.get_errno()
-        raise BpfError(err, os.strerror(err))
-    return res
+    return checked(libc().syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)), BpfError)
 
 
 _memlock_raised = False

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .features import CAP_SYS_NICE, effective_capabilities, libc
+from .features import CAP_SYS_NICE, checked, effective_capabilities, libc
 
 MODES = ("idle", "normal")
 BULK_BYTES = 64 * 1024  # records waiting in the rings that make a drain worth yielding for
@@ -349,17 +349,11 @@ class _ITimerSpec(ctypes.Structure):
 
 
 def _timerfd_create() -> int:
-    fd = libc().timerfd_create(_CLOCK_MONOTONIC, _TFD_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
+    return checked(libc().timerfd_create(_CLOCK_MONOTONIC, _TFD_CLOEXEC))
 
 
 def _timerfd_settime(fd: int, seconds: float) -> None:
     """Expire once, ``seconds`` from now (0: disarm)."""
     whole = int(seconds)
     spec = _ITimerSpec(0, 0, whole, int((seconds - whole) * 1e9))
-    if libc().timerfd_settime(fd, 0, ctypes.byref(spec), None) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    checked(libc().timerfd_settime(fd, 0, ctypes.byref(spec), None))

@@ -47,6 +47,15 @@ def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+def checked(res: int, error: type[OSError] = OSError) -> int:
+    """A C library call's result (through a handle with use_errno), or its errno raised as
+    ``error`` when the call failed (returned a negative value)."""
+    if res < 0:
+        err = ctypes.get_errno()
+        raise error(err, os.strerror(err))
+    return res
+
+
 def bpf_syscall(cmd: int, attr: bytes) -> int:
     """Raw bpf(2). Returns the result, or -errno."""
     buf = ctypes.create_string_buffer(attr, max(len(attr), 128))

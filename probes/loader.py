@@ -65,11 +65,9 @@ def _perf_event_open(attr: _PerfEventAttr, pid: int, cpu: int) -> int:
     nr = _SYS_PERF_EVENT_OPEN.get(platform.machine())
     if nr is None:
         raise OSError(errno.ENOSYS, f"perf_event_open on {platform.machine()}")
-    fd = _libc().syscall(nr, ctypes.byref(attr), pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
+    return features.checked(
+        _libc().syscall(nr, ctypes.byref(attr), pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+    )
 
 
 _own_libc: Any = None
