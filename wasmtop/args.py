@@ -84,10 +84,9 @@ def add_collector_arguments(p: argparse.ArgumentParser) -> None:
         "or more as SCHED_IDLE, taking only CPU time the workloads leave, sleeps between "
         "batches as SCHED_IDLE under a guard that puts it back to normal priority 50 ms past "
         "the wait, and does everything else (handling keys, small batches, output) at normal "
-        "priority; "
-        "it stops yielding for 5 s "
-        "when a ring buffer fills past 25%% between two drains or a yielding batch is starved "
-        "(counted as collector_priority_raised); normal: never yields",
+        "priority; it stops yielding for 5 s when a ring buffer fills past 25%% between two "
+        "drains or a yielding batch is starved (counted as collector_priority_raised); "
+        "normal: never yields",
     )
     p.add_argument(
         "--probe-stats",
