@@ -9,6 +9,8 @@ handler). Each in three configurations, in rotating order each round:
   plain      no wasmtop
   sched      wasmtop snapshot --no-trace (the scheduler probe alone)
   tracectx   wasmtop snapshot --trace-pid SERVER (scheduler + trace-context probes)
+  runqlat    (with --runqlat) bcc's runqlat-bpfcc and no wasmtop: what a minimal run-queue
+             latency tool costs this load on this host, the reference for the other ratios
 
 Prints requests/s per configuration (medians over rounds) with the ratios tracectx/plain and
 tracectx/sched (the probe's own cost), the share of wrk's requests wasmtop turned into traces,
@@ -21,6 +23,7 @@ shipped configuration's).
 
 Usage: sudo .venv/bin/python bench/tracectx_overhead.py [--rounds 5] [--seconds 5]
                                                        [--handler item|burn ...] [--probe-stats]
+                                                       [--runqlat]
 Targets: requests/s with the probe >= 0.97x without, wasmtop at most 5 % of a CPU, nothing lost
 (the empty handler, the probe's worst case).
 """
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 
 from benchlib import attached_line, busy_percent, cpu_times, machine, paired_ratio, spread
-from sched_overhead import cpu_ticks
+from sched_overhead import Tool, cpu_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
@@ -66,6 +69,15 @@ def wrk(port: int, seconds: float, conns: int, path: str) -> int:
 
 
 def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, float]:
+    reference = Tool("runqlat") if config == "runqlat" else None
+    try:
+        return wasmtop_round(config, seconds, conns, path)
+    finally:
+        if reference is not None:
+            reference.stop()
+
+
+def wasmtop_round(config: str, seconds: float, conns: int, path: str) -> dict[str, float]:
     server = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CPU), sys.executable, SERVER],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -73,7 +85,7 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
     tool = None
     try:
         port = int(server.stdout.readline().split()[1])
-        if config != "plain":
+        if config in ("sched", "tracectx"):
             flags = ["--no-trace"] if config == "sched" else ["--trace-pid", str(server.pid)]
             pin = ["taskset", "-c", str(WASMTOP_CPU)] if WASMTOP_CPU is not None else []
             tool = subprocess.Popen(
@@ -119,10 +131,11 @@ def one_round(config: str, seconds: float, conns: int, path: str) -> dict[str, f
 
 def measure(handler: str, args: argparse.Namespace) -> None:
     path = HANDLERS[handler]
-    results: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
+    configs = CONFIGS + (("runqlat",) if args.runqlat else ())
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
     for r in range(args.rounds):
-        k = r % len(CONFIGS)
-        for config in CONFIGS[k:] + CONFIGS[:k]:
+        k = r % len(configs)
+        for config in configs[k:] + configs[:k]:
             res = one_round(config, args.seconds, args.connections, path)
             results[config].append(res)
             extra = "".join(f"  {k} {v:.1f}" for k, v in res.items() if k != "rps")
@@ -135,16 +148,19 @@ def measure(handler: str, args: argparse.Namespace) -> None:
 
     print(f"\nGET {path}: medians of {args.rounds} rounds, {args.connections} connections, "
           f"{args.seconds:g} s each")  # fmt: skip
-    rps = {c: [x["rps"] for x in results[c]] for c in CONFIGS}
-    for c in CONFIGS:
+    rps = {c: [x["rps"] for x in results[c]] for c in configs}
+    for c in configs:
         line = f"  {c:9s} {med(c, 'rps'):8.0f} req/s ({med(c, 'rps') / med('plain', 'rps'):.3f}x; "
         line += f"rounds {spread(rps[c])})  server CPU busy {med(c, 'server_busy'):.1f} %"
-        if c != "plain":
+        if c in ("sched", "tracectx"):
             line += f"  wasmtop CPU {med(c, 'cpu_pct'):.1f} %"
         print(line)
     print(f"  tracectx / sched (the probe's own cost): "
           f"{med('tracectx', 'rps') / med('sched', 'rps'):.3f}x")  # fmt: skip
     print(f"  tracectx / plain, round by round: {paired_ratio(rps['tracectx'], rps['plain'])}")
+    if args.runqlat:
+        for c in ("sched", "runqlat"):
+            print(f"  {c} / plain, round by round: {paired_ratio(rps[c], rps['plain'])}")
     print(
         "  (the server CPU's busy share moves less with the host's speed than requests/s do; "
         "below plain's, that CPU sat idle more, waiting for wrk; it counts every task there)"
@@ -175,6 +191,10 @@ def main() -> int:
         "(BPF_ENABLE_STATS adds two clock reads to every program run, ~1 %% of "
         "these requests: the ratios are then not the shipped configuration's)",
     )
+    ap.add_argument("--runqlat", action="store_true",
+                    help="also run each round with bcc's runqlat-bpfcc attached instead of "
+                    "wasmtop: the reference for what any run-queue latency tool costs this "
+                    "load on this host")  # fmt: skip
     ap.add_argument("--handler", choices=HANDLERS, action="append",
                     help="which handler(s) to load (default both)")  # fmt: skip
     args = ap.parse_args()
@@ -184,6 +204,9 @@ def main() -> int:
         return 1
     if not shutil.which("wrk"):
         print("needs wrk (make setup installs it)", file=sys.stderr)
+        return 1
+    if args.runqlat and not shutil.which("runqlat-bpfcc"):
+        print("--runqlat needs runqlat-bpfcc (make setup installs it)", file=sys.stderr)
         return 1
     args.handler = args.handler or list(HANDLERS)
     global WASMTOP_CPU, PROBE_STATS
