@@ -5,7 +5,8 @@ Request/response over loopback: a 1 KiB JSON-like request, a 1 KiB reply, one ou
 request per connection, with 1 and with 32 concurrent connections. Each round runs plain TCP
 (no wasmtop), wasmtop in observe mode and wasmtop in accelerate mode, in rotating order, each
 against a fresh server process and fresh connections (established after wasmtop attached).
-Prints p50/p99 round trip and requests/s per mode (medians over rounds) and the ratios.
+Prints p50/p99 round trip and requests/s per mode (medians over rounds) and the ratios, and
+the p50 and requests/s ratios round by round (each round's two runs minutes apart at most).
 
 Usage: sudo .venv/bin/python bench/bypass_latency.py [--rounds 3] [--seconds 3] [--conns 1 32]
                                                     [--configs plain observe accelerate ...]
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import attached_line, machine
+from benchlib import attached_line, machine, paired_ratio
 
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 SIZE = 1024
@@ -208,6 +209,10 @@ def main() -> int:
                 f"p99 {p99:7.1f} us ({p99 / med['plain'][1]:.3f}x)  "
                 f"{rps:9.0f} req/s ({rps / med['plain'][2]:.3f}x)"
             )
+        for m in modes[1:]:
+            ours, base = results[conns, m], results[conns, "plain"]
+            by_round = [paired_ratio([x[i] for x in ours], [x[i] for x in base]) for i in (0, 2)]
+            print(f"  {m:15s} round by round: p50 {by_round[0]}, req/s {by_round[1]}")
         print("  targets: accelerate p50 <= 0.95x plain, req/s >= 1.00x; "
               "observe req/s >= 0.97x, p50 <= 1.03x")  # fmt: skip
     return 0
