@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchlib import attached_line, machine, paired_ratio
+from sched_overhead import Tool
 
 WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 SIZE = 1024
@@ -126,6 +127,8 @@ CONFIGS = {
     "accelerate": ["--bypass", "accelerate"],
     "sched": ["--bypass", "off", "--no-trace"],  # scheduler + lifecycle probes
     "observe-notrace": ["--bypass", "observe", "--no-trace"],  # + the sockops callbacks
+    # bcc's runqlat-bpfcc and no wasmtop: what a minimal run-queue latency tool costs this load
+    "runqlat": None,
 }
 
 
@@ -146,6 +149,7 @@ def start_wasmtop(flags: list[str]) -> subprocess.Popen:
 
 def one_round(mode: str, conns: int, seconds: float) -> tuple[float, float, float]:
     flags = CONFIGS[mode]
+    reference = Tool("runqlat") if mode == "runqlat" else None
     tool = start_wasmtop(flags) if flags is not None else None
     server = None
     try:
@@ -160,6 +164,8 @@ def one_round(mode: str, conns: int, seconds: float) -> tuple[float, float, floa
         if tool is not None:
             tool.terminate()
             tool.wait(timeout=30)
+        if reference is not None:
+            reference.stop()
     q = statistics.quantiles(rtts, n=100)
     return q[49] / 1000, q[98] / 1000, rps  # p50 us, p99 us, req/s
 
