@@ -47,9 +47,9 @@ WASMTOP = str(Path(sys.executable).with_name("wasmtop"))
 # A timing loop run in a new process that nothing traces: ns per round over all of it (the
 # mean) and in the fastest of its 60 blocks. A tax on every call (the slow syscall path, a
 # program run per call) is in every block; the host's own drift (a vCPU descheduled, a noisy
-# neighbour) mostly is not: with nothing attached, this loop's mean moved from 325 to 505 ns
-# between runs a minute apart on one host, its fastest block stayed at 303-324 ns but in the
-# runs where the whole process ran slow (docs/benchmarks.md).
+# neighbour) mostly is not: in 14 runs with nothing attached on one host, the mean moved from
+# 325 to 507 ns, the fastest block stayed at 304-324 ns but in the three runs where the whole
+# process ran slow (docs/benchmarks.md).
 TIMED_LOOP = """
 import os, socket, sys, time
 n = int(sys.argv[1]); blocks = 60; size = max(1, n // blocks)
