@@ -494,22 +494,35 @@ class CompileError(RuntimeError):
 COMPILE_TIMEOUT_S = 120
 
 
+# Set for the compiler child: a file its stderr captures (probeset.captured_stderr) write to,
+# which this process reads when the child dies inside one (LLVM exits on a fatal error with the
+# capture's words still in it).
+STDERR_FILE_ENV = "WASMTOP_CHILD_STDERR"
+
+
 def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
-    """Run the compiler child (python -m wasmtop.probes.compile) on one request."""
-    try:
-        # -P and cwd /: the child's imports come from the installed package only, never from
-        # whatever directory the (root) user started wasmtop in.
-        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # and cwd /, before 3.11
-        return subprocess.run(
-            [sys.executable, *safe_path, "-m", f"{__package__}.compile"],
-            input=json.dumps(request).encode(),
-            cwd="/",
-            capture_output=True,
-            timeout=COMPILE_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise CompileError(f"compiler did not finish in {COMPILE_TIMEOUT_S} s") from None
+    """Run the compiler child (python -m wasmtop.probes.compile) on one request. A child that
+    fails with nothing on its stderr died inside a capture of it (LLVM exits on a fatal error):
+    its stderr is then what the capture held."""
+    with tempfile.NamedTemporaryFile(prefix="wasmtop-compile-", suffix=".log") as capture:
+        try:
+            # -P and cwd /: the child's imports come from the installed package only, never
+            # from whatever directory the (root) user started wasmtop in.
+            safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # and cwd /, before 3.11
+            proc = subprocess.run(
+                [sys.executable, *safe_path, "-m", f"{__package__}.compile"],
+                input=json.dumps(request).encode(),
+                cwd="/",
+                capture_output=True,
+                timeout=COMPILE_TIMEOUT_S,
+                check=False,
+                env={**os.environ, STDERR_FILE_ENV: capture.name},
+            )
+        except subprocess.TimeoutExpired:
+            raise CompileError(f"compiler did not finish in {COMPILE_TIMEOUT_S} s") from None
+        if proc.returncode != 0 and not proc.stderr.strip():
+            proc.stderr = capture.read(64 * 1024)
+        return proc
 
 
 def compile_in_child(text: str, cflags: list[str]) -> CompiledObject:

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 
 from . import features
 from .compiled import (
+    STDERR_FILE_ENV,
     CompiledObject,
     CompileError,
     ObjectCache,
@@ -69,7 +70,8 @@ def captured_stderr() -> Iterator[list[str]]:
     """Capture fd 2 (where libbcc and clang print) into the yielded list's single element."""
     out: list[str] = [""]
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
+    named = os.environ.get(STDERR_FILE_ENV)
+    with open(named, "w+b") if named else tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
             yield out

@@ -14,7 +14,7 @@ import pytest
 
 from wasmtop.probes import tables
 from wasmtop.probes.catalog import probe_variants
-from wasmtop.probes.compiled import ObjectCache, cache_key, obtain
+from wasmtop.probes.compiled import CompileError, ObjectCache, cache_key, compile_in_child, obtain
 from wasmtop.probes.loader import LoadedObject
 
 HERE = Path(__file__).resolve().parent
@@ -153,3 +153,21 @@ def test_an_entry_the_verifier_refuses_is_removed_and_compiled_again(tmp_path: P
         assert probe.program_source == "compiler"
     assert cache.stats.rejected == {"unloadable": 1}
     assert cache.get(key) == obj  # stored again, intact
+
+
+# A 32-bit atomic compare-and-swap: this BPF target refuses it in LLVM's backend, which then
+# exits the compiler child at once, inside the capture of its stderr.
+FATAL_IN_LLVM = """
+BPF_ARRAY(flags, u32, 1);
+int f(void *ctx)
+{
+    int zero = 0;
+    u32 *v = flags.lookup(&zero);
+    return v ? __sync_val_compare_and_swap(v, 0, 1) : 0;
+}
+"""
+
+
+def test_a_compiler_child_that_llvm_exits_still_says_why():
+    with pytest.raises(CompileError, match="Unsupported atomic operations"):
+        compile_in_child(FATAL_IN_LLVM, [])
