@@ -98,6 +98,11 @@ def tracepoint_format(tracepoint: str) -> str:
         return ""
 
 
+def exit_has_group_dead() -> bool:
+    """sched_process_exit says when a thread group dies (Linux 6.9+)."""
+    return "field:bool group_dead;" in tracepoint_format("sched:sched_process_exit")
+
+
 # Where requests (trace context) and cold starts (lifecycle) are captured without a syscall
 # tracepoint, which would put every task of the node on the slow syscall path.
 SOCK_IO_TRACEPOINTS = ("sock:sock_recv_length", "sock:sock_send_length")  # Linux 6.3+

@@ -1,7 +1,7 @@
 /* wasmtop lifecycle probe: process cold start (exec -> first listen, exec -> first accepted
  * connection) and the latency of WebAssembly runtimes' compile and instantiate calls.
  *
- * Tracepoints: sched_process_exec/fork/exit, and for listen and accept (SOCK_STATE):
+ * Tracepoints: sched_process_exec/exit and task_newtask, and for listen and accept (SOCK_STATE):
  *   1  sock:inet_sock_set_state (a TCP socket entering LISTEN, in the listening process's
  *      context) and sock:sk_data_ready on that listening socket (the kernel completed a
  *      connection and queued it for accept(); Linux 6.4+). Nothing on the syscall path.
@@ -12,18 +12,50 @@
  * per (process, kind) in the kernel: count, sum, max and a log-linear histogram.
  *
  * Compiled in by probes/lifecycle.py: SOCK_STATE, MAX_PROCS, MAX_LISTENERS, MAX_CALLS,
- * RINGBUF_PAGES, CTR_*.
+ * RINGBUF_PAGES, CTR_*, EXIT_GROUP_DEAD (sched_process_exit has group_dead).
  */
 
 /* A process exec'd while wasmtop runs: when, and whether it has listened / accepted yet.
- * Keyed by tgid; a forked child inherits its parent's exec time (a pre-forked worker's cold
- * start counts from the exec of the program it runs). */
+ * Keyed by tgid, processes only (never a thread); a forked child inherits its parent's exec
+ * time (a pre-forked worker's cold start counts from the exec of the program it runs). The
+ * first listen and accept are taken by compare-and-swap from zero: one event each. */
 struct proc_life {
     u64 exec_ns;
     u64 listen_ns;
     u64 accept_ns;
+    u64 listening; /* its entries in `listeners` (socket capture) */
+    u64 waits;     /* 1 while counted in `waiting`: listening and no connection yet (u64: the
+                    * atomics here are 64-bit) */
 };
 BPF_HASH(procs, u32, struct proc_life, MAX_PROCS);
+
+#if SOCK_STATE
+/* Index 0: how many processes wait for their first connection (`waits` set). sk_data_ready
+ * fires for every socket of the node that gets data, and nearly always no process waits: one
+ * array load (inlined by the verifier) then answers instead of a hash lookup. A process stops
+ * counting at its first connection, though its other listeners (an IPv6 twin, an admin port)
+ * keep their entries until they close. Kept with atomics: `waits` is set and cleared by
+ * compare-and-swap, and only the CPU that changed it adds or takes one. */
+BPF_ARRAY(waiting, s64, 1);
+
+static __always_inline void count_waiting(s64 n)
+{
+    u32 zero = 0;
+    s64 *w = waiting.lookup(&zero);
+    if (w)
+        __sync_fetch_and_add(w, n);
+}
+
+/* The process (entry p) no longer waits: its first connection came, its last listener closed,
+ * it exited or exec'd another program. */
+static __always_inline void stop_waiting(struct proc_life *p)
+{
+    if (p->waits && __sync_val_compare_and_swap(&p->waits, 1, 0) == 1)
+        count_waiting(-1);
+}
+#else
+static __always_inline void stop_waiting(struct proc_life *p) {}
+#endif
 
 #define KIND_LISTEN 1
 #define KIND_ACCEPT 2
@@ -91,32 +123,53 @@ int wasmtop_process_exec(struct tracepoint__sched__sched_process_exec *args)
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     forget_calls((u32)id);
+    if ((u32)args->old_pid != tgid) /* exec'd by another thread, which took the tgid over */
+        forget_calls(args->old_pid);
+    struct proc_life *old = procs.lookup(&tgid);
+    if (old) /* the program it ran before: its listeners (inherited or not) no longer count */
+        stop_waiting(old);
     struct proc_life life = {.exec_ns = bpf_ktime_get_ns()};
     if (procs.update(&tgid, &life)) /* a new program: its cold start begins now */
         count_event(CTR_MAP_FULL);
     return 0;
 }
 
-int wasmtop_process_fork(struct tracepoint__sched__sched_process_fork *args)
+/* A new process (not a thread: threads would fill the map and are never looked up) of a
+ * process that has an entry; current is the parent. */
+int wasmtop_task_newtask(struct tracepoint__task__task_newtask *args)
 {
+    if (args->clone_flags & 0x00010000 /* CLONE_THREAD */)
+        return 0;
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     struct proc_life *p = procs.lookup(&parent);
     if (!p)
         return 0;
-    /* Threads fork too; their entry (keyed by the new tid) is never looked up as a tgid and is
-     * removed when the thread exits. */
-    u32 child = args->child_pid;
+    u32 child = args->pid;
     struct proc_life life = {.exec_ns = p->exec_ns};
     if (procs.update(&child, &life))
         count_event(CTR_MAP_FULL);
     return 0;
 }
 
+/* A thread's calls in flight go with it; the process's entry when its last thread exits
+ * (EXIT_GROUP_DEAD; before Linux 6.9, when its leader exits). Current is the exiting thread. */
 int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
 {
-    u32 tid = args->pid;
-    procs.delete(&tid);
-    forget_calls(tid);
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    forget_calls((u32)id);
+#if EXIT_GROUP_DEAD
+    if (!args->group_dead)
+        return 0;
+#else
+    if ((u32)id != tgid)
+        return 0;
+#endif
+    /* Before its files close (and its listeners with them): the entry is gone by then. */
+    struct proc_life *p = procs.lookup(&tgid);
+    if (p)
+        stop_waiting(p);
+    procs.delete(&tgid);
     return 0;
 }
 
@@ -125,9 +178,8 @@ static __always_inline void first_of(u32 tgid, struct proc_life *p, u32 kind, co
 {
     u64 now = bpf_ktime_get_ns();
     u64 *slot = kind == KIND_LISTEN ? &p->listen_ns : &p->accept_ns;
-    if (*slot)
-        return; /* only the first */
-    *slot = now;
+    if (*slot || __sync_val_compare_and_swap(slot, 0, now))
+        return; /* only the first, on whichever CPU takes it */
     count_event(CTR_RB_ATTEMPTS);
     struct life_event *ev = life_events.ringbuf_reserve(sizeof(*ev));
     if (!ev) {
@@ -149,38 +201,41 @@ static __always_inline void first_of(u32 tgid, struct proc_life *p, u32 kind, co
 #define TCP_LISTEN 10
 #define PROTO_TCP 6
 
-/* A listening socket of a process still waiting for its first connection. */
+/* A listening socket of a process still waiting for its first connection: the process by its
+ * tgid and exec time (the socket can outlive it, and its pid be reused). */
 struct listener {
+    u64 exec_ns;
     u32 tgid;
     char comm[16];
 };
 BPF_HASH(listeners, u64, struct listener, MAX_LISTENERS);
 
-/* Index 0: how many entries `listeners` holds. sk_data_ready fires for every socket that gets
- * data, and nearly always no listener waits: one array load (inlined by the verifier) then
- * answers instead of a hash lookup. Kept with atomics beside each insert and delete. */
-BPF_ARRAY(waiting, s64, 1);
-
-static __always_inline void count_waiting(s64 n)
+/* Take listening socket sk's entry (the CPU whose delete succeeds, of several that found it):
+ * its process's entry, if that process still has the pid, else NULL (and nothing taken). The
+ * process stops waiting when this was its last listener. */
+static __always_inline struct proc_life *take_listener(u64 sk, struct listener *who)
 {
-    u32 zero = 0;
-    s64 *w = waiting.lookup(&zero);
-    if (w)
-        __sync_fetch_and_add(w, n);
-}
-
-static __always_inline void forget_listener(u64 sk)
-{
-    if (listeners.delete(&sk) == 0)
-        count_waiting(-1);
+    struct listener *l = listeners.lookup(&sk);
+    if (!l)
+        return 0;
+    *who = *l;
+    if (listeners.delete(&sk))
+        return 0;
+    struct proc_life *p = procs.lookup(&who->tgid);
+    if (!p || p->exec_ns != who->exec_ns) /* exited, or the pid is another program's now */
+        return 0;
+    if (__sync_fetch_and_add(&p->listening, -1) == 1)
+        stop_waiting(p);
+    return p;
 }
 
 int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
 {
     u64 sk = (u64)args->skaddr;
     if (args->newstate != TCP_LISTEN) {
+        struct listener who;
         if (args->oldstate == TCP_LISTEN) /* a listener closed (or a child was cloned from one) */
-            forget_listener(sk);
+            take_listener(sk, &who);
         return 0;
     }
     if (args->protocol != PROTO_TCP)
@@ -192,13 +247,17 @@ int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
     first_of(tgid, p, KIND_LISTEN, 0);
     if (p->accept_ns)
         return 0;
-    struct listener l = {.tgid = tgid};
+    struct listener l = {.exec_ns = p->exec_ns, .tgid = tgid};
     bpf_get_current_comm(l.comm, sizeof(l.comm));
     long err = listeners.insert(&sk, &l); /* listen() again on a listener: already there */
-    if (err == 0)
+    if (err) {
+        if (err != -EEXIST)
+            count_event(CTR_MAP_FULL);
+        return 0;
+    }
+    __sync_fetch_and_add(&p->listening, 1);
+    if (!p->waits && __sync_val_compare_and_swap(&p->waits, 0, 1) == 0)
         count_waiting(1);
-    else if (err != -EEXIST)
-        count_event(CTR_MAP_FULL);
     return 0;
 }
 
@@ -210,15 +269,12 @@ int wasmtop_sk_data_ready(struct tracepoint__sock__sk_data_ready *args)
     s64 *w = waiting.lookup(&zero);
     if (!w || *w <= 0)
         return 0;
-    u64 sk = (u64)args->skaddr;
-    struct listener *l = listeners.lookup(&sk);
-    if (!l)
-        return 0;
-    struct listener who = *l;
-    forget_listener(sk);
-    struct proc_life *p = procs.lookup(&who.tgid);
-    if (p)
-        first_of(who.tgid, p, KIND_ACCEPT, who.comm);
+    struct listener who;
+    struct proc_life *p = take_listener((u64)args->skaddr, &who);
+    if (!p)
+        return 0; /* not a waiting listener, or another CPU took it first */
+    first_of(who.tgid, p, KIND_ACCEPT, who.comm);
+    stop_waiting(p); /* its other listeners, if any, keep their entries until they close */
     return 0;
 }
 #else

@@ -25,8 +25,9 @@ from .records import LifecycleReading, WasmCalls
 
 DEFAULT_MAX_PROCS = 16_384
 DEFAULT_MAX_CALLS = 16_384
-DEFAULT_MAX_LISTENERS = 4096  # listening sockets of processes not yet past their first accept
-DEFAULT_RINGBUF_PAGES = 8  # cold starts are rare: 32 KiB holds ~800 between two drains
+DEFAULT_MAX_LISTENERS = 4096  # listening sockets of processes exec'd while wasmtop runs, from
+# their listen to their close or first connection
+DEFAULT_RINGBUF_PAGES = 8  # cold starts are rare: 32 KiB holds ~680 (40 + 8 bytes) per drain
 
 COMPILE, INSTANTIATE, CALL = "compile", "instantiate", "call"  # CALL: into the guest
 _KIND_IDS = {1: COMPILE, 2: INSTANTIATE, 3: CALL}
@@ -82,7 +83,7 @@ class LifecycleProbe(Probe):
     name = "lifecycle"
     process_tracepoints = (
         ("sched:sched_process_exec", "wasmtop_process_exec"),
-        ("sched:sched_process_fork", "wasmtop_process_fork"),
+        ("task:task_newtask", "wasmtop_task_newtask"),
         ("sched:sched_process_exit", "wasmtop_process_exit"),
     )
     syscall_tracepoints = (
@@ -133,6 +134,7 @@ class LifecycleProbe(Probe):
             "SOCK_STATE": int(self.capture == "socket"),
             "MAX_PROCS": self.max_procs,
             "MAX_LISTENERS": self.max_listeners,
+            "EXIT_GROUP_DEAD": int(features.exit_has_group_dead()),
             "MAX_CALLS": self.max_calls,
             "RINGBUF_PAGES": self.ringbuf_pages,
         }

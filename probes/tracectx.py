@@ -44,11 +44,6 @@ def capture_mode(wanted: str = "auto") -> str:
     return features.capture_mode(wanted, features.socket_io_capture)
 
 
-def exit_has_group_dead() -> bool:
-    """sched_process_exit says when a thread group dies (Linux 6.9+)."""
-    return "field:bool group_dead;" in features.tracepoint_format("sched:sched_process_exit")
-
-
 class TraceCtxProbe(Probe):
     name = "tracectx"
     syscall_tracepoints = (
@@ -132,7 +127,7 @@ class TraceCtxProbe(Probe):
             "CGROUP_LEVELS": CGROUP_LEVELS,
             "RINGBUF_PAGES": self.ringbuf_pages,
             "THREADS_COMPLETE": int(self._sched_complete()),
-            "EXIT_GROUP_DEAD": int(exit_has_group_dead()),
+            "EXIT_GROUP_DEAD": int(features.exit_has_group_dead()),
         }
 
     def _sched_complete(self) -> bool:

@@ -72,7 +72,7 @@ def service(*args: str) -> contextlib.AbstractContextManager[tuple[subprocess.Po
 
 
 def waiting_listeners(life: LifecycleProbe) -> int:
-    """The kernel's count of listeners waiting for a first connection (sk_data_ready's test)."""
+    """The kernel's count of processes waiting for a first connection (sk_data_ready's test)."""
     table = life.table("waiting")
     return table[table.Key(0)].value
 
@@ -100,7 +100,7 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
             life = ps.probes[1]
             if capture == "socket":  # its listening socket waits for the first connection
                 assert [v.tgid for v in life.table("listeners").values()] == [proc.pid]
-                # and is counted, so data on every other socket costs no hash lookup
+                # and its process is counted, so data on every other socket costs no hash lookup
                 assert waiting_listeners(life) == 1
             time.sleep(0.1)
             socket.create_connection(("127.0.0.1", port)).close()  # its first accept
@@ -109,7 +109,7 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
             assert life.details()["capture"] == capture
             if capture == "socket":  # and is forgotten at its first connection
                 assert proc.pid not in [v.tgid for v in life.table("listeners").values()]
-                assert waiting_listeners(life) == len(life.table("listeners"))
+                assert waiting_listeners(life) == 0
         finally:
             proc.kill()
             proc.wait()
@@ -160,6 +160,76 @@ def test_a_listener_closed_unconnected_is_forgotten_and_uncounted():
         finally:
             proc.kill()
             proc.wait()
+
+
+TWO_LISTENERS_AND_THREADS = """
+import socket, sys, threading
+a, b = socket.socket(), socket.socket()
+for s in (a, b):
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+stop = threading.Event()
+ids, started = [], threading.Barrier(4)
+def park():
+    ids.append(threading.get_native_id())
+    started.wait()
+    stop.wait()
+threads = [threading.Thread(target=park) for _ in range(3)]
+for t in threads:
+    t.start()
+started.wait()
+print(a.getsockname()[1], *ids, flush=True)
+sys.stdin.readline()
+b.close()  # the listener never connected to
+print("closed", flush=True)
+sys.stdin.readline()
+stop.set()
+"""
+
+
+def listeners_of(life: LifecycleProbe, pid: int) -> int:
+    return [v.tgid for v in life.table("listeners").values()].count(pid)
+
+
+@pytest.mark.skipif("socket" not in CAPTURES, reason="no socket capture on this kernel")
+def test_a_process_stops_waiting_at_its_first_connection_though_another_listener_stays_idle():
+    """A process with two listeners waits once, and stops at its first connection: its idle
+    second listener keeps its entry until it closes, but no longer makes sk_data_ready look
+    every socket of the node up. Its threads take no entries in the map of processes."""
+    with watching(capture="socket") as (ps, collector):
+        life = ps.probes[1]
+        before = waiting_listeners(life)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", TWO_LISTENERS_AND_THREADS],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            port, *tids = (int(x) for x in proc.stdout.readline().split())
+            assert listeners_of(life, proc.pid) == 2
+            assert waiting_listeners(life) == before + 1  # one process, however many sockets
+            procs = {k.value for k in life.table("procs").keys()}
+            assert proc.pid in procs
+            assert len(tids) == 3 and not procs & set(tids), (tids, proc.pid)
+
+            socket.create_connection(("127.0.0.1", port)).close()
+            deadline = time.monotonic() + 5
+            while waiting_listeners(life) != before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert waiting_listeners(life) == before
+            assert listeners_of(life, proc.pid) == 1  # the idle one, until it closes
+
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "closed"
+            assert listeners_of(life, proc.pid) == 0
+            assert waiting_listeners(life) == before  # not taken a second time
+            collector.observe()
+            snap = watch_for(ps, collector, 0.3)
+        finally:
+            proc.kill()
+            proc.wait()
+    rt = by_pid(snap, proc.pid).runtime_metrics
+    assert rt.first_accept_ms is not None and rt.first_accept_ms >= rt.cold_start_ms
 
 
 def test_the_wasm_service_shows_every_instantiation():
