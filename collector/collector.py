@@ -650,6 +650,7 @@ class Collector:
         counters["processes_forgotten"] = forgotten
         counters["runtime_workloads_forgotten"] = self.resources.evicted
         counters["cold_start_books_evicted"] = self.life.evicted
+        counters["cold_starts_unattributed"] = self.life.unattributed
         counters["processes_vanished"] = self.reader.vanished
         counters["runtime_files_vanished"] = self.resources.reader.vanished
         counters["runtime_files_unreadable"] = self.resources.reader.unreadable

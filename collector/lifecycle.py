@@ -58,6 +58,7 @@ class LifecycleAccounting:
         self.max_cold_starts = max_cold_starts
         self.max_workloads = max_workloads
         self.evicted = 0
+        self.unattributed = 0  # cold starts of processes gone before they were identified
         # (workload, kind) -> ns; in order of their latest cold start, oldest first
         self._cold: OrderedDict[tuple[str, str], deque[int]] = OrderedDict()
         self._total: dict[tuple[str, str], int] = defaultdict(int)
@@ -70,6 +71,7 @@ class LifecycleAccounting:
         for r in records:
             key = workload_of(r.tgid)
             if key is None:
+                self.unattributed += 1
                 continue
             book = (key, r.kind)
             q = self._cold.setdefault(book, deque(maxlen=self.max_cold_starts))

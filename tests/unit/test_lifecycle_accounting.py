@@ -35,6 +35,7 @@ def test_cold_starts_are_kept_per_workload_and_kind_with_exact_quantiles():
     assert (listen.p50_ms, listen.p99_ms) == (30.0, 40.0)
     assert accept.count == 1 and accept.last_ms == 50.0
     assert acc.cold("b") == (None, None)
+    assert acc.unattributed == 1  # pid 2's, counted, not kept under a guess
 
 
 def calls(tgid, kind, values_ns):
