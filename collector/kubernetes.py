@@ -23,8 +23,10 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import ssl
+import stat
 import threading
 import time
 import urllib.parse
@@ -58,7 +60,15 @@ EVENT_TYPES = ("added", "modified", "deleted", "bookmark", "error")
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 KEEP_DELETED_S = 120.0  # a deleted pod's names stay for the final counts of its processes
-MAX_BODY_BYTES = 64 << 20  # a list or one watch event larger than this is not a node's pods
+# A node runs at most a few hundred pods, a pod's JSON is tens of KiB: answers past these are
+# not a node's pods. Parsed JSON takes far more memory than its text (an empty object, 3 bytes
+# of text, is a 64-byte dict), so the objects and arrays of an answer are bounded too, counted
+# in its text before it is parsed.
+MAX_BODY_BYTES = 16 << 20  # a list
+MAX_EVENT_BYTES = 2 << 20  # one watch event
+MAX_JSON_CONTAINERS = 1_000_000  # `{` and `[` in one answer (those inside strings count too)
+MAX_PODS = 4096  # pods cached; more are dropped and counted
+MAX_TOKEN_BYTES = 64 << 10
 MAX_WATCH_S = 1800  # timeoutSeconds of one watch at most (the server closes it then)
 
 
@@ -83,6 +93,33 @@ def container_id(raw: str) -> str:
 # convention); a label value is at most 63 characters, kept so here whatever an API answers.
 APP_LABELS = ("app.kubernetes.io/name", "app")
 MAX_APP = 63
+# What the API server itself allows in the names kept (DNS subdomains and labels, UIDs,
+# container ids): at most this long, printable ASCII without spaces, quotes or backslashes.
+# They become label values of every series of a workload: a longer or stranger one is not a
+# pod's, and would bloat or break /metrics (a lone surrogate cannot even be encoded).
+MAX_NAME = 253
+MAX_LABEL = 63
+MAX_ID = 128
+_NAME_CHARS = re.compile(r"[!#-\[\]-~]+")  # printable ASCII but space, " and \
+
+
+def _checked(value: Any, limit: int, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} is missing or not a string")
+    if len(value) > limit or not _NAME_CHARS.fullmatch(value):
+        raise ValueError(f"{what} is longer than {limit} or not a name's characters")
+    return value
+
+
+def parse_json(text: bytes) -> Any:
+    """JSON from the API: ValueError for what is not JSON, nests past the interpreter's
+    recursion limit, or holds more than MAX_JSON_CONTAINERS objects and arrays."""
+    if text.count(b"{") + text.count(b"[") > MAX_JSON_CONTAINERS:
+        raise ValueError(f"more than {MAX_JSON_CONTAINERS} objects and arrays")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
 
 
 def pod_meta(obj: Any) -> PodMeta:
@@ -92,28 +129,32 @@ def pod_meta(obj: Any) -> PodMeta:
     meta, spec, status = obj.get("metadata"), obj.get("spec") or {}, obj.get("status") or {}
     if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(status, dict):
         raise ValueError("metadata, spec or status is not an object")
-    uid, namespace, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
-    if not all(isinstance(v, str) and v for v in (uid, namespace, name)):
-        raise ValueError("metadata lacks uid, namespace or name")
+    uid = _checked(meta.get("uid"), MAX_ID, "metadata.uid")
+    namespace = _checked(meta.get("namespace"), MAX_LABEL, "metadata.namespace")
+    name = _checked(meta.get("name"), MAX_NAME, "metadata.name")
     runtime_class = spec.get("runtimeClassName")
-    if runtime_class is not None and not isinstance(runtime_class, str):
-        raise ValueError("spec.runtimeClassName is not a string")
+    if runtime_class is not None:
+        runtime_class = _checked(runtime_class, MAX_NAME, "spec.runtimeClassName")
     containers: dict[str, str] = {}
     for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
         statuses = status.get(key) or []
         if not isinstance(statuses, list):
             raise ValueError(f"status.{key} is not a list")
         for s in statuses:
-            if not isinstance(s, dict) or not isinstance(s.get("name"), str):
-                raise ValueError(f"status.{key} holds an entry without a name")
+            if not isinstance(s, dict):
+                raise ValueError(f"status.{key} holds an entry that is not an object")
+            container = _checked(s.get("name"), MAX_LABEL, f"a name in status.{key}")
             raw = s.get("containerID")  # absent until the container was created
             if isinstance(raw, str) and raw:
-                containers[container_id(raw)] = s["name"]
+                containers[_checked(container_id(raw), MAX_ID, "a containerID")] = container
     labels = meta.get("labels") or {}
     if not isinstance(labels, dict):
         raise ValueError("metadata.labels is not an object")
     app = next((v for k in APP_LABELS if isinstance(v := labels.get(k), str) and v), None)
-    return PodMeta(uid, namespace, name, runtime_class or None, containers, app and app[:MAX_APP])
+    app = app and app[:MAX_APP]
+    if app is not None and not _NAME_CHARS.fullmatch(app):
+        app = None  # not a label value the API server allows: the pod's names are still good
+    return PodMeta(uid, namespace, name, runtime_class or None, containers, app)
 
 
 class PodCache:
@@ -125,8 +166,10 @@ class PodCache:
     the last counts of their processes still carry their names.
     """
 
-    def __init__(self, keep_deleted_s: float = KEEP_DELETED_S) -> None:
+    def __init__(self, keep_deleted_s: float = KEEP_DELETED_S, max_pods: int = MAX_PODS) -> None:
         self.keep_deleted_s = keep_deleted_s
+        self.max_pods = max_pods
+        self.dropped = 0  # pods not cached because max_pods were (a list's rest, a watch's new)
         self._pods: dict[str, PodMeta] = {}
         self._deleted: dict[str, tuple[PodMeta, float]] = {}  # uid -> (pod, forget at)
         self._write = threading.Lock()  # writers only (a reload may briefly overlap two)
@@ -147,7 +190,12 @@ class PodCache:
 
     def replace(self, pods: Iterable[PodMeta]) -> None:
         """A full list: pods not in it are deleted."""
-        fresh = {p.uid: p for p in pods}
+        fresh: dict[str, PodMeta] = {}
+        for p in pods:
+            if len(fresh) < self.max_pods or p.uid in fresh:
+                fresh[p.uid] = p
+            else:
+                self.dropped += 1
         with self._write:
             now = time.monotonic()
             deleted = self._live_deleted(now)
@@ -162,6 +210,9 @@ class PodCache:
 
     def put(self, pod: PodMeta) -> None:
         with self._write:
+            if pod.uid not in self._pods and len(self._pods) >= self.max_pods:
+                self.dropped += 1
+                return
             if self._pods.get(pod.uid) != pod:
                 self._pods[pod.uid] = pod
                 self.generation += 1
@@ -363,7 +414,7 @@ class PodWatcher:
             with self._request(LIST, self._path()) as resp:
                 body = self._read_body(resp)
             try:
-                doc = json.loads(body)
+                doc = parse_json(body)
                 version = doc["metadata"]["resourceVersion"]
                 items = doc["items"]
                 if not isinstance(version, str) or not isinstance(items, list):
@@ -423,7 +474,7 @@ class PodWatcher:
     def _apply(self, line: bytes) -> bool:
         """Apply one line of a watch stream; False when it is not a pod event."""
         try:
-            event = json.loads(line)
+            event = parse_json(line)
         except ValueError:
             return False
         obj = event.get("object") if isinstance(event, dict) else None
@@ -464,13 +515,7 @@ class PodWatcher:
         s = self.settings
         token = s.token
         if s.token_file is not None:
-            try:
-                with open(s.token_file) as f:
-                    token = f.read().strip()  # read each time: bound tokens are rotated
-            except OSError as exc:
-                raise _Failure(NO_TOKEN, f"cannot read {s.token_file}: {exc.strerror}") from None
-            if not token:
-                raise _Failure(NO_TOKEN, f"{s.token_file} is empty")
+            token = read_token(s.token_file)  # read each time: bound tokens are rotated
         context = _tls_context(s)
         conn = http.client.HTTPSConnection(
             self._host, self._port, timeout=s.timeout_s, context=context
@@ -526,11 +571,11 @@ class PodWatcher:
 
     def _read_line(self, resp: _Response) -> bytes:
         try:
-            line = resp.resp.readline(MAX_BODY_BYTES + 1)
+            line = resp.resp.readline(MAX_EVENT_BYTES + 1)
         except BaseException as exc:
             raise _failure_of(exc, resp.what) from None
-        if len(line) > MAX_BODY_BYTES:
-            raise _Failure(BAD_RESPONSE, f"{resp.what}: an event of more than {MAX_BODY_BYTES}")
+        if len(line) > MAX_EVENT_BYTES:
+            raise _Failure(BAD_RESPONSE, f"{resp.what}: an event of more than {MAX_EVENT_BYTES}")
         return line
 
     def families(self) -> list[Any]:
@@ -562,6 +607,14 @@ class PodWatcher:
                 [Sample((r,), float(n)) for r, n in k.malformed.items()],
             ),
             Family(
+                "wasmtop_kubernetes_pods_dropped",
+                "counter",
+                f"Pods not cached because {self.cache.max_pods} were already (a list's rest, a "
+                "watch's new ones).",
+                (),
+                [Sample((), float(self.cache.dropped))],
+            ),
+            Family(
                 "wasmtop_kubernetes_pods",
                 "gauge",
                 "Pods of this node whose metadata is cached.",
@@ -576,6 +629,32 @@ class PodWatcher:
                 [Sample((), 1.0 if self.cache.synced else 0.0)],
             ),
         ]
+
+
+def read_token(path: str) -> str:
+    """A bearer token from a file: a regular file (a FIFO would block, /dev/zero never end) of
+    at most MAX_TOKEN_BYTES of ASCII; else _Failure(NO_TOKEN)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Failure(NO_TOKEN, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Failure(NO_TOKEN, f"{path} is not a regular file")
+        raw = os.read(fd, MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise _Failure(NO_TOKEN, f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise _Failure(NO_TOKEN, f"{path} holds more than {MAX_TOKEN_BYTES} bytes")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise _Failure(NO_TOKEN, f"{path} is not ASCII") from None
+    if not token:
+        raise _Failure(NO_TOKEN, f"{path} is empty")
+    return token
 
 
 class _Response:

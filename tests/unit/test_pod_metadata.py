@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from kube_standin import fixture
 
-from wasmtop.collector.kubernetes import PodCache, backoff_s, container_id, pod_meta
+from wasmtop.collector.kubernetes import (
+    PodCache,
+    _Failure,
+    backoff_s,
+    container_id,
+    parse_json,
+    pod_meta,
+    read_token,
+)
 from wasmtop.collector.workloads import (
     Pod,
     ProcessInfo,
@@ -72,6 +81,81 @@ def test_a_pod_object_gives_names_runtime_class_and_the_name_of_every_container_
 def test_what_is_not_a_pod_is_refused(broken):
     with pytest.raises(ValueError):
         pod_meta(broken)
+
+
+def with_field(path: tuple, value: object) -> dict:
+    pod = copy.deepcopy(HELLO)
+    *parents, last = path
+    node = pod
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return pod
+
+
+@pytest.mark.parametrize(
+    "path",
+    [("metadata", "name"), ("metadata", "namespace"), ("metadata", "uid"),
+     ("spec", "runtimeClassName"), ("status", "containerStatuses", 0, "name"),
+     ("status", "containerStatuses", 0, "containerID")],
+)  # fmt: skip
+@pytest.mark.parametrize("value", ["x" * 10_000_000, "hello\ud800", "two words", 'a"b', "a\\b"])
+def test_names_the_api_server_would_never_allow_refuse_the_pod(path, value):
+    """Each becomes a label value of every series of the workload: ten million characters would
+    make every scrape hundreds of MB, a lone surrogate cannot be encoded at all."""
+    if path[-1] == "containerID":
+        value = "containerd://" + value
+    with pytest.raises(ValueError):
+        pod_meta(with_field(path, value))
+
+
+def test_an_app_label_of_characters_the_api_server_would_never_allow_is_left_out():
+    assert pod_meta(with_field(("metadata", "labels"), {"app": "a\ud800"})).app is None
+    assert pod_meta(with_field(("metadata", "labels"), {"app": "two words"})).app is None
+    assert pod_meta(with_field(("metadata", "labels"), {"app": "x" * 99})).app == "x" * 63
+
+
+@pytest.mark.parametrize(
+    "text", [b"[" * 100_000, b"[" + b"{}," * 1_100_000 + b"{}]", b"{" * 10 + b"not json"]
+)
+def test_json_that_would_blow_the_stack_or_the_memory_is_refused_before_it_is_built(text):
+    with pytest.raises(ValueError):
+        parse_json(text)
+
+
+def test_the_pod_cache_is_bounded_and_counts_what_it_drops():
+    pods = [dataclasses.replace(pod_meta(HELLO), uid=f"uid-{i}") for i in range(5)]
+    cache = PodCache(max_pods=3)
+    cache.replace(pods)
+    assert len(cache) == 3 and cache.dropped == 2
+    cache.put(pods[0])  # already there: replaced in place, not dropped
+    cache.put(dataclasses.replace(pods[4], name="new"))
+    assert len(cache) == 3 and cache.dropped == 3
+    cache.delete(pods[0].uid)
+    cache.put(pods[4])  # room again
+    assert len(cache) == 3 and cache.get(pods[4].uid) == pods[4] and cache.dropped == 3
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [(b"x" * (65 << 10), "more than"), (b"\xff\xfe", "not ASCII"), (b"  \n", "empty")],
+)
+def test_a_token_file_is_read_bounded_and_must_be_ascii(tmp_path, content, why):
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    with pytest.raises(_Failure, match=why):
+        read_token(str(token))
+    token.write_bytes(b"abc.def\n")
+    assert read_token(str(token)) == "abc.def"
+
+
+def test_a_token_path_that_is_not_a_regular_file_never_blocks(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opened for reading with no writer: a plain open() would wait for good
+    with pytest.raises(_Failure, match="not a regular file"):
+        read_token(str(fifo))
+    with pytest.raises(_Failure, match="not a regular file"):
+        read_token("/dev/zero")
 
 
 @pytest.mark.parametrize(
