@@ -69,6 +69,11 @@ from .series import Family, Histogram, Sample, SeriesBook, Summary
 log = logging.getLogger(__name__)
 
 BATCH_SPANS = 512  # spans per export request at most
+# Metric points per export request at most: a named workload has ~40 points of ~300 bytes of
+# attributes each, and receivers refuse a request past 4 MiB by default (the OpenTelemetry
+# Collector's gRPC limit, counted unpacked), which one request for every workload of a busy
+# node would pass. A collection is sent in as many requests as it needs.
+METRIC_BATCH_POINTS = 2000
 SPAN_RETRY_DEADLINE_S = 60.0  # a batch failing this long is dropped (counted)
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0  # and never more than interval_s
@@ -778,5 +783,5 @@ def _metric_exporter(t: SignalTarget) -> Any:
             OTLPMetricExporter as HttpMetricExporter,
         )
 
-        return HttpMetricExporter(**_http_common(t))
-    return OTLPMetricExporter(**_grpc_common(t))
+        return HttpMetricExporter(**_http_common(t), max_export_batch_size=METRIC_BATCH_POINTS)
+    return OTLPMetricExporter(**_grpc_common(t), max_export_batch_size=METRIC_BATCH_POINTS)

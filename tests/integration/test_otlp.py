@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,6 +32,7 @@ from wasmtop.collector.model import (
     Workload,
 )
 from wasmtop.collector.workloads import Pod
+from wasmtop.exporters import otlp
 from wasmtop.exporters.otlp import OtlpExporter
 from wasmtop.exporters.series import (
     DELAY_BOUNDS_S,
@@ -39,6 +42,9 @@ from wasmtop.exporters.series import (
     Sample,
     SeriesBook,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from synthetic import snapshot as many_workloads  # noqa: E402 - the benchmark's builder
 
 POD = Pod(namespace="shop", name="cart-7d9f", uid="uid-123", container="app", container_id="c0ffee")
 WL_POD = "shop/cart-7d9f/app"
@@ -559,6 +565,43 @@ def test_metrics_are_the_books_families(receiver, make_exporter):
     st = exp.stats()
     exporter_calls = [name for name in calls if name == "wasmtop-otlp-metrics"]
     assert 1 <= len(exporter_calls) <= st["metric_exports"] + st["metric_exports_failed"] + 1
+
+
+def test_a_collection_goes_in_requests_of_at_most_the_batch_and_loses_no_series(
+    receiver, make_exporter, monkeypatch
+):
+    """Receivers refuse a request past 4 MiB by default: one request for every workload of a
+    busy node would be refused at every collection."""
+    monkeypatch.setattr(otlp, "METRIC_BATCH_POINTS", 100)
+    book = SeriesBook()
+    book.add(many_workloads(30))
+    exp = make_exporter(receiver.endpoint, book, interval_s=0.5)
+    assert wait_until(lambda: exp.stats()["metric_exports"] >= 1, 10)
+    exports = exp.stats()["metric_exports"]
+    with receiver._lock:
+        requests = list(receiver.metric_requests)
+
+    def points(request) -> list[tuple[str, str]]:
+        return [
+            (m.name, attrs(p.attributes).get("wasmtop.workload", ""))
+            for rm in request.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            for p in getattr(m, m.WhichOneof("data")).data_points
+        ]
+
+    sizes = [len(points(r)) for r in requests]
+    assert max(sizes) <= 100, sizes
+    assert len(requests) >= 2 * exports, (len(requests), exports)  # each collection split
+    received = {pt for r in requests for pt in points(r)}
+    sent = {
+        (fam.name, sample.labels[0])
+        for fam in book.families()
+        if fam.kind != "summary" and fam.label_names[:1] == ("workload",)  # summary: renamed
+        for sample in fam.samples
+    }
+    assert len(sent) > 300  # 30 workloads: several batches' worth
+    assert sent <= received, sorted(sent - received)[:5]
 
 
 def test_wakeup_and_run_queue_metrics_arrive_as_the_books_series(receiver, make_exporter):
