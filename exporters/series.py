@@ -10,7 +10,8 @@ it while they live; later ones are folded into ``workload="other"`` (their count
 there; gauges are not exported for it) and counted. A workload not seen for ``stale_after_s``
 loses its series and frees its place; so does a culprit of a workload's run-queue wait not
 listed for that long (``wasmtop_waited_behind_seconds``: a Snapshot names a workload's top
-culprits, which change; under ``workload="other"`` culprit workloads count as ``other``). A
+culprits, which change; under ``workload="other"`` culprit workloads count as ``other``, and
+beyond MAX_NAMED_CULPRITS named at once in one workload's series too). A
 workload's label set only gains: names that the Kubernetes API tells later fill in its empty
 labels (its counters go on under the new set), and a name never goes back to empty.
 """
@@ -40,6 +41,10 @@ PREEMPT_BOUNDS_S = DELAY_BOUNDS_S  # collector/model.py's, re-binned here (``reb
 REQUEST_BOUNDS_S = tuple(b / 1e3 for b in DURATION_BOUNDS_MS)
 # Run-queue wait by who held the CPU: the culprit label's values besides a workload key.
 CULPRIT_KINDS = ("idle", "other", "unattributed")
+# Culprit workloads one workload's series names at a time (a Snapshot lists its top few each
+# tick, and they change: on a node starting processes all the time, each tick could name new
+# ones for stale_after_s); more count as culprit="other" until one of them expires.
+MAX_NAMED_CULPRITS = 16
 
 
 class Exemplar(NamedTuple):
@@ -393,7 +398,15 @@ class SeriesBook:
                 # A workload's own series names its top culprits (the Snapshot lists at most
                 # max_culprits); under workload="other" the culprits of every folded workload
                 # would add up without bound, so there a culprit workload counts as "other".
-                if wb.kind == "workload" and wb.culprit and named:
+                if (
+                    wb.kind == "workload"
+                    and wb.culprit
+                    and named
+                    and (
+                        wb.culprit in s.culprits
+                        or sum(c not in CULPRIT_KINDS for c in s.culprits) < MAX_NAMED_CULPRITS
+                    )
+                ):
                     culprit = wb.culprit
                 else:
                     culprit = wb.kind if wb.kind in CULPRIT_KINDS else "other"

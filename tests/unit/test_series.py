@@ -23,7 +23,7 @@ from wasmtop.collector.model import (
 from wasmtop.collector.workloads import Pod
 from wasmtop.exporters.exposition import encode
 from wasmtop.exporters.prometheus import registry_for, render
-from wasmtop.exporters.series import SeriesBook
+from wasmtop.exporters.series import MAX_NAMED_CULPRITS, SeriesBook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from synthetic import snapshot  # noqa: E402 - the benchmark's Snapshot builder
@@ -309,6 +309,26 @@ def test_waited_behind_under_workload_other_names_no_culprit_workload():
     assert culprits(registry, WL_LABELS) == pytest.approx({"pid:7": 0.001})
     other = {"workload": "other", "namespace": "", "pod": "", "container": "", "runtime": ""}
     assert culprits(registry, other) == pytest.approx({"other": 0.0045, "idle": 0.00075})
+
+
+def test_a_workloads_series_names_at_most_max_named_culprits_at_once():
+    """A node that starts processes all the time could name new culprits every tick, each a
+    series kept for stale_after_s: beyond the cap they add up as culprit="other"."""
+    book = SeriesBook(stale_after_s=60)
+    registry = registry_for(book, process=False)
+    for t in range(MAX_NAMED_CULPRITS + 4):
+        book.add(snap(workload(waited_behind=behind((f"pid:{1000 + t}", 1.0)))), now=t)
+    got = culprits(registry, WL_LABELS)
+    assert len(got) == MAX_NAMED_CULPRITS + 1  # the first ones, and "other"
+    assert got["other"] == pytest.approx(0.004)
+    assert "pid:1000" in got and f"pid:{1000 + MAX_NAMED_CULPRITS}" not in got
+    # A culprit named already goes on under its name; once the first ones expire, new
+    # culprits are named again.
+    book.add(snap(workload(waited_behind=behind(("pid:1000", 1.0)))), now=30)
+    assert culprits(registry, WL_LABELS)["pid:1000"] == pytest.approx(0.002)
+    book.add(snap(workload()), now=100)  # past stale_after_s: the first ones expire
+    book.add(snap(workload(waited_behind=behind(("pid:5000", 1.0)))), now=101)
+    assert set(culprits(registry, WL_LABELS)) == {"pid:5000"}
 
 
 def test_an_alert_not_judged_for_lack_of_data_has_no_alert_series():
