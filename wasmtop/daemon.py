@@ -188,9 +188,10 @@ class Daemon:
                 "wasmtop_http_connections_dropped",
                 "counter",
                 "Connections the /metrics server closed: busy (all its connection slots taken), "
-                "slow (a request head still incomplete after its deadline), timeout (silent).",
+                "peer (its address already held its share of them), slow (a request head still "
+                "incomplete after its deadline), timeout (silent).",
                 ("reason",),
-                [Sample((r,), float(dropped[r])) for r in ("busy", "slow", "timeout")],
+                [Sample((r,), float(dropped[r])) for r in ("busy", "peer", "slow", "timeout")],
             )
         )
         fams += [build_info(), *process_families()]

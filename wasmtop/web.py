@@ -244,11 +244,14 @@ def accepts_gzip(header: str | None) -> bool:
 
 
 # A scraper needs one connection, a few at most: past MAX_CONNECTIONS a new connection is closed
-# at once. A connection waits READ_TIMEOUT_S at most for its next bytes, and a request's head
-# must arrive within HEAD_DEADLINE_S however it is dripped; its line and headers are bounded by
-# http.server (64 KiB a line, 100 headers). So no client, slow, half-open or hostile, holds a
-# thread or memory for long.
+# at once, and so is one past MAX_PER_PEER from one address (one client alone cannot take every
+# slot from Prometheus and the kubelet's probes). A connection waits READ_TIMEOUT_S at most for
+# its next bytes, and a request's head must arrive within HEAD_DEADLINE_S however it is dripped
+# (the deadline ends when the head is in: a large answer to a slow reader is the send timeout's
+# business); its line and headers are bounded by http.server (64 KiB a line, 100 headers). So no
+# client, slow, half-open or hostile, holds a thread or memory for long.
 MAX_CONNECTIONS = 16
+MAX_PER_PEER = 4
 READ_TIMEOUT_S = 10.0
 HEAD_DEADLINE_S = 15.0
 
@@ -265,19 +268,33 @@ class _Server(http.server.ThreadingHTTPServer):
         self.auth = _Auth(web.users)
         self.ssl_context = _ssl_context(web) if web.tls else None
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.refused = {"busy": 0, "slow": 0, "timeout": 0}  # connections dropped, by why
+        self._per_peer: dict[str, int] = {}  # open connections by address (only while open)
+        self._peers_lock = threading.Lock()
+        # connections dropped, by why
+        self.refused = {"busy": 0, "peer": 0, "slow": 0, "timeout": 0}
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused["busy"] += 1
-            self.shutdown_request(request)
-            return
+        peer = str(client_address[0])
+        with self._peers_lock:
+            if self._per_peer.get(peer, 0) >= MAX_PER_PEER:
+                self.refused["peer"] += 1
+                self.shutdown_request(request)
+                return
+            if not self._slots.acquire(blocking=False):
+                self.refused["busy"] += 1
+                self.shutdown_request(request)
+                return
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
 
         def serve() -> None:
             try:
                 self.process_request_thread(request, client_address)
             finally:
+                with self._peers_lock:
+                    left = self._per_peer.pop(peer) - 1
+                    if left:
+                        self._per_peer[peer] = left
                 self._slots.release()
 
         threading.Thread(target=serve, name="wasmtop-http-conn", daemon=True).start()
@@ -317,7 +334,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         # A head dripped a byte at a time never times out a read: cut it at the deadline.
-        timer = threading.Timer(HEAD_DEADLINE_S, self._too_slow)
+        timer = self._head_timer = threading.Timer(HEAD_DEADLINE_S, self._too_slow)
         timer.daemon = True
         timer.start()
         try:
@@ -340,6 +357,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.server.refused["timeout"] += 1
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._head_timer.cancel()  # the head is in: rendering and sending are not its business
         path = self.path.split("?", 1)[0]
         if not self.server.auth.check(self.headers.get("Authorization")):
             self._send(

@@ -23,9 +23,9 @@ def server(monkeypatch):
     srv.close()
 
 
-def connect(srv: web.HttpServer) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-    return s
+def connect(srv: web.HttpServer, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from ``source`` (any 127/8 address is this host's loopback)."""
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=30, source_address=(source, 0))
 
 
 def closed_by_server(s: socket.socket) -> bool:
@@ -85,12 +85,14 @@ def test_a_head_dripped_byte_by_byte_is_cut_at_its_deadline(server):
 def test_past_max_connections_new_ones_are_closed_at_once_and_counted(server, monkeypatch):
     monkeypatch.setattr(web._Handler, "timeout", 20.0)  # the held ones must outlive the checks
     monkeypatch.setattr(web, "HEAD_DEADLINE_S", 20.0)
-    held = [connect(server) for _ in range(web.MAX_CONNECTIONS)]
+    # From several addresses, each within its share.
+    held = [connect(server, f"127.0.0.{2 + i // web.MAX_PER_PEER}")
+            for i in range(web.MAX_CONNECTIONS)]  # fmt: skip
     try:
         for s in held:
             s.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a head: each holds a slot
         assert wait(lambda: server._server._slots._value == 0)
-        with connect(server) as extra:
+        with connect(server, "127.0.0.99") as extra:
             assert closed_by_server(extra)
         assert server.refused["busy"] >= 1
     finally:
@@ -98,6 +100,46 @@ def test_past_max_connections_new_ones_are_closed_at_once_and_counted(server, mo
             s.close()
     # Once they are gone, scrapes are served again.
     assert wait(lambda: scrape(server).startswith(b"HTTP/1.1 200"))
+
+
+def test_one_address_gets_max_per_peer_connections_and_the_others_still_get_in(server, monkeypatch):
+    """One client holding connections open cannot take every slot from Prometheus and the
+    kubelet's probes."""
+    monkeypatch.setattr(web._Handler, "timeout", 20.0)
+    monkeypatch.setattr(web, "HEAD_DEADLINE_S", 20.0)
+    held = [connect(server, "127.0.0.7") for _ in range(web.MAX_PER_PEER)]
+    try:
+        for s in held:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        assert wait(lambda: server._server._per_peer.get("127.0.0.7") == web.MAX_PER_PEER)
+        with connect(server, "127.0.0.7") as extra:
+            assert closed_by_server(extra)
+        assert server.refused == {"busy": 0, "peer": 1, "slow": 0, "timeout": 0}
+        assert scrape(server).startswith(b"HTTP/1.1 200")  # another address is served
+    finally:
+        for s in held:
+            s.close()
+    assert wait(lambda: "127.0.0.7" not in server._server._per_peer)  # nothing kept per address
+    with connect(server, "127.0.0.7") as s:  # and its share is back
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_an_answer_slow_to_render_is_not_cut_by_the_head_deadline(monkeypatch):
+    """The head deadline ends when the head is in: rendering the answer takes what it takes."""
+    monkeypatch.setattr(web, "HEAD_DEADLINE_S", 0.3)
+
+    def slow_render() -> bytes:
+        time.sleep(0.8)  # longer than the head deadline
+        return b"# metrics\n"
+
+    endpoints = web.Endpoints(slow_render, lambda: (True, {"ready": True}))
+    srv = web.HttpServer("127.0.0.1:0", endpoints, web.load_web_config(None))
+    try:
+        assert scrape(srv).endswith(b"# metrics\n")
+        assert srv.refused["slow"] == 0
+    finally:
+        srv.close()
 
 
 def wait(predicate, timeout_s: float = 30.0) -> bool:
