@@ -365,9 +365,13 @@ class PodWatcher:
                     next_list = time.monotonic() + s.resync_s
                 remaining = max(1, min(MAX_WATCH_S, round(next_list - time.monotonic())))
                 self._watch(remaining)
-                failures = 0  # only a whole list-and-watch round ends a run of failures
-                # A server that ends every watch at once must not make this a busy loop.
-                wait = max(0.0, started + s.backoff_initial_s - time.monotonic())
+                if self._relist:  # it sent a line that was no event: back off as on a failure
+                    failures += 1
+                    wait = self._backoff(failures)
+                else:
+                    failures = 0  # only a whole list-and-watch round ends a run of failures
+                    # A server that ends every watch at once must not make this a busy loop.
+                    wait = max(0.0, started + s.backoff_initial_s - time.monotonic())
             except _Failure as f:
                 self.cache.synced = False
                 if self._stop.is_set():
@@ -430,6 +434,8 @@ class PodWatcher:
                 pods.append(pod_meta(item))
             except ValueError:
                 self.malformed[LIST] += 1  # one odd pod does not spoil the others
+        if self._stop.is_set():  # closed meanwhile: a watcher built since owns the cache
+            return
         self.cache.replace(pods)
         self.cache.synced = True
         self._version, self._relist = version, False
@@ -501,6 +507,8 @@ class PodWatcher:
             except ValueError:
                 return False
             self.events[kind] += 1
+            if self._stop.is_set():  # closed meanwhile: a watcher built since owns the cache
+                return True
             if kind == "deleted":
                 self.cache.delete(pod.uid)
             else:

@@ -74,6 +74,7 @@ class Seen(NamedTuple):
     query: dict[str, str]
     authorization: str
     client_cn: str | None = None  # the verified client certificate's common name
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 class KubeApiStandIn:
@@ -154,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         peer = self.connection.getpeercert() or {}
         cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), None)
-        api.seen.append(Seen(kind, query, auth, cn))
+        api.seen.append(Seen(kind, query, auth, cn, time.monotonic()))
         if url.path != "/api/v1/pods":
             api.problems.append(f"unexpected path {url.path}")
             return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})

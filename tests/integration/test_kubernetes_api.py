@@ -181,6 +181,19 @@ def test_garbage_and_truncated_lines_are_counted_skipped_and_relisted_a_cut_stre
         assert w.cache.get(NGINX_UID) is not None and len(w.cache) == 1  # deleted after relist
 
 
+def test_a_server_that_garbles_every_watch_gets_relists_with_backoff_not_in_a_loop(api, watched):
+    garbled = Reply(lines=[b"<html><body>502 Bad Gateway</body></html>"], end="close")
+    api.script("watch", *[garbled] * 4)
+    with watched(backoff_initial_s=0.2, backoff_max_s=5.0) as w:
+        assert wait_for(lambda: api.kinds().count("list") >= 4, timeout_s=30)
+        assert w.watcher.malformed["watch"] >= 3
+    lists = [s.at for s in api.seen if s.kind == "list"]
+    gaps = [b - a for a, b in zip(lists, lists[1:], strict=False)]
+    # After the third garbled round in a row: at least half of 0.2 s x 2**2 (a lower bound: a
+    # loaded machine only makes it longer). Without backoff it was the 0.2 s floor.
+    assert gaps[2] >= 0.4, gaps
+
+
 def test_a_pod_that_is_not_one_is_skipped_the_rest_of_the_list_is_kept(api, watched):
     odd = {"metadata": {"name": "no-uid", "namespace": "edge"}}
     api.script("list", Reply(body=pod_list([odd, HELLO], "1200")), Reply(body="not a list"))
