@@ -585,6 +585,8 @@ class OtlpExporter:
             try:
                 metrics += self._metrics_of(fam, now, since, starts)
             except Exception:  # one family we cannot convert must not cost the others
+                with self._lock:
+                    self._stats["metric_points_dropped"] += len(fam.samples)
                 if fam.name not in self._unconvertible:
                     self._unconvertible.add(fam.name)
                     log.warning(

@@ -551,6 +551,7 @@ def test_metrics_are_the_books_families(receiver, make_exporter):
     total = _point(receiver, "wasmtop_request_latency_seconds_sum", WL_POD)[2].as_double
     assert (count, total) == (mine.count, mine.sum)
     assert not any(m.name == "wasmtop_future" for _, m in receiver.metrics())
+    assert exp.stats()["metric_points_dropped"] >= 1  # its point, counted at each collection
 
     # Host families too, and the start time of a cumulative series stays put.
     n = len(receiver.metric_requests)
