@@ -2,7 +2,8 @@
  *
  * Compiled in by the loader (cflags): WASMTOP_NR_COUNTERS, CTR_RB_ATTEMPTS, CTR_RB_LOST,
  * CTR_MAP_FULL and the probe's own CTR_* indices, so Python is the one source of truth
- * for which counter lives where; EEXIST (the kernel headers' errno values are not included).
+ * for which counter lives where; EEXIST (the kernel headers' errno values are not included);
+ * EXIT_GROUP_DEAD where a probe attaches sched_process_exit (its format has group_dead).
  */
 #include <uapi/linux/ptrace.h>
 
@@ -10,6 +11,15 @@
  * define it). */
 #ifndef barrier
 #define barrier() asm volatile("" ::: "memory")
+#endif
+
+/* At sched_process_exit (current: the exiting thread, id its bpf_get_current_pid_tgid()): 1
+ * when it is the last thread of its process. The tracepoint says so on Linux 6.9+
+ * (EXIT_GROUP_DEAD); before that, the leader's exit is taken for it. */
+#if EXIT_GROUP_DEAD
+#define LAST_OF_GROUP(args, id) ((args)->group_dead)
+#else
+#define LAST_OF_GROUP(args, id) ((u32)(id) == (u32)((id) >> 32))
 #endif
 
 /* Per-CPU counters: ring-buffer attempts and failed reservations, full maps. Counting in the

@@ -158,13 +158,8 @@ int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     forget_calls((u32)id);
-#if EXIT_GROUP_DEAD
-    if (!args->group_dead)
+    if (!LAST_OF_GROUP(args, id))
         return 0;
-#else
-    if ((u32)id != tgid)
-        return 0;
-#endif
     /* Before its files close (and its listeners with them): the entry is gone by then. */
     struct proc_life *p = procs.lookup(&tgid);
     if (p)

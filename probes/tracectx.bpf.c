@@ -641,13 +641,8 @@ int wasmtop_process_exit(struct tracepoint__sched__sched_process_exit *args)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-#if EXIT_GROUP_DEAD
-    if (!args->group_dead)
+    if (!LAST_OF_GROUP(args, id))
         return 0;
-#else
-    if ((u32)id != tgid)
-        return 0;
-#endif
     if (traced_tgids.delete(&tgid) == 0)
         count_event(CTR_EXITED);
     return 0;

@@ -71,6 +71,13 @@ def service(*args: str) -> contextlib.AbstractContextManager[tuple[subprocess.Po
     return http_server("--port", "0", *args, script=EDGE_SERVICE)
 
 
+def python_child(code: str) -> subprocess.Popen:
+    """A Python process running ``code``, its stdin and stdout pipes of text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
 def waiting_listeners(life: LifecycleProbe) -> int:
     """The kernel's count of processes waiting for a first connection (sk_data_ready's test)."""
     table = life.table("waiting")
@@ -144,10 +151,7 @@ def test_a_listener_closed_unconnected_is_forgotten_and_uncounted():
     with watching(capture="socket") as (ps, _collector):
         life = ps.probes[1]
         before = waiting_listeners(life)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", LISTEN_TWICE_THEN_CLOSE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = python_child(LISTEN_TWICE_THEN_CLOSE)
         try:
             proc.stdout.readline()
             assert [v.tgid for v in life.table("listeners").values()].count(proc.pid) == 1
@@ -199,10 +203,7 @@ def test_a_process_stops_waiting_at_its_first_connection_though_another_listener
     with watching(capture="socket") as (ps, collector):
         life = ps.probes[1]
         before = waiting_listeners(life)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", TWO_LISTENERS_AND_THREADS],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = python_child(TWO_LISTENERS_AND_THREADS)
         try:
             port, *tids = (int(x) for x in proc.stdout.readline().split())
             assert listeners_of(life, proc.pid) == 2
