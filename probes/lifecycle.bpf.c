@@ -26,6 +26,8 @@ struct proc_life {
     u64 listening; /* its entries in `listeners` (socket capture) */
     u64 waits;     /* 1 while counted in `waiting`: listening and no connection yet (u64: the
                     * atomics here are 64-bit) */
+    u64 prev_exec_ns; /* the program it ran before this one (exec in place): listeners that
+                       * program opened and this one kept across the exec are its own */
 };
 BPF_HASH(procs, u32, struct proc_life, MAX_PROCS);
 
@@ -53,8 +55,34 @@ static __always_inline void stop_waiting(struct proc_life *p)
     if (p->waits && __sync_val_compare_and_swap(&p->waits, 1, 0) == 1)
         count_waiting(-1);
 }
+
+/* The process (entry p, still listening) waits again: a listen() on another CPU found the
+ * flag still set just before its last other listener cleared it. */
+static __always_inline void wait_again(struct proc_life *p)
+{
+    if (p->listening && !p->accept_ns && __sync_val_compare_and_swap(&p->waits, 0, 1) == 0)
+        count_waiting(1);
+}
+
+/* A process execs another program (old: its entry, life: the new one, not yet stored). The
+ * listeners it kept open across the exec (not close-on-exec) are the new program's: it waits
+ * on them for its own first connection. The old entry's flag is taken by compare-and-swap, so
+ * a connection taking a listener meanwhile on another CPU cannot count it out twice. */
+static __always_inline void exec_in_place(struct proc_life *old, struct proc_life *life)
+{
+    life->prev_exec_ns = old->exec_ns;
+    life->listening = old->listening;
+    if (old->waits && __sync_val_compare_and_swap(&old->waits, 1, 0) == 1)
+        life->waits = 1; /* its count in `waiting` moves to the new entry */
+    if (life->listening && !life->waits) {
+        life->waits = 1;
+        count_waiting(1);
+    }
+}
 #else
+static __always_inline void count_waiting(s64 n) {}
 static __always_inline void stop_waiting(struct proc_life *p) {}
+static __always_inline void exec_in_place(struct proc_life *old, struct proc_life *life) {}
 #endif
 
 #define KIND_LISTEN 1
@@ -125,12 +153,15 @@ int wasmtop_process_exec(struct tracepoint__sched__sched_process_exec *args)
     forget_calls((u32)id);
     if ((u32)args->old_pid != tgid) /* exec'd by another thread, which took the tgid over */
         forget_calls(args->old_pid);
-    struct proc_life *old = procs.lookup(&tgid);
-    if (old) /* the program it ran before: its listeners (inherited or not) no longer count */
-        stop_waiting(old);
     struct proc_life life = {.exec_ns = bpf_ktime_get_ns()};
-    if (procs.update(&tgid, &life)) /* a new program: its cold start begins now */
+    struct proc_life *old = procs.lookup(&tgid);
+    if (old)
+        exec_in_place(old, &life);
+    if (procs.update(&tgid, &life)) { /* a new program: its cold start begins now */
         count_event(CTR_MAP_FULL);
+        if (life.waits)
+            count_waiting(-1);
+    }
     return 0;
 }
 
@@ -217,10 +248,13 @@ static __always_inline struct proc_life *take_listener(u64 sk, struct listener *
     if (listeners.delete(&sk))
         return 0;
     struct proc_life *p = procs.lookup(&who->tgid);
-    if (!p || p->exec_ns != who->exec_ns) /* exited, or the pid is another program's now */
+    /* exited, or the pid is another program's now (an exec in place keeps it its own) */
+    if (!p || (p->exec_ns != who->exec_ns && p->prev_exec_ns != who->exec_ns))
         return 0;
-    if (__sync_fetch_and_add(&p->listening, -1) == 1)
+    if (__sync_fetch_and_add(&p->listening, -1) == 1) {
         stop_waiting(p);
+        wait_again(p);
+    }
     return p;
 }
 

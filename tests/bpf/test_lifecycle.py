@@ -213,10 +213,7 @@ def test_a_process_stops_waiting_at_its_first_connection_though_another_listener
             assert len(tids) == 3 and not procs & set(tids), (tids, proc.pid)
 
             socket.create_connection(("127.0.0.1", port)).close()
-            deadline = time.monotonic() + 5
-            while waiting_listeners(life) != before and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert waiting_listeners(life) == before
+            assert wait_until(lambda: waiting_listeners(life) == before)
             assert listeners_of(life, proc.pid) == 1  # the idle one, until it closes
 
             proc.stdin.write("\n")
@@ -231,6 +228,57 @@ def test_a_process_stops_waiting_at_its_first_connection_though_another_listener
             proc.wait()
     rt = by_pid(snap, proc.pid).runtime_metrics
     assert rt.first_accept_ms is not None and rt.first_accept_ms >= rt.cold_start_ms
+
+
+LISTEN_THEN_EXEC = """
+import os, socket, sys
+kept, closed = socket.socket(), socket.socket()  # close-on-exec, as Python makes them
+for s in (kept, closed):
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+os.set_inheritable(kept.fileno(), True)  # a launcher's socket, handed to the program it execs
+print(kept.getsockname()[1], flush=True)
+sys.stdin.readline()
+os.execv(sys.executable, [sys.executable, "-c",
+                          "import sys; print('exec', flush=True); sys.stdin.readline()"])
+"""
+
+
+@pytest.mark.skipif("socket" not in CAPTURES, reason="no socket capture on this kernel")
+def test_a_listener_kept_across_exec_waits_for_the_new_programs_first_connection():
+    """A launcher that listens and execs the server with the socket still open: the server's
+    first connection comes on that socket, and is its cold start's end."""
+    with watching(capture="socket") as (ps, collector):
+        life = ps.probes[1]
+        before = waiting_listeners(life)
+        proc = python_child(LISTEN_THEN_EXEC)
+        try:
+            port = int(proc.stdout.readline())
+            assert listeners_of(life, proc.pid) == 2
+            assert waiting_listeners(life) == before + 1
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "exec"
+            assert listeners_of(life, proc.pid) == 1  # the close-on-exec one closed
+            assert waiting_listeners(life) == before + 1  # the new program waits on the other
+
+            socket.create_connection(("127.0.0.1", port)).close()
+            assert wait_until(lambda: waiting_listeners(life) == before)
+            collector.observe()
+            snap = watch_for(ps, collector, 0.3)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert by_pid(snap, proc.pid).runtime_metrics.first_accept_ms is not None
+
+
+def wait_until(predicate, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_the_wasm_service_shows_every_instantiation():
