@@ -64,7 +64,7 @@ KEEP_DELETED_S = 120.0  # a deleted pod's names stay for the final counts of its
 # not a node's pods. Parsed JSON takes far more memory than its text (an empty object, 3 bytes
 # of text, is a 64-byte dict), so the objects and arrays of an answer are bounded too, counted
 # in its text before it is parsed.
-MAX_BODY_BYTES = 16 << 20  # a list
+MAX_BODY_BYTES = 32 << 20  # a list (MAX_PODS of ~8 KiB; finished pods are listed too)
 MAX_EVENT_BYTES = 2 << 20  # one watch event
 MAX_JSON_CONTAINERS = 1_000_000  # `{` and `[` in one answer (those inside strings count too)
 MAX_PODS = 4096  # pods cached; more are dropped and counted
@@ -373,9 +373,9 @@ class PodWatcher:
                     # A server that ends every watch at once must not make this a busy loop.
                     wait = max(0.0, started + s.backoff_initial_s - time.monotonic())
             except _Failure as f:
-                self.cache.synced = False
-                if self._stop.is_set():
+                if self._stop.is_set():  # closed: the cache may be a newer watcher's now
                     break
+                self.cache.synced = False
                 failures += 1
                 if f.outcome == GONE:
                     self._version = None  # relist: at once the first time
@@ -384,6 +384,8 @@ class PodWatcher:
                     wait = self._backoff(failures)
                 self._log_once(f.outcome, f"{f.detail}; retrying with backoff")
             except Exception as exc:  # a bug must not end pod metadata for good
+                if self._stop.is_set():
+                    break
                 self.cache.synced = False
                 self._version = None
                 failures += 1
@@ -435,7 +437,7 @@ class PodWatcher:
             except ValueError:
                 self.malformed[LIST] += 1  # one odd pod does not spoil the others
         if self._stop.is_set():  # closed meanwhile: a watcher built since owns the cache
-            return
+            raise _Failure(CONNECTION_ERROR, "closing")
         self.cache.replace(pods)
         self.cache.synced = True
         self._version, self._relist = version, False

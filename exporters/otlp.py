@@ -28,6 +28,7 @@ they do from /metrics), histograms keep their buckets, and each series' start ti
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import socket
@@ -785,5 +786,12 @@ def _metric_exporter(t: SignalTarget) -> Any:
             OTLPMetricExporter as HttpMetricExporter,
         )
 
-        return HttpMetricExporter(**_http_common(t), max_export_batch_size=METRIC_BATCH_POINTS)
-    return OTLPMetricExporter(**_grpc_common(t), max_export_batch_size=METRIC_BATCH_POINTS)
+        return HttpMetricExporter(**_http_common(t), **_batched(HttpMetricExporter))
+    return OTLPMetricExporter(**_grpc_common(t), **_batched(OTLPMetricExporter))
+
+
+def _batched(exporter: type) -> dict[str, int]:
+    """max_export_batch_size where the installed exporter takes it (the HTTP one only since
+    2025): without it a collection goes in one request, as before."""
+    takes = "max_export_batch_size" in inspect.signature(exporter.__init__).parameters
+    return {"max_export_batch_size": METRIC_BATCH_POINTS} if takes else {}

@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import json
+import os
 import re
 import sys
 from typing import Any
 
-from .compiled import CompiledObject, MapSpec, ProgramSpec, relocations
+from . import probeset
+from .compiled import STDERR_FILE_ENV, CompiledObject, MapSpec, ProgramSpec, relocations
 from .probeset import LibbccError, capturing
 
 _INNER = re.compile(r"BPF_(?:ARRAY|HASH)_OF_MAPS\(\s*(\w+)\s*,[^;]*?\"(\w+)\"")
@@ -186,6 +188,7 @@ def compile_one(text: str, cflags: list[str]) -> dict[str, Any]:
 
 
 def main() -> int:
+    probeset.child_stderr_file = os.environ.pop(STDERR_FILE_ENV, None)
     request = json.loads(sys.stdin.buffer.read())
     if "fentry" in request:
         sys.stdout.write(json.dumps(fentry(str(request["fentry"]))))

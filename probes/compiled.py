@@ -521,7 +521,9 @@ def _child(request: dict[str, Any]) -> subprocess.CompletedProcess:
         except subprocess.TimeoutExpired:
             raise CompileError(f"compiler did not finish in {COMPILE_TIMEOUT_S} s") from None
         if proc.returncode != 0 and not proc.stderr.strip():
-            proc.stderr = capture.read(64 * 1024)
+            size = os.fstat(capture.fileno()).st_size  # the fatal error is at the end
+            capture.seek(max(0, size - (64 << 10)))
+            proc.stderr = capture.read()
         return proc
 
 

@@ -19,7 +19,6 @@ from typing import Any, Callable, ClassVar
 
 from . import features
 from .compiled import (
-    STDERR_FILE_ENV,
     CompiledObject,
     CompileError,
     ObjectCache,
@@ -65,12 +64,18 @@ def placeholders_in(text: str) -> set[str]:
     return set(PLACEHOLDER.findall(text))
 
 
+# In the compiler child only (probes/compile.py sets it from STDERR_FILE_ENV, which the parent
+# names): the file captures write to, so that the parent can read what a capture held when the
+# child died inside it. Everywhere else captures go to an anonymous temporary file.
+child_stderr_file: str | None = None
+
+
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[list[str]]:
     """Capture fd 2 (where libbcc and clang print) into the yielded list's single element."""
     out: list[str] = [""]
     saved = os.dup(2)
-    named = os.environ.get(STDERR_FILE_ENV)
+    named = child_stderr_file
     with open(named, "w+b") if named else tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
@@ -80,6 +85,7 @@ def captured_stderr() -> Iterator[list[str]]:
             os.close(saved)
             tmp.seek(0)
             out[0] = tmp.read().decode("utf-8", "replace")
+            tmp.truncate(0)  # a later death outside a capture must not show these words
 
 
 def _tail(text: str, lines: int = 12) -> str:
