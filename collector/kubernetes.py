@@ -2,9 +2,9 @@
 and which container name a container id has, for the pods of this node.
 
 The cgroup path of a process names its pod's UID and its container's id (workloads.py); the API
-server knows the rest. One daemon thread (``PodWatcher``) lists the node's pods
-(``fieldSelector=spec.nodeName=NODE``), then watches them from the list's resourceVersion and
-applies each event to a ``PodCache``. The collector only reads that cache: a lookup is a dict
+server knows the rest. One daemon thread (``PodWatcher``) lists the node's pods that have not
+finished (``node_selector``), then watches them from the list's resourceVersion and applies
+each event to a ``PodCache``. The collector only reads that cache: a lookup is a dict
 read, never a request, so a slow or dead API server cannot delay a tick.
 
 Failures never end the thread: every request ends with one counted outcome, a failed one is
@@ -272,6 +272,14 @@ def in_cluster_server(env: Mapping[str, str] = os.environ) -> str | None:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
+def node_selector(node: str) -> str:
+    """The pods of ``node`` that may still run: a finished pod (a Job's, kept until it is
+    cleaned up) has no process left to name, and on a node that runs many Jobs they would be
+    most of the list. A pod that finishes leaves the watch as a deletion, and its names stay
+    KEEP_DELETED_S for its processes' last counts."""
+    return f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
+
+
 def backoff_s(failures: int, initial_s: float, max_s: float, rand: Callable[[], float]) -> float:
     """Exponential backoff with jitter: the n-th failure in a row waits a random time between
     half and all of ``initial * 2**(n-1)``, capped at ``max_s``."""
@@ -411,7 +419,7 @@ class PodWatcher:
 
     # -- requests ----------------------------------------------------------------------------
     def _path(self, **query: str) -> str:
-        q = {"fieldSelector": f"spec.nodeName={self.settings.node}", **query}
+        q = {"fieldSelector": node_selector(self.settings.node), **query}
         return f"{self._base_path}/api/v1/pods?{urllib.parse.urlencode(q)}"
 
     def _list(self) -> None:

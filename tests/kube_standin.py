@@ -10,7 +10,8 @@ it or cut off mid-event) and pushes live events into an open watch.
 It checks what the client sends, as the real server would: a request without
 ``Authorization: Bearer <token>`` gets a ``401`` Status, unless it came with a client
 certificate the ``client_ca`` signed (kube-apiserver's ``--client-ca-file``; TLS verifies it).
-What only wasmtop's contract asks for (the ``fieldSelector`` naming the node, bookmarks asked
+What only wasmtop's contract asks for (the ``fieldSelector`` naming the node and leaving out
+finished pods, bookmarks asked
 for, a resourceVersion to watch from) is recorded in ``problems``, which a test asserts is
 empty.
 """
@@ -159,7 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path != "/api/v1/pods":
             api.problems.append(f"unexpected path {url.path}")
             return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
-        if query.get("fieldSelector") != f"spec.nodeName={api.node}":
+        if query.get("fieldSelector") != (
+            f"spec.nodeName={api.node},status.phase!=Succeeded,status.phase!=Failed"
+        ):
             api.problems.append(f"{kind} without the node's fieldSelector: {query}")
             return self._json(400, {"kind": "Status", "code": 400, "message": "fieldSelector"})
         if kind == "watch":
