@@ -49,18 +49,17 @@ static __always_inline void count_waiting(s64 n)
 }
 
 /* The process (entry p) no longer waits: its first connection came, its last listener closed,
- * it exited or exec'd another program. */
+ * or it exited (an exec moves the flag to the new program's entry: exec_in_place). */
 static __always_inline void stop_waiting(struct proc_life *p)
 {
     if (p->waits && __sync_val_compare_and_swap(&p->waits, 1, 0) == 1)
         count_waiting(-1);
 }
 
-/* The process (entry p, still listening) waits again: a listen() on another CPU found the
- * flag still set just before its last other listener cleared it. */
-static __always_inline void wait_again(struct proc_life *p)
+/* The process (entry p) waits for its first connection: it listens, and has had none. */
+static __always_inline void start_waiting(struct proc_life *p)
 {
-    if (p->listening && !p->accept_ns && __sync_val_compare_and_swap(&p->waits, 0, 1) == 0)
+    if (!p->waits && __sync_val_compare_and_swap(&p->waits, 0, 1) == 0)
         count_waiting(1);
 }
 
@@ -253,7 +252,10 @@ static __always_inline struct proc_life *take_listener(u64 sk, struct listener *
         return 0;
     if (__sync_fetch_and_add(&p->listening, -1) == 1) {
         stop_waiting(p);
-        wait_again(p);
+        /* A listen() on another CPU may have found the flag still set just before this: it
+         * waits again on that listener. */
+        if (p->listening && !p->accept_ns)
+            start_waiting(p);
     }
     return p;
 }
@@ -285,8 +287,7 @@ int wasmtop_sock_state(struct tracepoint__sock__inet_sock_set_state *args)
         return 0;
     }
     __sync_fetch_and_add(&p->listening, 1);
-    if (!p->waits && __sync_val_compare_and_swap(&p->waits, 0, 1) == 0)
-        count_waiting(1);
+    start_waiting(p);
     return 0;
 }
 
