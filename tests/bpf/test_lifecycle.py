@@ -24,6 +24,7 @@ from support import (
     http_server,
     no_programs_left,
     package_dir,
+    wait_for,
     workloads,
 )
 from wasmtop.collector.collector import Collector
@@ -78,6 +79,11 @@ def python_child(code: str) -> subprocess.Popen:
     )
 
 
+def listeners_of(life: LifecycleProbe, pid: int) -> int:
+    """How many of process ``pid``'s listening sockets the kernel's `listeners` map holds."""
+    return [v.tgid for v in life.table("listeners").values()].count(pid)
+
+
 def waiting_listeners(life: LifecycleProbe) -> int:
     """The kernel's count of processes waiting for a first connection (sk_data_ready's test)."""
     table = life.table("waiting")
@@ -115,7 +121,7 @@ def test_cold_start_is_exec_to_first_listen(tmp_path, capture):
             snap = watch_for(ps, collector, 0.5)
             assert life.details()["capture"] == capture
             if capture == "socket":  # and is forgotten at its first connection
-                assert proc.pid not in [v.tgid for v in life.table("listeners").values()]
+                assert listeners_of(life, proc.pid) == 0
                 assert waiting_listeners(life) == 0
         finally:
             proc.kill()
@@ -154,12 +160,12 @@ def test_a_listener_closed_unconnected_is_forgotten_and_uncounted():
         proc = python_child(LISTEN_TWICE_THEN_CLOSE)
         try:
             proc.stdout.readline()
-            assert [v.tgid for v in life.table("listeners").values()].count(proc.pid) == 1
+            assert listeners_of(life, proc.pid) == 1
             assert waiting_listeners(life) == before + 1
             proc.stdin.write("\n")
             proc.stdin.flush()
             assert proc.stdout.readline().strip() == "closed"
-            assert proc.pid not in [v.tgid for v in life.table("listeners").values()]
+            assert listeners_of(life, proc.pid) == 0
             assert waiting_listeners(life) == before
         finally:
             proc.kill()
@@ -191,10 +197,6 @@ stop.set()
 """
 
 
-def listeners_of(life: LifecycleProbe, pid: int) -> int:
-    return [v.tgid for v in life.table("listeners").values()].count(pid)
-
-
 @pytest.mark.skipif("socket" not in CAPTURES, reason="no socket capture on this kernel")
 def test_a_process_stops_waiting_at_its_first_connection_though_another_listener_stays_idle():
     """A process with two listeners waits once, and stops at its first connection: its idle
@@ -213,7 +215,7 @@ def test_a_process_stops_waiting_at_its_first_connection_though_another_listener
             assert len(tids) == 3 and not procs & set(tids), (tids, proc.pid)
 
             socket.create_connection(("127.0.0.1", port)).close()
-            assert wait_until(lambda: waiting_listeners(life) == before)
+            assert wait_for(lambda: waiting_listeners(life) == before, timeout_s=5)
             assert listeners_of(life, proc.pid) == 1  # the idle one, until it closes
 
             proc.stdin.write("\n")
@@ -263,22 +265,13 @@ def test_a_listener_kept_across_exec_waits_for_the_new_programs_first_connection
             assert waiting_listeners(life) == before + 1  # the new program waits on the other
 
             socket.create_connection(("127.0.0.1", port)).close()
-            assert wait_until(lambda: waiting_listeners(life) == before)
+            assert wait_for(lambda: waiting_listeners(life) == before, timeout_s=5)
             collector.observe()
             snap = watch_for(ps, collector, 0.3)
         finally:
             proc.kill()
             proc.wait()
     assert by_pid(snap, proc.pid).runtime_metrics.first_accept_ms is not None
-
-
-def wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_the_wasm_service_shows_every_instantiation():
