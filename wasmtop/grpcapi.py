@@ -10,7 +10,10 @@ The API is request data (trace ids, paths, pod names), so who may connect is dec
 a stream starts: by default it listens on a Unix socket only its owner (root) can open
 (``unix:/run/wasmtop/grpc.sock``, mode 0600, or 0660 for one group); on TCP it can require
 client certificates signed by a CA. Every peer is bounded: a handshake deadline, a small request
-size, a number of connections, streams in all and streams per peer (counted when refused).
+size, a number of connections, streams in all and streams per peer (counted when refused). A
+stream takes its place before its request is read, and one whose request does not come within
+``request_timeout_s`` is cancelled (counted): a worker waiting for a request it never gets would
+otherwise be outside every limit.
 
 ``RemoteSnapshots`` is the client (``wasmtop --connect``): a background thread that watches,
 decodes each message back into a Snapshot, and reconnects with exponential backoff and jitter
@@ -37,6 +40,7 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402 - after GRPC_VERBOSITY
+from google.protobuf.message import DecodeError  # noqa: E402
 
 from .collector.model import SCHEMA, Snapshot
 from .collector.snapshot_json import snapshot_from_json
@@ -59,8 +63,12 @@ HANDSHAKE_TIMEOUT_S = 10  # TCP accepted to HTTP/2 settings (and TLS) done, or c
 NO_FILTER = WorkloadFilter()
 MAX_REQUEST_BYTES = 4096  # a WatchRequest is 2 bytes
 IDLE_CONNECTION_S = 60  # a connection with no stream open is closed after this
+REQUEST_TIMEOUT_S = 5.0  # a stream opened to its request read, or cancelled
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    # A Snapshot above the client's own bound would be sent, refused and sent again at every
+    # reconnect: refused here instead.
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
     # Never share the port with another process (gRPC sets SO_REUSEPORT by default): a second
     # daemon on the same address must fail to start, not take half the clients.
@@ -68,9 +76,10 @@ _SERVER_OPTIONS = [
     # A client that vanished without closing its connection frees its stream within ~40 s.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-    # Accept the client's keepalive pings (below) without calling them abuse.
+    # Accept the client's keepalive pings (below, every 10 s) without calling them abuse; a
+    # peer pinging faster than every 5 s is sent away (GOAWAY) at its third such ping.
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.max_ping_strikes", 2),
 ]
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -111,7 +120,7 @@ class _Published:
         )
 
 
-class SnapshotServer(pb_grpc.SnapshotsServicer):
+class SnapshotServer:
     """``wasmtop.v1.Snapshots`` on ``listen``: ``unix:PATH`` (a socket of mode 0600, or 0660
     with ``socket_group``) or ``HOST:PORT``, with TLS when given a certificate and its key (PEM
     files) and client certificates required when given ``client_ca_file``. Raises OSError when
@@ -128,6 +137,7 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
         max_streams: int = 16,
         max_streams_per_peer: int | None = None,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("expected both tls_cert_file and tls_key_file, or neither")
@@ -138,23 +148,32 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
         self.client_auth = client_ca_file is not None
         self.max_streams = max_streams
         self.max_streams_per_peer = max_streams_per_peer or max_streams
+        self.request_timeout_s = request_timeout_s
         # Connections: one per client normally; the rest of the room is for clients being
         # refused or reconnecting. One without a stream is closed after IDLE_CONNECTION_S.
         self.max_connections = 2 * max_streams + 4
         self.streams = 0  # Watch streams open now
         self.sent = 0  # Snapshots sent, over all streams
         self.dropped = 0  # Snapshots a stream skipped because it read slower than they came
-        # Streams refused, by why: "busy" (max_streams open), "peer_busy" (that peer's share).
-        self.rejected: dict[str, int] = {"busy": 0, "peer_busy": 0}
+        # Streams refused, by why: "busy" (max_streams open), "peer_busy" (that peer's share),
+        # "no_request" (no request within request_timeout_s: cancelled), "invalid_request" (a
+        # request that is no WatchRequest, or a filter that does not parse).
+        self.rejected: dict[str, int] = dict.fromkeys(
+            ("busy", "peer_busy", "no_request", "invalid_request"), 0
+        )
         self._per_peer: dict[str, int] = {}  # open streams by peer (address or identity)
         self._latest: _Published | None = None
         self._sequence = 0
         self._closed = False
         self._cond = threading.Condition()
         self._socket: tuple[Path, int, int] | None = None  # (path, st_dev, st_ino) we made
-        # Every stream holds a worker for its life; two more answer those beyond the limit.
+        # Every stream holds a worker for its life, from before its request is read; two more
+        # answer those beyond the limit.
+        self._workers = ThreadPoolExecutor(
+            max_workers=max_streams + 2, thread_name_prefix="wasmtop-grpc"
+        )
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_streams + 2, thread_name_prefix="wasmtop-grpc"),
+            self._workers,
             options=[
                 *_SERVER_OPTIONS,
                 ("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000)),
@@ -162,7 +181,23 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
             ],
             maximum_concurrent_rpcs=max_streams + 2,
         )
-        pb_grpc.add_SnapshotsServicer_to_server(self, self._server)
+        # Registered as a stream of requests (the wire is the same as the generated unary
+        # request's): the handler runs before the request is read, so that a peer that never
+        # sends it is counted against the limits and cancelled. Raw bytes in: a request that
+        # does not decode is answered here (INVALID_ARGUMENT, counted), not logged by gRPC.
+        service, _, method = METHOD.partition("/")
+        self._server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    service,
+                    {
+                        method: grpc.stream_stream_rpc_method_handler(
+                            self._watch, response_serializer=pb.Snapshot.SerializeToString
+                        )
+                    },
+                ),
+            )
+        )
         path = unix_path(listen)
         if path is not None:
             if self.tls:
@@ -234,6 +269,7 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
             self._closed = True
             self._cond.notify_all()
         self._server.stop(grace_s).wait(grace_s + 1.0)
+        self._workers.shutdown(wait=False, cancel_futures=True)  # gRPC leaves its pool running
         if self._socket is not None:
             _remove_socket(*self._socket)
             self._socket = None
@@ -277,9 +313,36 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
         ]
 
     # -- one stream each -----------------------------------------------------------------------
-    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        # A generator from the first line: a stream whose first message is never asked for (the
-        # client left at once) has counted nothing, so there is nothing to undo.
+    def _watch(self, requests: Any, context: grpc.ServicerContext) -> Any:
+        """One Watch stream: ``requests`` yields its one request, raw bytes. A generator from
+        the first line: a stream whose first message is never asked for (the client left at
+        once) has counted nothing, so there is nothing to undo."""
+        peer = self._admit(context)
+        try:
+            request = self._request(requests, context)
+            if request is None:
+                return
+            with self._cond:
+                try:
+                    chosen = parse_filter(request.filter)
+                except FilterError as exc:
+                    self.rejected["invalid_request"] += 1
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filter: {exc}")
+                last = self._sequence if request.only_new else 0
+            yield from self._stream(context, chosen, last)
+        finally:
+            with self._cond:
+                self.streams -= 1
+                if peer is not None:
+                    left = self._per_peer.pop(peer) - 1
+                    if left:
+                        self._per_peer[peer] = left
+        if self._closed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
+
+    def _admit(self, context: grpc.ServicerContext) -> str | None:
+        """A place for the stream, taken before its request is read (refused and counted when
+        there is none); its peer's key."""
         with self._cond:
             if self._closed:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
@@ -297,49 +360,75 @@ class SnapshotServer(pb_grpc.SnapshotsServicer):
                     f"{self._per_peer[peer]} streams open from {safe(peer)}: the daemon's limit "
                     "per peer (grpc.max_streams_per_peer)",
                 )
-            try:
-                chosen = parse_filter(request.filter)
-            except FilterError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filter: {exc}")
             self.streams += 1
             if peer is not None:
                 self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
-            last = self._sequence if request.only_new else 0
+            return peer
+
+    def _request(self, requests: Any, context: grpc.ServicerContext) -> pb.WatchRequest | None:
+        """The stream's request, read within request_timeout_s; None when it did not come in
+        time (the stream is cancelled, counted "no_request") or the client left."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            context.cancel()
+
+        timer = threading.Timer(self.request_timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            raw = next(requests, None)
+        except grpc.RpcError:  # cancelled: by the timer, or the client went away
+            raw = None
+        finally:
+            timer.cancel()
+        if expired.is_set():
+            with self._cond:
+                self.rejected["no_request"] += 1
+            return None
+        if raw is None:
+            if context.is_active():  # half-closed without a request
+                self._invalid(context, "expected one WatchRequest")
+            return None
+        try:
+            return pb.WatchRequest.FromString(raw)
+        except DecodeError:
+            self._invalid(context, "the request is not a WatchRequest")
+        return None
+
+    def _invalid(self, context: grpc.ServicerContext, why: str) -> None:
+        with self._cond:
+            self.rejected["invalid_request"] += 1
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
+
+    def _stream(self, context: grpc.ServicerContext, chosen: WorkloadFilter, last: int) -> Any:
+        """The newest Snapshot whenever the client is ready for one, until it leaves or the
+        daemon stops."""
 
         def wake() -> None:
             with self._cond:
                 self._cond.notify_all()
 
-        try:
-            context.add_callback(wake)  # the client went away: stop waiting at once
-            context.send_initial_metadata((("wasmtop-schema", SCHEMA),))  # "connected"
-            while True:
-                with self._cond:
-                    while (
-                        not self._closed
-                        and context.is_active()
-                        and (self._latest is None or self._latest.sequence == last)
-                    ):
-                        self._cond.wait(5.0)  # woken by publish, close and the client leaving
-                    if self._closed:
-                        break
-                    if not context.is_active():
-                        return
-                    published = self._latest
-                    if last:
-                        self.dropped += published.sequence - last - 1
-                    last = published.sequence
-                    self.sent += 1  # handed to gRPC (a client may still leave before it lands)
-                # Blocks while the client's window is full. One encoding per filter and tick.
-                yield published.message(chosen)
-        finally:
+        context.add_callback(wake)  # the client went away: stop waiting at once
+        context.send_initial_metadata((("wasmtop-schema", SCHEMA),))  # "connected"
+        while True:
             with self._cond:
-                self.streams -= 1
-                if peer is not None:
-                    left = self._per_peer.pop(peer) - 1
-                    if left:
-                        self._per_peer[peer] = left
-        context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
+                while (
+                    not self._closed
+                    and context.is_active()
+                    and (self._latest is None or self._latest.sequence == last)
+                ):
+                    self._cond.wait(5.0)  # woken by publish, close and the client leaving
+                if self._closed or not context.is_active():
+                    return
+                published = self._latest
+                if last:
+                    self.dropped += published.sequence - last - 1
+                last = published.sequence
+                self.sent += 1  # handed to gRPC (a client may still leave before it lands)
+            # Blocks while the client's window is full. One encoding per filter and tick.
+            yield published.message(chosen)
 
 
 def unix_path(listen: str) -> Path | None:
@@ -385,8 +474,11 @@ def _prepare_socket_path(path: Path) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(f"cannot listen on unix:{path}: it exists and is not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)  # a listener whose backlog is full blocks a connect: in use
         try:
             probe.connect(str(path))
+        except TimeoutError:
+            raise OSError(f"cannot listen on unix:{path}: Address already in use") from None
         except OSError as exc:
             if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 raise OSError(f"cannot listen on unix:{path}: {exc.strerror}") from None

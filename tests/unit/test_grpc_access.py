@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_a_unix_socket_has_no_limit_per_peer_only_the_total(sock_dir):
         with pytest.raises(grpc.RpcError) as err:
             next(pb_grpc.SnapshotsStub(channel).Watch(pb.WatchRequest()))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert srv.rejected == {"busy": 1, "peer_busy": 0}
+        assert srv.rejected == {"busy": 1, "peer_busy": 0, "no_request": 0, "invalid_request": 0}
     finally:
         channel.close()
         srv.close(0)
@@ -206,7 +207,7 @@ def test_one_certificate_cannot_hold_every_stream_another_still_gets_one(pki):
         assert "from oncall.example" in err.value.details()
         assert "grpc.max_streams_per_peer" in err.value.details()
         assert next(watch(target, as_(pki.dashboard))).sequence == 1
-        assert srv.rejected == {"busy": 0, "peer_busy": 1}
+        assert srv.rejected == {"busy": 0, "peer_busy": 1, "no_request": 0, "invalid_request": 0}
         oncall[0].cancel()
         assert wait_for(lambda: srv._per_peer.get("oncall.example") == 1)
         assert next(watch(target, as_(pki.oncall))).sequence == 1  # its place came free
@@ -225,7 +226,7 @@ def test_without_certificates_one_address_cannot_hold_every_stream():
             next(watch(target))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "from 127.0.0.1:" in err.value.details() and srv.streams == 2
-        assert srv.rejected == {"busy": 0, "peer_busy": 1}
+        assert srv.rejected == {"busy": 0, "peer_busy": 1, "no_request": 0, "invalid_request": 0}
     finally:
         srv.close(0)
 
@@ -292,6 +293,61 @@ def test_a_request_larger_than_the_bound_is_refused():
         assert pb.Snapshot.FromString(next(small)).sequence == 1
         small.cancel()
         assert srv.streams in (0, 1)
+    finally:
+        srv.close(0)
+
+
+def test_a_stream_that_never_sends_its_request_holds_a_place_only_until_its_deadline():
+    srv = SnapshotServer(
+        f"127.0.0.1:{free_port()}", max_streams=2, max_streams_per_peer=2, request_timeout_s=1
+    )
+    srv.publish(snapshot(1))
+    target = f"127.0.0.1:{srv.port}"
+    release = threading.Event()
+
+    def never() -> Iterator[bytes]:  # opens the stream, never sends the request
+        release.wait(60)
+        yield from ()
+
+    try:
+        raw = grpc.insecure_channel(target).stream_stream(f"/{METHOD}")
+        silent = [raw(never(), timeout=60) for _ in range(2)]
+        # Waiting for their requests, they hold their places: a third stream is refused.
+        assert wait_for(lambda: srv.streams == 2)
+        with pytest.raises(grpc.RpcError) as err:
+            next(watch(target))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # At the deadline each is cancelled and counted, and the places are free again.
+        for call in silent:
+            with pytest.raises(grpc.RpcError) as err:
+                next(call)
+            assert err.value.code() == grpc.StatusCode.CANCELLED
+        assert wait_for(lambda: srv.streams == 0)
+        assert srv.rejected == {"busy": 1, "peer_busy": 0, "no_request": 2, "invalid_request": 0}
+        assert next(watch(target)).sequence == 1
+    finally:
+        release.set()
+        srv.close(0)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"\xff\xff\xff", "not a WatchRequest"),  # field 31 with wire type 7: no protobuf
+        (pb.WatchRequest(filter="ns:").SerializeToString(), "filter:"),
+    ],
+)
+def test_a_request_that_does_not_parse_is_invalid_argument_and_counted(body, why):
+    srv = SnapshotServer(f"127.0.0.1:{free_port()}")
+    srv.publish(snapshot(1))
+    try:
+        raw = grpc.insecure_channel(f"127.0.0.1:{srv.port}").unary_stream(f"/{METHOD}")
+        with pytest.raises(grpc.RpcError) as err:
+            next(raw(body, timeout=30))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert why in err.value.details()
+        assert srv.rejected["invalid_request"] == 1
+        assert wait_for(lambda: srv.streams == 0)
     finally:
         srv.close(0)
 

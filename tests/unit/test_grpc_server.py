@@ -93,7 +93,7 @@ def test_streams_beyond_max_streams_are_refused_with_resource_exhausted(server):
         next(third)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "grpc.max_streams" in err.value.details()
-    assert server.rejected == {"busy": 1, "peer_busy": 0}
+    assert server.rejected == {"busy": 1, "peer_busy": 0, "no_request": 0, "invalid_request": 0}
     calls[0].cancel()
     assert wait_for(lambda: server.streams == 1)
     assert next(watch(target)).sequence == 1  # a place came free
