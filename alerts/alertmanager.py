@@ -5,9 +5,10 @@ Sending rules (Prometheus ``rules/alerting.go``: ``needsSending``, ``sendAlerts`
 ``notifier/notifier.go``), keyed by the alert's labels:
 
 * A firing alert is sent when first seen and then whenever more than ``resend_interval_s`` has
-  passed since it was last sent. Its ``endsAt`` is ``now + 4 * resend_interval_s``: Alertmanager
-  resolves an alert by itself once ``endsAt`` passes, so if wasmtop dies its alerts clear after
-  four missed resends instead of firing forever, while one or two lost POSTs change nothing.
+  passed since it was last sent (at an evaluation: with evaluations further apart, at each). Its
+  ``endsAt`` is now + 4 times the larger of the two intervals: Alertmanager resolves an alert by
+  itself once ``endsAt`` passes, so if wasmtop dies its alerts clear after four missed resends
+  instead of firing forever, while one or two lost POSTs change nothing.
 * A resolved alert is sent at once with ``endsAt`` = the resolution time, and sent again at every
   resend interval for ``resolved_resend_s`` (Prometheus: 15 min, here 5 min by default), so an
   Alertmanager that was down or restarted at the moment of resolution still hears of it. Then it
@@ -21,8 +22,12 @@ Sending rules (Prometheus ``rules/alerting.go``: ``needsSending``, ``sendAlerts`
 Delivery differs from Prometheus on one point: Prometheus drops a batch that failed and relies on
 the next resend, which for a resolution can mean a full resend interval of a stale page. Here each
 Alertmanager has its own sender thread holding the latest payload per alert until it is accepted,
-retrying with capped exponential backoff; a newer state of the same alert replaces the older one,
-so memory stays bounded by the number of distinct alerts however long an Alertmanager is down.
+retrying with capped exponential backoff; a newer state of the same alert replaces the older one.
+A resolution that waited so long that Alertmanager has resolved the alert by itself (its last
+``endsAt`` passed) is dropped, and at most ``MAX_PENDING`` alerts wait per Alertmanager (the
+oldest resolutions go first): memory stays bounded however long an Alertmanager is down, and
+every alert dropped is counted. A redirect is not followed (urllib would repeat the POST as a GET
+without its body, which Alertmanager answers 200): it is a failure, logged with its Location.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .. import logs  # noqa: F401 - the log's default format
+from ..safe import safe
 from .notice import Notice
 
 Fingerprint = tuple[tuple[str, str], ...]
@@ -48,11 +54,30 @@ Fingerprint = tuple[tuple[str, str], ...]
 MAX_BATCH = 256
 _FIRST_BACKOFF_S = 0.5
 _MAX_BACKOFF_S = 30.0
-_COUNTERS = ("posts_ok", "posts_failed", "alerts_sent", "rejected", "retries")
+MAX_PENDING = 10_000  # alerts waiting for one Alertmanager
+_ANSWER_BYTES = 64 * 1024  # of an answer, read at most
+_COUNTERS = (
+    "posts_ok",
+    "posts_failed",
+    "alerts_sent",
+    "rejected",
+    "retries",
+    "dropped_expired",
+    "dropped_overflow",
+)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx comes back as an HTTPError instead of being followed: a POST repeated as a GET
+    would be answered 200 with Alertmanager's alert list, every alert lost and counted sent."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
 
 # No proxy from the environment: Alertmanagers are normally on the local network, and an
 # http_proxy meant for the internet silently swallowing alerts is worse than no proxy support.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
 _LOG = logging.getLogger("wasmtop.alertmanager")  # formatted by wasmtop/logs.py (imported)
@@ -105,6 +130,7 @@ class _Sender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._deadline = 0.0  # monotonic; for the last flush in close()
+        self._told_redirect = False
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self._thread = threading.Thread(target=self._run, name=f"alertmanager {url}", daemon=True)
         self._thread.start()
@@ -112,7 +138,32 @@ class _Sender:
     def enqueue(self, items: dict[Fingerprint, _Item]) -> None:
         with self._lock:
             self._pending.update(items)
+            self._bound(self._clock())
         self._wake.set()
+
+    def _bound(self, now_s: float) -> None:
+        """Drop what no longer needs saying, then the oldest beyond MAX_PENDING. A resolution
+        whose alert's last firing ``endsAt`` has passed (it was sent at the latest at the
+        resolution, valid for ``valid_for_s``; twice that allows for a POST in flight then) is
+        known to Alertmanager already. Beyond the bound, resolutions go before firing alerts (a
+        firing alert left unsaid is a page missed, a resolution left unsaid ends at its
+        ``endsAt``), each oldest first. Called with the lock held."""
+        expired = [
+            fp
+            for fp, it in self._pending.items()
+            if it.ends_at_s is not None and now_s - it.ends_at_s > 2 * self._valid_for_s
+        ]
+        for fp in expired:
+            del self._pending[fp]
+        self.counts["dropped_expired"] += len(expired)
+        over = len(self._pending) - MAX_PENDING
+        if over <= 0:
+            return
+        resolved = [fp for fp, it in self._pending.items() if it.ends_at_s is not None]
+        firing = [fp for fp, it in self._pending.items() if it.ends_at_s is None]
+        for fp in (resolved + firing)[:over]:
+            del self._pending[fp]
+        self.counts["dropped_overflow"] += over
 
     def unsent(self) -> dict[Fingerprint, _Item]:
         with self._lock:
@@ -178,11 +229,18 @@ class _Sender:
             self.counts["alerts_sent"] += len(batch)
         elif status is not None and 400 <= status < 500 and status != 429:
             # The same payload would be refused again: retrying would only block newer states.
-            outcome = "rejected"
+            outcome = "more" if more else "rejected"
             self.counts["rejected"] += 1
             _log(f"{self._endpoint} rejected {len(batch)} alerts: HTTP {status}: {detail}")
         else:
             self.counts["posts_failed"] += 1
+            if status is not None and 300 <= status < 400 and not self._told_redirect:
+                self._told_redirect = True  # once: it fails the same way at every retry
+                _log(
+                    f"{self._endpoint} answered HTTP {status} to {detail or 'nowhere'}: not "
+                    "followed (alertmanager.urls must name the address Alertmanager answers at); "
+                    "retrying"
+                )
             return "failed"
         with self._lock:
             for fp, it in batch:
@@ -199,9 +257,11 @@ class _Sender:
         )
         try:
             with _OPENER.open(req, timeout=timeout_s) as resp:
-                resp.read()
+                resp.read(_ANSWER_BYTES)  # nothing in it is used: bounded
                 return resp.status, ""
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                return err.code, safe(err.headers.get("Location", ""))[:200]
             try:
                 detail = err.read(500).decode(errors="replace").strip()
             except (OSError, http.client.HTTPException):
@@ -223,6 +283,7 @@ class Notifier:
         resend_interval_s: float = 60.0,
         resolved_resend_s: float = 300.0,
         timeout_s: float = 5.0,
+        eval_interval_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # The same Alertmanager listed twice gets each alert once.
@@ -236,7 +297,8 @@ class Notifier:
         self._senders = [
             _Sender(
                 url,
-                valid_for_s=4 * resend_interval_s,
+                # Re-sent at evaluations only: valid for four of whichever comes later.
+                valid_for_s=4 * max(resend_interval_s, eval_interval_s),
                 max_backoff_s=min(resend_interval_s, _MAX_BACKOFF_S),
                 timeout_s=timeout_s,
                 clock=clock,
@@ -336,6 +398,19 @@ class Notifier:
                 "Posts to each Alertmanager made again after a failure, since start.",
                 ("url",),
                 [Sample((url,), float(by["retries"])) for url, by in stats],
+            ),
+            Family(
+                "wasmtop_alertmanager_alerts_dropped",
+                "counter",
+                "Alerts dropped unsent from an Alertmanager's queue, by reason: expired (a "
+                "resolution Alertmanager has applied by itself, its alert's endsAt passed), "
+                "overflow (more than 10,000 waiting).",
+                ("url", "reason"),
+                [
+                    Sample((url, why), float(by[f"dropped_{why}"]))
+                    for url, by in stats
+                    for why in ("expired", "overflow")
+                ],
             ),
             Family(
                 "wasmtop_alertmanager_alerts_sent",

@@ -269,6 +269,16 @@ def _rule(node: yaml.Node, path: str, name: str) -> Rule:
                 f"{line}: {path}.labels.{label}: expected a label name of letters, digits and _ "
                 f"other than {', '.join(RESERVED_LABELS)} (wasmtop sets those)"
             )
+    for note in out["annotations"]:
+        # Alertmanager validates annotations as a label set (and Prometheus its rule files so):
+        # a name such as runbook-url would have every alert of the rule refused.
+        if not _NAME.fullmatch(note):
+            key = next(k for k, _ in notes_node.value if k.value == note)
+            line = node_where(name, key)
+            raise ConfigError(
+                f"{line}: {path}.annotations.{note}: expected an annotation name of letters, "
+                "digits and _ (Alertmanager refuses others)"
+            )
     if "summary" not in out["annotations"]:
         line = node_where(name, notes_node if notes_node is not None else node)
         raise ConfigError(f"{line}: {path}.annotations.summary is missing: expected a summary")

@@ -363,7 +363,11 @@ class Daemon:
         if not am["urls"]:
             self.notifier = None
             return
-        self.notifier = Notifier(am["urls"], resend_interval_s=am["resend_interval_s"])
+        self.notifier = Notifier(
+            am["urls"],
+            resend_interval_s=am["resend_interval_s"],
+            eval_interval_s=self.config["collector"]["tick_s"],
+        )
         if old is not None:
             self.notifier.carry_over(old)
         log(f"posting alerts to {', '.join(am['urls'])}")
@@ -429,7 +433,8 @@ class Daemon:
         if rules != self.rules or new["alerts"] != old["alerts"]:
             self.rules = rules
             self.make_evaluator()
-        if new["alertmanager"] != old["alertmanager"]:
+        tick_s = new["collector"]["tick_s"]
+        if new["alertmanager"] != old["alertmanager"] or tick_s != old["collector"]["tick_s"]:
             if self.notifier is not None:
                 self.notifier.close()  # then the new one takes over what it had not sent
             self.start_notifier()

@@ -76,6 +76,8 @@ BAD = [
      "FILE:8: rules[0].annotations.summary: expected {{ $labels.NAME }}, {{ $value }}"),
     ("unpaired braces", GOOD.replace("summary: slow", "summary: '{{ $value'"),
      "FILE:8: rules[0].annotations.summary: expected {{ and }} in pairs"),
+    ("bad annotation name", GOOD + "      runbook-url: https://wiki/x\n",
+     "FILE:9: rules[0].annotations.runbook-url: expected an annotation name of letters, digits"),
     ("bad runbook", GOOD + "      runbook_url: see the wiki\n",
      "FILE:9: rules[0].annotations.runbook_url: expected an http(s):// URL or a docs/*.md path"),
     ("duplicate", GOOD + GOOD.replace("rules:\n", ""),

@@ -45,6 +45,7 @@ class Recorder:
 
     def __init__(self, port: int = 0, statuses: tuple[int, ...] = ()) -> None:
         self.posts: list[list[dict[str, Any]]] = []
+        self.gets = 0  # GET /api/v2/alerts: Alertmanager lists its alerts
         self.paths: list[str] = []
         self.content_types: list[str] = []
         self.statuses = list(statuses)
@@ -58,8 +59,18 @@ class Recorder:
                 rec.posts.append(json.loads(body))
                 status = rec.statuses.pop(0) if rec.statuses else 200
                 self.send_response(status)
+                if 300 <= status < 400:  # where a proxy in front would send it
+                    self.send_header("Location", rec.url + "/alertmanager/api/v2/alerts")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def do_GET(self) -> None:
+                rec.gets += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -133,7 +144,7 @@ def test_first_sight_is_sent_at_once_as_prometheus_would():
         ]
         assert n.stats() == {
             rec.url: {"posts_ok": 1, "posts_failed": 0, "alerts_sent": 1, "rejected": 0,
-                      "retries": 0}
+                      "retries": 0, "dropped_expired": 0, "dropped_overflow": 0}
         }  # fmt: skip
 
 
@@ -279,6 +290,55 @@ def test_a_400_is_counted_as_rejected_logged_and_not_retried(capfd: pytest.Captu
         assert (s["rejected"], s["posts_failed"], s["retries"], s["posts_ok"]) == (1, 0, 0, 1)
     err = capfd.readouterr().err
     assert err.count("rejected") == 1 and "HTTP 400" in err
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307])
+def test_a_redirect_is_a_failure_logged_with_its_location_and_the_alert_is_posted_again(
+    status: int, capfd: pytest.CaptureFixture
+):
+    # Followed, a 301-303 would repeat the POST as a GET without its body: answered 200 with
+    # the alert list, the alert lost and counted sent.
+    with recorder(statuses=(status, status)) as rec, notifier(rec.url) as n:
+        n.observe([alert()], [])
+        drain(n)
+        assert rec.gets == 0
+        assert [x["labels"]["alertname"] for x in rec.alerts()] == ["WasmLatencyHigh"] * 3
+        s = n.stats()[rec.url]
+        assert (s["posts_failed"], s["retries"], s["posts_ok"], s["alerts_sent"]) == (2, 2, 1, 1)
+    err = capfd.readouterr().err
+    assert err.count(f"HTTP {status}") == 1  # once, not at every retry
+    assert "/alertmanager/api/v2/alerts: not followed" in err
+
+
+def test_the_queue_of_an_alertmanager_that_is_down_is_bounded_and_drops_are_counted(monkeypatch):
+    from wasmtop.alerts import alertmanager
+
+    monkeypatch.setattr(alertmanager, "MAX_PENDING", 4)
+    clock = Clock()
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens
+    with notifier(url, clock=clock) as n:
+        n.observe([alert(f"A{i}") for i in range(3)], [])
+        clock.t = T0 + 1
+        n.observe([], [])  # the three vanish: resolved, and waiting
+        clock.t = T0 + 2
+        n.observe([alert(f"B{i}") for i in range(3)], [])
+        # Six waiting, four kept: the two oldest resolutions went first.
+        assert n.pending() == {url: 4}
+        assert n.stats()[url]["dropped_overflow"] == 2
+        # A resolution left waiting after its alert's last endsAt passed is known to
+        # Alertmanager already: dropped, counted as expired. The firing ones stay.
+        clock.t = T0 + 1 + 2 * 4 * RESEND + 1
+        n.observe([alert(f"B{i}") for i in range(3)], [])
+        assert n.pending() == {url: 3}
+        assert n.stats()[url]["dropped_expired"] == 1
+
+
+def test_ends_at_covers_four_evaluations_when_they_are_further_apart_than_the_resend():
+    a = alert()
+    with recorder() as rec, notifier(rec.url, eval_interval_s=2 * RESEND) as n:
+        n.observe([a], [])
+        drain(n)
+        assert [x["endsAt"] for x in rec.alerts()] == [rfc3339(T0 + 8 * RESEND)]
 
 
 def test_a_newer_state_replaces_the_waiting_one_while_an_alertmanager_is_down():
