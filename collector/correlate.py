@@ -18,7 +18,7 @@ from typing import NamedTuple, TypeVar, Union
 
 from ..probes.fastpath import tracefast
 from ..probes.records import RequestRecord, fields_in_order, new_record
-from .httpmsg import REASONS, Head, parse_head
+from .httpmsg import PATH_MAX_CHARS, REASONS, Head, parse_head
 from .model import (
     DURATION_BOUNDS_MS,
     Events,
@@ -41,6 +41,9 @@ OTHER_ROUTE = "other"
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
                      "PATCH"))  # fmt: skip
 ID_SEGMENT = ":id"
+# The last segment of a path that reached PATH_MAX_CHARS: it may have been cut inside, and what
+# is left of a token is no route (and what is left of a word would make one up).
+CUT_SEGMENT = ":cut"
 # A path segment that names one thing rather than a route: a number, a UUID, a long hex string,
 # or a long token of letters and digits (an id, a session, a reset-password secret). Folded to
 # ":id" so that neither it nor the count of distinct ones leaves the node. (A trace keeps the
@@ -52,8 +55,12 @@ _ID_LIKE = re.compile(
 
 
 def route_path(path: str) -> str:
-    """The route of a request path: id-like segments folded to ":id"."""
-    return "/".join(ID_SEGMENT if _ID_LIKE.fullmatch(seg) else seg for seg in path.split("/"))
+    """The route of a request path: id-like segments folded to ":id", and the last one to
+    ":cut" when the path is as long as the parser keeps (it may have been cut inside it)."""
+    segs = [ID_SEGMENT if _ID_LIKE.fullmatch(seg) else seg for seg in path.split("/")]
+    if len(path) >= PATH_MAX_CHARS and len(segs) > 1:
+        segs[-1] = CUT_SEGMENT
+    return "/".join(segs)
 
 
 # "METHOD route" by (method, path): the same few paths come again and again, and folding one
@@ -234,8 +241,9 @@ fields_in_order(Trace, (
 class _Window:
     """Completed requests of one workload whose end lies in the sliding window."""
 
-    entries: deque = field(default_factory=deque)  # (end_ns, duration_ns, route, status)
-    pids: set[int] = field(default_factory=set)  # processes that answered them
+    # (end_ns, duration_ns, route, status, pid)
+    entries: deque = field(default_factory=deque)
+    pids: Counter = field(default_factory=Counter)  # processes that answered them: entries each
     routes: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
     # Named routes holding a place under the cap: taken by a route's first request, given back
@@ -256,8 +264,8 @@ class _Window:
 
     def _pop(self) -> tuple:
         entry = self.entries.popleft()
-        _, _, route, status = entry
-        for counter, key in ((self.routes, route), (self.statuses, status)):
+        _, _, route, status, pid = entry
+        for counter, key in ((self.routes, route), (self.statuses, status), (self.pids, pid)):
             counter[key] -= 1
             if not counter[key]:
                 del counter[key]
@@ -463,9 +471,10 @@ class RequestTracker:
             migrations = m1 - (m0 or 0)  # type: ignore[operator]
         trace_id, source, span_id = head.trace_id, head.trace_source, None
         if ctx_trace is not None:
-            span_id = ctx_span
             if trace_id is None:
                 trace_id, source = ctx_trace, "trace_ctx"
+            if ctx_trace == trace_id:  # the runtime's span is of another trace's otherwise
+                span_id = ctx_span
         endpoints, bypassed = connection_of(tgid, fd, start)
         # Fields in Request's order, built without NamedTuple.__new__'s Python call: pid, tid,
         # fd, workload, start_ns, end_ns, method, route, status, trace_id, parent_id, span_id,
@@ -509,8 +518,8 @@ class RequestTracker:
          wake, _queued, _seq) = rec  # fmt: skip
         if wake and wake <= start:
             start = wake
-        win.pids.add(tgid)
-        win.entries.append((end, end - start, route, status))
+        win.pids[tgid] += 1
+        win.entries.append((end, end - start, route, status, tgid))
         win.ended.append(end - start)
         win.routes[route] += 1
         win.statuses[status] += 1
@@ -539,7 +548,7 @@ class RequestTracker:
 def window_figures(win: _Window, window_s: float, *, complete: bool) -> RequestFigures:
     """The window's quantiles, and the requests that ended since the previous call (bucketed
     for cumulative histograms: exporters add these up, Snapshot after Snapshot)."""
-    durations = sorted(d for _, d, _, _ in win.entries)
+    durations = sorted(d for _, d, *_ in win.entries)
     ended, win.ended = win.ended, []
 
     def q(p: float) -> float:

@@ -40,6 +40,8 @@ REASONS = (
     "traceid_bytes_bad_base64",
     # decodes to other than exactly 16 bytes
     "traceid_bytes_wrong_length",
+    # 16 zero bytes: no trace (W3C: an all-zero trace id is invalid)
+    "traceid_bytes_zero_trace_id",
     # a tracestate value with a byte outside printable ASCII (W3C allows 0x20-0x7e and tab):
     # dropped, so no control byte reaches a span or a terminal
     "tracestate_bad_chars",
@@ -49,6 +51,7 @@ TRACE_SOURCE_TRACEPARENT = "traceparent"
 TRACE_SOURCE_TRACEID_BYTES = "x-traceid-bytes"
 
 _OWS = " \t"
+_ZERO_ID = bytes(16)
 # Explicit character classes, not int(x, 16) or str.isdigit: those accept "_", surrounding
 # whitespace, uppercase and non-ASCII digits such as latin-1's superscripts. Regular expressions
 # rather than per-character Python loops: this runs once per captured request.
@@ -163,6 +166,8 @@ def parse_traceid_bytes(value: str) -> bytes | str:
         return "traceid_bytes_bad_base64"
     if len(raw) != 16:
         return "traceid_bytes_wrong_length"
+    if raw == _ZERO_ID:
+        return "traceid_bytes_zero_trace_id"
     return raw
 
 

@@ -612,8 +612,8 @@ static int window_of(struct window *w, PyObject *windows, PyObject *workload) {
         return -1;
     /* A Counter overrides neither __getitem__ nor __setitem__: the dict's own are its. */
     if (!PyList_Check(w->ended) || !is_counter(w->routes) || !is_counter(w->statuses) ||
-        !PySet_Check(w->pids) || !PySet_Check(w->named)) {
-        PyErr_SetString(PyExc_TypeError, "a window's parts are not a list, Counters and sets");
+        !is_counter(w->pids) || !PySet_Check(w->named)) {
+        PyErr_SetString(PyExc_TypeError, "a window's parts are not a list, Counters and a set");
         return -1;
     }
     w->workload = Py_NewRef(workload);
@@ -705,9 +705,7 @@ static int feed_one(PyObject *rec, PyTypeObject *head_type, PyObject *workloads,
     got = PyTuple_Pack(5, rec, head, workload, route, conn);
     if (!got || PyList_Append(done, got) < 0)
         goto out;
-    if (PySet_Add(w->pids, tgid) < 0)
-        goto out;
-    entry = PyTuple_Pack(4, end, dur, route, status);
+    entry = PyTuple_Pack(5, end, dur, route, status, tgid);
     if (!entry)
         goto out;
     PyObject *r = PyObject_CallOneArg(w->append, entry);
@@ -715,7 +713,7 @@ static int feed_one(PyObject *rec, PyTypeObject *head_type, PyObject *workloads,
         goto out;
     Py_DECREF(r);
     if (PyList_Append(w->ended, dur) < 0 || count_one(w->routes, route) < 0 ||
-        count_one(w->statuses, status) < 0)
+        count_one(w->statuses, status) < 0 || count_one(w->pids, tgid) < 0)
         goto out;
     Py_ssize_t len = PyObject_Length(w->entries);
     if (len < 0)

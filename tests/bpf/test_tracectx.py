@@ -301,6 +301,7 @@ MALFORMED = {
     ],
     "traceid_bytes_bad_base64": ["X-TraceID-Bytes: !!not*base64!!"],
     "traceid_bytes_wrong_length": ["x-traceid-bytes: " + base64.b64encode(b"x" * 15).decode()],
+    "traceid_bytes_zero_trace_id": ["X-TraceID-Bytes: " + base64.b64encode(bytes(16)).decode()],
     "head_truncated": ["X-Padding: " + "p" * 10240],  # a 10 KiB line: past the captured bytes
 }
 

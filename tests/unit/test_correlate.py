@@ -67,11 +67,32 @@ def test_trace_context_map_gives_the_span_and_a_trace_id_when_headers_have_none(
     tracker = RequestTracker()
     (a,) = run(tracker, [pair(1, 2, ctx=True)])
     assert a.trace_id == CTX_TRACE and a.trace_source == "trace_ctx" and a.span_id == CTX_SPAN
-    (b,) = run(tracker, [pair(3, 4, headers=[f"traceparent: {TP}"], ctx=True)])
+    # The runtime's span is this request's when it names the header's trace too.
+    same = pair(3, 4, headers=[f"traceparent: {TP}"], ctx=True)._replace(
+        ctx_trace_id=bytes.fromhex(TP[3:35])
+    )
+    (b,) = run(tracker, [same])
     assert b.trace_source == "traceparent" and b.span_id == CTX_SPAN
     assert trace_of(b).span_id == CTX_SPAN.hex()
+    # Of another trace (a stale entry, or a runtime that began its own): not paired with this one.
+    (d,) = run(tracker, [pair(3, 4, headers=[f"traceparent: {TP}"], ctx=True)])
+    assert d.trace_id == bytes.fromhex(TP[3:35]) and d.span_id is None
+    assert trace_of(d).span_id != CTX_SPAN.hex() and len(trace_of(d).span_id) == 16
     (c,) = run(tracker, [pair(5, 6)])
     assert c.trace_id is None  # timed, not traced
+
+
+def test_a_window_names_only_the_processes_whose_requests_it_still_holds():
+    tracker = RequestTracker(window_s=10, max_window_requests=5)
+    s = 1_000_000_000
+    records = [pair(i * s - 1_000, i * s)._replace(tgid=100 + i) for i in range(1, 9)]
+    tracker.feed(records, lambda pid: "svc")
+    tracker.take()
+    assert tracker.pids_of("svc") == set(range(104, 109))  # 101-103 left with the cap's eviction
+    tracker.figures(15 * s)  # the window is [5 s, 15 s]: the request that ended at 4 s leaves
+    assert tracker.pids_of("svc") == set(range(105, 109))
+    tracker.figures(30 * s)
+    assert tracker.pids_of("svc") == set()
 
 
 def test_header_problems_are_counted_and_a_bad_start_line_makes_no_request():
@@ -143,6 +164,15 @@ def test_a_method_outside_the_known_set_is_one_route_whatever_it_is():
         ("/o/123e4567-e89b-12d3-a456-426614174000/x", "GET /o/:id/x"),
         ("/api/v2/health", "GET /api/v2/health"),  # short words with a digit stay
         ("/static/application-bundle.js", "GET /static/application-bundle.js"),  # no digit
+        # Cut at 64 characters inside a token: none of it leaves, nor a made-up word.
+        (
+            "/api/v2/users/password-reset/confirm/tokens/xx/Zk3q9XvT2mLp8RwQa7Yc4NbE1uHs6JdG0oK",
+            "GET /api/v2/users/password-reset/confirm/tokens/xx/:cut",
+        ),
+        (
+            "/api/v1/customers/4711/orders/and/more/words/than/fit/in/the/path/history",
+            "GET /api/v1/customers/:id/orders/and/more/words/than/fit/in/the/:cut",
+        ),
     ],
 )
 def test_id_like_path_segments_never_leave_the_node(path, route):

@@ -114,6 +114,7 @@ def test_invalid_traceparent(value, reason):
         (base64.b64encode(TID_RAW[:12]).decode(), "traceid_bytes_wrong_length"),
         (base64.b64encode(TID_RAW + b"\x00").decode(), "traceid_bytes_wrong_length"),
         (TID, "traceid_bytes_wrong_length"),  # 32 hex digits are base64 of 24 bytes, not an id
+        ("AAAAAAAAAAAAAAAAAAAAAA==", "traceid_bytes_zero_trace_id"),
     ],
 )
 def test_traceid_bytes(value, expected):
@@ -448,7 +449,7 @@ def test_request_path(target, path):
 def test_constants():
     assert CAPTURE_BYTES == 512
     assert PATH_MAX_CHARS == 64
-    assert len(set(REASONS)) == len(REASONS) == 12
+    assert len(set(REASONS)) == len(REASONS) == 13
 
 
 def test_a_tracestate_with_control_bytes_is_dropped_and_counted_the_trace_kept():

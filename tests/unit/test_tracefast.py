@@ -401,7 +401,7 @@ def test_feed_names_routes_as_one_request_at_a_time_would(seed):
 
 def windows_of(tracker: RequestTracker) -> dict:
     return {
-        key: (list(w.entries), sorted(w.pids), dict(w.routes), dict(w.statuses), sorted(w.named),
+        key: (list(w.entries), dict(w.pids), dict(w.routes), dict(w.statuses), sorted(w.named),
               w.evicted, w.evicted_until_ns, list(w.ended))
         for key, w in tracker._windows.items()
     }  # fmt: skip
@@ -514,10 +514,10 @@ def test_the_compiled_feed_takes_the_common_case_and_stops_at_the_rest():
                         (batch[1], head, "pid:7", "GET /a", conn)]  # fmt: skip
     win = tracker._windows["pid:7"]
     # the first feed's request, then two per stop; the woken one from its wake-up
-    assert list(win.entries)[:3] == [(300, 200, "GET /a", 200), (300, 200, "GET /a", 200),
-                                     (300, 150, "GET /a", 200)]  # fmt: skip
+    assert list(win.entries)[:3] == [(300, 200, "GET /a", 200, 7), (300, 200, "GET /a", 200, 7),
+                                     (300, 150, "GET /a", 200, 7)]  # fmt: skip
     assert win.routes["GET /a"] == win.statuses[200] == 1 + 2 * len(stops)
-    assert win.pids == {7}
+    assert win.pids == {7: 1 + 2 * len(stops)}
     # a wake-up of 0 is none, and one after the start does not move it
     before = len(win.entries)
     late = [plain._replace(wake_ns=0), plain._replace(wake_ns=150, start_ns=120)]
