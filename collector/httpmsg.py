@@ -60,6 +60,8 @@ _STATUS = re.compile(r"[0-9]{3}\Z")
 _REASON = re.compile(r"(?: [\t -~]*)?\Z")
 # method SP target SP version: visible ASCII only, single spaces, nothing else.
 _REQUEST_LINE = re.compile(r"([A-Z]{3,16}) ([!-~]+) HTTP/1\.[01]\Z")
+# The same line cut inside its target (no version, no line end).
+_CUT_REQUEST_LINE = re.compile(r"([A-Z]{3,16}) ([!-~]+)\Z")
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _RESPONSE_PREFIXES = ("HTTP/1.0 ", "HTTP/1.1 ")
 
@@ -276,6 +278,22 @@ def parse_head(data: bytes) -> Head | str:
     return parse_head_general(data)
 
 
+def _cut_request_line(text: str) -> Head | str:
+    """A request line that the capture cut (a long query string: no line end in the captured
+    bytes) still names its method and, once its target reached ``?``, ``#`` or PATH_MAX_CHARS,
+    all of the path that is kept: the request is timed, its head incomplete (``head_truncated``:
+    any trace header was in the part cut off). Anything else without a line end is no head."""
+    match = _CUT_REQUEST_LINE.match(text)
+    if match is None:
+        return "bad_start_line"
+    target = match.group(2)
+    path = _request_path(target)
+    if not ("?" in target or "#" in target or len(path) >= PATH_MAX_CHARS):
+        return "bad_start_line"  # where the path ends is not known
+    return Head("request", match.group(1), path, None, False, None, None, None, None, None,
+                ("head_truncated",))  # fmt: skip
+
+
 def parse_head_general(data: bytes) -> Head | str:
     """parse_head for every input: the reference the fast path is held to."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -283,7 +301,9 @@ def parse_head_general(data: bytes) -> Head | str:
     # latin-1 maps every byte to one character, so decoding cannot fail and offsets stay bytes
     text = bytes(data).decode("latin-1")
     first_end = text.find("\n")
-    if first_end <= 0:  # no terminated start line, or an empty one
+    if first_end < 0:
+        return _cut_request_line(text)
+    if first_end == 0:  # an empty start line
         return "bad_start_line"
     start = _parse_start_line(text[: first_end - (text[first_end - 1] == "\r")])
     if start is None:

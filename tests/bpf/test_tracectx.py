@@ -344,6 +344,26 @@ def test_malformed_headers_are_counted_by_reason_and_never_make_a_trace():
     assert snap.probes["tracectx"]["malformed"] == 0
 
 
+def test_a_request_line_longer_than_the_capture_is_still_timed_by_its_path():
+    n = 5
+    with http_server() as (server, port), tracing(pids=(server.pid,)) as (probes, collector):
+
+        def send_all() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for i in range(n):  # a query string of 2 KiB: the capture ends inside it
+                conn.request("GET", f"/search?q={i}" + "x" * 2048)
+                assert conn.getresponse().read() == b"ok"
+            conn.close()
+
+        while_draining(probes, collector, send_all)
+        snap = finish(probes, collector)
+
+    req = snap.workload(f"pid:{server.pid}").requests
+    assert req.count == n and req.by_route == {"GET /search": n}
+    c = snap.counters
+    assert c["trace_header_head_truncated"] == n and c["trace_header_bad_start_line"] == 0
+
+
 def test_the_pinned_trace_context_map_stamps_preemptions_of_the_thread_that_set_it():
     trace_id, span_id = RNG.randbytes(16), RNG.randbytes(8)
     with workloads(("hog", {"CPU": {1}})) as (hog,):

@@ -395,6 +395,35 @@ def test_bad_start_line(data):
 
 
 @pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (b"GET /search?q=" + b"x" * 600, "/search"),  # a long query string: the capture cut it
+        (b"POST /a/b#frag" + b"y" * 600, "/a/b"),
+        (b"GET /" + b"a" * 600, "/" + "a" * (PATH_MAX_CHARS - 1)),  # the kept path is all there
+        (b"GET http://host/p?" + b"z" * 600, "/p"),
+    ],
+)
+def test_a_request_line_cut_by_the_capture_is_timed_with_its_head_incomplete(data, path):
+    head = parse_head(data)
+    assert head == Head("request", data.split()[0].decode(), path, None, False, None, None, None,
+                        None, None, ("head_truncated",))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /short",  # where its path ends is not known
+        b"GET http://host/" + b"a" * 40,  # nor here: the authority does not count
+        b"GET /a?b c",  # a space, and no version after it
+        b"get /x?y",
+        b"GET /\xe9?x",
+    ],
+)
+def test_a_cut_line_whose_path_is_not_known_to_end_is_no_head(data):
+    assert parse_head(data) == "bad_start_line"
+
+
+@pytest.mark.parametrize(
     "line, kind, method, status",
     [
         ("PUT / HTTP/1.1", "request", "PUT", None),
