@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,20 +91,27 @@ def kubernetes_settings(
     return api_settings(config["kubernetes"], config_path, env)
 
 
+def _file_stamp(paths: Iterable[str | None]) -> tuple:
+    """Files and their modification times (None: unreadable): a certificate rotated in place
+    (cert-manager) changes it, and a reload then rebuilds what reads it."""
+    out = []
+    for path in paths:
+        if path is not None:
+            try:
+                out.append((path, os.stat(path).st_mtime_ns))
+            except OSError:
+                out.append((path, None))
+    return tuple(out)
+
+
 def _tls_stamp(targets: Any) -> tuple:
-    """The TLS files of OTLP targets and their modification times: a certificate rotated in
-    place (cert-manager) changes it, and a reload then rebuilds the exporter."""
+    """The TLS files of OTLP targets (_file_stamp)."""
     if targets is None:
         return ()
-    out = []
-    for t in (targets.traces, targets.metrics):
-        for path in (t.ca_file, t.client_cert, t.client_key):
-            if path is not None:
-                try:
-                    out.append((path, os.stat(path).st_mtime_ns))
-                except OSError:
-                    out.append((path, None))
-    return tuple(out)
+    return _file_stamp(
+        path for t in (targets.traces, targets.metrics)
+        for path in (t.ca_file, t.client_cert, t.client_key)
+    )  # fmt: skip
 
 
 def node_resource() -> dict[str, str]:
@@ -144,6 +151,7 @@ class Daemon:
         self.otlp: Any = None
         self.otlp_counts: dict[str, int] = {}  # what the exporters before this one counted
         self.otlp_stamp: tuple = ()  # its TLS files' modification times (_tls_stamp)
+        self.grpc_stamp: tuple = ()  # the gRPC API's (_file_stamp)
         self.pods = PodCache()  # what the pod watcher learnt; read by every collector
         self.kube: Any = None  # collector.kubernetes.PodWatcher, while the API is watched
         # Rendered again for each Snapshot, and after each reload (its counters, the new
@@ -235,6 +243,7 @@ class Daemon:
         from .grpcapi import METHOD, SnapshotServer, unix_path
 
         cert, key, client_ca = grpc_tls_files(self.config, self.config_path)
+        self.grpc_stamp = _file_stamp((cert, key, client_ca))
         group = None if g["socket_group"] is None else group_id(g["socket_group"])
         if g["socket_group"] is not None and group is None:  # removed since the config check
             raise OSError(
@@ -419,7 +428,9 @@ class Daemon:
                 warn(f"cannot listen on {m['listen']}: {exc.strerror}; keeping {kept}")
                 self.config["metrics"] = old["metrics"]
                 self.start_http()
-        if new["grpc"] != old["grpc"]:
+        # The section, or a TLS file rotated (or a client CA edited to revoke one).
+        grpc_stamp = _file_stamp(grpc_tls_files(new, self.config_path))
+        if new["grpc"] != old["grpc"] or (self.grpc is not None and grpc_stamp != self.grpc_stamp):
             self.reload_grpc(old)
         # The section, or what it resolves to with the environment, or a TLS file rotated.
         targets = self.otlp_targets(new)[0]

@@ -421,3 +421,39 @@ def test_the_ways_a_grpc_section_may_open_the_stream(tmp_path, pki):
     assert grpc_tls_files(config, path) == tuple(
         str(tmp_path / n) for n in ("s.crt", "s.key", "ca.crt")
     )
+
+
+def test_a_reload_after_the_client_ca_was_edited_in_place_applies_it(tmp_path, pki):
+    """The daemon's reload path (the gRPC API alone): the section is unchanged, but its client
+    CA file was rewritten to revoke the CA that signed the on-call certificate."""
+    from wasmtop import daemon as daemon_module
+
+    cert, key = pki.server
+    for name, source in (("s.crt", cert), ("s.key", key), ("ca.crt", pki.ca)):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    port = free_port()
+    path = tmp_path / "wasmtop.yaml"
+    path.write_text(
+        f"metrics:\n  listen: 127.0.0.1:0\ngrpc:\n  listen: 127.0.0.1:{port}\n"
+        "  tls_cert_file: s.crt\n  tls_key_file: s.key\n  client_ca_file: ca.crt\n"
+    )
+    d = daemon_module.Daemon(path, *daemon_module.load_all(path))
+    target, ca = f"127.0.0.1:{port}", str(pki.ca)
+    oncall = {"ca_file": ca, "cert_file": str(pki.oncall[0]), "key_file": str(pki.oncall[1])}
+    try:
+        d.start_grpc()
+        d.grpc.publish(snapshot(1))
+        assert first_snapshot(target, **oncall) == "snapshot"
+        served = d.grpc
+        d.reload()  # nothing changed: the same server, its streams untouched
+        assert d.grpc is served
+        # Another CA in its place (the stranger's certificate stands for it): on-call is out.
+        (tmp_path / "ca.crt").write_bytes(pki.stranger[0].read_bytes())
+        d.reload()
+        assert d.grpc is not served and d.grpc.port == port
+        d.grpc.publish(snapshot(2))
+        said = first_snapshot(target, **oncall)
+        assert said == "TLS handshake refused: the daemon does not accept this certificate"
+    finally:
+        if d.grpc is not None:
+            d.grpc.close(0)
