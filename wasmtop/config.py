@@ -147,6 +147,11 @@ def _url(v: Any) -> str:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http:// or https:// URL, got {shown(v)}")
+    if "@" in parts.netloc:  # not shown: it holds a password
+        raise ValueError(
+            "expected a URL without user:password@ (not sent as credentials; the URL is shown in "
+            "logs and /metrics)"
+        )
     return v.rstrip("/")
 
 

@@ -44,6 +44,7 @@ def test_a_config_naming_only_metrics_listen_is_complete():
         ("probes:\n  trace:\n    cgroups: [/no/such/cgroup]\n", "w.yaml:3: probes.trace.cgroups: item 0: cgroup /no/such/cgroup not found"),
         ("probes:\n  bypass:\n    interfaces: [lo]\n", "w.yaml:3: probes.bypass.interfaces: no longer used (stack bytes now come from each connection's TCP counters, on every interface): remove the key"),
         ("alertmanager:\n  urls: [localhost:9093]\n", "w.yaml:2: alertmanager.urls: item 0: expected an http:// or https:// URL"),
+        ("alertmanager:\n  urls: [http://am:s3cret@am:9093]\n", "w.yaml:2: alertmanager.urls: item 0: expected a URL without user:password@"),
         ("otlp:\n  headers: [a, b]\n", "w.yaml:2: otlp.headers: expected a map of names to strings"),
         ("metrics: [1, 2]\n", "w.yaml:1: metrics: expected a map of keys"),
         ("metrics:\n  listen: a:1\n  listen: b:2\n", "w.yaml:3: metrics.listen: given twice"),
@@ -66,6 +67,7 @@ def test_each_mistake_names_file_line_key_and_expectation(text, message):
     with pytest.raises(ConfigError) as err:
         parse(text, "w.yaml")
     assert str(err.value).startswith(message), str(err.value)
+    assert "s3cret" not in str(err.value)  # a password in a URL is never repeated
 
 
 def test_kubernetes_enabled_is_auto_true_or_false():
