@@ -42,6 +42,8 @@ REASONS = (
     "traceid_bytes_wrong_length",
     # 16 zero bytes: no trace (W3C: an all-zero trace id is invalid)
     "traceid_bytes_zero_trace_id",
+    # two X-TraceID-Bytes headers with different values
+    "traceid_bytes_conflict",
     # a tracestate value with a byte outside printable ASCII (W3C allows 0x20-0x7e and tab):
     # dropped, so no control byte reaches a span or a terminal
     "tracestate_bad_chars",
@@ -325,7 +327,7 @@ def parse_head_general(data: bytes) -> Head | str:
     traceparent: TraceParent | None = None
     conflict = False
     traceid_bytes: bytes | None = None
-    seen_traceid_bytes = False
+    first_traceid_bytes: str | None = None
     tracestates: list[str] = []
 
     # One scan in C for the three headers of interest, instead of a Python loop over every
@@ -350,14 +352,17 @@ def parse_head_general(data: bytes) -> Head | str:
                 conflict = True
                 problem("traceparent_conflict")
         elif name == "x-traceid-bytes":
-            # the first occurrence is the one used; later copies are ignored
-            if not seen_traceid_bytes:
-                seen_traceid_bytes = True
+            # as traceparent: copies of one value are one; two values, and either is stale
+            if first_traceid_bytes is None:
+                first_traceid_bytes = value
                 parsed_bytes = parse_traceid_bytes(value)
                 if isinstance(parsed_bytes, bytes):
                     traceid_bytes = parsed_bytes
                 else:
                     problem(parsed_bytes)
+            elif value != first_traceid_bytes:
+                traceid_bytes = None
+                problem("traceid_bytes_conflict")
         elif value:  # tracestate
             tracestates.append(value)
 

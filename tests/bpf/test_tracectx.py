@@ -302,6 +302,10 @@ MALFORMED = {
     "traceid_bytes_bad_base64": ["X-TraceID-Bytes: !!not*base64!!"],
     "traceid_bytes_wrong_length": ["x-traceid-bytes: " + base64.b64encode(b"x" * 15).decode()],
     "traceid_bytes_zero_trace_id": ["X-TraceID-Bytes: " + base64.b64encode(bytes(16)).decode()],
+    "traceid_bytes_conflict": [
+        "X-TraceID-Bytes: " + base64.b64encode(b"a" * 16).decode(),
+        "X-TraceID-Bytes: " + base64.b64encode(b"b" * 16).decode(),
+    ],
     "head_truncated": ["X-Padding: " + "p" * 10240],  # a 10 KiB line: past the captured bytes
 }
 

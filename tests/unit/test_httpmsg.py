@@ -298,8 +298,13 @@ BIG_LINE = "X-Big: " + "a" * 10240
                 f"x-traceid-bytes: {XTB2}",
                 "x-traceid-bytes: S/kvNXezTaajzpKdDg5HNg==",
             ),
+            REQ._replace(problems=("traceid_bytes_conflict",)),
+            id="two-traceid-bytes-trust-neither",
+        ),
+        pytest.param(
+            http("GET / HTTP/1.1", f"x-traceid-bytes: {XTB2}", f"X-TraceID-Bytes:  {XTB2}"),
             REQ._replace(**WITH_XTB2),
-            id="first-traceid-bytes-used",
+            id="a-copy-of-the-same-traceid-bytes-is-one",
         ),
         pytest.param(
             http(
@@ -478,7 +483,7 @@ def test_request_path(target, path):
 def test_constants():
     assert CAPTURE_BYTES == 512
     assert PATH_MAX_CHARS == 64
-    assert len(set(REASONS)) == len(REASONS) == 13
+    assert len(set(REASONS)) == len(REASONS) == 14
 
 
 def test_a_tracestate_with_control_bytes_is_dropped_and_counted_the_trace_kept():
