@@ -91,4 +91,6 @@ def parse(text: str) -> WorkloadFilter:
             found[kind].append(value)
         else:
             found[""].append(word.lower())
-    return WorkloadFilter(tuple(found["ns"]), tuple(found["pod"]), tuple(found[""]))
+    # Each kind is a set (any of, or all of): one order and no repeats, so that filters that
+    # mean the same are one (the gRPC API encodes a Snapshot once per distinct filter).
+    return WorkloadFilter(*(tuple(sorted(set(found[k]))) for k in ("ns", "pod", "")))

@@ -705,6 +705,14 @@ def test_ns_and_pod_words_narrow_the_table(text, shown):
     assert sorted(w.key for w in parse_filter(text).apply(snap).workloads) == sorted(shown)
 
 
+def test_filters_that_mean_the_same_are_one_filter():
+    # One key for the gRPC API's encodings: order and repeats within a kind change nothing.
+    assert parse_filter("app ns:shop pod:web ns:edge") == parse_filter(
+        "ns:edge  pod:web APP ns:shop app pod:web"
+    )
+    assert parse_filter("a b") != parse_filter("a")
+
+
 def test_a_filter_still_being_typed_shows_everything_and_says_why():
     snap = with_pods(with_p99(snapshot(3), [5.0, 80.0, 20.0]))
     state = ViewState(width=140, height=30)
