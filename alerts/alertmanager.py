@@ -23,11 +23,10 @@ Delivery differs from Prometheus on one point: Prometheus drops a batch that fai
 the next resend, which for a resolution can mean a full resend interval of a stale page. Here each
 Alertmanager has its own sender thread holding the latest payload per alert until it is accepted,
 retrying with capped exponential backoff; a newer state of the same alert replaces the older one.
-A resolution that waited so long that Alertmanager has resolved the alert by itself (its last
-``endsAt`` passed) is dropped, and at most ``MAX_PENDING`` alerts wait per Alertmanager (the
-oldest resolutions go first): memory stays bounded however long an Alertmanager is down, and
-every alert dropped is counted. A redirect is not followed (urllib would repeat the POST as a GET
-without its body, which Alertmanager answers 200): it is a failure, logged with its Location.
+At most ``MAX_PENDING`` alerts wait per Alertmanager (beyond, the oldest resolutions go first,
+counted): memory stays bounded however long an Alertmanager is down. A redirect is not followed
+(urllib would repeat the POST as a GET without its body, which Alertmanager answers 200): it is
+a failure, logged with its Location.
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ _COUNTERS = (
     "alerts_sent",
     "rejected",
     "retries",
-    "dropped_expired",
     "dropped_overflow",
 )
 
@@ -138,24 +136,13 @@ class _Sender:
     def enqueue(self, items: dict[Fingerprint, _Item]) -> None:
         with self._lock:
             self._pending.update(items)
-            self._bound(self._clock())
+            self._bound()
         self._wake.set()
 
-    def _bound(self, now_s: float) -> None:
-        """Drop what no longer needs saying, then the oldest beyond MAX_PENDING. A resolution
-        whose alert's last firing ``endsAt`` has passed (it was sent at the latest at the
-        resolution, valid for ``valid_for_s``; twice that allows for a POST in flight then) is
-        known to Alertmanager already. Beyond the bound, resolutions go before firing alerts (a
-        firing alert left unsaid is a page missed, a resolution left unsaid ends at its
+    def _bound(self) -> None:
+        """The oldest beyond MAX_PENDING dropped, counted: resolutions before firing alerts (a
+        firing alert left unsaid is a page missed, a resolution left unsaid ends at its alert's
         ``endsAt``), each oldest first. Called with the lock held."""
-        expired = [
-            fp
-            for fp, it in self._pending.items()
-            if it.ends_at_s is not None and now_s - it.ends_at_s > 2 * self._valid_for_s
-        ]
-        for fp in expired:
-            del self._pending[fp]
-        self.counts["dropped_expired"] += len(expired)
         over = len(self._pending) - MAX_PENDING
         if over <= 0:
             return
@@ -402,15 +389,10 @@ class Notifier:
             Family(
                 "wasmtop_alertmanager_alerts_dropped",
                 "counter",
-                "Alerts dropped unsent from an Alertmanager's queue, by reason: expired (a "
-                "resolution Alertmanager has applied by itself, its alert's endsAt passed), "
-                "overflow (more than 10,000 waiting).",
+                "Alerts dropped unsent from an Alertmanager's queue while it could not be "
+                "reached, by reason: overflow (more than 10,000 waiting; resolutions go first).",
                 ("url", "reason"),
-                [
-                    Sample((url, why), float(by[f"dropped_{why}"]))
-                    for url, by in stats
-                    for why in ("expired", "overflow")
-                ],
+                [Sample((url, "overflow"), float(by["dropped_overflow"])) for url, by in stats],
             ),
             Family(
                 "wasmtop_alertmanager_alerts_sent",

@@ -277,7 +277,7 @@ def _rule(node: yaml.Node, path: str, name: str) -> Rule:
             line = node_where(name, key)
             raise ConfigError(
                 f"{line}: {path}.annotations.{note}: expected an annotation name of letters, "
-                "digits and _ (Alertmanager refuses others)"
+                "digits and _ (Alertmanager before 0.27, and in classic mode, refuses others)"
             )
     if "summary" not in out["annotations"]:
         line = node_where(name, notes_node if notes_node is not None else node)

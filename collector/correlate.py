@@ -417,7 +417,9 @@ class RequestTracker:
 
     def _method_route(self, tset: int, method: str, path: str) -> str:
         templates = self._sets[tset]
-        if not templates:
+        if not templates or len(path) >= PATH_MAX_CHARS:
+            # A path the parser may have cut matches no template: its last segment, or the
+            # segments after it, are not known (route_path makes that segment :cut).
             return method_route(method, path)
         key = (tset, method, path)
         route = self._templated.get(key)

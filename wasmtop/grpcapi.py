@@ -80,6 +80,8 @@ _SERVER_OPTIONS = [
     # peer pinging faster than every 5 s is sent away (GOAWAY) at its third such ping.
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 2),
+    # ... also on a connection with no stream open (else gRPC wants 2 h between those pings).
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -306,7 +308,9 @@ class SnapshotServer:
                 "wasmtop_grpc_streams_rejected",
                 "counter",
                 "Watch streams refused, by reason: busy (grpc.max_streams were open), "
-                "peer_busy (grpc.max_streams_per_peer of that client were open).",
+                "peer_busy (grpc.max_streams_per_peer of that client were open), no_request "
+                "(none within 5 s: cancelled), invalid_request (no WatchRequest, or a filter "
+                "that does not parse).",
                 ("reason",),
                 [Sample((why,), float(n)) for why, n in sorted(g.rejected.items())],
             ),
@@ -368,11 +372,11 @@ class SnapshotServer:
     def _request(self, requests: Any, context: grpc.ServicerContext) -> pb.WatchRequest | None:
         """The stream's request, read within request_timeout_s; None when it did not come in
         time (the stream is cancelled, counted "no_request") or the client left."""
-        expired = threading.Event()
+        decided = threading.Lock()  # the timer and the read: whichever takes it decides
 
         def expire() -> None:
-            expired.set()
-            context.cancel()
+            if decided.acquire(blocking=False):
+                context.cancel()
 
         timer = threading.Timer(self.request_timeout_s, expire)
         timer.daemon = True
@@ -381,9 +385,8 @@ class SnapshotServer:
             raw = next(requests, None)
         except grpc.RpcError:  # cancelled: by the timer, or the client went away
             raw = None
-        finally:
-            timer.cancel()
-        if expired.is_set():
+        timer.cancel()
+        if not decided.acquire(blocking=False):  # the timer came first: cancelled
             with self._cond:
                 self.rejected["no_request"] += 1
             return None
@@ -474,10 +477,10 @@ def _prepare_socket_path(path: Path) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(f"cannot listen on unix:{path}: it exists and is not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)  # a listener whose backlog is full blocks a connect: in use
+        probe.setblocking(False)  # a listener whose backlog is full: EAGAIN at once, in use
         try:
             probe.connect(str(path))
-        except TimeoutError:
+        except BlockingIOError:
             raise OSError(f"cannot listen on unix:{path}: Address already in use") from None
         except OSError as exc:
             if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):

@@ -144,7 +144,7 @@ def test_first_sight_is_sent_at_once_as_prometheus_would():
         ]
         assert n.stats() == {
             rec.url: {"posts_ok": 1, "posts_failed": 0, "alerts_sent": 1, "rejected": 0,
-                      "retries": 0, "dropped_expired": 0, "dropped_overflow": 0}
+                      "retries": 0, "dropped_overflow": 0}
         }  # fmt: skip
 
 
@@ -325,12 +325,35 @@ def test_the_queue_of_an_alertmanager_that_is_down_is_bounded_and_drops_are_coun
         # Six waiting, four kept: the two oldest resolutions went first.
         assert n.pending() == {url: 4}
         assert n.stats()[url]["dropped_overflow"] == 2
-        # A resolution left waiting after its alert's last endsAt passed is known to
-        # Alertmanager already: dropped, counted as expired. The firing ones stay.
-        clock.t = T0 + 1 + 2 * 4 * RESEND + 1
-        n.observe([alert(f"B{i}") for i in range(3)], [])
-        assert n.pending() == {url: 3}
-        assert n.stats()[url]["dropped_expired"] == 1
+        waiting = n._senders[0].unsent()
+        assert sorted(it.notice.labels[0][1] for it in waiting.values()) == ["A2", "B0", "B1", "B2"]
+
+
+def test_a_rejected_batch_with_more_waiting_goes_on_to_the_rest_at_once():
+    with recorder(statuses=(400,)) as rec, notifier(rec.url) as n:
+        n.observe([alert(f"A{i}") for i in range(300)], [])
+        drain(n)  # without another observe: the 44 after the refused 256 are posted
+        assert [len(p) for p in rec.posts] == [256, 44]
+
+
+def test_the_daemon_makes_endsat_cover_four_of_its_ticks(tmp_path):
+    from wasmtop import daemon as daemon_module
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "metrics:\n  listen: 127.0.0.1:0\ngrpc:\n  enabled: false\ncollector:\n  tick_s: 30\n"
+        "alertmanager:\n  urls: [http://127.0.0.1:9]\n  resend_interval_s: 5\n"
+    )
+    d = daemon_module.Daemon(path, *daemon_module.load_all(path))
+    try:
+        d.start_notifier()
+        assert d.notifier._senders[0]._valid_for_s == 4 * 30
+        first = d.notifier
+        path.write_text(path.read_text().replace("tick_s: 30", "tick_s: 60"))
+        d.reload()  # only the tick changed: the notifier is rebuilt for it
+        assert d.notifier is not first and d.notifier._senders[0]._valid_for_s == 4 * 60
+    finally:
+        d.notifier.close(timeout_s=0.5)
 
 
 def test_ends_at_covers_four_evaluations_when_they_are_further_apart_than_the_resend():

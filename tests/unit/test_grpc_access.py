@@ -126,6 +126,29 @@ def test_a_stale_socket_is_replaced_a_served_one_is_not_and_nothing_else_is_touc
     theirs.rmdir()
 
 
+def test_a_served_socket_whose_backlog_is_full_is_in_use_not_stale(sock_dir):
+    path = sock_dir / "grpc.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen(0)  # never accepts
+        waiting = []
+        try:
+            while True:  # fill its backlog: a blocking connect would now wait forever
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                waiting.append(c)
+                c.connect(str(path))
+        except BlockingIOError:
+            pass
+        try:
+            with pytest.raises(OSError, match="Address already in use"):
+                SnapshotServer(f"unix:{path}")
+            assert path.exists()  # left to the daemon that serves it
+        finally:
+            for c in waiting:
+                c.close()
+
+
 def test_a_unix_socket_has_no_limit_per_peer_only_the_total(sock_dir):
     target = f"unix:{sock_dir}/grpc.sock"
     srv = SnapshotServer(target, max_streams=3, max_streams_per_peer=1)
@@ -348,6 +371,19 @@ def test_a_request_that_does_not_parse_is_invalid_argument_and_counted(body, why
         assert why in err.value.details()
         assert srv.rejected["invalid_request"] == 1
         assert wait_for(lambda: srv.streams == 0)
+    finally:
+        srv.close(0)
+
+
+def test_a_stream_closed_without_its_request_is_invalid_argument_and_counted():
+    srv = SnapshotServer(f"127.0.0.1:{free_port()}")
+    try:
+        raw = grpc.insecure_channel(f"127.0.0.1:{srv.port}").stream_stream(f"/{METHOD}")
+        with pytest.raises(grpc.RpcError) as err:
+            next(raw(iter(()), timeout=30))  # opened, half-closed at once
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected one WatchRequest" in err.value.details()
+        assert srv.rejected["invalid_request"] == 1 and srv.rejected["no_request"] == 0
     finally:
         srv.close(0)
 
