@@ -55,6 +55,10 @@ _FIRST_BACKOFF_S = 0.5
 _MAX_BACKOFF_S = 30.0
 MAX_PENDING = 10_000  # alerts waiting for one Alertmanager
 _ANSWER_BYTES = 64 * 1024  # of an answer, read at most
+# Answers that refuse the alerts themselves (invalid, too large): dropped, not retried. Any
+# other 4xx (401/403 of a proxy, 404 of a wrong path, 408) says nothing about the alerts: they
+# wait and are retried, as after a 5xx or 429, and the status is logged once.
+_REFUSED = frozenset((400, 413, 422))
 _COUNTERS = (
     "posts_ok",
     "posts_failed",
@@ -128,7 +132,7 @@ class _Sender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._deadline = 0.0  # monotonic; for the last flush in close()
-        self._told_redirect = False
+        self._told: set[int] = set()  # statuses logged (redirects, other 4xx)
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self._thread = threading.Thread(target=self._run, name=f"alertmanager {url}", daemon=True)
         self._thread.start()
@@ -214,20 +218,22 @@ class _Sender:
             outcome = "more" if more else "ok"
             self.counts["posts_ok"] += 1
             self.counts["alerts_sent"] += len(batch)
-        elif status is not None and 400 <= status < 500 and status != 429:
+        elif status in _REFUSED:
             # The same payload would be refused again: retrying would only block newer states.
             outcome = "more" if more else "rejected"
             self.counts["rejected"] += 1
             _log(f"{self._endpoint} rejected {len(batch)} alerts: HTTP {status}: {detail}")
         else:
             self.counts["posts_failed"] += 1
-            if status is not None and 300 <= status < 400 and not self._told_redirect:
-                self._told_redirect = True  # once: it fails the same way at every retry
-                _log(
-                    f"{self._endpoint} answered HTTP {status} to {detail or 'nowhere'}: not "
-                    "followed (alertmanager.urls must name the address Alertmanager answers at); "
-                    "retrying"
+            if status is not None and status < 500 and status != 429 and status not in self._told:
+                self._told.add(status)  # once each: it fails the same way at every retry
+                why = (
+                    f"to {detail or 'nowhere'}: not followed (alertmanager.urls must name the "
+                    "address Alertmanager answers at)"
+                    if status < 400
+                    else f"({detail or 'no detail'}): no Alertmanager API there, or not for us"
                 )
+                _log(f"{self._endpoint} answered HTTP {status} {why}; retrying")
             return "failed"
         with self._lock:
             for fp, it in batch:
@@ -375,7 +381,7 @@ class Notifier:
                 "wasmtop_alertmanager_posts",
                 "counter",
                 "Posts to each Alertmanager since start, by outcome: ok, failed (retried with "
-                "backoff), rejected (a 4xx: dropped, logged).",
+                "backoff), rejected (400, 413 or 422: the alerts refused, dropped, logged).",
                 ("url", "outcome"),
                 [Sample((url, o), float(by[k])) for url, by in stats for o, k in posts.items()],
             ),
@@ -405,7 +411,7 @@ class Notifier:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Cumulative per-Alertmanager counters, for the daemon's own metrics: ``posts_failed``
-        counts transient failures (retried), ``rejected`` the batches refused with a 4xx and
+        counts failures (retried), ``rejected`` the batches refused with 400, 413 or 422 and
         dropped, ``retries`` the attempts made after a failure."""
         return {s.url: dict(s.counts) for s in self._senders}
 

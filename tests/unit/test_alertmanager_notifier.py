@@ -364,6 +364,20 @@ def test_ends_at_covers_four_evaluations_when_they_are_further_apart_than_the_re
         assert [x["endsAt"] for x in rec.alerts()] == [rfc3339(T0 + 8 * RESEND)]
 
 
+@pytest.mark.parametrize("status", [401, 403, 404, 408])
+def test_a_4xx_that_says_nothing_about_the_alerts_is_retried_and_logged_once(
+    status: int, capfd: pytest.CaptureFixture
+):
+    # A proxy's 401/403, a wrong path's 404: the alerts were never looked at. Dropped, a
+    # resolution would leave a page open; retried, they arrive once the proxy lets them by.
+    with recorder(statuses=(status, status)) as rec, notifier(rec.url) as n:
+        n.observe([alert()], [])
+        drain(n)
+        s = n.stats()[rec.url]
+        assert (s["posts_failed"], s["rejected"], s["posts_ok"], s["alerts_sent"]) == (2, 0, 1, 1)
+    assert capfd.readouterr().err.count(f"HTTP {status}") == 1
+
+
 def test_a_newer_state_replaces_the_waiting_one_while_an_alertmanager_is_down():
     clock = Clock()
     port = free_port()
