@@ -338,7 +338,7 @@ class Notifier:
                     out[fp] = _Item(n, None)
                     continue
                 t.notice = n  # annotations may have changed
-                if now - t.last_sent_s > self.resend_interval_s:
+                if self._due(now, t.last_sent_s):
                     t.last_sent_s = now
                     out[fp] = _Item(n, None)
             for n in resolved:
@@ -362,12 +362,18 @@ class Notifier:
                     out[fp] = _Item(t.notice, now)
                 elif now - t.resolved_at_s > self.resolved_resend_s:
                     del self._alerts[fp]
-                elif now - t.last_sent_s > self.resend_interval_s:
+                elif self._due(now, t.last_sent_s):
                     t.last_sent_s = now
                     out[fp] = _Item(t.notice, t.resolved_at_s)
         if out:
             for s in self._senders:
                 s.enqueue(out)
+
+    def _due(self, now: float, last_sent_s: float) -> bool:
+        """A re-send is due: the interval passed, or the clock stepped back past the last send
+        (NTP, a restored VM), which would otherwise hold every re-send until it caught up while
+        Alertmanager lets the alerts' endsAt pass."""
+        return now - last_sent_s > self.resend_interval_s or now < last_sent_s
 
     def families(self) -> list[Any]:
         """Its figures for /metrics (exporters/series.py families)."""

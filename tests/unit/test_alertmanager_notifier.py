@@ -167,6 +167,22 @@ def test_firing_alert_is_resent_only_after_the_resend_interval_with_a_fresh_ends
         assert {x["startsAt"] for x in rec.alerts()} == {rfc3339(T0 - 120)}
 
 
+def test_a_clock_stepped_back_does_not_hold_up_the_resends():
+    clock = Clock()
+    a = alert()
+    with recorder() as rec, notifier(rec.url, clock=clock) as n:
+        n.observe([a], [])
+        drain(n)
+        clock.t = T0 - 3600  # NTP stepped the clock back an hour
+        n.observe([a], [])
+        drain(n)
+        assert [x["endsAt"] for x in rec.alerts()] == [rfc3339(T0 + 240), rfc3339(T0 - 3360)]
+        clock.t = T0 - 3600 + 30  # and from there on, the interval as before
+        n.observe([a], [])
+        drain(n)
+        assert len(rec.alerts()) == 2
+
+
 def test_resolved_alert_is_sent_with_its_resolution_time_and_resent_for_five_minutes():
     clock = Clock()
     a = alert()
