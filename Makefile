@@ -84,7 +84,7 @@ run: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The loaders' property-based tests with many more examples (minutes, not seconds): any
 # malformed config, web config or rule file must give a ConfigError, never another exception.

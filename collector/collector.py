@@ -4,6 +4,7 @@ the previous tick, attribute them to workloads, and build one immutable Snapshot
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import platform
@@ -352,8 +353,9 @@ class Collector:
             try:
                 lib = probe.attach_library(path, info.runtime, entry, missing)
                 self._libraries[pid] = (lib, info.runtime_library)
-            except OSError:
-                continue  # exited meanwhile
+            except OSError as exc:  # exited meanwhile, or no regular file there
+                if exc.errno == errno.EINVAL:
+                    self._scan_notes[pid] = f"{info.runtime_library}: not a regular file"
 
     def _wasm(
         self, key: str, runtime: str | None, pids: set[int], calls: dict

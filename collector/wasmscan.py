@@ -65,9 +65,12 @@ _SYMBOL_MARKERS: dict[str, bytes] = {
 _GO_MARKERS: dict[str, bytes] = {"wazero": b"github.com/tetratelabs/wazero."}
 
 _VERSIONS: dict[str, re.Pattern[bytes]] = {
-    "wasmtime": re.compile(rb"wasmtime-(\d+\.\d+\.\d+)[/\\]src"),
-    "wasmer": re.compile(rb"wasmer-(\d+\.\d+\.\d+)[/\\]src"),
-    "wazero": re.compile(rb"\tgithub\.com/tetratelabs/wazero\tv(\d+\.\d+\.\d+[^\t\n]*)"),
+    # Bounded: a crafted file's "version" must not be megabytes long in every Snapshot.
+    "wasmtime": re.compile(rb"wasmtime-(\d{1,6}\.\d{1,6}\.\d{1,6})[/\\]src"),
+    "wasmer": re.compile(rb"wasmer-(\d{1,6}\.\d{1,6}\.\d{1,6})[/\\]src"),
+    "wazero": re.compile(
+        rb"\tgithub\.com/tetratelabs/wazero\tv(\d{1,6}\.\d{1,6}\.\d{1,6}[^\t\n]{0,64})"
+    ),
 }
 
 # The Rust API of wasmtime whose calls are a compile, an instantiate, or a call into the guest:
@@ -165,7 +168,11 @@ def sections(read: Reader, size: int) -> list[_Section]:
         raise NotElf("not a 64-bit little-endian ELF file")
     shoff = struct.unpack_from("<Q", head, 0x28)[0]
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
-    if shentsize < 64 or shnum == 0 or shoff > size or shnum * shentsize > size - shoff:
+    # Entries of exactly 64 bytes, as every linker writes them: a larger size (up to 64 KiB a
+    # header) would make the table a read of up to 1 GiB.
+    if shentsize != 64:
+        raise NotElf(f"section headers of {shentsize} bytes, not 64")
+    if shnum == 0 or shoff > size or shnum * shentsize > size - shoff:
         raise NotElf("section headers outside the file")
     table = read(shoff, shnum * shentsize)
     if len(table) < shnum * shentsize:
@@ -212,7 +219,7 @@ def legacy_path(symbol: str) -> tuple[str, ...] | None:
         j = i
         while j < len(symbol) and symbol[j] in _DIGITS:
             j += 1
-        if j == i:
+        if j == i or j - i > 9:  # no name part is a billion characters (int() refuses 4301)
             return None
         n = int(symbol[i:j])
         if n == 0 or j + n > len(symbol):
@@ -601,6 +608,8 @@ def _examine(read: Reader, size: int) -> Finding:
 _STT_FUNC = 2
 _EM_X86_64 = 62
 MAX_FUNCTION_BYTES = 1 << 20  # a function disassembled at most this far
+MAX_DISASSEMBLED = 16 << 20  # bytes disassembled per file at most
+MAX_RETURNS = 64  # a function with more return instructions is not probed
 
 
 def _locate(
@@ -631,7 +640,9 @@ def _locate(
     symbols = read(sym.offset, min(sym.size, MAX_TABLE_BYTES))
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     out: list[tuple[str, int, tuple[int, ...]]] = []
-    entries: set[int] = set()
+    entries: set[int] = set()  # every entry tried, kept or not: each disassembled once
+    copies: dict[str, int] = {}
+    budget = MAX_DISASSEMBLED
     why = "no return instruction in them"
     for st_name, info, _other, shndx, value, size in struct.iter_unpack(
         "<IBBHQQ", symbols[: len(symbols) // 24 * 24]
@@ -645,9 +656,16 @@ def _locate(
         entry = value - sec.addr + sec.offset
         if entry in entries:  # another name for the same code (folded): probed once
             continue
+        if copies.get(name, 0) >= MAX_COPIES:
+            continue
+        entries.add(entry)
         if size > MAX_FUNCTION_BYTES:
             why = f"larger than {MAX_FUNCTION_BYTES} bytes"
             continue
+        if size > budget:
+            why = f"more than {MAX_DISASSEMBLED} bytes of functions to disassemble"
+            break
+        budget -= size
         returns, tail, end = [], False, entry
         for a, n, m, op in md.disasm_lite(read(entry, size), entry):
             end = a + n
@@ -659,8 +677,10 @@ def _locate(
             why = "they could not be disassembled to their end"
         elif tail:
             why = "they leave by a tail call: their end is not seen without a return probe"
+        elif len(returns) > MAX_RETURNS:
+            why = f"more than {MAX_RETURNS} return instructions"
         elif returns:
-            entries.add(entry)
+            copies[name] = copies.get(name, 0) + 1
             out.append((name, entry, tuple(returns)))
     return out, why
 
@@ -705,9 +725,14 @@ def _entry_points(
             continue  # inside the name just read
         start = table.rfind(b"\0", max(0, m.start() - MAX_NAME), m.start()) + 1
         end = table.find(b"\0", m.end(), m.end() + MAX_NAME)
-        if start == 0 and m.start() > MAX_NAME or end < 0:
+        # A name longer than MAX_NAME is none of these: the next look starts past it (or past
+        # as far as this one looked), so each byte is looked at a bounded number of times.
+        if end < 0:
+            last_end = m.end() + MAX_NAME
             continue
         last_end = end
+        if start == 0 and m.start() > MAX_NAME:
+            continue
         raw = table[start:end]
         if crate not in raw:
             continue

@@ -202,6 +202,8 @@ def runtime_library(maps: str | None) -> tuple[str, str] | None:
         if len(fields) < 6:
             continue
         path = fields[5].strip()
+        if path.endswith(" (deleted)"):  # the file is gone: whatever has that name now is not it
+            continue
         name = os.path.basename(path)
         for stem, runtime in _RUNTIME_LIBS:
             if stem in name and ".so" in name:

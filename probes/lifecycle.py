@@ -12,7 +12,9 @@ a thread (a probed function calling another) are timed once, the outermost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -158,6 +160,8 @@ class LifecycleProbe(Probe):
         ``entry_points``, those functions of its Rust API (``missing``: what the file lacks,
         as found). Functions that cannot be attached are reported."""
         st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO there would block the loop in BCC's open
+            raise OSError(errno.EINVAL, "not a regular file", path)
         key = (st.st_dev, st.st_ino)
         if key in self.libraries:
             return self.libraries[key]

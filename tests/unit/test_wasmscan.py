@@ -4,6 +4,7 @@ Rust's two manglings, and hostile bytes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -331,3 +333,55 @@ def test_lying_offsets_truncation_and_fifos_give_a_finding(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert wasmscan.examine(str(fifo)).note == "not a regular file"  # and it did not block
+
+
+# -- crafted files: bounded work, never the daemon's memory -------------------------------------
+def test_section_headers_of_another_size_are_refused_before_their_table_is_read():
+    # 16,383 headers of 65,535 bytes each "fit" a 1 GiB file: a 1 GiB read if believed.
+    head = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
+        "<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, 64, 0, 64, 56, 0, 65535, 16383, 0)  # fmt: skip
+    asked: list[int] = []
+
+    def read(offset: int, length: int) -> bytes:
+        asked.append(length)
+        return head[offset : offset + length]
+
+    with pytest.raises(wasmscan.NotElf, match="section headers of 65535 bytes"):
+        wasmscan.sections(read, 1 << 30)
+    assert max(asked) == 64
+
+
+def test_a_version_string_is_bounded_and_a_name_part_of_4301_digits_is_no_name(tmp_path):
+    info = b"\xff Go buildinf:\0dep\tgithub.com/tetratelabs/wazero\tv1.8.2" + b"x" * 100_000
+    pcln = b"\0github.com/tetratelabs/wazero.(*runtime).Instantiate\0"
+    path = tmp_path / "edge"
+    path.write_bytes(_elf([(".gopclntab", 1, pcln, 0), (".go.buildinfo", 1, info, 0)]))
+    f = wasmscan.examine(str(path))
+    assert f.runtime == "wazero" and f.version == "1.8.2" + "x" * 64
+    assert wasmscan.legacy_path("_ZN" + "9" * 4301 + "wasmtimeE") is None  # int() would raise
+
+
+def _function(code: bytes) -> bytes:
+    """An ELF whose .text is ``code``, one function "f" over all of it (.symtab -> .strtab)."""
+    symbol = struct.pack("<IBBHQQ", 1, 2, 0, 1, 0, len(code))  # name 1, STT_FUNC, .text, at 0
+    return _elf([(".text", 1, code, 0), (".symtab", 2, b"\0" * 24 + symbol, 3),
+                 (".strtab", 3, b"\0f\0", 0)])  # fmt: skip
+
+
+def test_a_function_with_more_returns_than_the_bound_is_not_probed(tmp_path):
+    few, many = tmp_path / "few", tmp_path / "many"
+    few.write_bytes(_function(b"\xc3" * wasmscan.MAX_RETURNS))
+    many.write_bytes(_function(b"\xc3" * (wasmscan.MAX_RETURNS + 1)))
+    (entry, returns) = wasmscan.function_locations(str(few), ["f"])["f"]
+    assert len(returns) == wasmscan.MAX_RETURNS and returns[0] == entry
+    assert wasmscan.function_locations(str(many), ["f"]) == {}
+
+
+def test_a_fifo_where_a_runtime_library_was_is_refused_before_anything_opens_it(tmp_path):
+    from wasmtop.probes.lifecycle import LifecycleProbe
+
+    fifo = tmp_path / "libwasmtime.so"
+    os.mkfifo(fifo)  # BCC's open of it would wait for a writer forever
+    with pytest.raises(OSError) as err:
+        LifecycleProbe().attach_library(str(fifo), "wasmtime")
+    assert err.value.errno == errno.EINVAL and "not a regular file" in str(err.value)

@@ -13,6 +13,7 @@ from wasmtop.collector.workloads import (
     WorkloadResolver,
     cgroup_identity,
     parse_cgroup_path,
+    runtime_library,
     wasm_runtime,
     workload_of,
 )
@@ -274,3 +275,11 @@ def test_what_a_process_s_files_say_comes_before_its_name_but_not_before_its_lib
         assert resolver.identify(4).kind == "process"
     resolver.forget({1})
     assert resolver.content(1) is None
+
+
+def test_a_deleted_mapping_names_no_runtime_library():
+    # The file is gone: a FIFO made at its name since must never be opened as the library.
+    maps = ("7f00-7f01 r-xp 0 08:01 5 /tmp/libwasmtime.so (deleted)\n"
+            "7f02-7f03 r-xp 0 08:01 6 /usr/lib/libwasmedge.so.0\n")  # fmt: skip
+    assert runtime_library(maps) == ("wasmedge", "/usr/lib/libwasmedge.so.0")
+    assert runtime_library(maps.splitlines()[0]) is None
