@@ -48,7 +48,7 @@ from .quantiles import bucket_bounds, histogram_quantile
 from .resources import DEFAULT_GROWTH_WINDOW_S, ResourceFigures, ResourceReader, ResourceTracker
 from .sockets import FdSockets, SocketOwners
 from .topology import Topology
-from .wasmscan import SYMBOLS, Scanner, rust_name
+from .wasmscan import SYMBOLS, Scanner, file_identity, rust_name
 from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver, workload_names
 
 K = TypeVar("K")
@@ -346,7 +346,7 @@ class Collector:
                     st = os.stat(path)
                 except OSError:
                     continue
-                if (st.st_dev, st.st_ino, st.st_mtime_ns) != f.file:
+                if file_identity(st) != f.file:
                     self._scan_notes[pid] = f"{info.runtime_library}: changed since examined"
                     continue
                 missing = f.missing
@@ -651,11 +651,13 @@ class Collector:
         forgotten = self._considered.forgotten + self._library_checked.forgotten
         counters["processes_forgotten"] = forgotten
         counters["runtime_workloads_forgotten"] = self.resources.evicted
+        counters["runtime_pid_reused"] = self.resources.pid_reused
         counters["cold_start_books_evicted"] = self.life.evicted
         counters["cold_starts_unattributed"] = self.life.unattributed
         counters["processes_vanished"] = self.reader.vanished
         counters["runtime_files_vanished"] = self.resources.reader.vanished
         counters["runtime_files_unreadable"] = self.resources.reader.unreadable
+        counters["runtime_cgroups_outside_namespace"] = self.resources.reader.outside_namespace
         counters["collector_priority_raised"] = self.probes.cpu.raised
         counters["collector_priority_failed"] = self.probes.cpu.failed
         scan = self.scanner.stats

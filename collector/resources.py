@@ -131,6 +131,7 @@ class ResourceReader:
         self.clk_tck = clk_tck or os.sysconf("SC_CLK_TCK")
         self.vanished = 0
         self.unreadable = 0
+        self.outside_namespace = 0  # cgroup paths outside wasmtop's cgroup namespace
         self._mounts: CgroupMounts | None = None
         # Within one ResourceTracker.sample: cgroup figures by the cgroup's paths, so workloads
         # that share a cgroup (every process of a pod, of a systemd service) read it once.
@@ -186,6 +187,13 @@ class ResourceReader:
             return None
         except OSError:
             self.unreadable += 1
+            return None
+        paths = [v2_path, *v1_paths.values()]
+        if any(p is not None and ".." in p.split("/") for p in paths):
+            # Outside wasmtop's cgroup namespace (a daemon in a cgroup namespace of its own sees
+            # other pods' cgroups as /../..): no path under the mount names it. Counted, so
+            # the missing figures say why.
+            self.outside_namespace += 1
             return None
         mounts = self._cgroup_mounts()
         v2 = _join(mounts.v2_root, v2_path)
@@ -298,6 +306,7 @@ class _Track:
     throttled_us_base: int | None = None
     nr_throttled_base: int | None = None
     figures: ResourceFigures | None = None
+    process_start: int | None = None  # a process workload's (pid:N) process, by its start
 
 
 def _increase(current: int | None, base: int | None) -> tuple[int | None, int | None]:
@@ -328,6 +337,7 @@ class ResourceTracker:
         self.clock = clock
         self.stale_s = stale_s
         self.evicted = 0  # workloads forgotten after stale_s without a live process
+        self.pid_reused = 0  # process workloads (pid:N) whose pid came to name another process
         self._tracks: dict[str, _Track] = {}
 
     def sample(self, workloads: Mapping[str, Iterable[int]]) -> None:
@@ -341,7 +351,15 @@ class ResourceTracker:
                 live = [s for s in map(self.reader.process, sorted(set(pids))) if s is not None]
                 if not live:
                     continue  # all gone: keep the last figures rather than report a zero RSS
-                track = self._tracks.setdefault(key, _Track())
+                track = self._tracks.get(key)
+                # A process workload's key is its pid: another process with that pid is another
+                # workload, whose figures (its RSS slope, its throttling baselines) start over.
+                start = live[0].start_ticks if key.startswith("pid:") else None
+                if track is None or track.process_start not in (None, start):
+                    if track is not None:
+                        self.pid_reused += 1
+                    track = self._tracks[key] = _Track()
+                track.process_start = start
                 track.figures = self._figures(track, live, now)
         stale = [
             k

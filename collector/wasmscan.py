@@ -125,11 +125,18 @@ class Finding:
     # return probe: a return probe replaces the return address on the stack, and a Rust panic
     # unwinding through that frame then aborts the process ("failed to initiate panic").
     locations: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
-    # (st_dev, st_ino, st_mtime_ns) of the file examined: offsets are attached only to it
-    file: tuple[int, int, int] | None = None
+    # file_identity of the file examined: offsets are attached only to it
+    file: tuple[int, ...] | None = None
 
 
 NOTHING = Finding(None)
+
+
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """Which file this is, for offsets found in it: device, inode, and what a new file at a
+    reused inode would not share. The mtime alone would not do (its owner can set it, and
+    reproducible images set it to a constant); the ctime cannot be set."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 # -- ELF ------------------------------------------------------------------------------------
@@ -905,7 +912,7 @@ class Scanner:
                 st = os.stat(path)
             except OSError:
                 continue
-            key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            key = file_identity(st)
             with self._lock:
                 known = self._files.get(key)
                 if known is not None:

@@ -318,6 +318,28 @@ def test_a_gap_in_the_samples_starts_the_slope_over(tmp_path):
     assert figures.growth_window_s == 2.0 and figures.rss_growth_mb_per_min == 0.0
 
 
+def test_a_process_workloads_pid_taken_by_another_process_starts_its_figures_over(tmp_path):
+    """pid:N names a process, not a pid: another process given that pid (a new start time) is
+    a new workload, whose RSS is not fitted on the old one's."""
+    host = Host(tmp_path)
+    clock = Clock()
+    tracker = ResourceTracker(host.reader(), clock=clock)
+    for step in range(5):
+        host.process(10, start=1000, rss_pages=1000 + 100 * step)
+        for key in ("pid:10", "pod:x"):
+            tracker.sample({key: [10]})
+        clock.now += 1.0
+    assert tracker.figures()["pid:10"].rss_growth_mb_per_min > 0
+    host.process(10, start=5000, rss_pages=5000)  # the pid, reused
+    for key in ("pid:10", "pod:x"):
+        tracker.sample({key: [10]})
+    fresh, pod = tracker.figures()["pid:10"], tracker.figures()["pod:x"]
+    assert fresh.growth_window_s == 0.0 and fresh.rss_growth_mb_per_min is None
+    assert tracker.pid_reused == 1
+    # A container's processes come and go: its own figures go on across them.
+    assert pod.growth_window_s == 5.0 and pod.rss_growth_mb_per_min > 0
+
+
 # --- cgroups -----------------------------------------------------------------------------------
 
 
@@ -418,6 +440,14 @@ def test_missing_cgroup_files_give_none_fields(tmp_path):
     reader = host.reader()
     assert reader.cgroup(10) == CgroupFigures(None, None, None, None, None)
     assert (reader.vanished, reader.unreadable) == (0, 0)
+
+
+def test_a_cgroup_outside_wasmtops_cgroup_namespace_is_counted_not_read(tmp_path):
+    host = v2_host(tmp_path)
+    host.process(10, cgroup="0::/../../kubepods.slice/pod1\n")
+    reader = host.reader()
+    assert reader.cgroup(10) is None
+    assert (reader.outside_namespace, reader.unreadable) == (1, 0)
 
 
 def test_tracker_uses_lowest_live_pid_cgroup(tmp_path):
