@@ -321,7 +321,7 @@ class SnapshotServer:
         """One Watch stream: ``requests`` yields its one request, raw bytes. A generator from
         the first line: a stream whose first message is never asked for (the client left at
         once) has counted nothing, so there is nothing to undo."""
-        peer = self._admit(context)
+        peer, opened_at = self._admit(context)
         try:
             request = self._request(requests, context)
             if request is None:
@@ -332,7 +332,9 @@ class SnapshotServer:
                 except FilterError as exc:
                     self.rejected["invalid_request"] += 1
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filter: {exc}")
-                last = self._sequence if request.only_new else 0
+                # only_new: what was published after the stream opened (its request may come
+                # later; a Snapshot published in between is new to it)
+                last = opened_at if request.only_new else 0
             yield from self._stream(context, chosen, last)
         finally:
             with self._cond:
@@ -344,9 +346,9 @@ class SnapshotServer:
         if self._closed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
 
-    def _admit(self, context: grpc.ServicerContext) -> str | None:
+    def _admit(self, context: grpc.ServicerContext) -> tuple[str | None, int]:
         """A place for the stream, taken before its request is read (refused and counted when
-        there is none); its peer's key."""
+        there is none): its peer's key, and the newest Snapshot's number then."""
         with self._cond:
             if self._closed:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopped")
@@ -367,7 +369,7 @@ class SnapshotServer:
             self.streams += 1
             if peer is not None:
                 self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
-            return peer
+            return peer, self._sequence
 
     def _request(self, requests: Any, context: grpc.ServicerContext) -> pb.WatchRequest | None:
         """The stream's request, read within request_timeout_s; None when it did not come in

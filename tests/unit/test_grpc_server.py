@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +20,7 @@ from wasmtop.collector.model import SCHEMA
 from wasmtop.collector.snapshot_json import snapshot_from_dict
 from wasmtop.config import ConfigError, parse
 from wasmtop.daemon import grpc_tls_files
-from wasmtop.grpcapi import RemoteSnapshots, SnapshotServer, describe
+from wasmtop.grpcapi import METHOD, RemoteSnapshots, SnapshotServer, describe
 from wasmtop.proto.wasmtop.v1 import snapshots_pb2 as pb
 from wasmtop.proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
 
@@ -62,6 +64,26 @@ def test_a_stream_gets_the_latest_snapshot_at_once_then_each_new_one(server):
     call.cancel()
     late.cancel()
     assert wait_for(lambda: server.streams == 0)
+
+
+def test_only_new_counts_from_the_streams_opening_not_from_its_requests_arrival(server):
+    server.publish(snapshot(1))
+    release = threading.Event()
+
+    def late_request() -> Iterator[bytes]:
+        release.wait(30)
+        yield pb.WatchRequest(only_new=True).SerializeToString()
+
+    raw = grpc.insecure_channel(f"127.0.0.1:{server.port}").stream_stream(f"/{METHOD}")
+    call = raw(late_request(), timeout=30)
+    try:
+        assert wait_for(lambda: server.streams == 1)  # open, its request not yet in
+        server.publish(snapshot(2))  # new to it: published after it opened
+        release.set()
+        assert pb.Snapshot.FromString(next(call)).sequence == 2
+    finally:
+        release.set()
+        call.cancel()
 
 
 def test_a_slow_client_gets_the_newest_snapshot_and_the_skipped_ones_are_counted(server):
