@@ -48,7 +48,7 @@ from .quantiles import bucket_bounds, histogram_quantile
 from .resources import DEFAULT_GROWTH_WINDOW_S, ResourceFigures, ResourceReader, ResourceTracker
 from .sockets import FdSockets, SocketOwners
 from .topology import Topology
-from .wasmscan import SYMBOLS, Scanner, file_identity, rust_name
+from .wasmscan import SYMBOLS, Scanner, rust_name
 from .workloads import PodDirectory, ProcReader, WorkloadId, WorkloadResolver, workload_names
 
 K = TypeVar("K")
@@ -331,6 +331,7 @@ class Collector:
             # The path is in the process's mount namespace: reach it through its root.
             path = f"{self.proc_root}/{pid}/root{info.runtime_library}"
             entry: list[EntryPoint] | None = None
+            identity: tuple[int, ...] | None = None  # of the file the offsets are from
             missing: tuple[str, ...] = ()
             found = self.resolver.content(pid)
             if info.runtime_by == SYMBOLS and found is not None:  # its Rust API
@@ -340,22 +341,15 @@ class Collector:
                 kinds = dict(f.entry_points)
                 entry = [EntryPoint(sym, kinds[sym], rust_name(sym), at, rets)
                          for sym, at, rets in f.locations if sym in kinds]  # fmt: skip
+                missing, identity = f.missing, f.file
+            try:
                 # Offsets are the examined file's: never put on another one at that path
                 # (replaced since, e.g. by an upgrade), where they would land mid-instruction.
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if file_identity(st) != f.file:
-                    self._scan_notes[pid] = f"{info.runtime_library}: changed since examined"
-                    continue
-                missing = f.missing
-            try:
-                lib = probe.attach_library(path, info.runtime, entry, missing)
+                lib = probe.attach_library(path, info.runtime, entry, missing, identity)
                 self._libraries[pid] = (lib, info.runtime_library)
-            except OSError as exc:  # exited meanwhile, or no regular file there
-                if exc.errno == errno.EINVAL:
-                    self._scan_notes[pid] = f"{info.runtime_library}: not a regular file"
+            except OSError as exc:  # exited meanwhile, replaced, or no regular file there
+                if exc.errno in (errno.EINVAL, errno.ESTALE):
+                    self._scan_notes[pid] = f"{info.runtime_library}: {exc.strerror}"
 
     def _wasm(
         self, key: str, runtime: str | None, pids: set[int], calls: dict

@@ -33,6 +33,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from ..probes.lifecycle import file_identity
+
 COMPILE, INSTANTIATE, CALL = "compile", "instantiate", "call"
 LIBRARY, SYMBOLS, NAME = "library", "symbols", "name"
 
@@ -130,13 +132,6 @@ class Finding:
 
 
 NOTHING = Finding(None)
-
-
-def file_identity(st: os.stat_result) -> tuple[int, ...]:
-    """Which file this is, for offsets found in it: device, inode, and what a new file at a
-    reused inode would not share. The mtime alone would not do (its owner can set it, and
-    reproducible images set it to a constant); the ctime cannot be set."""
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 # -- ELF ------------------------------------------------------------------------------------

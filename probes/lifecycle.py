@@ -64,6 +64,13 @@ class Library:
     kinds: set[str] = field(default_factory=set)  # the kinds of call some function is timed for
 
 
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """Which file this is, for offsets found in it: device, inode, and what a new file at a
+    reused inode would not share. The mtime alone would not do (its owner can set it, and
+    reproducible images set it to a constant); the ctime cannot be set."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 @dataclass(frozen=True)
 class EntryPoint:
     """A function of a runtime's Rust API found in a file's symbol table."""
@@ -154,17 +161,45 @@ class LifecycleProbe(Probe):
         runtime: str,
         entry_points: Sequence[EntryPoint] | None = None,
         missing: Sequence[str] = (),
+        identity: tuple[int, ...] | None = None,
     ) -> Library:
         """Attach the compile/instantiate/call uprobes to a runtime's file, once per file (a
         library mapped by many processes is one inode): its C API, or, given
         ``entry_points``, those functions of its Rust API (``missing``: what the file lacks,
-        as found). Functions that cannot be attached are reported."""
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):  # a FIFO there would block the loop in BCC's open
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        key = (st.st_dev, st.st_ino)
-        if key in self.libraries:
-            return self.libraries[key]
+        as found). Functions that cannot be attached are reported.
+
+        The path (in a container's filesystem: its owner can rename anything there) is opened
+        once, without blocking and without following a last symlink, and must be a regular
+        file, of ``identity`` (wasmscan.file_identity) when given, as the offsets were found
+        in: OSError (EINVAL, ESTALE) otherwise. Symbols are read and uprobes placed through
+        that open file (/proc/self/fd/N), never through the path again: a FIFO renamed into
+        place meanwhile would block BCC's open for good, another file would get offsets that
+        are not its own."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            if identity is not None and file_identity(st) != identity:
+                raise OSError(errno.ESTALE, "changed since examined", path)
+            key = (st.st_dev, st.st_ino)
+            if key in self.libraries:
+                return self.libraries[key]
+            return self._attach_library(
+                key, path, f"/proc/self/fd/{fd}", runtime, entry_points, missing
+            )
+        finally:
+            os.close(fd)  # an attached uprobe holds the file itself
+
+    def _attach_library(
+        self,
+        key: tuple[int, int],
+        path: str,
+        via: str,
+        runtime: str,
+        entry_points: Sequence[EntryPoint] | None,
+        missing: Sequence[str],
+    ) -> Library:
         lib = Library(path, runtime, api="c" if entry_points is None else "rust")
         lib.missing.extend(missing)
         self.libraries[key] = lib
@@ -184,9 +219,9 @@ class LifecycleProbe(Probe):
         for ep in entry_points:
             try:
                 if ep.offset is None:
-                    self._attach_call(path, ep.symbol, ep.kind)
+                    self._attach_call(path, via, ep.symbol, ep.kind)
                 else:
-                    self._attach_located(path, ep)
+                    self._attach_located(path, via, ep)
             except Exception as exc:
                 cause = getattr(exc, "failure", exc)
                 if isinstance(cause, LookupError):  # not in the file (another version, stripped)
@@ -201,24 +236,26 @@ class LifecycleProbe(Probe):
         lib.attached = [n if c == 1 else f"{n} ({c} copies)" for n, c in copies.items()]
         return lib
 
-    def _attach_call(self, path: str, sym: str, kind: str) -> None:
+    def _attach_call(self, path: str, via: str, sym: str, kind: str) -> None:
+        """``via``: the file opened (/proc/self/fd/N), known by ``path`` to detach."""
         name, raw_sym = path.encode(), sym.encode()
         entry, ret = f"wasmtop_wasm_{kind}_entry".encode(), f"wasmtop_wasm_{kind}_return".encode()
         capturing(
-            f"uprobe {sym}", lambda: self.bpf.attach_uprobe(name=name, sym=raw_sym, fn_name=entry)
+            f"uprobe {sym}",
+            lambda: self.bpf.attach_uprobe(name=name, sym=raw_sym, fn_name=entry, via=via),
         )
         self._uprobes.append((path, sym, False))
         try:
             capturing(
                 f"uretprobe {sym}",
-                lambda: self.bpf.attach_uretprobe(name=name, sym=raw_sym, fn_name=ret),
+                lambda: self.bpf.attach_uretprobe(name=name, sym=raw_sym, fn_name=ret, via=via),
             )
         except Exception:
             self._detach_uprobe(path, sym, False)
             raise
         self._uprobes.append((path, sym, True))
 
-    def _attach_located(self, path: str, ep: EntryPoint) -> None:
+    def _attach_located(self, path: str, via: str, ep: EntryPoint) -> None:
         """An entry point by its offsets: a uprobe on its first instruction and one on each of
         its return instructions (all or none)."""
         assert ep.offset is not None
@@ -231,7 +268,7 @@ class LifecycleProbe(Probe):
                 key = f"{ep.symbol}@{offset:#x}"
                 capturing(
                     f"uprobe {key}",
-                    lambda: self.bpf.attach_uprobe_at(path, offset, key, program),  # noqa: B023
+                    lambda: self.bpf.attach_uprobe_at(path, offset, key, program, via),  # noqa: B023
                 )
                 done.append(key)
                 self._uprobes.append((path, key, False))

@@ -372,15 +372,23 @@ class LoadedObject:
         self._detach([("tp", _text(tp)) for tp in tps])
 
     # -- uprobes ------------------------------------------------------------------------
-    def _attach_uprobe(self, name: Any, sym: Any, fn_name: Any, ret: bool, pid: int) -> None:
+    def _attach_uprobe(
+        self, name: Any, sym: Any, fn_name: Any, ret: bool, pid: int, via: str | None
+    ) -> None:
         path, symbol = _text(name), _text(sym)
-        module, offset = resolve_symbol(path, symbol)
+        if via is not None:  # an open file: read and probed as it is, known by path
+            module, offset = via, resolve_symbol(via, symbol)[1]
+        else:
+            module, offset = resolve_symbol(path, symbol)
         self._attach_uprobe_at(path, module, offset, symbol, fn_name, ret, pid)
 
-    def attach_uprobe_at(self, path: str, offset: int, key: str, fn_name: Any) -> None:
-        """A uprobe on the instruction at file ``offset`` of ``path`` (no symbol resolved),
-        known as ``key`` to detach_uprobe/detach_uprobes."""
-        self._attach_uprobe_at(path, path, offset, key, fn_name, False, -1)
+    def attach_uprobe_at(
+        self, path: str, offset: int, key: str, fn_name: Any, via: str | None = None
+    ) -> None:
+        """A uprobe on the instruction at file ``offset`` of ``path`` (no symbol resolved; of
+        ``via`` instead when given, an open file's /proc/self/fd/N), known as ``key`` to
+        detach_uprobe/detach_uprobes."""
+        self._attach_uprobe_at(path, via or path, offset, key, fn_name, False, -1)
 
     def _attach_uprobe_at(
         self, path: str, module: str, offset: int, symbol: str, fn_name: Any, ret: bool, pid: int
@@ -395,11 +403,17 @@ class LoadedObject:
         attr.config2 = offset
         self._attach(("uprobe", path, symbol, ret), attr, pid, fn.fd)
 
-    def attach_uprobe(self, name: Any, sym: Any, fn_name: Any, pid: int = -1) -> None:
-        self._attach_uprobe(name, sym, fn_name, False, pid)
+    def attach_uprobe(
+        self, name: Any, sym: Any, fn_name: Any, pid: int = -1, via: str | None = None
+    ) -> None:
+        """BCC's attach_uprobe; ``via``: an open file (/proc/self/fd/N) to read and probe in
+        place of the path ``name``, which still names it to detach."""
+        self._attach_uprobe(name, sym, fn_name, False, pid, via)
 
-    def attach_uretprobe(self, name: Any, sym: Any, fn_name: Any, pid: int = -1) -> None:
-        self._attach_uprobe(name, sym, fn_name, True, pid)
+    def attach_uretprobe(
+        self, name: Any, sym: Any, fn_name: Any, pid: int = -1, via: str | None = None
+    ) -> None:
+        self._attach_uprobe(name, sym, fn_name, True, pid, via)
 
     def _detach_uprobe(self, name: Any, sym: Any, ret: bool) -> None:
         key = ("uprobe", _text(name), _text(sym), ret)

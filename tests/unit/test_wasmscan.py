@@ -385,3 +385,20 @@ def test_a_fifo_where_a_runtime_library_was_is_refused_before_anything_opens_it(
     with pytest.raises(OSError) as err:
         LifecycleProbe().attach_library(str(fifo), "wasmtime")
     assert err.value.errno == errno.EINVAL and "not a regular file" in str(err.value)
+
+
+def test_offsets_go_only_to_the_file_they_were_found_in(tmp_path):
+    from wasmtop.probes.lifecycle import EntryPoint, LifecycleProbe, file_identity
+
+    lib = tmp_path / "libx.so"
+    lib.write_bytes(b"\x7fELF" + bytes(60))
+    found_in = file_identity(os.stat(lib))
+    lib.write_bytes(b"\x7fELF" + bytes(61))  # replaced since it was examined: another size
+    point = EntryPoint("f", INSTANTIATE, "f", 0x10, (0x20,))
+    with pytest.raises(OSError) as err:
+        LifecycleProbe().attach_library(str(lib), "wasmtime", [point], (), found_in)
+    assert err.value.errno == errno.ESTALE
+    # The file it was found in is taken (the probe here is not loaded: nothing is attached).
+    got = LifecycleProbe().attach_library(str(lib), "wasmtime", [point], (), file_identity(
+        os.stat(lib)))  # fmt: skip
+    assert got.error == "probe not loaded"
