@@ -80,10 +80,13 @@ def test_a_napper_behind_a_hog_wake_up_plus_preemption_equals_run_delay():
     # The hog, for its part, is preempted whenever a nap ends and waits the few microseconds
     # the napper runs. At that scale the clocks differ: the kernel's books read the run-queue
     # clock at the start of __schedule, wasmtop at the switch itself: at most a switch apart,
-    # 5 us here (measured 3.9 us a switch), about 25 us under software emulation.
+    # 5 us here (measured 3.9 us a switch), about 25 us under software emulation. The slow
+    # switches count as much as the typical ones: a switch's cost at its 90th percentile (a
+    # host 2.5 times slower than usual put the clocks 5.1 us a switch apart, over the median's
+    # 5 us).
     h, kh = by_pid(snap, hog.pid).sched, kernel[hog.pid]
     assert h.involuntary == kh.involuntary > 200
-    allowed_ns = max(5000.0, switch_cost_ns()) * kh.involuntary
+    allowed_ns = max(5000.0, switch_cost_ns(quantile=0.9)) * kh.involuntary
     assert h.runq_delay_total_us * 1e3 == pytest.approx(kh.wait_ns, abs=allowed_ns)
 
 
