@@ -105,7 +105,13 @@ class _Item:
     ends_at_s: float | None
 
     def payload(self, now_s: float, valid_for_s: float) -> dict[str, Any]:
-        ends = self.ends_at_s if self.ends_at_s is not None else now_s + valid_for_s
+        # Never before startsAt (Alertmanager refuses such an alert): a clock stepped back
+        # below an alert's start still sends one that lasts its validity from the start.
+        ends = (
+            self.ends_at_s
+            if self.ends_at_s is not None
+            else max(now_s, self.notice.starts_at_s) + valid_for_s
+        )
         return self.notice.payload(ends)
 
 

@@ -16,7 +16,8 @@ its names. ``examine`` reads an ELF file's section headers and searches its stri
 The runtime's version comes from the paths rustc leaves in panic messages
 (``wasmtime-49.0.2/src/...``) or Go's build information, where the file has them.
 
-Each file is examined once, keyed by device, inode and modification time (``Scanner``), with
+Each file is examined once, keyed by its identity (``file_identity``: device, inode, mtime,
+ctime and size; ``Scanner``), with
 its size and the bytes searched bounded, in a thread of its own: never on the collector's path.
 """
 
@@ -643,7 +644,7 @@ def _locate(
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     out: list[tuple[str, int, tuple[int, ...]]] = []
     entries: set[int] = set()  # every entry tried, kept or not: each disassembled once
-    copies: dict[str, int] = {}
+    copies: dict[str, int] = {}  # copies of each name tried, kept or not
     budget = MAX_DISASSEMBLED
     why = "no return instruction in them"
     for st_name, info, _other, shndx, value, size in struct.iter_unpack(
@@ -660,6 +661,7 @@ def _locate(
             continue
         if copies.get(name, 0) >= MAX_COPIES:
             continue
+        copies[name] = copies.get(name, 0) + 1
         entries.add(entry)
         if size > MAX_FUNCTION_BYTES:
             why = f"larger than {MAX_FUNCTION_BYTES} bytes"
@@ -682,7 +684,6 @@ def _locate(
         elif len(returns) > MAX_RETURNS:
             why = f"more than {MAX_RETURNS} return instructions"
         elif returns:
-            copies[name] = copies.get(name, 0) + 1
             out.append((name, entry, tuple(returns)))
     return out, why
 
@@ -794,8 +795,8 @@ class ScanStats:
 
 
 class Scanner:
-    """Examines the files processes map, each file once (by device, inode and modification
-    time), in a thread of its own. ``submit(pid)`` queues a process; ``take()`` gives the
+    """Examines the files processes map, each file once (by ``file_identity``), in a thread
+    of its own. ``submit(pid)`` queues a process; ``take()`` gives the
     processes examined since, with what was found (a Detected, or None). The files remembered
     are bounded (least recently used go), and so is the queue (a process that does not fit is
     counted in ``stats.dropped`` and may be submitted again)."""
