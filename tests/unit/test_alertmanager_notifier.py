@@ -381,6 +381,15 @@ def test_ends_at_covers_four_evaluations_when_they_are_further_apart_than_the_re
         assert [x["endsAt"] for x in rec.alerts()] == [rfc3339(T0 + 8 * RESEND)]
 
 
+@pytest.mark.parametrize("status", [413, 422])
+def test_a_413_or_422_refuses_the_alerts_themselves_dropped_and_counted(status: int):
+    with recorder(statuses=(status,)) as rec, notifier(rec.url) as n:
+        n.observe([alert()], [])
+        drain(n)
+        s = n.stats()[rec.url]
+        assert (s["rejected"], s["posts_failed"], s["posts_ok"], len(rec.posts)) == (1, 0, 0, 1)
+
+
 @pytest.mark.parametrize("status", [401, 403, 404, 408])
 def test_a_4xx_that_says_nothing_about_the_alerts_is_retried_and_logged_once(
     status: int, capfd: pytest.CaptureFixture

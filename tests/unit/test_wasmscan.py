@@ -359,6 +359,10 @@ def test_a_version_string_is_bounded_and_a_name_part_of_4301_digits_is_no_name(t
     f = wasmscan.examine(str(path))
     assert f.runtime == "wazero" and f.version == "1.8.2" + "x" * 64
     assert wasmscan.legacy_path("_ZN" + "9" * 4301 + "wasmtimeE") is None  # int() would raise
+    for runtime in ("wasmtime", "wasmer"):  # a real version, and one of 100 kB digits
+        pattern = wasmscan._VERSIONS[runtime]
+        assert pattern.search(f"/{runtime}-25.0.1/src/lib.rs".encode()).group(1) == b"25.0.1"
+        assert pattern.search(f"/{runtime}-1.{'9' * 100_000}.0/src".encode()) is None
 
 
 def _function(code: bytes) -> bytes:
