@@ -262,3 +262,8 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin is not None, f"{name} is not installed"
     return Path(spec.origin).parent
+
+
+def nonzero(counts: dict) -> dict:
+    """The counts that are not zero (a dict of counters that may gain new keys)."""
+    return {k: n for k, n in counts.items() if n}

@@ -64,6 +64,7 @@ NO_FILTER = WorkloadFilter()
 MAX_REQUEST_BYTES = 4096  # a WatchRequest is 2 bytes
 IDLE_CONNECTION_S = 60  # a connection with no stream open is closed after this
 REQUEST_TIMEOUT_S = 5.0  # a stream opened to its request read, or cancelled
+STALL_S = 60.0  # a Snapshot not taken by its client in this long: the stream is cancelled
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     # A Snapshot above the client's own bound would be sent, refused and sent again at every
@@ -140,6 +141,7 @@ class SnapshotServer:
         max_streams_per_peer: int | None = None,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        stall_s: float = STALL_S,
     ) -> None:
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("expected both tls_cert_file and tls_key_file, or neither")
@@ -151,6 +153,11 @@ class SnapshotServer:
         self.max_streams = max_streams
         self.max_streams_per_peer = max_streams_per_peer or max_streams
         self.request_timeout_s = request_timeout_s
+        self.stall_s = stall_s
+        # Streams whose Snapshot is being sent: since when (monotonic), by their context. A
+        # client that stops reading holds its place (and a worker) for good otherwise: its
+        # connection still answers keepalive pings.
+        self._sending: dict[Any, float] = {}
         # Connections: one per client normally; the rest of the room is for clients being
         # refused or reconnecting. One without a stream is closed after IDLE_CONNECTION_S.
         self.max_connections = 2 * max_streams + 4
@@ -159,9 +166,10 @@ class SnapshotServer:
         self.dropped = 0  # Snapshots a stream skipped because it read slower than they came
         # Streams refused, by why: "busy" (max_streams open), "peer_busy" (that peer's share),
         # "no_request" (no request within request_timeout_s: cancelled), "invalid_request" (a
-        # request that is no WatchRequest, or a filter that does not parse).
+        # request that is no WatchRequest, or a filter that does not parse), "stalled" (a
+        # Snapshot not taken within stall_s: cancelled).
         self.rejected: dict[str, int] = dict.fromkeys(
-            ("busy", "peer_busy", "no_request", "invalid_request"), 0
+            ("busy", "peer_busy", "no_request", "invalid_request", "stalled"), 0
         )
         self._per_peer: dict[str, int] = {}  # open streams by peer (address or identity)
         self._latest: _Published | None = None
@@ -242,11 +250,19 @@ class SnapshotServer:
 
     # -- the daemon's side -------------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
-        """The newest Snapshot; wakes the streams. Never blocks for long: no encoding, no I/O."""
+        """The newest Snapshot; wakes the streams, and cancels those whose client has not taken
+        the Snapshot being sent to it for stall_s. Never blocks for long: no encoding, no I/O."""
+        now = time.monotonic()
         with self._cond:
             self._sequence += 1
             self._latest = _Published(snapshot, self._sequence)
             self._cond.notify_all()
+            stalled = [c for c, since in self._sending.items() if now - since > self.stall_s]
+            for context in stalled:
+                del self._sending[context]
+                self.rejected["stalled"] += 1
+        for context in stalled:
+            context.cancel()  # its send fails, and the stream ends (its place is freed)
 
     @property
     def latest(self) -> Snapshot | None:
@@ -310,7 +326,8 @@ class SnapshotServer:
                 "Watch streams refused, by reason: busy (grpc.max_streams were open), "
                 "peer_busy (grpc.max_streams_per_peer of that client were open), no_request "
                 "(none within 5 s: cancelled), invalid_request (no WatchRequest, or a filter "
-                "that does not parse).",
+                "that does not parse), stalled (a Snapshot not taken by its client within 60 s: "
+                "cancelled).",
                 ("reason",),
                 [Sample((why,), float(n)) for why, n in sorted(g.rejected.items())],
             ),
@@ -432,8 +449,16 @@ class SnapshotServer:
                     self.dropped += published.sequence - last - 1
                 last = published.sequence
                 self.sent += 1  # handed to gRPC (a client may still leave before it lands)
-            # Blocks while the client's window is full. One encoding per filter and tick.
-            yield published.message(chosen)
+            # Blocks while the client's window is full (until stall_s: publish cancels it). One
+            # encoding per filter and tick.
+            message = published.message(chosen)
+            with self._cond:
+                self._sending[context] = time.monotonic()
+            try:
+                yield message  # resumed when gRPC has sent it and asks for the next
+            finally:
+                with self._cond:
+                    self._sending.pop(context, None)
 
 
 def unix_path(listen: str) -> Path | None:

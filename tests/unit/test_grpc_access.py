@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from peers import free_port
-from support import wait_for
+from support import nonzero, wait_for
 from wasmtop.grpcapi import MAX_REQUEST_BYTES, METHOD, RemoteSnapshots, SnapshotServer
 from wasmtop.proto.wasmtop.v1 import snapshots_pb2 as pb
 from wasmtop.proto.wasmtop.v1 import snapshots_pb2_grpc as pb_grpc
@@ -160,7 +160,7 @@ def test_a_unix_socket_has_no_limit_per_peer_only_the_total(sock_dir):
         with pytest.raises(grpc.RpcError) as err:
             next(pb_grpc.SnapshotsStub(channel).Watch(pb.WatchRequest()))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert srv.rejected == {"busy": 1, "peer_busy": 0, "no_request": 0, "invalid_request": 0}
+        assert nonzero(srv.rejected) == {"busy": 1}
     finally:
         channel.close()
         srv.close(0)
@@ -230,7 +230,7 @@ def test_one_certificate_cannot_hold_every_stream_another_still_gets_one(pki):
         assert "from oncall.example" in err.value.details()
         assert "grpc.max_streams_per_peer" in err.value.details()
         assert next(watch(target, as_(pki.dashboard))).sequence == 1
-        assert srv.rejected == {"busy": 0, "peer_busy": 1, "no_request": 0, "invalid_request": 0}
+        assert nonzero(srv.rejected) == {"peer_busy": 1}
         oncall[0].cancel()
         assert wait_for(lambda: srv._per_peer.get("oncall.example") == 1)
         assert next(watch(target, as_(pki.oncall))).sequence == 1  # its place came free
@@ -249,7 +249,7 @@ def test_without_certificates_one_address_cannot_hold_every_stream():
             next(watch(target))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "from 127.0.0.1:" in err.value.details() and srv.streams == 2
-        assert srv.rejected == {"busy": 0, "peer_busy": 1, "no_request": 0, "invalid_request": 0}
+        assert nonzero(srv.rejected) == {"peer_busy": 1}
     finally:
         srv.close(0)
 
@@ -346,7 +346,7 @@ def test_a_stream_that_never_sends_its_request_holds_a_place_only_until_its_dead
                 next(call)
             assert err.value.code() == grpc.StatusCode.CANCELLED
         assert wait_for(lambda: srv.streams == 0)
-        assert srv.rejected == {"busy": 1, "peer_busy": 0, "no_request": 2, "invalid_request": 0}
+        assert nonzero(srv.rejected) == {"busy": 1, "no_request": 2}
         assert next(watch(target)).sequence == 1
     finally:
         release.set()
