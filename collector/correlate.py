@@ -54,11 +54,16 @@ _ID_LIKE = re.compile(
 )
 
 
+def may_be_cut(path: str) -> bool:
+    """A path as long as the parser keeps: it may have been cut inside its last segment."""
+    return len(path) >= PATH_MAX_CHARS
+
+
 def route_path(path: str) -> str:
     """The route of a request path: id-like segments folded to ":id", and the last one to
     ":cut" when the path is as long as the parser keeps (it may have been cut inside it)."""
     segs = [ID_SEGMENT if _ID_LIKE.fullmatch(seg) else seg for seg in path.split("/")]
-    if len(path) >= PATH_MAX_CHARS and len(segs) > 1:
+    if may_be_cut(path) and len(segs) > 1:
         segs[-1] = CUT_SEGMENT
     return "/".join(segs)
 
@@ -417,7 +422,7 @@ class RequestTracker:
 
     def _method_route(self, tset: int, method: str, path: str) -> str:
         templates = self._sets[tset]
-        if not templates or len(path) >= PATH_MAX_CHARS:
+        if not templates or may_be_cut(path):
             # A path the parser may have cut matches no template: its last segment, or the
             # segments after it, are not known (route_path makes that segment :cut).
             return method_route(method, path)

@@ -61,9 +61,10 @@ _LOWER_HEX = re.compile(r"[0-9a-f]*\Z")
 _STATUS = re.compile(r"[0-9]{3}\Z")
 _REASON = re.compile(r"(?: [\t -~]*)?\Z")
 # method SP target SP version: visible ASCII only, single spaces, nothing else.
-_REQUEST_LINE = re.compile(r"([A-Z]{3,16}) ([!-~]+) HTTP/1\.[01]\Z")
+_METHOD_TARGET = r"([A-Z]{3,16}) ([!-~]+)"
+_REQUEST_LINE = re.compile(_METHOD_TARGET + r" HTTP/1\.[01]\Z")
 # The same line cut inside its target (no version, no line end).
-_CUT_REQUEST_LINE = re.compile(r"([A-Z]{3,16}) ([!-~]+)\Z")
+_CUT_REQUEST_LINE = re.compile(_METHOD_TARGET + r"\Z")
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _RESPONSE_PREFIXES = ("HTTP/1.0 ", "HTTP/1.1 ")
 

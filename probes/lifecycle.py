@@ -170,7 +170,7 @@ class LifecycleProbe(Probe):
 
         The path (in a container's filesystem: its owner can rename anything there) is opened
         once, without blocking and without following a last symlink, and must be a regular
-        file, of ``identity`` (wasmscan.file_identity) when given, as the offsets were found
+        file, of ``identity`` (file_identity) when given, as the offsets were found
         in: OSError (EINVAL, ESTALE) otherwise. Symbols are read and uprobes placed through
         that open file (/proc/self/fd/N), never through the path again: a FIFO renamed into
         place meanwhile would block BCC's open for good, another file would get offsets that

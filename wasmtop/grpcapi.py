@@ -343,16 +343,13 @@ class SnapshotServer:
             request = self._request(requests, context)
             if request is None:
                 return
-            with self._cond:
-                try:
-                    chosen = parse_filter(request.filter)
-                except FilterError as exc:
-                    self.rejected["invalid_request"] += 1
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filter: {exc}")
-                # only_new: what was published after the stream opened (its request may come
-                # later; a Snapshot published in between is new to it)
-                last = opened_at if request.only_new else 0
-            yield from self._stream(context, chosen, last)
+            try:
+                chosen = parse_filter(request.filter)
+            except FilterError as exc:
+                self._invalid(context, f"filter: {exc}")
+            # only_new: what was published after the stream opened (its request may come later;
+            # a Snapshot published in between is new to it)
+            yield from self._stream(context, chosen, opened_at if request.only_new else 0)
         finally:
             with self._cond:
                 self.streams -= 1
