@@ -473,11 +473,11 @@ def test_wait_behind_a_process_held_in_an_exited_threads_entry_is_not_lost():
                 os.sched_setaffinity(0, {1})
                 entry = probe.table("threads")[probe.table("threads").Key(first)]
                 held = entry.behind_ns if entry.behind_tgid == hog.pid else 0
-                before = probe.read().waited_behind[(naps.pid, hog.pid)]
+                before = probe.read().waited_behind
                 dropped = probe.forget([first], [])
                 books_before = books(naps.pid, second)
                 time.sleep(1.0)
-                after = probe.read().waited_behind[(naps.pid, hog.pid)]
+                after = probe.read().waited_behind
                 books_after = books(naps.pid, second)
             finally:
                 os.sched_setaffinity(0, allowed)
@@ -486,13 +486,16 @@ def test_wait_behind_a_process_held_in_an_exited_threads_entry_is_not_lost():
         for p in (hog, naps):
             p.kill()
             p.wait()
-    ours = after - before
+    # Its wait split by who held the CPU: behind the hog, and moments behind kernel threads or
+    # whatever else the node ran on CPU 0 (a busier machine puts more there).
+    split = {k[1]: v - before.get(k, 0) for k, v in after.items() if k[0] == naps.pid}
+    ours = sum(split.values())
     kernel = (books_after - books_before).wait_ns
     assert kernel > 50e6, kernel  # it waited behind the hog for a quarter of that second
-    # All of its wait was behind the hog but for moments behind kernel threads and the idle
-    # task; the books are read a few ms from the probe, and a wait in progress at either end
-    # (up to a timeslice) can fall on either side.
-    assert abs(ours - kernel) <= 0.02 * kernel + 8e6, (ours, kernel, held)
+    assert split[hog.pid] >= 0.5 * ours, split  # mostly behind the hog
+    # The books are read a few ms from the probe, and a wait in progress at either end (up to a
+    # timeslice) can fall on either side.
+    assert abs(ours - kernel) <= 0.02 * kernel + 8e6, (ours, kernel, held, split)
     # Had the exited thread's part been lost, the figure would have come out short by it.
     assert abs(ours - kernel) < abs(ours - (kernel - held)) or held < 16e6, (ours, kernel, held)
 
