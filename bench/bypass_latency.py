@@ -129,6 +129,10 @@ CONFIGS = {
     "observe-notrace": ["--bypass", "observe", "--no-trace"],  # + the sockops callbacks
     # bcc's runqlat-bpfcc and no wasmtop: what a minimal run-queue latency tool costs this load
     "runqlat": None,
+    # each probe that observe mode loads, alone: whose the loss is
+    "sched-only": ["--probes", "sched", "--bypass", "off"],
+    "lifecycle-only": ["--probes", "lifecycle", "--bypass", "off"],  # sk_data_ready per arrival
+    "sockops-only": ["--probes", "sockbypass", "--bypass", "observe"],  # RTT callback per ACK
 }
 
 
