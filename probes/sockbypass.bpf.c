@@ -106,9 +106,11 @@ int wasmtop_foreign_redirect(struct pt_regs *ctx)
 }
 #endif
 
-/* Index 0: 1 while enrolment is allowed. Userspace clears it when the start-up self-test fails,
- * so the kernel stops enrolling without a reload. */
-BPF_ARRAY(mode, u32, 1);
+/* Index 0: 0 = no enrolment, 1 = enrolment allowed, 2 = the start-up self-test's sockets only:
+ * loopback connections to or from the port at index 1. Userspace allows all only once the
+ * self-test has passed, and clears it at stop, so the kernel stops enrolling without a reload. */
+BPF_ARRAY(mode, u32, 2);
+#define MODE_SELF_TEST 2
 
 struct bypass_event {
     u64 ts_ns;
@@ -214,10 +216,16 @@ static __always_inline void peer_of(const struct sock_key *k, struct sock_key *p
 
 static __always_inline void enrol(struct bpf_sock_ops *skops, u64 cookie, struct conn *c)
 {
-    u32 zero = 0;
+    u32 zero = 0, one = 1;
     u32 *on = mode.lookup(&zero);
     if (!on || !*on)
         return;
+    if (*on == MODE_SELF_TEST) {
+        u32 *port = mode.lookup(&one);
+        if (!port || !is_loopback(c->key.remote_ip) ||
+            (c->key.local_port != *port && c->key.remote_port != *port))
+            return; /* a user's socket, while the self-test runs: left alone */
+    }
     /* bytes_acked counts the SYN as one byte on the connecting side. */
     if (skops->bytes_received || skops->bytes_acked > 1) {
         /* Data already went through the stack (TCP Fast Open): redirecting the rest could
@@ -257,12 +265,16 @@ static __always_inline void established(struct bpf_sock_ops *skops, u8 active)
         }
     }
     c.eligible = is_local(c.key.local_ip) && is_local(c.key.remote_ip);
-    if (ACCELERATE && c.eligible)
-        enrol(skops, cookie, &c);
+    /* Recorded before it is enrolled: a socket with no record gets no state callbacks, so an
+     * enrolled one would keep its conn_cookie entry for good, and its redirects would be
+     * counted nowhere. Without a record it is neither enrolled nor redirected. */
     if (conns.update(&cookie, &c)) {
         count_event(CTR_MAP_FULL);
         return;
     }
+    struct conn *rec = conns.lookup(&cookie);
+    if (ACCELERATE && c.eligible && rec)
+        enrol(skops, cookie, rec);
     bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 

@@ -50,6 +50,10 @@ FOREIGN_REDIRECT_FN = "tcp_bpf_sendmsg_redir"
 MAX_FOREIGN_PROCS = 1024  # processes whose foreign redirects are counted (least recent evicted)
 
 
+# The kernel's enrolment flag (`mode` map, index 0).
+MODE_OFF, MODE_ON, MODE_SELF_TEST = 0, 1, 2
+
+
 def stack_payload(bytes_acked: int, active: bool, fin_acked: bool) -> int:
     """Payload bytes a connection end sent through the TCP stack and had acknowledged: the
     kernel's bytes_acked (RFC 4898 HCThruOctetsAcked) less the sequence numbers that carry no
@@ -137,6 +141,7 @@ def accelerate_self_test(probe: SockBypassProbe) -> str | None:
     """Check, on a loopback pair, the side effects other bypass agents had: FIONREAD missing
     redirected bytes, epoll not waking, large transfers corrupted. None = passed, else why not."""
     srv = socket.create_server(("127.0.0.1", 0))
+    probe.enrol_only_port(srv.getsockname()[1])
     cli = socket.create_connection(srv.getsockname(), timeout=5)
     peer, _ = srv.accept()
     peer.settimeout(5)
@@ -214,6 +219,7 @@ class SockBypassProbe(Probe):
         self.ringbuf_pages = ringbuf_pages
         self.self_test = self_test
         self.local_nets: list[str] = []
+        self.local_nets_skipped = 0  # networks the table had no room for
         self.other_programs: list[bpfobj.Program] = []
         self.other_programs_reason = "not checked"
         self._foreign: dict[str, str] = {"status": "unavailable", "reason": "not checked"}
@@ -240,7 +246,9 @@ class SockBypassProbe(Probe):
         flags: dict[str, int | str] = {
             "MAX_CONNS": self.max_conns,
             "MAX_BYPASS": self.max_bypass,
-            "MAX_NETS": 1024,
+            # Room for every network known now (a kube-proxy IPVS node holds one local address
+            # per Service) and as many again that appear later; 1024 at least.
+            "MAX_NETS": max(1024, 2 * len(self._wanted_nets())),
             "RINGBUF_PAGES": self.ringbuf_pages,
             "ACCELERATE": int(self.requested_mode == ACCELERATE),
             "SOCKOPS_PID": int(features.sockops_pid()),
@@ -284,9 +292,7 @@ class SockBypassProbe(Probe):
                 f"not listed: BPF_PROG_GET_NEXT_ID: {exc.strerror} (needs CAP_SYS_ADMIN)"
             )
         self._fill_local_nets()
-        self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(
-            int(self.requested_mode == ACCELERATE)
-        )
+        self._set_mode(MODE_OFF)  # accelerate allows enrolment once its self-test has passed
         ops = self.bpf.load_func(b"wasmtop_sockops", loader.PROG_SOCK_OPS)
         path = self.cgroup_path()
         cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -359,12 +365,24 @@ class SockBypassProbe(Probe):
             }
         return out
 
+    def _set_mode(self, value: int, port: int = 0) -> None:
+        """Set the kernel's enrolment flag (MODE_*), and the self-test's port with it."""
+        table = self.table("mode")
+        table[ctypes.c_int(1)] = ctypes.c_uint32(port)
+        table[ctypes.c_int(0)] = ctypes.c_uint32(value)
+
+    def enrol_only_port(self, port: int) -> None:
+        """While the self-test runs: enrol only loopback connections to or from ``port``
+        (its own), never a user's socket, which could not be taken out again if it failed."""
+        self._set_mode(MODE_SELF_TEST, port)
+
     def _accelerate(self) -> None:
         try:
             failure = self.self_test(self)
         except Exception as exc:  # the test itself broke: that is a failure too
             failure = f"self-test error: {exc}"
         if failure is None:
+            self._set_mode(MODE_ON)
             self.mode = ACCELERATE
             self.mode_reason = "accelerate: self-test passed (FIONREAD, epoll, 2x8 MiB transfer)"
             return
@@ -372,16 +390,26 @@ class SockBypassProbe(Probe):
         self.mode = OBSERVE
         self.mode_reason = f"accelerate refused: {failure}; observing only"
 
-    def _fill_local_nets(self) -> None:
+    def _wanted_nets(self) -> list[str]:
+        """The networks whose addresses are local: loopback, the configured CIDRs, and this
+        host's own addresses (read afresh each call), each once."""
         nets = list(LOOPBACK_NETS) + list(self.local_cidrs)
         if self.include_host_addresses:
             nets += host_addresses()
+        return list(dict.fromkeys(nets))
+
+    def _fill_local_nets(self) -> None:
         table = self.table("local_nets")
-        for net in dict.fromkeys(nets):
+        self.local_nets = []
+        for net in self._wanted_nets():
             prefixlen, addr = lpm_key(net)
             key = table.Key(prefixlen, (ctypes.c_uint32 * 4).from_buffer_copy(addr))
-            table[key] = ctypes.c_uint8(1)
-        self.local_nets = list(dict.fromkeys(nets))
+            try:
+                table[key] = ctypes.c_uint8(1)
+            except Exception:  # full: addresses added since the compile; named in details
+                self.local_nets_skipped += 1
+                continue
+            self.local_nets.append(net)
 
     def _detach_skmsg(self) -> None:
         """Stop redirecting, and leave enrolled sockets where they are.
@@ -394,7 +422,7 @@ class SockBypassProbe(Probe):
         """
         if self._skmsg is not None and self.bpf is not None:
             with contextlib.suppress(Exception):
-                self.table("mode")[ctypes.c_int(0)] = ctypes.c_uint32(0)
+                self._set_mode(MODE_OFF)
             msg, map_fd = self._skmsg
             with contextlib.suppress(Exception):
                 self.bpf.detach_func(msg, map_fd, bpfobj.ATTACH_SK_MSG_VERDICT)
@@ -518,6 +546,7 @@ class SockBypassProbe(Probe):
             "mode": self.mode,
             "mode_reason": self.mode_reason,
             "local_nets": self.local_nets,
+            "local_nets_skipped": self.local_nets_skipped,
             "other_programs": [
                 {"id": p.id, "type": p.type, "name": p.name} for p in self.other_programs
             ],

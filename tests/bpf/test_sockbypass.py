@@ -649,3 +649,85 @@ s.sendall(b"inside")
 print("sent", flush=True)
 sys.stdin.readline()
 """
+
+
+def test_more_local_networks_than_the_default_table_holds_still_attach():
+    """A kube-proxy IPVS node has one local address per Service: more than 1,024 networks must
+    not fail the probe (the table used to hold 1,024, and the next insert failed the attach)."""
+    nets = [f"10.{i // 250}.{i % 250}.1/32" for i in range(1500)]
+    with bypass(local_cidrs=nets) as probe:
+        held = len(probe.table("local_nets"))
+        assert held >= 1500 + 2, held  # and the loopback networks
+        assert set(nets) <= set(probe.local_nets)
+        assert probe.details()["local_nets_skipped"] == 0
+        with loopback_pair() as (cli, peer):
+            cli.sendall(b"x" * 100)
+            assert recv_exact(peer, 100) == b"x" * 100
+            assert record(probe, cli).eligible
+
+
+def test_a_connection_the_full_record_map_cannot_hold_is_never_enrolled():
+    """Accelerate mode with room for 64 records, all held by closed connections the collector
+    has not read yet: the connections that follow get no record, and are neither enrolled nor
+    redirected, so none leaves a conn_cookie entry behind. (They used to be enrolled first; with
+    no record they got no state callbacks, and their entries stayed for good.)"""
+
+    def open_pairs(srv: socket.socket, n: int) -> list[tuple[socket.socket, socket.socket]]:
+        pairs = []
+        for _ in range(n):
+            c = socket.create_connection(srv.getsockname(), timeout=10)
+            s, _ = srv.accept()
+            pairs.append((c, s))
+        for c, s in pairs:  # every byte arrives, redirected or not
+            c.sendall(b"ping")
+            assert recv_exact(s, 4) == b"ping"
+        return pairs
+
+    def close_all(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+        for c, s in pairs:
+            c.close()
+            s.close()
+
+    with bypass(mode=ACCELERATE, max_conns=64) as probe:
+        if probe.mode != ACCELERATE:
+            assert_refused(probe, accelerate_refused() or "")
+        cookies = probe.table("conn_cookie")
+        with socket.create_server(("127.0.0.1", 0), backlog=512) as srv:
+            first = open_pairs(srv, 32)  # 64 records: the map is full
+            close_all(first)  # closed, and not read: the records stay
+            assert wait_for(lambda: len(cookies) == 0, timeout_s=10), len(cookies)
+            full_before = probe.counter_values()["MAP_FULL"]
+            more = open_pairs(srv, 20)
+            try:
+                assert probe.counter_values()["MAP_FULL"] - full_before >= 40
+                assert len(cookies) == 0  # none of the 40 enrolled without a record
+            finally:
+                close_all(more)
+
+
+def test_a_users_connection_made_while_the_self_test_runs_is_never_enrolled():
+    """Enrolment is for the self-test's own sockets until it has passed: a socket enrolled and
+    then found on a kernel that fails the test could never be taken out again (its redirected
+    bytes would be discarded), so a user's connection made meanwhile goes the normal way."""
+    seen: dict[str, object] = {}
+
+    def with_a_user_connection(probe: SockBypassProbe) -> str | None:
+        verdict = accelerate_self_test(probe)  # the test's sockets were enrolled, and closed
+        with loopback_pair() as (cli, peer):  # still before accelerate mode is on
+            cli.sendall(b"x" * 100)
+            assert recv_exact(peer, 100) == b"x" * 100
+            rec = record(probe, cli)
+            seen.update(enrolled=rec.enrolled, redirected=rec.msgs_redirected)
+        return verdict
+
+    expected = accelerate_refused()  # None here; Linux 6.1's FIONREAD fails it for real
+    with bypass(mode=ACCELERATE, self_test=with_a_user_connection) as probe:
+        if expected is not None:
+            assert_refused(probe, expected)
+        else:
+            assert probe.mode == ACCELERATE
+            with loopback_pair() as (cli, peer):  # after it passed: enrolled
+                cli.sendall(b"y" * 100)
+                assert recv_exact(peer, 100) == b"y" * 100
+                assert record(probe, cli).enrolled
+    assert seen == {"enrolled": False, "redirected": 0}
