@@ -272,9 +272,11 @@ static __always_inline void established(struct bpf_sock_ops *skops, u8 active)
         count_event(CTR_MAP_FULL);
         return;
     }
-    struct conn *rec = conns.lookup(&cookie);
-    if (ACCELERATE && c.eligible && rec)
-        enrol(skops, cookie, rec);
+    if (ACCELERATE && c.eligible) {
+        struct conn *rec = conns.lookup(&cookie);
+        if (rec)
+            enrol(skops, cookie, rec);
+    }
     bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
