@@ -19,7 +19,7 @@
  * Compiled in (cflags): MAX_CONNS, MAX_BYPASS, MAX_NETS, RINGBUF_PAGES, ACCELERATE (0/1),
  *   SOCKOPS_PID (0/1: sockops may call bpf_get_current_pid_tgid), FOREIGN_KPROBE (0/1: the
  *   kernel has kprobes; wasmtop_foreign_redirect reads a kprobe's pt_regs, the only use of
- *   a kernel register layout here), MAX_FOREIGN_PROCS, REASON_*, KIND_*, CTR_*.
+ *   a kernel register layout here), MAX_FOREIGN_PROCS, REASON_*, KIND_*, MODE_SELF_TEST, CTR_*.
  */
 #include <uapi/linux/tcp.h>
 
@@ -110,7 +110,6 @@ int wasmtop_foreign_redirect(struct pt_regs *ctx)
  * loopback connections to or from the port at index 1. Userspace allows all only once the
  * self-test has passed, and clears it at stop, so the kernel stops enrolling without a reload. */
 BPF_ARRAY(mode, u32, 2);
-#define MODE_SELF_TEST 2
 
 struct bypass_event {
     u64 ts_ns;

@@ -263,6 +263,7 @@ class SockBypassProbe(Probe):
         }
         flags.update({f"REASON_{r.upper()}": i for i, r in FALLBACK_REASONS.items()})
         flags.update({f"KIND_{k}": v for k, v in KINDS.items()})
+        flags["MODE_SELF_TEST"] = MODE_SELF_TEST
         return flags
 
     def check_kernel(self) -> None:
